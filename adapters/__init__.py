@@ -1,0 +1,1 @@
+"""Database adapters, found by the core through the `cdc.adapters` entry-point group."""

@@ -1,0 +1,338 @@
+"""The Source and Target contracts every adapter fulfils, and a base class for SQL targets.
+
+Errors: RetryableError means "try again with back-off" (lock, lost connection);
+RowError concerns one row (parked or fatal by the pair's on_error); every other
+CdcError stops the pair with its message.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from cdc import state, values
+from cdc._transforms import TransformError
+from cdc.changes import Batch, Position, Row, dumps
+from cdc.errors import RetryableError, RowError, SchemaError, TargetError
+from cdc.mapping import MappedChange, TargetOp
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A table as reflected: its columns (SQLAlchemy Column objects) and primary key."""
+
+    name: str
+    columns: list[sa.Column]
+    primary_key: tuple[str, ...]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What one apply committed: changes written, changes parked as dead letters."""
+
+    applied: int
+    parked: int
+
+
+class Source(Protocol):
+    """Reads committed changes from one source database for one pair."""
+
+    def describe(self, table: str) -> TableInfo:
+        """The table's columns and primary key; SchemaError if it does not exist."""
+
+    def watch(self, keys: dict[str, tuple[str, ...]]) -> None:
+        """The tables to capture and their key columns; call before any other method but describe."""
+
+    def prepare(self) -> list[str]:
+        """Install what capture needs (idempotent); returns what it created."""
+
+    def unprepare(self) -> list[str]:
+        """Remove what prepare installed for this pair and nothing else (idempotent)."""
+
+    def current_position(self) -> Position:
+        """The position a snapshot taken now joins the stream at (no gap, no loss)."""
+
+    def snapshot(self, table: str, key: tuple[str, ...], after_key: tuple | None, limit: int) -> list[Row]:
+        """Up to ``limit`` rows after ``after_key`` in key order; short transactions, no long lock."""
+
+    def read(self, after: Position, max_changes: int) -> Batch:
+        """Committed changes after ``after`` in commit order, ending on a transaction boundary."""
+
+    def pending(self, after: Position) -> int | None:
+        """How many changes wait after ``after`` (None where the capture mode cannot tell)."""
+
+    def acknowledge(self, position: Position) -> None:
+        """Release what the target has committed up to ``position`` (idempotent)."""
+
+    def close(self) -> None: ...
+
+
+class Target(Protocol):
+    """Writes mapped changes, audit rows and the checkpoint to one target in one transaction."""
+
+    def apply(self, pair: str, mapped: list[MappedChange], *, position: Position, snapshot: dict | None,
+              on_error: str, reason: str = "change") -> ApplyResult:
+        """ONE transaction: rows, audit, dead letters, checkpoint. Idempotent only with the checkpoint check."""
+
+    def checkpoint(self, pair: str) -> state.Checkpoint | None: ...
+
+    def close(self) -> None: ...
+
+
+class KeyedReads:
+    """Reflection and keyed, chunked reads over SQLAlchemy Core, for sources and targets alike."""
+
+    engine: sa.Engine
+
+    def from_db(self, value: Any, column: sa.Column) -> Any:
+        """A driver value as the change model's Python value (Decimal, never float, for numerics)."""
+        return value
+
+    def describe(self, table: str) -> TableInfo:
+        """The table's columns and primary key (cached); SchemaError if it does not exist."""
+        cache = self.__dict__.setdefault("_info", {})
+        if table not in cache:
+            if not sa.inspect(self.engine).has_table(table):
+                raise SchemaError(f"table {table} does not exist")
+            reflected = sa.Table(table, sa.MetaData(), autoload_with=self.engine)
+            key = tuple(c.name for c in reflected.primary_key.columns)
+            cache[table] = TableInfo(table, list(reflected.columns), key)
+        return cache[table]
+
+    def snapshot(self, table: str, key: tuple[str, ...], after_key: tuple | None, limit: int) -> list[Row]:
+        """Up to ``limit`` rows after ``after_key`` in key order, each read in a short transaction."""
+        info = self.describe(table)
+        plain = sa.table(table, *[sa.column(c) for c in info.column_names])
+        query = sa.select(*plain.c).order_by(*[plain.c[k] for k in key]).limit(limit)
+        if after_key is not None:
+            query = query.where(sa.tuple_(*[plain.c[k] for k in key]) > sa.tuple_(*[sa.literal(v) for v in after_key]))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        columns = info.columns
+        return [{c.name: self.from_db(v, c) for c, v in zip(columns, row)} for row in rows]
+
+    def count(self, table: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class SqlSource(KeyedReads):
+    """A Source over SQLAlchemy Core; a capture mode adds prepare/read/acknowledge."""
+
+    def __init__(self, engine: sa.Engine, pair: str):
+        self.engine = engine
+        self.pair = pair
+        self.keys: dict[str, tuple[str, ...]] = {}
+
+    def watch(self, keys: dict[str, tuple[str, ...]]) -> None:
+        """The tables this pair captures and the key columns that identify their rows."""
+        self.keys = dict(keys)
+
+
+class SqlTarget(KeyedReads):
+    """A Target over SQLAlchemy Core; a dialect supplies ``upsert`` and ``to_db``."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+        self._tables: dict[str, sa.Table] = {}
+
+    # -- dialect hooks -------------------------------------------------------------
+    def upsert(self, table: sa.Table, key: tuple[str, ...], columns: list[str]) -> sa.Executable:
+        """An INSERT that updates the row when ``key`` exists, in the dialect's syntax."""
+        raise NotImplementedError
+
+    def to_db(self, value: Any, column: sa.Column) -> Any:
+        """A checked Python value as the driver should bind it (TransformError if it cannot)."""
+        return value
+
+    def statement_table(self, name: str) -> sa.TableClause:
+        """The table statements are built on; a dialect that binds its own values drops the types."""
+        return self.table(name)
+
+    def classify(self, exc: sa.exc.DBAPIError) -> str:
+        """'row' (this row is bad), 'retry' (passing fault) or 'fatal'."""
+        if isinstance(exc, (sa.exc.IntegrityError, sa.exc.DataError)):
+            return "row"
+        return "retry" if exc.connection_invalidated else "fatal"
+
+    # -- schema --------------------------------------------------------------------
+    def table(self, name: str) -> sa.Table:
+        """The reflected target table (cached); TargetError if it does not exist."""
+        if name not in self._tables:
+            try:
+                self._tables[name] = sa.Table(name, sa.MetaData(), autoload_with=self.engine)
+            except sa.exc.NoSuchTableError:
+                raise TargetError(f"target table {name} does not exist: run `cdc init CONFIG` to create it") from None
+        return self._tables[name]
+
+    def exists(self, name: str) -> bool:
+        return sa.inspect(self.engine).has_table(name)
+
+    def create_table(self, name: str, columns: list[sa.Column], key: tuple[str, ...]) -> sa.Table:
+        """Create a table with these columns and primary key; never alters an existing one."""
+        table = sa.Table(name, sa.MetaData(), *[
+            sa.Column(c.name, self.target_type(c.type), nullable=c.name not in key and c.nullable,
+                      primary_key=c.name in key) for c in columns])
+        table.create(self.engine, checkfirst=True)
+        return table
+
+    def target_type(self, kind: sa.types.TypeEngine) -> sa.types.TypeEngine:
+        """A source column type as this target should declare it (exact numerics stay exact)."""
+        try:
+            return kind.as_generic()
+        except NotImplementedError:
+            return kind
+
+    # -- state ---------------------------------------------------------------------
+    def init_state(self) -> tuple[str | None, str]:
+        return state.upgrade(self.engine)
+
+    def checkpoint(self, pair: str) -> state.Checkpoint | None:
+        with self.engine.connect() as conn:
+            state.ensure_current(conn)
+            return state.read_checkpoint(conn, pair)
+
+    # -- apply ---------------------------------------------------------------------
+    def apply(self, pair: str, mapped: list[MappedChange], *, position: Position, snapshot: dict | None,
+              on_error: str, reason: str = "change") -> ApplyResult:
+        """Write rows, audit, dead letters and checkpoint in ONE transaction.
+
+        A row the database rejects makes the whole batch roll back and run again one
+        change per savepoint, so the bad change is parked (or stops the pair) alone.
+        """
+        try:
+            return self._transaction(pair, mapped, position, snapshot, on_error, reason, isolate=False)
+        except sa.exc.DBAPIError as exc:
+            if self.classify(exc) != "row":
+                raise self._translate(exc) from None
+        try:
+            return self._transaction(pair, mapped, position, snapshot, on_error, reason, isolate=True)
+        except sa.exc.DBAPIError as exc:
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: sa.exc.DBAPIError) -> Exception:
+        kind = self.classify(exc)
+        text = str(exc.orig).strip()
+        return RetryableError(f"target: {text}") if kind == "retry" else TargetError(f"target: {text}")
+
+    def _transaction(self, pair, mapped, position, snapshot, on_error, reason, isolate) -> ApplyResult:
+        done: list[MappedChange] = []
+        parked: list[tuple[MappedChange, RowError]] = []
+
+        def reject(item: MappedChange, error: RowError) -> None:
+            error.table, error.key = error.table or item.mapping.target, error.key or item.change.key
+            if on_error == "stop":
+                raise error
+            parked.append((item, error))
+
+        for name in {op.table for item in mapped for op in item.ops}:
+            self.statement_table(name)  # reflect before the transaction: it must not wait on itself
+        with self.engine.begin() as conn:
+            prepared = []
+            for item in mapped:
+                try:
+                    if item.error is not None:
+                        raise item.error
+                    prepared.append((item, [self._prepare(op) for op in item.ops]))
+                except RowError as exc:
+                    reject(item, exc)
+            if isolate:
+                for item, statements in prepared:
+                    try:
+                        with conn.begin_nested():
+                            self._write(conn, statements)
+                        done.append(item)
+                    except sa.exc.DBAPIError as exc:
+                        if self.classify(exc) != "row":
+                            raise
+                        reject(item, RowError(f"the target refused the row: {str(exc.orig).strip()}"))
+            else:
+                self._write(conn, [s for _, statements in prepared for s in statements])
+                done = [item for item, _ in prepared]
+            now = state._store.now()
+            state.write_audit(conn, _audit_rows(pair, done, reason, now))
+            state.write_dead_letters(conn, [_dead_letter(pair, item, error, now) for item, error in parked])
+            state.write_checkpoint(conn, pair, position, snapshot, len(done) if reason != "snapshot" else 0)
+        return ApplyResult(len(done), len(parked))
+
+    def _prepare(self, op: TargetOp) -> tuple[str, str, tuple[str, ...], dict]:
+        table = self.table(op.table)
+        source = op.row if op.op == "upsert" else dict(zip(op.key_columns, op.key))
+        params = {}
+        for name, value in source.items():
+            if name not in table.c:
+                raise SchemaError(f"target table {op.table} has no column {name!r}: add it or change the mapping")
+            try:
+                params[name] = self.to_db(values.fit(value, table.c[name]), table.c[name])
+            except TransformError as exc:
+                raise RowError(str(exc), table=op.table, key=op.key, column=name) from None
+        return op.op, op.table, op.key_columns, params
+
+    def _write(self, conn: sa.Connection, statements: list[tuple[str, str, tuple[str, ...], dict]]) -> None:
+        """Run consecutive operations of one kind on one table as one executemany, in order."""
+        for (op, name, key), run in itertools.groupby(statements, key=lambda s: s[:3]):
+            params = [s[3] for s in run]
+            table = self.statement_table(name)
+            if op == "upsert":
+                conn.execute(self.upsert(table, key, list(params[0])), params)
+            else:
+                where = sa.and_(*[table.c[k] == sa.bindparam(f"k_{k}") for k in key])
+                conn.execute(table.delete().where(where), [{f"k_{k}": p[k] for k in key} for p in params])
+
+
+def _audit_rows(pair: str, done: list[MappedChange], reason: str, now) -> list[dict]:
+    if reason == "snapshot":
+        return _snapshot_audit(pair, done, now)
+    rows = []
+    for item in done:
+        change = item.change
+        if not item.ops:
+            continue  # filtered out by the mapping: nothing was applied
+        rows.append({
+            "pair": pair, "source_table": change.table, "target_table": item.mapping.target, "op": change.op,
+            "reason": reason, "key": dumps(list(item.ops[-1].key)), "before": _json(change.before),
+            "after": _json(change.after), "source_position": dumps(change.position),
+            "source_txid": None if change.txid is None else str(change.txid),
+            "committed_at": change.committed_at, "applied_at": now,
+        })
+    return rows
+
+
+def _snapshot_audit(pair: str, done: list[MappedChange], now) -> list[dict]:
+    """One audit row per table and snapshot chunk: how many rows, first and last key."""
+    rows = []
+    for target, items in itertools.groupby(done, key=lambda m: m.mapping.target):
+        items = list(items)
+        rows.append({
+            "pair": pair, "source_table": items[0].change.table, "target_table": target, "op": "snapshot",
+            "reason": "snapshot", "key": dumps(list(items[-1].change.key)), "before": None,
+            "after": dumps({"rows": len(items), "first_key": list(items[0].change.key),
+                            "last_key": list(items[-1].change.key)}),
+            "source_position": None, "source_txid": None, "committed_at": None, "applied_at": now,
+        })
+    return rows
+
+
+def _dead_letter(pair: str, item: MappedChange, error: RowError, now) -> dict:
+    change = item.change
+    return {
+        "pair": pair, "source_table": change.table, "target_table": item.mapping.target, "op": change.op,
+        "key": dumps(list(change.key)), "error": str(error), "column_name": error.column,
+        "change": dumps({"op": change.op, "table": change.table, "key": list(change.key), "before": change.before,
+                         "after": change.after, "position": change.position, "txid": change.txid}),
+        "source_position": dumps(change.position), "created_at": now,
+    }
+
+
+def _json(row: Row | None) -> str | None:
+    return None if row is None else dumps(row)

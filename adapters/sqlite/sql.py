@@ -1,0 +1,74 @@
+"""SQL text SQLite needs that SQLAlchemy Core does not express: the capture changelog and triggers."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+CHANGELOG = "_cdc_changelog"
+EPOCH = "_cdc_epoch"
+CONSUMERS = "_cdc_consumers"
+TRIGGER_SUFFIX = {"insert": "ai", "update": "au", "delete": "ad"}
+
+CREATE_STATE = [
+    f"""CREATE TABLE IF NOT EXISTS {CHANGELOG} (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        txid INTEGER NOT NULL,
+        tbl TEXT NOT NULL,
+        op TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        changed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))""",
+    # Writers are serialised in SQLite, so every row one transaction logs carries the same
+    # epoch; the reader bumps the epoch and reads only older epochs, which are committed whole.
+    f"CREATE TABLE IF NOT EXISTS {EPOCH} (n INTEGER NOT NULL)",
+    f"INSERT INTO {EPOCH} (n) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM {EPOCH})",
+    f"""CREATE TABLE IF NOT EXISTS {CONSUMERS} (
+        pair TEXT PRIMARY KEY, tables TEXT NOT NULL, acked_id INTEGER NOT NULL DEFAULT 0)""",
+]
+DROP_STATE = [f"DROP TABLE IF EXISTS {t}" for t in (CHANGELOG, EPOCH, CONSUMERS)]
+
+
+def quote(name: str) -> str:
+    """A quoted SQLite identifier (names come from reflection, never from row data)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def trigger_name(table: str, op: str) -> str:
+    return f"_cdc_{table}_{TRIGGER_SUFFIX[op]}"
+
+
+def _logged(prefix: str, column: sa.Column) -> str:
+    ref = f"{prefix}.{quote(column.name)}"
+    kind = column.type
+    if isinstance(kind, sa.LargeBinary):
+        return f"CASE WHEN {ref} IS NULL THEN NULL ELSE hex({ref}) END"
+    if isinstance(kind, sa.Float):
+        return f"CASE typeof({ref}) WHEN 'real' THEN printf('%!.17g', {ref}) ELSE {ref} END"
+    if isinstance(kind, sa.Numeric):
+        # As text, so JSON never carries an exact amount as a float.
+        return f"CAST({ref} AS TEXT)"
+    return ref
+
+
+def _image(prefix: str, columns: list[sa.Column]) -> str:
+    pairs = ", ".join(f"'{c.name.replace(chr(39), chr(39) * 2)}', {_logged(prefix, c)}" for c in columns)
+    return f"json_object({pairs})"
+
+
+def create_triggers(table: str, columns: list[sa.Column]) -> list[str]:
+    """DROP + CREATE of the three capture triggers of one table, from its current columns."""
+    images = {"insert": ("NULL", _image("NEW", columns)),
+              "update": (_image("OLD", columns), _image("NEW", columns)),
+              "delete": (_image("OLD", columns), "NULL")}
+    statements = drop_triggers(table)
+    for op, (before, after) in images.items():
+        statements.append(
+            f"CREATE TRIGGER {quote(trigger_name(table, op))} AFTER {op.upper()} ON {quote(table)} BEGIN "
+            f"INSERT INTO {CHANGELOG} (txid, tbl, op, before, after) VALUES "
+            f"((SELECT n FROM {EPOCH}), '{table.replace(chr(39), chr(39) * 2)}', '{op}', {before}, {after}); END"
+        )
+    return statements
+
+
+def drop_triggers(table: str) -> list[str]:
+    return [f"DROP TRIGGER IF EXISTS {quote(trigger_name(table, op))}" for op in TRIGGER_SUFFIX]

@@ -1,0 +1,43 @@
+"""SQLite as a target: batched INSERT ... ON CONFLICT DO UPDATE and deletes, one transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert
+
+from ..base import SqlTarget
+from . import types
+
+
+class SqliteTarget(SqlTarget):
+    """Binds its own values (see types.to_db), so statements use untyped columns."""
+
+    def __init__(self, engine: sa.Engine):
+        super().__init__(engine)
+        self._plain: dict[str, sa.TableClause] = {}
+
+    def upsert(self, table: sa.TableClause, key: tuple[str, ...], columns: list[str]) -> sa.Executable:
+        statement = insert(table)
+        updates = {c: statement.excluded[c] for c in columns if c not in key}
+        if not updates:
+            return statement.on_conflict_do_nothing(index_elements=list(key))
+        return statement.on_conflict_do_update(index_elements=list(key), set_=updates)
+
+    def to_db(self, value: Any, column: sa.Column) -> Any:
+        return types.to_db(value, column)
+
+    def from_db(self, value: Any, column: sa.Column) -> Any:
+        return types.from_db(value, column)
+
+    def statement_table(self, name: str) -> sa.TableClause:
+        if name not in self._plain:
+            self._plain[name] = sa.table(name, *[sa.column(c.name) for c in self.table(name).columns])
+        return self._plain[name]
+
+    def classify(self, exc: sa.exc.DBAPIError) -> str:
+        text = str(exc.orig).lower()
+        if "locked" in text or "busy" in text:
+            return "retry"
+        return super().classify(exc)

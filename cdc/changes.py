@@ -1,0 +1,80 @@
+"""Change, Batch and Position: the one change model every adapter speaks."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+import orjson
+
+Op = Literal["insert", "update", "delete"]
+OPS: tuple[str, ...] = ("insert", "update", "delete")
+
+#: A source position: opaque to the core, JSON-serialisable, totally ordered within
+#: one source (changelog id, LSN, binlog file+pos, timestamp watermark).
+Position = Any
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed row change at the source.
+
+    ``key`` is a tuple in primary-key order; ``before``/``after`` hold Python values
+    (Decimal for numerics, never float). ``before`` is None for inserts and where the
+    capture mode cannot see it; ``after`` is None for deletes.
+    """
+
+    op: Op
+    table: str
+    key: tuple
+    before: Row | None
+    after: Row | None
+    committed_at: dt.datetime | None = None
+    position: Position = None
+    txid: Any = None
+
+    @property
+    def image(self) -> Row:
+        """The newest row image this change carries."""
+        return self.after if self.after is not None else (self.before or {})
+
+
+@dataclass(slots=True)
+class Batch:
+    """Changes that end on a source transaction boundary, and the position after them.
+
+    Applying a batch and storing ``position`` as the checkpoint in one target
+    transaction is what makes the effect exactly-once.
+    """
+
+    changes: list[Change] = field(default_factory=list)
+    position: Position = None
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        # Numbers travel as strings so no JSON reader turns them into floats.
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def dumps(value: Any) -> str:
+    """Encode a row, key or position as JSON text (Decimal as string, bytes as base64)."""
+    return orjson.dumps(value, default=_default).decode()
+
+
+def loads(text: str | bytes | None) -> Any:
+    """Decode JSON text written by :func:`dumps` (numbers come back as strings)."""
+    return None if text is None else orjson.loads(text)

@@ -1,0 +1,135 @@
+"""The `cdc` command line: a thin click skin over cdc.commands."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from functools import wraps
+from pathlib import Path
+
+import click
+import orjson
+import sqlalchemy as sa
+
+from . import commands
+from .config import mask_url
+from .errors import CdcError
+
+CONFIG = click.argument("config", type=click.Path(dir_okay=False))
+PAIR = click.option("--pair", "pair", metavar="NAME", help="Only this pair (default: every pair in the config).")
+
+
+def _friendly(fn):
+    """User mistakes and runtime failures become one line on stderr and an exit code, no traceback."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CdcError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except sa.exc.SQLAlchemyError as exc:
+            text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            click.echo(f"error: database: {mask_url(text)}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _print(report: commands.Report) -> None:
+    for line in report.lines:
+        click.echo(line)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="cdc-sync")
+def main(verbose: int) -> None:
+    """cdc-sync: keep accounting ledgers in step with the systems that feed them."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@main.command()
+@CONFIG
+@PAIR
+@_friendly
+def check(config: str, pair: str | None) -> None:
+    """Validate CONFIG and connect to every database; change nothing."""
+    _print(commands.check(config, pair))
+    click.echo("config OK")
+
+
+@main.command()
+@CONFIG
+@PAIR
+@_friendly
+def init(config: str, pair: str | None) -> None:
+    """Create/upgrade our state tables in each target and create missing target tables."""
+    _print(commands.init(config, pair))
+
+
+@main.command()
+@CONFIG
+@PAIR
+@_friendly
+def install(config: str, pair: str | None) -> None:
+    """Install change capture (changelog table and triggers) in each source."""
+    _print(commands.install(config, pair))
+
+
+@main.command()
+@CONFIG
+@PAIR
+@_friendly
+def uninstall(config: str, pair: str | None) -> None:
+    """Remove the change capture that `install` created, and nothing else."""
+    _print(commands.uninstall(config, pair))
+
+
+@main.command()
+@CONFIG
+@PAIR
+@click.option("--once", is_flag=True, help="Snapshot if needed, apply every pending change, then exit.")
+@_friendly
+def run(config: str, pair: str | None, once: bool) -> None:
+    """Sync the pairs: initial snapshot, then stream changes (until SIGTERM unless --once)."""
+    results = commands.run(config, pair, once=once, progress=sys.stderr.isatty())
+    for r in results:
+        parked = f", {r.parked} parked in dead letters" if r.parked else ""
+        snap = f"snapshot {r.snapshot_rows} rows, " if r.tables_snapshotted else ""
+        click.echo(f"pair {r.pair}: {snap}{r.applied} changes applied in {r.batches} batches{parked}")
+
+
+@main.command()
+@CONFIG
+@PAIR
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@_friendly
+def status(config: str, pair: str | None, as_json: bool) -> None:
+    """Per pair: phase, checkpoint, changes pending, changes applied, last applied time."""
+    rows = commands.status(config, pair)
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    for row in rows:
+        pending = "unknown" if row["pending"] is None else row["pending"]
+        click.echo(f"pair {row['pair']} ({row['capture']}): {row['phase']}")
+        click.echo(f"  source      {row['source']}")
+        click.echo(f"  target      {row['target']}")
+        click.echo(f"  checkpoint  {orjson.dumps(row['checkpoint']).decode() if row['checkpoint'] is not None else '-'}")
+        click.echo(f"  pending     {pending}")
+        click.echo(f"  applied     {row['changes_applied']} changes, last at {row['last_applied_at'] or '-'}")
+        click.echo(f"  dead letters {row['dead_letters']}")
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("cdc-demo"),
+              show_default=True, help="Where to create the demo databases and config.")
+@_friendly
+def demo(directory: Path) -> None:
+    """Create a Norwegian ERP and a ledger in SQLite, sync them, change the ERP, sync again."""
+    from . import demo as demo_module
+
+    demo_module.run_demo(directory, echo=click.echo)

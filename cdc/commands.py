@@ -1,0 +1,180 @@
+"""The Python API behind every CLI command: one plain function per command."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import schema, state
+from .config import Config, Pair, load_config
+from .errors import CdcError, StateError
+from .pipeline import PairRunner, RunResult, open_pair, open_source
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    """Lines of what a command found or did, per pair."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def check(config_path: str, pair: str | None = None) -> Report:
+    """Validate the config, connect to every database and check every mapped table; change nothing."""
+    config = load_config(config_path)
+    report = Report()
+    for p in config.select(pair):
+        source, target, mappings = open_pair(p)
+        try:
+            report.add(f"pair {p.name}: source {p.source.masked} ({p.capture} capture), target {p.target.masked}")
+            for name, mapping in mappings.items():
+                exists = target.exists(mapping.target)
+                report.add(f"  {name} -> {mapping.target} key ({', '.join(mapping.source_key)})"
+                           f"{'' if exists else '  [target table missing: cdc init creates it]'}")
+            with target.engine.connect() as conn:
+                try:
+                    state.ensure_current(conn)
+                    report.add("  state tables: current")
+                except StateError as exc:
+                    report.add(f"  state tables: {exc}")
+        finally:
+            source.close()
+            target.close()
+    return report
+
+
+def init(config_path: str, pair: str | None = None) -> Report:
+    """Create or upgrade the state tables in each target and create missing target tables."""
+    config = load_config(config_path)
+    report = Report()
+    upgraded: set[str] = set()
+    for p in config.select(pair):
+        source, target, mappings = open_pair(p)
+        try:
+            if p.target.url not in upgraded:
+                before, after = target.init_state()
+                upgraded.add(p.target.url)
+                verb = "already at" if before == after else ("created at" if before is None else f"upgraded {before} ->")
+                report.add(f"{p.target.masked}: state tables {verb} version {after}")
+            for name, mapping in mappings.items():
+                if target.exists(mapping.target):
+                    report.add(f"  {mapping.target}: exists, left as it is")
+                    continue
+                columns = schema.target_columns(mapping, source.describe(name).columns)
+                target.create_table(mapping.target, columns, mapping.target_key)
+                report.add(f"  {mapping.target}: created ({len(columns)} columns, key {', '.join(mapping.target_key)})")
+        finally:
+            source.close()
+            target.close()
+    return report
+
+
+def install(config_path: str, pair: str | None = None) -> Report:
+    """Install capture (changelog + triggers, slot, ...) in each pair's source; idempotent."""
+    return _each_source(config_path, pair, "installed", lambda source: source.prepare())
+
+
+def uninstall(config_path: str, pair: str | None = None) -> Report:
+    """Remove what `install` created for each pair, and nothing else."""
+    return _each_source(config_path, pair, "removed", lambda source: source.unprepare())
+
+
+def _each_source(config_path: str, pair: str | None, verb: str, action) -> Report:
+    config = load_config(config_path)
+    report = Report()
+    for p in config.select(pair):
+        source, _ = open_source(p)
+        try:
+            done = action(source)
+            report.add(f"pair {p.name} ({p.capture}, {p.source.masked}): "
+                       f"{verb} {', '.join(done) if done else 'nothing to do'}")
+        finally:
+            source.close()
+    return report
+
+
+def run(config_path: str, pair: str | None = None, *, once: bool = False, progress: bool = False,
+        stop: threading.Event | None = None) -> list[RunResult]:
+    """Run the pairs: snapshot if needed, then stream. ``once``: drain what is pending and return.
+
+    Without ``once`` each pair runs in its own thread until ``stop`` is set (SIGTERM/SIGINT
+    set it when called from the main thread); the current batch always finishes first.
+    """
+    config = load_config(config_path)
+    stop = stop or threading.Event()
+    runners = [PairRunner(p, progress=progress, stop=stop, max_attempts=10 if once else None)
+               for p in config.select(pair)]
+    try:
+        if once:
+            return [r.run(once=True) for r in runners]
+        return _run_forever(runners, stop)
+    finally:
+        for r in runners:
+            r.close()
+
+
+def _run_forever(runners: list[PairRunner], stop: threading.Event) -> list[RunResult]:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    results: dict[str, Any] = {}
+
+    def work(runner: PairRunner) -> None:
+        try:
+            results[runner.pair.name] = runner.run(once=False)
+        except BaseException as exc:  # reported by the caller; the other pairs go on
+            results[runner.pair.name] = exc
+            logger.error("pair %s stopped: %s", runner.pair.name, exc)
+
+    threads = [threading.Thread(target=work, args=(r,), name=f"pair-{r.pair.name}") for r in runners]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(timeout=0.5)
+    failures = [r for r in results.values() if isinstance(r, BaseException)]
+    if failures:
+        raise failures[0] if isinstance(failures[0], CdcError) else CdcError(str(failures[0]))
+    return list(results.values())
+
+
+def status(config_path: str, pair: str | None = None) -> list[dict]:
+    """Per pair: phase, checkpoint, changes pending, changes applied, last applied time, dead letters."""
+    config = load_config(config_path)
+    return [_pair_status(p) for p in config.select(pair)]
+
+
+def _pair_status(p: Pair) -> dict:
+    source, target, _ = open_pair(p)
+    try:
+        checkpoint = target.checkpoint(p.name)
+        with target.engine.connect() as conn:
+            parked = conn.execute(sa.select(sa.func.count()).select_from(state.dead_letters).where(
+                state.dead_letters.c.pair == p.name, state.dead_letters.c.status == "parked")).scalar()
+        phase = "not started" if checkpoint is None else ("snapshot" if checkpoint.snapshot else "streaming")
+        position = None if checkpoint is None else checkpoint.position
+        return {
+            "pair": p.name, "source": p.source.masked, "target": p.target.masked, "capture": p.capture,
+            "phase": phase, "checkpoint": position,
+            "pending": source.pending(position) if checkpoint is not None else None,
+            "changes_applied": 0 if checkpoint is None else checkpoint.changes_applied,
+            "last_applied_at": None if checkpoint is None else checkpoint.updated_at.isoformat(),
+            "dead_letters": parked,
+        }
+    finally:
+        source.close()
+        target.close()
+
+
+def load(config_path: str) -> Config:
+    """The validated config (for callers that want to inspect it)."""
+    return load_config(config_path)

@@ -1,0 +1,52 @@
+"""The error hierarchy: the CLI maps each type to an exit code and a message."""
+
+
+class CdcError(Exception):
+    """Base of every error cdc-sync raises on purpose; its text is for the user."""
+
+    exit_code = 1
+
+
+class ConfigError(CdcError):
+    """The user's configuration or mapping is wrong. Stop; exit code 2."""
+
+    exit_code = 2
+
+
+class SourceError(CdcError):
+    """The source database cannot be read as configured. Stop the pair."""
+
+
+class TargetError(CdcError):
+    """The target database cannot be written as configured. Stop the pair."""
+
+
+class SchemaError(CdcError):
+    """A table or column the pair needs is missing or changed. Stop the pair."""
+
+
+class StateError(CdcError):
+    """Our own state tables are missing or newer than this code knows."""
+
+
+class RetryableError(CdcError):
+    """A passing fault (lock, lost connection): retry with back-off."""
+
+
+class RowError(CdcError):
+    """One row cannot be mapped or written; parked or fatal by the pair's on_error.
+
+    Attributes name the table, key and column so the message points at the row.
+    """
+
+    def __init__(self, message: str, *, table: str = "", key: tuple = (), column: str | None = None):
+        super().__init__(message)
+        self.table = table
+        self.key = key
+        self.column = column
+
+    def describe(self) -> str:
+        where = f"table {self.table} key {list(self.key)}"
+        if self.column:
+            where += f" column {self.column}"
+        return f"{where}: {self}"

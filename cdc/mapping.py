@@ -1,0 +1,249 @@
+"""Mappings: which source table goes to which target table, column renames, transforms, filters."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import _transforms, _yaml
+from .changes import Change, Row
+from .errors import ConfigError, RowError
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One target column: from a source column (through transforms) or a constant."""
+
+    target: str
+    source: str | None
+    transforms: tuple[tuple[str, Any], ...] = ()
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """Keep a source row only when ``column op value`` holds."""
+
+    column: str
+    op: str
+    value: Any = None
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one source table maps to one target table, before it is checked against a schema."""
+
+    source: str
+    target: str
+    key: tuple[str, ...] | None = None
+    columns: tuple[ColumnSpec, ...] | None = None
+    filters: tuple[FilterSpec, ...] = ()
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class MappingSpec:
+    """All table specs of a pair, keyed by source table."""
+
+    tables: dict[str, TableSpec]
+    origin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetOp:
+    """What to do to one target row: ``upsert`` ``row`` or ``delete`` ``key``."""
+
+    op: str
+    table: str
+    key_columns: tuple[str, ...]
+    key: tuple
+    row: Row | None
+    change: Change
+
+
+_FILTER_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "in": lambda a, b: a in b, "not in": lambda a, b: a not in b,
+    "is null": lambda a, b: a is None, "is not null": lambda a, b: a is not None,
+}
+
+
+def identity_spec(tables: list[str], origin: str = "") -> MappingSpec:
+    """Every table copied to a table of the same name, every column as it is."""
+    return MappingSpec({t: TableSpec(t, t, origin=origin) for t in tables}, origin)
+
+
+def load_mapping(path: Path) -> MappingSpec:
+    """Parse and check the syntax of a mapping file; ConfigError names file, line and key."""
+    doc = _yaml.load(path)
+    if not isinstance(doc.data, dict) or not isinstance(doc.data.get("tables"), dict) or not doc.data["tables"]:
+        raise doc.error(("tables",), "a mapping file needs 'tables:' mapping source tables to targets")
+    return MappingSpec({name: _table(doc, name) for name in doc.data["tables"]}, str(path))
+
+
+def _table(doc: _yaml.Document, name: str) -> TableSpec:
+    keys = ("tables", name)
+    raw = doc.data["tables"][name] or {}
+    if not isinstance(raw, dict):
+        raise doc.error(keys, "must be a mapping (target, key, columns, filter)")
+    for k in raw:
+        if k not in ("target", "key", "columns", "filter"):
+            raise doc.error(keys + (k,), f"unknown key {k!r} (expected target, key, columns, filter)")
+    key = raw.get("key")
+    if key is not None:
+        key = [key] if isinstance(key, str) else key
+        if not isinstance(key, list) or not key or not all(isinstance(k, str) for k in key):
+            raise doc.error(keys + ("key",), "must be a column name or a list of column names")
+    columns = raw.get("columns")
+    if columns is not None:
+        if not isinstance(columns, dict) or not columns:
+            raise doc.error(keys + ("columns",), "must map target column names to source columns")
+        columns = tuple(_column(doc, keys + ("columns", c), c, v) for c, v in columns.items())
+    return TableSpec(name, str(raw.get("target", name)), tuple(key) if key else None, columns,
+                     _filters(doc, keys + ("filter",), raw.get("filter") or []), doc.where(keys))
+
+
+def _column(doc: _yaml.Document, keys: tuple, target: str, raw: Any) -> ColumnSpec:
+    origin = doc.where(keys)
+    if isinstance(raw, str):
+        return ColumnSpec(target, raw, (), origin)
+    if not isinstance(raw, dict) or not ({"from", "constant"} & raw.keys()):
+        raise doc.error(keys, "must be a source column name, {from: column, transforms: [..]} or {constant: value}")
+    if "constant" in raw:
+        return ColumnSpec(target, None, (("constant", raw["constant"]),), origin)
+    transforms = []
+    for i, item in enumerate(raw.get("transforms") or []):
+        name, arg = (item, None) if isinstance(item, str) else (next(iter(item.items())) if isinstance(item, dict) and len(item) == 1 else (None, None))
+        try:
+            if name is None:
+                raise ValueError("a transform is a name (trim) or a one-key mapping ({decimal: 2})")
+            _transforms.build(name, arg, "UTC")
+        except ValueError as exc:
+            raise doc.error(keys + ("transforms", i), str(exc)) from None
+        transforms.append((name, arg))
+    return ColumnSpec(target, str(raw["from"]), tuple(transforms), origin)
+
+
+def _filters(doc: _yaml.Document, keys: tuple, raw: Any) -> tuple[FilterSpec, ...]:
+    if not isinstance(raw, list):
+        raise doc.error(keys, "must be a list of {column, op, value}")
+    result = []
+    for i, item in enumerate(raw):
+        where = keys + (i,)
+        if not isinstance(item, dict) or "column" not in item or "op" not in item:
+            raise doc.error(where, "a filter is {column: c, op: '=', value: v}")
+        if item["op"] not in _FILTER_OPS:
+            raise doc.error(where + ("op",), f"{item['op']!r} is not one of {', '.join(_FILTER_OPS)}")
+        if item["op"] in ("in", "not in") and not isinstance(item.get("value"), list):
+            raise doc.error(where + ("value",), f"op {item['op']!r} needs a list value")
+        result.append(FilterSpec(str(item["column"]), item["op"], item.get("value"), doc.where(where)))
+    return tuple(result)
+
+
+class TableMapping:
+    """A table spec checked against the source schema and compiled into functions."""
+
+    def __init__(self, spec: TableSpec, source_columns: list[str], source_key: tuple[str, ...], source_zone: str):
+        self.spec = spec
+        self.source = spec.source
+        self.target = spec.target
+        self.source_key = source_key
+        specs = spec.columns or tuple(ColumnSpec(c, c) for c in source_columns)
+        for col in specs:
+            if col.source is not None and col.source not in source_columns:
+                raise ConfigError(f"tables.{spec.source}.columns.{col.target}: source table {spec.source} has no "
+                                  f"column {col.source!r} ({col.origin or spec.origin})")
+        for f in spec.filters:
+            if f.column not in source_columns:
+                raise ConfigError(f"tables.{spec.source}.filter: source table {spec.source} has no column "
+                                  f"{f.column!r} ({f.origin or spec.origin})")
+        self._specs = specs
+        self._columns = [(c.target, c.source, [_transforms.build(n, a, source_zone) for n, a in c.transforms])
+                         for c in specs]
+        by_source = {c.source: c.target for c in specs if c.source is not None}
+        missing = [k for k in source_key if k not in by_source]
+        if missing:
+            raise ConfigError(f"tables.{spec.source}.columns: key column(s) {', '.join(missing)} of {spec.source} "
+                              f"must be mapped to a target column ({spec.origin})")
+        self.target_key = tuple(by_source[k] for k in source_key)
+        self.target_columns = [c[0] for c in self._columns]
+        self._filters = [(f.column, _FILTER_OPS[f.op], f.value) for f in spec.filters]
+
+    def column_specs(self) -> list[tuple[str, str | None, tuple[tuple[str, Any], ...]]]:
+        """(target column, source column or None, transforms as (name, argument)) in target order."""
+        return [(c.target, c.source, c.transforms) for c in self._specs]
+
+    def passes(self, row: Row) -> bool:
+        """Whether a source row image passes the mapping's filters."""
+        try:
+            return all(fn(row.get(column), value) for column, fn, value in self._filters)
+        except TypeError as exc:
+            raise RowError(f"filter cannot compare: {exc}", table=self.source) from None
+
+    def map_row(self, row: Row, key: tuple = ()) -> Row:
+        """The target row for a source row; RowError names the column that failed."""
+        result = {}
+        for target, source, transforms in self._columns:
+            value = row.get(source) if source is not None else None
+            try:
+                for fn in transforms:
+                    value = fn(value)
+            except _transforms.TransformError as exc:
+                raise RowError(str(exc), table=self.source, key=key, column=source or target) from None
+            result[target] = value
+        return result
+
+    def target_key_of(self, key: tuple) -> tuple:
+        """The target key for a source key (key columns go through their transforms too)."""
+        row = self.map_row(dict(zip(self.source_key, key)), key)
+        return tuple(row[c] for c in self.target_key)
+
+    def source_key_of(self, row: Row) -> tuple:
+        return tuple(row[c] for c in self.source_key)
+
+    def map_change(self, change: Change) -> list[TargetOp]:
+        """The target operations for one source change, with filters and key moves applied."""
+        if change.op == "delete":
+            if change.before is not None and not self.passes(change.before):
+                return []
+            return [TargetOp("delete", self.target, self.target_key, self.target_key_of(change.key), None, change)]
+        after = change.after or {}
+        if self.passes(after):
+            ops = []
+            if change.before is not None:
+                old_key = self.source_key_of(change.before)
+                if old_key != change.key:
+                    ops.append(TargetOp("delete", self.target, self.target_key, self.target_key_of(old_key), None, change))
+            row = self.map_row(after, change.key)
+            return ops + [TargetOp("upsert", self.target, self.target_key, tuple(row[c] for c in self.target_key), row, change)]
+        if change.op == "insert" or (change.before is not None and not self.passes(change.before)):
+            return []
+        # The row left the filter: it must leave the target too.
+        old_key = self.source_key_of(change.before) if change.before is not None else change.key
+        return [TargetOp("delete", self.target, self.target_key, self.target_key_of(old_key), None, change)]
+
+
+@dataclass(slots=True)
+class MappedChange:
+    """One source change and the target operations it became (or the error that stopped it)."""
+
+    change: Change
+    mapping: TableMapping
+    ops: list[TargetOp] = field(default_factory=list)
+    error: RowError | None = None
+
+
+def map_changes(changes: list[Change], mappings: dict[str, TableMapping]) -> list[MappedChange]:
+    """Map a batch; a row that cannot be mapped carries its RowError instead of ops."""
+    result = []
+    for change in changes:
+        mapping = mappings[change.table]
+        try:
+            result.append(MappedChange(change, mapping, mapping.map_change(change)))
+        except RowError as exc:
+            exc.table, exc.key = exc.table or change.table, exc.key or change.key
+            result.append(MappedChange(change, mapping, [], exc))
+    return result

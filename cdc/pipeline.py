@@ -1,0 +1,183 @@
+"""Run one pair: initial snapshot, then capture -> map -> apply(+checkpoint+audit) -> acknowledge."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from tqdm import tqdm
+
+from . import registry
+from .changes import Change, dumps
+from .config import Pair
+from .errors import ConfigError, RetryableError, SchemaError
+from .mapping import TableMapping, map_changes
+
+logger = logging.getLogger(__name__)
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class RunResult:
+    """What one run of a pair did."""
+
+    pair: str
+    snapshot_rows: int = 0
+    applied: int = 0
+    parked: int = 0
+    batches: int = 0
+    tables_snapshotted: list[str] = field(default_factory=list)
+
+
+def resolve_mappings(pair: Pair, source: Any) -> dict[str, TableMapping]:
+    """The pair's table specs checked against the source schema; ConfigError names file and line."""
+    result = {}
+    for spec in pair.mapping.tables.values():
+        try:
+            info = source.describe(spec.source)
+        except SchemaError:
+            raise ConfigError(f"tables.{spec.source}: source table {spec.source!r} does not exist in "
+                              f"{pair.source.name} ({spec.origin})") from None
+        key = spec.key or info.primary_key
+        if not key:
+            raise ConfigError(f"tables.{spec.source}: table {spec.source} has no primary key; name the columns that "
+                              f"identify a row with `key: [..]` in a mapping file ({spec.origin})")
+        unknown = [k for k in key if k not in info.column_names]
+        if unknown:
+            raise ConfigError(f"tables.{spec.source}.key: source table {spec.source} has no column "
+                              f"{unknown[0]!r} ({spec.origin})")
+        result[spec.source] = TableMapping(spec, info.column_names, tuple(key), pair.source_timezone)
+    return result
+
+
+def open_source(pair: Pair) -> tuple[Any, dict[str, TableMapping]]:
+    """(source, mappings) for a pair, the mappings checked against the source schema."""
+    source = registry.adapter_for(pair.source.url).source(pair)
+    try:
+        mappings = resolve_mappings(pair, source)
+    except Exception:
+        source.close()
+        raise
+    source.watch({name: m.source_key for name, m in mappings.items()})
+    return source, mappings
+
+
+def open_pair(pair: Pair) -> tuple[Any, Any, dict[str, TableMapping]]:
+    """(source, target, mappings) for a pair, checked against the source schema."""
+    source, mappings = open_source(pair)
+    target = registry.adapter_for(pair.target.url).target(pair.target.url)
+    return source, target, mappings
+
+
+class PairRunner:
+    """Runs one pair until drained (``once``) or until ``stop`` is set."""
+
+    def __init__(self, pair: Pair, *, progress: bool = False, stop: threading.Event | None = None,
+                 max_attempts: int | None = None):
+        self.pair = pair
+        self.max_attempts = max_attempts
+        self.progress = progress
+        self.stop = stop or threading.Event()
+        self.source, self.target, self.mappings = open_pair(pair)
+
+    def close(self) -> None:
+        self.source.close()
+        self.target.close()
+
+    def run(self, *, once: bool) -> RunResult:
+        result = RunResult(self.pair.name)
+        checkpoint = self._retrying(lambda: self.target.checkpoint(self.pair.name))
+        if checkpoint is None:
+            position = self._retrying(self.source.current_position)
+            snapshot = {"tables": {t: {"after": None, "done": False} for t in self.mappings}}
+        else:
+            position, snapshot = checkpoint.position, checkpoint.snapshot
+            # A crash between commit and acknowledge left this unreleased; release it now.
+            self._retrying(lambda: self.source.acknowledge(position))
+        if snapshot is not None:
+            self._snapshot(position, snapshot, result)
+        self._stream(position, once, result)
+        return result
+
+    # -- snapshot ------------------------------------------------------------------
+    def _snapshot(self, position: Any, snapshot: dict, result: RunResult) -> None:
+        for table, mapping in self.mappings.items():
+            progress = snapshot["tables"].setdefault(table, {"after": None, "done": False})
+            if progress["done"]:
+                continue
+            result.tables_snapshotted.append(table)
+            total = self.source.count(table)
+            with tqdm(total=total, disable=not self.progress, unit="rows", desc=f"{self.pair.name} {table}",
+                      leave=False) as bar:
+                while not progress["done"]:
+                    if self.stop.is_set():
+                        return
+                    count = self._snapshot_chunk(table, mapping, position, snapshot, progress)
+                    result.snapshot_rows += count
+                    bar.update(count)
+            logger.info("pair %s: snapshot of %s done (%d rows)", self.pair.name, table, total)
+
+    def _snapshot_chunk(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict) -> int:
+        after = self._decode_key(table, mapping, progress["after"])
+        rows = self._retrying(lambda: self.source.snapshot(table, mapping.source_key, after, self.pair.snapshot_chunk))
+        changes = [Change("insert", table, mapping.source_key_of(r), None, r) for r in rows]
+        if rows:
+            progress["after"] = list(changes[-1].key)
+        progress["done"] = len(rows) < self.pair.snapshot_chunk
+        finished = all(p["done"] for p in snapshot["tables"].values()) and set(snapshot["tables"]) >= set(self.mappings)
+        stored = None if finished else _copy(snapshot)
+        self._retrying(lambda: self.target.apply(self.pair.name, map_changes(changes, self.mappings), position=position,
+                                                 snapshot=stored, on_error=self.pair.on_error, reason="snapshot"))
+        return len(rows)
+
+    def _decode_key(self, table: str, mapping: TableMapping, stored: list | None) -> tuple | None:
+        """A key read back from the checkpoint's JSON, in the source's own types."""
+        if stored is None:
+            return None
+        columns = {c.name: c for c in self.source.describe(table).columns}
+        return tuple(self.source.from_db(v, columns[k]) for k, v in zip(mapping.source_key, stored))
+
+    # -- stream --------------------------------------------------------------------
+    def _stream(self, position: Any, once: bool, result: RunResult) -> None:
+        while not self.stop.is_set():
+            batch = self._retrying(lambda: self.source.read(position, self.pair.batch_size))
+            if not batch.changes:
+                if once:
+                    return
+                self.stop.wait(self.pair.poll_interval)
+                continue
+            mapped = map_changes(batch.changes, self.mappings)
+            applied = self._retrying(lambda: self.target.apply(
+                self.pair.name, mapped, position=batch.position, snapshot=None, on_error=self.pair.on_error))
+            position = batch.position
+            self._retrying(lambda: self.source.acknowledge(position))
+            result.applied += applied.applied
+            result.parked += applied.parked
+            result.batches += 1
+            logger.debug("pair %s: applied %d changes up to %s", self.pair.name, applied.applied, dumps(position))
+
+    def _retrying(self, call: Callable[[], Any]) -> Any:
+        """Run ``call``; a passing fault is retried with back-off until it works or we are stopped."""
+        delay, attempt = 0.5, 0
+        while True:
+            attempt += 1
+            try:
+                return call()
+            except (RetryableError, sa.exc.OperationalError) as exc:
+                if self.stop.is_set() or (self.max_attempts is not None and attempt >= self.max_attempts):
+                    raise
+                logger.warning("pair %s: %s; retrying in %.1fs", self.pair.name, _first_line(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+
+
+def _copy(snapshot: dict) -> dict:
+    return {"tables": {t: dict(p) for t, p in snapshot["tables"].items()}}
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,0 +1,61 @@
+"""Read and write checkpoints, audit rows and dead letters inside the caller's transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..changes import dumps, loads
+from ._tables import audit_log, checkpoints, dead_letters
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a pair stands: stream position, unfinished snapshot (or None), totals."""
+
+    position: Any
+    snapshot: dict | None
+    changes_applied: int
+    updated_at: dt.datetime | None
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def read_checkpoint(conn: sa.Connection, pair: str) -> Checkpoint | None:
+    """The pair's checkpoint, or None before its first commit."""
+    row = conn.execute(sa.select(checkpoints).where(checkpoints.c.pair == pair)).first()
+    if row is None:
+        return None
+    updated = row.updated_at
+    if updated is not None and updated.tzinfo is None:
+        updated = updated.replace(tzinfo=dt.timezone.utc)
+    return Checkpoint(loads(row.position), loads(row.snapshot), row.changes_applied, updated)
+
+
+def write_checkpoint(conn: sa.Connection, pair: str, position: Any, snapshot: dict | None, applied: int) -> None:
+    """Store the new checkpoint; must run in the same transaction as the rows it covers."""
+    values = {"position": dumps(position), "snapshot": None if snapshot is None else dumps(snapshot),
+              "updated_at": now()}
+    result = conn.execute(
+        checkpoints.update().where(checkpoints.c.pair == pair)
+        .values(changes_applied=checkpoints.c.changes_applied + applied, **values)
+    )
+    if result.rowcount == 0:
+        conn.execute(checkpoints.insert().values(pair=pair, changes_applied=applied, **values))
+
+
+def write_audit(conn: sa.Connection, rows: list[dict]) -> None:
+    """Append audit rows (dicts of the audit_log columns, JSON fields already encoded)."""
+    if rows:
+        conn.execute(audit_log.insert(), rows)
+
+
+def write_dead_letters(conn: sa.Connection, rows: list[dict]) -> None:
+    """Park rows the target rejected, in the same transaction as the batch and checkpoint."""
+    if rows:
+        conn.execute(dead_letters.insert(), rows)

@@ -1,0 +1,72 @@
+"""SQLAlchemy Core definitions of the state tables (the alembic migrations create them)."""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Stamp = sa.DateTime(timezone=True)
+
+checkpoints = sa.Table(
+    "cdc_checkpoints", metadata,
+    sa.Column("pair", sa.String(200), primary_key=True),
+    sa.Column("position", sa.Text),
+    sa.Column("snapshot", sa.Text),
+    sa.Column("changes_applied", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("updated_at", Stamp, nullable=False),
+)
+
+audit_log = sa.Table(
+    "cdc_audit_log", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("pair", sa.String(200), nullable=False),
+    sa.Column("source_table", sa.String(200), nullable=False),
+    sa.Column("target_table", sa.String(200), nullable=False),
+    sa.Column("op", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("before", sa.Text),
+    sa.Column("after", sa.Text),
+    sa.Column("source_position", sa.Text),
+    sa.Column("source_txid", sa.String(100)),
+    sa.Column("committed_at", Stamp),
+    sa.Column("applied_at", Stamp, nullable=False),
+)
+
+dead_letters = sa.Table(
+    "cdc_dead_letters", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("pair", sa.String(200), nullable=False),
+    sa.Column("source_table", sa.String(200), nullable=False),
+    sa.Column("target_table", sa.String(200), nullable=False),
+    sa.Column("op", sa.String(16), nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("change", sa.Text, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("column_name", sa.String(200)),
+    sa.Column("source_position", sa.Text),
+    sa.Column("status", sa.String(16), nullable=False, server_default="parked"),
+    sa.Column("created_at", Stamp, nullable=False),
+    sa.Column("resolved_at", Stamp),
+)
+
+conflicts = sa.Table(
+    "cdc_conflicts", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("pair", sa.String(200), nullable=False),
+    sa.Column("target_table", sa.String(200), nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("change", sa.Text, nullable=False),
+    sa.Column("target_row", sa.Text),
+    sa.Column("policy", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="open"),
+    sa.Column("created_at", Stamp, nullable=False),
+    sa.Column("resolved_at", Stamp),
+)
+
+leases = sa.Table(
+    "cdc_leases", metadata,
+    sa.Column("pair", sa.String(200), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("expires_at", Stamp, nullable=False),
+)

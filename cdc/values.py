@@ -1,0 +1,86 @@
+"""Exact values: check that a value fits its target column, never round or truncate."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from ._transforms import TransformError, fit_scale, to_decimal
+
+
+def fit(value: Any, column: sa.Column) -> Any:
+    """``value`` converted to the Python type of ``column``; TransformError if it does not fit."""
+    if value is None:
+        if not column.nullable and not column.primary_key:
+            raise TransformError("NULL in a NOT NULL column")
+        return None
+    kind = column.type
+    if isinstance(kind, sa.Numeric) and not isinstance(kind, sa.Float):
+        return _fit_numeric(to_decimal(value), kind)
+    if isinstance(kind, sa.Integer) and not isinstance(kind, sa.Boolean):
+        return _fit_integer(value)
+    if isinstance(kind, sa.String):
+        return _fit_text(value, kind)
+    if isinstance(kind, sa.DateTime):
+        return _fit_datetime(value)
+    if isinstance(kind, sa.Date):
+        return _fit_date(value)
+    return value
+
+
+def _fit_numeric(value: Decimal, kind: sa.Numeric) -> Decimal:
+    if not value.is_finite():
+        raise TransformError(f"{value} is not a finite number")
+    if kind.scale is not None:
+        value = fit_scale(value, kind.scale)
+    if kind.precision is not None:
+        integer_digits = max(value.adjusted() + 1, 0)
+        if integer_digits > kind.precision - (kind.scale or 0):
+            raise TransformError(f"{value} does not fit NUMERIC({kind.precision},{kind.scale or 0})")
+    return value
+
+
+def _fit_integer(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    number = to_decimal(value)
+    if number != number.to_integral_value():
+        raise TransformError(f"{value} is not a whole number; refusing to round")
+    return int(number)
+
+
+def _fit_text(value: Any, kind: sa.String) -> str:
+    if not isinstance(value, str):
+        value = value.isoformat() if isinstance(value, (dt.date, dt.time)) else str(value)
+    if kind.length is not None and len(value) > kind.length:
+        raise TransformError(f"text of {len(value)} characters does not fit {kind.length}; refusing to truncate")
+    return value
+
+
+def _fit_datetime(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    try:
+        return dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise TransformError(f"{value!r} is not a timestamp") from None
+
+
+def _fit_date(value: Any) -> dt.date:
+    if isinstance(value, dt.datetime):
+        if value.time() != dt.time():
+            raise TransformError(f"{value} has a time of day; a DATE column would lose it")
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise TransformError(f"{value!r} is not a date") from None

@@ -1,0 +1,1 @@
+"""Example sync pairs and mapping files; the demo copies them from here."""
