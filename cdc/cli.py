@@ -99,7 +99,7 @@ def run(config: str, pair: str | None, once: bool) -> None:
     for r in results:
         parked = f", {r.parked} parked in dead letters" if r.parked else ""
         snap = f"snapshot {r.snapshot_rows} rows, " if r.tables_snapshotted else ""
-        click.echo(f"pair {r.pair}: {snap}{r.applied} changes applied in {r.batches} batches{parked}")
+        click.echo(f"pair {r.pair}: {snap}{r.applied} changes applied in {r.batches} target transactions{parked}")
 
 
 @main.command()
@@ -132,4 +132,5 @@ def demo(directory: Path) -> None:
     """Create a Norwegian ERP and a ledger in SQLite, sync them, change the ERP, sync again."""
     from . import demo as demo_module
 
-    demo_module.run_demo(directory, echo=click.echo)
+    if not demo_module.run_demo(directory, echo=click.echo):
+        sys.exit(1)
