@@ -25,7 +25,9 @@ CREATE_STATE = [
     f"""CREATE TABLE IF NOT EXISTS {CONSUMERS} (
         pair TEXT PRIMARY KEY, tables TEXT NOT NULL, acked_id INTEGER NOT NULL DEFAULT 0)""",
 ]
-DROP_STATE = [f"DROP TABLE IF EXISTS {t}" for t in (CHANGELOG, EPOCH, CONSUMERS)]
+# SQLite creates sqlite_sequence for AUTOINCREMENT and never lets it be dropped; we remove our row.
+DROP_STATE = [f"DROP TABLE IF EXISTS {t}" for t in (CHANGELOG, EPOCH, CONSUMERS)] + [
+    f"DELETE FROM sqlite_sequence WHERE name = '{CHANGELOG}'"]
 
 
 def quote(name: str) -> str:

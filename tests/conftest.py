@@ -1,0 +1,92 @@
+"""Shared fixtures: real SQLite databases in a temporary directory, configs written as a user would."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+LEDGER_SCHEMA = """
+CREATE TABLE entries (id INTEGER PRIMARY KEY, account INTEGER NOT NULL, amount NUMERIC(18,2) NOT NULL,
+    currency CHAR(3) NOT NULL, memo VARCHAR(200), booked_at DATETIME);
+CREATE TABLE parties (code VARCHAR(10) NOT NULL, region INTEGER NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (code, region));
+"""
+
+
+class Workspace:
+    """A temp dir with a source database, a target path and a config file."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.source = root / "source.db"
+        self.target = root / "target.db"
+        self.config = root / "config.yaml"
+
+    def sql(self, db: Path, script: str) -> None:
+        """Run a script of statements in one transaction."""
+        conn = sqlite3.connect(db)
+        try:
+            with conn:
+                conn.executescript(script)
+        finally:
+            conn.close()
+
+    def query(self, db: Path, sql: str, *params) -> list[tuple]:
+        conn = sqlite3.connect(db)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def rows(self, db: Path, table: str, order: str = "1") -> list[tuple]:
+        conn = sqlite3.connect(db)
+        try:
+            return conn.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
+        finally:
+            conn.close()
+
+    def write_config(self, pair_body: str, extra_connections: str = "") -> Path:
+        body = textwrap.indent(textwrap.dedent(pair_body).strip(), " " * 4)
+        self.config.write_text(
+            "connections:\n"
+            "  src: sqlite:///source.db\n"
+            "  dst: sqlite:///target.db\n"
+            f"{extra_connections}"
+            "pairs:\n"
+            "  p:\n"
+            f"{body}\n",
+            encoding="utf-8",
+        )
+        return self.config
+
+    def cdc(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run the real `cdc` command line in a subprocess."""
+        return subprocess.run([sys.executable, "-m", "cdc", *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=self.root)
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)
+
+
+@pytest.fixture
+def ledger(ws: Workspace) -> Workspace:
+    """A source with the ledger schema, a trigger-capture identity pair, initialised and installed."""
+    ws.sql(ws.source, LEDGER_SCHEMA)
+    ws.write_config("""
+        source: src
+        target: dst
+        capture: trigger
+        tables: [entries, parties]
+        batch_size: 50
+    """)
+    for command in ("init", "install"):
+        result = ws.cdc(command, str(ws.config))
+        assert result.returncode == 0, result.stderr
+    return ws

@@ -1,0 +1,113 @@
+"""SQLite -> SQLite end to end through the real CLI: exact values, random workloads, atomic transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import workload
+from cdc.config import load_config
+from cdc.pipeline import open_source
+
+
+def audit_count(ws, where: str = "op != 'snapshot'") -> int:
+    return ws.query(ws.target, f"SELECT count(*) FROM cdc_audit_log WHERE {where}")[0][0]
+
+
+def assert_equal(ws):
+    for table, order in (("entries", "id"), ("parties", "code, region")):
+        assert ws.rows(ws.source, table, order) == ws.rows(ws.target, table, order), table
+
+
+def test_amounts_and_text_survive_exactly(ledger):
+    ws = ledger
+    ws.sql(ws.source, """
+        INSERT INTO entries VALUES (1, 1500, '0.10', 'NOK', 'Blåbærsyltetøy AS', '2024-01-31 23:59:59');
+        INSERT INTO entries VALUES (2, 3000, '1234567890123.45', 'NOK', 'Ærlig ☕', NULL);
+        INSERT INTO entries VALUES (3, 2700, '-0.01', 'NOK', '', '2024-02-29 00:00:00');
+    """)
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    ws.sql(ws.source, "INSERT INTO entries VALUES (4, 1920, '-0.01', 'NOK', 'Blåbærsyltetøy AS', NULL);"
+                      "UPDATE entries SET amount = '0.10' WHERE id = 2;")
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 0, result.stderr
+    target = sqlite3.connect(ws.target)
+    rows = target.execute("SELECT id, CAST(amount AS TEXT), memo FROM entries ORDER BY id").fetchall()
+    assert rows == [(1, "0.1", "Blåbærsyltetøy AS"), (2, "0.1", "Ærlig ☕"), (3, "-0.01", ""),
+                    (4, "-0.01", "Blåbærsyltetøy AS")]
+    # Decimal end to end: the audit log records the amounts as exact strings.
+    after = target.execute("SELECT after FROM cdc_audit_log WHERE op = 'update'").fetchone()[0]
+    assert '"amount":"0.10"' in after
+    assert_equal(ws)
+
+
+def test_5000_random_changes_arrive_exactly_once(ledger):
+    ws = ledger
+    workload.run(ws.source, 300, seed=1)
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    snapshot_audit = audit_count(ws)
+    assert snapshot_audit == 0
+    changes = workload.run(ws.source, 5000, seed=2)
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 0, result.stderr
+    assert_equal(ws)
+    assert audit_count(ws) == changes == 5000
+    # The changelog is purged once applied, and status has nothing pending.
+    assert ws.query(ws.source, "SELECT count(*) FROM _cdc_changelog") == [(0,)]
+    assert '"pending": 0' in ws.cdc("status", "--json", str(ws.config)).stdout
+
+
+def test_a_source_transaction_is_never_split_across_batches(ledger):
+    ws = ledger
+    pair = load_config(ws.config).pairs["p"]
+    source, _ = open_source(pair)
+    conn = sqlite3.connect(ws.source)
+    try:
+        with conn:
+            conn.executemany("INSERT INTO entries VALUES (?, 1500, '1.00', 'NOK', NULL, NULL)",
+                             [(i,) for i in range(1, 201)])
+        first = source.read(0, 50)  # batch_size 50, but the transaction has 200 changes
+        assert len(first) == 200 and len({c.txid for c in first.changes}) == 1
+        with conn:
+            conn.execute("UPDATE entries SET amount = '2.00' WHERE id = 1")
+        with conn:
+            conn.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in range(2, 102)])
+        # Transactions committed between two reads may share a batch, but only whole.
+        second = source.read(first.position, 50)
+        assert [(c.op, c.key) for c in second.changes[:1]] == [("update", (1,))]
+        assert len(second) == 101 and {c.op for c in second.changes[1:]} == {"delete"}
+        assert source.read(second.position, 50).changes == []
+    finally:
+        conn.close()
+        source.close()
+
+
+def test_uninstall_removes_capture_and_nothing_else(ws):
+    ws.sql(ws.source, "CREATE TABLE entries (id INTEGER PRIMARY KEY, amount NUMERIC(18,2));"
+                      "CREATE TRIGGER users_own AFTER INSERT ON entries BEGIN SELECT 1; END;")
+    ws.write_config("source: src\ntarget: dst\ntables: [entries]")
+    before = ws.query(ws.source, "SELECT type, name FROM sqlite_master ORDER BY name")
+    assert ws.cdc("install", str(ws.config)).returncode == 0
+    installed = ws.query(ws.source, "SELECT name FROM sqlite_master WHERE name LIKE '_cdc%'")
+    assert len(installed) >= 6  # changelog, epoch, consumers, three triggers
+    result = ws.cdc("uninstall", str(ws.config))
+    assert result.returncode == 0 and "removed" in result.stdout
+    after = ws.query(ws.source, "SELECT type, name FROM sqlite_master ORDER BY name")
+    # sqlite_sequence is SQLite's own and cannot be dropped; none of its rows is ours.
+    assert [row for row in after if row[1] != "sqlite_sequence"] == before
+    assert ws.query(ws.source, "SELECT count(*) FROM sqlite_sequence") == [(0,)]
+
+
+def test_two_pairs_share_a_changelog_without_losing_each_others_changes(ws):
+    ws.sql(ws.source, "CREATE TABLE entries (id INTEGER PRIMARY KEY, amount NUMERIC(18,2));")
+    ws.config.write_text("connections:\n  src: sqlite:///source.db\n  a: sqlite:///a.db\n  b: sqlite:///b.db\n"
+                         "pairs:\n  to_a: {source: src, target: a, tables: [entries]}\n"
+                         "  to_b: {source: src, target: b, tables: [entries]}\n", encoding="utf-8")
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    ws.sql(ws.source, "INSERT INTO entries VALUES (1, '5.00'); INSERT INTO entries VALUES (2, '6.00');")
+    assert ws.cdc("run", "--once", "--pair", "to_a", str(ws.config)).returncode == 0
+    assert ws.query(ws.source, "SELECT count(*) FROM _cdc_changelog") == [(2,)]  # to_b has not read them
+    assert ws.cdc("run", "--once", "--pair", "to_b", str(ws.config)).returncode == 0
+    assert ws.rows(ws.root / "a.db", "entries") == ws.rows(ws.root / "b.db", "entries") == [(1, 5), (2, 6)]
+    assert ws.query(ws.source, "SELECT count(*) FROM _cdc_changelog") == [(0,)]

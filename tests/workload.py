@@ -1,0 +1,57 @@
+"""A random but reproducible mix of inserts, updates and deletes in many source transactions."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+MEMOS = ["Blåbærsyltetøy AS", "Ærlig Østlandsk Rørlegger", "Kaffe ☕ og kake", "Faktura 1042", None, "", "ÆØÅ æøå"]
+
+
+def amount(rng: random.Random) -> str:
+    exact = [Decimal("0.10"), Decimal("1234567890123.45"), Decimal("-0.01")]
+    if rng.random() < 0.1:
+        return str(rng.choice(exact))
+    return str(Decimal(rng.randint(-10_000_000, 10_000_000)) / 100)
+
+
+def run(db: Path, changes: int, seed: int) -> int:
+    """Apply about ``changes`` row changes to ``entries`` and ``parties``; returns the exact count."""
+    rng = random.Random(seed)
+    conn = sqlite3.connect(db, timeout=30)
+    done = 0
+    try:
+        ids = [r[0] for r in conn.execute("SELECT id FROM entries")]
+        parties = [tuple(r) for r in conn.execute("SELECT code, region FROM parties")]
+        next_id = max(ids, default=0) + 1
+        while done < changes:
+            with conn:
+                for _ in range(min(rng.randint(1, 20), changes - done)):
+                    roll = rng.random()
+                    if roll < 0.45 or not ids:
+                        conn.execute("INSERT INTO entries VALUES (?, ?, ?, 'NOK', ?, ?)",
+                                     (next_id, rng.choice([1500, 1920, 2700, 3000]), amount(rng), rng.choice(MEMOS),
+                                      f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} 12:00:00"))
+                        ids.append(next_id)
+                        next_id += 1
+                    elif roll < 0.75:
+                        conn.execute("UPDATE entries SET amount = ?, memo = ? WHERE id = ?",
+                                     (amount(rng), rng.choice(MEMOS), rng.choice(ids)))
+                    elif roll < 0.9:
+                        victim = ids.pop(rng.randrange(len(ids)))
+                        conn.execute("DELETE FROM entries WHERE id = ?", (victim,))
+                    elif roll < 0.95 or not parties:
+                        key = (f"K{rng.randint(1, 10**6)}", rng.randint(1, 9))
+                        if key in parties:
+                            continue
+                        conn.execute("INSERT INTO parties VALUES (?, ?, ?)", (*key, rng.choice(MEMOS[:4])))
+                        parties.append(key)
+                    else:
+                        key = parties.pop(rng.randrange(len(parties)))
+                        conn.execute("DELETE FROM parties WHERE code = ? AND region = ?", key)
+                    done += 1
+    finally:
+        conn.close()
+    return done
