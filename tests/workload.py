@@ -17,8 +17,10 @@ def amount(rng: random.Random) -> str:
     return str(Decimal(rng.randint(-10_000_000, 10_000_000)) / 100)
 
 
-def run(db: Path, changes: int, seed: int) -> int:
+def run(db: Path, changes: int, seed: int, pause: float = 0.0) -> int:
     """Apply about ``changes`` row changes to ``entries`` and ``parties``; returns the exact count."""
+    import time
+
     rng = random.Random(seed)
     conn = sqlite3.connect(db, timeout=30)
     done = 0
@@ -27,6 +29,8 @@ def run(db: Path, changes: int, seed: int) -> int:
         parties = [tuple(r) for r in conn.execute("SELECT code, region FROM parties")]
         next_id = max(ids, default=0) + 1
         while done < changes:
+            if pause:
+                time.sleep(pause)
             with conn:
                 for _ in range(min(rng.randint(1, 20), changes - done)):
                     roll = rng.random()
