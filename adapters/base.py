@@ -30,7 +30,7 @@ class TableInfo:
 
     @property
     def column_names(self) -> list[str]:
-        return [c.name for c in self.columns]
+        return [str(c.name) for c in self.columns]  # plain str: reflected names are str subclasses
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class KeyedReads:
             if not sa.inspect(self.engine).has_table(table):
                 raise SchemaError(f"table {table} does not exist")
             reflected = sa.Table(table, sa.MetaData(), autoload_with=self.engine)
-            key = tuple(c.name for c in reflected.primary_key.columns)
+            key = tuple(str(c.name) for c in reflected.primary_key.columns)
             cache[table] = TableInfo(table, list(reflected.columns), key)
         return cache[table]
 
@@ -115,8 +115,8 @@ class KeyedReads:
             query = query.where(sa.tuple_(*[plain.c[k] for k in key]) > sa.tuple_(*[sa.literal(v) for v in after_key]))
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        columns = info.columns
-        return [{c.name: self.from_db(v, c) for c, v in zip(columns, row)} for row in rows]
+        named = list(zip(info.column_names, info.columns))
+        return [{name: self.from_db(v, c) for (name, c), v in zip(named, row)} for row in rows]
 
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from . import commands
 from .config import mask_url
-from .errors import CdcError
+from .errors import CdcError, RowError
 
 CONFIG = click.argument("config", type=click.Path(dir_okay=False))
 PAIR = click.option("--pair", "pair", metavar="NAME", help="Only this pair (default: every pair in the config).")
@@ -26,6 +26,9 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except RowError as exc:
+            click.echo(f"error: {exc.describe()}", err=True)
+            sys.exit(exc.exit_code)
         except CdcError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)

@@ -93,7 +93,8 @@ class TriggerSource(SqliteSource):
         return Batch([self._change(row) for row in rows], rows[-1].id if rows else after)
 
     def _change(self, row: Any) -> Change:
-        columns = {c.name: c for c in self.describe(row.tbl).columns}
+        info = self.describe(row.tbl)
+        columns = dict(zip(info.column_names, info.columns))
         before, after = (self._image(loads(text), columns) for text in (row.before, row.after))
         key_source = after if after is not None else before
         key = tuple(key_source[k] for k in self.keys[row.tbl])
@@ -147,12 +148,15 @@ class TimestampSource(SqliteSource):
         return []
 
     def current_position(self) -> Position:
+        """The newest timestamp per table, with the rows inside its overlap window marked as seen
+        (the snapshot carries them, so they are not applied again)."""
         self.prepare()
         marks = {}
         with self.engine.connect() as conn:
             for table in self.keys:
                 plain = sa.table(table, sa.column(self.options.column))
-                marks[table] = {"ts": conn.execute(sa.select(sa.func.max(plain.c[0]))).scalar(), "seen": {}}
+                newest = conn.execute(sa.select(sa.func.max(plain.c[0]))).scalar()
+                marks[table] = self._poll(table, {"ts": newest, "seen": {}}, float("inf"))[1]
         return marks
 
     def read(self, after: Position, max_changes: int) -> Batch:
@@ -176,7 +180,7 @@ class TimestampSource(SqliteSource):
         seen, changes, newest = dict(mark["seen"]), [], mark["ts"]
         with self.engine.connect() as conn:
             for raw in conn.execute(query):
-                row = {c.name: self.from_db(v, c) for c, v in zip(info.columns, raw)}
+                row = {n: self.from_db(v, c) for n, c, v in zip(info.column_names, info.columns, raw)}
                 row_key = tuple(row[k] for k in key)
                 tag = dumps(list(row_key))
                 digest = hashlib.blake2b(dumps(row).encode(), digest_size=8).hexdigest()
