@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import sqlalchemy as sa
 
@@ -18,6 +18,10 @@ from cdc._transforms import TransformError
 from cdc.changes import Batch, Position, Row, dumps
 from cdc.errors import RetryableError, RowError, SchemaError, TargetError
 from cdc.mapping import MappedChange, TargetOp
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,9 @@ class KeyedReads:
 
     engine: sa.Engine
 
-    def from_db(self, value: Any, column: sa.Column) -> Any:
-        """A driver value as the change model's Python value (Decimal, never float, for numerics)."""
-        return value
+    def reader(self, column: sa.Column) -> Callable[[Any], Any]:
+        """How a driver value of ``column`` becomes the change model's value (Decimal, never float)."""
+        return _identity
 
     def describe(self, table: str) -> TableInfo:
         """The table's columns and primary key (cached); SchemaError if it does not exist."""
@@ -115,8 +119,8 @@ class KeyedReads:
             query = query.where(sa.tuple_(*[plain.c[k] for k in key]) > sa.tuple_(*[sa.literal(v) for v in after_key]))
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        named = list(zip(info.column_names, info.columns))
-        return [{name: self.from_db(v, c) for (name, c), v in zip(named, row)} for row in rows]
+        readers = [(name, self.reader(c)) for name, c in zip(info.column_names, info.columns)]
+        return [{name: read(v) for (name, read), v in zip(readers, row)} for row in rows]
 
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
@@ -140,20 +144,21 @@ class SqlSource(KeyedReads):
 
 
 class SqlTarget(KeyedReads):
-    """A Target over SQLAlchemy Core; a dialect supplies ``upsert`` and ``to_db``."""
+    """A Target over SQLAlchemy Core; a dialect supplies ``upsert`` and ``writer``."""
 
     def __init__(self, engine: sa.Engine):
         self.engine = engine
         self._tables: dict[str, sa.Table] = {}
+        self._writers: dict[str, dict[str, Callable[[Any], Any]]] = {}
 
     # -- dialect hooks -------------------------------------------------------------
     def upsert(self, table: sa.Table, key: tuple[str, ...], columns: list[str]) -> sa.Executable:
         """An INSERT that updates the row when ``key`` exists, in the dialect's syntax."""
         raise NotImplementedError
 
-    def to_db(self, value: Any, column: sa.Column) -> Any:
-        """A checked Python value as the driver should bind it (TransformError if it cannot)."""
-        return value
+    def writer(self, column: sa.Column) -> Callable[[Any], Any]:
+        """How a checked Python value of ``column`` is bound (TransformError if it cannot be)."""
+        return _identity
 
     def statement_table(self, name: str) -> sa.TableClause:
         """The table statements are built on; a dialect that binds its own values drops the types."""
@@ -265,15 +270,26 @@ class SqlTarget(KeyedReads):
             state.write_checkpoint(conn, pair, position, snapshot, len(done) if reason != "snapshot" else 0)
         return ApplyResult(len(done), len(parked))
 
+    def _column_writers(self, name: str) -> dict[str, Callable[[Any], Any]]:
+        """Per column: fit check then the dialect's binding, composed once per table."""
+        if name not in self._writers:
+            def compose(column: sa.Column) -> Callable[[Any], Any]:
+                fit, bind = values.fitter(column), self.writer(column)
+                return lambda value: bind(fit(value))
+
+            self._writers[name] = {str(c.name): compose(c) for c in self.table(name).columns}
+        return self._writers[name]
+
     def _prepare(self, op: TargetOp) -> tuple[str, str, tuple[str, ...], dict]:
-        table = self.table(op.table)
+        writers = self._column_writers(op.table)
         source = op.row if op.op == "upsert" else dict(zip(op.key_columns, op.key))
         params = {}
         for name, value in source.items():
-            if name not in table.c:
+            write = writers.get(name)
+            if write is None:
                 raise SchemaError(f"target table {op.table} has no column {name!r}: add it or change the mapping")
             try:
-                params[name] = self.to_db(values.fit(value, table.c[name]), table.c[name])
+                params[name] = write(value)
             except TransformError as exc:
                 raise RowError(str(exc), table=op.table, key=op.key, column=name) from None
         return op.op, op.table, op.key_columns, params

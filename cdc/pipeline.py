@@ -138,8 +138,9 @@ class PairRunner:
         """A key read back from the checkpoint's JSON, in the source's own types."""
         if stored is None:
             return None
-        columns = {c.name: c for c in self.source.describe(table).columns}
-        return tuple(self.source.from_db(v, columns[k]) for k, v in zip(mapping.source_key, stored))
+        info = self.source.describe(table)
+        columns = dict(zip(info.column_names, info.columns))
+        return tuple(self.source.reader(columns[k])(v) for k, v in zip(mapping.source_key, stored))
 
     # -- stream --------------------------------------------------------------------
     def _stream(self, position: Any, once: bool, result: RunResult) -> None:

@@ -67,7 +67,8 @@ def _normalise(row: dict, columns: dict) -> dict:
 
 def _compare_table(source: Any, target: Any, mapping: Any) -> TableDiff:
     diff = TableDiff(mapping.source, mapping.target)
-    columns = {c.name: c for c in target.describe(mapping.target).columns}
+    info = target.describe(mapping.target)
+    columns = dict(zip(info.column_names, info.columns))
     expected = {}
     for row in _rows(source, mapping.source, mapping.source_key):
         diff.source_rows += 1

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from functools import cache, partial
+from typing import Any, Callable
 
 import sqlalchemy as sa
 
@@ -13,25 +14,38 @@ from ._transforms import TransformError, fit_scale, to_decimal
 
 def fit(value: Any, column: sa.Column) -> Any:
     """``value`` converted to the Python type of ``column``; TransformError if it does not fit."""
-    if value is None:
-        if not column.nullable and not column.primary_key:
-            raise TransformError("NULL in a NOT NULL column")
-        return None
+    return fitter(column)(value)
+
+
+@cache
+def fitter(column: sa.Column) -> Callable[[Any], Any]:
+    """The fit check of one column, compiled once (it runs for every value of every row)."""
     kind = column.type
+    check: Callable[[Any], Any] | None = None
     if isinstance(kind, sa.Numeric) and not isinstance(kind, sa.Float):
-        return _fit_numeric(to_decimal(value), kind)
-    if isinstance(kind, sa.Integer) and not isinstance(kind, sa.Boolean):
-        return _fit_integer(value)
-    if isinstance(kind, sa.String):
-        return _fit_text(value, kind)
-    if isinstance(kind, sa.DateTime):
-        return _fit_datetime(value)
-    if isinstance(kind, sa.Date):
-        return _fit_date(value)
-    return value
+        check = partial(_fit_numeric, kind=kind)
+    elif isinstance(kind, sa.Integer) and not isinstance(kind, sa.Boolean):
+        check = _fit_integer
+    elif isinstance(kind, sa.String):
+        check = partial(_fit_text, kind=kind)
+    elif isinstance(kind, sa.DateTime):
+        check = _fit_datetime
+    elif isinstance(kind, sa.Date):
+        check = _fit_date
+    nullable = column.nullable or column.primary_key
+
+    def fit_one(value: Any) -> Any:
+        if value is None:
+            if not nullable:
+                raise TransformError("NULL in a NOT NULL column")
+            return None
+        return value if check is None else check(value)
+
+    return fit_one
 
 
-def _fit_numeric(value: Decimal, kind: sa.Numeric) -> Decimal:
+def _fit_numeric(value: Any, kind: sa.Numeric) -> Decimal:
+    value = to_decimal(value)
     if not value.is_finite():
         raise TransformError(f"{value} is not a finite number")
     if kind.scale is not None:

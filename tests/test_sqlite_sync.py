@@ -111,3 +111,30 @@ def test_two_pairs_share_a_changelog_without_losing_each_others_changes(ws):
     assert ws.cdc("run", "--once", "--pair", "to_b", str(ws.config)).returncode == 0
     assert ws.rows(ws.root / "a.db", "entries") == ws.rows(ws.root / "b.db", "entries") == [(1, 5), (2, 6)]
     assert ws.query(ws.source, "SELECT count(*) FROM _cdc_changelog") == [(0,)]
+
+
+def test_sigterm_finishes_the_batch_and_exits_0(ledger):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ws = ledger
+    process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        changes = workload.run(ws.source, 500, seed=5, pause=0.002)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # streaming: wait until it has caught up
+            applied = ws.query(ws.target, "SELECT coalesce(max(changes_applied), 0) FROM cdc_checkpoints")[0][0]
+            if applied == changes:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert "changes applied" in out
+    assert_equal(ws)
+    assert audit_count(ws) == changes

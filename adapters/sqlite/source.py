@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
 
@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 class SqliteSource(SqlSource):
     """Shared by both capture modes: reflection, snapshots, SQLite value conversion."""
 
-    def from_db(self, value: Any, column: sa.Column) -> Any:
-        return types.from_db(value, column)
+    def reader(self, column: sa.Column) -> Callable[[Any], Any]:
+        return types.reader(column)
 
 
 class TriggerSource(SqliteSource):
@@ -93,20 +93,25 @@ class TriggerSource(SqliteSource):
         return Batch([self._change(row) for row in rows], rows[-1].id if rows else after)
 
     def _change(self, row: Any) -> Change:
-        info = self.describe(row.tbl)
-        columns = dict(zip(info.column_names, info.columns))
-        before, after = (self._image(loads(text), columns) for text in (row.before, row.after))
+        readers = self._log_readers(row.tbl)
+        before, after = (self._image(loads(text), readers) for text in (row.before, row.after))
         key_source = after if after is not None else before
         key = tuple(key_source[k] for k in self.keys[row.tbl])
         committed = dt.datetime.fromisoformat(row.changed_at).replace(tzinfo=dt.timezone.utc)
         return Change(row.op, row.tbl, key, before, after, committed, row.id, row.txid)
 
+    def _log_readers(self, table: str) -> dict[str, Callable[[Any], Any]]:
+        cache = self.__dict__.setdefault("_readers", {})
+        if table not in cache:
+            info = self.describe(table)
+            cache[table] = {name: types.log_reader(c) for name, c in zip(info.column_names, info.columns)}
+        return cache[table]
+
     @staticmethod
-    def _image(raw: dict | None, columns: dict[str, sa.Column]) -> dict | None:
+    def _image(raw: dict | None, readers: dict[str, Callable[[Any], Any]]) -> dict | None:
         if raw is None:
             return None
-        return {name: types.from_log(value, columns[name]) if name in columns else value
-                for name, value in raw.items()}
+        return {name: readers[name](value) if name in readers else value for name, value in raw.items()}
 
     def pending(self, after: Position) -> int | None:
         with self.engine.connect() as conn:
@@ -178,9 +183,10 @@ class TimestampSource(SqliteSource):
         if mark["ts"] is not None:
             query = query.where(plain.c[column] >= _minus(mark["ts"], self.options.overlap_seconds))
         seen, changes, newest = dict(mark["seen"]), [], mark["ts"]
+        readers = [(n, self.reader(c)) for n, c in zip(info.column_names, info.columns)]
         with self.engine.connect() as conn:
             for raw in conn.execute(query):
-                row = {n: self.from_db(v, c) for n, c, v in zip(info.column_names, info.columns, raw)}
+                row = {n: read(v) for (n, read), v in zip(readers, raw)}
                 row_key = tuple(row[k] for k in key)
                 tag = dumps(list(row_key))
                 digest = hashlib.blake2b(dumps(row).encode(), digest_size=8).hexdigest()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert
@@ -12,7 +12,7 @@ from . import types
 
 
 class SqliteTarget(SqlTarget):
-    """Binds its own values (see types.to_db), so statements use untyped columns."""
+    """Binds its own values (see types.writer), so statements use untyped columns."""
 
     def __init__(self, engine: sa.Engine):
         super().__init__(engine)
@@ -25,11 +25,11 @@ class SqliteTarget(SqlTarget):
             return statement.on_conflict_do_nothing(index_elements=list(key))
         return statement.on_conflict_do_update(index_elements=list(key), set_=updates)
 
-    def to_db(self, value: Any, column: sa.Column) -> Any:
-        return types.to_db(value, column)
+    def writer(self, column: sa.Column) -> Callable[[Any], Any]:
+        return types.writer(column)
 
-    def from_db(self, value: Any, column: sa.Column) -> Any:
-        return types.from_db(value, column)
+    def reader(self, column: sa.Column) -> Callable[[Any], Any]:
+        return types.reader(column)
 
     def statement_table(self, name: str) -> sa.TableClause:
         if name not in self._plain:

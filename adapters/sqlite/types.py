@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from functools import cache
+from functools import cache, partial
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
 
@@ -19,41 +19,54 @@ def _exact_numeric(column: sa.Column) -> bool:
     return isinstance(column.type, sa.Numeric) and not isinstance(column.type, sa.Float)
 
 
-def from_db(value: Any, column: sa.Column) -> Any:
-    """A stored SQLite value as a Python value of the column's declared kind."""
-    if value is None:
-        return None
-    kind = column.type
-    if _exact_numeric(column):
-        number = to_decimal(value)
-        scale = kind.scale
-        if scale is not None and number.is_finite() and -number.as_tuple().exponent < scale:
-            number = number.quantize(Decimal(1).scaleb(-scale))  # only pads zeros: 0.1 -> 0.10
-        return number
-    if isinstance(kind, sa.Boolean):
-        return bool(value)
-    if isinstance(kind, sa.DateTime) and isinstance(value, str):
-        return _parse(dt.datetime.fromisoformat, value)
-    if isinstance(kind, sa.Date) and isinstance(value, str):
-        return _parse(dt.date.fromisoformat, value)
+def _identity(value: Any) -> Any:
     return value
 
 
-def from_log(value: Any, column: sa.Column) -> Any:
-    """A value as the capture triggers logged it in JSON (blobs as hex, floats as text)."""
+@cache
+def reader(column: sa.Column) -> Callable[[Any], Any]:
+    """How a stored SQLite value of this column becomes a Python value of its declared kind."""
+    kind = column.type
+    if _exact_numeric(column):
+        return partial(_read_decimal, pad=None if kind.scale is None else Decimal(1).scaleb(-kind.scale))
+    if isinstance(kind, sa.Boolean):
+        return lambda v: None if v is None else bool(v)
+    if isinstance(kind, sa.DateTime):
+        return partial(_parse, dt.datetime.fromisoformat)
+    if isinstance(kind, sa.Date):
+        return partial(_parse, dt.date.fromisoformat)
+    return _identity
+
+
+@cache
+def log_reader(column: sa.Column) -> Callable[[Any], Any]:
+    """How a value the capture triggers logged in JSON (blobs as hex, floats as text) is read."""
+    if isinstance(column.type, sa.LargeBinary):
+        return lambda v: bytes.fromhex(v) if isinstance(v, str) else v
+    if isinstance(column.type, sa.Float):
+        return lambda v: float(v) if isinstance(v, str) else v
+    return reader(column)
+
+
+@cache
+def writer(column: sa.Column) -> Callable[[Any], Any]:
+    """How a checked value is bound for SQLite; refuses what NUMERIC affinity would round."""
+    return partial(_write, exact_text=_affinity(column) == "TEXT")
+
+
+def _read_decimal(value: Any, pad: Decimal | None) -> Decimal | None:
     if value is None:
         return None
-    if isinstance(column.type, sa.LargeBinary) and isinstance(value, str):
-        return bytes.fromhex(value)
-    if isinstance(column.type, sa.Float) and isinstance(value, str):
-        return float(value)
-    return from_db(value, column)
+    number = to_decimal(value)
+    if pad is not None and number.is_finite() and number.as_tuple().exponent > pad.as_tuple().exponent:
+        number = number.quantize(pad)  # only pads zeros: 0.1 -> 0.10
+    return number
 
 
-def to_db(value: Any, column: sa.Column) -> Any:
-    """A checked value as SQLite should store it; refuses what NUMERIC affinity would round."""
+def _write(value: Any, exact_text: bool) -> Any:
     if isinstance(value, Decimal):
-        if _affinity(column) != "TEXT" and len(value.normalize().as_tuple().digits) > EXACT_DIGITS:
+        if not exact_text and len(value.as_tuple().digits) > EXACT_DIGITS and \
+                len(value.normalize().as_tuple().digits) > EXACT_DIGITS:
             raise TransformError(
                 f"{value} has more than {EXACT_DIGITS} significant digits; SQLite would round it "
                 "(declare the column TEXT to keep it exact)")
@@ -78,7 +91,9 @@ def _affinity(column: sa.Column) -> str:
     return "REAL" if any(word in declared for word in ("REAL", "FLOA", "DOUB")) else "NUMERIC"
 
 
-def _parse(parse, value: str) -> Any:
+def _parse(parse, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
     try:
         return parse(value)
     except ValueError:
