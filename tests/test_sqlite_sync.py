@@ -123,8 +123,11 @@ def test_sigterm_finishes_the_batch_and_exits_0(ledger):
     process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        changes = workload.run(ws.source, 500, seed=5, pause=0.002)
         deadline = time.monotonic() + 60
+        while not ws.query(ws.target, "SELECT 1 FROM cdc_checkpoints WHERE snapshot IS NULL"):
+            assert time.monotonic() < deadline and process.poll() is None, "the snapshot did not finish"
+            time.sleep(0.1)
+        changes = workload.run(ws.source, 500, seed=5, pause=0.002)
         while time.monotonic() < deadline:  # streaming: wait until it has caught up
             applied = ws.query(ws.target, "SELECT coalesce(max(changes_applied), 0) FROM cdc_checkpoints")[0][0]
             if applied == changes:
