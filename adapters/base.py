@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from cdc import state, values
 from cdc._transforms import TransformError
-from cdc.changes import Batch, Position, Row, dumps
+from cdc.changes import ApplyResult, Batch, Position, Row, dumps
 from cdc.errors import RetryableError, RowError, SchemaError, TargetError
 from cdc.mapping import MappedChange, TargetOp
 
@@ -35,14 +35,6 @@ class TableInfo:
     @property
     def column_names(self) -> list[str]:
         return [str(c.name) for c in self.columns]  # plain str: reflected names are str subclasses
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    """What one apply committed: changes written, changes parked as dead letters."""
-
-    applied: int
-    parked: int
 
 
 class Source(Protocol):
@@ -193,6 +185,8 @@ class SqlTarget(KeyedReads):
 
     def target_type(self, kind: sa.types.TypeEngine) -> sa.types.TypeEngine:
         """A source column type as this target should declare it (exact numerics stay exact)."""
+        if getattr(kind, "_variant_mapping", None):
+            return kind  # already says what it is per dialect
         try:
             return kind.as_generic()
         except NotImplementedError:

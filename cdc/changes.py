@@ -59,6 +59,14 @@ class Batch:
         return len(self.changes)
 
 
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one target transaction committed: changes applied, changes parked as dead letters."""
+
+    applied: int
+    parked: int
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, Decimal):
         # Numbers travel as strings so no JSON reader turns them into floats.

@@ -130,10 +130,12 @@ def status(config: str, pair: str | None, as_json: bool) -> None:
 @main.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("cdc-demo"),
               show_default=True, help="Where to create the demo databases and config.")
+@click.option("--target", metavar="URL", help="Ledger database URL (e.g. postgresql://user:pw@host/db) instead "
+              "of a SQLite file; it must be empty of demo tables.")
 @_friendly
-def demo(directory: Path) -> None:
+def demo(directory: Path, target: str | None) -> None:
     """Create a Norwegian ERP and a ledger in SQLite, sync them, change the ERP, sync again."""
     from . import demo as demo_module
 
-    if not demo_module.run_demo(directory, echo=click.echo):
+    if not demo_module.run_demo(directory, echo=click.echo, target=target):
         sys.exit(1)

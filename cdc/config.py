@@ -91,6 +91,14 @@ def mask_url(url: str) -> str:
         return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def load_url(text: str) -> str:
+    """A URL as a DBA writes it, with our default driver for a plain scheme."""
+    url = make_url(text)
+    if url.drivername in _DEFAULT_DRIVERS:
+        url = url.set(drivername=_DEFAULT_DRIVERS[url.drivername])
+    return url.render_as_string(hide_password=False)
+
+
 def load_config(path: str | os.PathLike) -> Config:
     """Read, interpolate and validate a config file; raises ConfigError naming file and line."""
     path = Path(path)
@@ -196,6 +204,8 @@ def _choice(doc, keys, raw, key, choices, default):
 
 def _capture(doc, keys, raw, source: Connection) -> str:
     adapter = registry.adapter_for(source.url)
+    if not adapter.capture_modes:
+        raise doc.error(keys + ("source",), f"the {adapter.name} adapter cannot be a source yet (it can be a target)")
     capture = _choice(doc, keys, raw, "capture", CAPTURE_MODES, adapter.capture_modes[0])
     if capture not in adapter.capture_modes:
         raise doc.error(keys + ("capture",), f"capture {capture!r} is not supported by the {adapter.name} adapter "

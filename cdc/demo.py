@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sqlite3
@@ -10,8 +11,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Callable
 
+import sqlalchemy as sa
+
 from . import commands, reconcile
-from .config import load_config
+from .config import load_config, load_url, mask_url
+from .errors import ConfigError
 
 CENT = Decimal("0.01")
 ERP_SCHEMA = """
@@ -110,9 +114,26 @@ def _changes(path: Path) -> list[str]:
     return done
 
 
-def run_demo(directory: Path, echo: Callable[[str], None] = print) -> bool:
-    """Build, sync, change and re-sync the demo; True when source and target end equal."""
+def _require_empty(url: str) -> None:
+    engine = sa.create_engine(load_url(url))
+    try:
+        existing = set(sa.inspect(engine).get_table_names()) & {"kunder", "fakturaer", "cdc_checkpoints"}
+    finally:
+        engine.dispose()
+    if existing:
+        raise ConfigError(f"{mask_url(url)} already holds {', '.join(sorted(existing))}: give the demo an empty database")
+
+
+def run_demo(directory: Path, echo: Callable[[str], None] = print, target: str | None = None) -> bool:
+    """Build, sync, change and re-sync the demo; True when source and target end equal.
+
+    ``target``: a database URL for the ledger instead of ledger.db; it must hold no demo tables yet.
+    It reaches the config through ${LEDGER_URL}, so no password is written to a file.
+    """
     directory = Path(directory).resolve()
+    if target is not None:
+        os.environ["LEDGER_URL"] = target
+        _require_empty(target)
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("erp.db", "ledger.db"):
         (directory / name).unlink(missing_ok=True)
@@ -121,6 +142,8 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print) -> bool:
     config = directory / "config.yaml"
     create_erp(directory / "erp.db")
     echo(f"1. Created a Norwegian ERP in {directory / 'erp.db'} and the config {config}")
+    if target is not None:
+        echo(f"   ledger: {mask_url(target)} (the config reads it from $LEDGER_URL; export it to go on by hand)")
     for step, function in (("2. cdc init", commands.init), ("3. cdc install", commands.install)):
         echo(f"{step} {config}")
         for line in function(str(config)).lines:

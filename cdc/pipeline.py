@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from . import registry
-from .changes import Change, dumps
+from .changes import ApplyResult, Change, dumps
 from .config import Pair
 from .errors import ConfigError, RetryableError, SchemaError
 from .mapping import TableMapping, map_changes
@@ -130,8 +130,7 @@ class PairRunner:
         progress["done"] = len(rows) < self.pair.snapshot_chunk
         finished = all(p["done"] for p in snapshot["tables"].values()) and set(snapshot["tables"]) >= set(self.mappings)
         stored = None if finished else _copy(snapshot)
-        self._retrying(lambda: self.target.apply(self.pair.name, map_changes(changes, self.mappings), position=position,
-                                                 snapshot=stored, on_error=self.pair.on_error, reason="snapshot"))
+        self._apply(map_changes(changes, self.mappings), position, stored, "snapshot")
         return len(rows)
 
     def _decode_key(self, table: str, mapping: TableMapping, stored: list | None) -> tuple | None:
@@ -152,14 +151,31 @@ class PairRunner:
                 self.stop.wait(self.pair.poll_interval)
                 continue
             mapped = map_changes(batch.changes, self.mappings)
-            applied = self._retrying(lambda: self.target.apply(
-                self.pair.name, mapped, position=batch.position, snapshot=None, on_error=self.pair.on_error))
+            applied = self._apply(mapped, batch.position, None, "change")
             position = batch.position
             self._retrying(lambda: self.source.acknowledge(position))
             result.applied += applied.applied
             result.parked += applied.parked
             result.batches += 1
             logger.debug("pair %s: applied %d changes up to %s", self.pair.name, applied.applied, dumps(position))
+
+    def _apply(self, mapped: list, position: Any, snapshot: dict | None, reason: str) -> Any:
+        """Apply with retries; a retry first asks the target whether the lost attempt had committed."""
+        attempts = []
+
+        def attempt() -> Any:
+            if attempts and self._committed(position, snapshot):
+                return ApplyResult(0, 0)  # the connection broke after COMMIT: never apply twice
+            attempts.append(1)
+            return self.target.apply(self.pair.name, mapped, position=position, snapshot=snapshot,
+                                     on_error=self.pair.on_error, reason=reason)
+
+        return self._retrying(attempt)
+
+    def _committed(self, position: Any, snapshot: dict | None) -> bool:
+        checkpoint = self.target.checkpoint(self.pair.name)
+        return checkpoint is not None and dumps(checkpoint.position) == dumps(position) \
+            and dumps(checkpoint.snapshot) == dumps(snapshot)
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
         """Run ``call``; a passing fault is retried with back-off until it works or we are stopped."""

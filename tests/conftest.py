@@ -90,3 +90,44 @@ def ledger(ws: Workspace) -> Workspace:
         result = ws.cdc(command, str(ws.config))
         assert result.returncode == 0, result.stderr
     return ws
+
+
+# -- PostgreSQL -------------------------------------------------------------------------
+import itertools
+import os
+
+import sqlalchemy as sa
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The URL of a PostgreSQL server with wal_level=logical: CDC_TEST_PG_URL, or a local cluster."""
+    if os.environ.get("CDC_TEST_PG_URL"):
+        yield os.environ["CDC_TEST_PG_URL"]
+        return
+    from pgserver import LocalCluster
+
+    try:
+        cluster = LocalCluster()
+    except (RuntimeError, OSError) as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    try:
+        yield cluster.url()
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty database on the test server, as a plain postgresql:// URL."""
+    name = f"cdc_test_{os.getpid()}_{next(_databases)}"
+    admin = sa.create_engine(pg_server.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    return sa.engine.make_url(pg_server).set(database=name).render_as_string(hide_password=False)

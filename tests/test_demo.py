@@ -21,3 +21,11 @@ def test_demo_ends_with_source_and_ledger_equal(ws):
     assert ledger.execute("SELECT count(*) FROM fakturaer WHERE status = 'draft'").fetchone() == (0,)
     status = ws.cdc("status", "--json", str(ws.root / "demo" / "config.yaml"))
     assert status.returncode == 0 and '"pending": 0' in status.stdout
+
+
+def test_demo_into_postgresql(ws, pg_url):
+    result = ws.cdc("demo", "--dir", str(ws.root / "demo"), "--target", pg_url)
+    assert result.returncode == 0, result.stderr
+    assert "Source and ledger are equal." in result.stdout
+    again = ws.cdc("demo", "--dir", str(ws.root / "demo2"), "--target", pg_url)
+    assert again.returncode == 2 and "give the demo an empty database" in again.stderr

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from cdc.changes import Batch, Change, Position, dumps, loads
 from cdc.errors import SourceError
 
-from ..base import SqlSource
+from ..base import SqlSource, TableInfo
 from . import sql, types
 
 logger = logging.getLogger(__name__)
@@ -23,6 +23,14 @@ class SqliteSource(SqlSource):
 
     def reader(self, column: sa.Column) -> Callable[[Any], Any]:
         return types.reader(column)
+
+    def describe(self, table: str) -> TableInfo:
+        info = super().describe(table)
+        for column in info.columns:
+            if type(column.type) in (sa.Integer, sa.INTEGER):
+                # SQLite integers are 64-bit: another target must declare them BIGINT.
+                column.type = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+        return info
 
 
 class TriggerSource(SqliteSource):

@@ -1,0 +1,175 @@
+"""SQLite -> PostgreSQL: exact types, random workload, SIGKILL and a target restart, bad connection."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+import workload
+from conftest import LEDGER_SCHEMA
+
+
+def normal(value):
+    """One representation for both sides: SQLite stores NUMERIC as float/int, PostgreSQL as Decimal."""
+    if isinstance(value, float):
+        return Decimal(repr(value)).normalize()
+    if isinstance(value, Decimal):
+        return value.normalize()
+    if isinstance(value, dt.datetime):
+        return str(value)
+    return value
+
+
+def pg_rows(url: str, table: str, order: str) -> list[tuple]:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            return [tuple(normal(v) for v in row) for row in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY {order}")]
+    finally:
+        engine.dispose()
+
+
+def sqlite_rows(ws, table: str, order: str) -> list[tuple]:
+    return [tuple(normal(v) for v in row) for row in ws.rows(ws.source, table, order)]
+
+
+def pg_pair(ws, pg_url: str, **options) -> None:
+    ws.sql(ws.source, LEDGER_SCHEMA)
+    extra = "".join(f"{k}: {v}\n" for k, v in options.items())
+    ws.write_config(f"source: src\ntarget: ledger\ncapture: trigger\ntables: [entries, parties]\n{extra}",
+                    extra_connections=f"  ledger: {pg_url}\n")
+    for command in ("init", "install"):
+        result = ws.cdc(command, str(ws.config))
+        assert result.returncode == 0, result.stderr
+
+
+def assert_equal(ws, pg_url):
+    for table, order in (("entries", "id"), ("parties", "code, region")):
+        assert sqlite_rows(ws, table, order) == pg_rows(pg_url, table, order), table
+
+
+def test_exact_types_and_random_changes_into_postgresql(ws, pg_url):
+    pg_pair(ws, pg_url, batch_size=200)
+    ws.sql(ws.source, "INSERT INTO entries VALUES (1, 1500, '0.10', 'NOK', 'Blåbærsyltetøy AS', '2024-01-31 23:59:59');"
+                      "INSERT INTO entries VALUES (2, 3000, '1234567890123.45', 'NOK', 'Kaffe ☕', NULL);"
+                      "INSERT INTO entries VALUES (3, 2700, '-0.01', 'NOK', '', '2024-02-29 00:00:00');")
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, amount, memo FROM entries ORDER BY id").all()
+        types = dict(conn.exec_driver_sql("SELECT column_name, data_type FROM information_schema.columns "
+                                          "WHERE table_name = 'entries'").all())
+    engine.dispose()
+    assert [(i, str(a), m) for i, a, m in rows] == [(1, "0.10", "Blåbærsyltetøy AS"), (2, "1234567890123.45", "Kaffe ☕"),
+                                                    (3, "-0.01", "")]
+    assert types["id"] == "bigint" and types["amount"] == "numeric" and types["booked_at"].startswith("timestamp")
+    changes = workload.run(ws.source, 3000, seed=3)
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 0, result.stderr
+    assert_equal(ws, pg_url)
+    engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'").scalar() == changes
+    engine.dispose()
+
+
+def test_sigkill_while_applying_into_postgresql(ws, pg_url):
+    pg_pair(ws, pg_url, batch_size=7, poll_interval=0.05)
+    workload.run(ws.source, 500, seed=21)
+    done, changes = threading.Event(), []
+    writer = threading.Thread(target=lambda: (changes.append(workload.run(ws.source, 3000, seed=22, pause=0.008)),
+                                              done.set()))
+    writer.start()
+    rng, kills = random.Random(3), 0
+    while not done.is_set() or kills < 3:
+        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.6, 1.5))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        kills += 1
+    writer.join()
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    assert_equal(ws, pg_url)
+    engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        positions = [p for (p,) in conn.exec_driver_sql(
+            "SELECT source_position::bigint FROM cdc_audit_log WHERE op <> 'snapshot' ORDER BY 1")]
+    engine.dispose()
+    assert positions == list(range(positions[0], 500 + changes[0] + 1)), "a change was lost or applied twice"
+
+
+def test_wrong_password_and_unreachable_host_are_clear_and_masked(ws, pg_server):
+    ws.sql(ws.source, LEDGER_SCHEMA)
+    url = sa.engine.make_url(pg_server)
+    wrong = url.set(username="nobody", password="s3cret-pw").render_as_string(hide_password=False)
+    for target in (wrong, "postgresql://ledger:s3cret-pw@127.0.0.1:1/regnskap"):
+        ws.write_config("source: src\ntarget: ledger\ntables: [entries]", extra_connections=f"  ledger: {target}\n")
+        result = ws.cdc("init", str(ws.config))
+        assert result.returncode == 1, result.stdout
+        assert "s3cret-pw" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: database: "), result.stderr
+
+
+def test_postgresql_as_a_source_is_refused_clearly_until_it_lands(ws, pg_url):
+    ws.config.write_text(f"connections:\n  pg: {pg_url}\n  dst: sqlite:///t.db\npairs:\n"
+                         "  p: {source: pg, target: dst, tables: [x]}\n", encoding="utf-8")
+    result = ws.cdc("check", str(ws.config))
+    assert result.returncode == 2
+    assert "pairs.p.source: the postgresql adapter cannot be a source yet (it can be a target)" in result.stderr
+
+
+def test_target_server_restarted_while_streaming(ws):
+    from pgserver import LocalCluster
+
+    cluster = LocalCluster()
+    try:
+        admin = sa.create_engine(cluster.url().replace("postgresql://", "postgresql+psycopg://"),
+                                 isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql("CREATE DATABASE ledger")
+        admin.dispose()
+        url = cluster.url("ledger")
+        pg_pair(ws, url, batch_size=5, poll_interval=0.05)
+        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        changes = []
+        writer = threading.Thread(target=lambda: changes.append(workload.run(ws.source, 2500, seed=31, pause=0.01)))
+        writer.start()
+        time.sleep(1.5)
+        cluster.stop("immediate")  # a crash of the target server mid-batch
+        time.sleep(2)
+        cluster.start()
+        writer.join()
+        assert process.poll() is None, "cdc run must survive the restart"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if sqlite_rows(ws, "entries", "id") == pg_rows(url, "entries", "id"):
+                    break
+            except sa.exc.OperationalError:
+                pass
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert "retrying" in err  # it saw the outage and said so
+        assert_equal(ws, url)
+        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.connect() as conn:
+            positions = [p for (p,) in conn.exec_driver_sql(
+                "SELECT source_position::bigint FROM cdc_audit_log WHERE op <> 'snapshot' ORDER BY 1")]
+        engine.dispose()
+        assert positions == list(range(positions[0], positions[0] + len(positions)))
+        assert len(positions) == changes[0] or positions[0] > 1  # every change after the snapshot, once
+    finally:
+        cluster.remove()
