@@ -17,12 +17,40 @@ def amount(rng: random.Random) -> str:
     return str(Decimal(rng.randint(-10_000_000, 10_000_000)) / 100)
 
 
-def run(db: Path, changes: int, seed: int, pause: float = 0.0) -> int:
+class _Postgres:
+    """Just enough of sqlite3's connection interface over psycopg for the workload."""
+
+    def __init__(self, url: str):
+        import psycopg
+
+        self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+
+    def execute(self, sql: str, params: tuple = ()):
+        return self.conn.execute(sql.replace("?", "%s"), params)
+
+    def __enter__(self):
+        self._tx = self.conn.transaction()
+        self._tx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._tx.__exit__(*exc)
+
+    def close(self):
+        self.conn.close()
+
+
+def connect(db: Path | str):
+    """sqlite3 for a path, psycopg for a postgresql:// URL."""
+    return _Postgres(db) if str(db).startswith("postgresql") else sqlite3.connect(db, timeout=30)
+
+
+def run(db: Path | str, changes: int, seed: int, pause: float = 0.0) -> int:
     """Apply about ``changes`` row changes to ``entries`` and ``parties``; returns the exact count."""
     import time
 
     rng = random.Random(seed)
-    conn = sqlite3.connect(db, timeout=30)
+    conn = connect(db)
     done = 0
     try:
         ids = [r[0] for r in conn.execute("SELECT id FROM entries")]

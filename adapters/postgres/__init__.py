@@ -1,4 +1,4 @@
-"""The PostgreSQL adapter: batched upserts as a target (capture modes as a source are being built)."""
+"""The PostgreSQL adapter: logical capture (pgoutput) as a source; batched upserts as a target."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cdc.errors import SourceError
-
+from .source import LogicalSource
 from .target import PostgresTarget
 
 
@@ -16,12 +15,12 @@ class PostgresAdapter:
 
     name = "postgresql"
     backends = ("postgresql",)
-    capture_modes: tuple[str, ...] = ()  # logical, trigger and timestamp capture: issue 3, not landed yet
+    capture_modes = ("logical",)  # trigger and timestamp capture: not landed yet
     supports_in_db_checksum = True
     upsert_style = "on_conflict"
 
-    def source(self, pair: Any):
-        raise SourceError(f"pair {pair.name}: PostgreSQL cannot be a source yet (it can be a target)")
+    def source(self, pair: Any) -> LogicalSource:
+        return LogicalSource(sa.create_engine(pair.source.url, pool_pre_ping=True), pair.name)
 
     def target(self, url: str) -> PostgresTarget:
         return PostgresTarget(sa.create_engine(url, pool_pre_ping=True))

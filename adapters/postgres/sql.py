@@ -1,0 +1,53 @@
+"""SQL PostgreSQL needs that SQLAlchemy Core does not express: slots, publications, decoding."""
+
+from __future__ import annotations
+
+import re
+
+# Every value pgoutput sends is text made by the type's output function in OUR session:
+# fix the settings those functions depend on.
+DECODING_SETTINGS = [
+    "SET LOCAL TimeZone = 'UTC'",
+    "SET LOCAL DateStyle = 'ISO, YMD'",
+    "SET LOCAL IntervalStyle = 'iso_8601'",
+    "SET LOCAL extra_float_digits = 3",
+    "SET LOCAL bytea_output = 'hex'",
+]
+PEEK = ("SELECT data FROM pg_logical_slot_peek_binary_changes(%(slot)s, NULL, %(limit)s, "
+        "'proto_version', '1', 'publication_names', %(publication)s)")
+SLOT = ("SELECT slot_name, plugin, database, active, wal_status, "
+        "confirmed_flush_lsn - '0/0'::pg_lsn AS confirmed, restart_lsn - '0/0'::pg_lsn AS restart "
+        "FROM pg_replication_slots WHERE slot_name = %(slot)s")
+CREATE_SLOT = "SELECT pg_create_logical_replication_slot(%(slot)s, 'pgoutput')"
+DROP_SLOT = "SELECT pg_drop_replication_slot(%(slot)s)"
+ADVANCE = "SELECT pg_replication_slot_advance(%(slot)s, %(lsn)s::pg_lsn)"
+CURRENT_LSN = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
+PUBLICATION_EXISTS = "SELECT 1 FROM pg_publication WHERE pubname = %(publication)s"
+REPLICA_IDENTITY = ("SELECT relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE c.relname = %(table)s AND n.nspname = current_schema()")
+
+
+def object_name(pair: str) -> str:
+    """The slot and publication name of a pair: cdc_<pair>, in the characters slot names allow."""
+    return ("cdc_" + re.sub(r"[^a-z0-9_]", "_", pair.lower()))[:63]
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_publication(publication: str, tables: list[str]) -> str:
+    return f"CREATE PUBLICATION {quote(publication)} FOR TABLE {', '.join(quote(t) for t in tables)}"
+
+
+def set_publication_tables(publication: str, tables: list[str]) -> str:
+    return f"ALTER PUBLICATION {quote(publication)} SET TABLE {', '.join(quote(t) for t in tables)}"
+
+
+def drop_publication(publication: str) -> str:
+    return f"DROP PUBLICATION IF EXISTS {quote(publication)}"
+
+
+def lsn_text(lsn: int) -> str:
+    """An LSN as PostgreSQL writes it (X/Y)."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
