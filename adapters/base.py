@@ -175,10 +175,16 @@ class SqlTarget(KeyedReads):
     def exists(self, name: str) -> bool:
         return sa.inspect(self.engine).has_table(name)
 
-    def create_table(self, name: str, columns: list[sa.Column], key: tuple[str, ...]) -> sa.Table:
-        """Create a table with these columns and primary key; never alters an existing one."""
+    def create_table(self, name: str, columns: list[sa.Column], key: tuple[str, ...],
+                     source_dialect: str = "") -> sa.Table:
+        """Create a table with these columns and primary key; never alters an existing one.
+
+        From a database of the same kind the types are kept as they are (jsonb stays jsonb);
+        from another kind they go through SQLAlchemy's generic types.
+        """
+        same = source_dialect == self.engine.dialect.name
         table = sa.Table(name, sa.MetaData(), *[
-            sa.Column(c.name, self.target_type(c.type), nullable=c.name not in key and c.nullable,
+            sa.Column(c.name, c.type if same else self.target_type(c.type), nullable=c.name not in key and c.nullable,
                       primary_key=c.name in key) for c in columns])
         table.create(self.engine, checkfirst=True)
         return table

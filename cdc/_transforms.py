@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 Transform = Callable[[Any], Any]
+#: Quantizing must never run out of digits: PostgreSQL numerics hold up to 131,072 of them.
+EXACT = Context(prec=200_000)
 
 
 class TransformError(ValueError):
@@ -30,7 +32,7 @@ def fit_scale(value: Decimal, scale: int) -> Decimal:
     """``value`` with exactly ``scale`` decimals; more significant decimals is an error, never rounded."""
     quantum = Decimal(1).scaleb(-scale)
     try:
-        fitted = value.quantize(quantum)
+        fitted = value.quantize(quantum, context=EXACT)
     except InvalidOperation:
         raise TransformError(f"{value} does not fit {scale} decimals") from None
     if fitted != value:

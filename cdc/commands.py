@@ -70,7 +70,7 @@ def init(config_path: str, pair: str | None = None) -> Report:
                     report.add(f"  {mapping.target}: exists, left as it is")
                     continue
                 columns = schema.target_columns(mapping, source.describe(name).columns)
-                target.create_table(mapping.target, columns, mapping.target_key)
+                target.create_table(mapping.target, columns, mapping.target_key, source.engine.dialect.name)
                 report.add(f"  {mapping.target}: created ({len(columns)} columns, key {', '.join(mapping.target_key)})")
         finally:
             source.close()

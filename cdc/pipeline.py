@@ -33,8 +33,12 @@ class RunResult:
     tables_snapshotted: list[str] = field(default_factory=list)
 
 
-def resolve_mappings(pair: Pair, source: Any) -> dict[str, TableMapping]:
-    """The pair's table specs checked against the source schema; ConfigError names file and line."""
+def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, TableMapping]:
+    """The pair's table specs checked against the source schema; ConfigError names file and line.
+
+    With ``target``, an identity mapping copies only the columns its existing target table has:
+    a column added to the source later is ignored (with a warning), not a reason to stop.
+    """
     result = {}
     for spec in pair.mapping.tables.values():
         try:
@@ -50,15 +54,28 @@ def resolve_mappings(pair: Pair, source: Any) -> dict[str, TableMapping]:
         if unknown:
             raise ConfigError(f"tables.{spec.source}.key: source table {spec.source} has no column "
                               f"{unknown[0]!r} ({spec.origin})")
-        result[spec.source] = TableMapping(spec, info.column_names, tuple(key), pair.source_timezone)
+        columns = info.column_names
+        if spec.columns is None and target is not None and target.exists(spec.target):
+            have = target.describe(spec.target).column_names
+            gone = [c for c in have if c not in columns]
+            if gone:
+                raise SchemaError(f"source table {spec.source} has no column {gone[0]!r}, which target table "
+                                  f"{spec.target} has: dropped or renamed at the source? The pair stops; to go on "
+                                  "without it, list the columns in a mapping file")
+            ignored = [c for c in columns if c not in have]
+            if ignored:
+                logger.warning("pair %s: source table %s has column(s) %s that target table %s lacks; they are "
+                               "not copied", pair.name, spec.source, ", ".join(ignored), spec.target)
+                columns = [c for c in columns if c in have]
+        result[spec.source] = TableMapping(spec, columns, tuple(key), pair.source_timezone)
     return result
 
 
-def open_source(pair: Pair) -> tuple[Any, dict[str, TableMapping]]:
+def open_source(pair: Pair, target: Any = None) -> tuple[Any, dict[str, TableMapping]]:
     """(source, mappings) for a pair, the mappings checked against the source schema."""
     source = registry.adapter_for(pair.source.url).source(pair)
     try:
-        mappings = resolve_mappings(pair, source)
+        mappings = resolve_mappings(pair, source, target)
     except Exception:
         source.close()
         raise
@@ -68,8 +85,12 @@ def open_source(pair: Pair) -> tuple[Any, dict[str, TableMapping]]:
 
 def open_pair(pair: Pair) -> tuple[Any, Any, dict[str, TableMapping]]:
     """(source, target, mappings) for a pair, checked against the source schema."""
-    source, mappings = open_source(pair)
     target = registry.adapter_for(pair.target.url).target(pair.target.url)
+    try:
+        source, mappings = open_source(pair, target)
+    except Exception:
+        target.close()
+        raise
     return source, target, mappings
 
 

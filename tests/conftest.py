@@ -122,12 +122,29 @@ def pg_server():
 
 
 @pytest.fixture
-def pg_url(pg_server) -> str:
-    """A fresh, empty database on the test server, as a plain postgresql:// URL."""
-    name = f"cdc_test_{os.getpid()}_{next(_databases)}"
+def pg_databases(pg_server):
+    """A factory of fresh, empty databases on the test server (plain postgresql:// URLs), dropped after."""
     admin = sa.create_engine(pg_server.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    made = []
+
+    def make() -> str:
+        name = f"cdc_test_{os.getpid()}_{next(_databases)}"
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return sa.engine.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with admin.connect() as conn:  # slots are cluster-wide and hold WAL: never leave one behind
+        for name in made:
+            conn.exec_driver_sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                 "WHERE database = %(db)s AND NOT active", {"db": name})
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
-    return sa.engine.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_url(pg_databases) -> str:
+    """A fresh, empty database on the test server."""
+    return pg_databases()

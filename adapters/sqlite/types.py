@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from cdc._transforms import TransformError, to_decimal
+from cdc._transforms import EXACT, TransformError, to_decimal
 
 #: A NUMERIC-affinity column keeps a number exactly only to this many significant digits.
 EXACT_DIGITS = 15
@@ -59,7 +59,7 @@ def _read_decimal(value: Any, pad: Decimal | None) -> Decimal | None:
         return None
     number = to_decimal(value)
     if pad is not None and number.is_finite() and number.as_tuple().exponent > pad.as_tuple().exponent:
-        number = number.quantize(pad)  # only pads zeros: 0.1 -> 0.10
+        number = number.quantize(pad, context=EXACT)  # only pads zeros: 0.1 -> 0.10
     return number
 
 

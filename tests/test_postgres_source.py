@@ -1,0 +1,220 @@
+"""PostgreSQL as a source (capture `logical`, pgoutput): PG -> PG and PG -> SQLite."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+import workload
+
+LEDGER = """
+CREATE TABLE entries (id BIGINT PRIMARY KEY, account INTEGER NOT NULL, amount NUMERIC(18,2) NOT NULL,
+    currency CHAR(3) NOT NULL, memo VARCHAR(200), booked_at TIMESTAMP);
+CREATE TABLE parties (code VARCHAR(10) NOT NULL, region INTEGER NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (code, region));
+"""
+
+
+def execute(url: str, sql: str, params=None) -> list:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def logical_pair(ws, source: str, target: str, name: str, tables: str = "[entries, parties]", **options) -> None:
+    extra = "".join(f"    {k}: {v}\n" for k, v in options.items())
+    ws.config.write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  {name}:\n    source: src\n"
+                         f"    target: dst\n    capture: logical\n    tables: {tables}\n{extra}", encoding="utf-8")
+
+
+def cdc_ok(ws, *args):
+    result = ws.cdc(*args, str(ws.config))
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def rows(url: str, table: str, order: str) -> list:
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        found = conn.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
+        conn.close()
+        return [tuple(Decimal(repr(v)).normalize() if isinstance(v, float) else v for v in r) for r in found]
+    return [tuple(v.normalize() if isinstance(v, Decimal) else (str(v) if isinstance(v, dt.datetime) else v)
+                  for v in r) for r in execute(url, f"SELECT * FROM {table} ORDER BY {order}")]
+
+
+def slot(url: str, name: str):
+    return execute(url, "SELECT restart_lsn - '0/0'::pg_lsn, confirmed_flush_lsn - '0/0'::pg_lsn, "
+                        "pg_current_wal_lsn() - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                   (f"cdc_{name}",))[0]
+
+
+@pytest.fixture
+def pg_to_pg(ws, pg_databases):
+    source, target = pg_databases(), pg_databases()
+    execute(source, LEDGER)
+    return ws, source, target
+
+
+def test_exact_types_from_postgresql_to_postgresql(pg_to_pg):
+    ws, source, target = pg_to_pg
+    execute(source, "CREATE TABLE docs (id UUID PRIMARY KEY, amount NUMERIC(30,10), at TIMESTAMPTZ, day DATE, "
+                    "body JSONB, raw BYTEA, flag BOOLEAN, note TEXT)")
+    logical_pair(ws, source, target, "types", tables="[docs]")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    first = (uuid.uuid4(), Decimal("12345678901234567890.0123456789"), dt.datetime(2024, 3, 31, 22, 30, tzinfo=dt.timezone.utc),
+             dt.date(2024, 2, 29), '{"konto": 1500, "tekst": "Blåbær ☕"}', b"\x00\xff\x10", True, "Blåbærsyltetøy AS")
+    execute(source, "INSERT INTO docs VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", first)
+    cdc_ok(ws, "run", "--once")  # the snapshot
+    second = (uuid.uuid4(), Decimal("-0.0000000001"), dt.datetime(2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+              dt.date(1999, 12, 31), '[1, 2.5, "x"]', b"", False, "Ærlig ☕")
+    execute(source, "INSERT INTO docs VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", second)
+    execute(source, "UPDATE docs SET amount = amount + 1, note = note || ' endret' WHERE id = %s", (first[0],))
+    cdc_ok(ws, "run", "--once")  # the stream
+    assert execute(source, "SELECT * FROM docs ORDER BY id") == execute(target, "SELECT * FROM docs ORDER BY id")
+    types = dict(execute(target, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'docs'"))
+    assert types == {"id": "uuid", "amount": "numeric", "at": "timestamp with time zone", "day": "date",
+                     "body": "jsonb", "raw": "bytea", "flag": "boolean", "note": "text"}
+
+
+def test_random_changes_with_sigkill_postgresql_to_postgresql(pg_to_pg):
+    ws, source, target = pg_to_pg
+    logical_pair(ws, source, target, "kill", batch_size=7, poll_interval=0.05)
+    workload.run(source, 500, seed=41)
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    before = slot(source, "kill")
+    done, changes = threading.Event(), []
+    writer = threading.Thread(target=lambda: (changes.append(workload.run(source, 4000, seed=42, pause=0.01)),
+                                              done.set()))
+    writer.start()
+    rng, kills = random.Random(5), 0
+    while not done.is_set() or kills < 3:
+        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.8, 1.8))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        kills += 1
+    writer.join()
+    cdc_ok(ws, "run", "--once")
+    for table, order in (("entries", "id"), ("parties", "code, region")):
+        assert rows(source, table, order) == rows(target, table, order), table
+    # Every change after install was applied exactly once (the snapshot started at the slot's start).
+    assert execute(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'") == [(changes[0],)]
+    # restart_lsn moves when decoding passes a running-transactions record: CHECKPOINT writes one.
+    execute(source, "CHECKPOINT")
+    cdc_ok(ws, "run", "--once")
+    after = slot(source, "kill")
+    assert after[0] > before[0] and after[1] > before[1], "the slot must advance with the checkpoint"
+
+
+def test_postgresql_to_sqlite_with_unchanged_toast(ws, pg_url):
+    execute(pg_url, LEDGER + "CREATE TABLE notes (id INT PRIMARY KEY, counter INT, body TEXT);")
+    target = f"sqlite:///{ws.root / 'ledger.db'}"
+    logical_pair(ws, pg_url, target, "toast", tables="[entries, notes]")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    big = "Blåbærsyltetøy " * 20_000  # ~300 kB: stored out of line (TOAST), compressed
+    execute(pg_url, "INSERT INTO notes VALUES (1, 0, %s)", (big,))
+    cdc_ok(ws, "run", "--once")
+    execute(pg_url, "UPDATE notes SET counter = counter + 1 WHERE id = 1")  # body is unchanged TOAST
+    execute(pg_url, "INSERT INTO entries VALUES (1, 1500, 0.10, 'NOK', 'Blåbærsyltetøy AS', '2024-01-31 23:59:59')")
+    cdc_ok(ws, "run", "--once")
+    assert rows(target, "notes", "id") == [(1, 1, big)]
+    assert rows(target, "entries", "id") == [(1, 1500, Decimal("0.1"), "NOK", "Blåbærsyltetøy AS", "2024-01-31 23:59:59")]
+
+
+def test_idle_pair_releases_wal_on_heartbeat(ws, pg_url):
+    execute(pg_url, LEDGER + "CREATE TABLE busy (id SERIAL PRIMARY KEY, filler TEXT);")
+    logical_pair(ws, pg_url, f"sqlite:///{ws.root / 't.db'}", "idle")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    for _ in range(20):  # WAL from a table the pair does not capture
+        execute(pg_url, "INSERT INTO busy (filler) SELECT repeat('x', 1000) FROM generate_series(1, 500)")
+    execute(pg_url, "CHECKPOINT")  # logs running transactions, which lets restart_lsn move
+    restart, confirmed, current = slot(pg_url, "idle")
+    assert current - confirmed > 5_000_000 and current - restart > 5_000_000
+    cdc_ok(ws, "run", "--once")
+    restart, confirmed, current_after = slot(pg_url, "idle")
+    assert confirmed >= current and restart >= current - 1_000_000, (restart, confirmed, current)
+
+
+def test_dropped_slot_and_dropped_column_stop_with_clear_messages(ws, pg_url):
+    execute(pg_url, LEDGER)
+    logical_pair(ws, pg_url, f"sqlite:///{ws.root / 't.db'}", "drift")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    execute(pg_url, "ALTER TABLE entries ADD COLUMN extra TEXT")  # a new nullable column: tolerated
+    execute(pg_url, "INSERT INTO entries VALUES (1, 1500, 1.00, 'NOK', 'a', NULL, 'ignored')")
+    assert "1 changes applied" in cdc_ok(ws, "run", "--once").stdout
+    # Dropped while the pair runs: the relation message no longer has the column.
+    process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    execute(pg_url, "ALTER TABLE entries DROP COLUMN memo")
+    execute(pg_url, "INSERT INTO entries VALUES (2, 1500, 2.00, 'NOK', NULL, 'x')")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1 and "Traceback" not in err
+    assert "source table entries: column 'memo' was dropped or renamed while pair drift ran" in err
+    # Dropped while it was stopped: found when the pair starts.
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "source table entries has no column 'memo', which target table entries has" in result.stderr
+    assert rows(f"sqlite:///{ws.root / 't.db'}", "entries", "id")[-1][0] == 1  # nothing after it applied
+    execute(pg_url, "ALTER TABLE entries ADD COLUMN memo VARCHAR(200)")  # the DBA puts it back
+    execute(pg_url, "SELECT pg_drop_replication_slot('cdc_drift')")
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 1
+    assert "replication slot cdc_drift does not exist" in result.stderr and "--resnapshot" in result.stderr
+
+
+def test_table_without_primary_key_needs_key_and_full_identity(ws, pg_url):
+    execute(pg_url, "CREATE TABLE journal (voucher INT NOT NULL, line INT NOT NULL, amount NUMERIC(18,2))")
+    (ws.root / "map.yaml").write_text("tables:\n  journal:\n    key: [voucher, line]\n", encoding="utf-8")
+    ws.config.write_text(f"connections:\n  src: {pg_url}\n  dst: sqlite:///t.db\npairs:\n  pk:\n    source: src\n"
+                         "    target: dst\n    mapping: map.yaml\n", encoding="utf-8")
+    result = ws.cdc("install", str(ws.config))
+    assert result.returncode == 1
+    assert "run ALTER TABLE journal REPLICA IDENTITY FULL" in result.stderr
+    execute(pg_url, "ALTER TABLE journal REPLICA IDENTITY FULL")
+    for command in ("install", "init"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    execute(pg_url, "INSERT INTO journal VALUES (1, 1, 10.00), (1, 2, -10.00); DELETE FROM journal WHERE line = 1;")
+    cdc_ok(ws, "run", "--once")
+    assert rows(f"sqlite:///{ws.root / 't.db'}", "journal", "voucher, line") == [(1, 2, Decimal("-10"))]
+    result = cdc_ok(ws, "uninstall")
+    assert "removed replication slot cdc_pk, publication cdc_pk" in result.stdout
+    assert execute(pg_url, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cdc_pk'") == [(0,)]
+
+
+def test_wal_level_replica_is_explained(ws):
+    from pgserver import LocalCluster
+
+    cluster = LocalCluster({"wal_level": "replica", "max_wal_senders": "10"})
+    try:
+        execute(cluster.url(), LEDGER)
+        logical_pair(ws, cluster.url(), "sqlite:///t.db", "replica")
+        result = ws.cdc("install", str(ws.config))
+        assert result.returncode == 1
+        assert ("wal_level is 'replica'; logical capture needs 'logical': run ALTER SYSTEM SET wal_level = logical; "
+                "and restart PostgreSQL") in result.stderr
+    finally:
+        cluster.remove()
