@@ -207,6 +207,12 @@ class SqlTarget(KeyedReads):
             state.ensure_current(conn)
             return state.read_checkpoint(conn, pair)
 
+    def forget_checkpoint(self, pair: str) -> bool:
+        """Drop the pair's checkpoint (the next run snapshots again); True if there was one."""
+        with self.engine.begin() as conn:
+            state.ensure_current(conn)
+            return state.forget_checkpoint(conn, pair)
+
     # -- apply ---------------------------------------------------------------------
     def apply(self, pair: str, mapped: list[MappedChange], *, position: Position, snapshot: dict | None,
               on_error: str, reason: str = "change") -> ApplyResult:

@@ -95,10 +95,12 @@ def uninstall(config: str, pair: str | None) -> None:
 @CONFIG
 @PAIR
 @click.option("--once", is_flag=True, help="Snapshot if needed, apply every pending change, then exit.")
+@click.option("--resnapshot", is_flag=True, help="Forget the checkpoint and copy every table again first "
+              "(after a dropped slot or a purged log).")
 @_friendly
-def run(config: str, pair: str | None, once: bool) -> None:
+def run(config: str, pair: str | None, once: bool, resnapshot: bool) -> None:
     """Sync the pairs: initial snapshot, then stream changes (until SIGTERM unless --once)."""
-    results = commands.run(config, pair, once=once, progress=sys.stderr.isatty())
+    results = commands.run(config, pair, once=once, progress=sys.stderr.isatty(), resnapshot=resnapshot)
     for r in results:
         parked = f", {r.parked} parked in dead letters" if r.parked else ""
         snap = f"snapshot {r.snapshot_rows} rows, " if r.tables_snapshotted else ""

@@ -103,9 +103,12 @@ def _each_source(config_path: str, pair: str | None, verb: str, action) -> Repor
 
 
 def run(config_path: str, pair: str | None = None, *, once: bool = False, progress: bool = False,
-        stop: threading.Event | None = None) -> list[RunResult]:
+        stop: threading.Event | None = None, resnapshot: bool = False) -> list[RunResult]:
     """Run the pairs: snapshot if needed, then stream. ``once``: drain what is pending and return.
 
+    ``resnapshot`` forgets each pair's checkpoint first, so every table is copied again from the
+    source's current position (after a lost slot or purged log). Rows deleted at the source while
+    the log was lost stay in the target until reconciliation removes them.
     Without ``once`` each pair runs in its own thread until ``stop`` is set (SIGTERM/SIGINT
     set it when called from the main thread); the current batch always finishes first.
     """
@@ -114,6 +117,10 @@ def run(config_path: str, pair: str | None = None, *, once: bool = False, progre
     runners = [PairRunner(p, progress=progress, stop=stop, max_attempts=10 if once else None)
                for p in config.select(pair)]
     try:
+        if resnapshot:
+            for r in runners:
+                if r.target.forget_checkpoint(r.pair.name):
+                    logger.warning("pair %s: checkpoint dropped; copying every table again", r.pair.name)
         if once:
             return [r.run(once=True) for r in runners]
         return _run_forever(runners, stop)

@@ -183,6 +183,10 @@ def test_dropped_slot_and_dropped_column_stop_with_clear_messages(ws, pg_url):
     result = ws.cdc("run", "--once", str(ws.config))
     assert result.returncode == 1
     assert "replication slot cdc_drift does not exist" in result.stderr and "--resnapshot" in result.stderr
+    execute(pg_url, "INSERT INTO entries VALUES (3, 1920, 3.00, 'NOK', NULL, 'x', 'lost with the slot')")
+    cdc_ok(ws, "install")
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    assert [r[0] for r in rows(f"sqlite:///{ws.root / 't.db'}", "entries", "id")] == [1, 2, 3]
 
 
 def test_table_without_primary_key_needs_key_and_full_identity(ws, pg_url):

@@ -49,6 +49,11 @@ def write_checkpoint(conn: sa.Connection, pair: str, position: Any, snapshot: di
         conn.execute(checkpoints.insert().values(pair=pair, changes_applied=applied, **values))
 
 
+def forget_checkpoint(conn: sa.Connection, pair: str) -> bool:
+    """Delete the pair's checkpoint so the next run snapshots again; the audit log stays."""
+    return conn.execute(checkpoints.delete().where(checkpoints.c.pair == pair)).rowcount > 0
+
+
 def write_audit(conn: sa.Connection, rows: list[dict]) -> None:
     """Append audit rows (dicts of the audit_log columns, JSON fields already encoded)."""
     if rows:
