@@ -67,6 +67,9 @@ class Source(Protocol):
     def acknowledge(self, position: Position) -> None:
         """Release what the target has committed up to ``position`` (idempotent)."""
 
+    def diagnose(self) -> list[tuple[str, str]]:
+        """Findings (level ok|info|warn|fail, text with the fix) about the source's settings; read-only."""
+
     def close(self) -> None: ...
 
 

@@ -68,6 +68,18 @@ def check(config: str, pair: str | None) -> None:
 @CONFIG
 @PAIR
 @_friendly
+def doctor(config: str, pair: str | None) -> None:
+    """Check each source's settings for its capture mode and print what to change."""
+    report, healthy = commands.doctor(config, pair)
+    _print(report)
+    if not healthy:
+        sys.exit(1)
+
+
+@main.command()
+@CONFIG
+@PAIR
+@_friendly
 def init(config: str, pair: str | None) -> None:
     """Create/upgrade our state tables in each target and create missing target tables."""
     _print(commands.init(config, pair))

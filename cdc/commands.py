@@ -52,6 +52,22 @@ def check(config_path: str, pair: str | None = None) -> Report:
     return report
 
 
+def doctor(config_path: str, pair: str | None = None) -> tuple[Report, bool]:
+    """Check each source's settings for its capture mode; returns the report and whether all passed."""
+    config = load_config(config_path)
+    report, healthy = Report(), True
+    for p in config.select(pair):
+        source, _ = open_source(p)
+        try:
+            report.add(f"pair {p.name}: {p.capture} capture on {p.source.masked}")
+            for level, text in source.diagnose():
+                healthy = healthy and level != "fail"
+                report.add(f"  [{level.upper():>4}] {text}")
+        finally:
+            source.close()
+    return report, healthy
+
+
 def init(config_path: str, pair: str | None = None) -> Report:
     """Create or upgrade the state tables in each target and create missing target tables."""
     config = load_config(config_path)

@@ -153,6 +153,11 @@ def test_idle_pair_releases_wal_on_heartbeat(ws, pg_url):
     cdc_ok(ws, "run", "--once")
     restart, confirmed, current_after = slot(pg_url, "idle")
     assert confirmed >= current and restart >= current - 1_000_000, (restart, confirmed, current)
+    doctor = ws.cdc("doctor", str(ws.config))
+    assert doctor.returncode == 0, doctor.stdout
+    for line in ("[  OK] wal_level = logical", "[  OK] entries: REPLICA IDENTITY DEFAULT (primary key)",
+                 "[  OK] slot cdc_idle: holds", "[INFO] entries: 3 column(s) may be TOASTed"):
+        assert line in doctor.stdout, doctor.stdout
 
 
 def test_dropped_slot_and_dropped_column_stop_with_clear_messages(ws, pg_url):
@@ -220,5 +225,10 @@ def test_wal_level_replica_is_explained(ws):
         assert result.returncode == 1
         assert ("wal_level is 'replica'; logical capture needs 'logical': run ALTER SYSTEM SET wal_level = logical; "
                 "and restart PostgreSQL") in result.stderr
+        doctor = ws.cdc("doctor", str(ws.config))
+        assert doctor.returncode == 1
+        assert ("[FAIL] wal_level = replica: set it with ALTER SYSTEM SET wal_level = logical; and restart "
+                "PostgreSQL") in doctor.stdout
+        assert "[WARN] replication slot cdc_replica does not exist yet: run `cdc install CONFIG`" in doctor.stdout
     finally:
         cluster.remove()

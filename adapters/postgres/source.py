@@ -76,6 +76,66 @@ class LogicalSource(SqlSource):
             raise SourceError(f"table {table}: its rows are identified by ({', '.join(self.keys[table])}), not by a "
                               f"primary key, so deletes carry no key: run ALTER TABLE {table} REPLICA IDENTITY FULL")
 
+    # -- doctor --------------------------------------------------------------------
+    def diagnose(self) -> list[tuple[str, str]]:
+        """(level, text) findings about this source's fitness for logical capture, with the fix."""
+        found: list[tuple[str, str]] = []
+        with self.engine.connect() as conn:
+            level = conn.exec_driver_sql("SHOW wal_level").scalar()
+            found.append(("ok", "wal_level = logical") if level == "logical" else
+                         ("fail", f"wal_level = {level}: set it with ALTER SYSTEM SET wal_level = logical; "
+                                  "and restart PostgreSQL"))
+            used, limit = conn.exec_driver_sql(
+                "SELECT (SELECT count(*) FROM pg_replication_slots), current_setting('max_replication_slots')::int"
+            ).one()
+            mine = conn.exec_driver_sql(sql.SLOT, {"slot": self.slot}).first()
+            if mine is None and used >= limit:
+                found.append(("fail", f"all {limit} replication slots are in use: raise max_replication_slots "
+                                      "and restart, or drop an unused slot"))
+            else:
+                found.append(("ok", f"replication slots: {used} of {limit} in use"))
+            role = conn.exec_driver_sql("SELECT rolreplication OR rolsuper FROM pg_roles "
+                                        "WHERE rolname = current_user").scalar()
+            found.append(("ok", "the user may read replication slots") if role else
+                         ("fail", "the user lacks REPLICATION: ALTER ROLE <user> REPLICATION (or, on managed "
+                                  "servers, grant the provider's replication role)"))
+            for table in self.keys:
+                found += self._diagnose_table(conn, table)
+            found += self._diagnose_slot(conn, mine)
+        return found
+
+    def _diagnose_table(self, conn: sa.Connection, table: str) -> list[tuple[str, str]]:
+        info = self.describe(table)
+        identity = conn.exec_driver_sql(sql.REPLICA_IDENTITY, {"table": table}).scalar()
+        names = {"d": "DEFAULT (primary key)", "f": "FULL", "i": "USING INDEX", "n": "NOTHING"}
+        found = []
+        if not info.primary_key and identity != "f":
+            found.append(("fail", f"{table}: no primary key and REPLICA IDENTITY {names.get(identity, identity)}: "
+                                  f"ALTER TABLE {table} REPLICA IDENTITY FULL (and name its key in a mapping)"))
+        else:
+            found.append(("ok", f"{table}: REPLICA IDENTITY {names.get(identity, identity)}"))
+        toastable = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_type t ON "
+            "t.oid = a.atttypid WHERE c.relname = %(table)s AND a.attnum > 0 AND NOT a.attisdropped "
+            "AND t.typstorage <> 'p'", {"table": table}).scalar()
+        if toastable and identity != "f":
+            found.append(("info", f"{table}: {toastable} column(s) may be TOASTed; an update that leaves them "
+                                  "unchanged does not send them, so cdc-sync reads them from the table "
+                                  f"(REPLICA IDENTITY FULL would send them instead)"))
+        can_read = conn.exec_driver_sql("SELECT has_table_privilege(%(table)s, 'SELECT')", {"table": table}).scalar()
+        if not can_read:
+            found.append(("fail", f"{table}: no SELECT privilege: GRANT SELECT ON {table} TO <user>"))
+        return found
+
+    def _diagnose_slot(self, conn: sa.Connection, slot: Any) -> list[tuple[str, str]]:
+        if slot is None:
+            return [("warn", f"replication slot {self.slot} does not exist yet: run `cdc install CONFIG`")]
+        current = int(conn.exec_driver_sql(sql.CURRENT_LSN).scalar())
+        lag = current - int(slot.restart)
+        level = "fail" if slot.wal_status == "lost" else ("warn" if lag > 1 << 30 else "ok")
+        return [(level, f"slot {self.slot}: holds {lag / 1048576:,.1f} MiB of WAL, status {slot.wal_status}, "
+                        f"{'active' if slot.active else 'not active'}")]
+
     # -- stream --------------------------------------------------------------------
     def _slot(self, conn: sa.Connection) -> Any:
         slot = conn.exec_driver_sql(sql.SLOT, {"slot": self.slot}).first()

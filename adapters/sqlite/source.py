@@ -71,6 +71,24 @@ class TriggerSource(SqliteSource):
                 removed.append(f"changelog {sql.CHANGELOG}")
         return removed
 
+    def diagnose(self) -> list[tuple[str, str]]:
+        """(level, text) findings: capture installed, triggers present, changelog size."""
+        with self.engine.connect() as conn:
+            try:
+                self._require_installed(conn)
+            except SourceError as exc:
+                return [("fail", str(exc))]
+            names = {n for (n,) in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+            found = []
+            for table in self.keys:
+                missing = [t for op in sql.TRIGGER_SUFFIX if (t := sql.trigger_name(table, op)) not in names]
+                found.append(("fail", f"{table}: trigger(s) {', '.join(missing)} missing: run `cdc install CONFIG`")
+                             if missing else ("ok", f"{table}: capture triggers installed"))
+            size = conn.exec_driver_sql(f"SELECT count(*) FROM {sql.CHANGELOG}").scalar()
+            found.append(("warn" if size > 1_000_000 else "ok", f"changelog holds {size:,} row(s) not yet applied "
+                                                                "by every pair"))
+        return found
+
     def _require_installed(self, conn: sa.Connection) -> None:
         row = conn.exec_driver_sql(f"SELECT tables FROM {sql.CONSUMERS} WHERE pair = ?", (self.pair,)).first() \
             if sa.inspect(conn).has_table(sql.CONSUMERS) else None
@@ -159,6 +177,11 @@ class TimestampSource(SqliteSource):
 
     def unprepare(self) -> list[str]:
         return []
+
+    def diagnose(self) -> list[tuple[str, str]]:
+        self.prepare()
+        return [("ok", f"{table}: timestamp column {self.options.column} present") for table in self.keys] + [
+            ("info", "timestamp capture does not see hard deletes; use a soft-delete column or reconcile")]
 
     def current_position(self) -> Position:
         """The newest timestamp per table, with the rows inside its overlap window marked as seen
