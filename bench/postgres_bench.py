@@ -1,0 +1,135 @@
+"""PostgreSQL -> PostgreSQL: snapshot and streaming rows/s next to COPY and native logical replication.
+
+Run: python bench/postgres_bench.py [--rows 1000000]
+Starts two throw-away PostgreSQL servers (tests/pgserver.py) unless CDC_BENCH_SOURCE_URL and
+CDC_BENCH_TARGET_URL name two empty databases. Baselines, in the same run on the same servers:
+  snapshot  - COPY (SELECT ...) TO STDOUT piped into COPY ... FROM STDIN by psycopg
+  streaming - PostgreSQL's own logical replication (CREATE PUBLICATION / CREATE SUBSCRIPTION),
+              timed from the source COMMIT of one UPDATE of every row until the target has it
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from cdc import commands  # noqa: E402
+
+TABLE = ("CREATE TABLE ledger (id BIGINT PRIMARY KEY, account INT NOT NULL, amount NUMERIC(18,2) NOT NULL, "
+         "currency CHAR(3) NOT NULL, booked_at TIMESTAMPTZ NOT NULL, memo TEXT)")
+FILL = ("INSERT INTO ledger SELECT g, 1000 + g %% 9000, ((g * 7919) %% 20000000 - 10000000) / 100.0, 'NOK', "
+        "timestamptz '2024-01-01' + g * interval '1 second', 'Bilag ' || g || ' æøå' FROM generate_series(1, %s) g")
+CHECK = "SELECT count(*), sum(amount), sum(hashtext(memo)) FROM ledger"
+
+
+def sql(url: str, statement: str, params=None, autocommit: bool = True):
+    with psycopg.connect(url, autocommit=autocommit) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else None
+
+
+def copy_pipe(source: str, target: str) -> float:
+    start = time.perf_counter()
+    with psycopg.connect(source) as src, psycopg.connect(target) as dst:
+        with src.cursor().copy("COPY (SELECT * FROM ledger) TO STDOUT") as out, \
+                dst.cursor().copy("COPY ledger FROM STDIN") as into:
+            for block in out:
+                into.write(block)
+    return time.perf_counter() - start
+
+
+def wait_until(url: str, expected, timeout: float = 900) -> float:
+    start = time.perf_counter()
+    while sql(url, CHECK) != expected:
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError("the target did not catch up")
+        time.sleep(0.05)
+    return time.perf_counter()
+
+
+def native_replication(source: str, target: str, rows: int) -> float:
+    """Seconds from the COMMIT of one UPDATE of every row until the subscriber has it."""
+    sql(source, "CREATE PUBLICATION bench_native FOR TABLE ledger")
+    sql(target, f"CREATE SUBSCRIPTION bench_native CONNECTION '{source.replace('postgresql+psycopg', 'postgresql')}' "
+                "PUBLICATION bench_native WITH (copy_data = false)")
+    time.sleep(2)
+    sql(source, "UPDATE ledger SET amount = amount + 1, memo = memo || ' n'")
+    committed = time.perf_counter()
+    expected = sql(source, CHECK)
+    seconds = wait_until(target, expected) - committed
+    sql(target, "ALTER SUBSCRIPTION bench_native DISABLE")
+    sql(target, "ALTER SUBSCRIPTION bench_native SET (slot_name = NONE)")
+    sql(target, "DROP SUBSCRIPTION bench_native")
+    sql(source, "SELECT pg_drop_replication_slot('bench_native')")
+    sql(source, "DROP PUBLICATION bench_native")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    rows = parser.parse_args().rows
+    clusters = []
+    if os.environ.get("CDC_BENCH_SOURCE_URL"):
+        source, target = os.environ["CDC_BENCH_SOURCE_URL"], os.environ["CDC_BENCH_TARGET_URL"]
+    else:
+        from pgserver import LocalCluster
+
+        clusters = [LocalCluster({"max_wal_size": "4GB"}), LocalCluster({"max_wal_size": "4GB"})]
+        source, target = clusters[0].url(), clusters[1].url()
+        for url in (source, target):
+            sql(url, "CREATE DATABASE bench")
+        source, target = clusters[0].url("bench"), clusters[1].url("bench")
+    native_target = target.rsplit("/", 1)[0] + "/native"
+    sql(target, "CREATE DATABASE native")
+    try:
+        sql(source, TABLE)
+        sql(source, FILL, (rows,))
+        sql(source, "VACUUM ANALYZE ledger")
+        for url in (target, native_target):
+            sql(url, TABLE)
+        copy_seconds = copy_pipe(source, native_target)
+        native_seconds = native_replication(source, native_target, rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "config.yaml"
+            config.write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  bench:\n    source: src\n"
+                              "    target: dst\n    capture: logical\n    tables: [ledger]\n    batch_size: 20000\n"
+                              "    snapshot_chunk: 50000\n")
+            commands.init(str(config))
+            commands.install(str(config))
+            start = time.perf_counter()
+            commands.run(str(config), once=True)
+            snapshot_seconds = time.perf_counter() - start
+            assert sql(source, CHECK) == sql(target, CHECK), "snapshot differs"
+            sql(source, "UPDATE ledger SET amount = amount + 1, memo = memo || ' c'")
+            start = time.perf_counter()
+            commands.run(str(config), once=True)
+            stream_seconds = time.perf_counter() - start
+            assert sql(source, CHECK) == sql(target, CHECK), "stream differs"
+            commands.uninstall(str(config))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    finally:
+        for cluster in clusters:
+            cluster.remove()
+    print(f"PostgreSQL -> PostgreSQL, {rows:,} rows (bigint key, int, numeric(18,2), char(3), timestamptz, text)")
+    print(f"{'measure':<46}{'seconds':>9}{'rows/s':>11}{'vs baseline':>13}")
+    for name, seconds, base in (("baseline COPY TO STDOUT | COPY FROM STDIN", copy_seconds, None),
+                                ("cdc initial snapshot", snapshot_seconds, copy_seconds),
+                                ("baseline native logical replication (UPDATE)", native_seconds, None),
+                                ("cdc streaming apply (UPDATE of every row)", stream_seconds, native_seconds)):
+        ratio = f"{base / seconds:>12.1%}" if base else f"{'':>12}"
+        print(f"{name:<46}{seconds:>9.2f}{rows / seconds:>11,.0f} {ratio}")
+    print(f"peak RSS of this process (cdc runs in it): {peak:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
