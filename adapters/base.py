@@ -155,9 +155,21 @@ class SqlTarget(KeyedReads):
         """How a checked Python value of ``column`` is bound (TransformError if it cannot be)."""
         return _identity
 
+    #: True when ``writer`` already makes driver-ready values, so statements carry no SQLAlchemy types.
+    binds_own_values = False
+
     def statement_table(self, name: str) -> sa.TableClause:
-        """The table statements are built on; a dialect that binds its own values drops the types."""
-        return self.table(name)
+        """The table statements are built on (untyped when the dialect binds its own values)."""
+        if not self.binds_own_values:
+            return self.table(name)
+        plain = self.__dict__.setdefault("_plain", {})
+        if name not in plain:
+            plain[name] = sa.table(name, *[sa.column(c.name) for c in self.table(name).columns])
+        return plain[name]
+
+    def write_audit(self, conn: sa.Connection, rows: list[dict]) -> None:
+        """Append audit rows in the apply transaction (a dialect may bulk-load them)."""
+        state.write_audit(conn, rows)
 
     def classify(self, exc: sa.exc.DBAPIError) -> str:
         """'row' (this row is bad), 'retry' (passing fault) or 'fatal'."""
@@ -274,7 +286,7 @@ class SqlTarget(KeyedReads):
                 self._write(conn, [s for _, statements in prepared for s in statements])
                 done = [item for item, _ in prepared]
             now = state._store.now()
-            state.write_audit(conn, _audit_rows(pair, done, reason, now))
+            self.write_audit(conn, _audit_rows(pair, done, reason, now))
             state.write_dead_letters(conn, [_dead_letter(pair, item, error, now) for item, error in parked])
             state.write_checkpoint(conn, pair, position, snapshot, len(done) if reason != "snapshot" else 0)
         return ApplyResult(len(done), len(parked))
@@ -284,7 +296,7 @@ class SqlTarget(KeyedReads):
         if name not in self._writers:
             def compose(column: sa.Column) -> Callable[[Any], Any]:
                 fit, bind = values.fitter(column), self.writer(column)
-                return lambda value: bind(fit(value))
+                return fit if bind is _identity else (lambda value: bind(fit(value)))
 
             self._writers[name] = {str(c.name): compose(c) for c in self.table(name).columns}
         return self._writers[name]
@@ -304,15 +316,18 @@ class SqlTarget(KeyedReads):
         return op.op, op.table, op.key_columns, params
 
     def _write(self, conn: sa.Connection, statements: list[tuple[str, str, tuple[str, ...], dict]]) -> None:
-        """Run consecutive operations of one kind on one table as one executemany, in order."""
+        """Run consecutive operations of one kind on one table together, in order."""
         for (op, name, key), run in itertools.groupby(statements, key=lambda s: s[:3]):
-            params = [s[3] for s in run]
-            table = self.statement_table(name)
-            if op == "upsert":
-                conn.execute(self.upsert(table, key, list(params[0])), params)
-            else:
-                where = sa.and_(*[table.c[k] == sa.bindparam(f"k_{k}") for k in key])
-                conn.execute(table.delete().where(where), [{f"k_{k}": p[k] for k in key} for p in params])
+            self.write_run(conn, op, name, key, [s[3] for s in run])
+
+    def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
+        """One run of upserts or deletes on one table as one executemany (a dialect may bulk-load)."""
+        table = self.statement_table(name)
+        if op == "upsert":
+            conn.execute(self.upsert(table, key, list(params[0])), params)
+        else:
+            where = sa.and_(*[table.c[k] == sa.bindparam(f"k_{k}") for k in key])
+            conn.execute(table.delete().where(where), [{f"k_{k}": p[k] for k in key} for p in params])
 
 
 def _audit_rows(pair: str, done: list[MappedChange], reason: str, now) -> list[dict]:

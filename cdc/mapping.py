@@ -178,6 +178,8 @@ class TableMapping:
 
     def passes(self, row: Row) -> bool:
         """Whether a source row image passes the mapping's filters."""
+        if not self._filters:
+            return True
         try:
             return all(fn(row.get(column), value) for column, fn, value in self._filters)
         except TypeError as exc:

@@ -236,3 +236,23 @@ def test_wal_level_replica_is_explained(ws):
         assert "[WARN] replication slot cdc_replica does not exist yet: run `cdc install CONFIG`" in doctor.stdout
     finally:
         cluster.remove()
+
+
+def test_large_transactions_take_the_copy_path(pg_to_pg):
+    ws, source, target = pg_to_pg
+    execute(source, "CREATE TABLE docs (id INT PRIMARY KEY, body JSONB, amount NUMERIC(12,2))")
+    logical_pair(ws, source, target, "bulk", tables="[entries, docs]", batch_size=5000)
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    execute(source, "INSERT INTO docs SELECT g, jsonb_build_object('n', g, 'tekst', 'æøå'), g / 100.0 "
+                    "FROM generate_series(1, 1000) g")
+    execute(source, "INSERT INTO entries SELECT g, 1500, g / 100.0, 'NOK', 'Blåbær', NULL FROM generate_series(1, 800) g")
+    # One transaction: every row updated twice (the same key twice in one COPY run), then 300 deleted.
+    execute(source, "BEGIN; UPDATE entries SET amount = amount + 1; UPDATE entries SET memo = 'to ganger'; "
+                    "DELETE FROM entries WHERE id > 500; UPDATE docs SET body = body || '{\"x\": 1}'; COMMIT;")
+    result = cdc_ok(ws, "run", "--once")
+    assert "4700 changes applied" in result.stdout
+    for table, order in (("entries", "id"), ("docs", "id")):
+        assert rows(source, table, order) == rows(target, table, order), table
+    assert execute(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'") == [(4700,)]

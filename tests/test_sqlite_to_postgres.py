@@ -120,14 +120,6 @@ def test_wrong_password_and_unreachable_host_are_clear_and_masked(ws, pg_server)
         assert result.stderr.startswith("error: database: "), result.stderr
 
 
-def test_postgresql_as_a_source_is_refused_clearly_until_it_lands(ws, pg_url):
-    ws.config.write_text(f"connections:\n  pg: {pg_url}\n  dst: sqlite:///t.db\npairs:\n"
-                         "  p: {source: pg, target: dst, tables: [x]}\n", encoding="utf-8")
-    result = ws.cdc("check", str(ws.config))
-    assert result.returncode == 2
-    assert "pairs.p.source: the postgresql adapter cannot be a source yet (it can be a target)" in result.stderr
-
-
 def test_target_server_restarted_while_streaming(ws):
     from pgserver import LocalCluster
 

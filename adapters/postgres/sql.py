@@ -51,3 +51,26 @@ def drop_publication(publication: str) -> str:
 def lsn_text(lsn: int) -> str:
     """An LSN as PostgreSQL writes it (X/Y)."""
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def stage(name: str, table: str, columns: list[str]) -> str:
+    """A temporary table with the columns' types and no constraints, gone at COMMIT."""
+    return (f"CREATE TEMP TABLE {quote(name)} ON COMMIT DROP AS SELECT {', '.join(quote(c) for c in columns)} "
+            f"FROM {quote(table)} WITH NO DATA")
+
+
+def copy_into(table: str, columns: list[str]) -> str:
+    return f"COPY {quote(table)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+
+
+def upsert_from(table: str, stage_name: str, columns: list[str], key: tuple[str, ...]) -> str:
+    names = ", ".join(quote(c) for c in columns)
+    updates = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in columns if c not in key)
+    action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    return (f"INSERT INTO {quote(table)} ({names}) SELECT {names} FROM {quote(stage_name)} "
+            f"ON CONFLICT ({', '.join(quote(k) for k in key)}) {action}")
+
+
+def delete_using(table: str, stage_name: str, key: tuple[str, ...]) -> str:
+    match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
+    return f"DELETE FROM {quote(table)} t USING {quote(stage_name)} s WHERE {match}"

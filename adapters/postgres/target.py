@@ -1,15 +1,26 @@
-"""PostgreSQL as a target: batched INSERT ... ON CONFLICT DO UPDATE and deletes, one transaction."""
+"""PostgreSQL as a target: upserts and deletes, bulk-loaded with COPY for large runs; one transaction."""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from typing import Any, Callable
 
-from ..base import SqlTarget
+import sqlalchemy as sa
+from psycopg.types.json import Json, Jsonb
+from sqlalchemy.dialects.postgresql import JSON, JSONB, insert
+
+from cdc import state
+
+from ..base import SqlTarget, _identity
+from . import sql
+
+#: From this many rows on, a run goes through COPY into a staging table instead of executemany.
+COPY_FROM = 200
 
 
 class PostgresTarget(SqlTarget):
-    """psycopg binds Decimal, aware datetimes, dates, bytes and UUIDs natively: no value rewriting."""
+    """psycopg binds Decimal, aware datetimes, dates, bytes and UUIDs natively; JSON is wrapped."""
+
+    binds_own_values = True
 
     def upsert(self, table: sa.TableClause, key: tuple[str, ...], columns: list[str]) -> sa.Executable:
         statement = insert(table)
@@ -18,7 +29,41 @@ class PostgresTarget(SqlTarget):
             return statement.on_conflict_do_nothing(index_elements=list(key))
         return statement.on_conflict_do_update(index_elements=list(key), set_=updates)
 
+    def writer(self, column: sa.Column) -> Callable[[Any], Any]:
+        if isinstance(column.type, (JSON, JSONB, sa.JSON)):
+            wrap = Jsonb if isinstance(column.type, JSONB) else Json
+            return lambda v: None if v is None else wrap(v)
+        return _identity
+
     def classify(self, exc: sa.exc.DBAPIError) -> str:
         if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
             return "retry"  # server restarted, connection lost, lock timeout: reconnect and retry
         return super().classify(exc)
+
+    def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
+        if len(params) < COPY_FROM:
+            return super().write_run(conn, op, name, key, params)
+        if op == "upsert":
+            # The last image of a key wins (every upsert carries the whole row); ON CONFLICT
+            # may not touch one row twice in a statement.
+            params = list({tuple(p[k] for k in key): p for p in params}.values())
+        columns = list(params[0]) if op == "upsert" else list(key)
+        stage = f"_cdc_stage_{op}_{name}"[:63]
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sql.quote(stage)}")  # an earlier run in this transaction
+        conn.exec_driver_sql(sql.stage(stage, name, columns))
+        self._copy(conn, stage, columns, ([p[c] for c in columns] for p in params))
+        statement = sql.upsert_from(name, stage, columns, key) if op == "upsert" else sql.delete_using(name, stage, key)
+        conn.exec_driver_sql(statement)
+
+    def write_audit(self, conn: sa.Connection, rows: list[dict]) -> None:
+        if len(rows) < COPY_FROM:
+            return super().write_audit(conn, rows)
+        columns = list(rows[0])
+        self._copy(conn, state.audit_log.name, columns, ([r[c] for c in columns] for r in rows))
+
+    @staticmethod
+    def _copy(conn: sa.Connection, table: str, columns: list[str], rows) -> None:
+        cursor = conn.connection.driver_connection.cursor()
+        with cursor.copy(sql.copy_into(table, columns)) as copy:
+            for row in rows:
+                copy.write_row(row)

@@ -14,9 +14,7 @@ from . import types
 class SqliteTarget(SqlTarget):
     """Binds its own values (see types.writer), so statements use untyped columns."""
 
-    def __init__(self, engine: sa.Engine):
-        super().__init__(engine)
-        self._plain: dict[str, sa.TableClause] = {}
+    binds_own_values = True
 
     def upsert(self, table: sa.TableClause, key: tuple[str, ...], columns: list[str]) -> sa.Executable:
         statement = insert(table)
@@ -30,11 +28,6 @@ class SqliteTarget(SqlTarget):
 
     def reader(self, column: sa.Column) -> Callable[[Any], Any]:
         return types.reader(column)
-
-    def statement_table(self, name: str) -> sa.TableClause:
-        if name not in self._plain:
-            self._plain[name] = sa.table(name, *[sa.column(c.name) for c in self.table(name).columns])
-        return self._plain[name]
 
     def classify(self, exc: sa.exc.DBAPIError) -> str:
         text = str(exc.orig).lower()
