@@ -26,7 +26,7 @@ from cdc import commands  # noqa: E402
 
 TABLE = ("CREATE TABLE ledger (id BIGINT PRIMARY KEY, account INT NOT NULL, amount NUMERIC(18,2) NOT NULL, "
          "currency CHAR(3) NOT NULL, booked_at TIMESTAMPTZ NOT NULL, memo TEXT)")
-FILL = ("INSERT INTO ledger SELECT g, 1000 + g %% 9000, ((g * 7919) %% 20000000 - 10000000) / 100.0, 'NOK', "
+FILL = ("INSERT INTO ledger SELECT g, 1000 + g %% 9000, ((g::bigint * 7919) %% 20000000 - 10000000) / 100.0, 'NOK', "
         "timestamptz '2024-01-01' + g * interval '1 second', 'Bilag ' || g || ' æøå' FROM generate_series(1, %s) g")
 CHECK = "SELECT count(*), sum(amount), sum(hashtext(memo)) FROM ledger"
 

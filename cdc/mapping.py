@@ -171,6 +171,8 @@ class TableMapping:
         self.target_key = tuple(by_source[k] for k in source_key)
         self.target_columns = [c[0] for c in self._columns]
         self._filters = [(f.column, _FILTER_OPS[f.op], f.value) for f in spec.filters]
+        #: Every row copied as it is: same column names, no transform, no filter.
+        self.is_identity = not self._filters and all(c.source == c.target and not c.transforms for c in specs)
 
     def column_specs(self) -> list[tuple[str, str | None, tuple[tuple[str, Any], ...]]]:
         """(target column, source column or None, transforms as (name, argument)) in target order."""

@@ -104,6 +104,7 @@ class PairRunner:
         self.progress = progress
         self.stop = stop or threading.Event()
         self.source, self.target, self.mappings = open_pair(pair)
+        self._bulk: dict[str, bool] = {}
 
     def close(self) -> None:
         self.source.close()
@@ -143,6 +144,16 @@ class PairRunner:
             logger.info("pair %s: snapshot of %s done (%d rows)", self.pair.name, table, total)
 
     def _snapshot_chunk(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict) -> int:
+        if self._bulk_ok(table, mapping):
+            try:
+                return self._bulk_chunk(table, mapping, position, snapshot, progress)
+            except sa.exc.DBAPIError as exc:
+                if self.target.classify(exc) != "row":
+                    raise
+                # A row the target refuses: this chunk goes row by row, to be parked or stop alone.
+                logger.warning("pair %s: bulk copy of %s refused (%s); copying the chunk row by row",
+                               self.pair.name, table, _first_line(exc))
+                self._bulk[table] = False
         after = self._decode_key(table, mapping, progress["after"])
         rows = self._retrying(lambda: self.source.snapshot(table, mapping.source_key, after, self.pair.snapshot_chunk))
         changes = [Change("insert", table, mapping.source_key_of(r), None, r) for r in rows]
@@ -153,6 +164,35 @@ class PairRunner:
         stored = None if finished else _copy(snapshot)
         self._apply(map_changes(changes, self.mappings), position, stored, "snapshot")
         return len(rows)
+
+    def _bulk_ok(self, table: str, mapping: TableMapping) -> bool:
+        """Whether a chunk can go as raw COPY data: same database kind, identity mapping, same types."""
+        if table not in self._bulk:
+            self._bulk[table] = False
+            capable = hasattr(self.source, "copy_out") and hasattr(self.target, "bulk_snapshot")
+            if capable and mapping.is_identity and self.target.exists(mapping.target) and \
+                    self.source.engine.dialect.name == self.target.engine.dialect.name:
+                wanted = {c: t for c, t in self.source.column_types(table).items() if c in mapping.target_columns}
+                have = self.target.column_types(mapping.target)
+                self._bulk[table] = all(have.get(c) == t for c, t in wanted.items())
+        return self._bulk[table]
+
+    def _bulk_chunk(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict) -> int:
+        after = self._decode_key(table, mapping, progress["after"])
+        chunk = self.pair.snapshot_chunk
+
+        def finish(count: int, last_key: list | None) -> dict | None:
+            if count:
+                progress["after"] = last_key
+            progress["done"] = count < chunk
+            finished = all(p["done"] for p in snapshot["tables"].values()) and \
+                set(snapshot["tables"]) >= set(self.mappings)
+            return None if finished else _copy(snapshot)
+
+        return self._retrying(lambda: self.target.bulk_snapshot(
+            self.pair.name, table, mapping.target, mapping.target_columns, mapping.target_key,
+            lambda write: self.source.copy_out(table, mapping.target_columns, mapping.source_key, after, chunk, write),
+            position, finish))
 
     def _decode_key(self, table: str, mapping: TableMapping, stored: list | None) -> tuple | None:
         """A key read back from the checkpoint's JSON, in the source's own types."""

@@ -76,6 +76,22 @@ class LogicalSource(SqlSource):
             raise SourceError(f"table {table}: its rows are identified by ({', '.join(self.keys[table])}), not by a "
                               f"primary key, so deletes carry no key: run ALTER TABLE {table} REPLICA IDENTITY FULL")
 
+    # -- bulk snapshot ---------------------------------------------------------------
+    def column_types(self, table: str) -> dict[str, str]:
+        """Column name -> PostgreSQL type as format_type writes it (for the COPY fast path)."""
+        with self.engine.connect() as conn:
+            return dict(conn.exec_driver_sql(sql.COLUMN_TYPES, {"table": sql.quote(table)}).all())
+
+    def copy_out(self, table: str, columns: list[str], key: tuple[str, ...], after_key: tuple | None,
+                 limit: int, write) -> None:
+        """Stream one keyed chunk as binary COPY data into ``write`` (no Python value per row)."""
+        with self.engine.connect() as conn:
+            cursor = conn.connection.driver_connection.cursor()
+            statement = sql.copy_out(table, columns, key, after_key is not None, limit)
+            with cursor.copy(statement, list(after_key) if after_key is not None else None) as copy:
+                for block in copy:
+                    write(block)
+
     # -- doctor --------------------------------------------------------------------
     def diagnose(self) -> list[tuple[str, str]]:
         """(level, text) findings about this source's fitness for logical capture, with the fix."""

@@ -74,3 +74,25 @@ def upsert_from(table: str, stage_name: str, columns: list[str], key: tuple[str,
 def delete_using(table: str, stage_name: str, key: tuple[str, ...]) -> str:
     match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
     return f"DELETE FROM {quote(table)} t USING {quote(stage_name)} s WHERE {match}"
+
+
+COLUMN_TYPES = ("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = to_regclass(%(table)s) AND attnum > 0 AND NOT attisdropped")
+
+
+def copy_out(table: str, columns: list[str], key: tuple[str, ...], after: bool, limit: int) -> str:
+    """COPY of one keyed chunk in binary; ``after``: the statement takes the previous last key as %s params."""
+    names = ", ".join(quote(c) for c in columns)
+    keys = ", ".join(quote(k) for k in key)
+    where = f" WHERE ({keys}) > ({', '.join(['%s'] * len(key))})" if after else ""
+    return (f"COPY (SELECT {names} FROM {quote(table)}{where} ORDER BY {keys} LIMIT {int(limit)}) "
+            "TO STDOUT (FORMAT binary)")
+
+
+def copy_in_binary(table: str, columns: list[str]) -> str:
+    return f"COPY {quote(table)} ({', '.join(quote(c) for c in columns)}) FROM STDIN (FORMAT binary)"
+
+
+def edge_key(stage_name: str, key: tuple[str, ...], last: bool) -> str:
+    keys = ", ".join(quote(k) + (" DESC" if last else "") for k in key)
+    return f"SELECT {', '.join(quote(k) for k in key)} FROM {quote(stage_name)} ORDER BY {keys} LIMIT 1"

@@ -9,6 +9,7 @@ from psycopg.types.json import Json, Jsonb
 from sqlalchemy.dialects.postgresql import JSON, JSONB, insert
 
 from cdc import state
+from cdc.changes import dumps
 
 from ..base import SqlTarget, _identity
 from . import sql
@@ -60,6 +61,38 @@ class PostgresTarget(SqlTarget):
             return super().write_audit(conn, rows)
         columns = list(rows[0])
         self._copy(conn, state.audit_log.name, columns, ([r[c] for c in columns] for r in rows))
+
+    def column_types(self, table: str) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return dict(conn.exec_driver_sql(sql.COLUMN_TYPES, {"table": sql.quote(table)}).all())
+
+    def bulk_snapshot(self, pair: str, source_table: str, table: str, columns: list[str], key: tuple[str, ...],
+                      copy_out: Callable, position: Any, finish: Callable) -> int:
+        """One snapshot chunk as binary COPY from a PostgreSQL source with identical column types.
+
+        ONE transaction: COPY into a staging table, upsert from it, one audit row, checkpoint.
+        ``finish(count, last_key)`` returns the snapshot progress to store with the checkpoint.
+        """
+        stage = f"_cdc_stage_snapshot_{table}"[:63]
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sql.quote(stage)}")
+            conn.exec_driver_sql(sql.stage(stage, table, columns))
+            with conn.connection.driver_connection.cursor().copy(sql.copy_in_binary(stage, columns)) as into:
+                copy_out(into.write)
+            count = conn.exec_driver_sql(f"SELECT count(*) FROM {sql.quote(stage)}").scalar()
+            first = last = None
+            if count:
+                first = list(conn.exec_driver_sql(sql.edge_key(stage, key, last=False)).one())
+                last = list(conn.exec_driver_sql(sql.edge_key(stage, key, last=True)).one())
+                conn.exec_driver_sql(sql.upsert_from(table, stage, columns, key))
+            now = state._store.now()
+            self.write_audit(conn, [{
+                "pair": pair, "source_table": source_table, "target_table": table, "op": "snapshot",
+                "reason": "snapshot", "key": dumps(last or []), "before": None,
+                "after": dumps({"rows": count, "first_key": first, "last_key": last}), "source_position": None,
+                "source_txid": None, "committed_at": None, "applied_at": now}])
+            state.write_checkpoint(conn, pair, position, finish(count, last), 0)
+        return count
 
     @staticmethod
     def _copy(conn: sa.Connection, table: str, columns: list[str], rows) -> None:
