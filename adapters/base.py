@@ -24,6 +24,19 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def _nullable_only(column: sa.Column) -> Callable[[Any], Any]:
+    """The fit check of a column whose values come from an identical column: only NOT NULL remains."""
+    if column.nullable or column.primary_key:
+        return _identity
+
+    def check(value: Any) -> Any:
+        if value is None:
+            raise TransformError("NULL in a NOT NULL column")
+        return value
+
+    return check
+
+
 @dataclass(frozen=True)
 class TableInfo:
     """A table as reflected: its columns (SQLAlchemy Column objects) and primary key."""
@@ -291,11 +304,20 @@ class SqlTarget(KeyedReads):
             state.write_checkpoint(conn, pair, position, snapshot, len(done) if reason != "snapshot" else 0)
         return ApplyResult(len(done), len(parked))
 
+    def trust(self, name: str, columns: list[str]) -> None:
+        """Skip the fit check for these columns: their values come from source columns of the very
+        same type (same database kind, same declared type), so they cannot fail to fit."""
+        self.__dict__.setdefault("_trusted", {})[name] = set(columns)
+        self._writers.pop(name, None)
+
     def _column_writers(self, name: str) -> dict[str, Callable[[Any], Any]]:
         """Per column: fit check then the dialect's binding, composed once per table."""
         if name not in self._writers:
+            trusted = self.__dict__.get("_trusted", {}).get(name, set())
+
             def compose(column: sa.Column) -> Callable[[Any], Any]:
-                fit, bind = values.fitter(column), self.writer(column)
+                bind = self.writer(column)
+                fit = _nullable_only(column) if column.name in trusted else values.fitter(column)
                 return fit if bind is _identity else (lambda value: bind(fit(value)))
 
             self._writers[name] = {str(c.name): compose(c) for c in self.table(name).columns}

@@ -105,6 +105,9 @@ class PairRunner:
         self.stop = stop or threading.Event()
         self.source, self.target, self.mappings = open_pair(pair)
         self._bulk: dict[str, bool] = {}
+        for table, mapping in self.mappings.items():
+            if self._bulk_ok(table, mapping):
+                self.target.trust(mapping.target, mapping.target_columns)
 
     def close(self) -> None:
         self.source.close()
@@ -180,6 +183,9 @@ class PairRunner:
     def _bulk_chunk(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict) -> int:
         after = self._decode_key(table, mapping, progress["after"])
         chunk = self.pair.snapshot_chunk
+        if after is None and "direct" not in progress:
+            # An empty target at the first chunk may take COPY straight in: chunks never overlap.
+            progress["direct"] = self.target.is_empty(mapping.target)
 
         def finish(count: int, last_key: list | None) -> dict | None:
             if count:
@@ -192,7 +198,7 @@ class PairRunner:
         return self._retrying(lambda: self.target.bulk_snapshot(
             self.pair.name, table, mapping.target, mapping.target_columns, mapping.target_key,
             lambda write: self.source.copy_out(table, mapping.target_columns, mapping.source_key, after, chunk, write),
-            position, finish))
+            position, finish, direct=progress.get("direct", False)))
 
     def _decode_key(self, table: str, mapping: TableMapping, stored: list | None) -> tuple | None:
         """A key read back from the checkpoint's JSON, in the source's own types."""

@@ -187,7 +187,7 @@ class LogicalSource(SqlSource):
     def _decode(self, conn: sa.Connection, rows: list, after: int) -> tuple[list[Change], int]:
         relations: dict[int, tuple[pgoutput.Relation, list]] = {}
         changes: list[Change] = []
-        pending: list[Change] = []
+        pending: list[tuple] = []
         position, xid, committed = after, None, None
         for (data,) in rows:
             message = pgoutput.decode(data)
@@ -197,8 +197,7 @@ class LogicalSource(SqlSource):
                 pending, xid = [], message.fields["xid"]
                 committed = PG_EPOCH + dt.timedelta(microseconds=message.fields["commit_time"])
             elif message.kind in "IUD":
-                relation, parsers = relations[message.relation]
-                pending.append(self._change(conn, message, relation, parsers, committed, xid))
+                pending.append((message, *relations[message.relation]))
             elif message.kind == "T":
                 names = [relations[oid][0].name for oid in message.fields["relations"] if oid in relations]
                 raise SourceError(f"TRUNCATE of {', '.join(names) or 'a captured table'} at the source is not "
@@ -206,7 +205,7 @@ class LogicalSource(SqlSource):
             elif message.kind == "C":
                 end = message.fields["end_lsn"]
                 if end > after:  # at or below `after` the target already has it
-                    changes += [_at(c, end) for c in pending]
+                    changes += [self._change(conn, m, r, p, committed, xid, end) for m, r, p in pending]
                     position = end
                 pending = []
         return changes, position
@@ -223,7 +222,7 @@ class LogicalSource(SqlSource):
                               f"pair {self.pair} ran; the pair stops (nothing after it was applied)")
         return [types.parser(oid) for oid in relation.type_oids]
 
-    def _change(self, conn, message, relation, parsers, committed, xid) -> Change:
+    def _change(self, conn, message, relation, parsers, committed, xid, position) -> Change:
         table = relation.name
         new = _row(relation, parsers, message.new)
         old = _row(relation, parsers, message.old)
@@ -234,7 +233,7 @@ class LogicalSource(SqlSource):
         op = {"I": "insert", "U": "update", "D": "delete"}[message.kind]
         image = new if new is not None else old
         key = tuple(image[k] for k in self.keys[table])
-        return Change(op, table, key, old, new, committed, None, xid)
+        return Change(op, table, key, old, new, committed, position, xid)
 
     def _fill_unchanged(self, conn: sa.Connection, table: str, new: dict, old: dict | None) -> dict:
         """Values an update did not touch (TOAST): from the old image, else read from the table."""
@@ -266,8 +265,3 @@ def _row(relation: pgoutput.Relation, parsers: list, values: list | None) -> dic
         return None
     return {name: (v if v is None or v is pgoutput.UNCHANGED else parse(v))
             for name, parse, v in zip(relation.columns, parsers, values)}
-
-
-def _at(change: Change, position: int) -> Change:
-    return Change(change.op, change.table, change.key, change.before, change.after, change.committed_at,
-                  position, change.txid)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable
 
+import psycopg
 import sqlalchemy as sa
 from psycopg.types.json import Json, Jsonb
 from sqlalchemy.dialects.postgresql import JSON, JSONB, insert
@@ -67,36 +69,51 @@ class PostgresTarget(SqlTarget):
             return dict(conn.exec_driver_sql(sql.COLUMN_TYPES, {"table": sql.quote(table)}).all())
 
     def bulk_snapshot(self, pair: str, source_table: str, table: str, columns: list[str], key: tuple[str, ...],
-                      copy_out: Callable, position: Any, finish: Callable) -> int:
+                      copy_out: Callable, position: Any, finish: Callable, direct: bool = False) -> int:
         """One snapshot chunk as binary COPY from a PostgreSQL source with identical column types.
 
-        ONE transaction: COPY into a staging table, upsert from it, one audit row, checkpoint.
-        ``finish(count, last_key)`` returns the snapshot progress to store with the checkpoint.
+        ONE transaction: the rows, one audit row, the checkpoint. ``direct``: the table was empty
+        when the snapshot began and chunks are disjoint, so COPY goes straight into it; otherwise
+        into a staging table and upserted from there. ``finish(count, last_key)`` returns the
+        snapshot progress to store with the checkpoint.
         """
-        stage = f"_cdc_stage_snapshot_{table}"[:63]
+        stage = table if direct else f"_cdc_stage_snapshot_{table}"[:63]
         with self.engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sql.quote(stage)}")
-            conn.exec_driver_sql(sql.stage(stage, table, columns))
-            with conn.connection.driver_connection.cursor().copy(sql.copy_in_binary(stage, columns)) as into:
-                copy_out(into.write)
-            count = conn.exec_driver_sql(f"SELECT count(*) FROM {sql.quote(stage)}").scalar()
-            first = last = None
-            if count:
-                first = list(conn.exec_driver_sql(sql.edge_key(stage, key, last=False)).one())
-                last = list(conn.exec_driver_sql(sql.edge_key(stage, key, last=True)).one())
+            if not direct:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sql.quote(stage)}")
+                conn.exec_driver_sql(sql.stage(stage, table, columns))
+            cursor = conn.connection.driver_connection.cursor()
+            with _as_sqlalchemy_errors(sql.copy_in_binary(stage, columns)):
+                with cursor.copy(sql.copy_in_binary(stage, columns)) as into:
+                    copy_out(into.write)
+            count = cursor.rowcount
+            last = list(conn.exec_driver_sql(sql.edge_key(stage, key, last=True)).one()) if count else None
+            if count and not direct:
                 conn.exec_driver_sql(sql.upsert_from(table, stage, columns, key))
-            now = state._store.now()
             self.write_audit(conn, [{
                 "pair": pair, "source_table": source_table, "target_table": table, "op": "snapshot",
                 "reason": "snapshot", "key": dumps(last or []), "before": None,
-                "after": dumps({"rows": count, "first_key": first, "last_key": last}), "source_position": None,
-                "source_txid": None, "committed_at": None, "applied_at": now}])
+                "after": dumps({"rows": count, "last_key": last}), "source_position": None,
+                "source_txid": None, "committed_at": None, "applied_at": state._store.now()}])
             state.write_checkpoint(conn, pair, position, finish(count, last), 0)
         return count
+
+    def is_empty(self, table: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql(f"SELECT NOT EXISTS (SELECT 1 FROM {sql.quote(table)})").scalar()
 
     @staticmethod
     def _copy(conn: sa.Connection, table: str, columns: list[str], rows) -> None:
         cursor = conn.connection.driver_connection.cursor()
-        with cursor.copy(sql.copy_into(table, columns)) as copy:
+        with _as_sqlalchemy_errors(sql.copy_into(table, columns)), cursor.copy(sql.copy_into(table, columns)) as copy:
             for row in rows:
                 copy.write_row(row)
+
+
+@contextmanager
+def _as_sqlalchemy_errors(statement: str):
+    """COPY runs on the raw psycopg cursor; give its errors SQLAlchemy's types like every other statement."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
