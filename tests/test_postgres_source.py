@@ -296,3 +296,25 @@ def test_bulk_snapshot_falls_back_to_rows_when_the_target_refuses_one(pg_to_pg):
     assert "copying the chunk row by row" in result.stderr
     assert execute(target, "SELECT count(*) FROM entries") == [(49,)]
     assert execute(target, "SELECT key, column_name FROM cdc_dead_letters") == [("[7]", "memo")]
+
+
+def test_timestamp_capture_from_postgresql(ws, pg_url):
+    execute(pg_url, "CREATE TABLE products (sku TEXT PRIMARY KEY, price NUMERIC(12,2) NOT NULL, "
+                    "updated_at TIMESTAMPTZ NOT NULL, deleted BOOLEAN NOT NULL DEFAULT false);"
+                    "INSERT INTO products VALUES ('A-1', 89.90, '2024-05-01 10:00:00+02', false);")
+    ws.config.write_text(f"connections:\n  src: {pg_url}\n  dst: sqlite:///t.db\npairs:\n  ts:\n    source: src\n"
+                         "    target: dst\n    capture: timestamp\n    tables: [products]\n"
+                         "    timestamp: {column: updated_at, soft_delete: deleted, overlap_seconds: 30}\n",
+                         encoding="utf-8")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    # Same timestamp as the watermark, and 10 s older: both inside the overlap window.
+    execute(pg_url, "INSERT INTO products VALUES ('A-2', 45.00, '2024-05-01 10:00:00+02', false), "
+                    "('A-3', 12.50, '2024-05-01 09:59:50+02', false)")
+    assert "2 changes applied" in cdc_ok(ws, "run", "--once").stdout
+    assert "0 changes applied" in cdc_ok(ws, "run", "--once").stdout
+    execute(pg_url, "UPDATE products SET deleted = true, updated_at = '2024-05-02 08:00:00+02' WHERE sku = 'A-1'")
+    cdc_ok(ws, "run", "--once")
+    assert rows(f"sqlite:///{ws.root / 't.db'}", "products", "sku") == [
+        ("A-2", Decimal("45"), "2024-05-01 08:00:00+00:00", 0), ("A-3", Decimal("12.5"), "2024-05-01 07:59:50+00:00", 0)]

@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .source import LogicalSource
+from .source import LogicalSource, TimestampSource
 from .target import PostgresTarget
 
 
@@ -15,12 +15,15 @@ class PostgresAdapter:
 
     name = "postgresql"
     backends = ("postgresql",)
-    capture_modes = ("logical",)  # trigger and timestamp capture: not landed yet
+    capture_modes = ("logical", "timestamp")  # trigger capture: not landed yet
     supports_in_db_checksum = True
     upsert_style = "on_conflict"
 
-    def source(self, pair: Any) -> LogicalSource:
-        return LogicalSource(sa.create_engine(pair.source.url, pool_pre_ping=True), pair.name)
+    def source(self, pair: Any) -> LogicalSource | TimestampSource:
+        engine = sa.create_engine(pair.source.url, pool_pre_ping=True)
+        if pair.capture == "timestamp":
+            return TimestampSource(engine, pair.name, pair.timestamp)
+        return LogicalSource(engine, pair.name)
 
     def target(self, url: str) -> PostgresTarget:
         return PostgresTarget(sa.create_engine(url, pool_pre_ping=True))

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from cdc.changes import Batch, Change, Position
 from cdc.errors import SchemaError, SourceError
 
+from .._timestamp import TimestampCapture
 from ..base import SqlSource
 from . import pgoutput, sql, types
 
@@ -265,3 +266,12 @@ def _row(relation: pgoutput.Relation, parsers: list, values: list | None) -> dic
         return None
     return {name: (v if v is None or v is pgoutput.UNCHANGED else parse(v))
             for name, parse, v in zip(relation.columns, parsers, values)}
+
+
+class TimestampSource(TimestampCapture):
+    """Capture `timestamp` on PostgreSQL (psycopg returns exact Python values: no conversion)."""
+
+    def bind_stamp(self, stamp: Any, column: sa.Column) -> Any:
+        if isinstance(stamp, str) and isinstance(column.type, (sa.DateTime, sa.Date)):
+            return dt.datetime.fromisoformat(stamp)  # compared as timestamptz, not as text
+        return stamp
