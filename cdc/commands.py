@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import schema, state
-from .config import Config, Pair, load_config
+from .config import Pair, load_config
 from .errors import CdcError, StateError
 from .pipeline import PairRunner, RunResult, open_pair, open_source
 
@@ -196,8 +196,3 @@ def _pair_status(p: Pair) -> dict:
     finally:
         source.close()
         target.close()
-
-
-def load(config_path: str) -> Config:
-    """The validated config (for callers that want to inspect it)."""
-    return load_config(config_path)
