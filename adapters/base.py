@@ -74,8 +74,11 @@ class Source(Protocol):
     def read(self, after: Position, max_changes: int) -> Batch:
         """Committed changes after ``after`` in commit order, ending on a transaction boundary."""
 
-    def pending(self, after: Position) -> int | None:
-        """How many changes wait after ``after`` (None where the capture mode cannot tell)."""
+    def pending(self, after: Position) -> int | str | None:
+        """How many changes wait after ``after``, or a description of the backlog (None: cannot tell)."""
+
+    def format_position(self, position: Position) -> str:
+        """A position as the database's own people write it (an LSN as X/Y, a changelog id)."""
 
     def acknowledge(self, position: Position) -> None:
         """Release what the target has committed up to ``position`` (idempotent)."""
@@ -149,6 +152,9 @@ class SqlSource(KeyedReads):
     def watch(self, keys: dict[str, tuple[str, ...]]) -> None:
         """The tables this pair captures and the key columns that identify their rows."""
         self.keys = dict(keys)
+
+    def format_position(self, position: Position) -> str:
+        return dumps(position)
 
 
 class SqlTarget(KeyedReads):

@@ -135,7 +135,7 @@ def status(config: str, pair: str | None, as_json: bool) -> None:
         click.echo(f"pair {row['pair']} ({row['capture']}): {row['phase']}")
         click.echo(f"  source      {row['source']}")
         click.echo(f"  target      {row['target']}")
-        click.echo(f"  checkpoint  {orjson.dumps(row['checkpoint']).decode() if row['checkpoint'] is not None else '-'}")
+        click.echo(f"  checkpoint  {row['checkpoint_text'] or '-'}")
         click.echo(f"  pending     {pending}")
         click.echo(f"  applied     {row['changes_applied']} changes, last at {row['last_applied_at'] or '-'}")
         click.echo(f"  dead letters {row['dead_letters']}")

@@ -188,6 +188,7 @@ def _pair_status(p: Pair) -> dict:
         return {
             "pair": p.name, "source": p.source.masked, "target": p.target.masked, "capture": p.capture,
             "phase": phase, "checkpoint": position,
+            "checkpoint_text": None if position is None else source.format_position(position),
             "pending": source.pending(position) if checkpoint is not None else None,
             "changes_applied": 0 if checkpoint is None else checkpoint.changes_applied,
             "last_applied_at": None if checkpoint is None else checkpoint.updated_at.isoformat(),

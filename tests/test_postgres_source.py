@@ -178,6 +178,9 @@ def test_idle_pair_releases_wal_on_heartbeat(ws, pg_url):
             break
         execute(pg_url, "CHECKPOINT")
     assert confirmed >= current and restart >= current - 1_000_000, (restart, confirmed, current)
+    status = cdc_ok(ws, "status").stdout
+    assert "bytes of WAL behind" in status
+    assert "checkpoint  0/" in status  # an LSN as PostgreSQL writes it
     doctor = ws.cdc("doctor", str(ws.config))
     assert doctor.returncode == 0, doctor.stdout
     for line in ("[  OK] wal_level = logical", "[  OK] entries: REPLICA IDENTITY DEFAULT (primary key)",

@@ -249,8 +249,17 @@ class LogicalSource(SqlSource):
             filled.update({c: (row[i] if row is not None else None) for i, c in enumerate(missing)})
         return {c: filled[c] for c in new}
 
-    def pending(self, after: Position) -> int | None:
-        return None  # counting would decode the whole backlog; `cdc doctor` reports slot lag in bytes
+    def pending(self, after: Position) -> str | None:
+        """The WAL the slot has not released, in bytes: counting changes would decode the backlog."""
+        with self.engine.connect() as conn:
+            slot = conn.exec_driver_sql(sql.SLOT, {"slot": self.slot}).first()
+            if slot is None:
+                return None
+            behind = int(conn.exec_driver_sql(sql.CURRENT_LSN).scalar()) - int(slot.confirmed)
+        return f"{max(behind, 0):,} bytes of WAL behind"
+
+    def format_position(self, position: Position) -> str:
+        return sql.lsn_text(position) if isinstance(position, int) else super().format_position(position)
 
     def acknowledge(self, position: Position) -> None:
         if not position:
