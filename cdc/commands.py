@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import schema, state
+from . import registry, schema, state
 from .config import Pair, load_config
 from .errors import CdcError, StateError
 from .pipeline import PairRunner, RunResult, open_pair, open_source
@@ -58,13 +58,16 @@ def doctor(config_path: str, pair: str | None = None) -> tuple[Report, bool]:
     report, healthy = Report(), True
     for p in config.select(pair):
         source, _ = open_source(p)
+        target = registry.adapter_for(p.target.url).target(p.target.url)
         try:
-            report.add(f"pair {p.name}: {p.capture} capture on {p.source.masked}")
-            for level, text in source.diagnose():
+            report.add(f"pair {p.name}: {p.capture} capture on {p.source.masked}, target {p.target.masked}")
+            findings = source.diagnose() + (target.diagnose() if hasattr(target, "diagnose") else [])
+            for level, text in findings:
                 healthy = healthy and level != "fail"
                 report.add(f"  [{level.upper():>4}] {text}")
         finally:
             source.close()
+            target.close()
     return report, healthy
 
 

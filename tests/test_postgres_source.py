@@ -89,6 +89,11 @@ def test_exact_types_from_postgresql_to_postgresql(pg_to_pg):
     types = dict(execute(target, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'docs'"))
     assert types == {"id": "uuid", "amount": "numeric", "at": "timestamp with time zone", "day": "date",
                      "body": "jsonb", "raw": "bytea", "flag": "boolean", "note": "text"}
+    assert "[  OK] target synchronous_commit = on" in cdc_ok(ws, "doctor").stdout
+    database = target.rsplit("/", 1)[1]
+    execute(target, f'ALTER DATABASE "{database}" SET synchronous_commit = off')
+    doctor = ws.cdc("doctor", str(ws.config))
+    assert doctor.returncode == 1 and "[FAIL] target synchronous_commit = off: a crash can lose commits" in doctor.stdout
 
 
 def large_text_changes(url: str, count: int, seed: int) -> int:

@@ -38,6 +38,16 @@ class PostgresTarget(SqlTarget):
             return lambda v: None if v is None else wrap(v)
         return _identity
 
+    def diagnose(self) -> list[tuple[str, str]]:
+        """The target settings exactly-once depends on: a COMMIT that returned must survive a crash."""
+        with self.engine.connect() as conn:
+            mode = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+        if mode == "off":
+            return [("fail", "target synchronous_commit = off: a crash can lose commits cdc-sync already released "
+                             "at the source; set it on for the cdc-sync user: ALTER ROLE <user> SET "
+                             "synchronous_commit = on")]
+        return [("ok", f"target synchronous_commit = {mode}")]
+
     def classify(self, exc: sa.exc.DBAPIError) -> str:
         if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
             return "retry"  # server restarted, connection lost, lock timeout: reconnect and retry
