@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import sqlalchemy as sa
 
@@ -73,6 +73,9 @@ class Source(Protocol):
 
     def read(self, after: Position, max_changes: int) -> Batch:
         """Committed changes after ``after`` in commit order, ending on a transaction boundary."""
+
+    def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
+        """Like read, in parts a large transaction is split into (bounded memory); the last part is complete."""
 
     def pending(self, after: Position) -> int | str | None:
         """How many changes wait after ``after``, or a description of the backlog (None: cannot tell)."""
@@ -155,6 +158,11 @@ class SqlSource(KeyedReads):
 
     def format_position(self, position: Position) -> str:
         return dumps(position)
+
+    def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
+        """The changes of one read in parts; only a part with ``complete`` set ends on a transaction
+        boundary and carries the position. By default the whole read is one complete part."""
+        yield self.read(after, max_changes)
 
 
 class SqlTarget(KeyedReads):
@@ -250,65 +258,89 @@ class SqlTarget(KeyedReads):
     # -- apply ---------------------------------------------------------------------
     def apply(self, pair: str, mapped: list[MappedChange], *, position: Position, snapshot: dict | None,
               on_error: str, reason: str = "change") -> ApplyResult:
-        """Write rows, audit, dead letters and checkpoint in ONE transaction.
+        """Write rows, audit, dead letters and checkpoint in ONE transaction (see apply_parts)."""
+        return self.apply_parts(pair, lambda: [mapped], position=lambda: position, snapshot=snapshot,
+                                on_error=on_error, reason=reason)
 
-        A row the database rejects makes the whole batch roll back and run again one
-        change per savepoint, so the bad change is parked (or stops the pair) alone.
+    def apply_parts(self, pair: str, parts: Callable[[], Iterable[list[MappedChange]]], *,
+                    position: Callable[[], Position], snapshot: dict | None, on_error: str,
+                    reason: str = "change") -> ApplyResult:
+        """Write parts of a batch one after another into ONE transaction, then the checkpoint.
+
+        ``parts()`` yields the batch in parts (a large source transaction need not fit in
+        memory); ``position()`` is read after the last part. When no part holds a change,
+        nothing is written. A row the database rejects makes the whole batch roll back and
+        run again from ``parts()`` one change per savepoint, so the bad change is parked
+        (or stops the pair) alone.
         """
         try:
-            return self._transaction(pair, mapped, position, snapshot, on_error, reason, isolate=False)
+            return self._transaction(pair, parts(), position, snapshot, on_error, reason, isolate=False)
         except sa.exc.DBAPIError as exc:
             if self.classify(exc) != "row":
                 raise self._translate(exc) from None
         try:
-            return self._transaction(pair, mapped, position, snapshot, on_error, reason, isolate=True)
+            return self._transaction(pair, parts(), position, snapshot, on_error, reason, isolate=True)
         except sa.exc.DBAPIError as exc:
             raise self._translate(exc) from None
+
+    def prepare_tables(self, names: Iterable[str]) -> None:
+        """Reflect these tables now: reflection inside an apply transaction would wait on itself."""
+        for name in names:
+            if self.exists(name):
+                self.statement_table(name)
 
     def _translate(self, exc: sa.exc.DBAPIError) -> Exception:
         kind = self.classify(exc)
         text = str(exc.orig).strip()
         return RetryableError(f"target: {text}") if kind == "retry" else TargetError(f"target: {text}")
 
-    def _transaction(self, pair, mapped, position, snapshot, on_error, reason, isolate) -> ApplyResult:
-        done: list[MappedChange] = []
-        parked: list[tuple[MappedChange, RowError]] = []
+    def _transaction(self, pair, parts, position, snapshot, on_error, reason, isolate) -> ApplyResult:
+        applied = parked_count = seen = 0
 
-        def reject(item: MappedChange, error: RowError) -> None:
+        def reject(item: MappedChange, error: RowError, parked: list) -> None:
             error.table, error.key = error.table or item.mapping.target, error.key or item.change.key
             if on_error == "stop":
                 raise error
             parked.append((item, error))
 
-        for name in {op.table for item in mapped for op in item.ops}:
-            self.statement_table(name)  # reflect before the transaction: it must not wait on itself
         with self.engine.begin() as conn:
-            prepared = []
-            for item in mapped:
+            for mapped in parts:
+                seen += len(mapped)
+                done, parked = self._write_part(conn, mapped, isolate, lambda i, e, p: reject(i, e, p))
+                now = state._store.now()
+                self.write_audit(conn, _audit_rows(pair, done, reason, now))
+                state.write_dead_letters(conn, [_dead_letter(pair, item, error, now) for item, error in parked])
+                applied, parked_count = applied + len(done), parked_count + len(parked)
+            if seen or reason == "snapshot":
+                state.write_checkpoint(conn, pair, position(), snapshot, applied if reason != "snapshot" else 0)
+        return ApplyResult(applied, parked_count)
+
+    def _write_part(self, conn, mapped, isolate, reject) -> tuple[list[MappedChange], list]:
+        """Rows of one part: fit checks, then one statement per run (or one savepoint per change)."""
+        done: list[MappedChange] = []
+        parked: list[tuple[MappedChange, RowError]] = []
+        prepared = []
+        for item in mapped:
+            try:
+                if item.error is not None:
+                    raise item.error
+                prepared.append((item, [self._prepare(op) for op in item.ops]))
+            except RowError as exc:
+                reject(item, exc, parked)
+        if isolate:
+            for item, statements in prepared:
                 try:
-                    if item.error is not None:
-                        raise item.error
-                    prepared.append((item, [self._prepare(op) for op in item.ops]))
-                except RowError as exc:
-                    reject(item, exc)
-            if isolate:
-                for item, statements in prepared:
-                    try:
-                        with conn.begin_nested():
-                            self._write(conn, statements)
-                        done.append(item)
-                    except sa.exc.DBAPIError as exc:
-                        if self.classify(exc) != "row":
-                            raise
-                        reject(item, RowError(f"the target refused the row: {str(exc.orig).strip()}"))
-            else:
-                self._write(conn, [s for _, statements in prepared for s in statements])
-                done = [item for item, _ in prepared]
-            now = state._store.now()
-            self.write_audit(conn, _audit_rows(pair, done, reason, now))
-            state.write_dead_letters(conn, [_dead_letter(pair, item, error, now) for item, error in parked])
-            state.write_checkpoint(conn, pair, position, snapshot, len(done) if reason != "snapshot" else 0)
-        return ApplyResult(len(done), len(parked))
+                    with conn.begin_nested():
+                        self._write(conn, statements)
+                    done.append(item)
+                except sa.exc.DBAPIError as exc:
+                    if self.classify(exc) != "row":
+                        raise
+                    reject(item, RowError(f"the target refused the row: {str(exc.orig).strip()}"), parked)
+        else:
+            self._write(conn, [s for _, statements in prepared for s in statements])
+            done = [item for item, _ in prepared]
+        return done, parked
 
     def trust(self, name: str, columns: list[str]) -> None:
         """Skip the fit check for these columns: their values come from source columns of the very

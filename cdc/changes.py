@@ -54,6 +54,8 @@ class Batch:
 
     changes: list[Change] = field(default_factory=list)
     position: Position = None
+    #: False for a part of a larger read that does not end on a transaction boundary (no position).
+    complete: bool = True
 
     def __len__(self) -> int:
         return len(self.changes)

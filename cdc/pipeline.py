@@ -104,6 +104,7 @@ class PairRunner:
         self.progress = progress
         self.stop = stop or threading.Event()
         self.source, self.target, self.mappings = open_pair(pair)
+        self.target.prepare_tables(m.target for m in self.mappings.values())
         self._bulk: dict[str, bool] = {}
         for table, mapping in self.mappings.items():
             if self._bulk_ok(table, mapping):
@@ -211,20 +212,39 @@ class PairRunner:
     # -- stream --------------------------------------------------------------------
     def _stream(self, position: Any, once: bool, result: RunResult) -> None:
         while not self.stop.is_set():
-            batch = self._retrying(lambda: self.source.read(position, self.pair.batch_size))
-            if not batch.changes:
+            read = _Read(position)
+
+            def parts() -> Any:
+                read.reset()
+                for part in self.source.stream(position, self.pair.batch_size):
+                    read.add(part)
+                    yield map_changes(part.changes, self.mappings)
+
+            applied = self._apply_parts(parts, read)
+            if not read.changes:
                 if once:
                     return
                 self.stop.wait(self.pair.poll_interval)
                 continue
-            mapped = map_changes(batch.changes, self.mappings)
-            applied = self._apply(mapped, batch.position, None, "change")
-            position = batch.position
+            position = read.position
             self._retrying(lambda: self.source.acknowledge(position))
             result.applied += applied.applied
             result.parked += applied.parked
             result.batches += 1
             logger.debug("pair %s: applied %d changes up to %s", self.pair.name, applied.applied, dumps(position))
+
+    def _apply_parts(self, parts: Callable, read: "_Read") -> Any:
+        """Stream a read into one target transaction, with retries that never apply it twice."""
+        attempts = []
+
+        def attempt() -> Any:
+            if attempts and read.complete and self._committed(read.position, None):
+                return ApplyResult(0, 0)  # the connection broke after COMMIT: never apply twice
+            attempts.append(1)
+            return self.target.apply_parts(self.pair.name, parts, position=lambda: read.position, snapshot=None,
+                                           on_error=self.pair.on_error)
+
+        return self._retrying(attempt)
 
     def _apply(self, mapped: list, position: Any, snapshot: dict | None, reason: str) -> Any:
         """Apply with retries; a retry first asks the target whether the lost attempt had committed."""
@@ -257,6 +277,23 @@ class PairRunner:
                 logger.warning("pair %s: %s; retrying in %.1fs", self.pair.name, _first_line(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
+
+
+class _Read:
+    """What one streamed read brought: how many changes, and the position its last complete part ends at."""
+
+    def __init__(self, start: Any):
+        self.start = start
+        self.reset()
+
+    def reset(self) -> None:
+        self.changes, self.position, self.complete = 0, self.start, False
+
+    def add(self, part: Any) -> None:
+        self.changes += len(part.changes)
+        self.complete = part.complete
+        if part.complete:
+            self.position = part.position
 
 
 def _copy(snapshot: dict) -> dict:
