@@ -347,3 +347,25 @@ def test_timestamp_capture_from_postgresql(ws, pg_url):
     cdc_ok(ws, "run", "--once")
     assert rows(f"sqlite:///{ws.root / 't.db'}", "products", "sku") == [
         ("A-2", Decimal("45"), "2024-05-01 08:00:00+00:00", 0), ("A-3", Decimal("12.5"), "2024-05-01 07:59:50+00:00", 0)]
+
+
+def test_a_transaction_larger_than_a_batch_is_streamed_in_parts_and_applied_whole(pg_to_pg):
+    ws, source, target = pg_to_pg
+    execute(source, "INSERT INTO entries SELECT g, 1500, 1.00, 'NOK', NULL, NULL FROM generate_series(1, 40000) g")
+    logical_pair(ws, source, target, "huge", batch_size=500)
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    execute(source, "UPDATE entries SET amount = amount + 1")  # one transaction of 40,000 changes
+    rng = random.Random(11)
+    for _ in range(3):  # SIGKILL while the parts are being applied: never half a transaction
+        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", "--once", str(ws.config)], cwd=ws.root,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.8, 1.6))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert execute(target, "SELECT DISTINCT amount FROM entries") in ([(Decimal("1.00"),)], [(Decimal("2.00"),)])
+    result = cdc_ok(ws, "run", "--once")
+    assert rows(source, "entries", "id") == rows(target, "entries", "id")
+    assert execute(target, "SELECT count(*) FROM cdc_audit_log WHERE op = 'update'") == [(40000,)]
+    assert "in 0 target transactions" in result.stdout or "40000 changes applied in 1 target" in result.stdout

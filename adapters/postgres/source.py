@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import sqlalchemy as sa
 
@@ -171,45 +171,31 @@ class LogicalSource(SqlSource):
             return int(self._slot(conn).confirmed)
 
     def read(self, after: Position, max_changes: int) -> Batch:
-        after = after or 0
-        with self.engine.begin() as conn:
+        parts = list(self.stream(after, max_changes))
+        changes = [c for part in parts for c in part.changes]
+        complete = [part.position for part in parts if part.complete]
+        return Batch(changes, complete[-1] if complete else (after or 0))
+
+    def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
+        """Whole transactions from the slot, streamed from the server in parts of at most
+        ``max_changes`` changes, so even a transaction of millions of rows needs bounded memory."""
+        after, current, seen = after or 0, None, False
+        with self.engine.connect() as conn, conn.begin():
             self._slot(conn)
             for statement in sql.DECODING_SETTINGS:
                 conn.exec_driver_sql(statement)
             current = int(conn.exec_driver_sql(sql.CURRENT_LSN).scalar())
-            rows = conn.exec_driver_sql(sql.PEEK, {"slot": self.slot, "limit": max_changes,
-                                                   "publication": self.publication}).all()
-            changes, position = self._decode(conn, rows, after)
-        if not rows:
+            rows = conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
+                sql.PEEK, {"slot": self.slot, "limit": max_changes, "publication": self.publication})
+            decoder = _Decoder(self, conn, after, max_changes)
+            for (data,) in rows:
+                seen = True
+                part = decoder.feed(data)
+                if part is not None:
+                    yield part
+        if not seen:
             # Heartbeat: nothing of ours is pending, so release the WAL other work wrote meanwhile.
             self.acknowledge(current)
-        return Batch(changes, position)
-
-    def _decode(self, conn: sa.Connection, rows: list, after: int) -> tuple[list[Change], int]:
-        relations: dict[int, tuple[pgoutput.Relation, list]] = {}
-        changes: list[Change] = []
-        pending: list[tuple] = []
-        position, xid, committed = after, None, None
-        for (data,) in rows:
-            message = pgoutput.decode(data)
-            if isinstance(message, pgoutput.Relation):
-                relations[message.oid] = (message, self._check_relation(message))
-            elif message.kind == "B":
-                pending, xid = [], message.fields["xid"]
-                committed = PG_EPOCH + dt.timedelta(microseconds=message.fields["commit_time"])
-            elif message.kind in "IUD":
-                pending.append((message, *relations[message.relation]))
-            elif message.kind == "T":
-                names = [relations[oid][0].name for oid in message.fields["relations"] if oid in relations]
-                raise SourceError(f"TRUNCATE of {', '.join(names) or 'a captured table'} at the source is not "
-                                  "replicated: the pair stops; reconcile or re-snapshot the table")
-            elif message.kind == "C":
-                end = message.fields["end_lsn"]
-                if end > after:  # at or below `after` the target already has it
-                    changes += [self._change(conn, m, r, p, committed, xid, end) for m, r, p in pending]
-                    position = end
-                pending = []
-        return changes, position
 
     def _check_relation(self, relation: pgoutput.Relation) -> list:
         """Parsers for the relation's columns; SchemaError if a column the pair reads is gone."""
@@ -275,6 +261,51 @@ def _row(relation: pgoutput.Relation, parsers: list, values: list | None) -> dic
         return None
     return {name: (v if v is None or v is pgoutput.UNCHANGED else parse(v))
             for name, parse, v in zip(relation.columns, parsers, values)}
+
+
+class _Decoder:
+    """Turns pgoutput messages into parts of transactions; skips transactions the target has.
+
+    A transaction whose commit record starts before ``after`` (the end of the last applied
+    commit) is already applied. Changes carry their commit LSN; a complete part carries the
+    commit's end LSN, which is what the checkpoint stores and the slot is advanced to.
+    """
+
+    def __init__(self, source: LogicalSource, conn: sa.Connection, after: int, part_size: int):
+        self.source, self.conn, self.after, self.part_size = source, conn, after, part_size
+        self.relations: dict[int, tuple[pgoutput.Relation, list]] = {}
+        self.pending: list[Change] = []
+        self.skip, self.xid, self.committed, self.lsn = False, None, None, 0
+
+    def feed(self, data: bytes) -> Batch | None:
+        message = pgoutput.decode(data)
+        if isinstance(message, pgoutput.Relation):
+            self.relations[message.oid] = (message, self.source._check_relation(message))
+            return None
+        kind = message.kind
+        if kind in "IUD":
+            if self.skip:
+                return None
+            relation, parsers = self.relations[message.relation]
+            self.pending.append(self.source._change(self.conn, message, relation, parsers, self.committed,
+                                                    self.xid, self.lsn))
+            if len(self.pending) >= self.part_size:
+                part, self.pending = self.pending, []
+                return Batch(part, None, complete=False)
+        elif kind == "B":
+            self.lsn, self.xid = message.fields["final_lsn"], message.fields["xid"]
+            self.skip = self.lsn < self.after
+            self.committed = PG_EPOCH + dt.timedelta(microseconds=message.fields["commit_time"])
+            self.pending = []
+        elif kind == "C":
+            if not self.skip:
+                part, self.pending = self.pending, []
+                return Batch(part, message.fields["end_lsn"])
+        elif kind == "T":
+            names = [self.relations[oid][0].name for oid in message.fields["relations"] if oid in self.relations]
+            raise SourceError(f"TRUNCATE of {', '.join(names) or 'a captured table'} at the source is not "
+                              "replicated: the pair stops; reconcile or re-snapshot the table")
+        return None
 
 
 class TimestampSource(TimestampCapture):
