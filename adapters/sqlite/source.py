@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 
@@ -102,21 +102,31 @@ class TriggerSource(SqliteSource):
                 f"SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{sql.CHANGELOG}'), 0)").scalar()
 
     def read(self, after: Position, max_changes: int) -> Batch:
+        parts = list(self.stream(after, max_changes))
+        return Batch([c for p in parts for c in p.changes], parts[-1].position)
+
+    def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
+        """Up to ``max_changes`` changes and the rest of the last transaction group, in parts of at
+        most ``max_changes``; each part is its own short read, so writers are never held up."""
         after = after or 0
         with self.engine.begin() as conn:
             conn.exec_driver_sql(f"UPDATE {sql.EPOCH} SET n = n + 1")
             epoch = conn.exec_driver_sql(f"SELECT n FROM {sql.EPOCH}").scalar()
         tables = ", ".join("?" * len(self.keys))
         query = (f"SELECT id, txid, tbl, op, before, after, changed_at FROM {sql.CHANGELOG} "
-                 f"WHERE id > ? AND txid < ? AND tbl IN ({tables}) ORDER BY id")
+                 f"WHERE id > ? AND txid < ? AND tbl IN ({tables}) ORDER BY id LIMIT ?")
+        rest = query.replace("txid < ?", "txid = ?")
         with self.engine.connect() as conn:
             self._require_installed(conn)
-            rows = conn.exec_driver_sql(query + " LIMIT ?", (after, epoch, *self.keys, max_changes)).all()
-            if len(rows) == max_changes:
-                # A batch ends on a transaction boundary: take the rest of the last transaction.
-                rest = query.replace("txid < ?", "txid = ?")
-                rows += conn.exec_driver_sql(rest, (rows[-1].id, rows[-1].txid, *self.keys)).all()
-        return Batch([self._change(row) for row in rows], rows[-1].id if rows else after)
+            rows = conn.exec_driver_sql(query, (after, epoch, *self.keys, max_changes)).all()
+        while len(rows) == max_changes:
+            # A batch ends on a transaction boundary: the rest of the last group follows in parts.
+            yield Batch([self._change(row) for row in rows], None, complete=False)
+            last = rows[-1]
+            with self.engine.connect() as conn:
+                rows = conn.exec_driver_sql(rest, (last.id, last.txid, *self.keys, max_changes)).all()
+            after = last.id
+        yield Batch([self._change(row) for row in rows], rows[-1].id if rows else after)
 
     def _change(self, row: Any) -> Change:
         readers = self._log_readers(row.tbl)
