@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -216,7 +217,8 @@ class PairRunner:
 
             def parts() -> Any:
                 read.reset()
-                for part in self.source.stream(position, self.pair.batch_size):
+                # The next part is read and decoded in a second thread while this one is applied.
+                for part in _prefetched(lambda: self.source.stream(position, self.pair.batch_size)):
                     read.add(part)
                     yield map_changes(part.changes, self.mappings)
 
@@ -277,6 +279,53 @@ class PairRunner:
                 logger.warning("pair %s: %s; retrying in %.1fs", self.pair.name, _first_line(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
+
+
+def _prefetched(make: Callable[[], Any], depth: int = 2) -> Any:
+    """Iterate ``make()`` in a worker thread, at most ``depth`` items ahead; errors re-raise here.
+
+    If the consumer stops early, the worker is told to stop and its generator is closed in its
+    own thread (which releases the source connection it holds).
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        source = make()
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put((item, None), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((done, None))
+        except BaseException as exc:  # handed to the consumer
+            items.put((done, exc))
+        finally:
+            source.close()
+
+    worker = threading.Thread(target=work, name="cdc-read", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = items.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.1)
 
 
 class _Read:
