@@ -189,6 +189,8 @@ class TableMapping:
 
     def map_row(self, row: Row, key: tuple = ()) -> Row:
         """The target row for a source row; RowError names the column that failed."""
+        if self.is_identity:
+            return {c: row.get(c) for c in self.target_columns}
         result = {}
         for target, source, transforms in self._columns:
             value = row.get(source) if source is not None else None
