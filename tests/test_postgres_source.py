@@ -369,3 +369,46 @@ def test_a_transaction_larger_than_a_batch_is_streamed_in_parts_and_applied_whol
     assert rows(source, "entries", "id") == rows(target, "entries", "id")
     assert execute(target, "SELECT count(*) FROM cdc_audit_log WHERE op = 'update'") == [(40000,)]
     assert "in 0 target transactions" in result.stdout or "40000 changes applied in 1 target" in result.stdout
+
+
+def concurrent_updates(url: str, transactions: int, seed: int) -> int:
+    """Updates of random existing rows, racing another writer for the same rows; returns rows changed."""
+    rng, changed = random.Random(seed), 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(transactions):
+            ids = [r[0] for r in conn.execute("SELECT id FROM entries ORDER BY random() LIMIT 3")]
+            with conn.transaction():
+                for row_id in ids:
+                    changed += conn.execute("UPDATE entries SET amount = amount + 0.01, memo = %s WHERE id = %s",
+                                            (f"rask {rng.random():.6f}", row_id)).rowcount
+            time.sleep(0.005)
+    return changed
+
+
+def test_trigger_capture_with_racing_writers_and_sigkill(pg_to_pg):
+    ws, source, target = pg_to_pg
+    logical_pair(ws, source, target, "trig", batch_size=50, poll_interval=0.05)
+    ws.config.write_text(ws.config.read_text().replace("capture: logical", "capture: trigger"))
+    workload.run(source, 800, seed=51)
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")  # the snapshot, before the writers start: every later change is audited
+    changes = []
+    writers = [threading.Thread(target=lambda: changes.append(workload.run(source, 3000, seed=52, pause=0.005))),
+               threading.Thread(target=lambda: changes.append(concurrent_updates(source, 400, seed=53)))]
+    for writer in writers:
+        writer.start()
+    rng = random.Random(6)
+    while any(w.is_alive() for w in writers):
+        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.8, 1.6))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    cdc_ok(ws, "run", "--once")
+    for table, order in (("entries", "id"), ("parties", "code, region")):
+        assert rows(source, table, order) == rows(target, table, order), table
+    assert execute(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'") == [(sum(changes),)]
+    assert execute(source, "SELECT count(*) FROM _cdc_changelog") == [(0,)]  # purged once applied
+    assert "[  OK] capture triggers installed on entries, parties" in cdc_ok(ws, "doctor").stdout
+    assert "removed trigger on entries, trigger on parties, changelog _cdc_changelog" in cdc_ok(ws, "uninstall").stdout

@@ -96,3 +96,47 @@ def copy_in_binary(table: str, columns: list[str]) -> str:
 def edge_key(stage_name: str, key: tuple[str, ...], last: bool) -> str:
     keys = ", ".join(quote(k) + (" DESC" if last else "") for k in key)
     return f"SELECT {', '.join(quote(k) for k in key)} FROM {quote(stage_name)} ORDER BY {keys} LIMIT 1"
+
+
+# -- capture `trigger` ------------------------------------------------------------------
+CHANGELOG = "_cdc_changelog"
+CONSUMERS = "_cdc_consumers"
+CAPTURE_FUNCTION = "_cdc_capture"
+TRIGGER = "_cdc_capture"
+CREATE_TRIGGER_STATE = [
+    f"""CREATE TABLE IF NOT EXISTS {CHANGELOG} (
+        id bigserial PRIMARY KEY,
+        txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        tbl text NOT NULL,
+        op text NOT NULL,
+        before jsonb,
+        after jsonb,
+        changed_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+    f"CREATE INDEX IF NOT EXISTS {CHANGELOG}_txid ON {CHANGELOG} (txid)",
+    f"CREATE TABLE IF NOT EXISTS {CONSUMERS} (pair text PRIMARY KEY, tables jsonb NOT NULL, acked bigint NOT NULL DEFAULT 0)",
+    f"""CREATE OR REPLACE FUNCTION {CAPTURE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO {CHANGELOG} (tbl, op, before, after) VALUES (TG_TABLE_NAME, lower(TG_OP),
+            CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+        RETURN NULL;
+    END $$""",
+]
+DROP_TRIGGER_STATE = [f"DROP TABLE IF EXISTS {CHANGELOG}", f"DROP TABLE IF EXISTS {CONSUMERS}",
+                      f"DROP FUNCTION IF EXISTS {CAPTURE_FUNCTION}()"]
+# Every transaction below the oldest one still running has ended: its rows are final.
+HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+# Transactions in the order their last change was logged: for two that touched the same row,
+# the second waited for the first to commit, so this order agrees with commit order.
+WINDOW = (f"SELECT id, txid::text::bigint AS txid, tbl, op, before::text AS before, after::text AS after, changed_at "
+          f"FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 AND txid < %(high)s::text::xid8 "
+          f"AND tbl = ANY(%(tables)s) ORDER BY max(id) OVER (PARTITION BY txid), id")
+PENDING = f"SELECT count(*) FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 AND tbl = ANY(%(tables)s)"
+
+
+def create_trigger(table: str) -> str:
+    return (f"CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {quote(table)} "
+            f"FOR EACH ROW EXECUTE FUNCTION {CAPTURE_FUNCTION}()")
+
+
+def drop_trigger(table: str) -> str:
+    return f"DROP TRIGGER IF EXISTS {TRIGGER} ON {quote(table)}"
