@@ -172,6 +172,7 @@ class SqlTarget(KeyedReads):
         self.engine = engine
         self._tables: dict[str, sa.Table] = {}
         self._writers: dict[str, dict[str, Callable[[Any], Any]]] = {}
+        self._trivial: dict[str, tuple[frozenset, list[str]]] = {}
 
     # -- dialect hooks -------------------------------------------------------------
     def upsert(self, table: sa.Table, key: tuple[str, ...], columns: list[str]) -> sa.Executable:
@@ -347,6 +348,7 @@ class SqlTarget(KeyedReads):
         same type (same database kind, same declared type), so they cannot fail to fit."""
         self.__dict__.setdefault("_trusted", {})[name] = set(columns)
         self._writers.pop(name, None)
+        self._trivial.pop(name, None)
 
     def _column_writers(self, name: str) -> dict[str, Callable[[Any], Any]]:
         """Per column: fit check then the dialect's binding, composed once per table."""
@@ -358,12 +360,23 @@ class SqlTarget(KeyedReads):
                 fit = _nullable_only(column) if column.name in trusted else values.fitter(column)
                 return fit if bind is _identity else (lambda value: bind(fit(value)))
 
-            self._writers[name] = {str(c.name): compose(c) for c in self.table(name).columns}
+            columns = self.table(name).columns
+            self._writers[name] = {str(c.name): compose(c) for c in columns}
+            # Every column trusted and bound as it is: a row needs only its NOT NULL columns checked.
+            if all(str(c.name) in trusted for c in columns) and all(self.writer(c) is _identity for c in columns):
+                self._trivial[name] = (frozenset(self._writers[name]),
+                                       [str(c.name) for c in columns if not (c.nullable or c.primary_key)])
         return self._writers[name]
 
     def _prepare(self, op: TargetOp) -> tuple[str, str, tuple[str, ...], dict]:
         writers = self._column_writers(op.table)
         source = op.row if op.op == "upsert" else dict(zip(op.key_columns, op.key))
+        trivial = self._trivial.get(op.table)
+        if trivial is not None and op.op == "upsert" and source.keys() <= trivial[0]:
+            for name in trivial[1]:
+                if source.get(name) is None:
+                    raise RowError("NULL in a NOT NULL column", table=op.table, key=op.key, column=name)
+            return op.op, op.table, op.key_columns, source
         params = {}
         for name, value in source.items():
             write = writers.get(name)
