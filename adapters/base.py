@@ -175,9 +175,17 @@ class SqlTarget(KeyedReads):
         self._trivial: dict[str, tuple[frozenset, list[str]]] = {}
 
     # -- dialect hooks -------------------------------------------------------------
-    def upsert(self, table: sa.Table, key: tuple[str, ...], columns: list[str]) -> sa.Executable:
+    #: The dialect's INSERT construct with ``on_conflict_do_update`` (SQLite, PostgreSQL); a
+    #: dialect with another upsert syntax (MySQL's ON DUPLICATE KEY UPDATE) overrides ``upsert``.
+    insert_on_conflict: Callable[[sa.TableClause], Any] | None = None
+
+    def upsert(self, table: sa.TableClause, key: tuple[str, ...], columns: list[str]) -> sa.Executable:
         """An INSERT that updates the row when ``key`` exists, in the dialect's syntax."""
-        raise NotImplementedError
+        statement = type(self).insert_on_conflict(table)
+        updates = {c: statement.excluded[c] for c in columns if c not in key}
+        if not updates:
+            return statement.on_conflict_do_nothing(index_elements=list(key))
+        return statement.on_conflict_do_update(index_elements=list(key), set_=updates)
 
     def writer(self, column: sa.Column) -> Callable[[Any], Any]:
         """How a checked Python value of ``column`` is bound (TransformError if it cannot be)."""

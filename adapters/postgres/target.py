@@ -25,12 +25,7 @@ class PostgresTarget(SqlTarget):
 
     binds_own_values = True
 
-    def upsert(self, table: sa.TableClause, key: tuple[str, ...], columns: list[str]) -> sa.Executable:
-        statement = insert(table)
-        updates = {c: statement.excluded[c] for c in columns if c not in key}
-        if not updates:
-            return statement.on_conflict_do_nothing(index_elements=list(key))
-        return statement.on_conflict_do_update(index_elements=list(key), set_=updates)
+    insert_on_conflict = staticmethod(insert)
 
     def writer(self, column: sa.Column) -> Callable[[Any], Any]:
         if isinstance(column.type, (JSON, JSONB, sa.JSON)):
