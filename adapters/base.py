@@ -437,7 +437,8 @@ def _snapshot_audit(pair: str, done: list[MappedChange], now) -> list[dict]:
         rows.append({
             "pair": pair, "source_table": items[0].change.table, "target_table": target, "op": "snapshot",
             "reason": "snapshot", "key": dumps(list(items[-1].change.key)), "before": None,
-            "after": dumps({"rows": len(items), "first_key": list(items[0].change.key),
+            "after": dumps({"rows": sum(1 for m in items if m.ops), "read": len(items),
+                            "first_key": list(items[0].change.key),
                             "last_key": list(items[-1].change.key)}),
             "source_position": None, "source_txid": None, "committed_at": None, "applied_at": now,
         })
