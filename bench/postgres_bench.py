@@ -22,6 +22,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from _report import print_table  # noqa: E402
+
 from cdc import commands  # noqa: E402
 
 TABLE = ("CREATE TABLE ledger (id BIGINT PRIMARY KEY, account INT NOT NULL, amount NUMERIC(18,2) NOT NULL, "
@@ -120,15 +122,11 @@ def main() -> None:
     finally:
         for cluster in clusters:
             cluster.remove()
-    print(f"PostgreSQL -> PostgreSQL, {rows:,} rows (bigint key, int, numeric(18,2), char(3), timestamptz, text)")
-    print(f"{'measure':<46}{'seconds':>9}{'rows/s':>11}{'vs baseline':>13}")
-    for name, seconds, base in (("baseline COPY TO STDOUT | COPY FROM STDIN", copy_seconds, None),
-                                ("cdc initial snapshot", snapshot_seconds, copy_seconds),
-                                ("baseline native logical replication (UPDATE)", native_seconds, None),
-                                ("cdc streaming apply (UPDATE of every row)", stream_seconds, native_seconds)):
-        ratio = f"{base / seconds:>12.1%}" if base else f"{'':>12}"
-        print(f"{name:<46}{seconds:>9.2f}{rows / seconds:>11,.0f} {ratio}")
-    print(f"peak RSS of this process (cdc runs in it): {peak:,.0f} MiB")
+    print_table(f"PostgreSQL -> PostgreSQL, {rows:,} rows (bigint key, int, numeric(18,2), char(3), timestamptz, text)",
+                rows, [("baseline COPY TO STDOUT | COPY FROM STDIN", copy_seconds, None),
+                       ("cdc initial snapshot", snapshot_seconds, copy_seconds),
+                       ("baseline native logical replication (UPDATE)", native_seconds, None),
+                       ("cdc streaming apply (UPDATE of every row)", stream_seconds, native_seconds)], peak)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+from _report import print_table
+
 from cdc import commands
 
 SCHEMA = ("CREATE TABLE entries (id INTEGER PRIMARY KEY, account INTEGER NOT NULL, amount NUMERIC(18,2) NOT NULL, "
@@ -80,16 +82,11 @@ def main() -> None:
         streaming = timed(lambda: commands.run(config, once=True))
         base_upsert = baseline(root / "source.db", root / "baseline.db", upsert=True)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"SQLite -> SQLite, {rows:,} rows (ledger-like: bigint key, int account, numeric(18,2), char(3), "
-          "timestamp, text)")
-    print(f"{'measure':<34}{'seconds':>10}{'rows/s':>12}{'vs baseline':>13}")
-    for name, seconds, base in (("baseline INSERT ... SELECT copy", base_copy, None),
-                                ("cdc initial snapshot", snapshot, base_copy),
-                                ("baseline INSERT ... ON CONFLICT", base_upsert, None),
-                                ("cdc streaming apply (1 UPDATE)", streaming, base_upsert)):
-        ratio = f"{base / seconds:>12.1%}" if base else f"{'':>12}"
-        print(f"{name:<34}{seconds:>10.2f}{rows / seconds:>12,.0f} {ratio}")
-    print(f"peak RSS {peak:,.0f} MiB")
+    print_table(f"SQLite -> SQLite, {rows:,} rows (ledger-like: bigint key, int account, numeric(18,2), char(3), "
+                "timestamp, text)", rows, [("baseline INSERT ... SELECT copy", base_copy, None),
+                                           ("cdc initial snapshot", snapshot, base_copy),
+                                           ("baseline INSERT ... ON CONFLICT", base_upsert, None),
+                                           ("cdc streaming apply (1 UPDATE)", streaming, base_upsert)], peak)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +67,17 @@ class Workspace:
         )
         return self.config
 
+    def run_and_kill(self, seconds: float, *, once: bool = False) -> bool:
+        """Start `cdc run` (with --once if asked), SIGKILL it after ``seconds``; False if it ended first."""
+        args = [sys.executable, "-m", "cdc", "run", *(["--once"] if once else []), str(self.config)]
+        process = subprocess.Popen(args, cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(seconds)
+        if process.poll() is not None:
+            return False
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        return True
+
     def cdc(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run the real `cdc` command line in a subprocess."""
         return subprocess.run([sys.executable, "-m", "cdc", *args], capture_output=True, text=True,
@@ -94,7 +108,6 @@ def ledger(ws: Workspace) -> Workspace:
 
 # -- PostgreSQL -------------------------------------------------------------------------
 import itertools
-import os
 
 import sqlalchemy as sa
 

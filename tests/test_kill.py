@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
-import time
 
 import workload
 
@@ -17,12 +12,7 @@ def kill_repeatedly(ws, rng: random.Random, until: threading.Event, progress: li
     """Start `cdc run` and SIGKILL it at random moments until ``until`` is set; returns the kills."""
     kills = 0
     while not until.is_set() or kills < 3:
-        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 1.5))
-        assert process.poll() is None, "cdc run ended on its own"
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        assert ws.run_and_kill(rng.uniform(0.5, 1.5)), "cdc run ended on its own"
         kills += 1
         progress.append(ws.query(ws.target, "SELECT coalesce(max(changes_applied), 0) FROM cdc_checkpoints")[0][0])
     return kills
@@ -79,13 +69,8 @@ def test_sigkill_during_the_snapshot_resumes_where_it_stopped(ledger):
     conn.close()
     rng, chunks_seen = random.Random(7), []
     for _ in range(30):
-        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", "--once", str(ws.config)], cwd=ws.root,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.6, 1.2))
-        if process.poll() is not None:
+        if not ws.run_and_kill(rng.uniform(0.6, 1.2), once=True):
             break
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
         chunks_seen.append(ws.query(ws.target, "SELECT count(*) FROM cdc_audit_log WHERE op = 'snapshot'")[0][0])
     assert len(chunks_seen) >= 2 and chunks_seen == sorted(chunks_seen), chunks_seen
     assert ws.cdc("run", "--once", str(ws.config)).returncode == 0

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -130,11 +128,7 @@ def test_random_changes_with_sigkill_postgresql_to_postgresql(pg_to_pg):
     watcher.start()
     rng, kills = random.Random(5), 0
     while not done.is_set() or kills < 3:
-        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.8, 1.8))
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        ws.run_and_kill(rng.uniform(0.8, 1.8))
         kills += 1
     watcher.join()
     cdc_ok(ws, "run", "--once")
@@ -296,13 +290,8 @@ def test_sigkill_during_a_bulk_snapshot_resumes_without_doubles(pg_to_pg):
         cdc_ok(ws, command)
     rng, seen = random.Random(9), []
     for _ in range(30):
-        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", "--once", str(ws.config)], cwd=ws.root,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.7, 1.2))
-        if process.poll() is not None:
+        if not ws.run_and_kill(rng.uniform(0.7, 1.2), once=True):
             break
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
         seen.append(execute(target, "SELECT count(*) FROM entries")[0][0])
     assert len(seen) >= 2 and 0 < seen[0] < 300000, seen
     cdc_ok(ws, "run", "--once")
@@ -359,11 +348,7 @@ def test_a_transaction_larger_than_a_batch_is_streamed_in_parts_and_applied_whol
     execute(source, "UPDATE entries SET amount = amount + 1")  # one transaction of 40,000 changes
     rng = random.Random(11)
     for _ in range(3):  # SIGKILL while the parts are being applied: never half a transaction
-        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", "--once", str(ws.config)], cwd=ws.root,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.8, 1.6))
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        ws.run_and_kill(rng.uniform(0.8, 1.6), once=True)
         assert execute(target, "SELECT DISTINCT amount FROM entries") in ([(Decimal("1.00"),)], [(Decimal("2.00"),)])
     result = cdc_ok(ws, "run", "--once")
     assert rows(source, "entries", "id") == rows(target, "entries", "id")
@@ -400,11 +385,7 @@ def test_trigger_capture_with_racing_writers_and_sigkill(pg_to_pg):
         writer.start()
     rng = random.Random(6)
     while any(w.is_alive() for w in writers):
-        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.8, 1.6))
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        ws.run_and_kill(rng.uniform(0.8, 1.6))
     cdc_ok(ws, "run", "--once")
     for table, order in (("entries", "id"), ("parties", "code, region")):
         assert rows(source, table, order) == rows(target, table, order), table

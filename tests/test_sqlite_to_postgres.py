@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import signal
 import subprocess
@@ -34,6 +33,17 @@ def pg_rows(url: str, table: str, order: str) -> list[tuple]:
     try:
         with engine.connect() as conn:
             return [tuple(normal(v) for v in row) for row in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY {order}")]
+    finally:
+        engine.dispose()
+
+
+def audited_positions(url: str) -> list[int]:
+    """The source positions (changelog ids) of the audited changes, in order."""
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            return [p for (p,) in conn.exec_driver_sql(
+                "SELECT source_position::bigint FROM cdc_audit_log WHERE op <> 'snapshot' ORDER BY 1")]
     finally:
         engine.dispose()
 
@@ -91,20 +101,12 @@ def test_sigkill_while_applying_into_postgresql(ws, pg_url):
     writer.start()
     rng, kills = random.Random(3), 0
     while not done.is_set() or kills < 3:
-        process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.6, 1.5))
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        ws.run_and_kill(rng.uniform(0.6, 1.5))
         kills += 1
     writer.join()
     assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
     assert_equal(ws, pg_url)
-    engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.connect() as conn:
-        positions = [p for (p,) in conn.exec_driver_sql(
-            "SELECT source_position::bigint FROM cdc_audit_log WHERE op <> 'snapshot' ORDER BY 1")]
-    engine.dispose()
+    positions = audited_positions(pg_url)
     assert positions == list(range(positions[0], 500 + changes[0] + 1)), "a change was lost or applied twice"
 
 
@@ -156,11 +158,7 @@ def test_target_server_restarted_while_streaming(ws):
         assert process.returncode == 0, err
         assert "retrying" in err  # it saw the outage and said so
         assert_equal(ws, url)
-        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
-        with engine.connect() as conn:
-            positions = [p for (p,) in conn.exec_driver_sql(
-                "SELECT source_position::bigint FROM cdc_audit_log WHERE op <> 'snapshot' ORDER BY 1")]
-        engine.dispose()
+        positions = audited_positions(url)
         assert positions == list(range(positions[0], positions[0] + len(positions)))
         assert len(positions) == changes[0] or positions[0] > 1  # every change after the snapshot, once
     finally:
