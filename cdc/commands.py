@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -14,6 +15,9 @@ from . import registry, schema, state
 from .config import Pair, load_config
 from .errors import CdcError, StateError
 from .pipeline import PairRunner, RunResult, open_pair, open_source
+
+#: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
+GC_THRESHOLD = 50_000
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +125,18 @@ def _each_source(config_path: str, pair: str | None, verb: str, action) -> Repor
     return report
 
 
+def _tune_gc() -> None:
+    """Collect cycles less often while streaming.
+
+    A batch keeps hundreds of thousands of change objects alive (none in reference cycles);
+    CPython's default threshold (a collection every 700 allocations, each walking the young
+    objects and, every so often, all of them) cost a quarter of the streaming apply's time in
+    bench/postgres_bench.py. Memory stays bounded: the change model holds no cycles.
+    """
+    if gc.get_threshold()[0] < GC_THRESHOLD:
+        gc.set_threshold(GC_THRESHOLD, 20, 100)
+
+
 def run(config_path: str, pair: str | None = None, *, once: bool = False, progress: bool = False,
         stop: threading.Event | None = None, resnapshot: bool = False) -> list[RunResult]:
     """Run the pairs: snapshot if needed, then stream. ``once``: drain what is pending and return.
@@ -133,6 +149,7 @@ def run(config_path: str, pair: str | None = None, *, once: bool = False, progre
     """
     config = load_config(config_path)
     stop = stop or threading.Event()
+    _tune_gc()
     runners = [PairRunner(p, progress=progress, stop=stop, max_attempts=10 if once else None)
                for p in config.select(pair)]
     try:

@@ -170,6 +170,7 @@ class TableMapping:
                               f"must be mapped to a target column ({spec.origin})")
         self.target_key = tuple(by_source[k] for k in source_key)
         self.target_columns = [c[0] for c in self._columns]
+        self._column_set = frozenset(self.target_columns)
         self._filters = [(f.column, _FILTER_OPS[f.op], f.value) for f in spec.filters]
         #: Every row copied as it is: same column names, no transform, no filter.
         self.is_identity = not self._filters and all(c.source == c.target and not c.transforms for c in specs)
@@ -190,6 +191,9 @@ class TableMapping:
     def map_row(self, row: Row, key: tuple = ()) -> Row:
         """The target row for a source row; RowError names the column that failed."""
         if self.is_identity:
+            # The row itself when it has exactly the mapped columns (rows are never changed in place).
+            if row.keys() == self._column_set:
+                return row
             return {c: row.get(c) for c in self.target_columns}
         result = {}
         for target, source, transforms in self._columns:

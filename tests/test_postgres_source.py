@@ -272,12 +272,16 @@ def test_large_transactions_take_the_copy_path(pg_to_pg):
                     "FROM generate_series(1, 1000) g")
     execute(source, "INSERT INTO entries SELECT g, 1500, g / 100.0, 'NOK', 'Blåbær', NULL FROM generate_series(1, 800) g")
     # One transaction: every row updated twice (the same key twice in one COPY run), then 300 deleted.
-    execute(source, "BEGIN; UPDATE entries SET amount = amount + 1; UPDATE entries SET memo = 'to ganger'; "
+    # 'infinity' has no Python datetime: binary COPY cannot carry it, the run goes again row by row.
+    execute(source, "BEGIN; UPDATE entries SET amount = amount + 1; "
+                    "UPDATE entries SET memo = 'to ganger', booked_at = CASE WHEN id = 7 THEN 'infinity'::timestamp END; "
                     "DELETE FROM entries WHERE id > 500; UPDATE docs SET body = body || '{\"x\": 1}'; COMMIT;")
     result = cdc_ok(ws, "run", "--once")
     assert "4700 changes applied" in result.stdout
-    for table, order in (("entries", "id"), ("docs", "id")):
-        assert rows(source, table, order) == rows(target, table, order), table
+    assert rows(source, "docs", "id") == rows(target, "docs", "id")
+    entries = "SELECT id, account, amount, currency, memo, booked_at::text FROM entries ORDER BY id"
+    assert execute(source, entries) == execute(target, entries)
+    assert execute(target, "SELECT booked_at::text FROM entries WHERE id = 7") == [("infinity",)]
     assert execute(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'") == [(4700,)]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 _I64 = struct.Struct(">q").unpack_from
 _I32 = struct.Struct(">i").unpack_from
@@ -52,34 +52,38 @@ class Message:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-def _string(data: memoryview, at: int) -> tuple[str, int]:
-    end = bytes(data[at:]).index(b"\0") + at
-    return bytes(data[at:end]).decode(), end + 1
+def _string(data: bytes, at: int) -> tuple[str, int]:
+    end = data.index(b"\0", at)
+    return data[at:end].decode(), end + 1
 
 
-def _tuple(data: memoryview, at: int) -> tuple[list, int]:
-    (count,) = _I16(data, at)
+def _tuple(data: bytes, at: int, parsers: list | None = None) -> tuple[list, int]:
+    """The values of one tuple from ``at``, each through its column's parser (when given)."""
+    count = (data[at] << 8) | data[at + 1]
     at += 2
     values: list = []
-    for _ in range(count):
+    append = values.append
+    for i in range(count):
         kind = data[at]
-        at += 1
         if kind == 0x74:  # 't': text
-            (length,) = _I32(data, at)
-            values.append(bytes(data[at + 4:at + 4 + length]).decode())
-            at += 4 + length
+            length = _I32(data, at + 1)[0]
+            at += 5
+            text = data[at:at + length].decode()
+            at += length
+            append(parsers[i](text) if parsers is not None else text)
         elif kind == 0x6E:  # 'n': null
-            values.append(None)
+            append(None)
+            at += 1
         elif kind == 0x75:  # 'u': unchanged toast
-            values.append(UNCHANGED)
+            append(UNCHANGED)
+            at += 1
         else:
             raise ValueError(f"pgoutput: unknown tuple value kind {chr(kind)!r}")
     return values, at
 
 
-def decode(raw: bytes) -> Message | Relation:
-    """One pgoutput message."""
-    data = memoryview(raw)
+def decode(data: bytes, parsers: Callable[[int], list] | None = None) -> Message | Relation:
+    """One pgoutput message; row values go through ``parsers(relation oid)`` when given."""
     kind = chr(data[0])
     if kind == "B":
         return Message("B", fields={"final_lsn": _I64(data, 1)[0], "commit_time": _I64(data, 9)[0],
@@ -89,21 +93,21 @@ def decode(raw: bytes) -> Message | Relation:
                                     "commit_time": _I64(data, 18)[0]})
     if kind == "R":
         return _relation(data)
-    if kind == "I":
-        new, _ = _tuple(data, 6)
-        return Message("I", _I32(data, 1)[0], new=new)
-    if kind == "U":
-        return _update(data)
-    if kind == "D":
-        old, _ = _tuple(data, 6)
-        return Message("D", _I32(data, 1)[0], old=old, old_is_key=chr(data[5]) == "K")
+    if kind in "IUD":
+        relation = _I32(data, 1)[0]
+        columns = parsers(relation) if parsers is not None else None
+        if kind == "I":
+            return Message("I", relation, new=_tuple(data, 6, columns)[0])
+        if kind == "U":
+            return _update(data, relation, columns)
+        return Message("D", relation, old=_tuple(data, 6, columns)[0], old_is_key=data[5] == 0x4B)
     if kind == "T":
         (count,) = _I32(data, 1)
         return Message("T", fields={"relations": [_I32(data, 6 + 4 * i)[0] for i in range(count)]})
     return Message(kind)  # Origin, Type, Message: nothing to apply
 
 
-def _relation(data: memoryview) -> Relation:
+def _relation(data: bytes) -> Relation:
     (oid,) = _I32(data, 1)
     schema, at = _string(data, 5)
     name, at = _string(data, at)
@@ -122,15 +126,14 @@ def _relation(data: memoryview) -> Relation:
     return Relation(oid, schema, name, identity, tuple(columns), tuple(oids), tuple(keys))
 
 
-def _update(data: memoryview) -> Message:
-    relation = _I32(data, 1)[0]
+def _update(data: bytes, relation: int, parsers: list | None) -> Message:
     at, old, old_is_key = 5, None, False
     marker = chr(data[at])
     if marker in "KO":
-        old, at = _tuple(data, at + 1)
+        old, at = _tuple(data, at + 1, parsers)
         old_is_key = marker == "K"
         marker = chr(data[at])
     if marker != "N":
         raise ValueError(f"pgoutput: update without a new tuple (marker {marker!r})")
-    new, _ = _tuple(data, at + 1)
+    new, _ = _tuple(data, at + 1, parsers)
     return Message("U", relation, old=old, new=new, old_is_key=old_is_key)

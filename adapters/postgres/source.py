@@ -209,18 +209,17 @@ class LogicalSource(SqlSource):
                               f"pair {self.pair} ran; the pair stops (nothing after it was applied)")
         return [types.parser(oid) for oid in relation.type_oids]
 
-    def _change(self, conn, message, relation, parsers, committed, xid, position) -> Change:
-        table = relation.name
-        new = _row(relation, parsers, message.new)
-        old = _row(relation, parsers, message.old)
+    def _change(self, conn, message, relation, committed, xid, position) -> Change:
+        table, columns = relation.name, relation.columns
+        new = None if message.new is None else dict(zip(columns, message.new))
+        old = None if message.old is None else dict(zip(columns, message.old))
         if old is not None and message.old_is_key:
             old = {k: old[k] for k in self.keys[table]}
-        if new is not None and any(v is pgoutput.UNCHANGED for v in new.values()):
+        if new is not None and pgoutput.UNCHANGED in message.new:
             new = self._fill_unchanged(conn, table, new, old)
-        op = {"I": "insert", "U": "update", "D": "delete"}[message.kind]
         image = new if new is not None else old
-        key = tuple(image[k] for k in self.keys[table])
-        return Change(op, table, key, old, new, committed, position, xid)
+        key = tuple([image[k] for k in self.keys[table]])
+        return Change(_OPS[message.kind], table, key, old, new, committed, position, xid)
 
     def _fill_unchanged(self, conn: sa.Connection, table: str, new: dict, old: dict | None) -> dict:
         """Values an update did not touch (TOAST): from the old image, else read from the table."""
@@ -256,11 +255,10 @@ class LogicalSource(SqlSource):
                 conn.exec_driver_sql(sql.ADVANCE, {"slot": self.slot, "lsn": sql.lsn_text(position)})
 
 
-def _row(relation: pgoutput.Relation, parsers: list, values: list | None) -> dict | None:
-    if values is None:
-        return None
-    return {name: (v if v is None or v is pgoutput.UNCHANGED else parse(v))
-            for name, parse, v in zip(relation.columns, parsers, values)}
+_OPS = {"I": "insert", "U": "update", "D": "delete"}
+
+
+_ROW_MESSAGES = frozenset(b"IUD")
 
 
 class _Decoder:
@@ -276,9 +274,12 @@ class _Decoder:
         self.relations: dict[int, tuple[pgoutput.Relation, list]] = {}
         self.pending: list[Change] = []
         self.skip, self.xid, self.committed, self.lsn = False, None, None, 0
+        self._parsers = lambda oid: self.relations[oid][1]
 
     def feed(self, data: bytes) -> Batch | None:
-        message = pgoutput.decode(data)
+        if self.skip and data[0] in _ROW_MESSAGES:
+            return None  # a row of a transaction the target already has: not even decoded
+        message = pgoutput.decode(data, self._parsers)
         if isinstance(message, pgoutput.Relation):
             self.relations[message.oid] = (message, self.source._check_relation(message))
             return None
@@ -286,9 +287,8 @@ class _Decoder:
         if kind in "IUD":
             if self.skip:
                 return None
-            relation, parsers = self.relations[message.relation]
-            self.pending.append(self.source._change(self.conn, message, relation, parsers, self.committed,
-                                                    self.xid, self.lsn))
+            self.pending.append(self.source._change(self.conn, message, self.relations[message.relation][0],
+                                                    self.committed, self.xid, self.lsn))
             if len(self.pending) >= self.part_size:
                 part, self.pending = self.pending, []
                 return Batch(part, None, complete=False)

@@ -76,6 +76,8 @@ def delete_using(table: str, stage_name: str, key: tuple[str, ...]) -> str:
     return f"DELETE FROM {quote(table)} t USING {quote(stage_name)} s WHERE {match}"
 
 
+COLUMN_OIDS = ("SELECT attname, atttypid::int FROM pg_attribute "
+               "WHERE attrelid = to_regclass(%(table)s) AND attnum > 0 AND NOT attisdropped")
 COLUMN_TYPES = ("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
                 "WHERE attrelid = to_regclass(%(table)s) AND attnum > 0 AND NOT attisdropped")
 

@@ -19,6 +19,12 @@ from . import sql
 #: From this many rows on, a run goes through COPY into a staging table instead of executemany.
 COPY_FROM = 200
 
+#: Type OIDs whose values the change model holds as one Python type psycopg dumps in binary
+#: (char/varchar as text: same wire format). A table of only these goes by binary COPY, about
+#: twice as fast as text COPY to format; any other type keeps the whole COPY in text.
+_BINARY_COPY = {16: 16, 17: 17, 20: 20, 21: 21, 23: 23, 25: 25, 700: 700, 701: 701, 1700: 1700, 1042: 25,
+                1043: 25, 1082: 1082, 1114: 1114, 1184: 1184, 2950: 2950, 114: 114, 3802: 3802}
+
 
 class PostgresTarget(SqlTarget):
     """psycopg binds Decimal, aware datetimes, dates, bytes and UUIDs natively; JSON is wrapped."""
@@ -54,12 +60,20 @@ class PostgresTarget(SqlTarget):
         if op == "upsert":
             # The last image of a key wins (every upsert carries the whole row); ON CONFLICT
             # may not touch one row twice in a statement.
-            params = list({tuple(p[k] for k in key): p for p in params}.values())
+            if len(key) == 1:
+                (k,) = key
+                params = list({p[k]: p for p in params}.values())
+            else:
+                params = list({tuple([p[k] for k in key]): p for p in params}.values())
         columns = list(params[0]) if op == "upsert" else list(key)
         stage = f"_cdc_stage_{op}_{name}"[:63]
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sql.quote(stage)}")  # an earlier run in this transaction
         conn.exec_driver_sql(sql.stage(stage, name, columns))
-        self._copy(conn, stage, columns, ([p[c] for c in columns] for p in params))
+        # Binary only where the values are the source's own, of identical types (trusted columns):
+        # other values may be of any type the column accepts as text.
+        trusted = self.__dict__.get("_trusted", {}).get(name, set())
+        oids = self._binary_oids(conn, name, columns) if trusted >= set(columns) else None
+        self._copy(conn, stage, columns, ([p[c] for c in columns] for p in params), oids)
         statement = sql.upsert_from(name, stage, columns, key) if op == "upsert" else sql.delete_using(name, stage, key)
         conn.exec_driver_sql(statement)
 
@@ -67,7 +81,8 @@ class PostgresTarget(SqlTarget):
         if len(rows) < COPY_FROM:
             return super().write_audit(conn, rows)
         columns = list(rows[0])
-        self._copy(conn, state.audit_log.name, columns, ([r[c] for c in columns] for r in rows))
+        self._copy(conn, state.audit_log.name, columns, ([r[c] for c in columns] for r in rows),
+                   self._binary_oids(conn, state.audit_log.name, columns))
 
     def column_types(self, table: str) -> dict[str, str]:
         with self.engine.connect() as conn:
@@ -107,12 +122,28 @@ class PostgresTarget(SqlTarget):
         with self.engine.connect() as conn:
             return conn.exec_driver_sql(f"SELECT NOT EXISTS (SELECT 1 FROM {sql.quote(table)})").scalar()
 
+    def _binary_oids(self, conn: sa.Connection, table: str, columns: list[str]) -> list[int] | None:
+        """The OIDs to dump ``columns`` of ``table`` with in a binary COPY, or None: COPY as text."""
+        cache = self.__dict__.setdefault("_oids", {})
+        if table not in cache:
+            cache[table] = dict(conn.exec_driver_sql(sql.COLUMN_OIDS, {"table": sql.quote(table)}).all())
+        oids = [_BINARY_COPY.get(cache[table].get(c)) for c in columns]
+        return None if None in oids else oids
+
     @staticmethod
-    def _copy(conn: sa.Connection, table: str, columns: list[str], rows) -> None:
+    def _copy(conn: sa.Connection, table: str, columns: list[str], rows, oids: list[int] | None = None) -> None:
         cursor = conn.connection.driver_connection.cursor()
-        with _as_sqlalchemy_errors(sql.copy_into(table, columns)), cursor.copy(sql.copy_into(table, columns)) as copy:
-            for row in rows:
-                copy.write_row(row)
+        statement = sql.copy_into(table, columns) if oids is None else sql.copy_in_binary(table, columns)
+        with _as_sqlalchemy_errors(statement), cursor.copy(statement) as copy:
+            if oids is not None:
+                copy.set_types(oids)
+            try:
+                for row in rows:
+                    copy.write_row(row)
+            except (TypeError, ValueError, OverflowError) as exc:
+                # A value binary COPY cannot carry (e.g. 'infinity' kept as text): the batch goes
+                # again row by row, where the server parses it from text.
+                raise psycopg.DataError(f"binary COPY into {table}: {exc}") from exc
 
 
 @contextmanager
