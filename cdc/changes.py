@@ -6,7 +6,7 @@ import base64
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -20,13 +20,14 @@ Position = Any
 Row = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """One committed row change at the source.
 
     ``key`` is a tuple in primary-key order; ``before``/``after`` hold Python values
     (Decimal for numerics, never float). ``before`` is None for inserts and where the
-    capture mode cannot see it; ``after`` is None for deletes.
+    capture mode cannot see it; ``after`` is None for deletes. Immutable, and a NamedTuple
+    rather than a frozen dataclass because a batch makes hundreds of thousands of them
+    (a frozen dataclass costs four times as much to build).
     """
 
     op: Op

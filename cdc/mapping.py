@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from . import _transforms, _yaml
 from .changes import Change, Row
@@ -52,9 +52,8 @@ class MappingSpec:
     origin: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class TargetOp:
-    """What to do to one target row: ``upsert`` ``row`` or ``delete`` ``key``."""
+class TargetOp(NamedTuple):
+    """What to do to one target row: ``upsert`` ``row`` or ``delete`` ``key`` (immutable, cheap to build)."""
 
     op: str
     table: str
