@@ -7,6 +7,7 @@ CdcError stops the pair with its message.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -67,6 +68,13 @@ class Source(Protocol):
 
     def current_position(self) -> Position:
         """The position a snapshot taken now joins the stream at (no gap, no loss)."""
+
+    def begin_snapshot(self) -> Position:
+        """Like current_position, for a first snapshot; a source that can make its snapshot reads
+        see exactly that position (no overlap either) holds it until end_snapshot."""
+
+    def end_snapshot(self) -> None:
+        """Release what begin_snapshot holds (idempotent)."""
 
     def snapshot(self, table: str, key: tuple[str, ...], after_key: tuple | None, limit: int) -> list[Row]:
         """Up to ``limit`` rows after ``after_key`` in key order; short transactions, no long lock."""
@@ -131,10 +139,14 @@ class KeyedReads:
         query = sa.select(*plain.c).order_by(*[plain.c[k] for k in key]).limit(limit)
         if after_key is not None:
             query = query.where(sa.tuple_(*[plain.c[k] for k in key]) > sa.tuple_(*[sa.literal(v) for v in after_key]))
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             rows = conn.execute(query).all()
         readers = [(name, self.reader(c)) for name, c in zip(info.column_names, info.columns)]
         return [{name: read(v) for (name, read), v in zip(readers, row)} for row in rows]
+
+    def reading(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        """The connection snapshot chunks are read on (a source may pin it to a snapshot)."""
+        return self.engine.connect()
 
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
@@ -158,6 +170,12 @@ class SqlSource(KeyedReads):
 
     def format_position(self, position: Position) -> str:
         return dumps(position)
+
+    def begin_snapshot(self) -> Position:
+        return self.current_position()
+
+    def end_snapshot(self) -> None:
+        pass
 
     def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
         """The changes of one read in parts; only a part with ``complete`` set ends on a transaction

@@ -118,15 +118,18 @@ class PairRunner:
     def run(self, *, once: bool) -> RunResult:
         result = RunResult(self.pair.name)
         checkpoint = self._retrying(lambda: self.target.checkpoint(self.pair.name))
-        if checkpoint is None:
-            position = self._retrying(self.source.current_position)
-            snapshot = {"tables": {t: {"after": None, "done": False} for t in self.mappings}}
-        else:
-            position, snapshot = checkpoint.position, checkpoint.snapshot
-            # A crash between commit and acknowledge left this unreleased; release it now.
-            self._retrying(lambda: self.source.acknowledge(position))
-        if snapshot is not None:
-            self._snapshot(position, snapshot, result)
+        try:
+            if checkpoint is None:
+                position = self._retrying(self.source.begin_snapshot)
+                snapshot = {"tables": {t: {"after": None, "done": False} for t in self.mappings}}
+            else:
+                position, snapshot = checkpoint.position, checkpoint.snapshot
+                # A crash between commit and acknowledge left this unreleased; release it now.
+                self._retrying(lambda: self.source.acknowledge(position))
+            if snapshot is not None:
+                self._snapshot(position, snapshot, result)
+        finally:
+            self.source.end_snapshot()
         self._stream(position, once, result)
         return result
 

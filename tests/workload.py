@@ -45,8 +45,11 @@ def connect(db: Path | str):
     return _Postgres(db) if str(db).startswith("postgresql") else sqlite3.connect(db, timeout=30)
 
 
-def run(db: Path | str, changes: int, seed: int, pause: float = 0.0) -> int:
-    """Apply about ``changes`` row changes to ``entries`` and ``parties``; returns the exact count."""
+def run(db: Path | str, changes: int, seed: int, pause: float = 0.0, log: list | None = None) -> int:
+    """Apply about ``changes`` row changes to ``entries`` and ``parties``; returns the exact count.
+
+    ``log`` (PostgreSQL): gets (transaction id, changes in it) for each transaction, in commit order.
+    """
     import time
 
     rng = random.Random(seed)
@@ -60,6 +63,7 @@ def run(db: Path | str, changes: int, seed: int, pause: float = 0.0) -> int:
             if pause:
                 time.sleep(pause)
             with conn:
+                started = done
                 for _ in range(min(rng.randint(1, 20), changes - done)):
                     roll = rng.random()
                     if roll < 0.45 or not ids:
@@ -84,6 +88,8 @@ def run(db: Path | str, changes: int, seed: int, pause: float = 0.0) -> int:
                         key = parties.pop(rng.randrange(len(parties)))
                         conn.execute("DELETE FROM parties WHERE code = ? AND region = ?", key)
                     done += 1
+                if log is not None and done > started:
+                    log.append((conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0], done - started))
     finally:
         conn.close()
     return done

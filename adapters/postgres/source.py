@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import sqlalchemy as sa
@@ -20,9 +22,13 @@ from cdc.errors import SchemaError, SourceError
 from .._timestamp import TimestampCapture
 from ..base import SqlSource
 from . import pgoutput, sql, types
+from .replication import CAUGHT_UP, ReplicationConnection
 
 logger = logging.getLogger(__name__)
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+#: Silence on the replication stream for this long means a lost server (it sends a keepalive at
+#: least every wal_sender_timeout / 2, 30 s by default).
+IDLE_SECONDS = 120.0
 
 
 class LogicalSource(SqlSource):
@@ -86,7 +92,7 @@ class LogicalSource(SqlSource):
     def copy_out(self, table: str, columns: list[str], key: tuple[str, ...], after_key: tuple | None,
                  limit: int, write) -> None:
         """Stream one keyed chunk as binary COPY data into ``write`` (no Python value per row)."""
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             cursor = conn.connection.driver_connection.cursor()
             statement = sql.copy_out(table, columns, key, after_key is not None, limit)
             with cursor.copy(statement, list(after_key) if after_key is not None else None) as copy:
@@ -167,8 +173,62 @@ class LogicalSource(SqlSource):
         return slot
 
     def current_position(self) -> Position:
+        """The slot's confirmed point; a first snapshot uses ``begin_snapshot`` instead."""
         with self.engine.connect() as conn:
             return int(self._slot(conn).confirmed)
+
+    def begin_snapshot(self) -> Position:
+        """Re-create the slot and hold its exported snapshot open for the snapshot reads.
+
+        The slot starts exactly where the snapshot sees the data: no change is both in the
+        snapshot and in the stream, none is in neither. Only a pair without a checkpoint gets
+        here, so nothing in the slot `cdc install` made has been applied or is needed.
+        """
+        with self.engine.begin() as conn:
+            if not conn.exec_driver_sql(sql.PUBLICATION_EXISTS, {"publication": self.publication}).first():
+                raise SourceError(f"publication {self.publication} does not exist: run `cdc install CONFIG` first")
+            slot = conn.exec_driver_sql(sql.SLOT, {"slot": self.slot}).first()
+            if slot is not None and slot.active:
+                raise SourceError(f"replication slot {self.slot} is in use by another process: stop it first")
+            if slot is not None:
+                conn.exec_driver_sql(sql.DROP_SLOT, {"slot": self.slot})
+        exporter = ReplicationConnection(self.engine.url)
+        try:
+            position, self._exported = exporter.create_slot(self.slot)
+        except BaseException:
+            exporter.close()
+            raise
+        self._exporter = exporter
+        logger.info("pair %s: slot %s re-created at %s with snapshot %s", self.pair, self.slot,
+                    sql.lsn_text(position), self._exported)
+        return position
+
+    def end_snapshot(self) -> None:
+        """Release the exported snapshot (closing its replication connection)."""
+        exporter, self._exporter, self._exported = getattr(self, "_exporter", None), None, None
+        if exporter is not None:
+            exporter.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[sa.Connection]:
+        """A connection that sees the exported snapshot while one is held (else the current data).
+
+        A snapshot resumed by a later run reads newer data: the changes from the slot's start
+        are replayed over it (each carries its whole row), so the target still converges.
+        """
+        with self.engine.connect() as conn:
+            name = getattr(self, "_exported", None)
+            if name is not None:
+                try:
+                    conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{name}'")
+                except sa.exc.DBAPIError as exc:
+                    logger.warning("pair %s: the exported snapshot is gone (%s); reading current data and "
+                                   "replaying the changes since the slot's start over it", self.pair,
+                                   str(exc.orig).strip())
+                    conn.rollback()
+                    self.end_snapshot()
+            yield conn
 
     def read(self, after: Position, max_changes: int) -> Batch:
         parts = list(self.stream(after, max_changes))
@@ -177,25 +237,36 @@ class LogicalSource(SqlSource):
         return Batch(changes, complete[-1] if complete else (after or 0))
 
     def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
-        """Whole transactions from the slot, streamed from the server in parts of at most
-        ``max_changes`` changes, so even a transaction of millions of rows needs bounded memory."""
-        after, current, seen = after or 0, None, False
-        with self.engine.connect() as conn, conn.begin():
+        """Whole transactions streamed from the slot over the replication protocol, in parts of
+        at most ``max_changes`` changes (bounded memory for transactions of any size); the read
+        ends at the first commit after ``max_changes`` changes or when the server has sent all
+        WAL written before the read began."""
+        after, taken = after or 0, 0
+        with self.engine.connect() as conn:
             self._slot(conn)
-            for statement in sql.DECODING_SETTINGS:
-                conn.exec_driver_sql(statement)
             current = int(conn.exec_driver_sql(sql.CURRENT_LSN).scalar())
-            rows = conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
-                sql.PEEK, {"slot": self.slot, "limit": max_changes, "publication": self.publication})
-            decoder = _Decoder(self, conn, after, max_changes)
-            for (data,) in rows:
-                seen = True
-                part = decoder.feed(data)
-                if part is not None:
-                    yield part
-        if not seen:
-            # Heartbeat: nothing of ours is pending, so release the WAL other work wrote meanwhile.
-            self.acknowledge(current)
+            conn.rollback()
+            stream = ReplicationConnection(self.engine.url)
+            try:
+                stream.start(self.slot, after, self.publication)
+                decoder = _Decoder(self, conn, after, max_changes)
+                for data in stream.messages(until=current, idle=IDLE_SECONDS):
+                    if data is CAUGHT_UP:
+                        if decoder.xid is not None:
+                            continue  # inside a transaction: its commit is on its way
+                        if taken == 0:
+                            # Heartbeat: the server sent all WAL up to `current` and none of it
+                            # is ours to apply, so the slot may release the WAL other work wrote.
+                            stream.confirm(current)
+                        return
+                    part = decoder.feed(data)
+                    if part is not None:
+                        taken += len(part.changes)
+                        yield part
+                        if part.complete and taken >= max_changes:
+                            return
+            finally:
+                stream.close()
 
     def _check_relation(self, relation: pgoutput.Relation) -> list:
         """Parsers for the relation's columns; SchemaError if a column the pair reads is gone."""
@@ -247,12 +318,21 @@ class LogicalSource(SqlSource):
         return sql.lsn_text(position) if isinstance(position, int) else super().format_position(position)
 
     def acknowledge(self, position: Position) -> None:
+        """Advance the slot to ``position``; the walsender of the last read may take a moment to go."""
         if not position:
             return
-        with self.engine.begin() as conn:
-            slot = self._slot(conn)
-            if int(slot.confirmed) < position:
-                conn.exec_driver_sql(sql.ADVANCE, {"slot": self.slot, "lsn": sql.lsn_text(position)})
+        deadline = time.monotonic() + 5
+        while True:
+            with self.engine.begin() as conn:
+                slot = self._slot(conn)
+                if int(slot.confirmed) >= position:
+                    return
+                if not slot.active:
+                    conn.exec_driver_sql(sql.ADVANCE, {"slot": self.slot, "lsn": sql.lsn_text(position)})
+                    return
+            if time.monotonic() > deadline:
+                return  # the next read confirms it on its own stream
+            time.sleep(0.02)
 
 
 _OPS = {"I": "insert", "U": "update", "D": "delete"}
@@ -273,6 +353,7 @@ class _Decoder:
         self.source, self.conn, self.after, self.part_size = source, conn, after, part_size
         self.relations: dict[int, tuple[pgoutput.Relation, list]] = {}
         self.pending: list[Change] = []
+        #: ``xid`` is set from a Begin to its Commit: a read never ends inside a transaction.
         self.skip, self.xid, self.committed, self.lsn = False, None, None, 0
         self._parsers = lambda oid: self.relations[oid][1]
 
@@ -298,6 +379,7 @@ class _Decoder:
             self.committed = PG_EPOCH + dt.timedelta(microseconds=message.fields["commit_time"])
             self.pending = []
         elif kind == "C":
+            self.xid = None
             if not self.skip:
                 part, self.pending = self.pending, []
                 return Batch(part, message.fields["end_lsn"])

@@ -13,6 +13,9 @@ DECODING_SETTINGS = [
     "SET LOCAL extra_float_digits = 3",
     "SET LOCAL bytea_output = 'hex'",
 ]
+# The same settings for a replication connection, whose walsender writes the values.
+REPLICATION_OPTIONS = ("-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=iso_8601 -c extra_float_digits=3 "
+                       "-c bytea_output=hex")
 PEEK = ("SELECT data FROM pg_logical_slot_peek_binary_changes(%(slot)s, NULL, %(limit)s, "
         "'proto_version', '1', 'publication_names', %(publication)s)")
 SLOT = ("SELECT slot_name, plugin, database, active, wal_status, "
@@ -51,6 +54,12 @@ def drop_publication(publication: str) -> str:
 def lsn_text(lsn: int) -> str:
     """An LSN as PostgreSQL writes it (X/Y)."""
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def lsn_int(text: str) -> int:
+    """An LSN written X/Y as an int."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
 
 
 def stage(name: str, table: str, columns: list[str]) -> str:
