@@ -22,13 +22,10 @@ from cdc.errors import SchemaError, SourceError
 from .._timestamp import TimestampCapture
 from ..base import SqlSource
 from . import pgoutput, sql, types
-from .replication import CAUGHT_UP, ReplicationConnection
+from .replication import ReplicationConnection
 
 logger = logging.getLogger(__name__)
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
-#: Silence on the replication stream for this long means a lost server (it sends a keepalive at
-#: least every wal_sender_timeout / 2, 30 s by default).
-IDLE_SECONDS = 120.0
 
 
 class LogicalSource(SqlSource):
@@ -237,36 +234,25 @@ class LogicalSource(SqlSource):
         return Batch(changes, complete[-1] if complete else (after or 0))
 
     def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
-        """Whole transactions streamed from the slot over the replication protocol, in parts of
-        at most ``max_changes`` changes (bounded memory for transactions of any size); the read
-        ends at the first commit after ``max_changes`` changes or when the server has sent all
-        WAL written before the read began."""
-        after, taken = after or 0, 0
-        with self.engine.connect() as conn:
+        """Whole transactions from the slot, streamed from the server in parts of at most
+        ``max_changes`` changes, so even a transaction of millions of rows needs bounded memory."""
+        after, current, seen = after or 0, None, False
+        with self.engine.connect() as conn, conn.begin():
             self._slot(conn)
+            for statement in sql.DECODING_SETTINGS:
+                conn.exec_driver_sql(statement)
             current = int(conn.exec_driver_sql(sql.CURRENT_LSN).scalar())
-            conn.rollback()
-            stream = ReplicationConnection(self.engine.url)
-            try:
-                stream.start(self.slot, after, self.publication)
-                decoder = _Decoder(self, conn, after, max_changes)
-                for data in stream.messages(until=current, idle=IDLE_SECONDS):
-                    if data is CAUGHT_UP:
-                        if decoder.xid is not None:
-                            continue  # inside a transaction: its commit is on its way
-                        if taken == 0:
-                            # Heartbeat: the server sent all WAL up to `current` and none of it
-                            # is ours to apply, so the slot may release the WAL other work wrote.
-                            stream.confirm(current)
-                        return
-                    part = decoder.feed(data)
-                    if part is not None:
-                        taken += len(part.changes)
-                        yield part
-                        if part.complete and taken >= max_changes:
-                            return
-            finally:
-                stream.close()
+            rows = conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
+                sql.PEEK, {"slot": self.slot, "limit": max_changes, "publication": self.publication})
+            decoder = _Decoder(self, conn, after, max_changes)
+            for (data,) in rows:
+                seen = True
+                part = decoder.feed(data)
+                if part is not None:
+                    yield part
+        if not seen:
+            # Heartbeat: nothing of ours is pending, so release the WAL other work wrote meanwhile.
+            self.acknowledge(current)
 
     def _check_relation(self, relation: pgoutput.Relation) -> list:
         """Parsers for the relation's columns; SchemaError if a column the pair reads is gone."""
@@ -353,7 +339,6 @@ class _Decoder:
         self.source, self.conn, self.after, self.part_size = source, conn, after, part_size
         self.relations: dict[int, tuple[pgoutput.Relation, list]] = {}
         self.pending: list[Change] = []
-        #: ``xid`` is set from a Begin to its Commit: a read never ends inside a transaction.
         self.skip, self.xid, self.committed, self.lsn = False, None, None, 0
         self._parsers = lambda oid: self.relations[oid][1]
 
@@ -379,7 +364,6 @@ class _Decoder:
             self.committed = PG_EPOCH + dt.timedelta(microseconds=message.fields["commit_time"])
             self.pending = []
         elif kind == "C":
-            self.xid = None
             if not self.skip:
                 part, self.pending = self.pending, []
                 return Batch(part, message.fields["end_lsn"])

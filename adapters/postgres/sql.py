@@ -13,9 +13,6 @@ DECODING_SETTINGS = [
     "SET LOCAL extra_float_digits = 3",
     "SET LOCAL bytea_output = 'hex'",
 ]
-# The same settings for a replication connection, whose walsender writes the values.
-REPLICATION_OPTIONS = ("-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=iso_8601 -c extra_float_digits=3 "
-                       "-c bytea_output=hex")
 PEEK = ("SELECT data FROM pg_logical_slot_peek_binary_changes(%(slot)s, NULL, %(limit)s, "
         "'proto_version', '1', 'publication_names', %(publication)s)")
 SLOT = ("SELECT slot_name, plugin, database, active, wal_status, "
