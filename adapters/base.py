@@ -433,15 +433,18 @@ def _audit_rows(pair: str, done: list[MappedChange], reason: str, now) -> list[d
     if reason == "snapshot":
         return _snapshot_audit(pair, done, now)
     rows = []
+    position = txid = object()  # the changes of one transaction share these: encoded once
     for item in done:
         change = item.change
         if not item.ops:
             continue  # filtered out by the mapping: nothing was applied
+        if change.position is not position or change.txid is not txid:
+            position, txid = change.position, change.txid
+            position_text, txid_text = dumps(position), None if txid is None else str(txid)
         rows.append({
             "pair": pair, "source_table": change.table, "target_table": item.mapping.target, "op": change.op,
-            "reason": reason, "key": dumps(list(item.ops[-1].key)), "before": _json(change.before),
-            "after": _json(change.after), "source_position": dumps(change.position),
-            "source_txid": None if change.txid is None else str(change.txid),
+            "reason": reason, "key": dumps(item.ops[-1].key), "before": _json(change.before),
+            "after": _json(change.after), "source_position": position_text, "source_txid": txid_text,
             "committed_at": change.committed_at, "applied_at": now,
         })
     return rows

@@ -211,7 +211,7 @@ class TableMapping:
         return tuple(row[c] for c in self.target_key)
 
     def source_key_of(self, row: Row) -> tuple:
-        return tuple(row[c] for c in self.source_key)
+        return tuple([row[c] for c in self.source_key])
 
     def map_change(self, change: Change) -> list[TargetOp]:
         """The target operations for one source change, with filters and key moves applied."""
@@ -220,14 +220,16 @@ class TableMapping:
                 return []
             return [TargetOp("delete", self.target, self.target_key, self.target_key_of(change.key), None, change)]
         after = change.after or {}
-        if self.passes(after):
+        if not self._filters or self.passes(after):
             ops = []
             if change.before is not None:
                 old_key = self.source_key_of(change.before)
                 if old_key != change.key:
                     ops.append(TargetOp("delete", self.target, self.target_key, self.target_key_of(old_key), None, change))
             row = self.map_row(after, change.key)
-            return ops + [TargetOp("upsert", self.target, self.target_key, tuple(row[c] for c in self.target_key), row, change)]
+            ops.append(TargetOp("upsert", self.target, self.target_key, tuple([row[c] for c in self.target_key]), row,
+                                change))
+            return ops
         if change.op == "insert" or (change.before is not None and not self.passes(change.before)):
             return []
         # The row left the filter: it must leave the target too.

@@ -415,6 +415,19 @@ def test_trigger_capture_with_racing_writers_and_sigkill(pg_to_pg):
     assert execute(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'") == [(sum(changes),)]
     assert execute(source, "SELECT count(*) FROM _cdc_changelog") == [(0,)]  # purged once applied
     assert "[  OK] capture triggers installed on entries, parties" in cdc_ok(ws, "doctor").stdout
+    # A transaction left open holds capture back: doctor names it (threshold lowered for the test).
+    from cdc import commands
+    from cdc.adapters.postgres import trigger
+
+    with psycopg.connect(source) as idle:
+        idle.execute("UPDATE entries SET memo = 'venter' WHERE id = (SELECT min(id) FROM entries)")
+        xid = idle.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+        time.sleep(1.2)
+        trigger.OLD_TRANSACTION_SECONDS = 1
+        lines = "\n".join(commands.doctor(str(ws.config))[0].lines)
+        trigger.OLD_TRANSACTION_SECONDS = 300
+        idle.rollback()
+    assert f"[WARN] transaction {xid} (pid " in lines and "nothing committed after it started is applied" in lines
     assert "removed trigger on entries, trigger on parties, changelog _cdc_changelog" in cdc_ok(ws, "uninstall").stdout
 
 

@@ -138,6 +138,10 @@ HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 WINDOW = (f"SELECT id, txid::text::bigint AS txid, tbl, op, before::text AS before, after::text AS after, changed_at "
           f"FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 AND txid < %(high)s::text::xid8 "
           f"AND tbl = ANY(%(tables)s) ORDER BY max(id) OVER (PARTITION BY txid), id")
+# The oldest transaction with a transaction id: changes after it wait until it ends.
+OLDEST_TRANSACTION = ("SELECT pid, usename, backend_xid::text AS xid, "
+                      "extract(epoch FROM clock_timestamp() - xact_start) AS seconds FROM pg_stat_activity "
+                      "WHERE backend_xid IS NOT NULL ORDER BY age(backend_xid) DESC LIMIT 1")
 PENDING = f"SELECT count(*) FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 AND tbl = ANY(%(tables)s)"
 
 

@@ -128,8 +128,20 @@ class TriggerSource(SqlSource):
             except SourceError as exc:
                 return [("fail", str(exc))]
             size = conn.exec_driver_sql(f"SELECT count(*) FROM {sql.CHANGELOG}").scalar()
-        return [("ok", f"capture triggers installed on {', '.join(self.keys)}"),
-                ("warn" if size > 1_000_000 else "ok", f"changelog holds {size:,} row(s) not yet applied by every pair")]
+            oldest = conn.exec_driver_sql(sql.OLDEST_TRANSACTION).first()
+        found = [("ok", f"capture triggers installed on {', '.join(self.keys)}"),
+                 ("warn" if size > 1_000_000 else "ok", f"changelog holds {size:,} row(s) not yet applied by every pair")]
+        if oldest is not None and oldest.seconds > OLD_TRANSACTION_SECONDS:
+            found.append(("warn", f"transaction {oldest.xid} (pid {oldest.pid}, {oldest.usename}) has run for "
+                                  f"{oldest.seconds:,.0f}s: nothing committed after it started is applied until it "
+                                  "ends; end it or ask its owner to"))
+        else:
+            found.append(("ok", "no long-running transaction holds capture back"))
+        return found
+
+
+#: A transaction open longer than this holds trigger capture back noticeably: doctor says so.
+OLD_TRANSACTION_SECONDS = 300
 
 
 def _exact(text: str) -> dict:
