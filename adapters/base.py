@@ -109,6 +109,9 @@ class Target(Protocol):
 
     def checkpoint(self, pair: str) -> state.Checkpoint | None: ...
 
+    def advance(self, pair: str, position: Position) -> None:
+        """Store ``position`` as the checkpoint without changes (past other tables' transactions)."""
+
     def close(self) -> None: ...
 
 
@@ -121,6 +124,9 @@ class KeyedReads:
         """How a driver value of ``column`` becomes the change model's value (Decimal, never float)."""
         return _identity
 
+    def reflected(self, table: sa.Table) -> None:
+        """Correct what reflection cannot see in this dialect (in place); called once per table."""
+
     def describe(self, table: str) -> TableInfo:
         """The table's columns and primary key (cached); SchemaError if it does not exist."""
         cache = self.__dict__.setdefault("_info", {})
@@ -128,6 +134,7 @@ class KeyedReads:
             if not sa.inspect(self.engine).has_table(table):
                 raise SchemaError(f"table {table} does not exist")
             reflected = sa.Table(table, sa.MetaData(), autoload_with=self.engine)
+            self.reflected(reflected)
             key = tuple(str(c.name) for c in reflected.primary_key.columns)
             cache[table] = TableInfo(table, list(reflected.columns), key)
         return cache[table]
@@ -237,6 +244,7 @@ class SqlTarget(KeyedReads):
         if name not in self._tables:
             try:
                 self._tables[name] = sa.Table(name, sa.MetaData(), autoload_with=self.engine)
+                self.reflected(self._tables[name])
             except sa.exc.NoSuchTableError:
                 raise TargetError(f"target table {name} does not exist: run `cdc init CONFIG` to create it") from None
         return self._tables[name]
@@ -259,13 +267,20 @@ class SqlTarget(KeyedReads):
         return table
 
     def target_type(self, kind: sa.types.TypeEngine) -> sa.types.TypeEngine:
-        """A source column type as this target should declare it (exact numerics stay exact)."""
+        """A source column type as this target should declare it (exact numerics stay exact).
+
+        Timestamps keep their zone: a MySQL DATETIME is read in the pair's source_timezone
+        and a TIMESTAMP in UTC, so both arrive as instants.
+        """
         if getattr(kind, "_variant_mapping", None):
             return kind  # already says what it is per dialect
         try:
-            return kind.as_generic()
+            generic = kind.as_generic()
         except NotImplementedError:
             return kind
+        if isinstance(generic, sa.DateTime) and type(kind).__module__.startswith("sqlalchemy.dialects.mysql"):
+            return sa.DateTime(timezone=True)
+        return generic
 
     # -- state ---------------------------------------------------------------------
     def init_state(self) -> tuple[str | None, str]:
@@ -275,6 +290,11 @@ class SqlTarget(KeyedReads):
         with self.engine.connect() as conn:
             state.ensure_current(conn)
             return state.read_checkpoint(conn, pair)
+
+    def advance(self, pair: str, position: Position) -> None:
+        """Move the checkpoint past source transactions that held nothing for this pair."""
+        with self.engine.begin() as conn:
+            state.write_checkpoint(conn, pair, position, None, 0)
 
     def forget_checkpoint(self, pair: str) -> bool:
         """Drop the pair's checkpoint (the next run snapshots again); True if there was one."""

@@ -106,6 +106,31 @@ def _date_from_timestamp(arg: Any, source_zone: str = "UTC") -> Transform:
     return apply
 
 
+def _boolean(arg: Any) -> Transform:
+    """0/1 (MySQL's tinyint(1)) as false/true; anything else is an error for that row."""
+    if arg is not None:
+        raise ValueError("boolean takes no argument")
+
+    def apply(value: Any) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        if value in (0, 1) and not isinstance(value, float):
+            return bool(value)
+        raise TransformError(f"{value!r} is not a boolean (0 or 1)")
+
+    return apply
+
+
+def _null_if(arg: Any) -> Transform:
+    """NULL where the value (or its text) is one of ``arg``: e.g. MySQL's zero date."""
+    values = set(map(str, arg if isinstance(arg, list) else [arg]))
+
+    def apply(value: Any) -> Any:
+        return None if value is not None and str(value) in values else value
+
+    return apply
+
+
 #: name -> factory(argument) -> transform
 TRANSFORMS: dict[str, Callable[..., Transform]] = {
     "decimal": _decimal,
@@ -114,6 +139,8 @@ TRANSFORMS: dict[str, Callable[..., Transform]] = {
     "lower": _text("lower", str.lower),
     "constant": _constant,
     "map": _value_map,
+    "null_if": _null_if,
+    "boolean": _boolean,
     "date_from_timestamp": _date_from_timestamp,
 }
 

@@ -226,6 +226,11 @@ class PairRunner:
                     yield map_changes(part.changes, self.mappings)
 
             applied = self._apply_parts(parts, read)
+            if not read.changes and read.complete and dumps(read.position) != dumps(position):
+                # Only transactions of other tables (a binlog): keep the checkpoint up with them.
+                moved = read.position
+                self._retrying(lambda: self.target.advance(self.pair.name, moved))
+                position = moved
             if not read.changes:
                 if once:
                     return

@@ -31,6 +31,8 @@ def _after_transform(name: str, arg: Any, kind: sa.types.TypeEngine) -> sa.types
         return sa.Numeric(max(precision, arg + 1), arg)
     if name == "date_from_timestamp":
         return sa.Date()
+    if name == "boolean":
+        return sa.Boolean()
     if name == "constant":
         return _type_of(arg)
     if name == "map":

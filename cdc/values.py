@@ -24,8 +24,10 @@ def fitter(column: sa.Column) -> Callable[[Any], Any]:
     check: Callable[[Any], Any] | None = None
     if isinstance(kind, sa.Numeric) and not isinstance(kind, sa.Float):
         check = partial(_fit_numeric, kind=kind)
-    elif isinstance(kind, sa.Integer) and not isinstance(kind, sa.Boolean):
-        check = _fit_integer
+    elif isinstance(kind, sa.Boolean):
+        check = _fit_boolean
+    elif isinstance(kind, sa.Integer):
+        check = partial(_fit_integer, bounds=_integer_bounds(kind))
     elif isinstance(kind, sa.String):
         check = partial(_fit_text, kind=kind)
     elif isinstance(kind, sa.DateTime):
@@ -57,15 +59,36 @@ def _fit_numeric(value: Any, kind: sa.Numeric) -> Decimal:
     return value
 
 
-def _fit_integer(value: Any) -> int:
+def _integer_bounds(kind: sa.Integer) -> tuple[int, int]:
+    """The range checked here: 64-bit, or the exact range of an unsigned column. Narrower signed
+    columns are left to the database, which refuses (never wraps) what does not fit: SQLite's
+    INTEGER, reflected like PostgreSQL's 32-bit one, holds 64 bits."""
+    if getattr(kind, "unsigned", False):
+        name = type(kind).__name__.upper()
+        bits = {"TINYINT": 8, "SMALLINT": 16, "MEDIUMINT": 24, "INTEGER": 32, "INT": 32}.get(name, 64)
+        return 0, (1 << bits) - 1
+    return -(1 << 63), (1 << 63) - 1
+
+
+def _fit_integer(value: Any, bounds: tuple[int, int] = (-(1 << 63), (1 << 63) - 1)) -> int:
     if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
+        value = int(value)
+    if not isinstance(value, int):
+        number = to_decimal(value)
+        if number != number.to_integral_value():
+            raise TransformError(f"{value} is not a whole number; refusing to round")
+        value = int(number)
+    if not bounds[0] <= value <= bounds[1]:
+        raise TransformError(f"{value} is out of the column's range {bounds[0]}..{bounds[1]}; refusing to wrap")
+    return value
+
+
+def _fit_boolean(value: Any) -> bool:
+    if isinstance(value, bool):
         return value
-    number = to_decimal(value)
-    if number != number.to_integral_value():
-        raise TransformError(f"{value} is not a whole number; refusing to round")
-    return int(number)
+    if value in (0, 1) and not isinstance(value, float):
+        return bool(value)
+    raise TransformError(f"{value!r} is not a boolean; use the mapping's boolean transform for 0/1 columns")
 
 
 def _fit_text(value: Any, kind: sa.String) -> str:

@@ -161,3 +161,60 @@ def pg_databases(pg_server):
 def pg_url(pg_databases) -> str:
     """A fresh, empty database on the test server."""
     return pg_databases()
+
+
+# -- MariaDB / MySQL ----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def mysql_server():
+    """The URL of a MariaDB/MySQL server with a ROW binlog: CDC_TEST_MYSQL_URL, or a local MariaDB.
+
+    Yields (url, server): server is the LocalMariaDB (None for CDC_TEST_MYSQL_URL) so a test may
+    restart it.
+    """
+    if os.environ.get("CDC_TEST_MYSQL_URL"):
+        yield os.environ["CDC_TEST_MYSQL_URL"], None
+        return
+    from mysqlserver import LocalMariaDB
+
+    try:
+        server = LocalMariaDB()
+    except (RuntimeError, OSError) as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"MariaDB is required in CI: {exc}")
+        pytest.skip(f"no MariaDB server: {exc}")
+    try:
+        yield server.url(), server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def mysql_databases(mysql_server):
+    """A factory of fresh, empty databases on the MariaDB test server (plain mysql:// URLs), dropped after."""
+    import pymysql
+
+    url = sa.engine.make_url(mysql_server[0])
+    made = []
+
+    def admin():
+        return pymysql.connect(host=url.host, port=url.port, user=url.username, password=url.password or "",
+                               autocommit=True)
+
+    def make() -> str:
+        name = f"cdc_test_{os.getpid()}_{next(_databases)}"
+        with admin() as conn, conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        made.append(name)
+        return url.set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with admin() as conn, conn.cursor() as cursor:
+        for name in made:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def mysql_url(mysql_databases) -> str:
+    """A fresh, empty database on the MariaDB test server."""
+    return mysql_databases()

@@ -1,0 +1,31 @@
+"""The MySQL/MariaDB adapter: binlog and timestamp capture as a source; ON DUPLICATE KEY UPDATE as a target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .source import BinlogSource, TimestampSource
+from .sql import engine
+from .target import MySQLTarget
+
+
+class MySQLAdapter:
+    """Capabilities and factories of the MySQL/MariaDB adapter (driver: PyMySQL)."""
+
+    name = "mysql"
+    backends = ("mysql", "mariadb")
+    capture_modes = ("binlog", "timestamp")
+    supports_in_db_checksum = True
+    upsert_style = "on_duplicate_key"
+
+    def source(self, pair: Any) -> BinlogSource | TimestampSource:
+        made = engine(pair.source.url)
+        if pair.capture == "timestamp":
+            return TimestampSource(made, pair.name, pair.timestamp, pair.source_timezone)
+        return BinlogSource(made, pair.name, pair.source_timezone)
+
+    def target(self, url: str) -> MySQLTarget:
+        return MySQLTarget(engine(url))
+
+
+adapter = MySQLAdapter()

@@ -1,0 +1,344 @@
+"""MySQL/MariaDB as a source: capture `binlog` (mysql-replication) and `timestamp`.
+
+Position: {"file": binlog file, "pos": the position after the last applied transaction's
+commit event}. A read starts there, groups row events by transaction (commit = XID event, or
+a COMMIT query for non-transactional tables) and ends at the end of the binlog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import zlib
+from typing import Any, Iterator
+
+import pymysql
+import sqlalchemy as sa
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.constants import NONE_SOURCE
+from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
+from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+from cdc.changes import Batch, Change, Position
+from cdc.errors import RetryableError, SchemaError, SourceError
+
+from .._timestamp import TimestampCapture
+from ..base import SqlSource
+from . import sql, types
+
+logger = logging.getLogger(__name__)
+UTC = dt.timezone.utc
+#: What binlog capture needs, variable -> value (binlog_row_metadata: column names in the log).
+REQUIRED = {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL"}
+#: What mysql-replication's None means when it is not NULL: a zero date (kept as the text the
+#: driver gives, which date columns refuse by name) or an empty SET.
+NOT_NULL = {NONE_SOURCE.OUT_OF_DATETIME_RANGE: "0000-00-00 00:00:00",
+            NONE_SOURCE.OUT_OF_DATETIME2_RANGE: "0000-00-00 00:00:00", NONE_SOURCE.OUT_OF_DATE_RANGE: "0000-00-00",
+            NONE_SOURCE.EMPTY_SET: ""}
+
+
+class MySQLSource(SqlSource):
+    """What every MySQL/MariaDB capture mode shares: JSON columns, zones, session settings."""
+
+    def __init__(self, engine: sa.Engine, pair: str, source_zone: str = "UTC"):
+        super().__init__(engine, pair)
+        self.source_zone = source_zone
+
+    def reflected(self, table: sa.Table) -> None:
+        with self.engine.connect() as conn:
+            sql.mark_json_columns(conn, table)
+
+    def reader(self, column: sa.Column):
+        return types.reader(column, self.source_zone)
+
+
+class BinlogSource(MySQLSource):
+    """Reads committed transactions of the pair's tables from the binary log."""
+
+    # -- install / doctor --------------------------------------------------------------
+    def prepare(self) -> list[str]:
+        failures = [text for level, text in self._settings() if level == "fail"]
+        if failures:
+            raise SourceError("; ".join(failures))
+        return [f"binlog capture checked: {', '.join(f'{k}={v}' for k, v in REQUIRED.items())} "
+                f"(nothing to install on the server)"]
+
+    def unprepare(self) -> list[str]:
+        return []
+
+    def _settings(self) -> list[tuple[str, str]]:
+        with self.engine.connect() as conn:
+            found = dict(conn.exec_driver_sql(
+                "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image', "
+                "'binlog_row_metadata')").all())
+        findings = []
+        for name, wanted in REQUIRED.items():
+            have = found.get(name)
+            if have is None and name == "binlog_row_metadata":
+                findings.append(("fail", "binlog_row_metadata is unknown to this server (MariaDB >= 10.5 or MySQL "
+                                         ">= 8.0 needed): the binlog does not carry column names"))
+            elif (have or "").upper() != wanted:
+                fix = "log_bin (e.g. log-bin=mysql-bin in [mysqld])" if name == "log_bin" else f"{name}={wanted}"
+                findings.append(("fail", f"{name} = {have or 'unset'}: binlog capture needs {wanted}; set {fix} in "
+                                         "the server's configuration and restart it"))
+            else:
+                findings.append(("ok", f"{name} = {have}"))
+        return findings
+
+    def diagnose(self) -> list[tuple[str, str]]:
+        found = self._settings()
+        with self.engine.connect() as conn:
+            grants = " ".join(r[0] for r in conn.exec_driver_sql("SHOW GRANTS"))
+        upper = grants.upper()
+        for privilege in ("REPLICATION SLAVE", "REPLICATION CLIENT"):
+            granted = "ALL PRIVILEGES ON *.*" in upper or privilege in upper or \
+                (privilege == "REPLICATION CLIENT" and "BINLOG MONITOR" in upper) or \
+                (privilege == "REPLICATION SLAVE" and "REPLICATION REPLICA" in upper)
+            found.append(("ok", f"the user has {privilege}") if granted else
+                         ("fail", f"the user lacks {privilege}: GRANT {privilege} ON *.* TO <user>"))
+        for table in self.keys:
+            info = self.describe(table)
+            found.append(("ok", f"{table}: primary key ({', '.join(info.primary_key)})") if info.primary_key else
+                         ("warn", f"{table}: no primary key; its mapping must name a key"))
+        return found
+
+    # -- positions -----------------------------------------------------------------------
+    def current_position(self) -> Position:
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql("SHOW MASTER STATUS").first()
+        if row is None:
+            raise SourceError("the binary log is off (SHOW MASTER STATUS is empty): set log_bin and restart the server")
+        return {"file": row[0], "pos": int(row[1])}
+
+    def format_position(self, position: Position) -> str:
+        return f"{position['file']}:{position['pos']}" if isinstance(position, dict) else str(position)
+
+    def begin_snapshot(self) -> Position:
+        """Open the snapshot's transaction and read the binlog position it is consistent with.
+
+        MariaDB reports that position for a consistent-snapshot transaction
+        (binlog_snapshot_file/position): no lock at all. MySQL needs FLUSH TABLES WITH READ LOCK
+        held for the instant between START TRANSACTION and SHOW MASTER STATUS.
+        """
+        conn = self.engine.connect()
+        try:
+            conn.exec_driver_sql("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            status = dict(conn.exec_driver_sql("SHOW STATUS LIKE 'binlog_snapshot_%%'").all())
+            if status.get("binlog_snapshot_file"):
+                position = {"file": status["binlog_snapshot_file"], "pos": int(status["binlog_snapshot_position"])}
+            else:
+                conn.rollback()
+                conn.exec_driver_sql("FLUSH TABLES WITH READ LOCK")
+                try:
+                    conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                    row = conn.exec_driver_sql("SHOW MASTER STATUS").first()
+                finally:
+                    conn.exec_driver_sql("UNLOCK TABLES")
+                position = {"file": row[0], "pos": int(row[1])}
+        except BaseException:
+            conn.close()
+            raise
+        self._held = conn
+        return position
+
+    def end_snapshot(self) -> None:
+        held, self._held = getattr(self, "_held", None), None
+        if held is not None:
+            with contextlib.suppress(sa.exc.DBAPIError):
+                held.close()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sa.Connection]:
+        """The snapshot's own transaction while one is held; else a fresh connection."""
+        held = getattr(self, "_held", None)
+        if held is not None:
+            yield held
+            return
+        with self.engine.connect() as conn:
+            yield conn
+
+    def _check_file(self, position: dict) -> None:
+        with self.engine.connect() as conn:
+            files = [r[0] for r in conn.exec_driver_sql("SHOW BINARY LOGS")]
+        if position["file"] not in files:
+            raise SourceError(f"binlog file {position['file']} (the checkpoint of pair {self.pair}) is no longer on "
+                              f"the server (purged; the oldest is {files[0] if files else 'none'}): changes since "
+                              f"the checkpoint are lost to the log; re-copy the tables with "
+                              f"`cdc run --resnapshot CONFIG`")
+
+    # -- stream ----------------------------------------------------------------------
+    def read(self, after: Position, max_changes: int) -> Batch:
+        parts = list(self.stream(after, max_changes))
+        complete = [part.position for part in parts if part.complete]
+        return Batch([c for part in parts for c in part.changes], complete[-1] if complete else after)
+
+    def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
+        """Whole transactions from ``after`` to the end of the binlog, in parts of at most
+        ``max_changes`` changes; a transaction with none of ours only moves the position."""
+        self._check_file(after)
+        reader = BinLogStreamReader(
+            connection_settings=self._connection_settings(), server_id=self._server_id(),
+            log_file=after["file"], log_pos=after["pos"], resume_stream=True, blocking=False,
+            only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
+                         MariadbGtidEvent, GtidEvent],
+            only_schemas=[self.engine.url.database], only_tables=list(self.keys), enable_logging=False,
+            pymysql_wrapper=_bounded_connects())  # is_mariadb stays False: it would ignore file/position
+        decoder = _Transactions(self, max_changes)
+        try:
+            for event in reader:
+                for part in decoder.feed(event, reader):
+                    yield part
+                if decoder.done:
+                    return
+            if decoder.moved is not None:
+                yield Batch([], decoder.moved)  # only other tables' transactions: move past them
+        except pymysql.err.OperationalError as exc:
+            raise RetryableError(f"source: binlog stream: {exc.args[-1]}") from None
+        finally:
+            reader.close()
+
+    def _connection_settings(self) -> dict:
+        url = self.engine.url
+        return {"host": url.host or "127.0.0.1", "port": url.port or 3306, "user": url.username or "",
+                "passwd": url.password or "", "charset": "utf8mb4"}
+
+    def _server_id(self) -> int:
+        """The replica id this pair reads the binlog as: stable per pair, clear of small ids servers use."""
+        return 100_000 + zlib.crc32(self.pair.encode()) % 4_000_000_000
+
+    def pending(self, after: Position) -> str | None:
+        if not isinstance(after, dict):
+            return None
+        now = self.current_position()
+        if now["file"] == after["file"]:
+            return f"{max(now['pos'] - after['pos'], 0):,} bytes of binlog behind"
+        return f"binlog at {self.format_position(now)}, checkpoint at {self.format_position(after)}"
+
+    def acknowledge(self, position: Position) -> None:
+        """Nothing to release: the server purges binlogs by its own expiry (doctor warns when close)."""
+
+    def change(self, table: str, op: str, before: dict | None, after: dict | None, none: dict,
+               committed: dt.datetime, position: dict, xid: Any) -> Change:
+        """One row event's row as a Change, values read as the snapshot reads them."""
+        readers = self._readers(table)
+        images = []
+        for image in (before, after):
+            if image is None:
+                images.append(None)
+                continue
+            missing = [c for c in readers if c not in image]
+            if missing:
+                raise SchemaError(f"source table {table}: column {missing[0]!r} was dropped or renamed while pair "
+                                  f"{self.pair} ran; the pair stops (nothing after it was applied)")
+            images.append({c: read(NOT_NULL.get(none.get(c), image[c]) if image[c] is None else image[c])
+                           for c, read in readers.items()})
+        before, after = images
+        key = tuple((after if after is not None else before)[k] for k in self.keys[table])
+        return Change(op, table, key, before, after, committed, position, xid)
+
+    def _readers(self, table: str) -> dict:
+        cache = self.__dict__.setdefault("_table_readers", {})
+        if table not in cache:
+            info = self.describe(table)
+            cache[table] = {name: self.reader(column) for name, column in zip(info.column_names, info.columns)}
+        return cache[table]
+
+
+def _bounded_connects(limit: int = 4):
+    """pymysql.connect for one read, refusing after ``limit`` connections: the reader reconnects
+    by itself after a lost connection, and would do so forever while the server is down."""
+    made = []
+
+    def connect(**settings):
+        if len(made) >= limit:
+            raise RetryableError("source: the binlog connection keeps failing; retrying the read")
+        made.append(1)
+        return pymysql.connect(**settings)
+
+    return connect
+
+
+class _Transactions:
+    """Groups row events into transactions, in parts of at most ``size`` changes; ``done`` once
+    ``size`` changes have been read in whole transactions."""
+
+    def __init__(self, source: BinlogSource, size: int):
+        self.source, self.size = source, size
+        self.pending: list[Change] = []
+        self.total, self.partial, self.done = 0, False, False
+        self.gtid: str | None = None
+        self.moved: dict | None = None  # the end of the last transactions that had none of our rows
+
+    def feed(self, event: Any, reader: BinLogStreamReader) -> Iterator[Batch]:
+        if isinstance(event, (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)):
+            yield from self._rows(event, reader)
+        elif isinstance(event, XidEvent) or (isinstance(event, QueryEvent) and _query(event) == "COMMIT"):
+            yield from self._commit(reader)
+        elif isinstance(event, (MariadbGtidEvent, GtidEvent)):
+            self.gtid = str(event.gtid)
+        elif isinstance(event, QueryEvent):
+            self._query(event)
+
+    def _rows(self, event: Any, reader: BinLogStreamReader) -> Iterator[Batch]:
+        committed = dt.datetime.fromtimestamp(event.timestamp, UTC)
+        position = {"file": reader.log_file, "pos": reader.log_pos}
+        op = _OPS[type(event)]
+        for row in event.rows:
+            none = row.get("none_sources", {})
+            if op == "update":
+                before, after = row["before_values"], row["after_values"]
+            else:
+                before, after = (None, row["values"]) if op == "insert" else (row["values"], None)
+            self.pending.append(self.source.change(event.table, op, before, after, none, committed, position,
+                                                   self.gtid))
+            if len(self.pending) >= self.size:
+                part, self.pending = self.pending, []
+                self.total += len(part)
+                self.partial = True
+                yield Batch(part, None, complete=False)
+
+    def _commit(self, reader: BinLogStreamReader) -> Iterator[Batch]:
+        position = {"file": reader.log_file, "pos": reader.log_pos}
+        part, self.pending, self.gtid = self.pending, [], None
+        if not part and not self.partial:
+            self.moved = position
+            return
+        self.total += len(part)
+        self.partial, self.moved = False, None
+        yield Batch(part, position)
+        self.done = self.total >= self.size
+
+    def _query(self, event: QueryEvent) -> None:
+        text = _query(event)
+        if text.startswith(("ALTER TABLE", "DROP TABLE", "RENAME TABLE", "TRUNCATE")):
+            # Drop the cached reflection: the next row event is checked against the new shape.
+            self.source.__dict__.pop("_info", None)
+            self.source.__dict__.pop("_table_readers", None)
+            if text.startswith("TRUNCATE") and any(t.upper() in text for t in self.source.keys):
+                raise SourceError(f"TRUNCATE at the source ({text[:80]}) is not replicated: the pair stops; "
+                                  "reconcile or re-snapshot the table")
+
+
+_OPS = {WriteRowsEvent: "insert", UpdateRowsEvent: "update", DeleteRowsEvent: "delete"}
+
+
+def _query(event: QueryEvent) -> str:
+    query = event.query
+    return (query.decode(errors="replace") if isinstance(query, bytes) else str(query)).strip().upper()
+
+
+class TimestampSource(TimestampCapture, MySQLSource):
+    """Capture `timestamp` on MySQL/MariaDB."""
+
+    def __init__(self, engine: sa.Engine, pair: str, options: Any, source_zone: str = "UTC"):
+        TimestampCapture.__init__(self, engine, pair, options)
+        self.source_zone = source_zone
+
+    def bind_stamp(self, stamp: Any, column: sa.Column) -> Any:
+        if isinstance(stamp, str) and isinstance(column.type, (sa.DateTime, sa.Date)):
+            value = dt.datetime.fromisoformat(stamp)
+            return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo and types.is_timestamp(column) \
+                else value.replace(tzinfo=None)
+        return stamp

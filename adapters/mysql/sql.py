@@ -1,0 +1,46 @@
+"""SQL and session settings MySQL/MariaDB need that SQLAlchemy Core does not express."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+#: Every session: UTC (TIMESTAMP values are instants), strict (a value that does not fit is an
+#: error, never silently cut), 4-byte UTF-8.
+SESSION = ("SET SESSION time_zone = '+00:00', "
+           "sql_mode = 'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', "
+           "NAMES utf8mb4 COLLATE utf8mb4_unicode_ci")
+
+# MariaDB stores JSON as LONGTEXT with a json_valid() CHECK; MySQL has a real JSON type.
+JSON_COLUMNS = ("SELECT c.COLUMN_NAME FROM information_schema.COLUMNS c WHERE c.TABLE_SCHEMA = DATABASE() "
+                "AND c.TABLE_NAME = %(table)s AND (c.DATA_TYPE = 'json' OR EXISTS (SELECT 1 FROM "
+                "information_schema.CHECK_CONSTRAINTS k WHERE k.CONSTRAINT_SCHEMA = c.TABLE_SCHEMA AND "
+                "k.TABLE_NAME = c.TABLE_NAME AND k.CHECK_CLAUSE LIKE CONCAT('json_valid(`', c.COLUMN_NAME, '`)')))")
+
+
+def quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def engine(url: str) -> sa.Engine:
+    """An engine whose every connection runs with the SESSION settings."""
+    made = sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+
+    @sa.event.listens_for(made, "connect")
+    def _connect(dbapi_connection, record):
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(SESSION)
+
+    return made
+
+
+def error_code(exc: sa.exc.DBAPIError) -> int | None:
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def mark_json_columns(conn: sa.Connection, table: sa.Table) -> None:
+    """Give MariaDB's JSON columns (LONGTEXT + CHECK json_valid) the JSON type, as MySQL's have."""
+    names = {r[0] for r in conn.exec_driver_sql(JSON_COLUMNS, {"table": table.name})}
+    for column in table.columns:
+        if column.name in names and not isinstance(column.type, sa.JSON):
+            column.type = sa.JSON()
