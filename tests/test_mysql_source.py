@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from decimal import Decimal
 
 import psycopg
 import pymysql
+import pytest
 import sqlalchemy as sa
 
 UTC = dt.timezone.utc
@@ -139,3 +141,137 @@ def test_mysql_target_upserts_audit_and_checkpoint_in_one_transaction(ws, pg_url
     assert mexec(mysql_url, "SELECT error, column_name FROM cdc_dead_letters") == [
         ("text of 17 characters does not fit 10; refusing to truncate", "memo")]
     assert mexec(mysql_url, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'") == [(500,)]
+
+
+PARTIES = """CREATE TABLE parties (code VARCHAR(10) NOT NULL, region INT NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (code, region)) ENGINE=InnoDB"""
+
+
+def same_rows(mysql: str, pg: str, table: str, order: str) -> tuple[list, list]:
+    """Both sides' rows, timestamps as naive UTC, decimals normalised."""
+    def norm(rows):
+        return [tuple(v.astimezone(UTC).replace(tzinfo=None) if isinstance(v, dt.datetime) and v.tzinfo else
+                      v.normalize() if isinstance(v, Decimal) else v for v in r) for r in rows]
+    return (norm(mexec(mysql, f"SELECT * FROM {table} ORDER BY {order}")),
+            norm(pexec(pg, f"SELECT * FROM {table} ORDER BY {order}")))
+
+
+def assert_each_transaction_once(pg: str, log: list, total: int) -> None:
+    """The writer's transactions: a first run seen by the snapshot, then every later one applied
+    with exactly one audit row per change, and nothing else."""
+    audited = dict(pexec(pg, "SELECT source_txid, count(*) FROM cdc_audit_log WHERE op <> 'snapshot' "
+                             "GROUP BY source_txid"))
+    assert sum(n for _, n in log) == total
+    flags = [gtid in audited for gtid, _ in log]
+    assert flags == sorted(flags), "a transaction after an applied one is missing from the audit"
+    streamed = [(gtid, n) for gtid, n in log if gtid in audited]
+    assert all(audited[gtid] == n for gtid, n in streamed), "a transaction applied twice or in part"
+    assert len(streamed) == len(audited) and streamed, "audit rows for transactions no writer made"
+
+
+def test_random_changes_with_sigkill_and_a_source_restart(ws, mysql_server, mysql_url, pg_url):
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import random
+
+    import workload
+
+    server = mysql_server[1]
+    if server is None:
+        pytest.skip("restarts only the test's own MariaDB server")
+    mexec(mysql_url, ENTRIES)
+    mexec(mysql_url, PARTIES)
+    workload.run(mysql_url, 300, seed=61)
+    pair_config(ws, mysql_url, pg_url, "shop", tables="[entries, parties]", batch_size=7, poll_interval=0.05)
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    log, changes = [], []
+    # Phase 1: the pair streams while the writer writes; then MariaDB crashes and comes back.
+    process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    changes.append(workload.run(mysql_url, 1500, seed=62, pause=0.005, log=log))
+    server.stop(kill=True)
+    time.sleep(1.5)
+    server.start()
+    time.sleep(1.5)
+    assert process.poll() is None, "cdc run must survive the source restart"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "retrying" in err, err  # it saw the outage and said so
+    # Phase 2: more changes while `cdc run` is SIGKILLed at random moments.
+    writer = threading.Thread(target=lambda: changes.append(workload.run(mysql_url, 2500, seed=63, pause=0.005,
+                                                                         log=log)))
+    writer.start()
+    rng, kills = random.Random(7), 0
+    while writer.is_alive() or kills < 3:
+        ws.run_and_kill(rng.uniform(0.8, 1.8))
+        kills += 1
+    writer.join()
+    cdc_ok(ws, "run", "--once")
+    for table, order in (("entries", "id"), ("parties", "code, region")):
+        source_rows, target_rows = same_rows(mysql_url, pg_url, table, order)
+        assert source_rows == target_rows, table
+    assert_each_transaction_once(pg_url, log, sum(changes))
+
+
+def test_binlog_settings_purged_binlog_and_altered_table(ws, mysql_url, pg_url):
+    mexec(mysql_url, ENTRIES)
+    mexec(mysql_url, "INSERT INTO entries VALUES (1, 1500, 1.00, 'NOK', 'a', NULL)")
+    pair_config(ws, mysql_url, pg_url, "faults", on_error="stop")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    doctor = cdc_ok(ws, "doctor").stdout
+    for line in ("[  OK] binlog_format = ROW", "[  OK] binlog_row_image = FULL", "[  OK] the user has REPLICATION SLAVE",
+                 "[  OK] entries: primary key (id)", "[  OK] target synchronous_commit = on"):
+        assert line in doctor, doctor
+    cdc_ok(ws, "run", "--once")
+    # A new nullable column the mapping does not use is tolerated.
+    mexec(mysql_url, "ALTER TABLE entries ADD COLUMN extra INT NULL")
+    mexec(mysql_url, "INSERT INTO entries VALUES (2, 1500, 2.00, 'NOK', 'b', NULL, 7)")
+    cdc_ok(ws, "run", "--once")
+    assert pexec(pg_url, "SELECT id, amount FROM entries ORDER BY id") == [(1, Decimal("1.00")), (2, Decimal("2.00"))]
+    # A dropped column stops the pair, naming table and column, with nothing after it applied.
+    mexec(mysql_url, "ALTER TABLE entries DROP COLUMN memo")
+    mexec(mysql_url, "INSERT INTO entries VALUES (3, 1500, 3.00, 'NOK', NULL, 7)")
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode != 0 and "entries" in stopped.stderr and "'memo'" in stopped.stderr, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert pexec(pg_url, "SELECT count(*) FROM entries") == [(2,)]
+    # A purged binlog: a clear error naming the file and the way out.
+    mexec(mysql_url, "ALTER TABLE entries ADD COLUMN memo VARCHAR(200) NULL AFTER currency")
+    checkpoint = pexec(pg_url, "SELECT position FROM cdc_checkpoints")[0][0]
+    mexec(mysql_url, "FLUSH BINARY LOGS")
+    current = mexec(mysql_url, "SHOW MASTER STATUS")[0][0]
+    for _ in range(50):  # MariaDB keeps a file until its binlog checkpoint has moved on
+        mexec(mysql_url, f"PURGE BINARY LOGS TO '{current}'")
+        if mexec(mysql_url, "SHOW BINARY LOGS")[0][0] == current:
+            break
+        time.sleep(0.2)
+    purged = ws.cdc("run", "--once", str(ws.config))
+    assert purged.returncode != 0 and "Traceback" not in purged.stderr
+    assert "binlog file" in purged.stderr and "purged" in purged.stderr and "--resnapshot" in purged.stderr, purged.stderr
+    assert checkpoint.split('"file":"')[1].split('"')[0] in purged.stderr
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    assert pexec(pg_url, "SELECT count(*) FROM entries") == [(3,)]
+
+
+def test_binlog_off_or_statement_format_is_explained(ws, pg_url):
+    from mysqlserver import LocalMariaDB
+
+    server = LocalMariaDB({"binlog-format": "STATEMENT"})
+    try:
+        mexec(server.url(), "CREATE DATABASE shop")
+        url = server.url("shop")
+        mexec(url, ENTRIES)
+        pair_config(ws, url, pg_url, "stmt")
+        cdc_ok(ws, "init")
+        result = ws.cdc("install", str(ws.config))
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert "binlog_format = STATEMENT: binlog capture needs ROW; set binlog_format=ROW" in result.stderr, result.stderr
+        doctor = ws.cdc("doctor", str(ws.config))
+        assert doctor.returncode == 1 and "[FAIL] binlog_format = STATEMENT" in doctor.stdout, doctor.stdout
+    finally:
+        server.remove()

@@ -34,21 +34,59 @@ class _Postgres:
         return self
 
     def __exit__(self, *exc):
+        if exc[0] is None:
+            self.last_txid = self.conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
         return self._tx.__exit__(*exc)
 
     def close(self):
         self.conn.close()
 
 
+class _MySQL:
+    """The same over PyMySQL; a transaction's id is its GTID (MariaDB's @@last_gtid after COMMIT)."""
+
+    def __init__(self, url: str):
+        import pymysql
+        import sqlalchemy as sa
+
+        parts = sa.engine.make_url(url)
+        self.conn = pymysql.connect(host=parts.host, port=parts.port, user=parts.username,
+                                    password=parts.password or "", database=parts.database, charset="utf8mb4")
+
+    def execute(self, sql: str, params: tuple = ()):
+        cursor = self.conn.cursor()
+        cursor.execute(sql.replace("?", "%s"), params or None)
+        return cursor
+
+    def __enter__(self):
+        self.conn.begin()
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is not None:
+            self.conn.rollback()
+            return False
+        self.conn.commit()
+        self.last_txid = self.execute("SELECT @@last_gtid").fetchone()[0]
+        return False
+
+    def close(self):
+        self.conn.close()
+
+
 def connect(db: Path | str):
-    """sqlite3 for a path, psycopg for a postgresql:// URL."""
-    return _Postgres(db) if str(db).startswith("postgresql") else sqlite3.connect(db, timeout=30)
+    """sqlite3 for a path, psycopg for a postgresql:// URL, PyMySQL for mysql://."""
+    if str(db).startswith("postgresql"):
+        return _Postgres(db)
+    if str(db).startswith(("mysql", "mariadb")):
+        return _MySQL(db)
+    return sqlite3.connect(db, timeout=30)
 
 
 def run(db: Path | str, changes: int, seed: int, pause: float = 0.0, log: list | None = None) -> int:
     """Apply about ``changes`` row changes to ``entries`` and ``parties``; returns the exact count.
 
-    ``log`` (PostgreSQL): gets (transaction id, changes in it) for each transaction, in commit order.
+    ``log`` (PostgreSQL, MySQL): gets (transaction id, changes in it) for each transaction, in commit order.
     """
     import time
 
@@ -88,8 +126,8 @@ def run(db: Path | str, changes: int, seed: int, pause: float = 0.0, log: list |
                         key = parties.pop(rng.randrange(len(parties)))
                         conn.execute("DELETE FROM parties WHERE code = ? AND region = ?", key)
                     done += 1
-                if log is not None and done > started:
-                    log.append((conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0], done - started))
+            if log is not None and done > started:
+                log.append((conn.last_txid, done - started))
     finally:
         conn.close()
     return done
