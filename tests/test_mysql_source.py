@@ -275,3 +275,24 @@ def test_binlog_off_or_statement_format_is_explained(ws, pg_url):
         assert doctor.returncode == 1 and "[FAIL] binlog_format = STATEMENT" in doctor.stdout, doctor.stdout
     finally:
         server.remove()
+
+
+def test_timestamp_capture_from_mariadb(ws, mysql_url, pg_url):
+    mexec(mysql_url, "CREATE TABLE products (sku VARCHAR(20) PRIMARY KEY, price DECIMAL(12,2) NOT NULL, "
+                     "updated_at TIMESTAMP(6) NOT NULL, deleted TINYINT(1) NOT NULL DEFAULT 0) ENGINE=InnoDB")
+    mexec(mysql_url, "INSERT INTO products VALUES ('A-1', 89.90, '2024-05-01 08:00:00', 0)")
+    pair_config(ws, mysql_url, pg_url, "ts", capture="timestamp", tables="[products]",
+                timestamp="{column: updated_at, soft_delete: deleted, overlap_seconds: 30}")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    # Same timestamp as the watermark, and 10 s older: both inside the overlap window.
+    mexec(mysql_url, "INSERT INTO products VALUES ('A-2', 45.00, '2024-05-01 08:00:00', 0), "
+                     "('A-3', 12.50, '2024-05-01 07:59:50', 0)")
+    assert "2 changes applied" in cdc_ok(ws, "run", "--once").stdout
+    assert "0 changes applied" in cdc_ok(ws, "run", "--once").stdout
+    mexec(mysql_url, "UPDATE products SET deleted = 1, updated_at = '2024-05-02 06:00:00' WHERE sku = 'A-1'")
+    cdc_ok(ws, "run", "--once")
+    assert pexec(pg_url, "SELECT sku, price, updated_at FROM products ORDER BY sku") == [
+        ("A-2", Decimal("45.00"), dt.datetime(2024, 5, 1, 8, 0, tzinfo=UTC)),
+        ("A-3", Decimal("12.50"), dt.datetime(2024, 5, 1, 7, 59, 50, tzinfo=UTC))]

@@ -22,7 +22,8 @@ from sqlalchemy.dialects import mysql
 UTC = dt.timezone.utc
 
 
-def _same(value: Any) -> Any:
+def same(value: Any) -> Any:
+    """The reader of a column whose driver value is already the change model's."""
     return value
 
 
@@ -46,7 +47,7 @@ def reader(column: sa.Column, source_zone: str = "UTC") -> Callable[[Any], Any]:
                                                               filter(None, str(v).split(","))))
     if isinstance(kind, (mysql.BIT,)):
         return lambda v: v if v is None else int.from_bytes(v, "big") if isinstance(v, bytes) else v
-    return _same
+    return same
 
 
 def writer(column: sa.Column) -> Callable[[Any], Any]:
