@@ -143,35 +143,58 @@ class PairRunner:
             total = self.source.count(table)
             with tqdm(total=total, disable=not self.progress, unit="rows", desc=f"{self.pair.name} {table}",
                       leave=False) as bar:
-                while not progress["done"]:
-                    if self.stop.is_set():
-                        return
-                    count = self._snapshot_chunk(table, mapping, position, snapshot, progress)
-                    result.snapshot_rows += count
-                    bar.update(count)
-            logger.info("pair %s: snapshot of %s done (%d rows)", self.pair.name, table, total)
+                def counted(rows: int) -> None:
+                    result.snapshot_rows += rows
+                    bar.update(rows)
 
-    def _snapshot_chunk(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict) -> int:
-        if self._bulk_ok(table, mapping):
-            try:
-                return self._bulk_chunk(table, mapping, position, snapshot, progress)
-            except sa.exc.DBAPIError as exc:
-                if self.target.classify(exc) != "row":
-                    raise
-                # A row the target refuses: this chunk goes row by row, to be parked or stop alone.
-                logger.warning("pair %s: bulk copy of %s refused (%s); copying the chunk row by row",
-                               self.pair.name, table, _first_line(exc))
-                self._bulk[table] = False
-        after = self._decode_key(table, mapping, progress["after"])
-        rows = self._retrying(lambda: self.source.snapshot(table, mapping.source_key, after, self.pair.snapshot_chunk))
-        changes = [Change("insert", table, mapping.source_key_of(r), None, r) for r in rows]
-        if rows:
-            progress["after"] = list(changes[-1].key)
-        progress["done"] = len(rows) < self.pair.snapshot_chunk
-        finished = all(p["done"] for p in snapshot["tables"].values()) and set(snapshot["tables"]) >= set(self.mappings)
-        stored = None if finished else _copy(snapshot)
-        self._apply(map_changes(changes, self.mappings), position, stored, "snapshot")
-        return len(rows)
+                while not progress["done"] and not self.stop.is_set():
+                    if self._bulk_ok(table, mapping):
+                        counted(self._bulk_or_rows(table, mapping, position, snapshot, progress))
+                    else:
+                        self._row_chunks(table, mapping, position, snapshot, progress, counted)
+            if progress["done"]:
+                logger.info("pair %s: snapshot of %s done (%d rows)", self.pair.name, table, total)
+
+    def _bulk_or_rows(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict) -> int:
+        """One chunk as raw COPY data; a chunk the target refuses goes row by row instead."""
+        try:
+            return self._bulk_chunk(table, mapping, position, snapshot, progress)
+        except sa.exc.DBAPIError as exc:
+            if self.target.classify(exc) != "row":
+                raise
+            # A row the target refuses: from here the table goes row by row, to be parked or stop alone.
+            logger.warning("pair %s: bulk copy of %s refused (%s); copying the chunk row by row",
+                           self.pair.name, table, _first_line(exc))
+            self._bulk[table] = False
+            return 0
+
+    def _row_chunks(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict,
+                    counted: Callable[[int], None]) -> None:
+        """The rest of the table chunk by chunk; the next chunk is read in a second thread while
+        this one is applied. Each chunk commits with the progress after it."""
+        size = self.pair.snapshot_chunk
+
+        def chunks() -> Any:
+            after = self._decode_key(table, mapping, progress["after"])
+            while True:
+                rows = self._retrying(lambda: self.source.snapshot(table, mapping.source_key, after, size))
+                yield rows
+                if len(rows) < size:
+                    return
+                after = mapping.source_key_of(rows[-1])
+
+        for rows in _prefetched(chunks, depth=1):
+            changes = [Change("insert", table, mapping.source_key_of(r), None, r) for r in rows]
+            if rows:
+                progress["after"] = list(changes[-1].key)
+            progress["done"] = len(rows) < size
+            finished = all(p["done"] for p in snapshot["tables"].values()) and \
+                set(snapshot["tables"]) >= set(self.mappings)
+            self._apply(map_changes(changes, self.mappings), position, None if finished else _copy(snapshot),
+                        "snapshot")
+            counted(len(rows))
+            if self.stop.is_set():
+                break
 
     def _bulk_ok(self, table: str, mapping: TableMapping) -> bool:
         """Whether a chunk can go as raw COPY data: same database kind, identity mapping, same types."""
