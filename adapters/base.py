@@ -166,6 +166,10 @@ class KeyedReads:
 class SqlSource(KeyedReads):
     """A Source over SQLAlchemy Core; a capture mode adds prepare/read/acknowledge."""
 
+    #: Every stored value fits its column's declared type (not so in SQLite, whose NUMERIC(12,2)
+    #: column can hold 3.005): then a target column of a type that holds them all needs no fit check.
+    enforces_types = True
+
     def __init__(self, engine: sa.Engine, pair: str):
         self.engine = engine
         self.pair = pair

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from tqdm import tqdm
 
-from . import registry
+from . import registry, values
 from .changes import ApplyResult, Change, dumps
 from .config import Pair
 from .errors import ConfigError, RetryableError, SchemaError
@@ -110,6 +110,16 @@ class PairRunner:
         for table, mapping in self.mappings.items():
             if self._bulk_ok(table, mapping):
                 self.target.trust(mapping.target, mapping.target_columns)
+            elif getattr(self.source, "enforces_types", False) and self.target.exists(mapping.target):
+                self.target.trust(mapping.target, self._always_fit(table, mapping))
+
+    def _always_fit(self, table: str, mapping: TableMapping) -> list[str]:
+        """Target columns copied untransformed from a source column whose every value fits them."""
+        source = {c.name: c for c in self.source.describe(table).columns}
+        target = {c.name: c for c in self.target.table(mapping.target).columns}
+        return [name for name, origin, transforms in mapping.column_specs()
+                if origin in source and name in target and not transforms
+                and values.always_fits(source[origin].type, target[name].type)]
 
     def close(self) -> None:
         self.source.close()

@@ -121,3 +121,37 @@ def _fit_date(value: Any) -> dt.date:
         return dt.date.fromisoformat(str(value))
     except ValueError:
         raise TransformError(f"{value!r} is not a date") from None
+
+
+def always_fits(source: sa.types.TypeEngine, target: sa.types.TypeEngine) -> bool:
+    """Whether every value a ``source`` column can hold fits a ``target`` column as it is, so the
+    per-value fit check can be skipped (NOT NULL is still checked). Conservative: unknown pairs
+    of types are checked."""
+    if isinstance(source, sa.Numeric) and not isinstance(source, sa.Float):
+        if not isinstance(target, sa.Numeric) or isinstance(target, sa.Float):
+            return False
+        if target.precision is None:
+            return target.scale is None or (source.scale is not None and source.scale <= target.scale)
+        if source.precision is None or source.scale is None or target.scale is None:
+            return False
+        return source.scale <= target.scale and \
+            source.precision - source.scale <= target.precision - target.scale
+    if isinstance(source, sa.Boolean) or isinstance(target, sa.Boolean):
+        return False
+    if isinstance(source, sa.Integer):
+        if not isinstance(target, sa.Integer) or getattr(source, "unsigned", False):
+            return False
+        if isinstance(target, sa.BigInteger):
+            return True
+        if isinstance(source, sa.BigInteger):
+            return False
+        return isinstance(source, sa.SmallInteger) or not isinstance(target, sa.SmallInteger)
+    if isinstance(source, sa.String):
+        if not isinstance(target, sa.String) or isinstance(source, sa.Enum) or type(source).__name__ == "SET":
+            return False  # a SET's value is several members: longer than its reflected length
+        return target.length is None or (source.length is not None and source.length <= target.length)
+    if isinstance(source, sa.DateTime):
+        return isinstance(target, sa.DateTime)
+    if isinstance(source, sa.Date):
+        return isinstance(target, sa.Date) and not isinstance(target, sa.DateTime)
+    return False

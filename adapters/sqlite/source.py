@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 class SqliteSource(SqlSource):
     """Shared by both capture modes: reflection, snapshots, SQLite value conversion."""
 
+    enforces_types = False  # a column's declared type does not limit what it stores
+
     def reader(self, column: sa.Column) -> Callable[[Any], Any]:
         return types.reader(column)
 
