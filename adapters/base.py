@@ -295,6 +295,16 @@ class SqlTarget(KeyedReads):
             state.ensure_current(conn)
             return state.read_checkpoint(conn, pair)
 
+    def is_empty(self, table: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.exists().select_from(sa.table(table)))).scalar() is False
+
+    def load_directly(self, table: str, on: bool) -> None:
+        """While on, upserts into ``table`` are plain inserts: the snapshot fills an empty table
+        with disjoint chunks (a dialect may then bulk-load straight into it)."""
+        direct = self.__dict__.setdefault("_direct", set())
+        (direct.add if on else direct.discard)(table)
+
     def advance(self, pair: str, position: Position) -> None:
         """Move the checkpoint past source transactions that held nothing for this pair."""
         with self.engine.begin() as conn:

@@ -182,6 +182,17 @@ class PairRunner:
                     counted: Callable[[int], None]) -> None:
         """The rest of the table chunk by chunk; the next chunk is read in a second thread while
         this one is applied. Each chunk commits with the progress after it."""
+        if progress["after"] is None and "direct" not in progress:
+            # An empty target at the first chunk may take plain inserts: chunks never overlap.
+            progress["direct"] = self.target.is_empty(mapping.target)
+        self.target.load_directly(mapping.target, progress.get("direct", False))
+        try:
+            self._read_ahead(table, mapping, position, snapshot, progress, counted)
+        finally:
+            self.target.load_directly(mapping.target, False)
+
+    def _read_ahead(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict,
+                    counted: Callable[[int], None]) -> None:
         size = self.pair.snapshot_chunk
 
         def chunks() -> Any:

@@ -66,13 +66,17 @@ class PostgresTarget(SqlTarget):
             else:
                 params = list({tuple([p[k] for k in key]): p for p in params}.values())
         columns = list(params[0]) if op == "upsert" else list(key)
+        trusted = self.__dict__.get("_trusted", {}).get(name, set())
+        oids = self._binary_oids(conn, name, columns) if trusted >= set(columns) else None
+        if op == "upsert" and name in self.__dict__.get("_direct", ()):
+            # A snapshot chunk into a table that was empty: straight in, no staging, no upsert.
+            self._copy(conn, name, columns, ([p[c] for c in columns] for p in params), oids)
+            return
         stage = f"_cdc_stage_{op}_{name}"[:63]
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sql.quote(stage)}")  # an earlier run in this transaction
         conn.exec_driver_sql(sql.stage(stage, name, columns))
         # Binary only where the values are the source's own, of identical types (trusted columns):
         # other values may be of any type the column accepts as text.
-        trusted = self.__dict__.get("_trusted", {}).get(name, set())
-        oids = self._binary_oids(conn, name, columns) if trusted >= set(columns) else None
         self._copy(conn, stage, columns, ([p[c] for c in columns] for p in params), oids)
         statement = sql.upsert_from(name, stage, columns, key) if op == "upsert" else sql.delete_using(name, stage, key)
         conn.exec_driver_sql(statement)
@@ -117,10 +121,6 @@ class PostgresTarget(SqlTarget):
                 "source_txid": None, "committed_at": None, "applied_at": state._store.now()}])
             state.write_checkpoint(conn, pair, position, finish(count, last), 0)
         return count
-
-    def is_empty(self, table: str) -> bool:
-        with self.engine.connect() as conn:
-            return conn.exec_driver_sql(f"SELECT NOT EXISTS (SELECT 1 FROM {sql.quote(table)})").scalar()
 
     def _binary_oids(self, conn: sa.Connection, table: str, columns: list[str]) -> list[int] | None:
         """The OIDs to dump ``columns`` of ``table`` with in a binary COPY, or None: COPY as text."""
