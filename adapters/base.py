@@ -21,8 +21,12 @@ from cdc.errors import RetryableError, RowError, SchemaError, TargetError
 from cdc.mapping import MappedChange, TargetOp
 
 
-def _identity(value: Any) -> Any:
+def same(value: Any) -> Any:
+    """The reader or writer of a value that needs no converting (recognised, and skipped, by identity)."""
     return value
+
+
+_identity = same
 
 
 def _nullable_only(column: sa.Column) -> Callable[[Any], Any]:
@@ -148,8 +152,14 @@ class KeyedReads:
             query = query.where(sa.tuple_(*[plain.c[k] for k in key]) > sa.tuple_(*[sa.literal(v) for v in after_key]))
         with self.reading() as conn:
             rows = conn.execute(query).all()
-        readers = [(name, self.reader(c)) for name, c in zip(info.column_names, info.columns)]
-        return [{name: read(v) for (name, read), v in zip(readers, row)} for row in rows]
+        names = info.column_names
+        converting = [(name, read) for name, read in ((n, self.reader(c)) for n, c in zip(names, info.columns))
+                      if read is not same]
+        result = [dict(zip(names, row)) for row in rows]
+        for name, read in converting:
+            for row in result:
+                row[name] = read(row[name])
+        return result
 
     def reading(self) -> contextlib.AbstractContextManager[sa.Connection]:
         """The connection snapshot chunks are read on (a source may pin it to a snapshot)."""

@@ -19,12 +19,9 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
+from ..base import same
+
 UTC = dt.timezone.utc
-
-
-def same(value: Any) -> Any:
-    """The reader of a column whose driver value is already the change model's."""
-    return value
 
 
 def is_timestamp(column: sa.Column) -> bool:

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 
 from cdc._transforms import EXACT, TransformError, to_decimal
 
+from ..base import same as _identity
+
 #: A NUMERIC-affinity column keeps a number exactly only to this many significant digits.
 EXACT_DIGITS = 15
 
@@ -19,8 +21,6 @@ def _exact_numeric(column: sa.Column) -> bool:
     return isinstance(column.type, sa.Numeric) and not isinstance(column.type, sa.Float)
 
 
-def _identity(value: Any) -> Any:
-    return value
 
 
 @cache
