@@ -299,22 +299,24 @@ def test_timestamp_capture_from_mariadb(ws, mysql_url, pg_url):
 
 
 def test_sigkill_during_a_snapshot_resumes_without_doubles(ws, mysql_url, pg_url):
-    """A 30,000-row snapshot in 500-row chunks (straight COPY into the empty target), SIGKILLed
-    repeatedly: every row arrives exactly once and the chunk audit rows add up to the table."""
+    """A 100,000-row snapshot in 500-row chunks (straight COPY into the empty target), SIGKILLed
+    again and again until a run gets through: every row arrives exactly once and the chunk audit
+    rows add up to the table."""
+    import json
+
     mexec(mysql_url, ENTRIES)
     mexec(mysql_url, "INSERT INTO entries SELECT seq, 1500 + seq % 7, seq / 100, 'NOK', CONCAT('Bilag ', seq, ' æøå'), "
-                     "TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq MINUTE FROM seq_1_to_30000")
+                     "TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq MINUTE FROM seq_1_to_100000")
     pair_config(ws, mysql_url, pg_url, "big", snapshot_chunk=500)
     for command in ("init", "install"):
         cdc_ok(ws, command)
     kills = 0
-    for delay in (1.2, 0.9, 1.1):
-        kills += ws.run_and_kill(delay, once=True)
+    while ws.run_and_kill(1.2 + 0.2 * kills, once=True):  # longer each time: a slow start still progresses
+        kills += 1
+        assert kills < 30, "the snapshot makes no progress between kills"
     assert kills >= 2, "the snapshot finished before it could be killed"
     cdc_ok(ws, "run", "--once")
     source_rows, target_rows = same_rows(mysql_url, pg_url, "entries", "id")
-    assert len(source_rows) == 30000 and source_rows == target_rows
+    assert len(source_rows) == 100000 and source_rows == target_rows
     chunks = pexec(pg_url, "SELECT after FROM cdc_audit_log WHERE op = 'snapshot'")
-    import json
-
-    assert sum(json.loads(after)["rows"] for (after,) in chunks) == 30000
+    assert sum(json.loads(after)["rows"] for (after,) in chunks) == 100000
