@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -460,7 +461,7 @@ class SqlTarget(KeyedReads):
 
     def _write(self, conn: sa.Connection, statements: list[tuple[str, str, tuple[str, ...], dict]]) -> None:
         """Run consecutive operations of one kind on one table together, in order."""
-        for (op, name, key), run in itertools.groupby(statements, key=lambda s: s[:3]):
+        for (op, name, key), run in itertools.groupby(statements, key=_RUN_KEY):
             self.write_run(conn, op, name, key, [s[3] for s in run])
 
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
@@ -471,6 +472,9 @@ class SqlTarget(KeyedReads):
         else:
             where = sa.and_(*[table.c[k] == sa.bindparam(f"k_{k}") for k in key])
             conn.execute(table.delete().where(where), [{f"k_{k}": p[k] for k in key} for p in params])
+
+
+_RUN_KEY = operator.itemgetter(0, 1, 2)  # (op, table, key columns): one run per change of these
 
 
 def _audit_rows(pair: str, done: list[MappedChange], reason: str, now) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from contextlib import contextmanager
 from typing import Any, Callable
 
@@ -70,14 +71,14 @@ class PostgresTarget(SqlTarget):
         oids = self._binary_oids(conn, name, columns) if trusted >= set(columns) else None
         if op == "upsert" and name in self.__dict__.get("_direct", ()):
             # A snapshot chunk into a table that was empty: straight in, no staging, no upsert.
-            self._copy(conn, name, columns, ([p[c] for c in columns] for p in params), oids)
+            self._copy(conn, name, columns, map(_values_of(columns), params), oids)
             return
         stage = f"_cdc_stage_{op}_{name}"[:63]
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sql.quote(stage)}")  # an earlier run in this transaction
         conn.exec_driver_sql(sql.stage(stage, name, columns))
         # Binary only where the values are the source's own, of identical types (trusted columns):
         # other values may be of any type the column accepts as text.
-        self._copy(conn, stage, columns, ([p[c] for c in columns] for p in params), oids)
+        self._copy(conn, stage, columns, map(_values_of(columns), params), oids)
         statement = sql.upsert_from(name, stage, columns, key) if op == "upsert" else sql.delete_using(name, stage, key)
         conn.exec_driver_sql(statement)
 
@@ -85,7 +86,7 @@ class PostgresTarget(SqlTarget):
         if len(rows) < COPY_FROM:
             return super().write_audit(conn, rows)
         columns = list(rows[0])
-        self._copy(conn, state.audit_log.name, columns, ([r[c] for c in columns] for r in rows),
+        self._copy(conn, state.audit_log.name, columns, map(_values_of(columns), rows),
                    self._binary_oids(conn, state.audit_log.name, columns))
 
     def column_types(self, table: str) -> dict[str, str]:
@@ -144,6 +145,12 @@ class PostgresTarget(SqlTarget):
                 # A value binary COPY cannot carry (e.g. 'infinity' kept as text): the batch goes
                 # again row by row, where the server parses it from text.
                 raise psycopg.DataError(f"binary COPY into {table}: {exc}") from exc
+
+
+def _values_of(columns: list[str]) -> Callable[[dict], tuple]:
+    """A row dict's values in ``columns`` order, as a tuple (operator.itemgetter: one C call per row)."""
+    get = operator.itemgetter(*columns)
+    return get if len(columns) > 1 else (lambda row: (get(row),))
 
 
 @contextmanager
