@@ -262,12 +262,17 @@ class PairRunner:
         while not self.stop.is_set():
             read = _Read(position)
 
+            def mapped() -> Any:
+                for part in self.source.stream(position, self.pair.batch_size):
+                    yield part, map_changes(part.changes, self.mappings)
+
             def parts() -> Any:
                 read.reset()
-                # The next part is read and decoded in a second thread while this one is applied.
-                for part in _prefetched(lambda: self.source.stream(position, self.pair.batch_size)):
+                # The next part is read, decoded and mapped in a second thread while this one is
+                # applied: the apply thread is the one that sets the pace.
+                for part, changes in _prefetched(mapped):
                     read.add(part)
-                    yield map_changes(part.changes, self.mappings)
+                    yield changes
 
             applied = self._apply_parts(parts, read)
             if not read.changes and read.complete and dumps(read.position) != dumps(position):
