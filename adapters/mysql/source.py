@@ -314,7 +314,9 @@ class _Transactions:
             # Drop the cached reflection: the next row event is checked against the new shape.
             self.source.__dict__.pop("_info", None)
             self.source.__dict__.pop("_table_readers", None)
-            if text.startswith("TRUNCATE") and any(t.upper() in text for t in self.source.keys):
+            words = text.replace("`", " ").split()
+            named = (words[2] if len(words) > 2 and words[1] == "TABLE" else words[1] if len(words) > 1 else "")
+            if words[0] == "TRUNCATE" and named.split(".")[-1] in {t.upper() for t in self.source.keys}:
                 raise SourceError(f"TRUNCATE at the source ({text[:80]}) is not replicated: the pair stops; "
                                   "reconcile or re-snapshot the table")
 
