@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,9 +22,7 @@ import pymysql.cursors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _report import print_table  # noqa: E402
-
-from cdc import commands  # noqa: E402
+from _report import print_table, timed_pair  # noqa: E402
 
 SOURCE_TABLE = ("CREATE TABLE ledger (id BIGINT PRIMARY KEY, account INT NOT NULL, amount DECIMAL(18,2) NOT NULL, "
                 "currency CHAR(3) NOT NULL, booked_at DATETIME(6) NOT NULL, memo TEXT) ENGINE=InnoDB")
@@ -85,22 +82,10 @@ def main() -> None:
             pg_sql(cluster.url(database), TARGET_TABLE)
         target = cluster.url("bench")
         baseline_seconds = select_copy(mariadb.port, cluster.url("baseline"))
-        with tempfile.TemporaryDirectory() as tmp:
-            config = Path(tmp) / "config.yaml"
-            config.write_text(f"connections:\n  src: {mariadb.url('bench')}\n  dst: {target}\npairs:\n  bench:\n"
-                              "    source: src\n    target: dst\n    capture: binlog\n    tables: [ledger]\n"
-                              "    batch_size: 20000\n    snapshot_chunk: 50000\n")
-            commands.init(str(config))
-            commands.install(str(config))
-            start = time.perf_counter()
-            commands.run(str(config), once=True)
-            snapshot_seconds = time.perf_counter() - start
-            assert list(my_sql(mariadb.port, SOURCE_CHECK)[0]) == list(pg_sql(target, TARGET_CHECK)[0]), "snapshot"
-            my_sql(mariadb.port, "UPDATE ledger SET amount = amount + 1, memo = CONCAT(memo, ' c')")
-            start = time.perf_counter()
-            commands.run(str(config), once=True)
-            stream_seconds = time.perf_counter() - start
-            assert list(my_sql(mariadb.port, SOURCE_CHECK)[0]) == list(pg_sql(target, TARGET_CHECK)[0]), "stream"
+        snapshot_seconds, stream_seconds = timed_pair(
+            mariadb.url("bench"), target, "binlog",
+            lambda: list(my_sql(mariadb.port, SOURCE_CHECK)[0]) == list(pg_sql(target, TARGET_CHECK)[0]),
+            lambda: my_sql(mariadb.port, "UPDATE ledger SET amount = amount + 1, memo = CONCAT(memo, ' c')"))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     finally:
         mariadb.remove()

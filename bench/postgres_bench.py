@@ -14,7 +14,6 @@ import argparse
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,9 +21,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _report import print_table  # noqa: E402
-
-from cdc import commands  # noqa: E402
+from _report import print_table, timed_pair  # noqa: E402
 
 TABLE = ("CREATE TABLE ledger (id BIGINT PRIMARY KEY, account INT NOT NULL, amount NUMERIC(18,2) NOT NULL, "
          "currency CHAR(3) NOT NULL, booked_at TIMESTAMPTZ NOT NULL, memo TEXT)")
@@ -101,23 +98,9 @@ def main() -> None:
             sql(url, TABLE)
         copy_seconds = copy_pipe(source, native_target)
         native_seconds = native_replication(source, native_target, rows)
-        with tempfile.TemporaryDirectory() as tmp:
-            config = Path(tmp) / "config.yaml"
-            config.write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  bench:\n    source: src\n"
-                              "    target: dst\n    capture: logical\n    tables: [ledger]\n    batch_size: 20000\n"
-                              "    snapshot_chunk: 50000\n")
-            commands.init(str(config))
-            commands.install(str(config))
-            start = time.perf_counter()
-            commands.run(str(config), once=True)
-            snapshot_seconds = time.perf_counter() - start
-            assert sql(source, CHECK) == sql(target, CHECK), "snapshot differs"
-            sql(source, "UPDATE ledger SET amount = amount + 1, memo = memo || ' c'")
-            start = time.perf_counter()
-            commands.run(str(config), once=True)
-            stream_seconds = time.perf_counter() - start
-            assert sql(source, CHECK) == sql(target, CHECK), "stream differs"
-            commands.uninstall(str(config))
+        snapshot_seconds, stream_seconds = timed_pair(
+            source, target, "logical", lambda: sql(source, CHECK) == sql(target, CHECK),
+            lambda: sql(source, "UPDATE ledger SET amount = amount + 1, memo = memo || ' c'"))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     finally:
         for cluster in clusters:

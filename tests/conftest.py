@@ -114,24 +114,31 @@ import sqlalchemy as sa
 _databases = itertools.count(1)
 
 
+def _server(variable: str, kind: str, start, value, given=lambda url: url):
+    """A session's server: the one ``variable`` names, else a local one ``start()`` makes.
+
+    Without one the tests are skipped, except in CI (CI=true), where that is a failure.
+    """
+    if os.environ.get(variable):
+        yield given(os.environ[variable])
+        return
+    try:
+        server = start()
+    except (RuntimeError, OSError) as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{kind} is required in CI: {exc}")
+        pytest.skip(f"no {kind} server: {exc}")
+    try:
+        yield value(server)
+    finally:
+        server.remove()
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """The URL of a PostgreSQL server with wal_level=logical: CDC_TEST_PG_URL, or a local cluster."""
-    if os.environ.get("CDC_TEST_PG_URL"):
-        yield os.environ["CDC_TEST_PG_URL"]
-        return
-    from pgserver import LocalCluster
-
-    try:
-        cluster = LocalCluster()
-    except (RuntimeError, OSError) as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL is required in CI: {exc}")
-        pytest.skip(f"no PostgreSQL server: {exc}")
-    try:
-        yield cluster.url()
-    finally:
-        cluster.remove()
+    yield from _server("CDC_TEST_PG_URL", "PostgreSQL", lambda: __import__("pgserver").LocalCluster(),
+                       lambda cluster: cluster.url())
 
 
 @pytest.fixture
@@ -171,21 +178,8 @@ def mysql_server():
     Yields (url, server): server is the LocalMariaDB (None for CDC_TEST_MYSQL_URL) so a test may
     restart it.
     """
-    if os.environ.get("CDC_TEST_MYSQL_URL"):
-        yield os.environ["CDC_TEST_MYSQL_URL"], None
-        return
-    from mysqlserver import LocalMariaDB
-
-    try:
-        server = LocalMariaDB()
-    except (RuntimeError, OSError) as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"MariaDB is required in CI: {exc}")
-        pytest.skip(f"no MariaDB server: {exc}")
-    try:
-        yield server.url(), server
-    finally:
-        server.remove()
+    yield from _server("CDC_TEST_MYSQL_URL", "MariaDB", lambda: __import__("mysqlserver").LocalMariaDB(),
+                       lambda server: (server.url(), server), lambda url: (url, None))
 
 
 @pytest.fixture
