@@ -1,4 +1,4 @@
-"""The MySQL/MariaDB adapter: binlog and timestamp capture as a source; ON DUPLICATE KEY UPDATE as a target."""
+"""The MySQL/MariaDB adapter: binlog, trigger and timestamp capture as a source; ON DUPLICATE KEY UPDATE as a target."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from .source import BinlogSource, TimestampSource
 from .sql import engine
 from .target import MySQLTarget
+from .trigger import TriggerSource
 
 
 class MySQLAdapter:
@@ -14,14 +15,16 @@ class MySQLAdapter:
 
     name = "mysql"
     backends = ("mysql", "mariadb")
-    capture_modes = ("binlog", "timestamp")
+    capture_modes = ("binlog", "trigger", "timestamp")
     supports_in_db_checksum = True
     upsert_style = "on_duplicate_key"
 
-    def source(self, pair: Any) -> BinlogSource | TimestampSource:
+    def source(self, pair: Any) -> BinlogSource | TriggerSource | TimestampSource:
         made = engine(pair.source.url)
         if pair.capture == "timestamp":
             return TimestampSource(made, pair.name, pair.timestamp, pair.source_timezone)
+        if pair.capture == "trigger":
+            return TriggerSource(made, pair.name, pair.source_timezone)
         return BinlogSource(made, pair.name, pair.source_timezone)
 
     def target(self, url: str) -> MySQLTarget:
