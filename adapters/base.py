@@ -124,6 +124,9 @@ class KeyedReads:
     """Reflection and keyed, chunked reads over SQLAlchemy Core, for sources and targets alike."""
 
     engine: sa.Engine
+    #: SQL for reconciliation fingerprints in this dialect (see cdc/reconcile.py), or None: the
+    #: table is then read and fingerprinted in Python.
+    fingerprints: Any = None
 
     def reader(self, column: sa.Column) -> Callable[[Any], Any]:
         """How a driver value of ``column`` becomes the change model's value (Decimal, never float)."""
@@ -144,15 +147,37 @@ class KeyedReads:
             cache[table] = TableInfo(table, list(reflected.columns), key)
         return cache[table]
 
-    def snapshot(self, table: str, key: tuple[str, ...], after_key: tuple | None, limit: int) -> list[Row]:
-        """Up to ``limit`` rows after ``after_key`` in key order, each read in a short transaction."""
+    def snapshot(self, table: str, key: tuple[str, ...], after_key: tuple | None, limit: int,
+                 where: str | None = None) -> list[Row]:
+        """Up to ``limit`` rows after ``after_key`` in key order, each read in a short transaction;
+        ``where``: an SQL condition the rows must meet too (reconciliation's --where)."""
         info = self.describe(table)
         plain = sa.table(table, *[sa.column(c) for c in info.column_names])
         query = sa.select(*plain.c).order_by(*[plain.c[k] for k in key]).limit(limit)
         if after_key is not None:
             query = query.where(sa.tuple_(*[plain.c[k] for k in key]) > sa.tuple_(*[sa.literal(v) for v in after_key]))
+        if where:
+            query = query.where(sa.text(where))
         with self.reading() as conn:
             rows = conn.execute(query).all()
+        return self._converted(info, rows)
+
+    def rows_by_keys(self, table: str, key: tuple[str, ...], keys: list[tuple]) -> list[Row]:
+        """The rows with these key values (those that exist), read in parts of 500 keys."""
+        info = self.describe(table)
+        plain = sa.table(table, *[sa.column(c) for c in info.column_names])
+        found: list[Row] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                part = keys[start:start + 500]
+                if len(key) == 1:
+                    condition = plain.c[key[0]].in_([k[0] for k in part])
+                else:
+                    condition = sa.tuple_(*[plain.c[k] for k in key]).in_([tuple(k) for k in part])
+                found += self._converted(info, conn.execute(sa.select(*plain.c).where(condition)).all())
+        return found
+
+    def _converted(self, info: TableInfo, rows: list) -> list[Row]:
         names = info.column_names
         converting = [(name, read) for name, read in ((n, self.reader(c)) for n, c in zip(names, info.columns))
                       if read is not same]
@@ -383,7 +408,7 @@ class SqlTarget(KeyedReads):
                 self.write_audit(conn, _audit_rows(pair, done, reason, now))
                 state.write_dead_letters(conn, [_dead_letter(pair, item, error, now) for item, error in parked])
                 applied, parked_count = applied + len(done), parked_count + len(parked)
-            if seen or reason == "snapshot":
+            if (seen or reason == "snapshot") and reason != "repair":  # a repair moves no source position
                 state.write_checkpoint(conn, pair, position(), snapshot, applied if reason != "snapshot" else 0)
         return ApplyResult(applied, parked_count)
 

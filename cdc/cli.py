@@ -11,7 +11,7 @@ import click
 import orjson
 import sqlalchemy as sa
 
-from . import commands
+from . import commands, reports
 from .config import mask_url
 from .errors import CdcError, RowError
 
@@ -139,6 +139,45 @@ def status(config: str, pair: str | None, as_json: bool) -> None:
         click.echo(f"  pending     {pending}")
         click.echo(f"  applied     {row['changes_applied']} changes, last at {row['last_applied_at'] or '-'}")
         click.echo(f"  dead letters {row['dead_letters']}")
+
+
+@main.command()
+@CONFIG
+@click.option("--pair", "pair", metavar="NAME", help="The pair to compare (needed when the config has several).")
+@click.option("--table", metavar="TABLE", help="Only this table (source or target name).")
+@click.option("--where", metavar="SQL", help="Only rows meeting this SQL condition, on both sides (column names as "
+              "each table has them: for identity and renaming-free mappings).")
+@click.option("--format", "fmt", type=click.Choice(reports.FORMATS), default="text", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
+@click.option("--locale", type=click.Choice(["en", "nb"]), default="en", show_default=True,
+              help="nb: Norwegian headings and amounts as 1 234 567,89.")
+@click.option("--limit", type=click.IntRange(0), default=100, show_default=True,
+              help="List at most this many differing rows per table (the counts stay exact).")
+@click.option("--settle", type=click.FloatRange(0), default=3.0, show_default=True,
+              help="Seconds to re-read differing rows: a difference that disappears was a change in flight.")
+@click.option("--repair", is_flag=True, help="Make the target equal: upsert missing/differing rows, delete extra "
+              "ones, through the audited apply path (reason 'repair').")
+@click.option("--dry-run", is_flag=True, help="With --repair: print the plan, change nothing.")
+@_friendly
+def reconcile(config: str, pair: str | None, table: str | None, where: str | None, fmt: str, output: str | None,
+              locale: str, limit: int, settle: float, repair: bool, dry_run: bool) -> None:
+    """Compare source (as mapped) with target; exit 0 when equal, 1 when differences were found."""
+    if dry_run and not repair:
+        raise click.UsageError("--dry-run goes with --repair")
+    progress = (lambda text: click.echo(text, err=True)) if sys.stderr.isatty() else None
+    report = commands.reconcile(config, pair, table=table, where=where, limit=limit, settle=settle, repair=repair,
+                                dry_run=dry_run, progress=progress)
+    _emit(reports.reconcile_report(report, fmt, locale), output)
+    if not report.equal:
+        sys.exit(1)
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"report written to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
 
 
 @main.command()

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from . import registry, schema, state
 from .config import Pair, load_config
-from .errors import CdcError, StateError
+from .errors import CdcError, ConfigError, StateError
 from .pipeline import PairRunner, RunResult, open_pair, open_source
 
 #: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
@@ -217,3 +217,34 @@ def _pair_status(p: Pair) -> dict:
     finally:
         source.close()
         target.close()
+
+
+def _one_pair(config_path: str, pair: str | None) -> Pair:
+    config = load_config(config_path)
+    if pair is None:
+        if len(config.pairs) != 1:
+            raise ConfigError(f"{config_path} has {len(config.pairs)} pairs ({', '.join(config.pairs)}): "
+                             "name one with --pair")
+        return next(iter(config.pairs.values()))
+    return config.select(pair)[0]
+
+
+def reconcile(config_path: str, pair: str | None = None, *, table: str | None = None, where: str | None = None,
+              limit: int = 100, settle: float = 3.0, repair: bool = False, dry_run: bool = False,
+              progress=None) :
+    """Compare source (as mapped) and target; with ``repair`` make them equal (``dry_run``: only
+    plan it). The run is recorded in the target's cdc_reconcile_runs."""
+    from . import reconcile as reconcile_module
+
+    chosen = _one_pair(config_path, pair)
+    report = reconcile_module.reconcile(chosen, table=table, where=where, limit=limit, settle=settle,
+                                        progress=progress)
+    if repair and not report.equal:
+        plan = reconcile_module.repair_plan(chosen, report)
+        report.repair = {"dry_run": dry_run, "upserts": sum(op.op == "upsert" for op in plan),
+                         "deletes": sum(op.op == "delete" for op in plan),
+                         "plan": [f"{op.op} {op.table} ({', '.join(map(str, op.key))})" for op in plan[:limit]]}
+        if not dry_run:
+            report.repair["applied"] = reconcile_module.apply_repair(chosen, plan)
+    report.run_id = reconcile_module.record(chosen, report)
+    return report

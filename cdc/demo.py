@@ -158,11 +158,11 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print, target: str |
          f"transaction(s), "
          f"{second.parked} parked")
     pair = load_config(config).pairs["erp_to_ledger"]
-    diffs = reconcile.compare(pair)
-    equal = all(d.equal for d in diffs)
-    echo("7. Source (as mapped) vs ledger, row by row:")
-    for d in diffs:
-        verdict = "equal" if d.equal else f"{len(d.missing)} missing, {len(d.extra)} extra, {len(d.different)} differ"
+    report = reconcile.reconcile(pair, settle=0)
+    equal = report.equal
+    echo(f"7. cdc reconcile {config}: source (as mapped) vs ledger:")
+    for d in report.tables:
+        verdict = "equal" if d.equal else f"{d.missing} missing, {d.extra} extra, {d.different} differ"
         echo(f"   {d.source_table:>14} -> {d.target_table:<14} {d.target_rows:>4} rows  {verdict}")
     echo("")
     echo("Source and ledger are equal." if equal else "Source and ledger DIFFER (see above).")

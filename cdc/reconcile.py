@@ -1,90 +1,483 @@
-"""Compare source (as mapped) with target row by row.
+"""Reconciliation: does the target equal the source as mapped? Every difference, found fast; repair.
 
-This first version reads both sides whole, table by table, in key-ordered chunks and
-keeps the rows of one table in memory; checksums by key range and bisection (so large
-tables need not be read whole) come with `cdc reconcile`.
+**Fingerprints** are the same whether Python or the database computes them, so each side of a pair
+computes its own, in the database where it can:
+
+* each value of a target column becomes its *canonical text*, by the target column's type:
+  integers as digits; numerics with the column's scale (``12.50``); booleans ``1``/``0``;
+  timestamps as microseconds since 1970-01-01 UTC (a naive value counts as UTC); dates
+  ``YYYY-MM-DD``; bytes as lower-case hex; UUIDs lower-case; JSON sorted and compact; text as it is;
+* a row's text is ``len:text`` per column (``\\N`` for NULL), in target column order, joined by
+  ``|``; the key's text is the same over the key columns;
+* a row falls into bucket ``int(md5(key text)[:8], 16) % B`` and has the digest
+  ``int(md5(row text)[:15], 16)``.
+
+**Algorithm** per table: B buckets of about 256 rows; each side gives count and sum of digests
+per bucket in one pass (inside PostgreSQL or MySQL/MariaDB when every mapped column has an SQL
+form there — an identity or renaming mapping, no transforms or filters — else the rows are read in
+key order and fingerprinted in Python: SQLite, JSON/float columns, transforms). Buckets are a hash
+of the key, not key ranges, so nothing depends on two databases sorting text alike. Buckets that
+differ are read again as (key, digest); the keys that differ are read whole from both sides and
+compared column by column through the mapping. A difference is re-read for ``settle`` seconds:
+one that disappears was a change in flight (applied meanwhile), reported as settled, not as an error.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from decimal import Decimal
+from typing import Any, Callable
 
-from . import values
+import sqlalchemy as sa
+
+from . import state, values
 from ._transforms import TransformError
+from .changes import Change, dumps
 from .config import Pair
+from .errors import ConfigError, RowError, SchemaError
+from .mapping import MappedChange, TableMapping, TargetOp
 from .pipeline import open_pair
 
+logger = logging.getLogger(__name__)
 CHUNK = 10_000
+ROWS_PER_BUCKET = 256
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+# -- canonical text -------------------------------------------------------------------------------
+def canonical(value: Any, column: sa.Column) -> str | None:
+    """The canonical text of a value (already fitted to ``column``'s type, where it fits)."""
+    if value is None:
+        return None
+    kind = column.type
+    if isinstance(value, bool) or isinstance(kind, sa.Boolean):
+        return "1" if value else "0"
+    if isinstance(value, dt.datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        delta = aware - EPOCH
+        return str((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal) or (isinstance(kind, sa.Numeric) and not isinstance(kind, sa.Float)
+                                      and isinstance(value, int)):
+        number = Decimal(value)
+        scale = getattr(kind, "scale", None)
+        if scale is not None and isinstance(kind, sa.Numeric) and not isinstance(kind, (sa.Integer, sa.Float)):
+            number = number.quantize(Decimal(1).scaleb(-scale))
+        elif number == number.to_integral_value():
+            number = number.quantize(Decimal(1))
+        else:
+            number = number.normalize()
+        if number == 0:
+            number = abs(number)
+        return format(number, "f")
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (dict, list)) or isinstance(kind, sa.JSON):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return str(value)
+
+
+def _text(parts: list[str | None]) -> str:
+    return "|".join("\\N" if p is None else f"{len(p)}:{p}" for p in parts)
+
+
+def _bucket(key_text: str, buckets: int) -> int:
+    return int(hashlib.md5(key_text.encode()).hexdigest()[:8], 16) % buckets
+
+
+def _digest(row_text: str) -> int:
+    return int(hashlib.md5(row_text.encode()).hexdigest()[:15], 16)
+
+
+# -- reports ----------------------------------------------------------------------------------------
+@dataclass
+class RowDifference:
+    """One key that differs: ``missing`` in the target, ``extra`` there, or ``different`` columns."""
+
+    kind: str
+    key: tuple
+    columns: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # column -> (source as mapped, target)
 
 
 @dataclass
-class TableDiff:
-    """The differences of one mapped table: keys missing in or extra to the target, rows that differ."""
-
+class TableReport:
     source_table: str
     target_table: str
     source_rows: int = 0
     target_rows: int = 0
-    missing: list[tuple] = field(default_factory=list)
-    extra: list[tuple] = field(default_factory=list)
-    different: list[tuple[tuple, dict[str, tuple[Any, Any]]]] = field(default_factory=list)
+    missing: int = 0
+    extra: int = 0
+    different: int = 0
+    settled: int = 0
+    unmappable: int = 0
+    rows: list[RowDifference] = field(default_factory=list)
+    methods: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    totals: list[dict] = field(default_factory=list)
+    #: Every differing key: key text -> (source key, target key); for repair.
+    keys: dict[str, tuple[tuple | None, tuple | None]] = field(default_factory=dict, repr=False)
 
     @property
     def equal(self) -> bool:
-        return not (self.missing or self.extra or self.different)
+        return not (self.missing or self.extra or self.different or self.unmappable)
 
 
-def compare(pair: Pair) -> list[TableDiff]:
-    """Every mapped table of the pair compared row by row through the mapping."""
+@dataclass
+class ReconcileReport:
+    pair: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    tables: list[TableReport] = field(default_factory=list)
+    pending: Any = None
+    limit: int = 100
+    repair: dict | None = None
+    run_id: int | None = None
+
+    @property
+    def equal(self) -> bool:
+        return all(t.equal for t in self.tables)
+
+
+# -- one side of a table ----------------------------------------------------------------------------
+class _Side:
+    """Fingerprints of one side's table: the source as mapped, or the target."""
+
+    def __init__(self, reads: Any, table: str, key: tuple[str, ...], target_columns: dict[str, sa.Column],
+                 where: str | None, mapping: TableMapping | None = None):
+        self.reads, self.table, self.key, self.where, self.mapping = reads, table, key, where, mapping
+        self.target_columns = target_columns  # target name -> target column, in target order
+        self.unmappable = 0
+        self.sql = self._sql()
+
+    @property
+    def method(self) -> str:
+        return "in-database" if self.sql else "streamed"
+
+    def _names(self) -> dict[str, str] | None:
+        """Target column -> this side's column, when every value is the column as it is."""
+        if self.mapping is None:
+            return {name: name for name in self.target_columns}
+        specs = self.mapping.column_specs()
+        if self.mapping.spec.filters or any(source is None or transforms for _, source, transforms in specs):
+            return None
+        by_target = {target: source for target, source, _ in specs}
+        return {name: by_target[name] for name in self.target_columns}
+
+    def _sql(self) -> tuple[str, str] | None:
+        """(key text SQL, row text SQL), or None when Python must read the rows."""
+        prints, names = self.reads.fingerprints, self._names()
+        if prints is None or names is None:
+            return None
+        with self.reads.engine.connect() as conn:
+            if not prints.usable(conn):
+                return None
+        info = self.reads.describe(self.table)
+        mine = dict(zip(info.column_names, info.columns))
+        parts = {}
+        for target_name, column in self.target_columns.items():
+            expr = prints.canonical(names[target_name], mine[names[target_name]], column.type)
+            if expr is None:
+                return None
+            parts[target_name] = prints.part(expr)
+        key_targets = self.mapping.target_key if self.mapping else self.key
+        return (prints.join([parts[k] for k in key_targets]), prints.join(list(parts.values())))
+
+    def count(self) -> int:
+        query = sa.select(sa.func.count()).select_from(sa.table(self.table))
+        if self.where:
+            query = query.where(sa.text(self.where))
+        with self.reads.engine.connect() as conn:
+            try:
+                return conn.execute(query).scalar()
+            except sa.exc.DBAPIError as exc:
+                if not self.where:
+                    raise
+                raise ConfigError(f"--where {self.where!r} does not work on table {self.table}: "
+                                  f"{str(exc.orig).strip().splitlines()[0]}") from None
+
+    def _from(self) -> str:
+        quote = self.reads.engine.dialect.identifier_preparer.quote
+        return f"FROM {quote(self.table)}" + (f" WHERE ({self.where})" if self.where else "")
+
+    # Python: every row, mapped and fingerprinted.
+    def _scan(self, keep: Callable[[int], bool], buckets: int):
+        """(bucket, key text, digest, side key) of every row whose bucket ``keep`` accepts."""
+        after = None
+        while True:
+            rows = self.reads.snapshot(self.table, self.key, after, CHUNK, self.where)
+            for row in rows:
+                side_key = tuple(row[k] for k in self.key)
+                texts = self.texts(row)
+                if texts is None:
+                    continue
+                key_text, row_text = texts
+                bucket = _bucket(key_text, buckets)
+                if keep(bucket):
+                    yield bucket, key_text, _digest(row_text), side_key
+            if len(rows) < CHUNK:
+                return
+            after = tuple(rows[-1][k] for k in self.key)
+
+    def normalised(self, row: dict) -> dict | None:
+        """The row as the target would hold it (None: filtered out or cannot be mapped)."""
+        if self.mapping is not None:
+            try:
+                if not self.mapping.passes(row):
+                    return None
+                row = self.mapping.map_row(row, self.mapping.source_key_of(row))
+            except RowError:
+                self.unmappable += 1
+                return None
+        result = {}
+        for name, column in self.target_columns.items():
+            value = row.get(name)
+            try:
+                result[name] = values.fit(value, column)
+            except TransformError:
+                result[name] = value
+        return result
+
+    def texts(self, row: dict) -> tuple[str, str] | None:
+        mapped = self.normalised(row)
+        if mapped is None:
+            return None
+        canon = {name: canonical(mapped[name], column) for name, column in self.target_columns.items()}
+        key_targets = self.mapping.target_key if self.mapping else self.key
+        return _text([canon[k] for k in key_targets]), _text(list(canon.values()))
+
+    def buckets(self, buckets: int) -> tuple[dict[int, tuple[int, int]], int]:
+        """Per bucket (count, sum of digests); and the rows counted."""
+        result: dict[int, list[int]] = {}
+        if self.sql:
+            prints = self.reads.fingerprints
+            key_text, row_text = self.sql
+            query = (f"SELECT {prints.bucket(key_text, buckets)} AS b, count(*), "
+                     f"sum({prints.digest(row_text)}) {self._from()} GROUP BY 1")
+            with self.reads.engine.connect() as conn:
+                found = {int(b): (int(n), int(s)) for b, n, s in conn.exec_driver_sql(query)}
+            return found, sum(n for n, _ in found.values())
+        rows = 0
+        for bucket, _, digest, _ in self._scan(lambda b: True, buckets):
+            entry = result.setdefault(bucket, [0, 0])
+            entry[0] += 1
+            entry[1] += digest
+            rows += 1
+        return {b: (n, s) for b, (n, s) in result.items()}, rows
+
+    def digests(self, buckets: int, wanted: set[int]) -> dict[str, tuple[int, tuple]]:
+        """key text -> (digest, this side's key) for every row in the ``wanted`` buckets."""
+        if not wanted:
+            return {}
+        if self.sql:
+            prints = self.reads.fingerprints
+            key_text, row_text = self.sql
+            quote = self.reads.engine.dialect.identifier_preparer.quote
+            keys = ", ".join(quote(k) for k in self.key)
+            bucket = prints.bucket(key_text, buckets)
+            where = f"{bucket} IN ({', '.join(str(int(b)) for b in sorted(wanted))})"
+            query = (f"SELECT {key_text}, {prints.digest(row_text)}, {keys} {self._from()}"
+                     f"{' AND ' if self.where else ' WHERE '}{where}")
+            info = self.reads.describe(self.table)
+            readers = [self.reads.reader(info.columns[info.column_names.index(k)]) for k in self.key]
+            with self.reads.engine.connect() as conn:
+                return {text: (int(digest), tuple(r(v) for r, v in zip(readers, rest)))
+                        for text, digest, *rest in conn.exec_driver_sql(query)}
+        return {key_text: (digest, side_key) for _, key_text, digest, side_key in self._scan(wanted.__contains__,
+                                                                                              buckets)}
+
+    def rows(self, keys: list[tuple]) -> dict[tuple, dict]:
+        """Side key -> the row as the target would hold it, for the keys that exist."""
+        found = {}
+        for row in self.reads.rows_by_keys(self.table, self.key, keys):
+            found[tuple(row[k] for k in self.key)] = row
+        return found
+
+
+# -- the comparison ---------------------------------------------------------------------------------
+def reconcile(pair: Pair, *, table: str | None = None, where: str | None = None, limit: int = 100,
+              settle: float = 3.0, progress: Callable[[str], None] | None = None) -> ReconcileReport:
+    """Compare every mapped table of ``pair`` (or only ``table``, source or target name)."""
+    report = ReconcileReport(pair.name, state._store.now(), limit=limit)
     source, target, mappings = open_pair(pair)
     try:
-        return [_compare_table(source, target, mapping) for mapping in mappings.values()]
+        checkpoint = target.checkpoint(pair.name) if target.exists(state.checkpoints.name) else None
+        if checkpoint is not None:
+            try:
+                report.pending = source.pending(checkpoint.position)
+            except Exception as exc:  # the source may not say; the comparison still stands
+                logger.info("pair %s: pending changes unknown: %s", pair.name, exc)
+        chosen = [m for m in mappings.values() if table in (None, m.source, m.target)]
+        if table is not None and not chosen:
+            raise ConfigError(f"pair {pair.name} has no table {table!r} (tables: "
+                              f"{', '.join(m.source for m in mappings.values())})")
+        for mapping in chosen:
+            if progress:
+                progress(f"{mapping.source} -> {mapping.target}: comparing")
+            report.tables.append(_compare_table(source, target, mapping, where, limit, settle))
+    finally:
+        source.close()
+        target.close()
+    report.finished_at = state._store.now()
+    return report
+
+
+def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str | None, limit: int,
+                   settle: float) -> TableReport:
+    started = time.perf_counter()
+    result = TableReport(mapping.source, mapping.target)
+    info = target.describe(mapping.target)
+    by_name = dict(zip(info.column_names, info.columns))
+    missing_columns = [c for c in mapping.target_columns if c not in by_name]
+    if missing_columns:
+        raise SchemaError(f"target table {mapping.target} has no column {missing_columns[0]!r}")
+    columns = {c: by_name[c] for c in mapping.target_columns}
+    mine = _Side(source, mapping.source, mapping.source_key, columns, where, mapping)
+    theirs = _Side(target, mapping.target, mapping.target_key, columns, where)
+    result.methods = {"source": mine.method, "target": theirs.method}
+    buckets = max(1, min(1 << 16, max(mine.count(), theirs.count()) // ROWS_PER_BUCKET))
+    expected, result.source_rows = mine.buckets(buckets)
+    result.unmappable = mine.unmappable  # source rows the mapping refused (streamed reads only)
+    actual, result.target_rows = theirs.buckets(buckets)
+    differing = {b for b in expected.keys() | actual.keys() if expected.get(b) != actual.get(b)}
+    want, have = mine.digests(buckets, differing), theirs.digests(buckets, differing)
+    suspects = {text: (want.get(text, (None, None))[1], have.get(text, (None, None))[1])
+                for text in want.keys() | have.keys()
+                if text not in want or text not in have or want[text][0] != have[text][0]}
+    deadline = time.monotonic() + settle
+    differences = _row_differences(mine, theirs, suspects)
+    while differences and time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        again = _row_differences(mine, theirs, {t: suspects[t] for t in differences})
+        result.settled += len(differences) - len(again)
+        differences = again
+    for text, difference in sorted(differences.items(), key=lambda item: repr(item[1].key)):
+        setattr(result, difference.kind, getattr(result, difference.kind) + 1)
+        result.keys[text] = suspects[text]
+        if len(result.rows) < limit:
+            result.rows.append(difference)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _row_differences(mine: _Side, theirs: _Side, suspects: dict[str, tuple]) -> dict[str, RowDifference]:
+    """Read the suspect keys on both sides now: the ones that really differ, by key text."""
+    source_rows = mine.rows([s for s, _ in suspects.values() if s is not None])
+    target_rows = theirs.rows([t for _, t in suspects.values() if t is not None])
+    found = {}
+    for text, (source_key, target_key) in suspects.items():
+        want = mine.normalised(source_rows[source_key]) if source_key in source_rows else None
+        have = theirs.normalised(target_rows[target_key]) if target_key in target_rows else None
+        if want is None and have is None:
+            continue
+        shown_key = tuple((want if want is not None else have)[k] for k in theirs.key)
+        if have is None:
+            found[text] = RowDifference("missing", shown_key)
+        elif want is None:
+            found[text] = RowDifference("extra", shown_key)
+        else:
+            columns = {name: (want[name], have[name]) for name, column in mine.target_columns.items()
+                       if canonical(want[name], column) != canonical(have[name], column)}
+            if columns:
+                found[text] = RowDifference("different", shown_key, columns)
+    return found
+
+
+# -- repair -----------------------------------------------------------------------------------------
+def repair_plan(pair: Pair, report: ReconcileReport) -> list[TargetOp]:
+    """The target operations that make each table equal: upsert missing/differing rows as the
+    source has them now, delete extra rows."""
+    source, target, mappings = open_pair(pair)
+    try:
+        return _plan(source, target, mappings, report)
     finally:
         source.close()
         target.close()
 
 
-def _rows(reader: Any, table: str, key: tuple[str, ...]):
-    after = None
-    while True:
-        rows = reader.snapshot(table, key, after, CHUNK)
-        yield from rows
-        if len(rows) < CHUNK:
-            return
-        after = tuple(rows[-1][k] for k in key)
+def _plan(source: Any, target: Any, mappings: dict[str, TableMapping], report: ReconcileReport) -> list[TargetOp]:
+    plan: list[TargetOp] = []
+    for table in report.tables:
+        mapping = mappings[table.source_table]
+        columns = {c: target.describe(mapping.target).columns[target.describe(mapping.target).column_names.index(c)]
+                   for c in mapping.target_columns}
+        side = _Side(source, mapping.source, mapping.source_key, columns, None, mapping)
+        present = side.rows([s for s, _ in table.keys.values() if s is not None])
+        now = state._store.now()
+        for source_key, target_key in table.keys.values():
+            row = present.get(source_key) if source_key is not None else None
+            mapped = side.normalised(row) if row is not None else None
+            if mapped is not None:
+                key = tuple(mapped[k] for k in mapping.target_key)
+                change = Change("update" if target_key is not None else "insert", mapping.source, source_key,
+                                None, row, now, None, "repair")
+                plan.append(TargetOp("upsert", mapping.target, mapping.target_key, key, mapped, change))
+            elif target_key is not None:
+                change = Change("delete", mapping.source, source_key or target_key, None, None, now, None, "repair")
+                plan.append(TargetOp("delete", mapping.target, mapping.target_key, target_key, None, change))
+    return plan
 
 
-def _normalise(row: dict, columns: dict) -> dict:
-    result = {}
-    for name, value in row.items():
-        try:
-            result[name] = values.fit(value, columns[name]) if name in columns else value
-        except TransformError:
-            result[name] = value
-    return result
+def apply_repair(pair: Pair, plan: list[TargetOp]) -> int:
+    """Apply the plan through the normal apply path (audited with reason ``repair``); the pair's
+    checkpoint is not touched. Returns the operations applied."""
+    if not plan:
+        return 0
+    source, target, mappings = open_pair(pair)
+    try:
+        by_target = {m.target: m for m in mappings.values()}
+        mapped = [MappedChange(op.change, by_target[op.table], [op]) for op in plan]
+        target.prepare_tables(by_target)
+        result = target.apply(pair.name, mapped, position=None, snapshot=None, on_error=pair.on_error,
+                              reason="repair")
+        return result.applied
+    finally:
+        source.close()
+        target.close()
 
 
-def _compare_table(source: Any, target: Any, mapping: Any) -> TableDiff:
-    diff = TableDiff(mapping.source, mapping.target)
-    info = target.describe(mapping.target)
-    columns = dict(zip(info.column_names, info.columns))
-    expected = {}
-    for row in _rows(source, mapping.source, mapping.source_key):
-        diff.source_rows += 1
-        if mapping.passes(row):
-            mapped = _normalise(mapping.map_row(row, mapping.source_key_of(row)), columns)
-            expected[tuple(mapped[k] for k in mapping.target_key)] = mapped
-    for row in _rows(target, mapping.target, mapping.target_key):
-        diff.target_rows += 1
-        actual = _normalise(row, columns)
-        key = tuple(actual[k] for k in mapping.target_key)
-        want = expected.pop(key, None)
-        if want is None:
-            diff.extra.append(key)
-            continue
-        changed = {c: (want[c], actual.get(c)) for c in want if want[c] != actual.get(c)}
-        if changed:
-            diff.different.append((key, changed))
-    diff.missing = sorted(expected, key=repr)
-    return diff
+def record(pair: Pair, report: ReconcileReport) -> int | None:
+    """Store the run in the target's ``cdc_reconcile_runs``; its id (None before `cdc init`)."""
+    from .registry import adapter_for
+
+    target = adapter_for(pair.target.url).target(pair.target.url)
+    try:
+        with target.engine.begin() as conn:
+            state.ensure_current(conn)
+            return state.write_reconcile_run(conn, {
+                "pair": pair.name, "started_at": report.started_at, "finished_at": report.finished_at,
+                "equal": report.equal, "tables": len(report.tables),
+                "missing": sum(t.missing for t in report.tables), "extra": sum(t.extra for t in report.tables),
+                "different": sum(t.different for t in report.tables),
+                "repaired": None if report.repair is None else report.repair.get("applied"),
+                "report": dumps(as_dict(report))})
+    finally:
+        target.close()
+
+
+def as_dict(report: ReconcileReport) -> dict:
+    """The report as plain JSON-able data (values as the change model encodes them)."""
+    return {
+        "pair": report.pair, "equal": report.equal, "started_at": report.started_at.isoformat(),
+        "finished_at": report.finished_at.isoformat() if report.finished_at else None,
+        "pending": report.pending, "limit": report.limit, "repair": report.repair, "run_id": report.run_id,
+        "tables": [{
+            "source_table": t.source_table, "target_table": t.target_table, "equal": t.equal,
+            "source_rows": t.source_rows, "target_rows": t.target_rows, "missing": t.missing, "extra": t.extra,
+            "different": t.different, "settled": t.settled, "unmappable": t.unmappable, "methods": t.methods,
+            "seconds": round(t.seconds, 3), "totals": t.totals,
+            "rows": [{"kind": r.kind, "key": list(r.key),
+                      "columns": {c: {"source": s, "target": v} for c, (s, v) in r.columns.items()}}
+                     for r in t.rows],
+        } for t in report.tables],
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .fingerprint import MySQLFingerprints
 from .source import BinlogSource, TimestampSource
 from .sql import engine
 from .target import MySQLTarget
@@ -22,13 +23,18 @@ class MySQLAdapter:
     def source(self, pair: Any) -> BinlogSource | TriggerSource | TimestampSource:
         made = engine(pair.source.url)
         if pair.capture == "timestamp":
-            return TimestampSource(made, pair.name, pair.timestamp, pair.source_timezone)
-        if pair.capture == "trigger":
-            return TriggerSource(made, pair.name, pair.source_timezone)
-        return BinlogSource(made, pair.name, pair.source_timezone)
+            source = TimestampSource(made, pair.name, pair.timestamp, pair.source_timezone)
+        elif pair.capture == "trigger":
+            source = TriggerSource(made, pair.name, pair.source_timezone)
+        else:
+            source = BinlogSource(made, pair.name, pair.source_timezone)
+        source.fingerprints = MySQLFingerprints(pair.source_timezone)
+        return source
 
     def target(self, url: str) -> MySQLTarget:
-        return MySQLTarget(engine(url))
+        made = MySQLTarget(engine(url))
+        made.fingerprints = MySQLFingerprints()
+        return made
 
 
 adapter = MySQLAdapter()

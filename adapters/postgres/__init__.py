@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .fingerprint import PostgresFingerprints
 from .source import LogicalSource, TimestampSource
 from .target import PostgresTarget
 from .trigger import TriggerSource
@@ -23,13 +24,18 @@ class PostgresAdapter:
     def source(self, pair: Any) -> LogicalSource | TriggerSource | TimestampSource:
         engine = sa.create_engine(pair.source.url, pool_pre_ping=True)
         if pair.capture == "timestamp":
-            return TimestampSource(engine, pair.name, pair.timestamp)
-        if pair.capture == "trigger":
-            return TriggerSource(engine, pair.name)
-        return LogicalSource(engine, pair.name)
+            made = TimestampSource(engine, pair.name, pair.timestamp)
+        elif pair.capture == "trigger":
+            made = TriggerSource(engine, pair.name)
+        else:
+            made = LogicalSource(engine, pair.name)
+        made.fingerprints = PostgresFingerprints()
+        return made
 
     def target(self, url: str) -> PostgresTarget:
-        return PostgresTarget(sa.create_engine(url, pool_pre_ping=True))
+        made = PostgresTarget(sa.create_engine(url, pool_pre_ping=True))
+        made.fingerprints = PostgresFingerprints()
+        return made
 
 
 adapter = PostgresAdapter()

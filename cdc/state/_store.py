@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..changes import dumps, loads
-from ._tables import audit_log, checkpoints, dead_letters
+from ._tables import audit_log, checkpoints, dead_letters, reconcile_runs
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,8 @@ def write_dead_letters(conn: sa.Connection, rows: list[dict]) -> None:
     """Park rows the target rejected, in the same transaction as the batch and checkpoint."""
     if rows:
         conn.execute(dead_letters.insert(), rows)
+
+
+def write_reconcile_run(conn: sa.Connection, row: dict) -> int:
+    """Record one reconciliation (its counts and its report as JSON); the new row's id."""
+    return conn.execute(reconcile_runs.insert().values(**row)).inserted_primary_key[0]

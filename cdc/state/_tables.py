@@ -70,3 +70,18 @@ leases = sa.Table(
     sa.Column("owner", sa.String(200), nullable=False),
     sa.Column("expires_at", Stamp, nullable=False),
 )
+
+reconcile_runs = sa.Table(
+    "cdc_reconcile_runs", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("pair", sa.String(200), nullable=False),
+    sa.Column("started_at", Stamp, nullable=False),
+    sa.Column("finished_at", Stamp),
+    sa.Column("equal", sa.Boolean, nullable=False),
+    sa.Column("tables", sa.Integer, nullable=False),
+    sa.Column("missing", sa.BigInteger, nullable=False),
+    sa.Column("extra", sa.BigInteger, nullable=False),
+    sa.Column("different", sa.BigInteger, nullable=False),
+    sa.Column("repaired", sa.BigInteger),
+    sa.Column("report", sa.Text, nullable=False),
+)

@@ -1,0 +1,62 @@
+"""Reconciliation fingerprints computed inside MySQL/MariaDB (see cdc/reconcile.py for the format)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from .sql import quote
+from .types import is_timestamp
+
+
+class MySQLFingerprints:
+    """SQL giving each value's canonical text, and the MD5-based bucket and digest of a row.
+
+    ``source_zone``: DATETIME values are wall-clock time in it; only UTC is computed in the
+    database (CONVERT_TZ needs the server's zone tables), another zone is compared streamed.
+    """
+
+    def __init__(self, source_zone: str = "UTC"):
+        self.source_zone = source_zone
+
+    def canonical(self, name: str, column: sa.Column, as_type: sa.types.TypeEngine) -> str | None:
+        c, kind = quote(name), column.type
+        if isinstance(as_type, sa.Boolean):
+            if isinstance(kind, (sa.Integer, sa.Boolean)):
+                return f"CASE WHEN {c} IS NULL THEN NULL WHEN {c} <> 0 THEN '1' ELSE '0' END"
+            return None
+        if isinstance(as_type, sa.Integer):
+            return f"CAST({c} AS CHAR)" if isinstance(kind, sa.Integer) and not isinstance(kind, mysql.BIT) else None
+        if isinstance(as_type, sa.Numeric) and not isinstance(as_type, sa.Float):
+            if as_type.scale is None or isinstance(kind, sa.Float) or not isinstance(kind, (sa.Numeric, sa.Integer)):
+                return None
+            return f"CAST(CAST({c} AS DECIMAL(65, {int(as_type.scale)})) AS CHAR)"
+        if isinstance(as_type, sa.DateTime):
+            if not isinstance(kind, sa.DateTime) or (not is_timestamp(column) and self.source_zone != "UTC"):
+                return None
+            return f"CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {c}) AS CHAR)"
+        if isinstance(as_type, sa.Date):
+            return f"CAST({c} AS CHAR)" if isinstance(kind, sa.Date) else None
+        if isinstance(as_type, sa.LargeBinary):
+            return f"LOWER(HEX({c}))" if isinstance(kind, (sa.LargeBinary, sa.BINARY, sa.VARBINARY)) else None
+        if isinstance(as_type, sa.Uuid):
+            return f"LOWER(CONVERT({c} USING utf8mb4))" if isinstance(kind, sa.String) else None
+        if isinstance(as_type, sa.String) and not isinstance(as_type, (mysql.SET,)):
+            if isinstance(kind, sa.String) and not isinstance(kind, (mysql.SET, sa.JSON)):
+                return f"CONVERT({c} USING utf8mb4)"
+        return None
+
+    def part(self, text: str) -> str:
+        return f"COALESCE(CONCAT(CHAR_LENGTH({text}), ':', {text}), '\\\\N')"
+
+    def join(self, parts: list[str]) -> str:
+        return "CONCAT_WS('|', " + ", ".join(parts) + ")" if len(parts) > 1 else parts[0]
+
+    def bucket(self, key_text: str, buckets: int) -> str:
+        return f"MOD(CAST(CONV(SUBSTRING(MD5({key_text}), 1, 8), 16, 10) AS UNSIGNED), {int(buckets)})"
+
+    def digest(self, row_text: str) -> str:
+        return f"CAST(CONV(SUBSTRING(MD5({row_text}), 1, 15), 16, 10) AS UNSIGNED)"
+
+    def usable(self, conn: sa.Connection) -> bool:
+        return True  # every session runs with NAMES utf8mb4: MD5 hashes UTF-8 bytes

@@ -1,0 +1,60 @@
+"""Reconciliation fingerprints computed inside PostgreSQL (see cdc/reconcile.py for the format)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from .sql import quote
+
+
+class PostgresFingerprints:
+    """SQL giving each value's canonical text, and the md5-based bucket and digest of a row."""
+
+    def canonical(self, name: str, column: sa.Column, as_type: sa.types.TypeEngine) -> str | None:
+        """SQL for the canonical text of ``column`` as a value of ``as_type`` (the target column's
+        type), or None when only Python can say it (then the table is compared streamed)."""
+        c, kind = quote(name), column.type
+        if isinstance(as_type, sa.Boolean):
+            if isinstance(kind, sa.Boolean):
+                return f"CASE WHEN {c} IS NULL THEN NULL WHEN {c} THEN '1' ELSE '0' END"
+            if isinstance(kind, sa.Integer):
+                return f"CASE WHEN {c} IS NULL THEN NULL WHEN {c} <> 0 THEN '1' ELSE '0' END"
+            return None
+        if isinstance(as_type, sa.Integer):
+            return f"{c}::text" if isinstance(kind, sa.Integer) and not isinstance(kind, sa.Boolean) else None
+        if isinstance(as_type, sa.Numeric) and not isinstance(as_type, sa.Float):
+            if as_type.scale is None or isinstance(kind, sa.Float) or not isinstance(kind, (sa.Numeric, sa.Integer)):
+                return None
+            return f"round({c}::numeric, {int(as_type.scale)})::text"
+        if isinstance(as_type, sa.DateTime):
+            if not isinstance(kind, sa.DateTime):
+                return None
+            return f"(extract(epoch FROM {c}) * 1000000)::numeric(30, 0)::text"
+        if isinstance(as_type, sa.Date):
+            return f"to_char({c}, 'YYYY-MM-DD')" if isinstance(kind, sa.Date) else None
+        if isinstance(as_type, sa.LargeBinary):
+            return f"encode({c}, 'hex')" if isinstance(kind, sa.LargeBinary) else None
+        if isinstance(as_type, sa.Uuid):
+            return f"{c}::text" if isinstance(kind, (sa.Uuid, sa.String)) and not isinstance(kind, sa.CHAR) else None
+        if isinstance(as_type, sa.String) and not isinstance(as_type, (sa.CHAR, sa.Enum)):
+            # bpchar (CHAR(n)) would lose its padding in ::text; enums and others: compared streamed.
+            if isinstance(kind, (sa.Text, sa.String)) and not isinstance(kind, (sa.CHAR, sa.Enum, postgresql.ENUM)):
+                return f"{c}::text"
+        return None
+
+    def part(self, text: str) -> str:
+        return f"coalesce(length({text})::text || ':' || {text}, '\\N')"
+
+    def join(self, parts: list[str]) -> str:
+        return "concat_ws('|', " + ", ".join(parts) + ")" if len(parts) > 1 else parts[0]
+
+    def bucket(self, key_text: str, buckets: int) -> str:
+        return f"mod(('x' || substr(md5({key_text}), 1, 8))::bit(32)::bigint, {int(buckets)})"
+
+    def digest(self, row_text: str) -> str:
+        return f"(('x' || substr(md5({row_text}), 1, 15))::bit(60)::bigint)"
+
+    def usable(self, conn: sa.Connection) -> bool:
+        """md5 hashes the database's bytes: the same as Python's only in a UTF8 database."""
+        return conn.exec_driver_sql("SHOW server_encoding").scalar().upper() in ("UTF8", "UTF-8")

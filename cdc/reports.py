@@ -1,0 +1,225 @@
+"""Reconciliation and audit reports as text, JSON, CSV and one self-contained HTML file each."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import html
+import io
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from .changes import dumps
+from .reconcile import ReconcileReport, as_dict
+
+FORMATS = ("text", "json", "csv", "html")
+
+
+def number(value: Any, locale: str = "en") -> str:
+    """A number for people: ``1 234 567,89`` in Norwegian (``nb``), ``1,234,567.89`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal, float)):
+        return str(value)
+    text = f"{value:,}" if not isinstance(value, Decimal) else f"{value:,f}"
+    if locale == "nb":
+        return text.replace(",", "\u00a0").replace(".", ",")
+    return text
+
+
+def shown(value: Any, locale: str = "en") -> str:
+    """A value as a report shows it: numbers localised, instants in UTC ISO form, NULL as NULL."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, (Decimal, int, float)) and not isinstance(value, bool):
+        return number(value, locale)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc)
+        return value.isoformat(sep=" ") + ("" if value.tzinfo is None else "")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "0x" + bytes(value).hex()
+    return str(value)
+
+
+def _key(key: tuple) -> str:
+    return ", ".join(shown(k) for k in key)
+
+
+# -- reconcile ----------------------------------------------------------------------------------
+def reconcile_report(report: ReconcileReport, fmt: str, locale: str = "en") -> str:
+    if fmt == "json":
+        return orjson.dumps(orjson.loads(dumps(as_dict(report))), option=orjson.OPT_INDENT_2).decode() + "\n"
+    if fmt == "csv":
+        return _reconcile_csv(report)
+    if fmt == "html":
+        return _reconcile_html(report, locale)
+    return _reconcile_text(report, locale)
+
+
+def _verdict(t: Any, locale: str) -> str:
+    if t.equal:
+        return "equal"
+    parts = [f"{number(n, locale)} {what}" for n, what in ((t.missing, "missing in target"), (t.extra, "extra in target"),
+                                                           (t.different, "differ"), (t.unmappable, "cannot be mapped"))
+             if n]
+    return ", ".join(parts)
+
+
+def _reconcile_text(report: ReconcileReport, locale: str) -> str:
+    out = [f"pair {report.pair}: {'EQUAL' if report.equal else 'DIFFERENCES FOUND'} "
+           f"({report.started_at:%Y-%m-%d %H:%M:%S} UTC)"]
+    if report.pending not in (None, 0):
+        out.append(f"  the pair has changes not yet applied ({report.pending}): differences they explain settle")
+    for t in report.tables:
+        out.append(f"  {t.source_table} -> {t.target_table}: {number(t.source_rows, locale)} source rows, "
+                   f"{number(t.target_rows, locale)} target rows, {_verdict(t, locale)}"
+                   f"{f', {t.settled} settled while comparing' if t.settled else ''} "
+                   f"[{t.seconds:.2f}s; source {t.methods.get('source')}, target {t.methods.get('target')}]")
+        for row in t.rows:
+            if row.kind == "different":
+                cols = "; ".join(f"{c}: {shown(s, locale)} -> target {shown(v, locale)}"
+                                 for c, (s, v) in row.columns.items())
+                out.append(f"    differs  ({_key(row.key)})  {cols}")
+            else:
+                out.append(f"    {'missing' if row.kind == 'missing' else 'extra  '}  ({_key(row.key)})")
+        hidden = t.missing + t.extra + t.different - len(t.rows)
+        if hidden > 0:
+            out.append(f"    ... and {number(hidden, locale)} more (raise --limit to list them)")
+        for total in t.totals:
+            if not total["equal"]:
+                out.append(f"    control total differs: account {total['account']} period {total['period']}: "
+                           f"source {number(total['source_count'], locale)} rows / "
+                           f"{number(total['source_sum'], locale)}, target {number(total['target_count'], locale)} "
+                           f"rows / {number(total['target_sum'], locale)}")
+    if report.repair is not None:
+        verb = "would apply" if report.repair.get("dry_run") else "applied"
+        out.append(f"repair {verb} {report.repair['upserts']} upsert(s) and {report.repair['deletes']} delete(s)")
+        for line in report.repair.get("plan", []):
+            out.append(f"    {line}")
+    return "\n".join(out) + "\n"
+
+
+def _reconcile_csv(report: ReconcileReport) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["pair", "source_table", "target_table", "kind", "key", "column", "source_value", "target_value"])
+    for t in report.tables:
+        for row in t.rows:
+            if row.kind == "different":
+                for column, (s, v) in row.columns.items():
+                    writer.writerow([report.pair, t.source_table, t.target_table, row.kind, _key(row.key), column,
+                                     shown(s), shown(v)])
+            else:
+                writer.writerow([report.pair, t.source_table, t.target_table, row.kind, _key(row.key), "", "", ""])
+    return buffer.getvalue()
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2em;color:#1b1f24;max-width:80em}
+h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:2em}
+.meta{color:#57606a;margin-bottom:1.5em}
+.verdict{display:inline-block;padding:.3em .8em;border-radius:.3em;font-weight:600}
+.ok{background:#dafbe1;color:#116329} .bad{background:#ffebe9;color:#a40e26}
+table{border-collapse:collapse;margin:.8em 0;width:100%}
+th,td{border:1px solid #d0d7de;padding:.35em .6em;text-align:left;vertical-align:top}
+th{background:#f6f8fa;cursor:pointer;user-select:none} th:after{content:' \\2195';color:#8c959f}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.missing td{background:#fff8c5} tr.extra td{background:#ddf4ff} mark{background:#ffd8b5;padding:0 .15em}
+"""
+SORT = """
+document.querySelectorAll('table.sortable').forEach(function(table){
+  table.querySelectorAll('th').forEach(function(th, i){
+    th.addEventListener('click', function(){
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      var asc = th.getAttribute('data-dir') !== 'asc';
+      rows.sort(function(a, b){
+        var x = a.cells[i].getAttribute('data-v') || a.cells[i].textContent;
+        var y = b.cells[i].getAttribute('data-v') || b.cells[i].textContent;
+        var nx = parseFloat(x), ny = parseFloat(y);
+        var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y, 'nb');
+        return asc ? c : -c;
+      });
+      rows.forEach(function(r){ body.appendChild(r); });
+      th.setAttribute('data-dir', asc ? 'asc' : 'desc');
+    });
+  });
+});
+"""
+
+
+def _cell(value: Any, locale: str, mark: bool = False) -> str:
+    text = html.escape(shown(value, locale))
+    numeric = isinstance(value, (int, Decimal, float)) and not isinstance(value, bool)
+    attrs = f' class="num" data-v="{value}"' if numeric else ""
+    return f"<td{attrs}>{f'<mark>{text}</mark>' if mark else text}</td>"
+
+
+def _page(title: str, meta: str, body: list[str], locale: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="{"nb" if locale == "nb" else "en"}"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><div class=\"meta\">{meta}</div>{''.join(body)}"
+            f"<script>{SORT}</script></body></html>\n")
+
+
+def _reconcile_html(report: ReconcileReport, locale: str) -> str:
+    nb = locale == "nb"
+    words = {"equal": "Like" if nb else "Equal", "differ": "Avvik funnet" if nb else "Differences found"}
+    body = [f'<p><span class="verdict {"ok" if report.equal else "bad"}">'
+            f'{words["equal"] if report.equal else words["differ"]}</span></p>']
+    heads = (["Kildetabell", "Måltabell", "Rader i kilde", "Rader i mål", "Mangler i mål", "Ekstra i mål", "Ulike",
+              "Sekunder"] if nb else
+             ["Source table", "Target table", "Source rows", "Target rows", "Missing in target", "Extra in target",
+              "Differing", "Seconds"])
+    body.append('<h2>' + ("Sammendrag" if nb else "Summary") + '</h2><table class="sortable"><thead><tr>'
+                + "".join(f"<th>{h}</th>" for h in heads) + "</tr></thead><tbody>")
+    for t in report.tables:
+        body.append(f"<tr><td>{html.escape(t.source_table)}</td><td>{html.escape(t.target_table)}</td>"
+                    + "".join(_cell(v, locale) for v in (t.source_rows, t.target_rows, t.missing, t.extra,
+                                                         t.different))
+                    + _cell(Decimal(f"{t.seconds:.2f}"), locale) + "</tr>")
+    body.append("</tbody></table>")
+    for t in report.tables:
+        if not t.rows and not t.totals:
+            continue
+        body.append(f"<h2>{html.escape(t.source_table)} &rarr; {html.escape(t.target_table)}</h2>")
+        if t.rows:
+            body.append('<table class="sortable"><thead><tr>' + "".join(
+                f"<th>{h}</th>" for h in (["Avvik", "Nøkkel", "Kolonne", "Kilde", "Mål"] if nb else
+                                          ["Difference", "Key", "Column", "Source", "Target"]))
+                + "</tr></thead><tbody>")
+            kinds = ({"missing": "mangler i mål", "extra": "ekstra i mål", "different": "ulik"} if nb else
+                     {"missing": "missing in target", "extra": "extra in target", "different": "differs"})
+            for row in t.rows:
+                key = html.escape(_key(row.key))
+                if row.kind == "different":
+                    for column, (s, v) in row.columns.items():
+                        body.append(f'<tr class="different"><td>{kinds[row.kind]}</td><td>{key}</td>'
+                                    f"<td>{html.escape(column)}</td>{_cell(s, locale, True)}{_cell(v, locale, True)}"
+                                    "</tr>")
+                else:
+                    body.append(f'<tr class="{row.kind}"><td>{kinds[row.kind]}</td><td>{key}</td><td></td>'
+                                "<td></td><td></td></tr>")
+            body.append("</tbody></table>")
+            hidden = t.missing + t.extra + t.different - len(t.rows)
+            if hidden > 0:
+                body.append(f"<p>… {number(hidden, locale)} {'flere' if nb else 'more'}</p>")
+        if t.totals:
+            body.append("<h3>" + ("Saldobalanse (kontrollsummer)" if nb else "Control totals (trial balance)")
+                        + '</h3><table class="sortable"><thead><tr>' + "".join(
+                            f"<th>{h}</th>" for h in (["Konto", "Periode", "Antall kilde", "Sum kilde", "Antall mål",
+                                                       "Sum mål"] if nb else
+                                                      ["Account", "Period", "Source count", "Source sum",
+                                                       "Target count", "Target sum"]))
+                        + "</tr></thead><tbody>")
+            for total in t.totals:
+                bad = not total["equal"]
+                body.append(f'<tr class="{"different" if bad else ""}"><td>{html.escape(str(total["account"]))}</td>'
+                            f"<td>{html.escape(str(total['period']))}</td>"
+                            + "".join(_cell(total[k], locale, bad) for k in ("source_count", "source_sum",
+                                                                               "target_count", "target_sum"))
+                            + "</tr>")
+            body.append("</tbody></table>")
+    meta = (f"{'Par' if nb else 'Pair'} <b>{html.escape(report.pair)}</b> · "
+            f"{report.started_at:%Y-%m-%d %H:%M:%S} UTC")
+    return _page(("Avstemming" if nb else "Reconciliation") + f": {report.pair}", meta, body, locale)
