@@ -85,6 +85,8 @@ def canonical(value: Any, column: sa.Column) -> str | None:
         return str(value)
     if isinstance(value, (dict, list)) or isinstance(kind, sa.JSON):
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    if isinstance(kind, sa.CHAR) and isinstance(value, str):
+        return value.rstrip(" ")  # fixed width: the padding is not data
     return str(value)
 
 
@@ -158,11 +160,12 @@ class _Side:
         self.reads, self.table, self.key, self.where, self.mapping = reads, table, key, where, mapping
         self.target_columns = target_columns  # target name -> target column, in target order
         self.unmappable = 0
+        self.why = ""
         self.sql = self._sql()
 
     @property
     def method(self) -> str:
-        return "in-database" if self.sql else "streamed"
+        return "in-database" if self.sql else f"streamed ({self.why})"
 
     def _names(self) -> dict[str, str] | None:
         """Target column -> this side's column, when every value is the column as it is."""
@@ -177,10 +180,15 @@ class _Side:
     def _sql(self) -> tuple[str, str] | None:
         """(key text SQL, row text SQL), or None when Python must read the rows."""
         prints, names = self.reads.fingerprints, self._names()
-        if prints is None or names is None:
+        if prints is None:
+            self.why = f"no SQL fingerprints for {self.reads.engine.dialect.name}"
+            return None
+        if names is None:
+            self.why = "the mapping transforms or filters rows"
             return None
         with self.reads.engine.connect() as conn:
             if not prints.usable(conn):
+                self.why = "the database encoding is not UTF-8"
                 return None
         info = self.reads.describe(self.table)
         mine = dict(zip(info.column_names, info.columns))
@@ -188,6 +196,7 @@ class _Side:
         for target_name, column in self.target_columns.items():
             expr = prints.canonical(names[target_name], mine[names[target_name]], column.type)
             if expr is None:
+                self.why = f"column {names[target_name]} has no SQL form for {column.type}"
                 return None
             parts[target_name] = prints.part(expr)
         key_targets = self.mapping.target_key if self.mapping else self.key
@@ -361,13 +370,19 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
         again = _row_differences(mine, theirs, {t: suspects[t] for t in differences})
         result.settled += len(differences) - len(again)
         differences = again
-    for text, difference in sorted(differences.items(), key=lambda item: repr(item[1].key)):
+    for text, difference in sorted(differences.items(), key=lambda item: _sortable(item[1].key)):
         setattr(result, difference.kind, getattr(result, difference.kind) + 1)
         result.keys[text] = suspects[text]
         if len(result.rows) < limit:
             result.rows.append(difference)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _sortable(key: tuple) -> tuple:
+    """Keys in a stable order for the report: numbers by value, everything else by its text."""
+    return tuple((0, v, "") if isinstance(v, (int, Decimal)) and not isinstance(v, bool) else (1, 0, str(v))
+                 for v in key)
 
 
 def _row_differences(mine: _Side, theirs: _Side, suspects: dict[str, tuple]) -> dict[str, RowDifference]:

@@ -43,7 +43,8 @@ def shown(value: Any, locale: str = "en") -> str:
 
 
 def _key(key: tuple) -> str:
-    return ", ".join(shown(k) for k in key)
+    """A key as people write it: numbers without thousands separators."""
+    return ", ".join(str(k) if isinstance(k, (int, Decimal)) and not isinstance(k, bool) else shown(k) for k in key)
 
 
 # -- reconcile ----------------------------------------------------------------------------------

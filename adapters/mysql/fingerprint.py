@@ -41,6 +41,10 @@ class MySQLFingerprints:
             return f"LOWER(HEX({c}))" if isinstance(kind, (sa.LargeBinary, sa.BINARY, sa.VARBINARY)) else None
         if isinstance(as_type, sa.Uuid):
             return f"LOWER(CONVERT({c} USING utf8mb4))" if isinstance(kind, sa.String) else None
+        if isinstance(as_type, sa.CHAR):  # fixed width: compared without the padding (MySQL strips it anyway)
+            if isinstance(kind, sa.String) and not isinstance(kind, (mysql.SET, mysql.ENUM)):
+                return f"TRIM(TRAILING ' ' FROM CONVERT({c} USING utf8mb4))"
+            return None
         if isinstance(as_type, sa.String) and not isinstance(as_type, (mysql.SET,)):
             if isinstance(kind, sa.String) and not isinstance(kind, (mysql.SET, sa.JSON)):
                 return f"CONVERT({c} USING utf8mb4)"

@@ -37,9 +37,12 @@ class PostgresFingerprints:
             return f"encode({c}, 'hex')" if isinstance(kind, sa.LargeBinary) else None
         if isinstance(as_type, sa.Uuid):
             return f"{c}::text" if isinstance(kind, (sa.Uuid, sa.String)) and not isinstance(kind, sa.CHAR) else None
-        if isinstance(as_type, sa.String) and not isinstance(as_type, (sa.CHAR, sa.Enum)):
-            # bpchar (CHAR(n)) would lose its padding in ::text; enums and others: compared streamed.
-            if isinstance(kind, (sa.Text, sa.String)) and not isinstance(kind, (sa.CHAR, sa.Enum, postgresql.ENUM)):
+        if isinstance(as_type, sa.CHAR):  # fixed width: compared without the padding
+            return f"rtrim({c}::text, ' ')" if isinstance(kind, sa.String) and not isinstance(kind, sa.Enum) else None
+        if isinstance(as_type, sa.String) and not isinstance(as_type, sa.Enum):
+            if isinstance(kind, sa.CHAR) and kind.length:  # bpchar as the driver gives it: padded
+                return f"rpad({c}::text, {int(kind.length)})"
+            if isinstance(kind, sa.String) and not isinstance(kind, (sa.CHAR, sa.Enum, postgresql.ENUM)):
                 return f"{c}::text"
         return None
 
