@@ -172,6 +172,27 @@ def reconcile(config: str, pair: str | None, table: str | None, where: str | Non
         sys.exit(1)
 
 
+@main.command()
+@CONFIG
+@PAIR
+@click.option("--table", metavar="TABLE", help="Only this table (source or target name).")
+@click.option("--key", metavar="VALUES", help="Only this row (key values, comma-separated): its whole history.")
+@click.option("--since", metavar="WHEN", help="From this date or date-time (ISO, UTC unless an offset is given).")
+@click.option("--until", metavar="WHEN", help="Before this date or date-time.")
+@click.option("--op", type=click.Choice(["insert", "update", "delete", "snapshot"]), help="Only this operation.")
+@click.option("--format", "fmt", type=click.Choice(reports.FORMATS), default="text", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
+@click.option("--locale", type=click.Choice(["en", "nb"]), default="en", show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True,
+              help="List at most this many entries (the newest; with --key the oldest); the summary counts all.")
+@_friendly
+def audit(config: str, pair: str | None, table: str | None, key: str | None, since: str | None, until: str | None,
+          op: str | None, fmt: str, output: str | None, locale: str, limit: int) -> None:
+    """The trail of what was applied, parked, retried, discarded and repaired, summary first."""
+    found = commands.audit(config, pair, table=table, key=key, since=since, until=until, op=op, limit=limit)
+    _emit(reports.audit_report(found, fmt, locale), output)
+
+
 def _emit(text: str, output: str | None) -> None:
     if output:
         Path(output).write_text(text, encoding="utf-8")

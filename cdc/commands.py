@@ -248,3 +248,22 @@ def reconcile(config_path: str, pair: str | None = None, *, table: str | None = 
             report.repair["applied"] = reconcile_module.apply_repair(chosen, plan)
     report.run_id = reconcile_module.record(chosen, report)
     return report
+
+
+def audit(config_path: str, pair: str | None = None, **filters):
+    """The audit trail of the config's pairs (or one), from each target they write to."""
+    from . import audit as audit_module
+
+    config = load_config(config_path)
+    chosen = config.select(pair)
+    by_target: dict[str, list[str]] = {}
+    for p in chosen:
+        by_target.setdefault(p.target.url, []).append(p.name)
+    trails = []
+    for url, names in by_target.items():
+        target = registry.adapter_for(url).target(url)
+        try:
+            trails.append(audit_module.trail(target.engine, pairs=names, **filters))
+        finally:
+            target.close()
+    return audit_module.merged(trails)

@@ -428,17 +428,24 @@ def _plan(source: Any, target: Any, mappings: dict[str, TableMapping], report: R
                    for c in mapping.target_columns}
         side = _Side(source, mapping.source, mapping.source_key, columns, None, mapping)
         present = side.rows([s for s, _ in table.keys.values() if s is not None])
+        theirs = _Side(target, mapping.target, mapping.target_key, columns, None)
+        held = theirs.rows([t for _, t in table.keys.values() if t is not None])
         now = state._store.now()
         for source_key, target_key in table.keys.values():
             row = present.get(source_key) if source_key is not None else None
             mapped = side.normalised(row) if row is not None else None
+            # The audit shows the target row before (what was wrong) and after (the source's, as mapped).
+            before = theirs.normalised(held[target_key]) if target_key in held else None
+            if before is not None and mapped is not None:  # equal values written alike: only real changes show
+                before = {c: mapped[c] if canonical(v, columns[c]) == canonical(mapped[c], columns[c]) else v
+                          for c, v in before.items()}
             if mapped is not None:
                 key = tuple(mapped[k] for k in mapping.target_key)
-                change = Change("update" if target_key is not None else "insert", mapping.source, source_key,
-                                None, row, now, None, "repair")
+                change = Change("update" if before is not None else "insert", mapping.source, source_key,
+                                before, mapped, now, None, "repair")
                 plan.append(TargetOp("upsert", mapping.target, mapping.target_key, key, mapped, change))
-            elif target_key is not None:
-                change = Change("delete", mapping.source, source_key or target_key, None, None, now, None, "repair")
+            elif before is not None:
+                change = Change("delete", mapping.source, source_key or target_key, before, None, now, None, "repair")
                 plan.append(TargetOp("delete", mapping.target, mapping.target_key, target_key, None, change))
     return plan
 

@@ -6,12 +6,14 @@ import csv
 import datetime as dt
 import html
 import io
+import re
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from .changes import dumps
+from .audit import AuditEntry, AuditTrail
 from .reconcile import ReconcileReport, as_dict
 
 FORMATS = ("text", "json", "csv", "html")
@@ -27,11 +29,17 @@ def number(value: Any, locale: str = "en") -> str:
     return text
 
 
+_DECIMAL_TEXT = re.compile(r"-?\d+\.\d+")
+
+
 def shown(value: Any, locale: str = "en") -> str:
-    """A value as a report shows it: numbers localised, instants in UTC ISO form, NULL as NULL."""
+    """A value as a report shows it: amounts (decimals) localised, integers (account numbers, ids)
+    as they are, instants in UTC ISO form, NULL as NULL. In audit images decimals are text."""
     if value is None:
         return "NULL"
-    if isinstance(value, (Decimal, int, float)) and not isinstance(value, bool):
+    if isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value):
+        value = Decimal(value)
+    if isinstance(value, (Decimal, float)):
         return number(value, locale)
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
@@ -224,3 +232,95 @@ def _reconcile_html(report: ReconcileReport, locale: str) -> str:
     meta = (f"{'Par' if nb else 'Pair'} <b>{html.escape(report.pair)}</b> · "
             f"{report.started_at:%Y-%m-%d %H:%M:%S} UTC")
     return _page(("Avstemming" if nb else "Reconciliation") + f": {report.pair}", meta, body, locale)
+
+
+# -- audit ------------------------------------------------------------------------------------------
+def audit_report(found: AuditTrail, fmt: str, locale: str = "en") -> str:
+    if fmt == "json":
+        return orjson.dumps(orjson.loads(dumps(_audit_dict(found))), option=orjson.OPT_INDENT_2).decode() + "\n"
+    if fmt == "csv":
+        return _audit_csv(found)
+    if fmt == "html":
+        return _audit_html(found, locale)
+    return _audit_text(found, locale)
+
+
+def _when(value: dt.datetime | None) -> str:
+    return "" if value is None else value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _changes(entry: AuditEntry, locale: str = "en") -> str:
+    if entry.reason == "snapshot":
+        return f"{(entry.after or {}).get('rows', '')} rows copied".strip()
+    parts = [f"{c}: {shown(b, locale)} -> {shown(a, locale)}" for c, (b, a) in entry.changed.items()]
+    return "; ".join(parts)
+
+
+def _audit_dict(found: AuditTrail) -> dict:
+    return {
+        "filters": found.filters, "total": found.total, "listed": len(found.entries),
+        "summary": [{"table": t, "kind": k, "day": d, "count": n} for (t, k, d), n in sorted(found.summary.items())],
+        "entries": [{"id": e.id, "at": e.at.isoformat(), "pair": e.pair, "source_table": e.source_table,
+                     "target_table": e.target_table, "op": e.op, "reason": e.reason, "key": e.key,
+                     "before": e.before, "after": e.after, "source_position": e.position, "source_txid": e.txid,
+                     "committed_at": e.committed_at.isoformat() if e.committed_at else None, "error": e.error}
+                    for e in found.entries],
+    }
+
+
+def _audit_text(found: AuditTrail, locale: str) -> str:
+    out = [f"audit trail: {number(found.total, locale)} entr{'y' if found.total == 1 else 'ies'}"
+           + "".join(f", {k} {v}" for k, v in found.filters.items() if v not in (None, []) and k != "pairs")]
+    out.append("summary (table, kind, day: count):")
+    for (table, kind, day), count in sorted(found.summary.items()):
+        out.append(f"  {table:<20} {kind:<22} {day}  {number(count, locale)}")
+    if found.total > len(found.entries):
+        out.append(f"the last {number(len(found.entries), locale)} entries (raise --limit for more):")
+    for e in found.entries:
+        where = f" at {e.position}" if e.position not in (None, "") else ""
+        txid = f" txid {e.txid}" if e.txid else ""
+        why = f" error: {e.error}" if e.error else ""
+        out.append(f"  {_when(e.at)}  {e.pair}  {e.target_table} ({', '.join(map(str, e.key))})  {e.op} "
+                   f"[{e.reason}]{where}{txid}  {_changes(e, locale)}{why}")
+    return "\n".join(out) + "\n"
+
+
+def _audit_csv(found: AuditTrail) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "at", "pair", "source_table", "target_table", "op", "reason", "key", "source_position",
+                     "source_txid", "committed_at", "changes", "error"])
+    for e in found.entries:
+        writer.writerow([e.id, e.at.isoformat(), e.pair, e.source_table, e.target_table, e.op, e.reason,
+                         ", ".join(map(str, e.key)), dumps(e.position), e.txid or "",
+                         e.committed_at.isoformat() if e.committed_at else "", _changes(e), e.error or ""])
+    return buffer.getvalue()
+
+
+def _audit_html(found: AuditTrail, locale: str) -> str:
+    nb = locale == "nb"
+    body = ["<h2>" + ("Sammendrag" if nb else "Summary") + '</h2><table class="sortable"><thead><tr>'
+            + "".join(f"<th>{h}</th>" for h in (["Tabell", "Type", "Dag", "Antall"] if nb else
+                                                ["Table", "Kind", "Day", "Count"]))
+            + "</tr></thead><tbody>"]
+    for (table, kind, day), count in sorted(found.summary.items()):
+        body.append(f"<tr><td>{html.escape(table)}</td><td>{html.escape(kind)}</td><td>{day}</td>"
+                    f"{_cell(count, locale)}</tr>")
+    body.append("</tbody></table>")
+    body.append("<h2>" + ("Endringer" if nb else "Entries") + '</h2><table class="sortable"><thead><tr>' + "".join(
+        f"<th>{h}</th>" for h in (["Tid (UTC)", "Par", "Tabell", "Nøkkel", "Operasjon", "Årsak", "Kildeposisjon",
+                                   "Endret"] if nb else
+                                  ["Time (UTC)", "Pair", "Table", "Key", "Op", "Reason", "Source position",
+                                   "Changed"])) + "</tr></thead><tbody>")
+    for e in found.entries:
+        css = "missing" if e.reason in ("parked", "discarded") else "extra" if e.reason == "repair" else ""
+        changed = html.escape(_changes(e, locale)) + (f"<br><mark>{html.escape(e.error)}</mark>" if e.error else "")
+        body.append(f'<tr class="{css}"><td>{_when(e.at)}</td><td>{html.escape(e.pair)}</td>'
+                    f"<td>{html.escape(e.target_table)}</td><td>{html.escape(', '.join(map(str, e.key)))}</td>"
+                    f"<td>{html.escape(e.op)}</td><td>{html.escape(e.reason)}</td>"
+                    f"<td>{html.escape(dumps(e.position) if e.position is not None else '')}</td><td>{changed}</td></tr>")
+    body.append("</tbody></table>")
+    meta = (f"{number(found.total, locale)} {'oppføringer' if nb else 'entries'}"
+            + "".join(f" · {html.escape(str(k))}: {html.escape(str(v))}" for k, v in found.filters.items()
+                      if v not in (None, [])))
+    return _page("Revisjonsspor" if nb else "Audit trail", meta, body, locale)

@@ -161,6 +161,13 @@ def test_hand_made_damage_is_found_exactly_and_repaired(ws, database, source_kin
     audit = run_sql(target, "SELECT a.op, a.key FROM cdc_audit_log a WHERE a.reason = 'repair' ORDER BY a.id")
     assert sorted(audit) == sorted([("insert", f"[{k}]") for k in wanted["missing"]] + [("delete", "[999999]")] +
                                    [("update", f"[{k}]") for k in wanted["different"]])
+    cent = next(k for k, cols in wanted["different"].items() if cols == ["amount"])
+    history = ws.cdc("audit", config, "--table", "entries", "--key", str(cent)).stdout
+    lines = [line for line in history.splitlines() if line.startswith("  20")]
+    assert len(lines) == 1 and "update [repair]" in lines[0] and "amount: " in lines[0], history
+    assert "memo" not in lines[0] and "booked_at" not in lines[0]  # only what the repair changed
+    summary = json.loads(ws.cdc("audit", config, "--format", "json", "--op", "delete").stdout)["summary"]
+    assert {(s["table"], s["kind"]) for s in summary} >= {("entries", "delete (repair)")}
     runs = run_sql(target, "SELECT equal, missing, extra, different, repaired FROM cdc_reconcile_runs ORDER BY id")
     assert [tuple(r) for r in runs[-2:]] == [(False, 2, 1, 3, 6), (True, 0, 0, 0, None)]
 
@@ -244,3 +251,9 @@ def test_html_report_reads_well_in_chromium(ws, database):
     assert "1\u00a0234\u00a0567,89" in text and "1\u00a0234\u00a0567,90" in text  # amounts in Norwegian form
     assert text.count("mangler i mål") == 2 and text.count("ekstra i mål") == 1 and "999999" in text
     assert "ÆØÅ æøå" in text and "ÆØÅ aeøå" in text
+    assert "repair applied" in ws.cdc("reconcile", str(ws.config), "--settle", "0", "--repair").stdout
+    trail = ws.root / "revisjon.html"
+    cdc_ok(ws, "audit", str(ws.config), "--format", "html", "--locale", "nb", "--output", str(trail))
+    text = visible_text(trail, ws.root / "chromium-profile")
+    assert "Revisjonsspor" in text and "Sammendrag" in text and "Endringer" in text
+    assert "entries update (repair)" in text and "amount: 1\u00a0234\u00a0567,90 -> 1\u00a0234\u00a0567,89" in text

@@ -1,0 +1,140 @@
+"""`cdc audit`: the trail of what was applied, parked, retried, discarded and repaired.
+
+Reads the target's ``cdc_audit_log`` (every applied change, snapshot chunk and repair, with the
+source position and transaction, before and after images) and ``cdc_dead_letters`` (changes the
+target refused: parked, then retried or discarded). A summary (counts per table, kind and day)
+comes first; with ``--key`` the list is that row's whole history, oldest first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import state
+from .changes import loads
+from .errors import ConfigError
+
+
+@dataclass
+class AuditEntry:
+    id: int
+    at: dt.datetime
+    pair: str
+    source_table: str
+    target_table: str
+    op: str
+    reason: str  # change | snapshot | repair | parked | retried | discarded
+    key: list
+    before: dict | None
+    after: dict | None
+    position: Any = None
+    txid: str | None = None
+    committed_at: dt.datetime | None = None
+    error: str | None = None
+
+    @property
+    def changed(self) -> dict[str, tuple[Any, Any]]:
+        """Columns whose value differs between before and after (every column of an insert/delete)."""
+        before, after = self.before or {}, self.after or {}
+        return {c: (before.get(c), after.get(c)) for c in list(after) + [c for c in before if c not in after]
+                if before.get(c) != after.get(c)}
+
+
+@dataclass
+class AuditTrail:
+    filters: dict
+    summary: Counter = field(default_factory=Counter)  # (target table, kind, day) -> count
+    entries: list[AuditEntry] = field(default_factory=list)
+    total: int = 0
+    limit: int = 1000
+
+
+def parse_when(text: str | None, option: str) -> dt.datetime | None:
+    """An ISO date or date-time (UTC unless it names an offset)."""
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected a date (2024-05-31) or date-time (2024-05-31T14:00)") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def _key_matches(stored: list, wanted: list[str] | None) -> bool:
+    return wanted is None or [str(v) for v in stored] == wanted
+
+
+def trail(engine: sa.Engine, *, pairs: list[str] | None = None, table: str | None = None, key: str | None = None,
+          since: str | None = None, until: str | None = None, op: str | None = None,
+          limit: int = 1000) -> AuditTrail:
+    """The audit entries matching the filters (the list capped at ``limit``; counts are exact)."""
+    start, end = parse_when(since, "--since"), parse_when(until, "--until")
+    wanted = None if key is None else [part.strip() for part in key.split(",")]
+    result = AuditTrail({"pairs": pairs, "table": table, "key": key, "since": since, "until": until, "op": op},
+                        limit=limit)
+    log, dead = state.audit_log, state.dead_letters
+    with engine.connect() as conn:
+        state.ensure_current(conn)
+        query = sa.select(log).order_by(log.c.id)
+        letters = sa.select(dead).order_by(dead.c.id)
+        if pairs is not None:
+            query, letters = query.where(log.c.pair.in_(pairs)), letters.where(dead.c.pair.in_(pairs))
+        if op is not None:
+            query, letters = query.where(log.c.op == op), letters.where(dead.c.op == op)
+        if table is not None:
+            query = query.where(sa.or_(log.c.target_table == table, log.c.source_table == table))
+            letters = letters.where(sa.or_(dead.c.target_table == table, dead.c.source_table == table))
+        if start is not None:
+            query, letters = query.where(log.c.applied_at >= start), letters.where(dead.c.created_at >= start)
+        if end is not None:
+            query, letters = query.where(log.c.applied_at < end), letters.where(dead.c.created_at < end)
+        for part in wanted or []:
+            query = query.where(log.c.key.contains(part, autoescape=True))
+            letters = letters.where(dead.c.key.contains(part, autoescape=True))
+        entries = []
+        for row in conn.execution_options(stream_results=True).execute(query):
+            stored = loads(row.key)
+            if not _key_matches(stored, wanted):
+                continue
+            entries.append(AuditEntry(row.id, _aware(row.applied_at), row.pair, row.source_table, row.target_table,
+                                      row.op, row.reason, stored, loads(row.before), loads(row.after),
+                                      loads(row.source_position), row.source_txid, _aware(row.committed_at)))
+        for row in conn.execute(letters):
+            stored = loads(row.key)
+            if not _key_matches(stored, wanted):
+                continue
+            change = loads(row.change) or {}
+            entries.append(AuditEntry(row.id, _aware(row.created_at), row.pair, row.source_table, row.target_table,
+                                      row.op, row.status, stored, change.get("before"), change.get("after"),
+                                      loads(row.source_position), None, None, row.error))
+    entries.sort(key=lambda e: (e.at, e.id))
+    for entry in entries:
+        kind = entry.op if entry.reason in ("change", entry.op) else f"{entry.op} ({entry.reason})"
+        result.summary[(entry.target_table, kind, entry.at.date().isoformat())] += 1
+    result.total = len(entries)
+    result.entries = entries[:limit] if key is not None else entries[-limit:]
+    return result
+
+
+def merged(trails: list[AuditTrail]) -> AuditTrail:
+    """Several targets' trails as one (a config's pairs may write to different targets)."""
+    if len(trails) == 1:
+        return trails[0]
+    result = AuditTrail(trails[0].filters, limit=trails[0].limit)
+    for one in trails:
+        result.summary.update(one.summary)
+        result.entries += one.entries
+        result.total += one.total
+    result.entries.sort(key=lambda e: (e.at, e.id))
+    return result
