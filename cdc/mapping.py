@@ -42,6 +42,8 @@ class TableSpec:
     columns: tuple[ColumnSpec, ...] | None = None
     filters: tuple[FilterSpec, ...] = ()
     origin: str = ""
+    #: Reconciliation's trial balance: (account, date, amount) target columns, or None.
+    control_totals: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,15 @@ def _table(doc: _yaml.Document, name: str) -> TableSpec:
     if not isinstance(raw, dict):
         raise doc.error(keys, "must be a mapping (target, key, columns, filter)")
     for k in raw:
-        if k not in ("target", "key", "columns", "filter"):
-            raise doc.error(keys + (k,), f"unknown key {k!r} (expected target, key, columns, filter)")
+        if k not in ("target", "key", "columns", "filter", "control_totals"):
+            raise doc.error(keys + (k,), f"unknown key {k!r} (expected target, key, columns, filter, control_totals)")
+    totals = raw.get("control_totals")
+    if totals is not None:
+        if not isinstance(totals, dict) or set(totals) != {"account", "date", "amount"} or \
+                not all(isinstance(v, str) for v in totals.values()):
+            raise doc.error(keys + ("control_totals",), "must name the target columns {account: .., date: .., "
+                                                          "amount: ..}")
+        totals = (totals["account"], totals["date"], totals["amount"])
     key = raw.get("key")
     if key is not None:
         key = [key] if isinstance(key, str) else key
@@ -102,7 +111,7 @@ def _table(doc: _yaml.Document, name: str) -> TableSpec:
             raise doc.error(keys + ("columns",), "must map target column names to source columns")
         columns = tuple(_column(doc, keys + ("columns", c), c, v) for c, v in columns.items())
     return TableSpec(name, str(raw.get("target", name)), tuple(key) if key else None, columns,
-                     _filters(doc, keys + ("filter",), raw.get("filter") or []), doc.where(keys))
+                     _filters(doc, keys + ("filter",), raw.get("filter") or []), doc.where(keys), totals)
 
 
 def _column(doc: _yaml.Document, keys: tuple, target: str, raw: Any) -> ColumnSpec:
@@ -169,6 +178,10 @@ class TableMapping:
                               f"must be mapped to a target column ({spec.origin})")
         self.target_key = tuple(by_source[k] for k in source_key)
         self.target_columns = [c[0] for c in self._columns]
+        unknown = [c for c in spec.control_totals or () if c not in self.target_columns]
+        if unknown:
+            raise ConfigError(f"tables.{spec.source}.control_totals: {unknown[0]!r} is not a target column of "
+                              f"{spec.target} ({spec.origin})")
         self._column_set = frozenset(self.target_columns)
         self._filters = [(f.column, _FILTER_OPS[f.op], f.value) for f in spec.filters]
         #: Every row copied as it is: same column names, no transform, no filter.

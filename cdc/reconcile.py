@@ -110,6 +110,8 @@ class RowDifference:
     kind: str
     key: tuple
     columns: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # column -> (source as mapped, target)
+    #: The (account, period) control-total groups the row counts in, on either side.
+    groups: set = field(default_factory=set, repr=False)
 
 
 @dataclass
@@ -305,6 +307,43 @@ class _Side:
         return {key_text: (digest, side_key) for _, key_text, digest, side_key in self._scan(wanted.__contains__,
                                                                                               buckets)}
 
+    def totals(self, account: str, date: str, amount: str) -> dict[tuple[str, str], tuple[int, Decimal]]:
+        """(account, YYYY-MM) -> (rows, sum of amount): in the database where it can, else streamed."""
+        names = self._names() if self.sql else None
+        info = self.reads.describe(self.table)
+        mine = dict(zip(info.column_names, info.columns))
+        month = self.reads.fingerprints.month(names[date], mine[names[date]]) if names else None
+        if month is not None:
+            prints, quote = self.reads.fingerprints, self.reads.engine.dialect.identifier_preparer.quote
+            account_text = prints.canonical(names[account], mine[names[account]], self.target_columns[account].type)
+            query = (f"SELECT {account_text}, {month}, count(*), sum({quote(names[amount])}) {self._from()} "
+                     "GROUP BY 1, 2")
+            with self.reads.engine.connect() as conn:
+                return {(a, p): (int(n), Decimal(total or 0)) for a, p, n, total in conn.exec_driver_sql(query)}
+        found: dict[tuple[str, str], list] = {}
+        after = None
+        while True:
+            rows = self.reads.snapshot(self.table, self.key, after, CHUNK, self.where)
+            for row in rows:
+                mapped = self.normalised(row)
+                if mapped is not None:
+                    entry = found.setdefault(self.group(mapped, account, date), [0, Decimal(0)])
+                    entry[0] += 1
+                    entry[1] += Decimal(mapped[amount] or 0)
+            if len(rows) < CHUNK:
+                break
+            after = tuple(rows[-1][k] for k in self.key)
+        return {g: (n, total) for g, (n, total) in found.items()}
+
+    def group(self, mapped: dict, account: str, date: str) -> tuple[str | None, str | None]:
+        """A normalised row's (account, YYYY-MM) as the database computes them."""
+        when = mapped[date]
+        if isinstance(when, dt.datetime) and when.tzinfo is not None:
+            when = when.astimezone(dt.timezone.utc)
+        period = f"{when.year:04d}-{when.month:02d}" if isinstance(when, dt.date) else \
+            (str(when)[:7] if when is not None else None)
+        return canonical(mapped[account], self.target_columns[account]), period
+
     def rows(self, keys: list[tuple]) -> dict[tuple, dict]:
         """Side key -> the row as the target would hold it, for the keys that exist."""
         found = {}
@@ -375,7 +414,29 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
         result.keys[text] = suspects[text]
         if len(result.rows) < limit:
             result.rows.append(difference)
+    totals = mapping.spec.control_totals
+    if totals is not None:
+        result.totals = _control_totals(mine, theirs, totals, differences.values())
     result.seconds = time.perf_counter() - started
+    return result
+
+
+def _control_totals(mine: _Side, theirs: _Side, names: tuple[str, str, str], rows: Any) -> list[dict]:
+    """The trial balance per account and month on both sides; a total that differs lists the keys
+    of the differing rows in its group (the drill-down)."""
+    expected, actual = mine.totals(*names), theirs.totals(*names)
+    keys_by_group: dict[tuple, list] = {}
+    for row in rows:
+        for group in row.groups:
+            keys_by_group.setdefault(group, []).append(list(row.key))
+    result = []
+    for group in sorted(expected.keys() | actual.keys(), key=lambda g: (str(g[0]), str(g[1]))):
+        count_s, sum_s = expected.get(group, (0, Decimal(0)))
+        count_t, sum_t = actual.get(group, (0, Decimal(0)))
+        equal = count_s == count_t and sum_s == sum_t
+        result.append({"account": group[0], "period": group[1], "source_count": count_s, "source_sum": sum_s,
+                       "target_count": count_t, "target_sum": sum_t, "equal": equal,
+                       "rows": [] if equal else keys_by_group.get(group, [])[:100]})
     return result
 
 
@@ -397,14 +458,19 @@ def _row_differences(mine: _Side, theirs: _Side, suspects: dict[str, tuple]) -> 
             continue
         shown_key = tuple((want if want is not None else have)[k] for k in theirs.key)
         if have is None:
-            found[text] = RowDifference("missing", shown_key)
+            difference = RowDifference("missing", shown_key)
         elif want is None:
-            found[text] = RowDifference("extra", shown_key)
+            difference = RowDifference("extra", shown_key)
         else:
             columns = {name: (want[name], have[name]) for name, column in mine.target_columns.items()
                        if canonical(want[name], column) != canonical(have[name], column)}
-            if columns:
-                found[text] = RowDifference("different", shown_key, columns)
+            if not columns:
+                continue
+            difference = RowDifference("different", shown_key, columns)
+        totals = mine.mapping.spec.control_totals if mine.mapping else None
+        if totals is not None:
+            difference.groups = {mine.group(image, totals[0], totals[1]) for image in (want, have) if image is not None}
+        found[text] = difference
     return found
 
 

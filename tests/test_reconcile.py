@@ -69,16 +69,20 @@ def cdc_ok(ws, *args):
     return result
 
 
-def synced_pair(ws, database, source_kind: str, target_kind: str, changes: int = 600) -> tuple[str, str]:
+def synced_pair(ws, database, source_kind: str, target_kind: str, changes: int = 600,
+                mapping: str = "") -> tuple[str, str]:
     """A source filled by the workload, its pair run once (the snapshot): source and target URLs."""
     source, source_db = database(source_kind)
     target, _ = database(target_kind)
     for statement in DDL[source_kind]:
         run_sql(source, statement)
     workload.run(source_db, changes, seed=81)
+    tables = "tables: [entries, parties]"
+    if mapping:
+        (ws.root / "books.yaml").write_text(mapping, encoding="utf-8")
+        tables = "mapping: books.yaml"
     ws.config.write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  books:\n    source: src\n"
-                         f"    target: dst\n    capture: {CAPTURE[source_kind]}\n    tables: [entries, parties]\n",
-                         encoding="utf-8")
+                         f"    target: dst\n    capture: {CAPTURE[source_kind]}\n    {tables}\n", encoding="utf-8")
     for command in ("init", "install"):
         cdc_ok(ws, command, str(ws.config))
     cdc_ok(ws, "run", "--once", str(ws.config))
@@ -170,6 +174,35 @@ def test_hand_made_damage_is_found_exactly_and_repaired(ws, database, source_kin
     assert {(s["table"], s["kind"]) for s in summary} >= {("entries", "delete (repair)")}
     runs = run_sql(target, "SELECT equal, missing, extra, different, repaired FROM cdc_reconcile_runs ORDER BY id")
     assert [tuple(r) for r in runs[-2:]] == [(False, 2, 1, 3, 6), (True, 0, 0, 0, None)]
+
+
+@pytest.mark.parametrize("source_kind, target_kind", [("sqlite", "sqlite"), ("postgresql", "mariadb")])
+def test_control_totals_per_account_and_month_drill_down_to_rows(ws, database, source_kind, target_kind):
+    mapping = ("tables:\n  entries:\n    control_totals: {account: account, date: booked_at, amount: amount}\n"
+               "  parties: {}\n")
+    source, target = synced_pair(ws, database, source_kind, target_kind, mapping=mapping)
+    report = json.loads(ws.cdc("reconcile", str(ws.config), "--settle", "0", "--format", "json").stdout)
+    totals = report["tables"][0]["totals"]
+    source_sums = run_sql(source, "SELECT count(*), sum(amount) FROM entries WHERE booked_at IS NOT NULL")[0]
+    assert sum(t["source_count"] for t in totals if t["period"]) == source_sums[0]
+    assert sum(Decimal(t["target_sum"]) for t in totals if t["period"]) == Decimal(str(source_sums[1])).quantize(
+        Decimal("0.01"))
+    assert all(t["equal"] for t in totals) and {t["account"] for t in totals} == {"1500", "1920", "2700", "3000"}
+    wanted = damage(target, target_kind)
+    cent = next(k for k, cols in wanted["different"].items() if cols == ["amount"])
+    report = json.loads(ws.cdc("reconcile", str(ws.config), "--settle", "0", "--format", "json").stdout)
+    off = [t for t in report["tables"][0]["totals"] if not t["equal"]]
+    by_cent = next(t for t in off if [cent] in t["rows"])
+    assert Decimal(by_cent["target_sum"]) - Decimal(by_cent["source_sum"]) == Decimal("0.01") or \
+        by_cent["source_count"] != by_cent["target_count"]
+    for gone in wanted["missing"]:  # a deleted row: its group is one row short
+        group = next(t for t in off if [gone] in t["rows"])
+        assert group["source_count"] > group["target_count"] or len(group["rows"]) > 1
+    # An hour later at 12:00 stays in its month, a memo is no amount: only the cent and the deleted rows move
+    # totals (the extra row has no date, so no period).
+    assert len(off) <= 1 + len(wanted["missing"]) + 1
+    text = ws.cdc("reconcile", str(ws.config), "--settle", "0").stdout
+    assert "control total differs: account" in text
 
 
 def test_a_difference_still_in_flight_settles(ws, database):

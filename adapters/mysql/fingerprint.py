@@ -50,6 +50,14 @@ class MySQLFingerprints:
                 return f"CONVERT({c} USING utf8mb4)"
         return None
 
+    def month(self, name: str, column: sa.Column) -> str | None:
+        """SQL for the YYYY-MM of a DATE/DATETIME/TIMESTAMP column (sessions run in UTC)."""
+        if not isinstance(column.type, (sa.Date, sa.DateTime)):
+            return None
+        if isinstance(column.type, sa.DateTime) and not is_timestamp(column) and self.source_zone != "UTC":
+            return None
+        return f"LEFT(CAST({quote(name)} AS CHAR), 7)"
+
     def part(self, text: str) -> str:
         return f"COALESCE(CONCAT(CHAR_LENGTH({text}), ':', {text}), '\\\\N')"
 

@@ -46,6 +46,13 @@ class PostgresFingerprints:
                 return f"{c}::text"
         return None
 
+    def month(self, name: str, column: sa.Column) -> str | None:
+        """SQL for the YYYY-MM of a date/timestamp column (timestamptz in UTC)."""
+        kind = column.type
+        if isinstance(kind, sa.DateTime) and kind.timezone:
+            return f"to_char({quote(name)} AT TIME ZONE 'UTC', 'YYYY-MM')"
+        return f"to_char({quote(name)}, 'YYYY-MM')" if isinstance(kind, (sa.Date, sa.DateTime)) else None
+
     def part(self, text: str) -> str:
         return f"coalesce(length({text})::text || ':' || {text}, '\\N')"
 
