@@ -24,6 +24,7 @@ one that disappears was a change in flight (applied meanwhile), reported as sett
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import hashlib
 import json
@@ -98,6 +99,10 @@ def _bucket(key_text: str, buckets: int) -> int:
     return int(hashlib.md5(key_text.encode()).hexdigest()[:8], 16) % buckets
 
 
+def _is_integer(kind: sa.types.TypeEngine) -> bool:
+    return isinstance(kind, sa.Integer) and not isinstance(kind, sa.Boolean)
+
+
 def _digest(row_text: str) -> int:
     return int(hashlib.md5(row_text.encode()).hexdigest()[:15], 16)
 
@@ -163,6 +168,9 @@ class _Side:
         self.target_columns = target_columns  # target name -> target column, in target order
         self.unmappable = 0
         self.why = ""
+        key_targets = mapping.target_key if mapping else key
+        #: A single integer key buckets by its value (key mod B): no hash needed.
+        self.int_key = len(key_targets) == 1 and _is_integer(target_columns[key_targets[0]].type)
         self.sql = self._sql()
 
     @property
@@ -202,6 +210,11 @@ class _Side:
                 return None
             parts[target_name] = prints.part(expr)
         key_targets = self.mapping.target_key if self.mapping else self.key
+        if self.int_key and not _is_integer(mine[names[key_targets[0]]].type):
+            self.why = f"key column {names[key_targets[0]]} is not an integer here"
+            return None
+        self.bucket_of = (lambda buckets: prints.int_bucket(names[key_targets[0]], buckets)) if self.int_key else \
+            (lambda buckets: prints.bucket(prints.join([parts[k] for k in key_targets]), buckets))
         return (prints.join([parts[k] for k in key_targets]), prints.join(list(parts.values())))
 
     def count(self) -> int:
@@ -232,8 +245,8 @@ class _Side:
                 texts = self.texts(row)
                 if texts is None:
                     continue
-                key_text, row_text = texts
-                bucket = _bucket(key_text, buckets)
+                key_text, row_text, number = texts
+                bucket = number % buckets if self.int_key else _bucket(key_text, buckets)
                 if keep(bucket):
                     yield bucket, key_text, _digest(row_text), side_key
             if len(rows) < CHUNK:
@@ -259,13 +272,17 @@ class _Side:
                 result[name] = value
         return result
 
-    def texts(self, row: dict) -> tuple[str, str] | None:
+    def texts(self, row: dict) -> tuple[str, str, int | None] | None:
+        """(key text, row text, the integer key or None) of a row as the target would hold it."""
         mapped = self.normalised(row)
         if mapped is None:
             return None
         canon = {name: canonical(mapped[name], column) for name, column in self.target_columns.items()}
         key_targets = self.mapping.target_key if self.mapping else self.key
-        return _text([canon[k] for k in key_targets]), _text(list(canon.values()))
+        number = int(canon[key_targets[0]]) if self.int_key and canon[key_targets[0]] is not None else None
+        if self.int_key and number is None:
+            number = 0
+        return _text([canon[k] for k in key_targets]), _text(list(canon.values())), number
 
     def buckets(self, buckets: int) -> tuple[dict[int, tuple[int, int]], int]:
         """Per bucket (count, sum of digests); and the rows counted."""
@@ -273,7 +290,7 @@ class _Side:
         if self.sql:
             prints = self.reads.fingerprints
             key_text, row_text = self.sql
-            query = (f"SELECT {prints.bucket(key_text, buckets)} AS b, count(*), "
+            query = (f"SELECT {self.bucket_of(buckets)} AS b, count(*), "
                      f"sum({prints.digest(row_text)}) {self._from()} GROUP BY 1")
             with self.reads.engine.connect() as conn:
                 found = {int(b): (int(n), int(s)) for b, n, s in conn.exec_driver_sql(query)}
@@ -295,7 +312,7 @@ class _Side:
             key_text, row_text = self.sql
             quote = self.reads.engine.dialect.identifier_preparer.quote
             keys = ", ".join(quote(k) for k in self.key)
-            bucket = prints.bucket(key_text, buckets)
+            bucket = self.bucket_of(buckets)
             where = f"{bucket} IN ({', '.join(str(int(b)) for b in sorted(wanted))})"
             query = (f"SELECT {key_text}, {prints.digest(row_text)}, {keys} {self._from()}"
                      f"{' AND ' if self.where else ' WHERE '}{where}")
@@ -393,12 +410,13 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
     mine = _Side(source, mapping.source, mapping.source_key, columns, where, mapping)
     theirs = _Side(target, mapping.target, mapping.target_key, columns, where)
     result.methods = {"source": mine.method, "target": theirs.method}
-    buckets = max(1, min(1 << 16, max(mine.count(), theirs.count()) // ROWS_PER_BUCKET))
-    expected, result.source_rows = mine.buckets(buckets)
+    # Both sides work at once (two databases, or two connections to one).
+    buckets = max(1, min(1 << 16, max(_both(mine.count, theirs.count)) // ROWS_PER_BUCKET))
+    (expected, result.source_rows), (actual, result.target_rows) = _both(lambda: mine.buckets(buckets),
+                                                                         lambda: theirs.buckets(buckets))
     result.unmappable = mine.unmappable  # source rows the mapping refused (streamed reads only)
-    actual, result.target_rows = theirs.buckets(buckets)
     differing = {b for b in expected.keys() | actual.keys() if expected.get(b) != actual.get(b)}
-    want, have = mine.digests(buckets, differing), theirs.digests(buckets, differing)
+    want, have = _both(lambda: mine.digests(buckets, differing), lambda: theirs.digests(buckets, differing))
     suspects = {text: (want.get(text, (None, None))[1], have.get(text, (None, None))[1])
                 for text in want.keys() | have.keys()
                 if text not in want or text not in have or want[text][0] != have[text][0]}
@@ -421,10 +439,17 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
     return result
 
 
+def _both(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
+    """Run two calls at once; their results in order (an error in either is raised)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        later = pool.submit(second)
+        return first(), later.result()
+
+
 def _control_totals(mine: _Side, theirs: _Side, names: tuple[str, str, str], rows: Any) -> list[dict]:
     """The trial balance per account and month on both sides; a total that differs lists the keys
     of the differing rows in its group (the drill-down)."""
-    expected, actual = mine.totals(*names), theirs.totals(*names)
+    expected, actual = _both(lambda: mine.totals(*names), lambda: theirs.totals(*names))
     keys_by_group: dict[tuple, list] = {}
     for row in rows:
         for group in row.groups:
@@ -448,8 +473,8 @@ def _sortable(key: tuple) -> tuple:
 
 def _row_differences(mine: _Side, theirs: _Side, suspects: dict[str, tuple]) -> dict[str, RowDifference]:
     """Read the suspect keys on both sides now: the ones that really differ, by key text."""
-    source_rows = mine.rows([s for s, _ in suspects.values() if s is not None])
-    target_rows = theirs.rows([t for _, t in suspects.values() if t is not None])
+    source_rows, target_rows = _both(lambda: mine.rows([s for s, _ in suspects.values() if s is not None]),
+                                     lambda: theirs.rows([t for _, t in suspects.values() if t is not None]))
     found = {}
     for text, (source_key, target_key) in suspects.items():
         want = mine.normalised(source_rows[source_key]) if source_key in source_rows else None

@@ -67,6 +67,10 @@ class MySQLFingerprints:
     def bucket(self, key_text: str, buckets: int) -> str:
         return f"MOD(CAST(CONV(SUBSTRING(MD5({key_text}), 1, 8), 16, 10) AS UNSIGNED), {int(buckets)})"
 
+    def int_bucket(self, name: str, buckets: int) -> str:
+        """The bucket of a row with a single integer key: the key mod ``buckets`` (never negative)."""
+        return f"MOD(MOD({quote(name)}, {int(buckets)}) + {int(buckets)}, {int(buckets)})"
+
     def digest(self, row_text: str) -> str:
         return f"CAST(CONV(SUBSTRING(MD5({row_text}), 1, 15), 16, 10) AS UNSIGNED)"
 

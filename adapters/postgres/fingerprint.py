@@ -62,6 +62,10 @@ class PostgresFingerprints:
     def bucket(self, key_text: str, buckets: int) -> str:
         return f"mod(('x' || substr(md5({key_text}), 1, 8))::bit(32)::bigint, {int(buckets)})"
 
+    def int_bucket(self, name: str, buckets: int) -> str:
+        """The bucket of a row with a single integer key: the key mod ``buckets`` (never negative)."""
+        return f"mod(mod({quote(name)}, {int(buckets)}) + {int(buckets)}, {int(buckets)})"
+
     def digest(self, row_text: str) -> str:
         return f"(('x' || substr(md5({row_text}), 1, 15))::bit(60)::bigint)"
 
