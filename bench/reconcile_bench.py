@@ -7,7 +7,9 @@ Measured in this one run:
   1. PostgreSQL -> PostgreSQL, identical tables: cdc reconcile, then reladiff (if given);
   2. the same after 100 scattered rows of the target were changed by one cent: both must find
      exactly those 100 rows;
-  3. MariaDB -> PostgreSQL, identical data in DECIMAL/DATETIME(6) against numeric/timestamptz: cdc
+  3. the same data in a table whose amount is numeric(20,4) and whose booked_at is a timestamp without
+     time zone (UTC wall-clock): equal values in other types, so any difference reported is a false one;
+  4. MariaDB -> PostgreSQL, identical data in DECIMAL/DATETIME(6) against numeric/timestamptz: cdc
      reconcile, then reladiff across the two databases (any difference it reports is a false one).
 reladiff is installed apart from cdc-sync (its own dependencies), e.g.
 `python3 -m venv /tmp/rdvenv && /tmp/rdvenv/bin/pip install "reladiff[postgresql,mysql]"`.
@@ -104,16 +106,21 @@ def main() -> None:
         pg_sql(b, f"UPDATE ledger SET amount = amount + 0.01 WHERE id % {step} = 7")
         changed = pg_sql(b, f"SELECT count(*) FROM ledger WHERE id % {step} = 7")[0][0]
         case(f"PostgreSQL -> PostgreSQL, {changed} rows one cent off", a, b, changed)
+        pg_sql(second.url(), "CREATE DATABASE typed")
+        typed = second.url("typed")
+        pg_sql(typed, PG_TABLE.replace("NUMERIC(18,2)", "NUMERIC(20,4)").replace("TIMESTAMPTZ", "TIMESTAMP"))
+        pg_sql(typed, "SET TimeZone = 'UTC'; " + PG_FILL.format(rows=rows))
+        case("identical, numeric(20,4) and timestamp there", a, typed, 0)
         case("MariaDB -> PostgreSQL, identical", mariadb.url("bench"), a, 0)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     finally:
         for server in servers:
             server.remove()
     print(f"reconcile, {rows:,}-row ledger tables (bigint key, int, numeric(18,2), char(3), timestamp, text)")
-    print(f"{'case':<46}{'tool':<16}{'seconds':>9}{'rows/s':>12}{'found':>8}{'expected':>10}")
+    print(f"{'case':<48}{'tool':<16}{'seconds':>9}{'rows/s':>12}{'found':>8}{'expected':>10}")
     for name, tool, seconds, found, expected in results:
         flag = "" if found == expected else "  <- wrong"
-        print(f"{name:<46}{tool:<16}{seconds:>9.2f}{rows / seconds:>12,.0f}{found:>8}{expected:>10}{flag}")
+        print(f"{name:<48}{tool:<16}{seconds:>9.2f}{rows / seconds:>12,.0f}{found:>8}{expected:>10}{flag}")
     print(f"peak RSS of the process cdc ran in: {peak:,.0f} MiB")
 
 

@@ -58,20 +58,24 @@ class MySQLFingerprints:
             return None
         return f"LEFT(CAST({quote(name)} AS CHAR), 7)"
 
-    def part(self, text: str) -> str:
+    families = ("md5",)
+
+    def part(self, text: str, prefixed: bool) -> str:
+        if not prefixed:
+            return f"COALESCE({text}, '\\\\N')"
         return f"COALESCE(CONCAT(CHAR_LENGTH({text}), ':', {text}), '\\\\N')"
 
     def join(self, parts: list[str]) -> str:
         return "CONCAT_WS('|', " + ", ".join(parts) + ")" if len(parts) > 1 else parts[0]
 
-    def bucket(self, key_text: str, buckets: int) -> str:
+    def bucket(self, key_text: str, buckets: int, family: str = "md5") -> str:
         return f"MOD(CAST(CONV(SUBSTRING(MD5({key_text}), 1, 8), 16, 10) AS UNSIGNED), {int(buckets)})"
 
     def int_bucket(self, name: str, buckets: int) -> str:
         """The bucket of a row with a single integer key: the key mod ``buckets`` (never negative)."""
         return f"MOD(MOD({quote(name)}, {int(buckets)}) + {int(buckets)}, {int(buckets)})"
 
-    def digest(self, row_text: str) -> str:
+    def digest(self, row_text: str, family: str = "md5") -> str:
         return f"CAST(CONV(SUBSTRING(MD5({row_text}), 1, 15), 16, 10) AS UNSIGNED)"
 
     def usable(self, conn: sa.Connection) -> bool:

@@ -53,20 +53,28 @@ class PostgresFingerprints:
             return f"to_char({quote(name)} AT TIME ZONE 'UTC', 'YYYY-MM')"
         return f"to_char({quote(name)}, 'YYYY-MM')" if isinstance(kind, (sa.Date, sa.DateTime)) else None
 
-    def part(self, text: str) -> str:
-        return f"coalesce(length({text})::text || ':' || {text}, '\\N')"
+    #: Digests it computes: hashtextextended (PostgreSQL's own 64-bit hash, about twice as fast as
+    #: MD5 here) when both sides are PostgreSQL, else MD5 as every side can.
+    families = ("hashtext", "md5")
+
+    def part(self, text: str, prefixed: bool) -> str:
+        return f"coalesce(length({text})::text || ':' || {text}, '\\N')" if prefixed else f"coalesce({text}, '\\N')"
 
     def join(self, parts: list[str]) -> str:
         return "concat_ws('|', " + ", ".join(parts) + ")" if len(parts) > 1 else parts[0]
 
-    def bucket(self, key_text: str, buckets: int) -> str:
+    def bucket(self, key_text: str, buckets: int, family: str = "md5") -> str:
+        if family == "hashtext":
+            return f"mod(mod(hashtextextended({key_text}, 0), {int(buckets)}) + {int(buckets)}, {int(buckets)})"
         return f"mod(('x' || substr(md5({key_text}), 1, 8))::bit(32)::bigint, {int(buckets)})"
 
     def int_bucket(self, name: str, buckets: int) -> str:
         """The bucket of a row with a single integer key: the key mod ``buckets`` (never negative)."""
         return f"mod(mod({quote(name)}, {int(buckets)}) + {int(buckets)}, {int(buckets)})"
 
-    def digest(self, row_text: str) -> str:
+    def digest(self, row_text: str, family: str = "md5") -> str:
+        if family == "hashtext":
+            return f"hashtextextended({row_text}, 0)"
         return f"(('x' || substr(md5({row_text}), 1, 15))::bit(60)::bigint)"
 
     def usable(self, conn: sa.Connection) -> bool:
