@@ -144,6 +144,13 @@ def test_hand_made_damage_is_found_exactly_and_repaired(ws, database, source_kin
     assert (entries["missing"], entries["extra"], entries["different"]) == (2, 1, 3)
     parties = next(t for t in report["tables"] if t["target_table"] == "parties")
     assert parties["equal"]
+    # A composite text+integer key: found by key, however each database sorts text.
+    code, region = run_sql(target, "SELECT code, region FROM parties ORDER BY region, code")[1]
+    run_sql(target, "UPDATE parties SET name = 'Ærlig endret' WHERE code = :c AND region = :r", c=code, r=region)
+    report = json.loads(ws.cdc("reconcile", config, "--settle", "0", "--format", "json").stdout)
+    parties = next(t for t in report["tables"] if t["target_table"] == "parties")
+    assert [(r["kind"], r["key"], list(r["columns"])) for r in parties["rows"]] == [
+        ("different", [code, region], ["name"])]
     memo_row = next(r for r in entries["rows"] if r["columns"].keys() == {"memo"})
     assert "æ" in memo_row["columns"]["memo"]["source"] and "ae" in memo_row["columns"]["memo"]["target"]
 
@@ -151,20 +158,21 @@ def test_hand_made_damage_is_found_exactly_and_repaired(ws, database, source_kin
     assert "entries -> entries:" in text and "2 missing in target, 1 extra in target, 3 differ" in text
     csv_lines = ws.cdc("reconcile", config, "--settle", "0", "--format", "csv").stdout.splitlines()
     assert csv_lines[0].startswith("pair,source_table,target_table,kind,key,column")
-    assert len(csv_lines) == 1 + 2 + 1 + 3
+    assert len(csv_lines) == 1 + 2 + 1 + 3 + 1
 
     plan = ws.cdc("reconcile", config, "--settle", "0", "--repair", "--dry-run")
-    assert plan.returncode == 1 and "repair would apply 5 upsert(s) and 1 delete(s)" in plan.stdout, plan.stdout
+    assert plan.returncode == 1 and "repair would apply 6 upsert(s) and 1 delete(s)" in plan.stdout, plan.stdout
     assert "upsert entries (999999)" not in plan.stdout and "delete entries (999999)" in plan.stdout
     assert found(json.loads(ws.cdc("reconcile", config, "--settle", "0", "--format", "json").stdout)) == wanted
 
     repaired = ws.cdc("reconcile", config, "--settle", "0", "--repair")
-    assert "repair applied 5 upsert(s) and 1 delete(s)" in repaired.stdout, repaired.stdout + repaired.stderr
+    assert "repair applied 6 upsert(s) and 1 delete(s)" in repaired.stdout, repaired.stdout + repaired.stderr
     again = ws.cdc("reconcile", config, "--settle", "0")
     assert again.returncode == 0, again.stdout + again.stderr
     audit = run_sql(target, "SELECT a.op, a.key FROM cdc_audit_log a WHERE a.reason = 'repair' ORDER BY a.id")
     assert sorted(audit) == sorted([("insert", f"[{k}]") for k in wanted["missing"]] + [("delete", "[999999]")] +
-                                   [("update", f"[{k}]") for k in wanted["different"]])
+                                   [("update", f"[{k}]") for k in wanted["different"]] +
+                                   [("update", json.dumps([code, region], ensure_ascii=False, separators=(",", ":")))])
     cent = next(k for k, cols in wanted["different"].items() if cols == ["amount"])
     history = ws.cdc("audit", config, "--table", "entries", "--key", str(cent)).stdout
     lines = [line for line in history.splitlines() if line.startswith("  20")]
@@ -173,7 +181,7 @@ def test_hand_made_damage_is_found_exactly_and_repaired(ws, database, source_kin
     summary = json.loads(ws.cdc("audit", config, "--format", "json", "--op", "delete").stdout)["summary"]
     assert {(s["table"], s["kind"]) for s in summary} >= {("entries", "delete (repair)")}
     runs = run_sql(target, "SELECT equal, missing, extra, different, repaired FROM cdc_reconcile_runs ORDER BY id")
-    assert [tuple(r) for r in runs[-2:]] == [(False, 2, 1, 3, 6), (True, 0, 0, 0, None)]
+    assert [tuple(r) for r in runs[-2:]] == [(False, 2, 1, 4, 7), (True, 0, 0, 0, None)]
 
 
 @pytest.mark.parametrize("source_kind, target_kind", [("sqlite", "sqlite"), ("postgresql", "mariadb")])
