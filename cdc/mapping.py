@@ -271,3 +271,20 @@ def map_changes(changes: list[Change], mappings: dict[str, TableMapping]) -> lis
             exc.table, exc.key = exc.table or change.table, exc.key or change.key
             result.append(MappedChange(change, mapping, [], exc))
     return result
+
+
+def map_snapshot(rows: list[Row], mapping: TableMapping) -> list[MappedChange]:
+    """Snapshot rows of one table as inserts, mapped. An identity mapping without filters builds
+    the one upsert per row directly (what map_change would give, at a third of the cost)."""
+    table, key_columns = mapping.source, mapping.source_key
+    if not mapping.is_identity:
+        return map_changes([Change("insert", table, tuple([r[k] for k in key_columns]), None, r) for r in rows],
+                           {table: mapping})
+    target, target_key, wanted = mapping.target, mapping.target_key, mapping._column_set
+    result = []
+    for row in rows:
+        key = tuple([row[k] for k in key_columns])
+        change = Change("insert", table, key, None, row)
+        image = row if row.keys() == wanted else {c: row.get(c) for c in mapping.target_columns}
+        result.append(MappedChange(change, mapping, [TargetOp("upsert", target, target_key, key, image, change)]))
+    return result

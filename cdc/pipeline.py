@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from . import registry, values
-from .changes import ApplyResult, Change, dumps
+from .changes import ApplyResult, dumps
 from .config import Pair
 from .errors import ConfigError, RetryableError, SchemaError
-from .mapping import TableMapping, map_changes
+from .mapping import TableMapping, map_changes, map_snapshot
 
 logger = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -199,21 +199,19 @@ class PairRunner:
             after = self._decode_key(table, mapping, progress["after"])
             while True:
                 rows = self._retrying(lambda: self.source.snapshot(table, mapping.source_key, after, size))
-                yield rows
+                yield len(rows), map_snapshot(rows, mapping)  # mapped here, while the last chunk is written
                 if len(rows) < size:
                     return
                 after = mapping.source_key_of(rows[-1])
 
-        for rows in _prefetched(chunks, depth=1):
-            changes = [Change("insert", table, mapping.source_key_of(r), None, r) for r in rows]
-            if rows:
-                progress["after"] = list(changes[-1].key)
-            progress["done"] = len(rows) < size
+        for count, mapped in _prefetched(chunks, depth=1):
+            if mapped:
+                progress["after"] = list(mapped[-1].change.key)
+            progress["done"] = count < size
             finished = all(p["done"] for p in snapshot["tables"].values()) and \
                 set(snapshot["tables"]) >= set(self.mappings)
-            self._apply(map_changes(changes, self.mappings), position, None if finished else _copy(snapshot),
-                        "snapshot")
-            counted(len(rows))
+            self._apply(mapped, position, None if finished else _copy(snapshot), "snapshot")
+            counted(count)
             if self.stop.is_set():
                 break
 

@@ -21,7 +21,7 @@ class MySQLAdapter:
     upsert_style = "on_duplicate_key"
 
     def source(self, pair: Any) -> BinlogSource | TriggerSource | TimestampSource:
-        made = engine(pair.source.url)
+        made = engine(pair.source.url, pair.source_timezone)
         if pair.capture == "timestamp":
             source = TimestampSource(made, pair.name, pair.timestamp, pair.source_timezone)
         elif pair.capture == "trigger":

@@ -50,6 +50,13 @@ class MySQLSource(SqlSource):
             sql.mark_json_columns(conn, table)
 
     def reader(self, column: sa.Column):
+        """For values the driver read: its DATETIME/TIMESTAMP are already aware (sql.engine)."""
+        if isinstance(column.type, sa.DateTime):
+            return types.same
+        return types.reader(column, self.source_zone)
+
+    def log_reader(self, column: sa.Column):
+        """For values decoded from the binlog or a changelog: naive DATETIME/TIMESTAMP get their zone."""
         return types.reader(column, self.source_zone)
 
 
@@ -245,7 +252,7 @@ class BinlogSource(MySQLSource):
         cache = self.__dict__.setdefault("_table_readers", {})
         if table not in cache:
             info = self.describe(table)
-            converters = [(name, self.reader(column)) for name, column in zip(info.column_names, info.columns)]
+            converters = [(name, self.log_reader(column)) for name, column in zip(info.column_names, info.columns)]
             cache[table] = (frozenset(info.column_names), [(n, r) for n, r in converters if r is not types.same])
         return cache[table]
 

@@ -319,7 +319,7 @@ class TriggerSource(MySQLSource):
                 kinds = dict(self._columns(conn, table))
             readers = {}
             for name, column in zip(info.column_names, info.columns):
-                text, model = _text_reader(kinds.get(name, "")), self.reader(column)
+                text, model = _text_reader(kinds.get(name, "")), self.log_reader(column)
                 readers[name] = (lambda v, t=text, m=model: m(t(v)))
             cache[table] = readers
         return cache[table]
