@@ -179,9 +179,14 @@ def test_random_changes_with_sigkill_and_a_source_restart(ws, mysql_server, mysq
 
     import workload
 
+    import os
+
     server = mysql_server[1]
     if server is None:
         pytest.skip("restarts only the test's own MariaDB server")
+    # CDC_TEST_MYSQL_CHANGES=20000 runs the full-size check (about 10 minutes).
+    total = int(os.environ.get("CDC_TEST_MYSQL_CHANGES", "4000"))
+    first_phase = total * 3 // 8
     mexec(mysql_url, ENTRIES)
     mexec(mysql_url, PARTIES)
     workload.run(mysql_url, 300, seed=61)
@@ -192,7 +197,7 @@ def test_random_changes_with_sigkill_and_a_source_restart(ws, mysql_server, mysq
     # Phase 1: the pair streams while the writer writes; then MariaDB crashes and comes back.
     process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    changes.append(workload.run(mysql_url, 1500, seed=62, pause=0.005, log=log))
+    changes.append(workload.run(mysql_url, first_phase, seed=62, pause=0.005, log=log))
     server.stop(kill=True)
     time.sleep(1.5)
     server.start()
@@ -203,8 +208,8 @@ def test_random_changes_with_sigkill_and_a_source_restart(ws, mysql_server, mysq
     assert process.returncode == 0, err
     assert "retrying" in err, err  # it saw the outage and said so
     # Phase 2: more changes while `cdc run` is SIGKILLed at random moments.
-    writer = threading.Thread(target=lambda: changes.append(workload.run(mysql_url, 2500, seed=63, pause=0.005,
-                                                                         log=log)))
+    writer = threading.Thread(target=lambda: changes.append(workload.run(mysql_url, total - first_phase, seed=63,
+                                                                         pause=0.005, log=log)))
     writer.start()
     rng, kills = random.Random(7), 0
     while writer.is_alive() or kills < 3:

@@ -156,6 +156,10 @@ def test_hand_made_damage_is_found_exactly_and_repaired(ws, database, source_kin
 
     text = ws.cdc("reconcile", config, "--settle", "0").stdout
     assert "entries -> entries:" in text and "2 missing in target, 1 extra in target, 3 differ" in text
+    # --where on both sides: only the extra row's range, by the same column name.
+    only = json.loads(ws.cdc("reconcile", config, "--settle", "0", "--format", "json", "--table", "entries",
+                             "--where", "id >= 999999").stdout)["tables"]
+    assert [(t["source_rows"], t["target_rows"], t["extra"], t["missing"]) for t in only] == [(0, 1, 1, 0)]
     csv_lines = ws.cdc("reconcile", config, "--settle", "0", "--format", "csv").stdout.splitlines()
     assert csv_lines[0].startswith("pair,source_table,target_table,kind,key,column")
     assert len(csv_lines) == 1 + 2 + 1 + 3 + 1
