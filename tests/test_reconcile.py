@@ -217,6 +217,28 @@ def test_control_totals_per_account_and_month_drill_down_to_rows(ws, database, s
     assert "control total differs: account" in text
 
 
+def test_uuid_keys_between_postgresql_and_mariadb(ws, database):
+    """A UUID key (uuid in PostgreSQL, CHAR(36) in MariaDB) found by key across database kinds."""
+    source, _ = database("postgresql")
+    target, _ = database("mariadb")
+    run_sql(source, "CREATE TABLE vouchers (id UUID PRIMARY KEY, amount NUMERIC(12,2) NOT NULL, note TEXT)")
+    run_sql(source, "INSERT INTO vouchers SELECT md5(g::text)::uuid, g / 7.0, 'bilag ' || g "
+                    "FROM generate_series(1, 300) g")
+    run_sql(target, "CREATE TABLE vouchers (id CHAR(36) PRIMARY KEY, amount DECIMAL(12,2) NOT NULL, note TEXT)")
+    ws.config.write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  books:\n    source: src\n"
+                         "    target: dst\n    capture: logical\n    tables: [vouchers]\n", encoding="utf-8")
+    for command in ("init", "install"):
+        cdc_ok(ws, command, str(ws.config))
+    cdc_ok(ws, "run", "--once", str(ws.config))
+    assert ws.cdc("reconcile", str(ws.config), "--settle", "0").returncode == 0
+    victim = run_sql(target, "SELECT id FROM vouchers ORDER BY id LIMIT 1 OFFSET 17")[0][0]
+    run_sql(target, "UPDATE vouchers SET note = 'endret' WHERE id = :i", i=victim)
+    report = json.loads(ws.cdc("reconcile", str(ws.config), "--settle", "0", "--format", "json").stdout)
+    rows = report["tables"][0]["rows"]
+    assert [(r["kind"], str(r["key"][0]).lower(), list(r["columns"])) for r in rows] == [
+        ("different", victim.lower(), ["note"])]
+
+
 def test_a_difference_still_in_flight_settles(ws, database):
     """Changes the pair has not applied yet are differences only until it applies them."""
     import threading
