@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from . import state, values
+from . import registry, state, values
 from ._transforms import TransformError
 from .changes import Change, dumps
 from .config import Pair
@@ -419,12 +419,7 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
                    settle: float) -> TableReport:
     started = time.perf_counter()
     result = TableReport(mapping.source, mapping.target)
-    info = target.describe(mapping.target)
-    by_name = dict(zip(info.column_names, info.columns))
-    missing_columns = [c for c in mapping.target_columns if c not in by_name]
-    if missing_columns:
-        raise SchemaError(f"target table {mapping.target} has no column {missing_columns[0]!r}")
-    columns = {c: by_name[c] for c in mapping.target_columns}
+    columns = _target_columns(target, mapping)
     mine = _Side(source, mapping.source, mapping.source_key, columns, where, mapping)
     theirs = _Side(target, mapping.target, mapping.target_key, columns, where)
     family = next(f for f in mine.families if f in theirs.families)  # "md5" is in every list
@@ -457,6 +452,16 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
         result.totals = _control_totals(mine, theirs, totals, differences.values())
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _target_columns(target: Any, mapping: TableMapping) -> dict[str, sa.Column]:
+    """The target columns the mapping writes, in its order; SchemaError names one that is missing."""
+    info = target.describe(mapping.target)
+    by_name = dict(zip(info.column_names, info.columns))
+    missing = [c for c in mapping.target_columns if c not in by_name]
+    if missing:
+        raise SchemaError(f"target table {mapping.target} has no column {missing[0]!r}")
+    return {c: by_name[c] for c in mapping.target_columns}
 
 
 def _both(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
@@ -535,8 +540,7 @@ def _plan(source: Any, target: Any, mappings: dict[str, TableMapping], report: R
     plan: list[TargetOp] = []
     for table in report.tables:
         mapping = mappings[table.source_table]
-        columns = {c: target.describe(mapping.target).columns[target.describe(mapping.target).column_names.index(c)]
-                   for c in mapping.target_columns}
+        columns = _target_columns(target, mapping)
         side = _Side(source, mapping.source, mapping.source_key, columns, None, mapping)
         present = side.rows([s for s, _ in table.keys.values() if s is not None])
         theirs = _Side(target, mapping.target, mapping.target_key, columns, None)
@@ -581,9 +585,7 @@ def apply_repair(pair: Pair, plan: list[TargetOp]) -> int:
 
 def record(pair: Pair, report: ReconcileReport) -> int | None:
     """Store the run in the target's ``cdc_reconcile_runs``; its id (None before `cdc init`)."""
-    from .registry import adapter_for
-
-    target = adapter_for(pair.target.url).target(pair.target.url)
+    target = registry.adapter_for(pair.target.url).target(pair.target.url)
     try:
         with target.engine.begin() as conn:
             state.ensure_current(conn)
