@@ -43,7 +43,7 @@ from . import registry, state, values
 from ._transforms import TransformError
 from .changes import Change, dumps
 from .config import Pair
-from .errors import ConfigError, RowError, SchemaError
+from .errors import ConfigError, RowError, SchemaError, StateError
 from .mapping import MappedChange, TableMapping, TargetOp
 from .pipeline import open_pair
 
@@ -588,7 +588,11 @@ def record(pair: Pair, report: ReconcileReport) -> int | None:
     target = registry.adapter_for(pair.target.url).target(pair.target.url)
     try:
         with target.engine.begin() as conn:
-            state.ensure_current(conn)
+            try:
+                state.ensure_current(conn)
+            except StateError as exc:  # a target cdc does not manage (yet) can still be compared
+                logger.warning("pair %s: the run is not recorded: %s", pair.name, exc)
+                return None
             return state.write_reconcile_run(conn, {
                 "pair": pair.name, "started_at": report.started_at, "finished_at": report.finished_at,
                 "equal": report.equal, "tables": len(report.tables),
