@@ -166,7 +166,8 @@ def assert_each_transaction_once(pg: str, log: list, total: int) -> None:
     flags = [gtid in audited for gtid, _ in log]
     assert flags == sorted(flags), "a transaction after an applied one is missing from the audit"
     streamed = [(gtid, n) for gtid, n in log if gtid in audited]
-    assert all(audited[gtid] == n for gtid, n in streamed), "a transaction applied twice or in part"
+    wrong = [(gtid, n, audited[gtid]) for gtid, n in streamed if audited[gtid] != n]
+    assert not wrong, f"transactions applied twice or in part (gtid, changes, audit rows): {wrong[:10]}"
     assert len(streamed) == len(audited) and streamed, "audit rows for transactions no writer made"
 
 

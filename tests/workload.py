@@ -111,8 +111,14 @@ def run(db: Path | str, changes: int, seed: int, pause: float = 0.0, log: list |
                         ids.append(next_id)
                         next_id += 1
                     elif roll < 0.75:
+                        victim, new_amount, new_memo = rng.choice(ids), amount(rng), rng.choice(MEMOS)
+                        old = conn.execute("SELECT amount, memo FROM entries WHERE id = ?", (victim,)).fetchone()
+                        if old is not None and Decimal(str(old[0])) == Decimal(new_amount) and old[1] == new_memo:
+                            # Always a real change: MySQL's binlog has no event for an UPDATE that sets the
+                            # values a row already has (PostgreSQL's WAL and every trigger do).
+                            new_memo = "endret" if new_memo != "endret" else "endret igjen"
                         conn.execute("UPDATE entries SET amount = ?, memo = ? WHERE id = ?",
-                                     (amount(rng), rng.choice(MEMOS), rng.choice(ids)))
+                                     (new_amount, new_memo, victim))
                     elif roll < 0.9:
                         victim = ids.pop(rng.randrange(len(ids)))
                         conn.execute("DELETE FROM entries WHERE id = ?", (victim,))
