@@ -95,6 +95,8 @@ def _reconcile_text(report: ReconcileReport, locale: str) -> str:
         hidden = t.missing + t.extra + t.different - len(t.rows)
         if hidden > 0:
             out.append(f"    ... and {number(hidden, locale)} more (raise --limit to list them)")
+        if t.counted_from_fingerprints:
+            out.append("    (so many rows differ that they were counted from the fingerprints, not read one by one)")
         for total in t.totals:
             if not total["equal"]:
                 out.append(f"    control total differs: account {total['account']} period {total['period']}: "

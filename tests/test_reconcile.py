@@ -254,6 +254,26 @@ def test_a_difference_still_in_flight_settles(ws, database):
     assert result.returncode == 0 and entries["settled"] == 4 and entries["different"] == 0, result.stdout
 
 
+def test_a_target_that_lost_most_rows_is_counted_from_fingerprints(ws, database, monkeypatch):
+    """Past MAX_ROW_CHECKS differing keys the counts come from the fingerprints; a few are listed; repair
+    still fixes all of them."""
+    from cdc import commands, reconcile
+
+    source, target = synced_pair(ws, database, "sqlite", "sqlite", changes=400)
+    total = run_sql(target, "SELECT count(*) FROM entries")[0][0]
+    kept = [i for (i,) in run_sql(target, "SELECT id FROM entries ORDER BY id LIMIT 3")]
+    run_sql(target, f"DELETE FROM entries WHERE id > {kept[-1]}")
+    run_sql(target, f"UPDATE entries SET memo = 'feil' WHERE id = {kept[1]}")
+    monkeypatch.setattr(reconcile, "MAX_ROW_CHECKS", 20)
+    report = commands.reconcile(str(ws.config), table="entries", limit=5, settle=0)
+    entries = report.tables[0]
+    assert entries.counted_from_fingerprints and (entries.missing, entries.different) == (total - 3, 1)
+    assert len(entries.rows) == 5
+    repaired = commands.reconcile(str(ws.config), table="entries", limit=5, settle=0, repair=True)
+    assert repaired.repair["applied"] == total - 3 + 1
+    assert commands.reconcile(str(ws.config), settle=0).equal
+
+
 def test_bad_usage_exits_2(ws, database):
     synced_pair(ws, database, "sqlite", "sqlite", changes=50)
     config = str(ws.config)
