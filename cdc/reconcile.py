@@ -409,10 +409,10 @@ def reconcile(pair: Pair, *, table: str | None = None, where: str | None = None,
         if table is not None and not chosen:
             raise ConfigError(f"pair {pair.name} has no table {table!r} (tables: "
                               f"{', '.join(m.source for m in mappings.values())})")
+        say = progress or (lambda text: None)
         for mapping in chosen:
-            if progress:
-                progress(f"{mapping.source} -> {mapping.target}: comparing")
-            report.tables.append(_compare_table(source, target, mapping, where, limit, settle))
+            report.tables.append(_compare_table(source, target, mapping, where, limit, settle,
+                                                lambda text, m=mapping: say(f"{m.source} -> {m.target}: {text}")))
     finally:
         source.close()
         target.close()
@@ -421,7 +421,7 @@ def reconcile(pair: Pair, *, table: str | None = None, where: str | None = None,
 
 
 def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str | None, limit: int,
-                   settle: float) -> TableReport:
+                   settle: float, say: Callable[[str], None]) -> TableReport:
     started = time.perf_counter()
     result = TableReport(mapping.source, mapping.target)
     columns = _target_columns(target, mapping)
@@ -431,11 +431,15 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
     mine.family = theirs.family = family
     result.methods = {"source": mine.method, "target": theirs.method}
     # Both sides work at once (two databases, or two connections to one).
+    say("counting rows")
     buckets = max(1, min(1 << 16, max(_both(mine.count, theirs.count)) // ROWS_PER_BUCKET))
+    say(f"fingerprinting in {buckets:,} buckets (source {mine.method}, target {theirs.method})")
     (expected, result.source_rows), (actual, result.target_rows) = _both(lambda: mine.buckets(buckets),
                                                                          lambda: theirs.buckets(buckets))
     result.unmappable = mine.unmappable  # source rows the mapping refused (streamed reads only)
     differing = {b for b in expected.keys() | actual.keys() if expected.get(b) != actual.get(b)}
+    if differing:
+        say(f"{len(differing):,} bucket(s) differ: reading their keys")
     want, have = _both(lambda: mine.digests(buckets, differing), lambda: theirs.digests(buckets, differing))
     suspects = {text: (want.get(text, (None, None))[1], have.get(text, (None, None))[1])
                 for text in want.keys() | have.keys()
@@ -451,6 +455,8 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
         result.seconds = time.perf_counter() - started
         return result
     deadline = time.monotonic() + settle
+    if suspects:
+        say(f"{len(suspects):,} key(s) differ: comparing their rows")
     differences = _row_differences(mine, theirs, suspects)
     while differences and time.monotonic() < deadline:
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
