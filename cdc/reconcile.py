@@ -314,7 +314,7 @@ class _Side:
             prints = self.reads.fingerprints
             key_text, row_text = self.sql
             query = (f"SELECT {self.bucket_of(buckets)} AS b, count(*), "
-                     f"sum({prints.digest(row_text, self.family)}) {self._from()} GROUP BY 1")
+                     f"{prints.total(prints.digest(row_text, self.family))} {self._from()} GROUP BY 1")
             with self.reads.engine.connect() as conn:
                 found = {int(b): (int(n), int(s)) for b, n, s in conn.exec_driver_sql(query)}
             return found, sum(n for n, _ in found.values())

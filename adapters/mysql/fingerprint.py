@@ -78,5 +78,8 @@ class MySQLFingerprints:
     def digest(self, row_text: str, family: str = "md5") -> str:
         return f"CAST(CONV(SUBSTRING(MD5({row_text}), 1, 15), 16, 10) AS UNSIGNED)"
 
+    def total(self, digest: str) -> str:
+        return f"sum({digest})"
+
     def usable(self, conn: sa.Connection) -> bool:
         return True  # every session runs with NAMES utf8mb4: MD5 hashes UTF-8 bytes

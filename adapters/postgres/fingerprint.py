@@ -77,6 +77,9 @@ class PostgresFingerprints:
             return f"hashtextextended({row_text}, 0)"
         return f"(('x' || substr(md5({row_text}), 1, 15))::bit(60)::bigint)"
 
+    def total(self, digest: str) -> str:
+        return f"sum({digest})"
+
     def usable(self, conn: sa.Connection) -> bool:
         """md5 hashes the database's bytes: the same as Python's only in a UTF8 database."""
         return conn.exec_driver_sql("SHOW server_encoding").scalar().upper() in ("UTF8", "UTF-8")

@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 
 from cdc.errors import SourceError
 
+from .fingerprint import SqliteFingerprints
 from .source import TimestampSource, TriggerSource
 from .target import SqliteTarget
 
@@ -30,13 +31,21 @@ def _engine(url: str, *, immediate: bool) -> sa.Engine:
     return engine
 
 
+def _fingerprinted(reads: Any) -> Any:
+    """Give a source or target the SQLite fingerprint functions on each of its connections."""
+    reads.fingerprints = SqliteFingerprints(reads)
+    sa.event.listen(reads.engine, "connect", lambda dbapi_connection, record:
+                    reads.fingerprints.register(dbapi_connection))
+    return reads
+
+
 class SqliteAdapter:
     """Capabilities and factories of the SQLite adapter."""
 
     name = "sqlite"
     backends = ("sqlite",)
     capture_modes = ("trigger", "timestamp")
-    supports_in_db_checksum = False
+    supports_in_db_checksum = True  # through registered functions
     upsert_style = "on_conflict"
 
     def database_exists(self, url: str) -> bool:
@@ -50,12 +59,12 @@ class SqliteAdapter:
                               f"(connection {pair.source.name})")
         engine = _engine(pair.source.url, immediate=False)
         if pair.capture == "timestamp":
-            return TimestampSource(engine, pair.name, pair.timestamp)
-        return TriggerSource(engine, pair.name)
+            return _fingerprinted(TimestampSource(engine, pair.name, pair.timestamp))
+        return _fingerprinted(TriggerSource(engine, pair.name))
 
     def target(self, url: str) -> SqliteTarget:
         """A Target; the database file is created on first write (by `cdc init`)."""
-        return SqliteTarget(_engine(url, immediate=True))
+        return _fingerprinted(SqliteTarget(_engine(url, immediate=True)))
 
 
 adapter = SqliteAdapter()

@@ -1,0 +1,100 @@
+"""Reconciliation fingerprints inside SQLite, through registered functions (see cdc/reconcile.py).
+
+SQLite has no MD5 and its columns hold values of any storage class, so the canonical text of a
+value is made by a Python function registered on every connection: the adapter's reader, the fit
+to the target column's type and the canonical text, exactly as the streamed path does them; MD5
+and the exact sum of 60-bit digests (SQLite's sum() would overflow) are registered too. SQLite
+then scans, groups and filters by bucket itself, without building a row dict per row in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+import sqlalchemy as sa
+
+from .sql import quote
+
+
+class _Sum:
+    """An exact sum (Python ints): registered as the aggregate cdc_sum."""
+
+    def __init__(self):
+        self.total = 0
+
+    def step(self, value: int | None) -> None:
+        if value is not None:
+            self.total += value
+
+    def finalize(self) -> str:
+        return str(self.total)  # as text: SQLite integers stop at 2^63
+
+
+class SqliteFingerprints:
+    families = ("md5",)
+
+    def __init__(self, reads: Any):
+        self.reads = reads
+        self._specs: list[Callable[[Any], str | None]] = []
+
+    def register(self, dbapi_connection: Any) -> None:
+        """Make the functions known to one new SQLite connection."""
+        dbapi_connection.create_function("cdc_canon", 2, self._canon, deterministic=True)
+        dbapi_connection.create_function("cdc_md5_bucket", 2, _md5_bucket, deterministic=True)
+        dbapi_connection.create_function("cdc_md5_digest", 1, _md5_digest, deterministic=True)
+        dbapi_connection.create_aggregate("cdc_sum", 1, _Sum)
+
+    def _canon(self, value: Any, spec: int) -> str | None:
+        return self._specs[spec](value)
+
+    def canonical(self, name: str, column: sa.Column, as_type: sa.types.TypeEngine) -> str | None:
+        from cdc import values
+        from cdc._transforms import TransformError
+        from cdc.reconcile import canonical
+
+        read = self.reads.reader(column)
+        target = sa.Column("value", as_type)
+
+        def canon(value: Any) -> str | None:
+            value = read(value)
+            try:
+                value = values.fit(value, target)
+            except TransformError:
+                pass  # compared as it is, as the streamed path does
+            return canonical(value, target)
+
+        self._specs.append(canon)
+        return f"cdc_canon({quote(name)}, {len(self._specs) - 1})"
+
+    def month(self, name: str, column: sa.Column) -> str | None:
+        return None  # control totals of SQLite tables are summed streamed
+
+    def part(self, text: str, prefixed: bool) -> str:
+        return f"coalesce(length({text}) || ':' || {text}, '\\N')" if prefixed else f"coalesce({text}, '\\N')"
+
+    def join(self, parts: list[str]) -> str:
+        return " || '|' || ".join(parts)
+
+    def bucket(self, key_text: str, buckets: int, family: str = "md5") -> str:
+        return f"cdc_md5_bucket({key_text}, {int(buckets)})"
+
+    def int_bucket(self, name: str, buckets: int) -> str:
+        return f"((({quote(name)} % {int(buckets)}) + {int(buckets)}) % {int(buckets)})"
+
+    def digest(self, row_text: str, family: str = "md5") -> str:
+        return f"cdc_md5_digest({row_text})"
+
+    def total(self, digest: str) -> str:
+        return f"cdc_sum({digest})"
+
+    def usable(self, conn: sa.Connection) -> bool:
+        return True
+
+
+def _md5_bucket(text: str, buckets: int) -> int:
+    return int(hashlib.md5(text.encode()).hexdigest()[:8], 16) % buckets
+
+
+def _md5_digest(text: str) -> int:
+    return int(hashlib.md5(text.encode()).hexdigest()[:15], 16)
