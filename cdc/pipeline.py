@@ -107,8 +107,9 @@ class PairRunner:
         self.source, self.target, self.mappings = open_pair(pair)
         self.target.prepare_tables(m.target for m in self.mappings.values())
         self._bulk: dict[str, bool] = {}
+        self._copy_types: dict[str, dict] = {}  # target column types a source makes COPY text for
         for table, mapping in self.mappings.items():
-            if self._bulk_ok(table, mapping):
+            if self._bulk_ok(table, mapping) and table not in self._copy_types:  # same kind, same types
                 self.target.trust(mapping.target, mapping.target_columns)
             elif getattr(self.source, "enforces_types", False) and self.target.exists(mapping.target):
                 self.target.trust(mapping.target, self._always_fit(table, mapping))
@@ -117,8 +118,11 @@ class PairRunner:
         """Target columns copied untransformed from a source column whose every value fits them."""
         source = {c.name: c for c in self.source.describe(table).columns}
         target = {c.name: c for c in self.target.table(mapping.target).columns}
+        # A source whose date columns may hold zero dates ('0000-00-00', MySQL) has them checked.
+        dates = (sa.Date, sa.DateTime) if getattr(self.source, "zero_dates", False) else ()
         return [name for name, origin, transforms in mapping.column_specs()
                 if origin in source and name in target and not transforms
+                and not isinstance(source[origin].type, dates)
                 and values.always_fits(source[origin].type, target[name].type)]
 
     def close(self) -> None:
@@ -216,15 +220,19 @@ class PairRunner:
                 break
 
     def _bulk_ok(self, table: str, mapping: TableMapping) -> bool:
-        """Whether a chunk can go as raw COPY data: same database kind, identity mapping, same types."""
+        """Whether a chunk can go as raw COPY data: identity mapping, and the same database kind with
+        the same column types, or a source that makes the target's COPY text itself (copy_compatible)."""
         if table not in self._bulk:
             self._bulk[table] = False
             capable = hasattr(self.source, "copy_out") and hasattr(self.target, "bulk_snapshot")
-            if capable and mapping.is_identity and self.target.exists(mapping.target) and \
-                    self.source.engine.dialect.name == self.target.engine.dialect.name:
-                wanted = {c: t for c, t in self.source.column_types(table).items() if c in mapping.target_columns}
+            if capable and mapping.is_identity and self.target.exists(mapping.target):
                 have = self.target.column_types(mapping.target)
-                self._bulk[table] = all(have.get(c) == t for c, t in wanted.items())
+                if self.source.engine.dialect.name == self.target.engine.dialect.name:
+                    wanted = {c: t for c, t in self.source.column_types(table).items() if c in mapping.target_columns}
+                    self._bulk[table] = all(have.get(c) == t for c, t in wanted.items())
+                elif getattr(self.source, "copy_target", None) == self.target.engine.dialect.name:
+                    self._copy_types[table] = {c: have.get(c) for c in mapping.target_columns}
+                    self._bulk[table] = self.source.copy_compatible(table, self._copy_types[table])
         return self._bulk[table]
 
     def _bulk_chunk(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict) -> int:
@@ -244,8 +252,15 @@ class PairRunner:
 
         return self._retrying(lambda: self.target.bulk_snapshot(
             self.pair.name, table, mapping.target, mapping.target_columns, mapping.target_key,
-            lambda write: self.source.copy_out(table, mapping.target_columns, mapping.source_key, after, chunk, write),
-            position, finish, direct=progress.get("direct", False)))
+            lambda write: self._copy_out(table, mapping, after, chunk, write),
+            position, finish, direct=progress.get("direct", False), fmt=getattr(self.source, "copy_format", "binary")))
+
+    def _copy_out(self, table: str, mapping: TableMapping, after: tuple | None, chunk: int, write: Callable) -> None:
+        if table in self._copy_types:  # COPY text made by another kind of database for these target types
+            self.source.copy_out(table, mapping.target_columns, mapping.source_key, after, chunk, write,
+                                 self._copy_types[table])
+        else:
+            self.source.copy_out(table, mapping.target_columns, mapping.source_key, after, chunk, write)
 
     def _decode_key(self, table: str, mapping: TableMapping, stored: list | None) -> tuple | None:
         """A key read back from the checkpoint's JSON, in the source's own types."""

@@ -311,15 +311,15 @@ def test_timestamp_capture_from_mariadb(ws, mysql_url, pg_url):
 
 
 def test_sigkill_during_a_snapshot_resumes_without_doubles(ws, mysql_url, pg_url):
-    """A 100,000-row snapshot in 500-row chunks (straight COPY into the empty target), SIGKILLed
+    """A 300,000-row snapshot in 300-row chunks (COPY text made by MariaDB, straight into the empty target), SIGKILLed
     again and again until a run gets through: every row arrives exactly once and the chunk audit
     rows add up to the table."""
     import json
 
     mexec(mysql_url, ENTRIES)
     mexec(mysql_url, "INSERT INTO entries SELECT seq, 1500 + seq % 7, seq / 100, 'NOK', CONCAT('Bilag ', seq, ' æøå'), "
-                     "TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq MINUTE FROM seq_1_to_100000")
-    pair_config(ws, mysql_url, pg_url, "big", snapshot_chunk=500)
+                     "TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq MINUTE FROM seq_1_to_300000")
+    pair_config(ws, mysql_url, pg_url, "big", snapshot_chunk=300)
     for command in ("init", "install"):
         cdc_ok(ws, command)
     kills = 0
@@ -329,9 +329,9 @@ def test_sigkill_during_a_snapshot_resumes_without_doubles(ws, mysql_url, pg_url
     assert kills >= 2, "the snapshot finished before it could be killed"
     cdc_ok(ws, "run", "--once")
     source_rows, target_rows = same_rows(mysql_url, pg_url, "entries", "id")
-    assert len(source_rows) == 100000 and source_rows == target_rows
+    assert len(source_rows) == 300000 and source_rows == target_rows
     chunks = pexec(pg_url, "SELECT after FROM cdc_audit_log WHERE op = 'snapshot'")
-    assert sum(json.loads(after)["rows"] for (after,) in chunks) == 100000
+    assert sum(json.loads(after)["rows"] for (after,) in chunks) == 300000
 
 
 def racing_updates(url: str, transactions: int, seed: int) -> int:
@@ -421,3 +421,40 @@ def test_trigger_capture_open_transaction_racing_writers_and_sigkill(ws, mysql_u
         cdc_ok(ws, "uninstall").stdout
     assert mexec(mysql_url, "SELECT count(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()") \
         == [(0,)]
+
+
+def test_snapshot_as_copy_text_made_by_mariadb(ws, mysql_url, pg_url, caplog):
+    """An identity pair into PostgreSQL columns of matching types: the server writes COPY text,
+    escapes and NULLs included, and PostgreSQL holds exactly what the row path would write; a
+    chunk with a zero date falls back to rows, where that one row is parked by name."""
+    mexec(mysql_url, """CREATE TABLE notes (id INT PRIMARY KEY, amount DECIMAL(12,2), big BIGINT UNSIGNED,
+        at DATETIME(6), stamp TIMESTAMP(6) NULL, day DATE, code CHAR(3), body TEXT, raw BLOB) ENGINE=InnoDB""")
+    odd = ["tab\there", "line\nbreak", "cr\rhere", "back\\slash", "\\N", "", None, "æøå 🧾", "\\\\t"]
+    rows = [(i + 1, Decimal(f"{i}.{i % 10}5"), 2**63 + i, dt.datetime(2024, 1, 1, 12, 0, 0, 123456 * (i % 2)),
+             dt.datetime(2024, 6, 1, 8, 30), dt.date(2024, 2, 29), "NO" if i % 2 else "SEK", body,
+             bytes([i % 256, 0, 255]) if i % 3 else None) for i, body in enumerate(odd * 30)]
+    mexec(mysql_url, "INSERT INTO notes VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows, many=True)
+    pexec(pg_url, "CREATE TABLE notes (id INTEGER PRIMARY KEY, amount NUMERIC(12,2), big NUMERIC(20,0), "
+                  "at TIMESTAMPTZ, stamp TIMESTAMPTZ, day DATE, code CHAR(3), body TEXT, raw BYTEA)")
+    pair_config(ws, mysql_url, pg_url, "notes", tables="[notes]", snapshot_chunk=100, on_error="park")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    from cdc import config, pipeline
+
+    runner = pipeline.PairRunner(config.load_config(ws.config).pairs["notes"])
+    try:
+        assert runner._bulk_ok("notes", runner.mappings["notes"]), "the COPY text path was not chosen"
+    finally:
+        runner.close()
+    cdc_ok(ws, "run", "--once")
+    want = [(i, a, Decimal(b), t.replace(tzinfo=UTC), s.replace(tzinfo=UTC), d, c.ljust(3), body, r)
+            for i, a, b, t, s, d, c, body, r in rows]
+    assert pexec(pg_url, "SELECT * FROM notes ORDER BY id") == want
+    # A zero date: PostgreSQL refuses the chunk, the row path parks that row by name and goes on.
+    mexec(mysql_url, "SET SESSION sql_mode = '';\nINSERT INTO notes (id, at) VALUES (100000, '0000-00-00 00:00:00')")
+    mexec(mysql_url, "INSERT INTO notes (id, amount) VALUES (100001, 1.00)")
+    pexec(pg_url, "DELETE FROM notes WHERE id > 200")
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    assert pexec(pg_url, "SELECT count(*) FROM notes") == [(len(rows) + 1,)]
+    parked = pexec(pg_url, "SELECT key, column_name, error FROM cdc_dead_letters")
+    assert parked == [("[100000]", "at", "'0000-00-00 00:00:00.000000' is not a timestamp")], parked

@@ -65,3 +65,49 @@ def mark_json_columns(conn: sa.Connection, table: sa.Table) -> None:
     for column in table.columns:
         if column.name in names and not isinstance(column.type, sa.JSON):
             column.type = sa.JSON()
+
+
+# -- snapshot as PostgreSQL COPY text ------------------------------------------------------------
+#: information_schema facts about a table's columns, for the COPY text fast path.
+COPY_COLUMNS = ("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE "
+                "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %(table)s")
+_INTEGERS = {"tinyint", "smallint", "mediumint", "int", "bigint"}
+_TEXTS = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum"}
+_BINARIES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
+# COPY text escapes backslash, newline, carriage return and tab; NULL is \N.
+_ESCAPED = r"REPLACE(REPLACE(REPLACE(REPLACE({}, '\\', '\\\\'), '\n', '\\n'), '\r', '\\r'), '\t', '\\t')"
+
+
+def copy_text_expression(name: str, facts: tuple, target_type: str, utc_datetime: bool) -> str | None:
+    """SQL giving one column as PostgreSQL reads it in COPY text format into a column of
+    ``target_type`` (format_type), or None when the value needs Python on the way."""
+    data_type, column_type, precision, scale = facts
+    c = quote(name)
+    if data_type in _INTEGERS:
+        unsigned = "unsigned" in column_type
+        widths = {"smallint": ("tinyint",) + (() if unsigned else ("smallint",)),
+                  "integer": ("tinyint", "smallint", "mediumint") + (() if unsigned else ("int",)),
+                  "bigint": ("tinyint", "smallint", "mediumint", "int") + (() if unsigned else ("bigint",))}
+        fits = target_type.startswith("numeric") or data_type in widths.get(target_type, ())
+        return f"CAST({c} AS CHAR)" if fits else None
+    if data_type == "decimal":
+        same = target_type in ("numeric", f"numeric({precision},{scale})")
+        return f"CAST({c} AS CHAR)" if same else None
+    if data_type in ("datetime", "timestamp") and target_type == "timestamp with time zone":
+        # TIMESTAMP is read in the session's UTC; DATETIME only when the pair reads it as UTC.
+        return f"CONCAT(CAST({c} AS CHAR), '+00')" if data_type == "timestamp" or utc_datetime else None
+    if data_type == "date" and target_type == "date":
+        return f"CAST({c} AS CHAR)"
+    if data_type in _TEXTS and (target_type == "text" or target_type.startswith(("character varying", "character("))):
+        return _ESCAPED.format(f"CAST({c} AS CHAR CHARACTER SET utf8mb4)")
+    if data_type in _BINARIES and target_type == "bytea":
+        return r"CONCAT('\\\\x', LOWER(HEX(" + c + ")))"
+    return None
+
+
+def copy_text_query(table: str, expressions: list[str], key: tuple[str, ...], after: bool, limit: int) -> str:
+    """One keyed chunk of rows, each one line of COPY text (NULL as \\N, tab-separated)."""
+    keys = ", ".join(quote(k) for k in key)
+    line = "CONCAT_WS('\\t', " + ", ".join(f"IFNULL({e}, '\\\\N')" for e in expressions) + ")"
+    where = f" WHERE ({keys}) > ({', '.join(['%s'] * len(key))})" if after else ""
+    return f"SELECT {line} FROM {quote(table)}{where} ORDER BY {keys} LIMIT {int(limit)}"

@@ -94,8 +94,10 @@ class PostgresTarget(SqlTarget):
             return dict(conn.exec_driver_sql(sql.COLUMN_TYPES, {"table": sql.quote(table)}).all())
 
     def bulk_snapshot(self, pair: str, source_table: str, table: str, columns: list[str], key: tuple[str, ...],
-                      copy_out: Callable, position: Any, finish: Callable, direct: bool = False) -> int:
-        """One snapshot chunk as binary COPY from a PostgreSQL source with identical column types.
+                      copy_out: Callable, position: Any, finish: Callable, direct: bool = False,
+                      fmt: str = "binary") -> int:
+        """One snapshot chunk as COPY data: binary from a PostgreSQL source with identical column types,
+        or text (``fmt``) made by another kind of source for exactly these column types.
 
         ONE transaction: the rows, one audit row, the checkpoint. ``direct``: the table was empty
         when the snapshot began and chunks are disjoint, so COPY goes straight into it; otherwise
@@ -108,8 +110,9 @@ class PostgresTarget(SqlTarget):
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sql.quote(stage)}")
                 conn.exec_driver_sql(sql.stage(stage, table, columns))
             cursor = conn.connection.driver_connection.cursor()
-            with _as_sqlalchemy_errors(sql.copy_in_binary(stage, columns)):
-                with cursor.copy(sql.copy_in_binary(stage, columns)) as into:
+            statement = sql.copy_in_binary(stage, columns) if fmt == "binary" else sql.copy_into(stage, columns)
+            with _as_sqlalchemy_errors(statement):
+                with cursor.copy(statement) as into:
                     copy_out(into.write)
             count = cursor.rowcount
             last = list(conn.exec_driver_sql(sql.edge_key(stage, key, last=True)).one()) if count else None
