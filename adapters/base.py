@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from cdc import state, values
 from cdc._transforms import TransformError
-from cdc.changes import ApplyResult, Batch, Position, Row, dumps
-from cdc.errors import RetryableError, RowError, SchemaError, TargetError
+from cdc.changes import ApplyResult, Batch, Position, Row, dumps, loads
+from cdc.errors import RetryableError, RowError, SchemaError, SourceError, TargetError
 from cdc.mapping import MappedChange, TargetOp
 
 
@@ -217,6 +217,19 @@ class SqlSource(KeyedReads):
 
     def format_position(self, position: Position) -> str:
         return dumps(position)
+
+    #: The table in which `cdc install` registers each pair a changelog serves (trigger capture).
+    consumers_table = "_cdc_consumers"
+
+    def _require_installed(self, conn: sa.Connection) -> None:
+        """SourceError unless `cdc install` registered this pair, with every one of its tables."""
+        row = None
+        if sa.inspect(conn).has_table(self.consumers_table):
+            row = conn.execute(sa.text(f"SELECT tables FROM {self.consumers_table} WHERE pair = :pair"),
+                               {"pair": self.pair}).first()
+        registered = () if row is None else row[0] if isinstance(row[0], list) else loads(row[0])  # jsonb or text
+        if row is None or not set(self.keys) <= set(registered):
+            raise SourceError(f"capture is not installed for pair {self.pair}: run `cdc install CONFIG`")
 
     def begin_snapshot(self) -> Position:
         return self.current_position()

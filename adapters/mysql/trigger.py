@@ -191,14 +191,6 @@ class TriggerSource(MySQLSource):
             conn.commit()
         return removed
 
-    def _require_installed(self, conn: sa.Connection) -> None:
-        row = None
-        if sa.inspect(conn).has_table(CONSUMERS):
-            row = conn.exec_driver_sql(f"SELECT tables FROM {CONSUMERS} WHERE pair = %(pair)s",
-                                       {"pair": self.pair}).first()
-        if row is None or not set(self.keys) <= set(loads(row[0])):
-            raise SourceError(f"capture is not installed for pair {self.pair}: run `cdc install CONFIG`")
-
     def diagnose(self) -> list[tuple[str, str]]:
         with self.engine.connect() as conn:
             try:

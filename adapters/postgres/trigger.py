@@ -55,14 +55,6 @@ class TriggerSource(SqlSource):
                 removed.append(f"changelog {sql.CHANGELOG}")
         return removed
 
-    def _require_installed(self, conn: sa.Connection) -> None:
-        row = None
-        if sa.inspect(conn).has_table(sql.CONSUMERS):
-            row = conn.exec_driver_sql(f"SELECT tables::text FROM {sql.CONSUMERS} WHERE pair = %(pair)s",
-                                       {"pair": self.pair}).first()
-        if row is None or not set(self.keys) <= set(loads(row[0])):
-            raise SourceError(f"capture is not installed for pair {self.pair}: run `cdc install CONFIG`")
-
     # -- stream --------------------------------------------------------------------
     def current_position(self) -> Position:
         with self.engine.connect() as conn:

@@ -91,12 +91,6 @@ class TriggerSource(SqliteSource):
                                                                 "by every pair"))
         return found
 
-    def _require_installed(self, conn: sa.Connection) -> None:
-        row = conn.exec_driver_sql(f"SELECT tables FROM {sql.CONSUMERS} WHERE pair = ?", (self.pair,)).first() \
-            if sa.inspect(conn).has_table(sql.CONSUMERS) else None
-        if row is None or not set(self.keys) <= set(loads(row[0])):
-            raise SourceError(f"capture is not installed for pair {self.pair}: run `cdc install CONFIG`")
-
     def current_position(self) -> Position:
         with self.engine.connect() as conn:
             self._require_installed(conn)
