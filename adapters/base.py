@@ -231,6 +231,16 @@ class SqlSource(KeyedReads):
         if row is None or not set(self.keys) <= set(registered):
             raise SourceError(f"capture is not installed for pair {self.pair}: run `cdc install CONFIG`")
 
+    def _changelog_findings(self, conn: sa.Connection, changelog: str) -> list[tuple[str, str]]:
+        """doctor's findings every trigger capture shares: not installed (fail, and nothing else is
+        worth checking), else the changelog's size (warn past a million rows not yet applied)."""
+        try:
+            self._require_installed(conn)
+        except SourceError as exc:
+            return [("fail", str(exc))]
+        size = conn.execute(sa.text(f"SELECT count(*) FROM {changelog}")).scalar()
+        return [("warn" if size > 1_000_000 else "ok", f"changelog holds {size:,} row(s) not yet applied by every pair")]
+
     def begin_snapshot(self) -> Position:
         return self.current_position()
 

@@ -44,7 +44,7 @@ def shown(value: Any, locale: str = "en") -> str:
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
             value = value.astimezone(dt.timezone.utc)
-        return value.isoformat(sep=" ") + ("" if value.tzinfo is None else "")
+        return value.isoformat(sep=" ")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "0x" + bytes(value).hex()
     return str(value)
@@ -55,10 +55,15 @@ def _key(key: tuple) -> str:
     return ", ".join(str(k) if isinstance(k, (int, Decimal)) and not isinstance(k, bool) else shown(k) for k in key)
 
 
+def _pretty_json(data: dict) -> str:
+    """Indented JSON with values as the change model encodes them (decimals as text, bytes base64)."""
+    return orjson.dumps(orjson.loads(dumps(data)), option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
 # -- reconcile ----------------------------------------------------------------------------------
 def reconcile_report(report: ReconcileReport, fmt: str, locale: str = "en") -> str:
     if fmt == "json":
-        return orjson.dumps(orjson.loads(dumps(as_dict(report))), option=orjson.OPT_INDENT_2).decode() + "\n"
+        return _pretty_json(as_dict(report))
     if fmt == "csv":
         return _reconcile_csv(report)
     if fmt == "html":
@@ -239,7 +244,7 @@ def _reconcile_html(report: ReconcileReport, locale: str) -> str:
 # -- audit ------------------------------------------------------------------------------------------
 def audit_report(found: AuditTrail, fmt: str, locale: str = "en") -> str:
     if fmt == "json":
-        return orjson.dumps(orjson.loads(dumps(_audit_dict(found))), option=orjson.OPT_INDENT_2).decode() + "\n"
+        return _pretty_json(_audit_dict(found))
     if fmt == "csv":
         return _audit_csv(found)
     if fmt == "html":

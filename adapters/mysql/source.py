@@ -60,7 +60,7 @@ class MySQLSource(SqlSource):
         both sides: no text collation involved)."""
         with self.engine.connect() as conn:
             facts = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(sql.COPY_COLUMNS, {"table": table})}
-        if any(facts.get(k, ("",))[0] not in sql._INTEGERS for k in self.keys.get(table, ())):
+        if any(facts.get(k, ("",))[0] not in sql.INTEGERS for k in self.keys.get(table, ())):
             return False
         expressions = self._copy_expressions(facts, target_types)
         return expressions is not None

@@ -71,7 +71,7 @@ def mark_json_columns(conn: sa.Connection, table: sa.Table) -> None:
 #: information_schema facts about a table's columns, for the COPY text fast path.
 COPY_COLUMNS = ("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE "
                 "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %(table)s")
-_INTEGERS = {"tinyint", "smallint", "mediumint", "int", "bigint"}
+INTEGERS = {"tinyint", "smallint", "mediumint", "int", "bigint"}
 _TEXTS = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum"}
 _BINARIES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
 # COPY text escapes backslash, newline, carriage return and tab; NULL is \N.
@@ -83,7 +83,7 @@ def copy_text_expression(name: str, facts: tuple, target_type: str, utc_datetime
     ``target_type`` (format_type), or None when the value needs Python on the way."""
     data_type, column_type, precision, scale = facts
     c = quote(name)
-    if data_type in _INTEGERS:
+    if data_type in INTEGERS:
         unsigned = "unsigned" in column_type
         widths = {"smallint": ("tinyint",) + (() if unsigned else ("smallint",)),
                   "integer": ("tinyint", "smallint", "mediumint") + (() if unsigned else ("int",)),

@@ -23,6 +23,7 @@ one target transaction; a source transaction is never split across two.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import json
 import time
 from decimal import Decimal
@@ -32,11 +33,11 @@ import pymysql.converters
 import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps, loads
-from cdc.errors import SourceError
 
 from .source import MySQLSource
 from .sql import error_code, quote
 
+logger = logging.getLogger(__name__)
 CHANGELOG = "_cdc_changelog"
 EPOCH = "_cdc_epoch"
 CONSUMERS = "_cdc_consumers"
@@ -193,10 +194,9 @@ class TriggerSource(MySQLSource):
 
     def diagnose(self) -> list[tuple[str, str]]:
         with self.engine.connect() as conn:
-            try:
-                self._require_installed(conn)
-            except SourceError as exc:
-                return [("fail", str(exc))]
+            shared = self._changelog_findings(conn, CHANGELOG)
+            if shared[0][0] == "fail":
+                return shared
             bodies = {(table, name): body for name, table, body in conn.exec_driver_sql(TRIGGERS)}
             found = []
             for table in self.keys:
@@ -206,9 +206,7 @@ class TriggerSource(MySQLSource):
                 found.append(("fail", f"{table}: capture trigger(s) for {', '.join(stale)} missing or made for "
                                       "other columns (table altered?): run `cdc install CONFIG` again")
                              if stale else ("ok", f"{table}: capture triggers installed, matching its columns"))
-            size = conn.exec_driver_sql(f"SELECT count(*) FROM {CHANGELOG}").scalar()
-            found.append(("warn" if size > 1_000_000 else "ok",
-                          f"changelog holds {size:,} row(s) not yet applied by every pair"))
+            found += shared
             oldest = conn.exec_driver_sql(OLDEST_TRANSACTION).first()
         if oldest is not None and oldest[2] > OLD_TRANSACTION_SECONDS:
             found.append(("warn", f"transaction {oldest[0]} (connection {oldest[1]}) has run for {oldest[2]:,}s: "
@@ -224,6 +222,8 @@ class TriggerSource(MySQLSource):
             sealed = self._seal(force=True)
             if sealed is not None:
                 return sealed
+            logger.warning("pair %s: an open transaction keeps the capture epoch from sealing; waiting for it "
+                           "to end (`cdc doctor` names long transactions)", self.pair)
 
     def _seal(self, force: bool) -> int | None:
         """The highest sealed epoch; seals the current one when it has committed changes (or

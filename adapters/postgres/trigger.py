@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterator
 import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps, loads
-from cdc.errors import SourceError
 
 from ..base import SqlSource
 from . import sql
@@ -115,14 +114,11 @@ class TriggerSource(SqlSource):
 
     def diagnose(self) -> list[tuple[str, str]]:
         with self.engine.connect() as conn:
-            try:
-                self._require_installed(conn)
-            except SourceError as exc:
-                return [("fail", str(exc))]
-            size = conn.exec_driver_sql(f"SELECT count(*) FROM {sql.CHANGELOG}").scalar()
+            shared = self._changelog_findings(conn, sql.CHANGELOG)
+            if shared[0][0] == "fail":
+                return shared
             oldest = conn.exec_driver_sql(sql.OLDEST_TRANSACTION).first()
-        found = [("ok", f"capture triggers installed on {', '.join(self.keys)}"),
-                 ("warn" if size > 1_000_000 else "ok", f"changelog holds {size:,} row(s) not yet applied by every pair")]
+        found = [("ok", f"capture triggers installed on {', '.join(self.keys)}")] + shared
         if oldest is not None and oldest.seconds > OLD_TRANSACTION_SECONDS:
             found.append(("warn", f"transaction {oldest.xid} (pid {oldest.pid}, {oldest.usename}) has run for "
                                   f"{oldest.seconds:,.0f}s: nothing committed after it started is applied until it "

@@ -9,7 +9,6 @@ from typing import Any, Callable, Iterator
 import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps, loads
-from cdc.errors import SourceError
 
 from .._timestamp import TimestampCapture
 from ..base import SqlSource, TableInfo
@@ -76,20 +75,16 @@ class TriggerSource(SqliteSource):
     def diagnose(self) -> list[tuple[str, str]]:
         """(level, text) findings: capture installed, triggers present, changelog size."""
         with self.engine.connect() as conn:
-            try:
-                self._require_installed(conn)
-            except SourceError as exc:
-                return [("fail", str(exc))]
+            shared = self._changelog_findings(conn, sql.CHANGELOG)
+            if shared[0][0] == "fail":
+                return shared
             names = {n for (n,) in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
             found = []
             for table in self.keys:
                 missing = [t for op in sql.TRIGGER_SUFFIX if (t := sql.trigger_name(table, op)) not in names]
                 found.append(("fail", f"{table}: trigger(s) {', '.join(missing)} missing: run `cdc install CONFIG`")
                              if missing else ("ok", f"{table}: capture triggers installed"))
-            size = conn.exec_driver_sql(f"SELECT count(*) FROM {sql.CHANGELOG}").scalar()
-            found.append(("warn" if size > 1_000_000 else "ok", f"changelog holds {size:,} row(s) not yet applied "
-                                                                "by every pair"))
-        return found
+        return found + shared
 
     def current_position(self) -> Position:
         with self.engine.connect() as conn:
