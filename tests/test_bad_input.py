@@ -130,16 +130,16 @@ def test_init_is_idempotent_and_refuses_a_newer_state_schema(ws):
     ws.sql(ws.source, "CREATE TABLE entries (id INTEGER PRIMARY KEY, amount NUMERIC(18,2))")
     ws.write_config("source: src\ntarget: dst\ntables: [entries]")
     first = ws.cdc("init", str(ws.config))
-    assert "state tables created at version 0002" in first.stdout and "entries: created" in first.stdout
+    assert "state tables created at version 0003" in first.stdout and "entries: created" in first.stdout
     second = ws.cdc("init", str(ws.config))
-    assert "already at version 0002" in second.stdout and "entries: exists, left as it is" in second.stdout
+    assert "already at version 0003" in second.stdout and "entries: exists, left as it is" in second.stdout
     # A target made by the first release (0001) is upgraded in place: its checkpoints stay.
     conn = sqlite3.connect(ws.target)
     with conn:
         conn.execute("DROP TABLE cdc_reconcile_runs")
         conn.execute("UPDATE cdc_alembic_version SET version_num = '0001'")
     conn.close()
-    assert "state tables upgraded 0001 -> version 0002" in ws.cdc("init", str(ws.config)).stdout
+    assert "state tables upgraded 0001 -> version 0003" in ws.cdc("init", str(ws.config)).stdout
     assert ws.query(ws.target, "SELECT count(*) FROM cdc_reconcile_runs") == [(0,)]
     conn = sqlite3.connect(ws.target)
     with conn:

@@ -1,11 +1,14 @@
 """SQLAlchemy Core definitions of the state tables (the alembic migrations create them)."""
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 metadata = sa.MetaData()
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Stamp = sa.DateTime(timezone=True)
+#: Text that holds a whole row or error: TEXT on MySQL/MariaDB stops at 64 KiB.
+Long = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 checkpoints = sa.Table(
     "cdc_checkpoints", metadata,
@@ -14,6 +17,9 @@ checkpoints = sa.Table(
     sa.Column("snapshot", sa.Text),
     sa.Column("changes_applied", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("updated_at", Stamp, nullable=False),
+    sa.Column("generation", sa.String(100)),  # identity of the capture installation the position is in
+    sa.Column("fence", sa.BigInteger),  # claim token of the process that wrote it
+    sa.Column("tables", sa.Text),  # JSON list of the source tables the pair streams (snapshot complete)
 )
 
 audit_log = sa.Table(
@@ -25,8 +31,8 @@ audit_log = sa.Table(
     sa.Column("op", sa.String(16), nullable=False),
     sa.Column("reason", sa.String(16), nullable=False),
     sa.Column("key", sa.Text, nullable=False),
-    sa.Column("before", sa.Text),
-    sa.Column("after", sa.Text),
+    sa.Column("before", Long),
+    sa.Column("after", Long),
     sa.Column("source_position", sa.Text),
     sa.Column("source_txid", sa.String(100)),
     sa.Column("committed_at", Stamp),
@@ -41,8 +47,8 @@ dead_letters = sa.Table(
     sa.Column("target_table", sa.String(200), nullable=False),
     sa.Column("op", sa.String(16), nullable=False),
     sa.Column("key", sa.Text, nullable=False),
-    sa.Column("change", sa.Text, nullable=False),
-    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("change", Long, nullable=False),
+    sa.Column("error", Long, nullable=False),
     sa.Column("column_name", sa.String(200)),
     sa.Column("source_position", sa.Text),
     sa.Column("status", sa.String(16), nullable=False, server_default="parked"),
@@ -56,8 +62,8 @@ conflicts = sa.Table(
     sa.Column("pair", sa.String(200), nullable=False),
     sa.Column("target_table", sa.String(200), nullable=False),
     sa.Column("key", sa.Text, nullable=False),
-    sa.Column("change", sa.Text, nullable=False),
-    sa.Column("target_row", sa.Text),
+    sa.Column("change", Long, nullable=False),
+    sa.Column("target_row", Long),
     sa.Column("policy", sa.String(32), nullable=False),
     sa.Column("status", sa.String(16), nullable=False, server_default="open"),
     sa.Column("created_at", Stamp, nullable=False),
@@ -69,6 +75,14 @@ leases = sa.Table(
     sa.Column("pair", sa.String(200), primary_key=True),
     sa.Column("owner", sa.String(200), nullable=False),
     sa.Column("expires_at", Stamp, nullable=False),
+    sa.Column("token", sa.BigInteger, nullable=False, server_default="0"),  # grows with every claim (fencing)
+    sa.Column("host", sa.String(200)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("since", Stamp),
+    sa.Column("heartbeat_at", Stamp),
+    sa.Column("state", sa.String(16), nullable=False, server_default="stopped"),  # running | stopped | failed
+    sa.Column("error", sa.Text),
+    sa.Column("error_at", Stamp),
 )
 
 reconcile_runs = sa.Table(
@@ -83,5 +97,5 @@ reconcile_runs = sa.Table(
     sa.Column("extra", sa.BigInteger, nullable=False),
     sa.Column("different", sa.BigInteger, nullable=False),
     sa.Column("repaired", sa.BigInteger),
-    sa.Column("report", sa.Text, nullable=False),
+    sa.Column("report", Long, nullable=False),
 )
