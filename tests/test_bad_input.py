@@ -134,11 +134,7 @@ def test_init_is_idempotent_and_refuses_a_newer_state_schema(ws):
     second = ws.cdc("init", str(ws.config))
     assert "already at version 0003" in second.stdout and "entries: exists, left as it is" in second.stdout
     # A target made by the first release (0001) is upgraded in place: its checkpoints stay.
-    conn = sqlite3.connect(ws.target)
-    with conn:
-        conn.execute("DROP TABLE cdc_reconcile_runs")
-        conn.execute("UPDATE cdc_alembic_version SET version_num = '0001'")
-    conn.close()
+    _downgrade(ws.target, "0001")
     assert "state tables upgraded 0001 -> version 0003" in ws.cdc("init", str(ws.config)).stdout
     assert ws.query(ws.target, "SELECT count(*) FROM cdc_reconcile_runs") == [(0,)]
     conn = sqlite3.connect(ws.target)
@@ -166,3 +162,18 @@ def test_init_creates_target_tables_with_exact_types_and_never_alters(ws):
     ws.sql(ws.target, "ALTER TABLE fakturaer ADD COLUMN merknad TEXT")
     assert ws.cdc("init", str(ws.config)).returncode == 0
     assert "merknad" in ws.query(ws.target, "SELECT sql FROM sqlite_master WHERE name = 'fakturaer'")[0][0]
+
+
+def _downgrade(db, revision: str) -> None:
+    """Take a target's state tables back to an older release's schema with alembic."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from cdc.state._migrate import _config
+
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        config = _config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+    engine.dispose()
