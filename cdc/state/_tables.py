@@ -20,6 +20,7 @@ checkpoints = sa.Table(
     sa.Column("generation", sa.String(100)),  # identity of the capture installation the position is in
     sa.Column("fence", sa.BigInteger),  # claim token of the process that wrote it
     sa.Column("tables", sa.Text),  # JSON list of the source tables the pair streams (snapshot complete)
+    sa.Column("source_committed_at", Stamp),  # source commit time of the last change applied (lag)
 )
 
 audit_log = sa.Table(

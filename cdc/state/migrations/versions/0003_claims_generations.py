@@ -2,7 +2,8 @@
 
 - cdc_checkpoints gains ``generation`` (the identity of the capture installation the position
   belongs to), ``fence`` (the claim token of the process that wrote it) and ``tables`` (JSON list of
-  the source tables whose snapshot is complete and which the pair streams).
+  the source tables whose snapshot is complete and which the pair streams) and ``source_committed_at``
+  (source commit time of the last change applied: the lag `cdc status` shows).
 - cdc_leases becomes the per-pair claim: a token that grows with every claim, the holder (host, pid,
   since, heartbeat) and how its last run ended (state running|stopped|failed, error, error time).
 - On MySQL/MariaDB the columns that hold rows or errors become LONGTEXT (TEXT holds 64 KiB), so a
@@ -32,6 +33,7 @@ def upgrade() -> None:
         table.add_column(sa.Column("generation", sa.String(100)))
         table.add_column(sa.Column("fence", sa.BigInteger))
         table.add_column(sa.Column("tables", sa.Text))
+        table.add_column(sa.Column("source_committed_at", Stamp))
     with op.batch_alter_table("cdc_leases") as table:
         table.add_column(sa.Column("token", sa.BigInteger, nullable=False, server_default="0"))
         table.add_column(sa.Column("host", sa.String(200)))
@@ -53,5 +55,5 @@ def downgrade() -> None:
         for column in ("error_at", "error", "state", "heartbeat_at", "since", "pid", "host", "token"):
             table.drop_column(column)
     with op.batch_alter_table("cdc_checkpoints") as table:
-        for column in ("tables", "fence", "generation"):
+        for column in ("source_committed_at", "tables", "fence", "generation"):
             table.drop_column(column)
