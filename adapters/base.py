@@ -366,14 +366,87 @@ class SqlTarget(KeyedReads):
 
     def advance(self, pair: str, position: Position) -> None:
         """Move the checkpoint past source transactions that held nothing for this pair."""
-        with self.engine.begin() as conn:
-            state.write_checkpoint(conn, pair, position, None, 0)
+        with self.checkpointing(pair) as (_, write):
+            write(position, None, 0)
 
     def forget_checkpoint(self, pair: str) -> bool:
         """Drop the pair's checkpoint (the next run snapshots again); True if there was one."""
         with self.engine.begin() as conn:
             state.ensure_current(conn)
-            return state.forget_checkpoint(conn, pair)
+            return state.forget_checkpoint(conn, self._claim(pair))
+
+    # -- the claim ------------------------------------------------------------------
+    def take_claim(self, pair: str, timeout: float) -> state.Claim:
+        """Claim the pair for this process (ClaimHeldError if a live process holds it); every later
+        checkpoint write of ``pair`` through this target is fenced by it. Waits at most a few seconds
+        for a holder's open transaction, which counts as held."""
+        try:
+            with self.engine.begin() as conn:
+                state.ensure_current(conn)
+                self.bounded_lock_wait(conn, CLAIM_LOCK_WAIT)
+                claim = state.claims.take(conn, pair, timeout)
+        except sa.exc.OperationalError as exc:
+            try:  # readable now: it was a lock wait on the holder's open transaction, not an outage
+                with self.engine.connect() as conn:
+                    holder = state.read_holder(conn, pair)
+            except sa.exc.OperationalError:
+                raise exc from None
+            who = holder.describe() if holder is not None else "a process in an open transaction"
+            raise state.ClaimHeldError(f"pair {pair} is running elsewhere ({who}; it is in the middle of a "
+                                       "transaction): not started") from None
+        self.__dict__.setdefault("_claims", {})[pair] = claim
+        return claim
+
+    def heartbeat(self, pair: str, timeout: float) -> bool:
+        """Refresh this process's claim of ``pair``; False when another process holds it now."""
+        with self.engine.begin() as conn:
+            return state.claims.heartbeat(conn, self._claim(pair), timeout)
+
+    def release_claim(self, pair: str, error: str | None = None) -> None:
+        """Give the pair up: stopped, or failed with ``error`` (what `cdc status` shows)."""
+        claim = self.__dict__.get("_claims", {}).pop(pair, None)
+        if claim is not None:
+            with self.engine.begin() as conn:
+                state.claims.release(conn, claim, error)
+
+    def record_failure(self, pair: str, error: str) -> None:
+        """A pair that failed before it could claim: its row in cdc_leases says so."""
+        with self.engine.begin() as conn:
+            state.ensure_current(conn)
+            state.claims.record_failure(conn, pair, error)
+
+    def bounded_lock_wait(self, conn: sa.Connection, seconds: float) -> None:
+        """Make the transaction's lock waits fail after ``seconds`` (a dialect hook; SQLite's busy
+        timeout already does)."""
+
+    def _claim(self, pair: str) -> state.Claim:
+        claim = self.__dict__.get("_claims", {}).get(pair)
+        if claim is None:
+            raise state.ClaimLostError(f"pair {pair}: this process does not hold the pair's claim; nothing written")
+        return claim
+
+    @contextlib.contextmanager
+    def checkpointing(self, pair: str | None) -> Iterator[tuple[sa.Connection, Callable[..., None]]]:
+        """A target transaction whose checkpoint write is fenced by this process's claim of ``pair``;
+        yields ``(conn, write)``, ``write(position, snapshot, applied, committed_at=None)``. The claim
+        learns the outcome: committed, or uncertain when the COMMIT itself failed. ``pair`` None: a
+        transaction that writes no checkpoint (a repair), whose ``write`` refuses."""
+        claim, written = (None if pair is None else self._claim(pair)), []
+
+        def write(position: Position, snapshot: dict | None, applied: int, committed_at=None) -> None:
+            if claim is None:
+                raise TypeError("this transaction writes no checkpoint")
+            written.append(state.write_checkpoint(conn, claim, position, snapshot, applied, committed_at=committed_at))
+
+        try:
+            with self.engine.begin() as conn:
+                yield conn, write
+        except BaseException:
+            for texts in written:
+                state.claims.uncertain(claim, texts)
+            raise
+        if written:
+            state.claims.committed(claim, written[-1])
 
     # -- apply ---------------------------------------------------------------------
     def apply(self, pair: str, mapped: list[MappedChange], *, position: Position, snapshot: dict | None,
@@ -423,7 +496,9 @@ class SqlTarget(KeyedReads):
                 raise error
             parked.append((item, error))
 
-        with self.engine.begin() as conn:
+        # A repair moves no source position: no checkpoint, so no claim needed.
+        with self.checkpointing(None if reason == "repair" else pair) as (conn, write_checkpoint):
+            committed_at = None
             for mapped in parts:
                 seen += len(mapped)
                 done, parked = self._write_part(conn, mapped, isolate, lambda i, e, p: reject(i, e, p))
@@ -431,8 +506,10 @@ class SqlTarget(KeyedReads):
                 self.write_audit(conn, _audit_rows(pair, done, reason, now))
                 state.write_dead_letters(conn, [_dead_letter(pair, item, error, now) for item, error in parked])
                 applied, parked_count = applied + len(done), parked_count + len(parked)
-            if (seen or reason == "snapshot") and reason != "repair":  # a repair moves no source position
-                state.write_checkpoint(conn, pair, position(), snapshot, applied if reason != "snapshot" else 0)
+                committed_at = next((m.change.committed_at for m in reversed(mapped) if m.change.committed_at),
+                                    committed_at)
+            if (seen or reason == "snapshot") and reason != "repair":
+                write_checkpoint(position(), snapshot, applied if reason != "snapshot" else 0, committed_at)
         return ApplyResult(applied, parked_count)
 
     def _write_part(self, conn, mapped, isolate, reject) -> tuple[list[MappedChange], list]:
@@ -522,6 +599,8 @@ class SqlTarget(KeyedReads):
             conn.execute(table.delete().where(where), [{f"k_{k}": p[k] for k in key} for p in params])
 
 
+#: Seconds a claim waits for a holder's open transaction before it counts as held.
+CLAIM_LOCK_WAIT = 5.0
 _RUN_KEY = operator.itemgetter(0, 1, 2)  # (op, table, key columns): one run per change of these
 
 

@@ -109,10 +109,12 @@ def uninstall(config: str, pair: str | None) -> None:
 @click.option("--once", is_flag=True, help="Snapshot if needed, apply every pending change, then exit.")
 @click.option("--resnapshot", is_flag=True, help="Forget the checkpoint and copy every table again first "
               "(after a dropped slot or a purged log).")
+@click.option("--wait", is_flag=True, help="If another process runs a pair, wait until it stops instead of "
+              "exiting with code 3.")
 @_friendly
-def run(config: str, pair: str | None, once: bool, resnapshot: bool) -> None:
+def run(config: str, pair: str | None, once: bool, resnapshot: bool, wait: bool) -> None:
     """Sync the pairs: initial snapshot, then stream changes (until SIGTERM unless --once)."""
-    results = commands.run(config, pair, once=once, progress=sys.stderr.isatty(), resnapshot=resnapshot)
+    results = commands.run(config, pair, once=once, progress=sys.stderr.isatty(), resnapshot=resnapshot, wait=wait)
     for r in results:
         parked = f", {r.parked} parked in dead letters" if r.parked else ""
         snap = f"snapshot {r.snapshot_rows} rows, " if r.tables_snapshotted else ""
@@ -125,20 +127,33 @@ def run(config: str, pair: str | None, once: bool, resnapshot: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @_friendly
 def status(config: str, pair: str | None, as_json: bool) -> None:
-    """Per pair: phase, checkpoint, changes pending, changes applied, last applied time."""
+    """Per pair: running or failed, phase, checkpoint, pending, lag; exit 1 if a pair failed or parked changes."""
     rows = commands.status(config, pair)
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
-        return
-    for row in rows:
-        pending = "unknown" if row["pending"] is None else row["pending"]
-        click.echo(f"pair {row['pair']} ({row['capture']}): {row['phase']}")
-        click.echo(f"  source      {row['source']}")
-        click.echo(f"  target      {row['target']}")
-        click.echo(f"  checkpoint  {row['checkpoint_text'] or '-'}")
-        click.echo(f"  pending     {pending}")
-        click.echo(f"  applied     {row['changes_applied']} changes, last at {row['last_applied_at'] or '-'}")
-        click.echo(f"  dead letters {row['dead_letters']}")
+    else:
+        for row in rows:
+            _print_status(row)
+    if not all(row["healthy"] for row in rows):
+        sys.exit(1)
+
+
+def _print_status(row: dict) -> None:
+    pending = "unknown" if row["pending"] is None else row["pending"]
+    lag = "unknown" if row["lag_seconds"] is None else f"{row['lag_seconds']:.1f} s"
+    run_state = f"failed: {row['error']}" if row["state"] == "failed" else row["state"]
+    click.echo(f"pair {row['pair']} ({row['capture']}): {row['phase']}, {run_state}")
+    if row["holder"]:
+        click.echo(f"  process     {row['holder']}")
+    if row["error"] and row["state"] != "failed":
+        click.echo(f"  problem     {row['error']}")
+    click.echo(f"  source      {row['source']}")
+    click.echo(f"  target      {row['target']}")
+    click.echo(f"  checkpoint  {row['checkpoint_text'] or '-'}")
+    click.echo(f"  pending     {pending}")
+    click.echo(f"  lag         {lag}")
+    click.echo(f"  applied     {row['changes_applied']} changes, last at {row['last_applied_at'] or '-'}")
+    click.echo(f"  dead letters {row['dead_letters']}{' parked (`cdc audit CONFIG` lists them)' if row['dead_letters'] else ''}")
 
 
 @main.command()

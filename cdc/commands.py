@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from . import registry, schema, state
 from .config import Pair, load_config
-from .errors import CdcError, ConfigError, StateError
+from .errors import CdcError, ConfigError, RowError, StateError
 from .pipeline import PairRunner, RunResult, open_pair, open_source
 
 #: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
@@ -138,85 +138,147 @@ def _tune_gc() -> None:
 
 
 def run(config_path: str, pair: str | None = None, *, once: bool = False, progress: bool = False,
-        stop: threading.Event | None = None, resnapshot: bool = False) -> list[RunResult]:
+        stop: threading.Event | None = None, resnapshot: bool = False, wait: bool = False) -> list[RunResult]:
     """Run the pairs: snapshot if needed, then stream. ``once``: drain what is pending and return.
 
-    ``resnapshot`` forgets each pair's checkpoint first, so every table is copied again from the
-    source's current position (after a lost slot or purged log). Rows deleted at the source while
-    the log was lost stay in the target until reconciliation removes them.
-    Without ``once`` each pair runs in its own thread until ``stop`` is set (SIGTERM/SIGINT
-    set it when called from the main thread); the current batch always finishes first.
+    Each pair is claimed first (one process per pair; ``wait``: wait for the holder to stop
+    instead of refusing). ``resnapshot`` forgets each pair's checkpoint first, so every table is
+    copied again from the source's current position (after a lost slot or purged log). Rows deleted
+    at the source while the log was lost stay in the target until reconciliation removes them.
+    Without ``once`` each pair runs in its own thread until ``stop`` is set (SIGTERM/SIGINT set it
+    when called from the main thread); the current batch always finishes first. A pair that fails
+    records its error in the target (for `cdc status`) while the others go on; when every pair has
+    stopped, the first failure is raised, so the process exits non-zero.
     """
     config = load_config(config_path)
     stop = stop or threading.Event()
     _tune_gc()
-    runners = [PairRunner(p, progress=progress, stop=stop, max_attempts=10 if once else None)
-               for p in config.select(pair)]
-    try:
-        if resnapshot:
-            for r in runners:
-                if r.target.forget_checkpoint(r.pair.name):
-                    logger.warning("pair %s: checkpoint dropped; copying every table again", r.pair.name)
-        if once:
-            return [r.run(once=True) for r in runners]
-        return _run_forever(runners, stop)
-    finally:
-        for r in runners:
-            r.close()
+    chosen = config.select(pair)
 
+    def one(p: Pair) -> RunResult:
+        try:
+            runner = PairRunner(p, progress=progress, stop=stop, max_attempts=10 if once else None)
+        except BaseException as exc:
+            _record_failure(p, exc)
+            raise
+        try:
+            return runner.run(once=once, resnapshot=resnapshot, wait=wait)
+        finally:
+            runner.close()
 
-def _run_forever(runners: list[PairRunner], stop: threading.Event) -> list[RunResult]:
-    if threading.current_thread() is threading.main_thread():
+    if not once and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    results: dict[str, Any] = {}
-
-    def work(runner: PairRunner) -> None:
-        try:
-            results[runner.pair.name] = runner.run(once=False)
-        except BaseException as exc:  # reported by the caller; the other pairs go on
-            results[runner.pair.name] = exc
-            logger.error("pair %s stopped: %s", runner.pair.name, exc)
-
-    threads = [threading.Thread(target=work, args=(r,), name=f"pair-{r.pair.name}") for r in runners]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(timeout=0.5)
-    failures = [r for r in results.values() if isinstance(r, BaseException)]
+    outcomes = _each_pair(chosen, one, concurrently=not once)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
     if failures:
         raise failures[0] if isinstance(failures[0], CdcError) else CdcError(str(failures[0]))
-    return list(results.values())
+    return outcomes
+
+
+def _each_pair(pairs: list[Pair], work, *, concurrently: bool) -> list[Any]:
+    """``work(pair)`` for every pair (one thread each when ``concurrently``); a pair's failure is
+    logged and returned in its place, and the other pairs go on."""
+    outcomes: dict[str, Any] = {}
+
+    def guarded(p: Pair) -> None:
+        try:
+            outcomes[p.name] = work(p)
+        except BaseException as exc:  # reported by the caller
+            outcomes[p.name] = exc
+            if len(pairs) > 1:
+                logger.error("pair %s stopped: %s", p.name, exc.describe() if isinstance(exc, RowError) else exc)
+
+    if not concurrently:
+        for p in pairs:
+            guarded(p)
+    else:
+        threads = [threading.Thread(target=guarded, args=(p,), name=f"pair-{p.name}") for p in pairs]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.5)
+    return [outcomes[p.name] for p in pairs]
+
+
+def _record_failure(p: Pair, exc: BaseException) -> None:
+    """A pair that could not even start: say so in its target's state tables where they exist."""
+    try:
+        target = registry.adapter_for(p.target.url).target(p.target.url)
+        try:
+            target.record_failure(p.name, _error_text(exc))
+        finally:
+            target.close()
+    except (CdcError, sa.exc.SQLAlchemyError) as error:
+        logger.debug("pair %s: failure not recorded in the target: %s", p.name, error)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = exc.describe() if isinstance(exc, RowError) else str(exc)
+    return (text.splitlines() or [type(exc).__name__])[0]
 
 
 def status(config_path: str, pair: str | None = None) -> list[dict]:
-    """Per pair: phase, checkpoint, changes pending, changes applied, last applied time, dead letters."""
+    """Per pair: whether it runs (where) or failed (why), phase, checkpoint, changes pending, lag in
+    seconds, changes applied, last applied time, parked dead letters, and ``healthy``: False when the
+    pair failed, has parked changes, or its source cannot be read."""
     config = load_config(config_path)
     return [_pair_status(p) for p in config.select(pair)]
 
 
 def _pair_status(p: Pair) -> dict:
-    source, target, _ = open_pair(p)
+    row: dict[str, Any] = {"pair": p.name, "source": p.source.masked, "target": p.target.masked,
+                           "capture": p.capture, "phase": "not started", "state": "not running", "holder": None,
+                           "error": None, "checkpoint": None, "checkpoint_text": None, "pending": None,
+                           "lag_seconds": None, "changes_applied": 0, "last_applied_at": None, "dead_letters": 0}
+    checkpoint = _target_status(p, row)
+    if checkpoint is not None:
+        try:
+            source, _ = open_source(p)
+            try:
+                row["checkpoint_text"] = source.format_position(checkpoint.position)
+                row["pending"] = source.pending(checkpoint.position)
+            finally:
+                source.close()
+        except (CdcError, sa.exc.SQLAlchemyError) as exc:
+            row["error"] = row["error"] or f"source cannot be read: {_error_text(exc)}"
+        if checkpoint.source_committed_at is not None:
+            caught_up = row["pending"] == 0
+            lag = 0.0 if caught_up else (state._store.now() - checkpoint.source_committed_at).total_seconds()
+            row["lag_seconds"] = round(max(lag, 0.0), 3)
+    row["healthy"] = row["state"] != "failed" and not row["dead_letters"] and row["error"] is None
+    return row
+
+
+def _target_status(p: Pair, row: dict) -> Any:
+    """Fill ``row`` from the target's state tables; the checkpoint (None before the first commit)."""
+    target = registry.adapter_for(p.target.url).target(p.target.url)
     try:
-        checkpoint = target.checkpoint(p.name)
         with target.engine.connect() as conn:
-            parked = conn.execute(sa.select(sa.func.count()).select_from(state.dead_letters).where(
+            state.ensure_current(conn)
+            checkpoint = state.read_checkpoint(conn, p.name)
+            holder = state.read_holder(conn, p.name)
+            row["dead_letters"] = conn.execute(sa.select(sa.func.count()).select_from(state.dead_letters).where(
                 state.dead_letters.c.pair == p.name, state.dead_letters.c.status == "parked")).scalar()
-        phase = "not started" if checkpoint is None else ("snapshot" if checkpoint.snapshot else "streaming")
-        position = None if checkpoint is None else checkpoint.position
-        return {
-            "pair": p.name, "source": p.source.masked, "target": p.target.masked, "capture": p.capture,
-            "phase": phase, "checkpoint": position,
-            "checkpoint_text": None if position is None else source.format_position(position),
-            "pending": source.pending(position) if checkpoint is not None else None,
-            "changes_applied": 0 if checkpoint is None else checkpoint.changes_applied,
-            "last_applied_at": None if checkpoint is None else checkpoint.updated_at.isoformat(),
-            "dead_letters": parked,
-        }
+    except (CdcError, sa.exc.SQLAlchemyError) as exc:
+        row.update(state="failed", error=f"target cannot be read: {_error_text(exc)}")
+        return None
     finally:
-        source.close()
         target.close()
+    if checkpoint is not None:
+        row.update(phase="snapshot" if checkpoint.snapshot else "streaming", checkpoint=checkpoint.position,
+                   changes_applied=checkpoint.changes_applied, last_applied_at=checkpoint.updated_at.isoformat())
+    if holder is not None:
+        if holder.alive(p.claim_timeout, state._store.now()):
+            row.update(state="running", holder=holder.describe())
+        elif holder.state == "failed":
+            row.update(state="failed", error=holder.error)
+        elif holder.state == "running":
+            row.update(state="not running", holder=f"last run ended without a word ({holder.describe()})")
+        else:
+            row.update(state="stopped")
+    return checkpoint
 
 
 def _one_pair(config_path: str, pair: str | None) -> Pair:

@@ -63,6 +63,7 @@ class Pair:
     on_error: str = "stop"
     source_timezone: str = "UTC"
     timestamp: TimestampOptions | None = None
+    claim_timeout: float = 30.0  # seconds without a heartbeat after which another process may take the pair
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def _normalise_url(doc: _yaml.Document, keys: tuple, text: str) -> str:
 
 
 _PAIR_KEYS = {"source", "target", "capture", "tables", "mapping", "batch_size", "snapshot_chunk",
-              "poll_interval", "on_error", "source_timezone", "timestamp"}
+              "poll_interval", "on_error", "source_timezone", "timestamp", "claim_timeout"}
 
 
 def _pair(doc: _yaml.Document, name: str, connections: dict[str, Connection]) -> Pair:
@@ -182,6 +183,7 @@ def _pair(doc: _yaml.Document, name: str, connections: dict[str, Connection]) ->
         on_error=_choice(doc, keys, raw, "on_error", ON_ERROR, "stop"),
         source_timezone=_timezone(doc, keys, raw),
         timestamp=_timestamp(doc, keys, raw, capture),
+        claim_timeout=float(_number(doc, keys, raw, "claim_timeout", float, 30.0)),
     )
 
 

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from . import registry, values
 from .changes import ApplyResult, dumps
 from .config import Pair
-from .errors import ConfigError, RetryableError, SchemaError
+from .errors import CdcError, ConfigError, RetryableError, SchemaError
+from .state import ClaimHeldError
 from .mapping import TableMapping, map_changes, map_snapshot
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,42 @@ class PairRunner:
         self.source.close()
         self.target.close()
 
-    def run(self, *, once: bool) -> RunResult:
+    def run(self, *, once: bool, resnapshot: bool = False, wait: bool = False) -> RunResult:
+        """Claim the pair, then snapshot if needed and stream; the claim is released as stopped or
+        failed (with the error, for `cdc status`). ``resnapshot``: forget the checkpoint first.
+        ``wait``: wait for a process that holds the pair to stop instead of refusing to start."""
+        self._claim(wait)
+        heartbeat = _Heartbeat(self)
+        try:
+            if resnapshot and self.target.forget_checkpoint(self.pair.name):
+                logger.warning("pair %s: checkpoint dropped; copying every table again", self.pair.name)
+            result = self._run(once)
+        except BaseException as exc:
+            heartbeat.stop()
+            self._release(_first_line(exc) if isinstance(exc, Exception) else f"stopped by {type(exc).__name__}")
+            raise
+        heartbeat.stop()
+        self._release(None)
+        return result
+
+    def _claim(self, wait: bool) -> None:
+        while True:
+            try:
+                self._retrying(lambda: self.target.take_claim(self.pair.name, self.pair.claim_timeout))
+                return
+            except ClaimHeldError as exc:
+                if not wait or self.stop.is_set():
+                    raise
+                logger.warning("%s; waiting", exc)
+                self.stop.wait(min(self.pair.claim_timeout / 3, 5.0))
+
+    def _release(self, error: str | None) -> None:
+        try:
+            self.target.release_claim(self.pair.name, error)
+        except (sa.exc.SQLAlchemyError, CdcError) as exc:  # the target is gone: the claim expires by itself
+            logger.warning("pair %s: could not record how the run ended: %s", self.pair.name, _first_line(exc))
+
+    def _run(self, once: bool) -> RunResult:
         result = RunResult(self.pair.name)
         checkpoint = self._retrying(lambda: self.target.checkpoint(self.pair.name))
         try:
@@ -349,6 +385,31 @@ class PairRunner:
                 logger.warning("pair %s: %s; retrying in %.1fs", self.pair.name, _first_line(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
+
+
+class _Heartbeat:
+    """Refreshes a runner's claim every third of its timeout in a thread of its own, so an idle pair
+    keeps it; says so loudly if another process took the pair (whose next commit then fails)."""
+
+    def __init__(self, runner: PairRunner):
+        self.runner = runner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"cdc-claim-{runner.pair.name}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        pair, timeout = self.runner.pair.name, self.runner.pair.claim_timeout
+        while not self._stop.wait(timeout / 3):
+            try:
+                if not self.runner.target.heartbeat(pair, timeout):
+                    logger.error("pair %s: another process took the pair; this one will commit nothing more", pair)
+                    return
+            except (sa.exc.SQLAlchemyError, CdcError) as exc:  # busy or away: the next beat tries again
+                logger.debug("pair %s: claim heartbeat failed: %s", pair, _first_line(exc))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _prefetched(make: Callable[[], Any], depth: int = 2) -> Any:

@@ -70,7 +70,7 @@ class Workspace:
     def run_and_kill(self, seconds: float, *, once: bool = False) -> bool:
         """Start `cdc run` (with --once if asked), SIGKILL it after ``seconds``; False if it ended first."""
         args = [sys.executable, "-m", "cdc", "run", *(["--once"] if once else []), str(self.config)]
-        process = subprocess.Popen(args, cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(args, cwd=self.root, stdout=subprocess.DEVNULL, stderr=open(self.root / "run.log", "ab"))
         time.sleep(seconds)
         if process.poll() is not None:
             return False

@@ -144,7 +144,7 @@ def test_target_server_restarted_while_streaming(ws):
         time.sleep(2)
         cluster.start()
         writer.join()
-        assert process.poll() is None, "cdc run must survive the restart"
+        assert process.poll() is None, f"cdc run must survive the restart: {process.communicate()[1]}"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:

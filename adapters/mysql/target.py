@@ -49,6 +49,10 @@ class MySQLTarget(SqlTarget):
             return "row"
         return super().classify(exc)
 
+    def bounded_lock_wait(self, conn: sa.Connection, seconds: float) -> None:
+        # Session-wide (MySQL has no per-transaction form); a lock wait is a passing fault here anyway.
+        conn.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {max(1, int(seconds))}")
+
     def diagnose(self) -> list[tuple[str, str]]:
         """The settings exactly-once depends on: a COMMIT that returned must survive a crash."""
         with self.engine.connect() as conn:

@@ -50,6 +50,9 @@ class PostgresTarget(SqlTarget):
                              "synchronous_commit = on")]
         return [("ok", f"target synchronous_commit = {mode}")]
 
+    def bounded_lock_wait(self, conn: sa.Connection, seconds: float) -> None:
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(seconds * 1000)}ms'")
+
     def classify(self, exc: sa.exc.DBAPIError) -> str:
         if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
             return "retry"  # server restarted, connection lost, lock timeout: reconnect and retry
@@ -105,7 +108,7 @@ class PostgresTarget(SqlTarget):
         snapshot progress to store with the checkpoint.
         """
         stage = table if direct else f"_cdc_stage_snapshot_{table}"[:63]
-        with self.engine.begin() as conn:
+        with self.checkpointing(pair) as (conn, write_checkpoint):
             if not direct:
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sql.quote(stage)}")
                 conn.exec_driver_sql(sql.stage(stage, table, columns))
@@ -123,7 +126,7 @@ class PostgresTarget(SqlTarget):
                 "reason": "snapshot", "key": dumps(last or []), "before": None,
                 "after": dumps({"rows": count, "last_key": last}), "source_position": None,
                 "source_txid": None, "committed_at": None, "applied_at": state._store.now()}])
-            state.write_checkpoint(conn, pair, position, finish(count, last), 0)
+            write_checkpoint(position, finish(count, last), 0)
         return count
 
     def _binary_oids(self, conn: sa.Connection, table: str, columns: list[str]) -> list[int] | None:

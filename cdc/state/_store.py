@@ -20,6 +20,7 @@ class Checkpoint:
     snapshot: dict | None
     changes_applied: int
     updated_at: dt.datetime | None
+    source_committed_at: dt.datetime | None = None  # source commit time of the last change applied
 
 
 def now() -> dt.datetime:
@@ -31,27 +32,13 @@ def read_checkpoint(conn: sa.Connection, pair: str) -> Checkpoint | None:
     row = conn.execute(sa.select(checkpoints).where(checkpoints.c.pair == pair)).first()
     if row is None:
         return None
-    updated = row.updated_at
-    if updated is not None and updated.tzinfo is None:
-        updated = updated.replace(tzinfo=dt.timezone.utc)
-    return Checkpoint(loads(row.position), loads(row.snapshot), row.changes_applied, updated)
+    return Checkpoint(loads(row.position), loads(row.snapshot), row.changes_applied, aware(row.updated_at),
+                      aware(row.source_committed_at))
 
 
-def write_checkpoint(conn: sa.Connection, pair: str, position: Any, snapshot: dict | None, applied: int) -> None:
-    """Store the new checkpoint; must run in the same transaction as the rows it covers."""
-    values = {"position": dumps(position), "snapshot": None if snapshot is None else dumps(snapshot),
-              "updated_at": now()}
-    result = conn.execute(
-        checkpoints.update().where(checkpoints.c.pair == pair)
-        .values(changes_applied=checkpoints.c.changes_applied + applied, **values)
-    )
-    if result.rowcount == 0:
-        conn.execute(checkpoints.insert().values(pair=pair, changes_applied=applied, **values))
-
-
-def forget_checkpoint(conn: sa.Connection, pair: str) -> bool:
-    """Delete the pair's checkpoint so the next run snapshots again; the audit log stays."""
-    return conn.execute(checkpoints.delete().where(checkpoints.c.pair == pair)).rowcount > 0
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """A stored time as an aware UTC time (SQLite and MySQL give them back without a zone)."""
+    return value.replace(tzinfo=dt.timezone.utc) if value is not None and value.tzinfo is None else value
 
 
 def write_audit(conn: sa.Connection, rows: list[dict]) -> None:

@@ -1,0 +1,243 @@
+"""The per-pair claim: one process runs a pair at a time, and a process that lost it can commit nothing.
+
+A claim is the pair's row in ``cdc_leases`` in the target. Taking it increments the row's
+``token`` (a fencing token, as Kafka fences zombie producers by epoch); every checkpoint write
+checks, in the same transaction, that the row still carries the writer's token, and refreshes
+its heartbeat. A holder is gone when its heartbeat is older than the claim timeout, or at once
+when it ran on this host and its process no longer exists (a SIGKILLed run). A paused process
+that wakes up after another took the pair finds another token there and stops: the transaction
+that would have committed its stale batch rolls back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..changes import dumps
+from ..errors import CdcError, StateError
+from ._store import aware, now
+from ._tables import checkpoints, leases
+
+
+class ClaimHeldError(CdcError):
+    """The pair is running in another process; exit code 3."""
+
+    exit_code = 3
+
+
+class ClaimLostError(StateError):
+    """Another process took the pair (or the checkpoint moved under us): nothing was committed."""
+
+
+@dataclass
+class Holder:
+    """Who holds (or last held) a pair, as recorded in cdc_leases."""
+
+    pair: str
+    token: int
+    host: str | None
+    pid: int | None
+    owner: str | None
+    since: dt.datetime | None
+    heartbeat_at: dt.datetime | None
+    state: str
+    error: str | None
+    error_at: dt.datetime | None
+
+    def alive(self, timeout: float, now: dt.datetime) -> bool:
+        """Whether the holder may still be running: state running, heartbeat fresh, process present."""
+        if self.state != "running" or self.heartbeat_at is None:
+            return False
+        if now - self.heartbeat_at > dt.timedelta(seconds=timeout):
+            return False
+        if self.host == socket.gethostname() and self.owner:
+            return self.owner == _process_identity(self.pid)  # a dead or reused pid is not the holder
+        return True
+
+    def describe(self) -> str:
+        since = self.since.isoformat(timespec="seconds") if self.since else "?"
+        beat = self.heartbeat_at.isoformat(timespec="seconds") if self.heartbeat_at else "?"
+        return f"host {self.host}, pid {self.pid}, since {since}, last heartbeat {beat}"
+
+
+@dataclass
+class Claim:
+    """A claim this process holds: the fencing token and the checkpoints it may write over.
+
+    ``accepted`` holds the (position, snapshot) texts of the checkpoint as this process last
+    read or wrote it; a write whose outcome is unknown (connection lost at COMMIT) adds its own,
+    since it may have committed. A checkpoint found at anything else was moved by someone else.
+    """
+
+    pair: str
+    token: int
+    accepted: list[tuple[str | None, str | None]] = field(default_factory=list)
+    lost: str | None = None
+
+
+def _process_identity(pid: int | None) -> str:
+    """host:pid:start-time of a process of this host ('' when it does not exist)."""
+    if pid is None:
+        return ""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):  # killed, not yet reaped by its parent
+            return ""
+        started = fields[19]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return ""
+        except PermissionError:
+            pass
+        started = "?"
+    return f"{socket.gethostname()}:{pid}:{started}"
+
+
+def read_holder(conn: sa.Connection, pair: str) -> Holder | None:
+    """The pair's row in cdc_leases, or None when no process ever claimed it."""
+    row = conn.execute(sa.select(leases).where(leases.c.pair == pair)).first()
+    if row is None:
+        return None
+    return Holder(pair, row.token, row.host, row.pid, row.owner, aware(row.since), aware(row.heartbeat_at),
+                  row.state, row.error, aware(row.error_at))
+
+
+def take(conn: sa.Connection, pair: str, timeout: float) -> Claim:
+    """Claim the pair in the caller's transaction; ClaimHeldError when a live process holds it.
+
+    Compare-and-set on the token: of two processes claiming at once, one sees its UPDATE match
+    no row and fails as if the other had held it all along.
+    """
+    holder = read_holder(conn, pair)
+    moment = now()
+    if holder is not None and holder.alive(timeout, moment):
+        raise ClaimHeldError(f"pair {pair} is running elsewhere ({holder.describe()}): not started. Stop that "
+                             "process first, or wait for it with `cdc run --wait`")
+    values = {"owner": _process_identity(os.getpid()), "host": socket.gethostname(), "pid": os.getpid(),
+              "since": moment, "heartbeat_at": moment, "expires_at": moment + dt.timedelta(seconds=timeout),
+              "state": "running", "error": None, "error_at": None}
+    if holder is None:
+        conn.execute(leases.insert().values(pair=pair, token=1, **values))
+        token = 1
+    else:
+        token = holder.token + 1
+        done = conn.execute(leases.update().where(leases.c.pair == pair, leases.c.token == holder.token)
+                            .values(token=token, **values))
+        if done.rowcount != 1:
+            raise ClaimHeldError(f"pair {pair} was claimed by another process at the same moment: not started")
+    row = conn.execute(sa.select(checkpoints.c.position, checkpoints.c.snapshot)
+                       .where(checkpoints.c.pair == pair)).first()
+    return Claim(pair, token, [(row.position, row.snapshot) if row is not None else (None, None)])
+
+
+def fence(conn: sa.Connection, claim: Claim, timeout: float | None = None) -> None:
+    """In the caller's transaction: ClaimLostError unless the pair still carries this claim's token.
+
+    The UPDATE also refreshes the heartbeat and holds the row's lock until the caller commits, so a
+    process taking the pair over waits for this transaction and then fences it out for good.
+    """
+    moment = now()
+    values: dict[str, Any] = {"heartbeat_at": moment}
+    if timeout is not None:
+        values["expires_at"] = moment + dt.timedelta(seconds=timeout)
+    done = conn.execute(leases.update().where(leases.c.pair == claim.pair, leases.c.token == claim.token)
+                        .values(**values))
+    if done.rowcount != 1:
+        holder = read_holder(conn, claim.pair)
+        who = holder.describe() if holder is not None else "nobody (the claim row is gone)"
+        claim.lost = f"pair {claim.pair}: another process took the pair ({who}); this one committed nothing more"
+        raise ClaimLostError(claim.lost)
+
+
+def write_checkpoint(conn: sa.Connection, claim: Claim, position: Any, snapshot: dict | None, applied: int, *,
+                     committed_at: dt.datetime | None = None) -> tuple[str, str | None]:
+    """Fence, then move the checkpoint, but only from a checkpoint this claim read or wrote.
+
+    Must run in the same transaction as the rows it covers. ``committed_at``: the source commit
+    time of the last change applied (kept when None).
+
+    Returns the (position, snapshot) texts written: the caller records them with
+    ``committed`` once the transaction commits (or ``uncertain`` when the commit's outcome is unknown).
+    """
+    fence(conn, claim)
+    texts = (dumps(position), None if snapshot is None else dumps(snapshot))
+    values: dict[str, Any] = {"position": texts[0], "snapshot": texts[1], "updated_at": now(), "fence": claim.token}
+    if committed_at is not None:
+        values["source_committed_at"] = committed_at
+    existing = [a for a in claim.accepted if a != (None, None)]
+    if existing:
+        matches = sa.or_(*[sa.and_(checkpoints.c.position == p,
+                                   checkpoints.c.snapshot.is_(None) if s is None else checkpoints.c.snapshot == s)
+                           for p, s in existing])
+        done = conn.execute(checkpoints.update().where(checkpoints.c.pair == claim.pair, matches)
+                            .values(changes_applied=checkpoints.c.changes_applied + applied, **values))
+        if done.rowcount == 1:
+            return texts
+    if (None, None) in claim.accepted:
+        exists = conn.execute(sa.select(sa.func.count()).select_from(checkpoints)
+                              .where(checkpoints.c.pair == claim.pair)).scalar()
+        if not exists:
+            conn.execute(checkpoints.insert().values(pair=claim.pair, changes_applied=applied, **values))
+            return texts
+    found = conn.execute(sa.select(checkpoints.c.position, checkpoints.c.snapshot)
+                         .where(checkpoints.c.pair == claim.pair)).first()
+    claim.lost = (f"pair {claim.pair}: the checkpoint moved under this process (it is at "
+                  f"{found.position if found else 'nothing'}, not where this run left it): another process or a "
+                  "hand edit changed it; nothing of this batch was committed")
+    raise ClaimLostError(claim.lost)
+
+
+def committed(claim: Claim, texts: tuple[str, str | None]) -> None:
+    """The transaction that wrote ``texts`` committed: only that checkpoint may be written over now."""
+    claim.accepted = [texts]
+
+
+def uncertain(claim: Claim, texts: tuple[str, str | None]) -> None:
+    """The transaction that wrote ``texts`` may or may not have committed: accept both."""
+    if texts not in claim.accepted:
+        claim.accepted.append(texts)
+
+
+def forget_checkpoint(conn: sa.Connection, claim: Claim) -> bool:
+    """Delete the pair's checkpoint so the next run snapshots again (the audit log stays); True if
+    there was one. The next write creates it afresh."""
+    fence(conn, claim)
+    gone = conn.execute(checkpoints.delete().where(checkpoints.c.pair == claim.pair)).rowcount > 0
+    claim.accepted = [(None, None)]
+    return gone
+
+
+def heartbeat(conn: sa.Connection, claim: Claim, timeout: float) -> bool:
+    """Refresh the claim's heartbeat; False if another process holds the pair now."""
+    moment = now()
+    done = conn.execute(leases.update().where(leases.c.pair == claim.pair, leases.c.token == claim.token)
+                        .values(heartbeat_at=moment, expires_at=moment + dt.timedelta(seconds=timeout)))
+    return done.rowcount == 1
+
+
+def release(conn: sa.Connection, claim: Claim, error: str | None = None) -> None:
+    """End the claim: state stopped, or failed with the error (kept until the next run starts)."""
+    values: dict[str, Any] = {"state": "failed" if error else "stopped", "heartbeat_at": now()}
+    if error:
+        values.update(error=error[:4000], error_at=now())
+    conn.execute(leases.update().where(leases.c.pair == claim.pair, leases.c.token == claim.token).values(**values))
+
+
+def record_failure(conn: sa.Connection, pair: str, error: str) -> None:
+    """A pair that failed before it could claim (bad mapping, source down): its row says so."""
+    moment = now()
+    values = {"state": "failed", "error": error[:4000], "error_at": moment}
+    holder = read_holder(conn, pair)
+    if holder is None:
+        conn.execute(leases.insert().values(pair=pair, token=0, owner="", expires_at=moment, **values))
+    elif not holder.alive(float("inf"), moment) or holder.owner == _process_identity(os.getpid()):
+        conn.execute(leases.update().where(leases.c.pair == pair, leases.c.token == holder.token).values(**values))

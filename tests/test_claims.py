@@ -1,0 +1,167 @@
+"""One process per pair: a second `cdc run` is refused (or waits), and a paused one that lost the pair
+commits nothing afterwards (fencing token), so every change is applied exactly once."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import workload
+from test_postgres_source import LEDGER, assert_each_transaction_once, cdc_ok, execute, logical_pair, rows
+
+
+def start(ws, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cdc", "run", *args, str(ws.config)], cwd=ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def running(ws) -> bool:
+    return ws.query(ws.target, "SELECT count(*) FROM cdc_leases WHERE state = 'running'")[0][0] == 1
+
+
+def test_a_second_run_is_refused_with_the_holder_named_or_waits(ledger):
+    ws = ledger
+    ws.sql(ws.source, "INSERT INTO entries VALUES (1, 1500, 10.00, 'NOK', 'a', NULL)")
+    first = start(ws)
+    try:
+        wait_for(lambda: ws.target.exists() and running(ws), what="the first run to claim the pair")
+        second = ws.cdc("run", "--once", str(ws.config))
+        assert second.returncode == 3, second.stderr
+        assert f"pair p is running elsewhere (host {os.uname().nodename}, pid {first.pid}, since " in second.stderr
+        assert "Traceback" not in second.stderr
+        status = ws.cdc("status", str(ws.config))
+        assert "streaming, running" in status.stdout and f"pid {first.pid}" in status.stdout, status.stdout
+        # --wait: the second run waits for the first to stop, then drains what is pending.
+        log = ws.root / "waiting.log"
+        with open(log, "w") as err:
+            waiting = subprocess.Popen([sys.executable, "-m", "cdc", "run", "--once", "--wait", str(ws.config)],
+                                       cwd=ws.root, stdout=subprocess.PIPE, stderr=err, text=True)
+        wait_for(lambda: "waiting" in log.read_text(), what="the second run to say it waits")
+        assert waiting.poll() is None, "--wait must wait while the pair is held"
+        assert "running elsewhere" in log.read_text()
+        ws.sql(ws.source, "UPDATE entries SET amount = 11.00 WHERE id = 1")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 0
+        assert waiting.wait(120) == 0, log.read_text()
+    finally:
+        for process in (first,):
+            if process.poll() is None:
+                process.kill()
+    assert ws.rows(ws.target, "entries", "id") == ws.rows(ws.source, "entries", "id")
+    assert ws.query(ws.target, "SELECT state, token FROM cdc_leases") == [("stopped", 2)]
+
+
+def test_a_process_that_lost_the_pair_commits_nothing(ledger):
+    """SIGSTOP the holder past its claim timeout: the other takes over; the woken one's next commit is refused."""
+    ws = ledger
+    ws.write_config("""
+        source: src
+        target: dst
+        capture: trigger
+        tables: [entries, parties]
+        batch_size: 5
+        poll_interval: 0.05
+        claim_timeout: 1
+    """)
+    ws.sql(ws.source, "INSERT INTO entries VALUES (1, 1500, 10.00, 'NOK', 'a', NULL)")
+    first = start(ws)
+    try:
+        wait_for(lambda: ws.target.exists() and running(ws), what="the first run to claim the pair")
+        wait_for(lambda: ws.query(ws.target, "SELECT count(*) FROM entries")[0][0] == 1, what="the snapshot")
+        os.kill(first.pid, signal.SIGSTOP)
+        time.sleep(2)  # past the claim timeout: the pair is free for another process
+        second = start(ws)
+        wait_for(lambda: ws.query(ws.target, "SELECT token FROM cdc_leases")[0][0] == 2, what="the takeover")
+        os.kill(first.pid, signal.SIGCONT)
+        workload.run(ws.source, 300, seed=5)
+        wait_for(lambda: first.poll() is not None, what="the fenced process to stop")
+        err = first.communicate()[1]
+        assert first.returncode == 1 and "another process took the pair" in err, err
+        wait_for(lambda: ws.rows(ws.target, "entries", "id") == ws.rows(ws.source, "entries", "id"), what="sync")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    finally:
+        for process in (first,):
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+                process.kill()
+    audited, distinct = ws.query(ws.target, "SELECT count(*), count(DISTINCT source_position) FROM cdc_audit_log "
+                                            "WHERE op != 'snapshot'")[0]
+    assert audited == distinct == 300
+
+
+@pytest.fixture
+def pg_to_pg(ws, pg_databases):
+    source, target = pg_databases(), pg_databases()
+    execute(source, LEDGER)
+    return ws, source, target
+
+
+def test_two_runs_one_paused_at_random_moments_apply_each_change_once(pg_to_pg):
+    """The issue's case: two `cdc run` on one logical pair while a writer makes 2,000 changes, one of
+    them SIGSTOPped and resumed at random moments (often past the claim timeout)."""
+    ws, source, target = pg_to_pg
+    logical_pair(ws, source, target, "duo", batch_size=20, poll_interval=0.05, claim_timeout=1.5)
+    workload.run(source, 300, seed=61)
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    changes, log = [], []
+    writer = threading.Thread(target=lambda: changes.append(workload.run(source, 2000, seed=62, pause=0.05, log=log)))
+    processes, finished = [start(ws, "--wait"), start(ws, "--wait")], []
+    writer.start()
+    rng, pauses = random.Random(63), 0
+    try:
+        wait_for(lambda: execute(target, "SELECT count(*) FROM pg_tables WHERE tablename = 'cdc_leases'")[0][0] and
+                 execute(target, "SELECT count(*) FROM cdc_leases")[0][0], what="a process to claim the pair")
+
+        def token() -> int:
+            return execute(target, "SELECT token FROM cdc_leases")[0][0]
+
+        # Until the writer is done and the pair has changed hands at least twice under a paused holder.
+        while writer.is_alive() or token() < 3:
+            assert pauses < 60, "no takeover happened"
+            time.sleep(rng.uniform(0.1, 0.8))
+            holder = execute(target, "SELECT pid FROM cdc_leases") if pauses % 2 else []
+            # Every other pause hits the holder (a takeover when it lasts past the claim timeout).
+            victim = next((p for p in processes if holder and p.pid == holder[0][0]), rng.choice(processes))
+            os.kill(victim.pid, signal.SIGSTOP)
+            # A paused holder loses the pair when the pause outlasts the claim timeout (1.5 s).
+            time.sleep(rng.uniform(2.5, 3.5) if pauses % 2 else rng.uniform(0.05, 1.5))
+            os.kill(victim.pid, signal.SIGCONT)
+            pauses += 1
+            for i, process in enumerate(processes):
+                if process.poll() is not None:  # fenced out: it stopped; start another, as systemd would
+                    finished.append((process.returncode, process.communicate()[1]))
+                    processes[i] = start(ws, "--wait")
+        writer.join()
+        wait_for(lambda: rows(source, "entries", "id") == rows(target, "entries", "id"), 120, "the pair to catch up")
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                finished.append((process.wait(60), process.communicate()[1]))
+            except subprocess.TimeoutExpired:
+                process.kill()
+    cdc_ok(ws, "run", "--once")
+    for table, order in (("entries", "id"), ("parties", "code, region")):
+        assert rows(source, table, order) == rows(target, table, order), table
+    assert_each_transaction_once(target, (log,), changes[0])
+    errors = "\n".join(err for _, err in finished)
+    assert "running elsewhere" in errors, finished
+    for code, err in finished:
+        assert code == 0 or "another process took the pair" in err or "checkpoint moved" in err, err
