@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from . import registry, schema, state
 from .config import Pair, load_config
-from .errors import CdcError, ConfigError, RowError, StateError
+from .errors import CdcError, ConfigError, RowError, StateError, first_line
 from .pipeline import PairRunner, RunResult, open_pair, open_source
 
 #: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
@@ -207,16 +207,11 @@ def _record_failure(p: Pair, exc: BaseException) -> None:
     try:
         target = registry.adapter_for(p.target.url).target(p.target.url)
         try:
-            target.record_failure(p.name, _error_text(exc))
+            target.record_failure(p.name, first_line(exc))
         finally:
             target.close()
     except (CdcError, sa.exc.SQLAlchemyError) as error:
         logger.debug("pair %s: failure not recorded in the target: %s", p.name, error)
-
-
-def _error_text(exc: BaseException) -> str:
-    text = exc.describe() if isinstance(exc, RowError) else str(exc)
-    return (text.splitlines() or [type(exc).__name__])[0]
 
 
 def status(config_path: str, pair: str | None = None) -> list[dict]:
@@ -242,7 +237,7 @@ def _pair_status(p: Pair) -> dict:
             finally:
                 source.close()
         except (CdcError, sa.exc.SQLAlchemyError) as exc:
-            row["error"] = row["error"] or f"source cannot be read: {_error_text(exc)}"
+            row["error"] = row["error"] or f"source cannot be read: {first_line(exc)}"
         if checkpoint.source_committed_at is not None:
             caught_up = row["pending"] == 0
             lag = 0.0 if caught_up else (state._store.now() - checkpoint.source_committed_at).total_seconds()
@@ -262,7 +257,7 @@ def _target_status(p: Pair, row: dict) -> Any:
             row["dead_letters"] = conn.execute(sa.select(sa.func.count()).select_from(state.dead_letters).where(
                 state.dead_letters.c.pair == p.name, state.dead_letters.c.status == "parked")).scalar()
     except (CdcError, sa.exc.SQLAlchemyError) as exc:
-        row.update(state="failed", error=f"target cannot be read: {_error_text(exc)}")
+        row.update(state="failed", error=f"target cannot be read: {first_line(exc)}")
         return None
     finally:
         target.close()

@@ -50,3 +50,9 @@ class RowError(CdcError):
         if self.column:
             where += f" column {self.column}"
         return f"{where}: {self}"
+
+
+def first_line(exc: BaseException) -> str:
+    """An error as one line for a log or a status field: a row error names table, key and column."""
+    text = exc.describe() if isinstance(exc, RowError) else str(exc)
+    return (text.splitlines() or [type(exc).__name__])[0]

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from . import registry, values
 from .changes import ApplyResult, dumps
 from .config import Pair
-from .errors import CdcError, ConfigError, RetryableError, SchemaError
+from .errors import CdcError, ConfigError, RetryableError, SchemaError, first_line
 from .state import ClaimHeldError
 from .mapping import TableMapping, map_changes, map_snapshot
 
@@ -142,7 +142,7 @@ class PairRunner:
             result = self._run(once)
         except BaseException as exc:
             heartbeat.stop()
-            self._release(_first_line(exc) if isinstance(exc, Exception) else f"stopped by {type(exc).__name__}")
+            self._release(first_line(exc) if isinstance(exc, Exception) else f"stopped by {type(exc).__name__}")
             raise
         heartbeat.stop()
         self._release(None)
