@@ -385,6 +385,9 @@ class SqlTarget(KeyedReads):
                 state.ensure_current(conn)
                 self.bounded_lock_wait(conn, CLAIM_LOCK_WAIT)
                 claim = state.claims.take(conn, pair, timeout)
+        except sa.exc.IntegrityError:  # two first claims at once: the other one's row is there now
+            raise state.ClaimHeldError(f"pair {pair} was claimed by another process at the same moment (it is "
+                                       "running elsewhere): not started") from None
         except sa.exc.OperationalError as exc:
             try:  # readable now: it was a lock wait on the holder's open transaction, not an outage
                 with self.engine.connect() as conn:

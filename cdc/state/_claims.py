@@ -133,7 +133,8 @@ def take(conn: sa.Connection, pair: str, timeout: float) -> Claim:
         done = conn.execute(leases.update().where(leases.c.pair == pair, leases.c.token == holder.token)
                             .values(token=token, **values))
         if done.rowcount != 1:
-            raise ClaimHeldError(f"pair {pair} was claimed by another process at the same moment: not started")
+            raise ClaimHeldError(f"pair {pair} was claimed by another process at the same moment (it is running "
+                                 "elsewhere): not started")
     row = conn.execute(sa.select(checkpoints.c.position, checkpoints.c.snapshot)
                        .where(checkpoints.c.pair == pair)).first()
     return Claim(pair, token, [(row.position, row.snapshot) if row is not None else (None, None)])
