@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 from cdc import state, values
 from cdc._transforms import TransformError
@@ -315,28 +316,79 @@ class SqlTarget(KeyedReads):
     def exists(self, name: str) -> bool:
         return sa.inspect(self.engine).has_table(name)
 
-    def create_table(self, name: str, columns: list[sa.Column], key: tuple[str, ...],
-                     source_dialect: str = "") -> sa.Table:
-        """Create a table with these columns and primary key; never alters an existing one.
+    def table_definition(self, name: str, columns: list[sa.Column], key: tuple[str, ...],
+                         source_dialect: str = "") -> sa.Table:
+        """The table `cdc init` would create for these columns and primary key, not created yet.
 
         From a database of the same kind the types are kept as they are (jsonb stays jsonb);
-        from another kind they go through SQLAlchemy's generic types.
+        from another kind they go through SQLAlchemy's generic types (``target_type``). The key
+        never generates values (no AUTO_INCREMENT, no serial): the source's keys are written.
+        SchemaError, naming table and column, when this target cannot declare a column's type.
         """
         same = source_dialect == self.engine.dialect.name
         table = sa.Table(name, sa.MetaData(), *[
-            sa.Column(c.name, c.type if same else self.target_type(c.type), nullable=c.name not in key and c.nullable,
-                      primary_key=c.name in key) for c in columns])
-        table.create(self.engine, checkfirst=True)
+            sa.Column(c.name, c.type if same else self.target_type(c.type, key=c.name in key),
+                      nullable=c.name not in key and c.nullable, primary_key=c.name in key, autoincrement=False)
+            for c in columns])
+        for column in table.columns:
+            try:
+                column.type.compile(dialect=self.engine.dialect)
+            except (sa.exc.CompileError, sa.exc.UnsupportedCompilationError, AttributeError) as exc:
+                raise SchemaError(f"target table {name} column {column.name}: a {self.engine.dialect.name} table "
+                                  f"cannot declare the source type {column.type!r} ({exc}); create the table "
+                                  f"yourself, then run `cdc init` again") from None
+        try:
+            sa.schema.CreateTable(table).compile(dialect=self.engine.dialect)
+        except sa.exc.CompileError as exc:
+            raise SchemaError(f"target table {name}: {exc}") from None
         return table
 
-    def target_type(self, kind: sa.types.TypeEngine) -> sa.types.TypeEngine:
+    def create_tables(self, tables: list[sa.Table]) -> None:
+        """Create these tables (made by ``table_definition``, none of them existing) all or none.
+
+        One transaction: where DDL is transactional (PostgreSQL, SQLite) a refused table leaves
+        none of them. Where each CREATE commits itself (MySQL/MariaDB) the tables made before the
+        refused one are dropped again: they are new and nothing has written to them.
+        """
+        created: list[sa.Table] = []
+        try:
+            with self.engine.begin() as conn:
+                for table in tables:
+                    try:
+                        table.create(conn)
+                    except sa.exc.DBAPIError as exc:
+                        raise SchemaError(f"target table {table.name}: the target refused to create it: "
+                                          f"{str(exc.orig).strip()}") from None
+                    created.append(table)
+        except SchemaError:
+            with self.engine.begin() as conn:
+                for table in reversed(created):
+                    table.drop(conn, checkfirst=True)
+            raise
+
+    def create_table(self, name: str, columns: list[sa.Column], key: tuple[str, ...],
+                     source_dialect: str = "") -> sa.Table:
+        """Create one table (see table_definition); never alters an existing one."""
+        table = self.table_definition(name, columns, key, source_dialect)
+        self.create_tables([table])
+        return table
+
+    def target_type(self, kind: sa.types.TypeEngine, key: bool = False) -> sa.types.TypeEngine:
         """A source column type as this target should declare it (exact numerics stay exact).
 
         Timestamps keep their zone: a MySQL DATETIME is read in the pair's source_timezone
-        and a TIMESTAMP in UTC, so both arrive as instants.
+        and a TIMESTAMP in UTC, so both arrive as instants. An ENUM or SET is text (its values
+        as they read: SET as its members, comma-separated), YEAR a small integer, BIT an integer.
+        ``key``: the column is (part of) the primary key.
         """
         if getattr(kind, "_variant_mapping", None):
             return kind  # already says what it is per dialect
+        if isinstance(kind, (sa.Enum, mysql.SET)):
+            return sa.Text()
+        if isinstance(kind, mysql.YEAR):
+            return sa.SmallInteger()
+        if isinstance(kind, mysql.BIT):  # read as an unsigned integer of up to 64 bits
+            return sa.BigInteger() if (kind.length or 1) < 64 else sa.Numeric(20, 0)
         try:
             generic = kind.as_generic()
         except NotImplementedError:

@@ -76,29 +76,50 @@ def doctor(config_path: str, pair: str | None = None) -> tuple[Report, bool]:
 
 
 def init(config_path: str, pair: str | None = None) -> Report:
-    """Create or upgrade the state tables in each target and create missing target tables."""
+    """Create or upgrade the state tables in each target and create missing target tables.
+
+    All or nothing for the tables: every missing table of every selected pair is defined and
+    checked against its target first (a type the target cannot declare stops `init` before it
+    creates anything), then each target's tables are created in one transaction.
+    """
     config = load_config(config_path)
     report = Report()
+    plans = [_init_plan(p) for p in config.select(pair)]
     upgraded: set[str] = set()
-    for p in config.select(pair):
-        source, target, mappings = open_pair(p)
+    for p, tables, lines in plans:
+        target = registry.adapter_for(p.target.url).target(p.target.url)
         try:
             if p.target.url not in upgraded:
                 before, after = target.init_state()
                 upgraded.add(p.target.url)
                 verb = "already at" if before == after else ("created at" if before is None else f"upgraded {before} ->")
                 report.add(f"{p.target.masked}: state tables {verb} version {after}")
-            for name, mapping in mappings.items():
-                if target.exists(mapping.target):
-                    report.add(f"  {mapping.target}: exists, left as it is")
-                    continue
-                columns = schema.target_columns(mapping, source.describe(name).columns)
-                target.create_table(mapping.target, columns, mapping.target_key, source.engine.dialect.name)
-                report.add(f"  {mapping.target}: created ({len(columns)} columns, key {', '.join(mapping.target_key)})")
+            target.create_tables([t for t in tables if not target.exists(t.name)])  # another pair may have made it
+            for line in lines:
+                report.add(line)
         finally:
-            source.close()
             target.close()
     return report
+
+
+def _init_plan(p: Pair) -> tuple[Pair, list[sa.Table], list[str]]:
+    """The target tables `init` must create for one pair (defined and checked, not created) and
+    the report's line for every mapped table."""
+    source, target, mappings = open_pair(p)
+    try:
+        tables, lines = [], []
+        for name, mapping in mappings.items():
+            if target.exists(mapping.target):
+                lines.append(f"  {mapping.target}: exists, left as it is")
+                continue
+            columns = schema.target_columns(mapping, source.describe(name).columns)
+            tables.append(target.table_definition(mapping.target, columns, mapping.target_key,
+                                                  source.engine.dialect.name))
+            lines.append(f"  {mapping.target}: created ({len(columns)} columns, key {', '.join(mapping.target_key)})")
+        return p, tables, lines
+    finally:
+        source.close()
+        target.close()
 
 
 def install(config_path: str, pair: str | None = None) -> Report:

@@ -26,6 +26,16 @@ def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+@sa.event.listens_for(sa.Table, "column_reflect")
+def _unescaped_name(inspector, table: sa.Table, column_info: dict) -> None:
+    """A reflected MySQL/MariaDB column's name as the server has it: SQLAlchemy's MySQL reflection
+    (2.1) leaves a backtick in a name doubled, as SHOW CREATE TABLE escapes it (``na``me`` -> na`me),
+    so every statement on that column, and a table `cdc init` made from it, would name a column
+    that does not exist."""
+    if inspector.dialect.name in ("mysql", "mariadb") and "``" in column_info["name"]:
+        column_info["name"] = column_info["name"].replace("``", "`")
+
+
 def _instants(zone: dt.tzinfo):
     """PyMySQL's decoder for DATETIME/TIMESTAMP text, aware in ``zone``: datetime.fromisoformat is C
     code, several times faster than PyMySQL's own regex (the snapshot's main cost after the wire).

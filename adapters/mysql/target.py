@@ -29,6 +29,21 @@ class MySQLTarget(SqlTarget):
             updates = {key[0]: statement.inserted[key[0]]}
         return statement.on_duplicate_key_update(updates)
 
+    def target_type(self, kind: sa.types.TypeEngine, key: bool = False) -> sa.types.TypeEngine:
+        """Text and binary columns of no stated length (SQLite TEXT/BLOB, PostgreSQL text/bytea)
+        become LONGTEXT/LONGBLOB, which hold whatever the source can (TEXT and BLOB stop at 64 KiB);
+        in the primary key, where MySQL needs a length, VARCHAR(255)/VARBINARY(255)."""
+        kind = super().target_type(kind, key)
+        if isinstance(kind, (sa.String, sa.LargeBinary)) and not isinstance(kind, (sa.Enum, sa.JSON)):
+            binary = isinstance(kind, sa.LargeBinary)
+            if kind.length is None or kind.length > types.LONGEST_VARCHAR:
+                if key:
+                    return mysql.VARBINARY(255) if binary else mysql.VARCHAR(255)
+                return mysql.LONGBLOB() if binary else mysql.LONGTEXT()
+            if binary:
+                return mysql.VARBINARY(kind.length)
+        return kind
+
     def writer(self, column: sa.Column) -> Callable[[Any], Any]:
         return types.writer(column)
 

@@ -22,6 +22,8 @@ from sqlalchemy.dialects import mysql
 from ..base import same
 
 UTC = dt.timezone.utc
+#: The longest VARCHAR `cdc init` declares (characters of utf8mb4 in MySQL's 65,535-byte row); longer is LONGTEXT.
+LONGEST_VARCHAR = 16_383
 
 
 def is_timestamp(column: sa.Column) -> bool:
@@ -43,8 +45,16 @@ def reader(column: sa.Column, source_zone: str = "UTC") -> Callable[[Any], Any]:
         return lambda v: v if v is None else ",".join(sorted(v if isinstance(v, (set, frozenset)) else
                                                               filter(None, str(v).split(","))))
     if isinstance(kind, (mysql.BIT,)):
-        return lambda v: v if v is None else int.from_bytes(v, "big") if isinstance(v, bytes) else v
+        return _bits
     return same
+
+
+def _bits(value: Any) -> Any:
+    """A BIT value as an unsigned integer: the driver gives bytes, the binlog decoder a string of
+    binary digits ('00000101')."""
+    if isinstance(value, bytes):
+        return int.from_bytes(value, "big")
+    return int(value, 2) if isinstance(value, str) else value
 
 
 def writer(column: sa.Column) -> Callable[[Any], Any]:
