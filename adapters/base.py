@@ -559,7 +559,8 @@ class SqlTarget(KeyedReads):
                 done, parked = self._write_part(conn, mapped, isolate, lambda i, e, p: reject(i, e, p))
                 now = state._store.now()
                 self.write_audit(conn, _audit_rows(pair, done, reason, now))
-                state.write_dead_letters(conn, [_dead_letter(pair, item, error, now) for item, error in parked])
+                state.write_dead_letters(conn, [_dead_letter(pair, item, error, now, reason)
+                                                for item, error in parked])
                 applied, parked_count = applied + len(done), parked_count + len(parked)
                 committed_at = next((m.change.committed_at for m in reversed(mapped) if m.change.committed_at),
                                     committed_at)
@@ -671,13 +672,27 @@ def _audit_rows(pair: str, done: list[MappedChange], reason: str, now) -> list[d
         if change.position is not position or change.txid is not txid:
             position, txid = change.position, change.txid
             position_text, txid_text = dumps(position), None if txid is None else str(txid)
+        before, after = _audit_images(item, reason)
         rows.append({
             "pair": pair, "source_table": change.table, "target_table": item.mapping.target, "op": change.op,
-            "reason": reason, "key": dumps(item.ops[-1].key), "before": _json(change.before),
-            "after": _json(change.after), "source_position": position_text, "source_txid": txid_text,
+            "reason": reason, "key": dumps(item.ops[-1].key), "before": _json(before),
+            "after": _json(after), "source_position": position_text, "source_txid": txid_text,
             "committed_at": change.committed_at, "applied_at": now,
         })
     return rows
+
+
+def _audit_images(item: MappedChange, reason: str) -> tuple[Row | None, Row | None]:
+    """The change's before and after images as target rows, both through the pair's mapping: a
+    column the mapping does not copy never reaches the target database, its audit log included.
+    A repair's images are target rows already."""
+    change = item.change
+    if reason == "repair":
+        return change.before, change.after
+    last = item.ops[-1]
+    after = last.row if last.op == "upsert" else (
+        None if change.after is None else item.mapping.image(change.after, change.key))
+    return (None if change.before is None else item.mapping.image(change.before, change.key)), after
 
 
 def _snapshot_audit(pair: str, done: list[MappedChange], now) -> list[dict]:
@@ -696,15 +711,26 @@ def _snapshot_audit(pair: str, done: list[MappedChange], now) -> list[dict]:
     return rows
 
 
-def _dead_letter(pair: str, item: MappedChange, error: RowError, now) -> dict:
+def _dead_letter(pair: str, item: MappedChange, error: RowError, now, reason: str = "change") -> dict:
+    """The dead letter of a change the target refused: the change as the source gave it, with the
+    source columns the mapping reads (all it needs to be mapped and applied again; a column the
+    mapping does not copy stays out of the target database). A repair's images are target rows."""
     change = item.change
+    read = None if reason == "repair" else item.mapping.read_columns()
     return {
         "pair": pair, "source_table": change.table, "target_table": item.mapping.target, "op": change.op,
         "key": dumps(list(change.key)), "error": str(error), "column_name": error.column,
-        "change": dumps({"op": change.op, "table": change.table, "key": list(change.key), "before": change.before,
-                         "after": change.after, "position": change.position, "txid": change.txid}),
+        "change": dumps({"op": change.op, "table": change.table, "key": list(change.key),
+                         "before": _only(change.before, read), "after": _only(change.after, read),
+                         "position": change.position, "txid": change.txid}),
         "source_position": dumps(change.position), "created_at": now,
     }
+
+
+def _only(row: Row | None, columns: frozenset[str] | None) -> Row | None:
+    if row is None or columns is None or row.keys() <= columns:
+        return row
+    return {c: v for c, v in row.items() if c in columns}
 
 
 def _json(row: Row | None) -> str | None:

@@ -218,6 +218,30 @@ class TableMapping:
             result[target] = value
         return result
 
+    def image(self, row: Row, key: tuple = ()) -> Row:
+        """A source row image as the target columns it maps to, for the audit log: never a column
+        the mapping does not copy. Unlike map_row it never fails: a value its transform refuses (an
+        old image, written before the transform was added) is recorded as {"$error": why}."""
+        try:
+            return self.map_row(row, key)
+        except RowError:
+            pass
+        result: Row = {}
+        for target, source, transforms in self._columns:
+            value = row.get(source) if source is not None else None
+            try:
+                for fn in transforms:
+                    value = fn(value)
+            except _transforms.TransformError as exc:
+                value = {"$error": str(exc)}
+            result[target] = value
+        return result
+
+    def read_columns(self) -> frozenset[str]:
+        """The source columns the mapping reads (columns, filters, key): all a change needs to be mapped again."""
+        return frozenset([c.source for c in self._specs if c.source is not None] +
+                         [f.column for f in self.spec.filters] + list(self.source_key))
+
     def target_key_of(self, key: tuple) -> tuple:
         """The target key for a source key (key columns go through their transforms too)."""
         row = self.map_row(dict(zip(self.source_key, key)), key)
