@@ -22,6 +22,8 @@ from cdc.changes import ApplyResult, Batch, Position, Row, dumps, loads
 from cdc.errors import RetryableError, RowError, SchemaError, SourceError, TargetError
 from cdc.mapping import MappedChange, TargetOp
 
+from . import _limits
+
 
 def same(value: Any) -> Any:
     """The reader or writer of a value that needs no converting (recognised, and skipped, by identity)."""
@@ -302,6 +304,27 @@ class SqlTarget(KeyedReads):
             return "row"
         return "retry" if exc.connection_invalidated else "fatal"
 
+    # -- statement size ------------------------------------------------------------
+    #: The server setting that limits one statement's size, as messages name it ("" if none).
+    statement_limit_setting = ""
+    #: The driver splits an executemany of many rows into statements of at most this many bytes
+    #: (a row alone may be larger); None: unknown, so runs are split here when there is a limit.
+    driver_statement_bytes: int | None = None
+
+    def statement_limit(self, conn: sa.Connection) -> int | None:
+        """The most bytes one statement may carry on ``conn`` (MySQL's max_allowed_packet), or None:
+        no limit a row can reach. A row over it is refused before it is sent (see adapters/_limits.py)."""
+        return None
+
+    def statement_size(self, row: dict, exact: bool = False) -> int:
+        """Bytes ``row``'s values take in one statement as the driver sends them (``exact`` False:
+        a quick upper bound); needed only where ``statement_limit`` gives a limit."""
+        raise NotImplementedError
+
+    def write_dead_letters(self, conn: sa.Connection, rows: list[dict]) -> None:
+        """Park refused changes in the apply transaction."""
+        state.write_dead_letters(conn, rows)
+
     # -- schema --------------------------------------------------------------------
     def table(self, name: str) -> sa.Table:
         """The reflected target table (cached); TargetError if it does not exist."""
@@ -554,13 +577,13 @@ class SqlTarget(KeyedReads):
         # A repair moves no source position: no checkpoint, so no claim needed.
         with self.checkpointing(None if reason == "repair" else pair) as (conn, write_checkpoint):
             committed_at = None
+            limit = self.statement_limit(conn)
             for mapped in parts:
                 seen += len(mapped)
-                done, parked = self._write_part(conn, mapped, isolate, lambda i, e, p: reject(i, e, p))
+                done, parked = self._write_part(conn, mapped, isolate, lambda i, e, p: reject(i, e, p), limit)
                 now = state._store.now()
-                self.write_audit(conn, _audit_rows(pair, done, reason, now))
-                state.write_dead_letters(conn, [_dead_letter(pair, item, error, now, reason)
-                                                for item, error in parked])
+                self._write_records(conn, _audit_rows(pair, done, reason, now),
+                                    [_dead_letter(pair, item, error, now, reason) for item, error in parked], limit)
                 applied, parked_count = applied + len(done), parked_count + len(parked)
                 committed_at = next((m.change.committed_at for m in reversed(mapped) if m.change.committed_at),
                                     committed_at)
@@ -568,8 +591,9 @@ class SqlTarget(KeyedReads):
                 write_checkpoint(position(), snapshot, applied if reason != "snapshot" else 0, committed_at)
         return ApplyResult(applied, parked_count)
 
-    def _write_part(self, conn, mapped, isolate, reject) -> tuple[list[MappedChange], list]:
-        """Rows of one part: fit checks, then one statement per run (or one savepoint per change)."""
+    def _write_part(self, conn, mapped, isolate, reject, limit=None) -> tuple[list[MappedChange], list]:
+        """Rows of one part: fit checks (a row over the statement ``limit`` is refused here, never
+        sent), then one statement per run (or one savepoint per change)."""
         done: list[MappedChange] = []
         parked: list[tuple[MappedChange, RowError]] = []
         prepared = []
@@ -577,23 +601,47 @@ class SqlTarget(KeyedReads):
             try:
                 if item.error is not None:
                     raise item.error
-                prepared.append((item, [self._prepare(op) for op in item.ops]))
+                statements = [self._prepare(op) for op in item.ops]
+                if limit is not None:
+                    for _, _, _, params in statements:
+                        _limits.refuse_oversized(self.statement_size, params, limit, self.statement_limit_setting)
+                prepared.append((item, statements))
             except RowError as exc:
                 reject(item, exc, parked)
         if isolate:
             for item, statements in prepared:
                 try:
                     with conn.begin_nested():
-                        self._write(conn, statements)
+                        self._write(conn, statements, limit)
                     done.append(item)
                 except sa.exc.DBAPIError as exc:
                     if self.classify(exc) != "row":
                         raise
                     reject(item, RowError(f"the target refused the row: {str(exc.orig).strip()}"), parked)
         else:
-            self._write(conn, [s for _, statements in prepared for s in statements])
+            self._write(conn, [s for _, statements in prepared for s in statements], limit)
             done = [item for item, _ in prepared]
         return done, parked
+
+    def _write_records(self, conn: sa.Connection, audit: list[dict], letters: list[dict], limit: int | None) -> None:
+        """The part's audit rows and dead letters; under a statement limit, each made to fit (its
+        largest image values kept as length and SHA-256) and written in statements that fit."""
+        if limit is not None:
+            audit = [_limits.fitted_audit_row(row, self.statement_size, limit) for row in audit]
+            letters = [_limits.fitted_dead_letter(row, self.statement_size, limit, self.statement_limit_setting)
+                       for row in letters]
+        for part in self._statements(audit, limit):
+            self.write_audit(conn, part)
+        for part in self._statements(letters, limit):
+            self.write_dead_letters(conn, part)
+
+    def _statements(self, rows: list[dict], limit: int | None) -> Iterable[list[dict]]:
+        """``rows`` in parts that each fit one statement (the driver may split them further)."""
+        if not rows:
+            return []
+        if limit is None or (self.driver_statement_bytes is not None and self.driver_statement_bytes <= limit):
+            return [rows]
+        return _limits.in_statements(rows, self.statement_size, limit)
 
     def trust(self, name: str, columns: list[str]) -> None:
         """Skip the fit check for these columns: their values come from source columns of the very
@@ -640,10 +688,13 @@ class SqlTarget(KeyedReads):
                 raise RowError(str(exc), table=op.table, key=op.key, column=name) from None
         return op.op, op.table, op.key_columns, params
 
-    def _write(self, conn: sa.Connection, statements: list[tuple[str, str, tuple[str, ...], dict]]) -> None:
-        """Run consecutive operations of one kind on one table together, in order."""
+    def _write(self, conn: sa.Connection, statements: list[tuple[str, str, tuple[str, ...], dict]],
+               limit: int | None = None) -> None:
+        """Run consecutive operations of one kind on one table together, in order (in statements
+        under ``limit``)."""
         for (op, name, key), run in itertools.groupby(statements, key=_RUN_KEY):
-            self.write_run(conn, op, name, key, [s[3] for s in run])
+            for part in self._statements([s[3] for s in run], limit):
+                self.write_run(conn, op, name, key, part)
 
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
         """One run of upserts or deletes on one table as one executemany (a dialect may bulk-load)."""

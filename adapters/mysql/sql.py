@@ -15,6 +15,9 @@ SESSION = ("SET SESSION time_zone = '+00:00', "
            "sql_mode = 'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', "
            "NAMES utf8mb4 COLLATE utf8mb4_unicode_ci")
 
+#: Where each pooled connection keeps its session's max_allowed_packet (ConnectionPoolEntry.info).
+MAX_PACKET = "cdc_max_allowed_packet"
+
 # MariaDB stores JSON as LONGTEXT with a json_valid() CHECK; MySQL has a real JSON type.
 JSON_COLUMNS = ("SELECT c.COLUMN_NAME FROM information_schema.COLUMNS c WHERE c.TABLE_SCHEMA = DATABASE() "
                 "AND c.TABLE_NAME = %(table)s AND (c.DATA_TYPE = 'json' OR EXISTS (SELECT 1 FROM "
@@ -60,6 +63,9 @@ def engine(url: str, source_zone: str = "UTC") -> sa.Engine:
     def _connect(dbapi_connection, record):
         with dbapi_connection.cursor() as cursor:
             cursor.execute(SESSION)
+            # A session's max_allowed_packet is the server's global value when it connected, fixed for its life.
+            cursor.execute("SELECT @@max_allowed_packet")
+            record.info[MAX_PACKET] = int(cursor.fetchone()[0])
 
     return made
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import pymysql.cursors
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql import insert
@@ -13,6 +14,9 @@ from . import sql, types
 
 #: Error codes of a passing fault: lost or refused connection, server going down, lock wait, deadlock.
 RETRY_CODES = {1040, 1053, 1205, 1213, 1927, 2003, 2006, 2013, 2055}
+#: Error codes of a statement larger than max_allowed_packet: retrying sends it again, so never retried.
+#: (The rows are measured before they are sent; this is the server's word if that ever misses.)
+PACKET_CODES = {1153, 1301}
 #: Error codes that concern one row's values: too long, out of range, wrong value, NULL, duplicate, FK, CHECK.
 ROW_CODES = {1048, 1062, 1264, 1265, 1292, 1364, 1366, 1406, 1451, 1452, 1690, 3819, 4025}
 
@@ -56,8 +60,21 @@ class MySQLTarget(SqlTarget):
                 # server checks the members itself (strict mode: an unknown one is an error).
                 column.type = sa.Text()
 
+    statement_limit_setting = "max_allowed_packet"
+    #: PyMySQL's executemany joins rows into INSERTs of at most this many bytes.
+    driver_statement_bytes = pymysql.cursors.Cursor.max_stmt_length
+
+    def statement_limit(self, conn: sa.Connection) -> int | None:
+        """The session's max_allowed_packet (read when it connected, see sql.engine)."""
+        return conn.connection.info.get(sql.MAX_PACKET)
+
+    def statement_size(self, row: dict, exact: bool = False) -> int:
+        return types.statement_size(row, exact)
+
     def classify(self, exc: sa.exc.DBAPIError) -> str:
         code = sql.error_code(exc)
+        if code in PACKET_CODES:
+            return "fatal"
         if code in RETRY_CODES or exc.connection_invalidated:
             return "retry"
         if code in ROW_CODES:
@@ -69,10 +86,27 @@ class MySQLTarget(SqlTarget):
         conn.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {max(1, int(seconds))}")
 
     def diagnose(self) -> list[tuple[str, str]]:
-        """The settings exactly-once depends on: a COMMIT that returned must survive a crash."""
+        """The settings exactly-once depends on (a COMMIT that returned must survive a crash) and
+        the largest statement the server takes (a larger row is parked, never applied)."""
         with self.engine.connect() as conn:
-            flush = conn.exec_driver_sql("SELECT @@innodb_flush_log_at_trx_commit").scalar()
+            flush, packet = conn.exec_driver_sql(
+                "SELECT @@innodb_flush_log_at_trx_commit, @@global.max_allowed_packet").one()
         if int(flush) != 1:
-            return [("fail", f"target innodb_flush_log_at_trx_commit = {flush}: a crash can lose commits cdc-sync "
-                             "already released at the source; set it to 1")]
-        return [("ok", "target innodb_flush_log_at_trx_commit = 1")]
+            findings = [("fail", f"target innodb_flush_log_at_trx_commit = {flush}: a crash can lose commits "
+                                 "cdc-sync already released at the source; set it to 1")]
+        else:
+            findings = [("ok", "target innodb_flush_log_at_trx_commit = 1")]
+        return findings + [_packet_finding(int(packet))]
+
+
+#: Below this max_allowed_packet doctor warns: ordinary rows with a large text or binary value do not fit.
+ADVISED_PACKET = 64 * 2**20
+
+
+def _packet_finding(packet: int) -> tuple[str, str]:
+    size = f"target max_allowed_packet = {packet:,} bytes ({packet / 2**20:g} MiB)"
+    if packet >= ADVISED_PACKET:
+        return "ok", size
+    return "warn", (f"{size}: a row larger than that (binary values count twice, they are sent as hex) is parked "
+                    "with the reason, never applied; raise it to at least 64 MiB: max_allowed_packet = 256M in the "
+                    "server's configuration, or SET GLOBAL max_allowed_packet = 268435456")

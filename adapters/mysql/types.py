@@ -87,3 +87,30 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
     raise TypeError(f"cannot write {type(value).__name__} into a JSON column")
+
+
+#: Characters PyMySQL escapes with a backslash in a string literal (each becomes two bytes).
+_ESCAPED = "\0\\\n\r\x1a\"'"
+#: Bytes of a statement besides its values: the INSERT/UPDATE text with every column named (an
+#: upper bound per row, and per column of it).
+_ROW_OVERHEAD, _COLUMN_OVERHEAD = 256, 16
+
+
+def statement_size(row: dict, exact: bool = False) -> int:
+    """Bytes a row takes in a statement as PyMySQL sends it: values as escaped literals (text as
+    UTF-8, bytes as hex), column names, the statement around them. ``exact`` False: a quick upper
+    bound (no text is encoded), enough to tell that most rows are far from any limit."""
+    size = _ROW_OVERHEAD
+    for name, value in row.items():
+        size += _COLUMN_OVERHEAD + 3 * len(name) + _literal_size(value, exact)
+    return size
+
+
+def _literal_size(value: Any, exact: bool) -> int:
+    if isinstance(value, str):
+        if not exact:
+            return (2 if value.isascii() else 4) * len(value) + 2
+        return len(value.encode("utf-8", "surrogateescape")) + sum(map(value.count, _ESCAPED)) + 2
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return 2 * len(value) + 11  # _binary X'..'
+    return 100 if not exact else len(str(value)) + 2  # a number, date or NULL
