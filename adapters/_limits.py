@@ -36,9 +36,9 @@ def refuse_oversized(size: Size, params: dict, limit: int, setting: str) -> None
         return
     sizes = {column: size({column: value}, True) - size({}, True) for column, value in params.items()}
     largest = max(sizes, key=sizes.__getitem__)
-    raise RowError(f"row of {total:,} bytes exceeds the target's {setting} {limit:,} (column {largest}: "
+    raise RowError(f"row of {total:,} bytes exceeds the target's {setting} {limit:,} ({largest} is "
                    f"{sizes[largest]:,} bytes as sent; binary values go as hex, twice their size): raise "
-                   f"{setting} on the target server, then apply the change again", column=largest)
+                   f"{setting} on the target server", column=largest)
 
 
 def in_statements(rows: list[dict], size: Size, limit: int) -> Iterator[list[dict]]:
