@@ -100,17 +100,22 @@ def statement_size(row: dict, exact: bool = False) -> int:
     """Bytes a row takes in a statement as PyMySQL sends it: values as escaped literals (text as
     UTF-8, bytes as hex), column names, the statement around them. ``exact`` False: a quick upper
     bound (no text is encoded), enough to tell that most rows are far from any limit."""
-    size = _ROW_OVERHEAD
-    for name, value in row.items():
-        size += _COLUMN_OVERHEAD + 3 * len(name) + _literal_size(value, exact)
+    size = _ROW_OVERHEAD + _COLUMN_OVERHEAD * len(row) + 3 * sum(map(len, row))
+    if exact:
+        return size + sum([_literal_size(value) for value in row.values()])
+    size += 100 * len(row)
+    for value in row.values():
+        if isinstance(value, _SIZED):
+            size += 4 * len(value) + 11  # at most 4 bytes a character (2 for ASCII escaped), 2 a byte
     return size
 
 
-def _literal_size(value: Any, exact: bool) -> int:
+_SIZED = (str, bytes, bytearray, memoryview)
+
+
+def _literal_size(value: Any) -> int:
     if isinstance(value, str):
-        if not exact:
-            return (2 if value.isascii() else 4) * len(value) + 2
         return len(value.encode("utf-8", "surrogateescape")) + sum(map(value.count, _ESCAPED)) + 2
     if isinstance(value, (bytes, bytearray, memoryview)):
         return 2 * len(value) + 11  # _binary X'..'
-    return 100 if not exact else len(str(value)) + 2  # a number, date or NULL
+    return len(str(value)) + 2  # a number, date or NULL
