@@ -80,43 +80,47 @@ def init(config_path: str, pair: str | None = None) -> Report:
 
     All or nothing for the tables: every missing table of every selected pair is defined and
     checked against its target first (a type the target cannot declare stops `init` before it
-    creates anything), then each target's tables are created in one transaction.
+    creates anything), then each target's tables, for all its pairs, are created together (see
+    SqlTarget.create_tables).
     """
     config = load_config(config_path)
     report = Report()
-    plans = [_init_plan(p) for p in config.select(pair)]
-    upgraded: set[str] = set()
-    for p, tables, lines in plans:
-        target = registry.adapter_for(p.target.url).target(p.target.url)
+    plans = [(p, _init_plan(p)) for p in config.select(pair)]
+    for url in dict.fromkeys(p.target.url for p, _ in plans):
+        pairs = [(p, tables) for p, tables in plans if p.target.url == url]
+        target = registry.adapter_for(url).target(url)
         try:
-            if p.target.url not in upgraded:
-                before, after = target.init_state()
-                upgraded.add(p.target.url)
-                verb = "already at" if before == after else ("created at" if before is None else f"upgraded {before} ->")
-                report.add(f"{p.target.masked}: state tables {verb} version {after}")
-            target.create_tables([t for t in tables if not target.exists(t.name)])  # another pair may have made it
-            for line in lines:
-                report.add(line)
+            before, after = target.init_state()
+            verb = "already at" if before == after else ("created at" if before is None else f"upgraded {before} ->")
+            report.add(f"{pairs[0][0].target.masked}: state tables {verb} version {after}")
+            wanted = {t.name: t for _, tables in pairs for t, _ in tables.values() if t is not None}
+            made = [t for t in wanted.values() if not target.exists(t.name)]
+            target.create_tables(made)
+            for _, tables in pairs:
+                for name, (table, key) in tables.items():
+                    created = any(table is t for t in made)
+                    report.add(f"  {name}: created ({len(table.columns)} columns, key {key})" if created
+                               else f"  {name}: exists, left as it is")
         finally:
             target.close()
     return report
 
 
-def _init_plan(p: Pair) -> tuple[Pair, list[sa.Table], list[str]]:
-    """The target tables `init` must create for one pair (defined and checked, not created) and
-    the report's line for every mapped table."""
+def _init_plan(p: Pair) -> dict[str, tuple[sa.Table | None, str]]:
+    """Per target table of one pair: the table `init` must create (defined and checked against the
+    target, not created), or None when it exists; and its key as the report names it."""
     source, target, mappings = open_pair(p)
     try:
-        tables, lines = [], []
+        tables: dict[str, tuple[sa.Table | None, str]] = {}
         for name, mapping in mappings.items():
+            key = ", ".join(mapping.target_key)
             if target.exists(mapping.target):
-                lines.append(f"  {mapping.target}: exists, left as it is")
+                tables[mapping.target] = (None, key)
                 continue
             columns = schema.target_columns(mapping, source.describe(name).columns)
-            tables.append(target.table_definition(mapping.target, columns, mapping.target_key,
-                                                  source.engine.dialect.name))
-            lines.append(f"  {mapping.target}: created ({len(columns)} columns, key {', '.join(mapping.target_key)})")
-        return p, tables, lines
+            tables[mapping.target] = (target.table_definition(mapping.target, columns, mapping.target_key,
+                                                              source.engine.dialect.name), key)
+        return tables
     finally:
         source.close()
         target.close()

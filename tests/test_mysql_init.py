@@ -113,3 +113,19 @@ def test_init_from_postgresql_text_and_bytea_into_mariadb(ws, pg_url, mysql_url)
                                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'notes' ORDER BY ORDINAL_POSITION")
     assert [tuple(c) for c in columns] == [("code", "varchar(255)"), ("body", "longtext"), ("raw", "longblob"),
                                            ("kind", "varchar(20)")]
+
+
+def test_init_of_several_pairs_into_one_mariadb_creates_nothing_when_one_table_is_refused(ws, mysql_url):
+    """The tables of every pair of a target are made together: the second pair's refused table
+    takes the first pair's table with it (MariaDB's CREATE commits itself: it is dropped again)."""
+    ws.sql(ws.source, "CREATE TABLE a_ok (id INTEGER PRIMARY KEY, amount NUMERIC(18,2));\n"
+                      "CREATE TABLE b_bad (code VARCHAR(2000) PRIMARY KEY, amount NUMERIC(18,2))")
+    ws.config.write_text(f"connections:\n  src: sqlite:///source.db\n  dst: {mysql_url}\npairs:\n"
+                         "  one:\n    source: src\n    target: dst\n    tables: [a_ok]\n"
+                         "  two:\n    source: src\n    target: dst\n    tables: [b_bad]\n", encoding="utf-8")
+    result = ws.cdc("init", str(ws.config))
+    assert result.returncode == 1 and "target table b_bad: the target refused to create it" in result.stderr, \
+        result.stdout + result.stderr
+    assert _tables(mysql_url) == set()
+    assert "a_ok: created" in cdc_ok(ws, "init", "--pair", "one")
+    assert _tables(mysql_url) == {"a_ok"}
