@@ -4,8 +4,11 @@ reaches the target database (its audit log and dead letters included)."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import psycopg
+
+from cdc.mapping import ColumnSpec, FilterSpec, TableMapping, TableSpec
 
 EMAIL = "ola.nordmann@example.no"
 MAPPING = """tables:
@@ -90,3 +93,18 @@ def test_audit_of_a_large_transaction_through_copy_holds_no_unmapped_column(ws, 
     assert json.loads(images[0][0]) == {"id": 1, "name": "navn 1"}
     assert json.loads(images[0][1]) == {"id": 1, "name": "navn 1!"}
     assert EMAIL.encode() not in ws.target.read_bytes()
+
+
+def test_an_old_image_a_transform_now_refuses_is_recorded_not_fatal():
+    """The before image of an update was written before a transform was added: the audit records
+    why its value does not map instead of failing the change; a dead letter keeps every column the
+    mapping reads (columns, filters, key) and nothing else."""
+    spec = TableSpec("invoices", "fakturaer", columns=(ColumnSpec("nr", "id"),
+                                                       ColumnSpec("belop", "amount", (("decimal", 2),))),
+                     filters=(FilterSpec("status", "!=", "draft"),))
+    mapping = TableMapping(spec, ["id", "amount", "status", "email"], ("id",), "UTC")
+    image = mapping.image({"id": 7, "amount": Decimal("3.005"), "status": "open", "email": EMAIL}, (7,))
+    assert image["nr"] == 7 and set(image) == {"nr", "belop"}
+    assert "$error" in image["belop"] and "3.005" in image["belop"]["$error"]
+    assert mapping.image({"id": 7, "amount": Decimal("3.5"), "email": EMAIL}) == {"nr": 7, "belop": Decimal("3.50")}
+    assert mapping.read_columns() == {"id", "amount", "status"}
