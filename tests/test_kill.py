@@ -12,7 +12,7 @@ def kill_repeatedly(ws, rng: random.Random, until: threading.Event, progress: li
     """Start `cdc run` and SIGKILL it at random moments until ``until`` is set; returns the kills."""
     kills = 0
     while not until.is_set() or kills < 3:
-        assert ws.run_and_kill(rng.uniform(1.0, 2.5)), "cdc run ended on its own"
+        assert ws.run_and_kill(rng.uniform(0.5, 1.5)), "cdc run ended on its own"
         kills += 1
         progress.append(ws.query(ws.target, "SELECT coalesce(max(changes_applied), 0) FROM cdc_checkpoints")[0][0])
     return kills

@@ -14,7 +14,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 import workload
-from conftest import LEDGER_SCHEMA
+from conftest import LEDGER_SCHEMA, startup_seconds
 
 
 def normal(value):
@@ -139,7 +139,7 @@ def test_target_server_restarted_while_streaming(ws):
         changes = []
         writer = threading.Thread(target=lambda: changes.append(workload.run(ws.source, 2500, seed=31, pause=0.01)))
         writer.start()
-        time.sleep(1.5)
+        time.sleep(startup_seconds() + 1.5)  # streaming by then, on a busy machine too
         cluster.stop("immediate")  # a crash of the target server mid-batch
         time.sleep(2)
         cluster.start()
