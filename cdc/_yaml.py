@@ -13,6 +13,11 @@ import yaml
 from .errors import ConfigError
 
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+#: How many nodes aliases may repeat in one file. A config that shares a few blocks between its
+#: pairs repeats hundreds; an "alias bomb" (aliases of aliases of aliases) billions, which would
+#: eat the machine's memory before any check ran.
+MAX_ALIAS_NODES = 10_000
 
 
 @dataclass
@@ -23,13 +28,16 @@ class Document:
     data: Any
     lines: dict[tuple, int] = field(default_factory=dict)
 
-    def where(self, keys: tuple) -> str:
-        """`file line N` for the nearest key path that has a line."""
+    def line(self, keys: tuple) -> int:
+        """The line of the nearest key path that has one (1 for the file itself)."""
         keys = tuple(keys)
         while keys and keys not in self.lines:
             keys = keys[:-1]
-        line = self.lines.get(keys, 1)
-        return f"{self.path.name} line {line}"
+        return self.lines.get(keys, 1)
+
+    def where(self, keys: tuple) -> str:
+        """`file line N` for the nearest key path that has a line."""
+        return f"{self.path.name} line {self.line(keys)}"
 
     def error(self, keys: tuple, message: str) -> ConfigError:
         """A ConfigError in the house format: `a.b.c: message (file line N)`."""
@@ -39,7 +47,12 @@ class Document:
 
 
 def load(path: Path) -> Document:
-    """Parse a YAML file; floats become Decimal so amounts stay exact."""
+    """Parse a YAML file; floats become Decimal so amounts stay exact.
+
+    Merge keys (``<<: *defaults``) work as in YAML 1.1: the mapping's own keys win. A key
+    written twice in one mapping is an error, and so is a file whose aliases repeat more than
+    MAX_ALIAS_NODES nodes.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -50,7 +63,7 @@ def load(path: Path) -> Document:
     try:
         node = loader.get_single_node()
         doc = Document(path, None)
-        doc.data = _convert(loader, node, (), doc.lines, path) if node is not None else {}
+        doc.data = _Converter(loader, doc).convert(node, ()) if node is not None else {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -61,21 +74,59 @@ def load(path: Path) -> Document:
     return doc
 
 
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, keys: tuple, lines: dict, path: Path) -> Any:
-    lines.setdefault(keys, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
+class _Converter:
+    """Turns composed YAML nodes into Python values, recording each key's line."""
+
+    def __init__(self, loader: yaml.SafeLoader, doc: Document):
+        self.loader, self.doc = loader, doc
+        self.seen: set[int] = set()
+        self.repeated = 0
+
+    def convert(self, node: yaml.Node, keys: tuple) -> Any:
+        self._count(node, keys)
+        self.doc.lines.setdefault(keys, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, keys)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(item, keys + (i,)) for i, item in enumerate(node.value)]
+        if node.tag == _FLOAT_TAG and re.fullmatch(r"[-+]?[0-9_.]+([eE][-+]?[0-9]+)?", node.value):
+            return Decimal(node.value.replace("_", ""))
+        return self.loader.construct_object(node, deep=True)
+
+    def _count(self, node: yaml.Node, keys: tuple) -> None:
+        """Refuse an alias bomb before it is expanded: count every node converted a second time."""
+        if id(node) not in self.seen:
+            self.seen.add(id(node))
+            return
+        self.repeated += 1
+        if self.repeated > MAX_ALIAS_NODES:
+            raise self.doc.error(keys, f"aliases repeat more than {MAX_ALIAS_NODES:,} YAML nodes; refusing to "
+                                       "expand them (an alias bomb?)")
+
+    def _mapping(self, node: yaml.MappingNode, keys: tuple) -> dict:
         result: dict = {}
+        for key_node, value_node in node.value:  # merged keys first, so the mapping's own keys win
+            if key_node.tag == _MERGE_TAG:
+                result.update(self._merged(value_node, keys))
+        own: set = set()
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if key in result:
-                raise ConfigError(
-                    f"{'.'.join(map(str, keys + (key,)))}: duplicate key ({path.name} line {key_node.start_mark.line + 1})"
-                )
-            lines[keys + (key,)] = key_node.start_mark.line + 1
-            result[key] = _convert(loader, value_node, keys + (key,), lines, path)
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.loader.construct_object(key_node, deep=True)
+            if key in own:
+                raise ConfigError(f"{'.'.join(map(str, keys + (key,)))}: duplicate key "
+                                  f"({self.doc.path.name} line {key_node.start_mark.line + 1})")
+            own.add(key)
+            self.doc.lines[keys + (key,)] = key_node.start_mark.line + 1
+            result[key] = self.convert(value_node, keys + (key,))
         return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(loader, item, keys + (i,), lines, path) for i, item in enumerate(node.value)]
-    if node.tag == _FLOAT_TAG and re.fullmatch(r"[-+]?[0-9_.]+([eE][-+]?[0-9]+)?", node.value):
-        return Decimal(node.value.replace("_", ""))
-    return loader.construct_object(node, deep=True)
+
+    def _merged(self, node: yaml.Node, keys: tuple) -> dict:
+        """The keys a `<<:` brings in: one mapping, or a list of them where the first wins."""
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        merged: dict = {}
+        for source in reversed(sources):
+            if not isinstance(source, yaml.MappingNode):
+                raise self.doc.error(keys, "'<<' must merge a mapping (<<: *defaults) or a list of them")
+            merged.update(self.convert(source, keys))
+        return merged
