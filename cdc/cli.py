@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from functools import wraps
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import orjson
 import sqlalchemy as sa
 
 from . import commands, reports
+from ._secrets import scrub
 from .config import mask_url
 from .errors import CdcError, RowError
 
@@ -27,14 +29,14 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except RowError as exc:
-            click.echo(f"error: {exc.describe()}", err=True)
+            click.echo(scrub(f"error: {exc.describe()}"), err=True)
             sys.exit(exc.exit_code)
         except CdcError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(scrub(f"error: {exc}"), err=True)
             sys.exit(exc.exit_code)
         except sa.exc.SQLAlchemyError as exc:
             text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            click.echo(f"error: database: {mask_url(text)}", err=True)
+            click.echo(scrub(f"error: database: {mask_url(text)}"), err=True)
             sys.exit(1)
 
     return wrapper
@@ -42,7 +44,25 @@ def _friendly(fn):
 
 def _print(report: commands.Report) -> None:
     for line in report.lines:
-        click.echo(line)
+        click.echo(scrub(line))
+
+
+class _Scrubbed(logging.Filter):
+    """Takes every password the config holds out of each log record (a last line of defence)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def _scrubbed_traceback(kind, value, tb) -> None:
+    """An unexpected error's traceback, without any password the config holds."""
+    sys.stderr.write(scrub("".join(traceback.format_exception(kind, value, tb))))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,6 +72,9 @@ def main(verbose: int) -> None:
     """cdc-sync: keep accounting ledgers in step with the systems that feed them."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Scrubbed())
+    sys.excepthook = _scrubbed_traceback
 
 
 @main.command()
