@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
+import sqlalchemy as sa
+from pydantic import Field, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from . import _yaml, registry
+from . import _secrets, _yaml, registry
+from ._schema import PositiveNumber, PositiveWhole, Strict, TimeZone, checked, choice, did_you_mean, fail, validate
 from .errors import ConfigError
-from .mapping import MappingSpec, identity_spec, load_mapping
+from .mapping import MappingSpec, TableSpec, identity_spec, load_mapping
 
 CAPTURE_MODES = ("trigger", "timestamp", "logical", "binlog")
 ON_ERROR = ("park", "stop")
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # A plain scheme means our default driver, as a DBA would expect.
 _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
                     "mysql": "mysql+pymysql", "mariadb": "mysql+pymysql"}
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+
+mask_url = _secrets.mask_url
 
 
 @dataclass(frozen=True)
@@ -79,16 +84,9 @@ class Config:
         if pair is None:
             return list(self.pairs.values())
         if pair not in self.pairs:
-            raise ConfigError(f"no pair named {pair!r} in {self.path.name} (pairs: {', '.join(self.pairs) or 'none'})")
+            raise ConfigError(f"no pair named {pair!r} in {self.path.name}{did_you_mean(pair, self.pairs)} "
+                              f"(pairs: {', '.join(self.pairs) or 'none'})")
         return [self.pairs[pair]]
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def load_url(text: str) -> str:
@@ -99,167 +97,286 @@ def load_url(text: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+# -- the config file's schema: every object forbids unknown keys -------------------------------
+def _port(value: Any) -> int:
+    text = str(value)
+    if isinstance(value, bool) or not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError("must be a port number (1-65535)")
+    return int(text)
+
+
+class _Connection(Strict):
+    shape: ClassVar[str] = ("must be a database URL such as sqlite:///erp.db, or fields such as {driver: postgresql, "
+                            "host: db, user: ledger, password: ${PW}, database: ledger}")
+    url: str | None = None
+    driver: str | None = None
+    host: str | None = None
+    port: Annotated[int, checked(_port)] | None = None
+    user: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    database: str | None = None
+    sslmode: choice(*SSL_MODES) | None = None
+    options: dict[str, str | int | bool] = {}
+
+    @classmethod
+    def prepare(cls, data: Any) -> Any:
+        return {"url": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _url_or_fields(self) -> "_Connection":
+        fields = [k for k in self.model_fields_set if k != "url" and getattr(self, k) not in (None, {})]
+        if self.url is not None and fields:
+            raise fail("give either a URL or fields (driver, host, ...), not both", sorted(fields)[0])
+        if self.url is None and self.driver is None:
+            raise fail("needs a URL, or fields with driver: postgresql, mysql, mariadb or sqlite")
+        if self.password is not None and self.password_file is not None:
+            raise fail("give either password or password_file, not both", "password_file")
+        return self
+
+
+class _Timestamp(Strict):
+    shape: ClassVar[str] = "capture: timestamp needs timestamp: {column: <updated_at column>}"
+    column: str
+    soft_delete: str | None = None
+    overlap_seconds: PositiveNumber = 60.0
+
+
+class _Pair(Strict):
+    shape: ClassVar[str] = "a pair must be a mapping with source, target and tables or mapping"
+    source: str
+    target: str
+    capture: choice(*CAPTURE_MODES) | None = None
+    tables: Annotated[list[str], Field(min_length=1)] | None = None
+    mapping: str | None = None
+    batch_size: PositiveWhole = 1000
+    snapshot_chunk: PositiveWhole = 5000
+    poll_interval: PositiveNumber = 1.0
+    on_error: choice(*ON_ERROR) = "stop"
+    source_timezone: TimeZone = "UTC"
+    timestamp: _Timestamp | None = None
+    claim_timeout: PositiveNumber = 30.0
+
+
+class _ConfigFile(Strict):
+    shape: ClassVar[str] = "the config must be a mapping with 'connections' and 'pairs'"
+    connections: Annotated[dict[str, Any], Field(min_length=1)]
+    pairs: Annotated[dict[str, _Pair], Field(min_length=1)]
+
+
+# -- loading -----------------------------------------------------------------------------------
 def load_config(path: str | os.PathLike) -> Config:
-    """Read, interpolate and validate a config file; raises ConfigError naming file and line."""
+    """Read, interpolate and validate a config file and its mappings; ConfigError names file and line.
+
+    Two mappings that write one target table are refused unless they provably write different
+    rows (see _require_disjoint_writers).
+    """
     path = Path(path)
     doc = _yaml.load(path)
-    if not isinstance(doc.data, dict):
-        raise doc.error((), "the config must be a mapping with 'connections' and 'pairs'")
-    _known_keys(doc, (), doc.data, {"connections", "pairs"})
-    connections = _connections(doc)
-    pairs = {name: _pair(doc, name, connections) for name in _section(doc, "pairs")}
+    model = validate(doc, _ConfigFile, doc.data)
+    connections = {name: _connection(doc, name, raw) for name, raw in model.connections.items()}
+    pairs = {name: _pair(doc, name, raw, connections) for name, raw in model.pairs.items()}
+    _require_disjoint_writers(pairs)
     return Config(path, connections, pairs)
 
 
-def _section(doc: _yaml.Document, key: str) -> dict:
-    value = doc.data.get(key)
-    if not isinstance(value, dict) or not value:
-        raise doc.error((key,), f"'{key}' must be a non-empty mapping")
-    return value
-
-
-def _known_keys(doc: _yaml.Document, keys: tuple, value: dict, allowed: set[str]) -> None:
-    for key in value:
-        if key not in allowed:
-            raise doc.error(keys + (key,), f"unknown key {key!r} (expected one of {', '.join(sorted(allowed))})")
-
-
-def _interpolate(doc: _yaml.Document, keys: tuple, text: str) -> str:
-    def replace(match: re.Match) -> str:
-        name, default = match.group(1), match.group(2)
+def _lookup(doc: _yaml.Document, keys: tuple):
+    """The ${NAME} resolver for one setting: the environment, else the default, else an error."""
+    def lookup(name: str, default: str | None) -> str:
         if name in os.environ:
             return os.environ[name]
         if default is not None:
             return default
         raise doc.error(keys, f"environment variable {name} is not set and has no default (write ${{{name}:-value}})")
+    return lookup
 
-    return _ENV.sub(replace, text)
 
-
-def _connections(doc: _yaml.Document) -> dict[str, Connection]:
+def _interpolated(doc: _yaml.Document, keys: tuple, raw: Any) -> Any:
+    """A connection with ${ENV} put in: URL-encoded inside a URL's user:password part."""
+    if isinstance(raw, str):
+        return _secrets.interpolate_url(raw, _lookup(doc, keys))
+    if not isinstance(raw, dict):
+        return raw
     result = {}
-    for name, raw in _section(doc, "connections").items():
-        keys = ("connections", name)
-        if not isinstance(raw, str):
-            raise doc.error(keys, "must be a database URL such as sqlite:///erp.db")
-        url = _normalise_url(doc, keys, _interpolate(doc, keys, raw))
-        result[name] = Connection(name, url)
+    for key, value in raw.items():
+        if isinstance(value, str):
+            fill = _secrets.interpolate_url if key == "url" else _secrets.interpolate
+            value = fill(value, _lookup(doc, keys + (key,)))
+        elif isinstance(value, dict):
+            value = _interpolated(doc, keys + (key,), value)
+        result[key] = value
     return result
 
 
+def _connection(doc: _yaml.Document, name: str, raw: Any) -> Connection:
+    keys = ("connections", name)
+    fields = validate(doc, _Connection, _interpolated(doc, keys, raw), keys, quote_input=False)
+    text = fields.url if fields.url is not None else _url_from_fields(doc, keys, fields)
+    url = _normalise_url(doc, keys, text)
+    _secrets.remember(make_url(url).password)
+    return Connection(name, url)
+
+
+def _url_from_fields(doc: _yaml.Document, keys: tuple, fields: _Connection) -> str:
+    backend = fields.driver.split("+")[0]
+    if backend == "sqlite":
+        given = [k for k in ("host", "port", "user", "password", "password_file", "sslmode") if getattr(fields, k)]
+        if given:
+            raise doc.error(keys + (given[0],), "a SQLite connection takes only database: <file>")
+    query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.options.items()}
+    if fields.sslmode is not None:
+        if backend not in ("postgresql", "postgres"):
+            raise doc.error(keys + ("sslmode",), "sslmode is PostgreSQL's setting; give this driver's TLS settings "
+                                                 "in options: {..}")
+        query["sslmode"] = fields.sslmode
+    password = fields.password
+    if fields.password_file is not None:
+        password = _read_password(doc, keys + ("password_file",), fields.password_file)
+    url = sa.URL.create(_DEFAULT_DRIVERS.get(fields.driver, fields.driver), username=fields.user, password=password,
+                        host=fields.host, port=fields.port, database=fields.database, query=query)
+    return url.render_as_string(hide_password=False)
+
+
+def _read_password(doc: _yaml.Document, keys: tuple, file: str) -> str:
+    """The password in ``file`` (relative to the config), without its final line break."""
+    path = doc.path.parent / file
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise doc.error(keys, f"cannot read password file {path}: {getattr(exc, 'strerror', None) or 'not UTF-8'}") \
+            from None
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise doc.error(keys, f"password file {path} is empty")
+    return password
+
+
 def _normalise_url(doc: _yaml.Document, keys: tuple, text: str) -> str:
+    """Our default driver for a plain scheme; relative SQLite paths from the config's folder."""
     try:
         url = make_url(text)
-    except ArgumentError:
-        raise doc.error(keys, f"{mask_url(text)!r} is not a database URL") from None
+    except (ArgumentError, ValueError):
+        # Say nothing of the text that could not be parsed: it may be a password.
+        raise doc.error(keys, f"{mask_url(text)!r} is not a database URL (in a password written into the URL, "
+                              "write @ : / % # ? & as %40 %3A %2F %25 %23 %3F %26, or give it as ${VAR} or as "
+                              "password: in connection fields)") from None
     if url.drivername in _DEFAULT_DRIVERS:
         url = url.set(drivername=_DEFAULT_DRIVERS[url.drivername])
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         if not os.path.isabs(url.database):
             # Relative SQLite paths are relative to the config file, not the shell.
             url = url.set(database=str((doc.path.parent / url.database).resolve()))
+    try:
+        registry.adapter_for(url.render_as_string(hide_password=False))
+    except ConfigError as exc:
+        raise doc.error(keys, f"{exc}{did_you_mean(url.get_backend_name(), registry.adapters())}") from None
     return url.render_as_string(hide_password=False)
 
 
-_PAIR_KEYS = {"source", "target", "capture", "tables", "mapping", "batch_size", "snapshot_chunk",
-              "poll_interval", "on_error", "source_timezone", "timestamp", "claim_timeout"}
-
-
-def _pair(doc: _yaml.Document, name: str, connections: dict[str, Connection]) -> Pair:
+def _pair(doc: _yaml.Document, name: str, model: _Pair, connections: dict[str, Connection]) -> Pair:
     keys = ("pairs", name)
-    raw = doc.data["pairs"][name]
-    if not isinstance(raw, dict):
-        raise doc.error(keys, "a pair must be a mapping with source, target and tables or mapping")
-    _known_keys(doc, keys, raw, _PAIR_KEYS)
-    source = _connection_ref(doc, keys + ("source",), raw, connections)
-    target = _connection_ref(doc, keys + ("target",), raw, connections)
-    capture = _capture(doc, keys, raw, source)
+    source = _connection_ref(doc, keys + ("source",), model.source, connections)
+    target = _connection_ref(doc, keys + ("target",), model.target, connections)
+    capture = _capture(doc, keys, model.capture, source)
     return Pair(
-        name=name, source=source, target=target, capture=capture,
-        mapping=_mapping(doc, keys, raw),
-        batch_size=_number(doc, keys, raw, "batch_size", int, 1000),
-        snapshot_chunk=_number(doc, keys, raw, "snapshot_chunk", int, 5000),
-        poll_interval=float(_number(doc, keys, raw, "poll_interval", float, 1.0)),
-        on_error=_choice(doc, keys, raw, "on_error", ON_ERROR, "stop"),
-        source_timezone=_timezone(doc, keys, raw),
-        timestamp=_timestamp(doc, keys, raw, capture),
-        claim_timeout=float(_number(doc, keys, raw, "claim_timeout", float, 30.0)),
+        name=name, source=source, target=target, capture=capture, mapping=_mapping(doc, keys, model),
+        batch_size=model.batch_size, snapshot_chunk=model.snapshot_chunk, poll_interval=model.poll_interval,
+        on_error=model.on_error, source_timezone=model.source_timezone,
+        timestamp=_timestamp(doc, keys, model.timestamp, capture), claim_timeout=model.claim_timeout,
     )
 
 
-def _connection_ref(doc, keys, raw, connections) -> Connection:
-    ref = raw.get(keys[-1])
-    if ref is None:
-        raise doc.error(keys, "required")
+def _connection_ref(doc, keys, ref: str, connections: dict[str, Connection]) -> Connection:
     if ref not in connections:
-        raise doc.error(keys, f"unknown connection {ref!r} (connections: {', '.join(connections)})")
+        raise doc.error(keys, f"unknown connection {ref!r}{did_you_mean(ref, connections)} "
+                              f"(connections: {', '.join(connections)})")
     return connections[ref]
 
 
-def _choice(doc, keys, raw, key, choices, default):
-    value = raw.get(key, default)
-    if value not in choices:
-        raise doc.error(keys + (key,), f"{value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _capture(doc, keys, raw, source: Connection) -> str:
+def _capture(doc, keys, capture: str | None, source: Connection) -> str:
     adapter = registry.adapter_for(source.url)
     if not adapter.capture_modes:
         raise doc.error(keys + ("source",), f"the {adapter.name} adapter cannot be a source yet (it can be a target)")
-    capture = _choice(doc, keys, raw, "capture", CAPTURE_MODES, adapter.capture_modes[0])
+    capture = capture or adapter.capture_modes[0]
     if capture not in adapter.capture_modes:
         raise doc.error(keys + ("capture",), f"capture {capture!r} is not supported by the {adapter.name} adapter "
                         f"(supported: {', '.join(adapter.capture_modes)})")
     return capture
 
 
-def _number(doc, keys, raw, key, kind, default):
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)) or value <= 0 \
-            or (kind is int and value != int(value)):
-        raise doc.error(keys + (key,), f"{value!r} is not a positive {'whole ' if kind is int else ''}number")
-    return kind(value)
-
-
-def _timezone(doc, keys, raw) -> str:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    zone = raw.get("source_timezone", "UTC")
-    try:
-        ZoneInfo(str(zone))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise doc.error(keys + ("source_timezone",), f"{zone!r} is not a time zone name such as Europe/Oslo") from None
-    return str(zone)
-
-
-def _timestamp(doc, keys, raw, capture) -> TimestampOptions | None:
-    value = raw.get("timestamp")
+def _timestamp(doc, keys, model: _Timestamp | None, capture: str) -> TimestampOptions | None:
     if capture != "timestamp":
-        if value is not None:
+        if model is not None:
             raise doc.error(keys + ("timestamp",), "only used with capture: timestamp")
         return None
-    tkeys = keys + ("timestamp",)
-    if not isinstance(value, dict) or "column" not in value:
-        raise doc.error(tkeys, "capture: timestamp needs timestamp: {column: <updated_at column>}")
-    _known_keys(doc, tkeys, value, {"column", "soft_delete", "overlap_seconds"})
-    overlap = _number(doc, tkeys, value, "overlap_seconds", float, 60.0)
-    return TimestampOptions(str(value["column"]), value.get("soft_delete"), float(overlap))
+    if model is None:
+        raise doc.error(keys + ("timestamp",), "capture: timestamp needs timestamp: {column: <updated_at column>}")
+    return TimestampOptions(model.column, model.soft_delete, model.overlap_seconds)
 
 
-def _mapping(doc, keys, raw) -> MappingSpec:
-    has_tables, has_mapping = "tables" in raw, "mapping" in raw
-    if has_tables == has_mapping:
+def _mapping(doc, keys, model: _Pair) -> MappingSpec:
+    if (model.tables is None) == (model.mapping is None):
         raise doc.error(keys, "give either 'tables: [..]' (identity mapping) or 'mapping: <file>', not both or neither")
-    if has_tables:
-        tables = raw["tables"]
-        if not isinstance(tables, list) or not tables or not all(isinstance(t, str) for t in tables):
-            raise doc.error(keys + ("tables",), "must be a non-empty list of table names")
-        return identity_spec(tables, origin=doc.where(keys + ("tables",)))
-    file = raw["mapping"]
-    if not isinstance(file, str):
-        raise doc.error(keys + ("mapping",), "must be the path of a mapping file")
-    mapping_path = (doc.path.parent / file).resolve()
+    if model.tables is not None:
+        return identity_spec(model.tables, origin=doc.where(keys + ("tables",)))
+    mapping_path = (doc.path.parent / model.mapping).resolve()
     if not mapping_path.exists():
-        raise doc.error(keys + ("mapping",), f"mapping file {file!r} not found (looked in {mapping_path.parent})")
+        raise doc.error(keys + ("mapping",), f"mapping file {model.mapping!r} not found (looked in "
+                                             f"{mapping_path.parent})")
     return load_mapping(mapping_path)
+
+
+# -- one target table, several writers ---------------------------------------------------------
+def _database(url: str) -> tuple:
+    """What identifies a database whatever URL reaches it (user, password and driver aside)."""
+    parsed = make_url(url)
+    backend = "mysql" if parsed.get_backend_name() == "mariadb" else parsed.get_backend_name()
+    host = (parsed.host or "localhost").lower()
+    host = "localhost" if host in ("127.0.0.1", "::1") else host
+    return backend, host, parsed.port or _DEFAULT_PORTS.get(backend), parsed.database or ""
+
+
+def _require_disjoint_writers(pairs: dict[str, Pair]) -> None:
+    """ConfigError when two table mappings write one target table and their rows could meet.
+
+    A pair's filter or delete would otherwise remove the rows another pair wrote, and which rows
+    survive would depend on the order the pairs run. Allowed only when every writer says
+    ``shared: true`` and all have a constant key column (``kilde: {constant: A}``, ``key: [id,
+    kilde]``) whose value differs between them, so that no two writers can ever write one key.
+    """
+    writers: dict[tuple, list[tuple[Pair, TableSpec]]] = {}
+    for pair in pairs.values():
+        for spec in pair.mapping.tables.values():
+            writers.setdefault((_database(pair.target.url), spec.target.casefold()), []).append((pair, spec))
+    for group in writers.values():
+        if len(group) > 1:
+            _check_shared(group)
+
+
+def _check_shared(group: list[tuple[Pair, TableSpec]]) -> None:
+    (first, first_spec), (second, second_spec) = group[0], group[1]
+    table = f"target table {first_spec.target} (connection {first.target.name})"
+    writers = " and ".join(f"pair {p.name} table {s.source}" for p, s in group)
+    where = "; ".join(f"pair {p.name}: {s.origin}" for p, s in group)
+    fix = ("mark it shared: true in each mapping, each with a constant key column of its own value, e.g. "
+           "`kilde: {constant: A}` and `key: [id, kilde]` (see \"Shared target tables\" in the README)")
+    if not all(spec.shared for _, spec in group):
+        raise ConfigError(f"pairs.{second.name}: {table} is written by {writers}; which rows survive would depend "
+                          f"on the order they run: {fix} ({where})")
+    common = set.intersection(*(set(spec.key_constants) for _, spec in group))
+    if not common:
+        raise ConfigError(f"pairs.{second.name}: {table} is shared by {writers}, but they have no constant key "
+                          f"column in common, so their keys could meet: {fix} ({where})")
+    for column in sorted(common):
+        values = [(pair, _constant(spec, column)) for pair, spec in group]
+        clash = next(((a, b, v) for i, (a, v) in enumerate(values) for b, w in values[i + 1:]
+                      if v == w or str(v) == str(w)), None)
+        if clash is None:
+            return
+    a, b, value = clash
+    raise ConfigError(f"pairs.{b.name}: {table} is shared, but pair {a.name} and pair {b.name} both write "
+                      f"{column} = {value!r} into it, so their keys could meet: give each its own value ({where})")
+
+
+def _constant(spec: TableSpec, column: str) -> Any:
+    return next(c.transforms[0][1] for c in spec.columns if c.target == column)

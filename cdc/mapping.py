@@ -5,9 +5,12 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Annotated, Any, Callable, ClassVar, NamedTuple
+
+from pydantic import Field, StrictBool, model_validator
 
 from . import _transforms, _yaml
+from ._schema import ColumnNames, Strict, checked, choice, did_you_mean, fail, validate
 from .changes import Change, Row
 from .errors import ConfigError, RowError
 
@@ -44,6 +47,11 @@ class TableSpec:
     origin: str = ""
     #: Reconciliation's trial balance: (account, date, amount) target columns, or None.
     control_totals: tuple[str, str, str] | None = None
+    #: Other mappings may write the same target table (`shared: true`); the config loader then
+    #: requires a constant key column whose value differs per writer.
+    shared: bool = False
+    #: Target columns holding a constant that are part of the target key, after the source key.
+    key_constants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,78 +85,122 @@ def identity_spec(tables: list[str], origin: str = "") -> MappingSpec:
     return MappingSpec({t: TableSpec(t, t, origin=origin) for t in tables}, origin)
 
 
+# -- the mapping file's schema: every object forbids unknown keys ------------------------------
+def _transform(item: Any) -> tuple[str, Any]:
+    if isinstance(item, str):
+        name, arg = item, None
+    elif isinstance(item, dict) and len(item) == 1:
+        ((name, arg),) = item.items()
+    else:
+        raise ValueError("a transform is a name (trim) or a one-key mapping ({decimal: 2})")
+    if name not in _transforms.TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}{did_you_mean(name, _transforms.TRANSFORMS)} "
+                         f"(known: {', '.join(_transforms.TRANSFORMS)})")
+    _transforms.build(name, arg, "UTC")  # ValueError for an argument it does not take
+    return name, arg
+
+
+class _Column(Strict):
+    shape: ClassVar[str] = "must be a source column name, {from: column, transforms: [..]} or {constant: value}"
+    source: str | None = Field(None, alias="from")
+    transforms: list[Annotated[tuple[str, Any], checked(_transform)]] = []
+    constant: Any = None
+
+    @classmethod
+    def prepare(cls, data: Any) -> Any:
+        return {"from": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "_Column":
+        is_constant = "constant" in self.model_fields_set
+        if is_constant == (self.source is not None):
+            raise fail("give either from: <source column> or constant: <value>"
+                       + (", not both" if is_constant else ""))
+        if is_constant and self.transforms:
+            raise fail("a constant takes no transforms", "transforms")
+        return self
+
+
+class _Filter(Strict):
+    shape: ClassVar[str] = "a filter is {column: c, op: '=', value: v}"
+    column: str
+    op: choice(*_FILTER_OPS)
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> "_Filter":
+        given = "value" in self.model_fields_set
+        if self.op in ("is null", "is not null"):
+            if given:
+                raise fail(f"op {self.op!r} takes no value", "value")
+        elif not given:
+            raise fail(f"op {self.op!r} needs a value")
+        elif self.value is None:
+            raise fail(f"value is null: to compare with NULL write op: 'is null' or 'is not null'", "value")
+        elif (self.op in ("in", "not in")) != isinstance(self.value, list):
+            raise fail(f"op {self.op!r} needs a list value" if self.op in ("in", "not in") else
+                       f"op {self.op!r} compares with one value (for a list write op: 'in')", "value")
+        return self
+
+
+class _ControlTotals(Strict):
+    shape: ClassVar[str] = "must name the target columns {account: .., date: .., amount: ..}"
+    account: str
+    date: str
+    amount: str
+
+
+class _Table(Strict):
+    shape: ClassVar[str] = "must be a mapping (target, key, columns, filter, control_totals, shared)"
+    target: str | None = None
+    key: ColumnNames | None = None
+    columns: Annotated[dict[str, _Column], Field(min_length=1)] | None = None
+    filter: list[_Filter] = []
+    control_totals: _ControlTotals | None = None
+    shared: StrictBool = False
+
+    @classmethod
+    def prepare(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("filter", ()) is None:
+            data = {**data, "filter": []}
+        return {} if data is None else data
+
+
+class _MappingFile(Strict):
+    shape: ClassVar[str] = "a mapping file needs 'tables:' mapping source tables to targets"
+    tables: Annotated[dict[str, _Table], Field(min_length=1)]
+
+
 def load_mapping(path: Path) -> MappingSpec:
-    """Parse and check the syntax of a mapping file; ConfigError names file, line and key."""
+    """Parse and check a mapping file against its schema; ConfigError names file, line and key."""
     doc = _yaml.load(path)
-    if not isinstance(doc.data, dict) or not isinstance(doc.data.get("tables"), dict) or not doc.data["tables"]:
-        raise doc.error(("tables",), "a mapping file needs 'tables:' mapping source tables to targets")
-    return MappingSpec({name: _table(doc, name) for name in doc.data["tables"]}, str(path))
+    model = validate(doc, _MappingFile, doc.data)
+    return MappingSpec({name: _table(doc, name, table) for name, table in model.tables.items()}, str(path))
 
 
-def _table(doc: _yaml.Document, name: str) -> TableSpec:
+def _table(doc: _yaml.Document, name: str, model: _Table) -> TableSpec:
     keys = ("tables", name)
-    raw = doc.data["tables"][name] or {}
-    if not isinstance(raw, dict):
-        raise doc.error(keys, "must be a mapping (target, key, columns, filter)")
-    for k in raw:
-        if k not in ("target", "key", "columns", "filter", "control_totals"):
-            raise doc.error(keys + (k,), f"unknown key {k!r} (expected target, key, columns, filter, control_totals)")
-    totals = raw.get("control_totals")
-    if totals is not None:
-        if not isinstance(totals, dict) or set(totals) != {"account", "date", "amount"} or \
-                not all(isinstance(v, str) for v in totals.values()):
-            raise doc.error(keys + ("control_totals",), "must name the target columns {account: .., date: .., "
-                                                          "amount: ..}")
-        totals = (totals["account"], totals["date"], totals["amount"])
-    key = raw.get("key")
-    if key is not None:
-        key = [key] if isinstance(key, str) else key
-        if not isinstance(key, list) or not key or not all(isinstance(k, str) for k in key):
-            raise doc.error(keys + ("key",), "must be a column name or a list of column names")
-    columns = raw.get("columns")
-    if columns is not None:
-        if not isinstance(columns, dict) or not columns:
-            raise doc.error(keys + ("columns",), "must map target column names to source columns")
-        columns = tuple(_column(doc, keys + ("columns", c), c, v) for c, v in columns.items())
-    return TableSpec(name, str(raw.get("target", name)), tuple(key) if key else None, columns,
-                     _filters(doc, keys + ("filter",), raw.get("filter") or []), doc.where(keys), totals)
+    columns = None
+    if model.columns is not None:
+        columns = tuple(_column(doc, keys + ("columns", target), target, column)
+                        for target, column in model.columns.items())
+    constants = {c.target for c in columns or () if c.source is None}
+    key = model.key or ()
+    filters = tuple(FilterSpec(f.column, f.op, f.value, doc.where(keys + ("filter", i)))
+                    for i, f in enumerate(model.filter))
+    totals = model.control_totals
+    return TableSpec(
+        source=name, target=model.target or name,
+        key=tuple(k for k in key if k not in constants) or None,
+        columns=columns, filters=filters, origin=doc.where(keys),
+        control_totals=(totals.account, totals.date, totals.amount) if totals else None,
+        shared=model.shared, key_constants=tuple(k for k in key if k in constants))
 
 
-def _column(doc: _yaml.Document, keys: tuple, target: str, raw: Any) -> ColumnSpec:
-    origin = doc.where(keys)
-    if isinstance(raw, str):
-        return ColumnSpec(target, raw, (), origin)
-    if not isinstance(raw, dict) or not ({"from", "constant"} & raw.keys()):
-        raise doc.error(keys, "must be a source column name, {from: column, transforms: [..]} or {constant: value}")
-    if "constant" in raw:
-        return ColumnSpec(target, None, (("constant", raw["constant"]),), origin)
-    transforms = []
-    for i, item in enumerate(raw.get("transforms") or []):
-        name, arg = (item, None) if isinstance(item, str) else (next(iter(item.items())) if isinstance(item, dict) and len(item) == 1 else (None, None))
-        try:
-            if name is None:
-                raise ValueError("a transform is a name (trim) or a one-key mapping ({decimal: 2})")
-            _transforms.build(name, arg, "UTC")
-        except ValueError as exc:
-            raise doc.error(keys + ("transforms", i), str(exc)) from None
-        transforms.append((name, arg))
-    return ColumnSpec(target, str(raw["from"]), tuple(transforms), origin)
-
-
-def _filters(doc: _yaml.Document, keys: tuple, raw: Any) -> tuple[FilterSpec, ...]:
-    if not isinstance(raw, list):
-        raise doc.error(keys, "must be a list of {column, op, value}")
-    result = []
-    for i, item in enumerate(raw):
-        where = keys + (i,)
-        if not isinstance(item, dict) or "column" not in item or "op" not in item:
-            raise doc.error(where, "a filter is {column: c, op: '=', value: v}")
-        if item["op"] not in _FILTER_OPS:
-            raise doc.error(where + ("op",), f"{item['op']!r} is not one of {', '.join(_FILTER_OPS)}")
-        if item["op"] in ("in", "not in") and not isinstance(item.get("value"), list):
-            raise doc.error(where + ("value",), f"op {item['op']!r} needs a list value")
-        result.append(FilterSpec(str(item["column"]), item["op"], item.get("value"), doc.where(where)))
-    return tuple(result)
+def _column(doc: _yaml.Document, keys: tuple, target: str, model: _Column) -> ColumnSpec:
+    if model.source is None:
+        return ColumnSpec(target, None, (("constant", model.constant),), doc.where(keys))
+    return ColumnSpec(target, model.source, tuple(model.transforms), doc.where(keys))
 
 
 class TableMapping:
@@ -176,7 +228,8 @@ class TableMapping:
         if missing:
             raise ConfigError(f"tables.{spec.source}.columns: key column(s) {', '.join(missing)} of {spec.source} "
                               f"must be mapped to a target column ({spec.origin})")
-        self.target_key = tuple(by_source[k] for k in source_key)
+        # A shared table's key also holds the constant that tells its writers apart.
+        self.target_key = tuple(by_source[k] for k in source_key) + spec.key_constants
         self.target_columns = [c[0] for c in self._columns]
         unknown = [c for c in spec.control_totals or () if c not in self.target_columns]
         if unknown:
@@ -186,6 +239,12 @@ class TableMapping:
         self._filters = [(f.column, _FILTER_OPS[f.op], f.value) for f in spec.filters]
         #: Every row copied as it is: same column names, no transform, no filter.
         self.is_identity = not self._filters and all(c.source == c.target and not c.transforms for c in specs)
+
+    @property
+    def key_constants(self) -> dict[str, Any]:
+        """The constant key columns that mark this mapping's rows in a shared target table, with
+        their values ({} for a table only this mapping writes)."""
+        return {c.target: c.transforms[0][1] for c in self._specs if c.target in self.spec.key_constants}
 
     def column_specs(self) -> list[tuple[str, str | None, tuple[tuple[str, Any], ...]]]:
         """(target column, source column or None, transforms as (name, argument)) in target order."""
