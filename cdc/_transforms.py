@@ -145,6 +145,40 @@ TRANSFORMS: dict[str, Callable[..., Transform]] = {
 }
 
 
+#: The kinds of value a transform takes (a transform not listed takes any), so that `cdc check`
+#: refuses `upper` on a number before the first row fails. Kinds: text, integer, number, boolean,
+#: date, timestamp (see cdc/_typecheck.py for the column types behind them).
+TAKES: dict[str, frozenset[str]] = {
+    "trim": frozenset({"text"}), "upper": frozenset({"text"}), "lower": frozenset({"text"}),
+    "decimal": frozenset({"integer", "number", "text"}),
+    "date_from_timestamp": frozenset({"timestamp", "date", "text"}),
+    "boolean": frozenset({"integer", "boolean"}),
+}
+_GIVES = {"trim": "text", "upper": "text", "lower": "text", "decimal": "number", "date_from_timestamp": "date",
+          "boolean": "boolean"}
+
+
+def value_kind(value: Any) -> str | None:
+    """The kind of a Python value (None for NULL and kinds no check needs)."""
+    for kind, name in ((bool, "boolean"), (int, "integer"), (Decimal, "number"), (float, "number"),
+                       (dt.datetime, "timestamp"), (dt.date, "date"), (str, "text")):
+        if isinstance(value, kind):
+            return name
+    return None
+
+
+def gives(name: str, arg: Any, kind: str | None) -> str | None:
+    """The kind of value transform ``name`` gives for a value of ``kind`` (None: cannot tell)."""
+    if name in _GIVES:
+        return _GIVES[name]
+    if name == "constant":
+        return value_kind(arg)
+    if name == "map":
+        kinds = {value_kind(v) for v in arg.values() if v is not None}
+        return kinds.pop() if len(kinds) == 1 else None
+    return kind  # null_if keeps the kind
+
+
 def build(name: str, arg: Any, source_zone: str) -> Transform:
     """The transform called ``name``; ValueError with a user-facing text if unknown or misused."""
     if name not in TRANSFORMS:

@@ -33,16 +33,24 @@ class Report:
 
 
 def check(config_path: str, pair: str | None = None) -> Report:
-    """Validate the config, connect to every database and check every mapped table; change nothing."""
+    """Validate the config, connect to every database and check every mapped table; change nothing.
+
+    Each mapping is checked against the source and (existing) target tables' columns and types.
+    A database that connecting would create (a SQLite file) is not opened when it does not exist:
+    `check` creates no file.
+    """
     config = load_config(config_path)
     report = Report()
     for p in config.select(pair):
+        report.add(f"pair {p.name}: source {p.source.masked} ({p.capture} capture), target {p.target.masked}")
+        if _would_create(p.target.url):
+            _check_without_target(p, report)
+            continue
         source, target, mappings = open_pair(p)
         try:
-            report.add(f"pair {p.name}: source {p.source.masked} ({p.capture} capture), target {p.target.masked}")
             for name, mapping in mappings.items():
                 exists = target.exists(mapping.target)
-                report.add(f"  {name} -> {mapping.target} key ({', '.join(mapping.source_key)})"
+                report.add(f"  {_table_line(name, mapping)}"
                            f"{'' if exists else '  [target table missing: cdc init creates it]'}")
             with target.engine.connect() as conn:
                 try:
@@ -54,6 +62,28 @@ def check(config_path: str, pair: str | None = None) -> Report:
             source.close()
             target.close()
     return report
+
+
+def _would_create(url: str) -> bool:
+    """Whether connecting to ``url`` would create a database that does not exist yet."""
+    adapter = registry.adapter_for(url)
+    return adapter.creates_database_on_connect and not adapter.database_exists(url)
+
+
+def _check_without_target(p: Pair, report: Report) -> None:
+    source, mappings = open_source(p)
+    try:
+        for name, mapping in mappings.items():
+            report.add(f"  {_table_line(name, mapping)}  [target table missing: cdc init creates it]")
+        report.add("  target database: does not exist yet: `cdc init CONFIG` creates it")
+    finally:
+        source.close()
+
+
+def _table_line(name: str, mapping) -> str:
+    shared = mapping.key_constants
+    marks = f", shared ({', '.join(f'{c} = {v!r}' for c, v in shared.items())})" if shared else ""
+    return f"{name} -> {mapping.target} key ({', '.join(mapping.source_key)}){marks}"
 
 
 def doctor(config_path: str, pair: str | None = None) -> tuple[Report, bool]:

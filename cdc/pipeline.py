@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from . import registry, values
+from ._typecheck import check_types
 from .changes import ApplyResult, dumps
 from .config import Pair
 from .errors import CdcError, ConfigError, RetryableError, SchemaError, first_line
@@ -39,7 +40,8 @@ def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, T
     """The pair's table specs checked against the source schema; ConfigError names file and line.
 
     With ``target``, an identity mapping copies only the columns its existing target table has:
-    a column added to the source later is ignored (with a warning), not a reason to stop.
+    a column added to the source later is ignored (with a warning), not a reason to stop; and
+    each mapping is checked against the column types of both tables (cdc/_typecheck.py).
     """
     result = {}
     for spec in pair.mapping.tables.values():
@@ -69,7 +71,10 @@ def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, T
                 logger.warning("pair %s: source table %s has column(s) %s that target table %s lacks; they are "
                                "not copied", pair.name, spec.source, ", ".join(ignored), spec.target)
                 columns = [c for c in columns if c in have]
-        result[spec.source] = TableMapping(spec, columns, tuple(key), pair.source_timezone)
+        mapping = TableMapping(spec, columns, tuple(key), pair.source_timezone)
+        existing = target.table(spec.target) if target is not None and target.exists(spec.target) else None
+        check_types(mapping, info.columns, existing)
+        result[spec.source] = mapping
     return result
 
 

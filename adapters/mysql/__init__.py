@@ -19,6 +19,7 @@ class MySQLAdapter:
     capture_modes = ("binlog", "trigger", "timestamp")
     supports_in_db_checksum = True
     upsert_style = "on_duplicate_key"
+    creates_database_on_connect = False
 
     def source(self, pair: Any) -> BinlogSource | TriggerSource | TimestampSource:
         made = engine(pair.source.url, pair.source_timezone)

@@ -20,6 +20,7 @@ class PostgresAdapter:
     capture_modes = ("logical", "trigger", "timestamp")
     supports_in_db_checksum = True
     upsert_style = "on_conflict"
+    creates_database_on_connect = False
 
     def source(self, pair: Any) -> LogicalSource | TriggerSource | TimestampSource:
         engine = sa.create_engine(pair.source.url, pool_pre_ping=True)

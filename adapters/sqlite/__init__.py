@@ -47,6 +47,7 @@ class SqliteAdapter:
     capture_modes = ("trigger", "timestamp")
     supports_in_db_checksum = True  # through registered functions
     upsert_style = "on_conflict"
+    creates_database_on_connect = True  # a missing file is created by the first connection
 
     def database_exists(self, url: str) -> bool:
         database = make_url(url).database
