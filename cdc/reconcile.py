@@ -426,7 +426,7 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
     result = TableReport(mapping.source, mapping.target)
     columns = _target_columns(target, mapping)
     mine = _Side(source, mapping.source, mapping.source_key, columns, where, mapping)
-    theirs = _Side(target, mapping.target, mapping.target_key, columns, where)
+    theirs = _Side(target, mapping.target, mapping.target_key, columns, _own_rows(target, mapping, where))
     family = next(f for f in mine.families if f in theirs.families)  # "md5" is in every list
     mine.family = theirs.family = family
     result.methods = {"source": mine.method, "target": theirs.method}
@@ -473,6 +473,17 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
         result.totals = _control_totals(mine, theirs, totals, differences.values())
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _own_rows(target: Any, mapping: TableMapping, where: str | None) -> str | None:
+    """The target rows ``mapping`` writes: in a shared table only those with its key constants,
+    so another pair's rows are neither reported as extra nor deleted by a repair."""
+    constants = mapping.key_constants
+    if not constants:
+        return where
+    condition = sa.and_(*(sa.column(column) == sa.literal(value) for column, value in constants.items()))
+    own = str(condition.compile(dialect=target.engine.dialect, compile_kwargs={"literal_binds": True}))
+    return f"({where}) AND {own}" if where else own
 
 
 def _target_columns(target: Any, mapping: TableMapping) -> dict[str, sa.Column]:
