@@ -1,0 +1,158 @@
+"""Two pairs writing one target table: refused unless their rows provably cannot meet.
+
+Without the rule one pair's filter (a row leaving it is deleted from the target) or delete removed
+rows the other pair wrote, and which rows survived depended on the order the pairs ran.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+SCHEMA = "CREATE TABLE invoices (id INTEGER PRIMARY KEY, status TEXT NOT NULL, amount NUMERIC(10,2) NOT NULL);"
+ROWS = "".join(f"INSERT INTO invoices VALUES ({i}, '{'draft' if i % 2 else 'sent'}', {i}.50);" for i in range(1, 11))
+
+
+def mapping_file(ws, name: str, body: str) -> None:
+    (ws.root / name).write_text(textwrap.dedent(body), encoding="utf-8")
+
+
+def config(ws, pairs: str, connections: str = "") -> None:
+    ws.config.write_text("connections:\n  erp: sqlite:///source.db\n  ledger: sqlite:///target.db\n" + connections
+                         + "pairs:\n" + textwrap.indent(textwrap.dedent(pairs), "  "), encoding="utf-8")
+
+
+def refusal(ws) -> str:
+    result = ws.cdc("check", str(ws.config))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "config OK" not in result.stdout
+    return result.stderr.strip()
+
+
+@pytest.fixture
+def erp(ws):
+    ws.sql(ws.source, SCHEMA + ROWS)
+    return ws
+
+
+def test_two_pairs_writing_one_table_one_with_a_filter_are_refused_by_check(erp):
+    mapping_file(erp, "all.yaml", "tables:\n  invoices:\n    target: fakturaer\n")
+    mapping_file(erp, "sent.yaml", """\
+        tables:
+          invoices:
+            target: fakturaer
+            filter:
+              - {column: status, op: "!=", value: draft}
+    """)
+    config(erp, """\
+        everything: {source: erp, target: ledger, mapping: all.yaml}
+        sent_only: {source: erp, target: ledger, mapping: sent.yaml}
+    """)
+    assert refusal(erp) == (
+        "error: pairs.sent_only: target table fakturaer (connection ledger) is written by pair everything table "
+        "invoices and pair sent_only table invoices; which rows survive would depend on the order they run: mark it "
+        "shared: true in each mapping, each with a constant key column of its own value, e.g. `kilde: {constant: A}` "
+        "and `key: [id, kilde]` (see \"Shared target tables\" in the README) (pair everything: all.yaml line 2; "
+        "pair sent_only: sent.yaml line 2)")
+    for command in ("init", "run"):  # every command loads the config, so none of them goes ahead
+        assert erp.cdc(command, str(erp.config)).returncode == 2
+    assert not erp.target.exists()
+
+
+def test_identity_pairs_from_two_sources_into_one_table_are_refused(erp):
+    erp.sql(erp.root / "other.db", SCHEMA)
+    config(erp, """\
+        a: {source: erp, target: ledger, tables: [invoices]}
+        b: {source: other, target: ledger, tables: [invoices]}
+    """, "  other: sqlite:///other.db\n")
+    assert refusal(erp).startswith("error: pairs.b: target table invoices (connection ledger) is written by pair a "
+                                   "table invoices and pair b table invoices;")
+
+
+def test_one_database_reached_through_two_connections_is_one_database(erp):
+    config(erp, """\
+        a: {source: erp, target: ledger, tables: [invoices]}
+        b: {source: erp, target: ledger_again, tables: [invoices]}
+    """, "  ledger_again: {driver: sqlite, database: ./target.db}\n")
+    assert "error: pairs.b: target table invoices (connection ledger) is written by" in refusal(erp)
+
+
+@pytest.mark.parametrize("a_extra, b_extra, says", [
+    ("", "", "is shared by pair a table invoices and pair b table invoices, but they have no constant key column in "
+             "common, so their keys could meet"),
+    ("      kilde: {constant: ERP}\n    key: [id, kilde]\n", "      kilde: {constant: ERP}\n    key: [id, kilde]\n",
+     "is shared, but pair a and pair b both write kilde = 'ERP' into it, so their keys could meet: give each its own "
+     "value"),
+    ("      kilde: {constant: A}\n    key: [id, kilde]\n", "      kilde: {constant: B}\n",
+     "but they have no constant key column in common"),
+])
+def test_a_shared_table_needs_a_constant_key_column_of_distinct_values(erp, a_extra, b_extra, says):
+    for name, extra in (("a.yaml", a_extra), ("b.yaml", b_extra)):
+        mapping_file(erp, name, "tables:\n  invoices:\n    target: fakturaer\n    shared: true\n"
+                                "    columns:\n      id: id\n      status: status\n" + extra)
+    config(erp, """\
+        a: {source: erp, target: ledger, mapping: a.yaml}
+        b: {source: erp, target: ledger, mapping: b.yaml}
+    """)
+    assert says in refusal(erp)
+
+
+SHARED = """\
+tables:
+  invoices:
+    target: fakturaer
+    shared: true
+    key: [id, kilde]
+    columns:
+      id: id
+      status: status
+      belop: amount
+      kilde: {{constant: {source}}}
+{filter}"""
+
+
+@pytest.mark.parametrize("order", [("all", "sent"), ("sent", "all")])
+def test_shared_table_with_distinct_constants_keeps_every_pairs_rows_in_any_order(erp, order):
+    mapping_file(erp, "all.yaml", SHARED.format(source="ALL", filter=""))
+    mapping_file(erp, "sent.yaml", SHARED.format(source="SENT", filter="    filter:\n"
+                                                 "      - {column: status, op: '!=', value: draft}\n"))
+    config(erp, """\
+        all: {source: erp, target: ledger, mapping: all.yaml}
+        sent: {source: erp, target: ledger, mapping: sent.yaml}
+    """)
+    checked = erp.cdc("check", str(erp.config))
+    assert checked.returncode == 0, checked.stderr
+    assert "invoices -> fakturaer key (id), shared (kilde = 'SENT')" in checked.stdout
+    for command in ("init", "install"):
+        assert erp.cdc(command, str(erp.config)).returncode == 0
+    assert [r[1] for r in erp.query(erp.target, "PRAGMA table_info(fakturaer)") if r[5]] == ["id", "kilde"]
+
+    def run_in_order():
+        for pair in order:
+            result = erp.cdc("run", "--once", "--pair", pair, str(erp.config))
+            assert result.returncode == 0, result.stderr
+
+    def ledger(kilde):
+        return erp.query(erp.target, "SELECT id, status FROM fakturaer WHERE kilde = ? ORDER BY id", kilde)
+
+    run_in_order()
+    assert ledger("ALL") == [(i, "draft" if i % 2 else "sent") for i in range(1, 11)]
+    assert ledger("SENT") == [(i, "sent") for i in range(2, 11, 2)]
+    # Invoice 2 goes back to draft (it leaves pair sent's filter: sent deletes its row), invoice 5 is
+    # sent, invoice 10 is deleted: each pair changes only its own rows.
+    erp.sql(erp.source, "UPDATE invoices SET status = 'draft' WHERE id = 2; UPDATE invoices SET status = 'sent' "
+                        "WHERE id = 5; DELETE FROM invoices WHERE id = 10;")
+    run_in_order()
+    source = erp.query(erp.source, "SELECT id, status FROM invoices ORDER BY id")
+    assert ledger("ALL") == source
+    assert ledger("SENT") == [r for r in source if r[1] != "draft"]
+
+    # Reconcile compares (and repairs) only a pair's own rows of the shared table.
+    for pair in order:
+        result = erp.cdc("reconcile", "--pair", pair, "--settle", "0", str(erp.config))
+        assert result.returncode == 0, result.stdout + result.stderr
+    erp.sql(erp.target, "DELETE FROM fakturaer WHERE kilde = 'ALL' AND id = 3")
+    result = erp.cdc("reconcile", "--pair", "all", "--settle", "0", "--repair", str(erp.config))
+    assert result.returncode == 1 and "1 missing in target" in result.stdout, result.stdout + result.stderr
+    assert ledger("ALL") == source and ledger("SENT") == [r for r in source if r[1] != "draft"]
