@@ -128,3 +128,18 @@ def test_cli_password_in_url_is_masked_in_errors(ws):
     result = ws.cdc("check", str(write(ws, text)))
     assert result.returncode in (1, 2)
     assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_check_creates_no_sqlite_file(ws):
+    """`cdc check` changes nothing: a missing SQLite target (or source) is reported, not created."""
+    ws.sql(ws.source, "CREATE TABLE entries (id INTEGER PRIMARY KEY, amount NUMERIC(10,2));")
+    result = ws.cdc("check", str(write(ws, BASE)))
+    assert result.returncode == 0, result.stderr
+    assert "entries -> entries key (id)  [target table missing: cdc init creates it]" in result.stdout
+    assert "target database: does not exist yet: `cdc init CONFIG` creates it" in result.stdout
+    assert not ws.target.exists()
+    ws.source.unlink()
+    result = ws.cdc("check", str(ws.config))
+    assert result.returncode == 1 and "source database" in result.stderr and "does not exist" in result.stderr
+    assert not ws.source.exists() and not ws.target.exists()
+    assert sorted(p.name for p in ws.root.iterdir()) == ["config.yaml"]
