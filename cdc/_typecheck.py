@@ -3,8 +3,8 @@
 Policy: what would fail for every row (``upper`` on a number, a column the target table lacks, a
 filter comparing a number column with text) is a ConfigError naming the mapping's file and line,
 not a run that stops or parks at the first row, nor a filter that silently never matches. Only
-clear contradictions are refused; a value that may or may not fit (text into a numeric column)
-is left to the per-row fit check. Column types this module does not know are not checked.
+clear contradictions are refused; a value that may or may not fit (trimmed text into a numeric
+column) is left to the per-row fit check. Column types this module does not know are not checked.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def _fits_target(where: str, column: ColumnSpec, produced: str | None, target: s
     wanted = kind_of(declared)
     takes = _TARGET_TAKES.get(wanted)
     scale = dict(column.transforms).get("decimal")
-    if produced is not None and takes is not None and produced not in takes:
+    cased = column.transforms[-1][0] in ("upper", "lower")  # changing case only makes sense for text
+    if produced is not None and takes is not None and (produced not in takes or (cased and wanted != "text")):
         raise ConfigError(f"{where}: {_name(column.transforms[-1])} gives {_ARTICLE[produced]}, but target column "
                           f"{target.name}.{column.target} is {declared} ({column.origin})")
     if wanted == "integer" and produced == "number" and scale:
