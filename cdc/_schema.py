@@ -37,12 +37,12 @@ def fail(message: str, key: Any = None) -> PydanticCustomError:
 class Strict(BaseModel):
     """A YAML object: known keys only; ``prepare`` may turn a shorthand into the full form."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
     #: How the object is written, for the error when it is not a mapping.
     shape: ClassVar[str] = ""
 
     @classmethod
-    def keys(cls) -> list[str]:
+    def known_keys(cls) -> list[str]:
         return [field.alias or name for name, field in cls.model_fields.items()]
 
     @classmethod
@@ -54,8 +54,8 @@ class Strict(BaseModel):
     def _known_keys_only(cls, data: Any) -> Any:
         data = cls.prepare(data)
         if not isinstance(data, dict):
-            raise fail(cls.shape or f"must be a mapping with {', '.join(cls.keys())}")
-        known = cls.keys()
+            raise fail(cls.shape or f"must be a mapping with {', '.join(cls.known_keys())}")
+        known = cls.known_keys()
         for key in data:
             if key not in known:
                 hint = did_you_mean(key, known) or f" (expected one of {', '.join(sorted(known))})"

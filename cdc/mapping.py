@@ -136,7 +136,7 @@ class _Filter(Strict):
         elif not given:
             raise fail(f"op {self.op!r} needs a value")
         elif self.value is None:
-            raise fail(f"value is null: to compare with NULL write op: 'is null' or 'is not null'", "value")
+            raise fail("value is null: to compare with NULL write op: 'is null' or 'is not null'", "value")
         elif (self.op in ("in", "not in")) != isinstance(self.value, list):
             raise fail(f"op {self.op!r} needs a list value" if self.op in ("in", "not in") else
                        f"op {self.op!r} compares with one value (for a list write op: 'in')", "value")
