@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import traceback
 from functools import wraps
 from pathlib import Path
 
@@ -29,14 +28,14 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except RowError as exc:
-            click.echo(scrub(f"error: {exc.describe()}"), err=True)
+            click.echo(f"error: {exc.describe()}", err=True)
             sys.exit(exc.exit_code)
         except CdcError as exc:
-            click.echo(scrub(f"error: {exc}"), err=True)
+            click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except sa.exc.SQLAlchemyError as exc:
             text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            click.echo(scrub(f"error: database: {mask_url(text)}"), err=True)
+            click.echo(f"error: database: {mask_url(text)}", err=True)
             sys.exit(1)
 
     return wrapper
@@ -44,25 +43,32 @@ def _friendly(fn):
 
 def _print(report: commands.Report) -> None:
     for line in report.lines:
-        click.echo(scrub(line))
+        click.echo(line)
 
 
-class _Scrubbed(logging.Filter):
-    """Takes every password the config holds out of each log record (a last line of defence)."""
+class _Scrubbed:
+    """A text stream that takes every password the config holds out of what is written to it.
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = scrub(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
-        return True
+    The CLI's stdout and stderr are wrapped in one, so that no output (messages, log lines at
+    -vv, tracebacks) can carry a password, whatever code wrote it: the last line of defence
+    behind masked URLs. It has no ``buffer``, so nothing (click included) writes around it.
+    """
 
+    def __init__(self, stream):
+        self._stream = stream
+        self.encoding = getattr(stream, "encoding", "utf-8")
+        self.errors = getattr(stream, "errors", "strict")
 
-def _scrubbed_traceback(kind, value, tb) -> None:
-    """An unexpected error's traceback, without any password the config holds."""
-    sys.stderr.write(scrub("".join(traceback.format_exception(kind, value, tb))))
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError("a text stream")
+        self._stream.write(scrub(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        if name == "buffer":
+            raise AttributeError(name)
+        return getattr(self._stream, name)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,10 +77,11 @@ def _scrubbed_traceback(kind, value, tb) -> None:
 def main(verbose: int) -> None:
     """cdc-sync: keep accounting ledgers in step with the systems that feed them."""
     level = logging.WARNING - 10 * min(verbose, 2)
+    if sys.stdout is not None and not isinstance(sys.stdout, _Scrubbed):
+        sys.stdout = _Scrubbed(sys.stdout)
+    if sys.stderr is not None and not isinstance(sys.stderr, _Scrubbed):
+        sys.stderr = _Scrubbed(sys.stderr)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_Scrubbed())
-    sys.excepthook = _scrubbed_traceback
 
 
 @main.command()

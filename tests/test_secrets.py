@@ -270,6 +270,7 @@ def test_a_value_outside_the_user_password_part_is_not_encoded(ws, monkeypatch):
 
 
 def test_the_last_line_of_defence_scrubs_a_password_whole_encoded_or_in_pieces():
+    import io
     from urllib.parse import quote
 
     from cdc import _secrets
@@ -280,8 +281,20 @@ def test_the_last_line_of_defence_scrubs_a_password_whole_encoded_or_in_pieces()
              "resolving host 'Qs3c?Wd8f&Yg5k@127.0.0.1'; user Kx7q")
     assert_no_secret(_secrets.scrub(leaky))
     assert _secrets.scrub("nothing secret here") == "nothing secret here"
-    import logging
+    written = io.StringIO()
+    _Scrubbed(written).write(leaky)
+    assert "***" in written.getvalue()
+    assert_no_secret(written.getvalue())
 
-    record = logging.LogRecord("cdc", logging.ERROR, __file__, 1, "connect %s failed", (leaky,), None)
-    assert _Scrubbed().filter(record) and "***" in record.getMessage()
-    assert_no_secret(record.getMessage())
+
+def test_a_server_message_that_quotes_the_password_is_scrubbed_by_the_cli(ws, pg_server, monkeypatch):
+    """PostgreSQL quotes a missing database's name; here that name is the password itself."""
+    secret = "Zq8vWx3kRt7m"
+    monkeypatch.setenv("PW", secret)
+    server = make_url(pg_server)
+    write_config(ws, f"  src: sqlite:///source.db\n  dst: postgresql://{server.username}:${{PW}}@{server.host}:"
+                     f"{server.port}/${{PW}}\n", "  p: {source: src, target: dst, tables: [t]}\n")
+    ws.sql(ws.source, "CREATE TABLE t (id INTEGER PRIMARY KEY);")
+    result = ws.cdc("-vv", "check", str(ws.config))
+    assert result.returncode == 1 and "***" in result.stderr, result.stderr
+    assert secret not in result.stdout + result.stderr and "Zq8v" not in result.stdout + result.stderr
