@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import _transforms
+from ._schema import did_you_mean
 from .errors import ConfigError
 from .mapping import ColumnSpec, FilterSpec, TableMapping
 
@@ -77,8 +78,10 @@ def _transformed(where: str, column: ColumnSpec, source: sa.Column | None, table
 
 def _fits_target(where: str, column: ColumnSpec, produced: str | None, target: sa.Table) -> None:
     if column.target not in target.columns:
-        raise ConfigError(f"{where}: target table {target.name} has no column {column.target!r} (add it to the "
-                          f"table, or map to one of {', '.join(c.name for c in target.columns)}) ({column.origin})")
+        names = [c.name for c in target.columns]
+        hint = did_you_mean(column.target, names) or f" (add it to the table, or map to one of {', '.join(names)})"
+        raise ConfigError(f"{where}: target table {target.name} has no column {column.target!r}{hint} "
+                          f"({column.origin})")
     if not column.transforms:
         return  # a value copied as it is meets the per-value fit check
     declared = target.columns[column.target].type

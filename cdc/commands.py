@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from . import registry, schema, state
 from .config import Pair, load_config
 from .errors import CdcError, ConfigError, RowError, StateError, first_line
+from .mapping import TableMapping
 from .pipeline import PairRunner, RunResult, open_pair, open_source
 
 #: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
@@ -80,7 +81,7 @@ def _check_without_target(p: Pair, report: Report) -> None:
         source.close()
 
 
-def _table_line(name: str, mapping) -> str:
+def _table_line(name: str, mapping: TableMapping) -> str:
     shared = mapping.key_constants
     marks = f", shared ({', '.join(f'{c} = {v!r}' for c, v in shared.items())})" if shared else ""
     return f"{name} -> {mapping.target} key ({', '.join(mapping.source_key)}){marks}"

@@ -215,11 +215,12 @@ class TableMapping:
         for col in specs:
             if col.source is not None and col.source not in source_columns:
                 raise ConfigError(f"tables.{spec.source}.columns.{col.target}: source table {spec.source} has no "
-                                  f"column {col.source!r} ({col.origin or spec.origin})")
+                                  f"column {col.source!r}{did_you_mean(col.source, source_columns)} "
+                                  f"({col.origin or spec.origin})")
         for f in spec.filters:
             if f.column not in source_columns:
                 raise ConfigError(f"tables.{spec.source}.filter: source table {spec.source} has no column "
-                                  f"{f.column!r} ({f.origin or spec.origin})")
+                                  f"{f.column!r}{did_you_mean(f.column, source_columns)} ({f.origin or spec.origin})")
         self._specs = specs
         self._columns = [(c.target, c.source, [_transforms.build(n, a, source_zone) for n, a in c.transforms])
                          for c in specs]

@@ -309,3 +309,13 @@ def test_a_yaml_alias_bomb_is_refused_quickly_without_eating_memory(erp):
     assert time.monotonic() - started < 30
     assert "aliases repeat more than 10,000 YAML nodes; refusing to expand them (an alias bomb?)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_misspelt_column_name_gets_did_you_mean(erp):
+    mapping(erp, "tables:\n  invoices:\n    columns:\n      id: id\n      belop: amout\n")
+    assert refused(erp) == ("error: tables.invoices.columns.belop: source table invoices has no column 'amout' "
+                            "(did you mean 'amount'?) (m.yaml line 5)")
+    erp.sql(erp.target, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount NUMERIC(10,2));")
+    mapping(erp, "tables:\n  invoices:\n    columns:\n      id: id\n      amuont: amount\n")
+    assert refused(erp) == ("error: tables.invoices.columns.amuont: target table invoices has no column 'amuont' "
+                            "(did you mean 'amount'?) (m.yaml line 5)")
