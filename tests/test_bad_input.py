@@ -24,7 +24,7 @@ def test_unknown_column_in_mapping_names_file_and_line(ws):
     result = ws.cdc("init", str(ws.config))
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: tables.entries.columns.belop: source table entries has no column "
-                                     "'amount_nok' (map.yaml line 5)")
+                                     "'amount_nok' (did you mean 'amount'?) (map.yaml line 5)")
 
 
 def test_table_without_primary_key_needs_a_key(ws):
