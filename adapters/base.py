@@ -269,9 +269,11 @@ class SqlSource(KeyedReads):
             return conn.execute(sa.text(f"SELECT generation FROM {self.consumers_table} WHERE pair = :pair"),
                                 {"pair": self.pair}).scalar()
 
-    def _position_ahead(self, position: Position, newest: Any, what: str) -> None:
-        """SourceError when ``position`` lies beyond ``newest``, the newest the source ever issued."""
-        if position is not None and newest is not None and position > newest:
+    def _position_ahead(self, position: Position, newest: Any, what: str,
+                        order: Callable[[Any], Any] = same) -> None:
+        """SourceError when ``position`` lies beyond ``newest``, the newest the source ever issued
+        (``order`` makes positions comparable)."""
+        if position is not None and newest is not None and order(position) > order(newest):
             raise SourceError(
                 f"pair {self.pair}: the checkpoint ({self.format_position(position)}) is ahead of {what} "
                 f"({self.format_position(newest)}): capture was installed again, or the checkpoint was edited, and "

@@ -82,7 +82,9 @@ def make_changes(source: Side) -> None:
     source.execute("DELETE FROM products WHERE sku = 'P-03'")
 
 
-def assert_reinstall_stops_then_resnapshot_repairs(ws, source: Side, target: Side, between=None) -> None:
+def assert_reinstall_stops_then_resnapshot_repairs(ws, source: Side, target: Side, between=None,
+                                                   expect: str = "capture was uninstalled and installed again?"
+                                                   ) -> None:
     """Sync; uninstall + install (plus ``between``); change; the run stops loudly; --resnapshot repairs."""
     for sku, name, price in SEED:
         source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
@@ -104,6 +106,7 @@ def assert_reinstall_stops_then_resnapshot_repairs(ws, source: Side, target: Sid
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
     assert "Traceback" not in stopped.stderr
     assert "pair gen" in stopped.stderr and "cdc run --resnapshot" in stopped.stderr, stopped.stderr
+    assert expect in stopped.stderr, stopped.stderr
     assert target.products() != source.products()
 
     status = ws.cdc("status", "--json", str(ws.config))
@@ -182,3 +185,111 @@ def test_old_checkpoint_adopts_the_generation(ws, sqlite_pair):
     cdc_ok(ws, "install")  # installing again keeps the installation's identity
     assert source.execute("SELECT generation FROM _cdc_consumers")[0][0] == generation
     cdc_ok(ws, "run", "--once")
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+@pytest.fixture
+def pg_pair(ws, pg_databases):
+    def make(capture: str) -> tuple[Side, Side]:
+        source, target = pg_databases(), pg_databases()
+        pexec(source, PRODUCTS)
+        write_config(ws, source, target, capture)
+        return Side(source), Side(target)
+
+    return make
+
+
+@pytest.mark.parametrize("capture", ["trigger", "logical"])
+def test_postgresql_reinstalled(ws, pg_pair, capture):
+    source, target = pg_pair(capture)
+    assert_reinstall_stops_then_resnapshot_repairs(ws, source, target)
+
+
+def test_postgresql_logical_slot_dropped_and_installed_again(ws, pg_pair):
+    """A slot dropped behind cdc-sync's back and made again by `cdc install`: a new incarnation."""
+    source, target = pg_pair("logical")
+
+    def drop_slot_and_install() -> None:
+        source.execute("UPDATE products SET price = 2.22 WHERE sku = 'P-07'")
+        source.execute("SELECT pg_drop_replication_slot('cdc_gen')")
+        source.execute("UPDATE products SET price = 3.33 WHERE sku = 'P-08'")  # in no slot
+        cdc_ok(ws, "install")
+
+    assert_reinstall_stops_then_resnapshot_repairs(ws, source, target, between=drop_slot_and_install)
+
+
+@pytest.mark.parametrize("capture", ["trigger", "logical"])
+def test_postgresql_checkpoint_ahead_of_the_source(ws, pg_pair, capture):
+    source, target = pg_pair(capture)
+    source.execute("INSERT INTO products VALUES ('P-01', 'a', 1.00)")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    target.execute("UPDATE cdc_checkpoints SET position = '999999999999'")
+    source.execute("UPDATE products SET price = 2.00")
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert "is ahead of" in stopped.stderr and "cdc run --resnapshot" in stopped.stderr, stopped.stderr
+    assert "failed: " in ws.cdc("status", str(ws.config)).stdout
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    assert target.products() == source.products()
+
+
+# -- MySQL/MariaDB -------------------------------------------------------------------------
+MYSQL_PRODUCTS = PRODUCTS.replace("NUMERIC", "DECIMAL") + " ENGINE=InnoDB"
+
+
+def test_mariadb_trigger_reinstalled(ws, mysql_url, pg_url):
+    mexec(mysql_url, MYSQL_PRODUCTS)
+    write_config(ws, mysql_url, pg_url, "trigger")
+    assert_reinstall_stops_then_resnapshot_repairs(ws, Side(mysql_url), Side(pg_url))
+
+
+@pytest.fixture
+def own_mariadb():
+    """A MariaDB server of this test's own: RESET MASTER must not disturb other tests' binlogs."""
+    from mysqlserver import LocalMariaDB
+
+    try:
+        server = LocalMariaDB()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"no MariaDB server: {exc}")
+    try:
+        mexec(server.url(), "CREATE DATABASE shop")
+        yield server.url("shop")
+    finally:
+        server.remove()
+
+
+@pytest.mark.parametrize("writes_after_reset", [0, 60])
+def test_mariadb_binlog_reset_master(ws, own_mariadb, pg_url, writes_after_reset):
+    """RESET MASTER empties the binlog and starts it again: the checkpoint is then past its end, or
+    (once as much has been written again) inside it, at a place no longer where its transaction ended."""
+    source = Side(own_mariadb)
+    mexec(own_mariadb, MYSQL_PRODUCTS)
+    write_config(ws, own_mariadb, pg_url, "binlog")
+
+    def reset_master() -> None:
+        checkpoint = json.loads(Side(pg_url).execute("SELECT position FROM cdc_checkpoints")[0][0])
+        mexec(own_mariadb, "RESET MASTER")
+        for i in range(writes_after_reset):
+            source.execute("UPDATE products SET name = %s WHERE sku = 'P-06'", (f"runde {i}",))
+        if writes_after_reset:
+            assert mexec(own_mariadb, "SHOW MASTER STATUS")[0][1] > checkpoint["pos"]
+
+    expect = "not where it was in the server's binlog" if writes_after_reset else "is ahead of the end of the server's binlog"
+    assert_reinstall_stops_then_resnapshot_repairs(ws, source, Side(pg_url), between=reset_master, expect=expect)
+
+
+def test_mariadb_binlog_generation_is_the_server(ws, own_mariadb, pg_url):
+    source = Side(own_mariadb)
+    mexec(own_mariadb, MYSQL_PRODUCTS)
+    source.execute("INSERT INTO products VALUES ('P-01', 'a', 1.00)")
+    write_config(ws, own_mariadb, pg_url, "binlog")
+    for command in ("init", "install", "run"):
+        cdc_ok(ws, command, *(["--once"] if command == "run" else []))
+    assert Side(pg_url).execute("SELECT generation FROM cdc_checkpoints") == [("server_id 1",)]
+    # The same binlog files and positions on another server (a replica promoted in its place).
+    Side(pg_url).execute("UPDATE cdc_checkpoints SET generation = 'server_id 2'")
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1 and "capture installation server_id 2" in stopped.stderr, stopped.stderr
