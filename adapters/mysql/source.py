@@ -483,8 +483,12 @@ class TimestampSource(TimestampCapture, MySQLSource):
     """Capture `timestamp` on MySQL/MariaDB."""
 
     def __init__(self, engine: sa.Engine, pair: str, options: Any, source_zone: str = "UTC"):
-        TimestampCapture.__init__(self, engine, pair, options)
-        self.source_zone = source_zone
+        TimestampCapture.__init__(self, engine, pair, options, source_zone)
+
+    def source_clock(self, conn: sa.Connection) -> dt.datetime:
+        """The server's clock as epoch seconds: NOW() is a DATETIME, which the driver reads in source_timezone."""
+        seconds = conn.exec_driver_sql("SELECT UNIX_TIMESTAMP(NOW(6))").scalar()
+        return dt.datetime.fromtimestamp(float(seconds), UTC)
 
     def bind_stamp(self, stamp: Any, column: sa.Column) -> Any:
         if isinstance(stamp, str) and isinstance(column.type, (sa.DateTime, sa.Date)):
