@@ -101,6 +101,8 @@ def assert_reinstall_stops_then_resnapshot_repairs(ws, source: Side, target: Sid
     if between is not None:
         between()
     make_changes(source)
+    before = ws.cdc("status", str(ws.config))  # before any run has failed on it
+    assert before.returncode == 1 and "problem" in before.stdout and "--resnapshot" in before.stdout, before.stdout
 
     stopped = ws.cdc("run", "--once", str(ws.config))
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
@@ -111,7 +113,8 @@ def assert_reinstall_stops_then_resnapshot_repairs(ws, source: Side, target: Sid
 
     status = ws.cdc("status", "--json", str(ws.config))
     row = json.loads(status.stdout)[0]
-    assert row["phase"].startswith("failed: ") and "--resnapshot" in row["error"], row
+    assert status.returncode == 1 and not row["healthy"] and row["pending"] is None, row
+    assert "pair gen" in row["error"] and expect in row["error"] and "--resnapshot" in row["error"], row
     text = ws.cdc("status", str(ws.config)).stdout
     assert "failed: " in text and "--resnapshot" in text, text
 
@@ -126,7 +129,8 @@ def assert_reinstall_stops_then_resnapshot_repairs(ws, source: Side, target: Sid
     source.execute("UPDATE products SET price = 1.00 WHERE sku = 'P-05'")
     cdc_ok(ws, "run", "--once")
     assert target.products() == source.products()
-    assert json.loads(ws.cdc("status", "--json", str(ws.config)).stdout)[0]["phase"] == "streaming"
+    healthy = ws.cdc("status", "--json", str(ws.config))
+    assert healthy.returncode == 0 and json.loads(healthy.stdout)[0]["error"] is None, healthy.stdout
 
 
 # -- SQLite --------------------------------------------------------------------------------
