@@ -133,8 +133,8 @@ class Target(Protocol):
         """Store ``position`` as the checkpoint without changes (past other tables' transactions)."""
 
     def set_generation(self, pair: str, generation: str | None) -> None:
-        """Record the capture installation the pair's checkpoint belongs to (idempotent; nothing
-        without a checkpoint); RetryableError on a passing fault."""
+        """Record the capture installation the pair's checkpoint belongs to, once (a checkpoint that has
+        one keeps it; nothing without a checkpoint; idempotent); RetryableError on a passing fault."""
 
     def close(self) -> None: ...
 
