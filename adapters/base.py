@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -102,6 +103,17 @@ class Source(Protocol):
     def acknowledge(self, position: Position) -> None:
         """Release what the target has committed up to ``position`` (idempotent)."""
 
+    def generation(self) -> str | None:
+        """The identity of the capture installation this source reads, which `cdc install` makes anew
+        whenever it re-creates the changelog or slot (None when the mode installs nothing that could be
+        re-created, e.g. timestamp polling); read-only and idempotent; SourceError if capture is not
+        installed, RetryableError on a passing fault."""
+
+    def check_position(self, position: Position) -> None:
+        """SourceError naming the fix (`cdc run --resnapshot CONFIG`) when ``position`` cannot be a
+        position of this installation (ahead of the newest position the source has issued, or a log
+        that no longer holds it); read-only and idempotent; RetryableError on a passing fault."""
+
     def diagnose(self) -> list[tuple[str, str]]:
         """Findings (level ok|info|warn|fail, text with the fix) about the source's settings; read-only."""
 
@@ -119,6 +131,10 @@ class Target(Protocol):
 
     def advance(self, pair: str, position: Position) -> None:
         """Store ``position`` as the checkpoint without changes (past other tables' transactions)."""
+
+    def set_generation(self, pair: str, generation: str | None) -> None:
+        """Record the capture installation the pair's checkpoint belongs to, once (a checkpoint that has
+        one keeps it; nothing without a checkpoint; idempotent); RetryableError on a passing fault."""
 
     def close(self) -> None: ...
 
@@ -221,8 +237,49 @@ class SqlSource(KeyedReads):
     def format_position(self, position: Position) -> str:
         return dumps(position)
 
+    def generation(self) -> str | None:
+        """None: by default a capture mode installs nothing that could be re-created."""
+        return None
+
+    def check_position(self, position: Position) -> None:
+        """By default any position is taken as it is."""
+
     #: The table in which `cdc install` registers each pair a changelog serves (trigger capture).
     consumers_table = "_cdc_consumers"
+
+    def _register_generation(self, conn: sa.Connection) -> None:
+        """Give this pair's registration in the consumers table an identity (trigger capture), kept
+        while the registration lives: `cdc uninstall` deletes it (and with the last pair the
+        changelog), so the next `cdc install` makes a new one. Adds the column to an installation
+        made before generations existed."""
+        columns = {c["name"] for c in sa.inspect(conn).get_columns(self.consumers_table)}
+        if "generation" not in columns:
+            conn.exec_driver_sql(f"ALTER TABLE {self.consumers_table} ADD COLUMN generation VARCHAR(100)")
+        conn.execute(sa.text(f"UPDATE {self.consumers_table} SET generation = :generation "
+                             "WHERE pair = :pair AND generation IS NULL"),
+                     {"generation": uuid.uuid4().hex, "pair": self.pair})
+
+    def _registered_generation(self) -> str | None:
+        """This pair's registration identity (None for an installation older than generations)."""
+        with self.engine.connect() as conn:
+            self._require_installed(conn)
+            columns = {c["name"] for c in sa.inspect(conn).get_columns(self.consumers_table)}
+            if "generation" not in columns:
+                return None
+            return conn.execute(sa.text(f"SELECT generation FROM {self.consumers_table} WHERE pair = :pair"),
+                                {"pair": self.pair}).scalar()
+
+    def _position_ahead(self, position: Position, newest: Any, what: str,
+                        order: Callable[[Any], Any] = same) -> None:
+        """SourceError when ``position`` lies beyond ``newest``, the newest the source ever issued
+        (``order`` makes positions comparable)."""
+        if position is not None and newest is not None and order(position) > order(newest):
+            raise SourceError(
+                f"pair {self.pair}: the checkpoint ({self.format_position(position)}) is ahead of {what} "
+                f"({self.format_position(newest)}): capture was installed again, or the checkpoint was edited, and "
+                "changes since are not where the checkpoint says. Copy the tables again with "
+                "`cdc run --resnapshot CONFIG` (rows deleted meanwhile are then removed by "
+                "`cdc reconcile CONFIG --repair`)")
 
     def _require_installed(self, conn: sa.Connection) -> None:
         """SourceError unless `cdc install` registered this pair, with every one of its tables."""
@@ -443,6 +500,11 @@ class SqlTarget(KeyedReads):
         """Move the checkpoint past source transactions that held nothing for this pair."""
         with self.checkpointing(pair) as (_, write):
             write(position, None, 0)
+
+    def set_generation(self, pair: str, generation: str | None) -> None:
+        """Record the capture installation the pair's checkpoint belongs to (see Source.generation)."""
+        with self.engine.begin() as conn:
+            state.write_generation(conn, pair, generation)
 
     def forget_checkpoint(self, pair: str) -> bool:
         """Drop the pair's checkpoint (the next run snapshots again); True if there was one."""

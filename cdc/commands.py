@@ -13,9 +13,9 @@ import sqlalchemy as sa
 
 from . import registry, schema, state
 from .config import Pair, load_config
-from .errors import CdcError, ConfigError, RowError, StateError, first_line
+from .errors import CdcError, ConfigError, RowError, SourceError, StateError, first_line
 from .mapping import TableMapping
-from .pipeline import PairRunner, RunResult, open_pair, open_source
+from .pipeline import PairRunner, RunResult, open_pair, open_source, verify_checkpoint
 
 #: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
 GC_THRESHOLD = 50_000
@@ -289,7 +289,11 @@ def _pair_status(p: Pair) -> dict:
             source, _ = open_source(p)
             try:
                 row["checkpoint_text"] = source.format_position(checkpoint.position)
-                row["pending"] = source.pending(checkpoint.position)
+                problem = _checkpoint_error(p, source, checkpoint)
+                if problem:  # `cdc run` would stop on it: no backlog to count from there
+                    row["error"] = problem
+                else:
+                    row["pending"] = source.pending(checkpoint.position)
             finally:
                 source.close()
         except (CdcError, sa.exc.SQLAlchemyError) as exc:
@@ -330,6 +334,15 @@ def _target_status(p: Pair, row: dict) -> Any:
         else:
             row.update(state="stopped")
     return checkpoint
+
+
+def _checkpoint_error(p: Pair, source: Any, checkpoint: state.Checkpoint) -> str | None:
+    """Why `cdc run` would refuse the checkpoint (another capture installation, ahead of the source)."""
+    try:
+        verify_checkpoint(p.name, source, checkpoint)
+    except SourceError as exc:
+        return str(exc)
+    return None
 
 
 def _one_pair(config_path: str, pair: str | None) -> Pair:

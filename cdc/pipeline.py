@@ -16,7 +16,7 @@ from . import registry, values
 from ._typecheck import check_types
 from .changes import ApplyResult, dumps
 from .config import Pair
-from .errors import CdcError, ConfigError, RetryableError, SchemaError, first_line
+from .errors import CdcError, ConfigError, RetryableError, SchemaError, SourceError, first_line
 from .state import ClaimHeldError
 from .mapping import TableMapping, map_changes, map_snapshot
 
@@ -101,6 +101,24 @@ def open_pair(pair: Pair) -> tuple[Any, Any, dict[str, TableMapping]]:
     return source, target, mappings
 
 
+def verify_checkpoint(pair: str, source: Any, checkpoint: Any) -> str | None:
+    """The source's capture generation, once the checkpoint is known to be a position of it.
+
+    SourceError with the fix when the checkpoint was written for another installation of capture
+    (uninstalled and installed again: what changed in between was never captured) or lies ahead
+    of what the source has: streaming from it would skip changes without a word.
+    """
+    generation = source.generation()
+    if checkpoint.generation is not None and checkpoint.generation != generation:
+        raise SourceError(
+            f"pair {pair}: the checkpoint belongs to capture installation {checkpoint.generation} but the source "
+            f"now has {generation or 'none'} (capture was uninstalled and installed again?): changes made in "
+            "between were not captured. Copy the tables again with `cdc run --resnapshot CONFIG` (rows deleted "
+            "meanwhile are then removed by `cdc reconcile CONFIG --repair`)")
+    source.check_position(checkpoint.position)
+    return generation
+
+
 class PairRunner:
     """Runs one pair until drained (``once``) or until ``stop`` is set."""
 
@@ -176,13 +194,20 @@ class PairRunner:
         try:
             if checkpoint is None:
                 position = self._retrying(self.source.begin_snapshot)
+                generation = self._retrying(self.source.generation)
                 snapshot = {"tables": {t: {"after": None, "done": False} for t in self.mappings}}
             else:
+                generation = self._retrying(lambda: verify_checkpoint(self.pair.name, self.source, checkpoint))
                 position, snapshot = checkpoint.position, checkpoint.snapshot
                 # A crash between commit and acknowledge left this unreleased; release it now.
                 self._retrying(lambda: self.source.acknowledge(position))
+            if checkpoint is not None and checkpoint.generation is None and generation is not None:
+                # Written before generations existed: it adopts the installation it runs on.
+                self._retrying(lambda: self.target.set_generation(self.pair.name, generation))
             if snapshot is not None:
                 self._snapshot(position, snapshot, result)
+            if checkpoint is None:  # the first chunk created the checkpoint
+                self._retrying(lambda: self.target.set_generation(self.pair.name, generation))
         finally:
             self.source.end_snapshot()
         self._stream(position, once, result)

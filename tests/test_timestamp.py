@@ -1,6 +1,11 @@
-"""Capture `timestamp` on SQLite: watermark (updated_at, key), an overlap window, soft deletes."""
+"""Capture `timestamp`: watermark (updated_at, key), an overlap window, soft deletes, rows dated in the future."""
 
 from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
 
 SCHEMA = """
 CREATE TABLE products (sku VARCHAR(20) PRIMARY KEY, name TEXT NOT NULL, price NUMERIC(12,2) NOT NULL,
@@ -55,3 +60,134 @@ def test_missing_timestamp_column_is_a_clear_error(ws):
     ws.write_config("source: src\ntarget: dst\ncapture: timestamp\ntables: [products]\ntimestamp: {column: updated_at}")
     result = ws.cdc("install", str(ws.config))
     assert result.returncode == 1 and "source table products has no timestamp column 'updated_at'" in result.stderr
+
+
+# -- a row dated in the future ----------------------------------------------------------------
+def now_text(seconds: float = 0) -> str:
+    """The machine's UTC time (SQLite's clock) as the products table writes it."""
+    moment = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_a_future_dated_row_does_not_hide_later_changes(ws):
+    timestamp_pair(ws)
+    ws.sql(ws.source, "INSERT INTO products VALUES ('F-1', 'Fremtid', '1.00', '2099-01-01 00:00:00', 0)")
+    out = ws.cdc("run", "--once", str(ws.config))
+    assert out.returncode == 0 and "1 changes applied" in out.stdout, out.stdout + out.stderr
+    assert "dated ahead of the source's clock" in out.stderr and "F-1" in out.stderr, out.stderr
+    checkpoint = json.loads(ws.query(ws.target, "SELECT position FROM cdc_checkpoints")[0][0])
+    assert checkpoint["products"]["ts"] < "2099", checkpoint  # the watermark stops at the source's clock
+
+    # Later inserts and updates, dated now as an application would: each applied exactly once.
+    ws.sql(ws.source, f"INSERT INTO products VALUES ('A-5', 'Rømmegrøt', '75.00', '{now_text()}', 0);"
+                      f"UPDATE products SET price = '95.00', updated_at = '{now_text()}' WHERE sku = 'A-1'")
+    assert "2 changes applied" in run(ws)
+    ws.sql(ws.source, f"UPDATE products SET price = '96.00', updated_at = '{now_text()}' WHERE sku = 'A-1'")
+    assert "1 changes applied" in run(ws)
+    assert "0 changes applied" in run(ws)  # the overlap and the future row are read again, applied never twice
+    # The future row itself changes: applied once more, and only once.
+    ws.sql(ws.source, "UPDATE products SET name = 'Fremtid 2' WHERE sku = 'F-1'")
+    assert "1 changes applied" in run(ws)
+    assert "0 changes applied" in run(ws)
+    assert ws.rows(ws.target, "products") == ws.rows(ws.source, "products")
+    applied = ws.query(ws.target, "SELECT key, count(*) FROM cdc_audit_log WHERE op != 'snapshot' GROUP BY key")
+    assert sorted(applied) == [('["A-1"]', 2), ('["A-5"]', 1), ('["F-1"]', 2)]
+
+    doctor = ws.cdc("doctor", str(ws.config))
+    assert "[WARN] products: 1 row(s) with updated_at ahead of the source's clock" in doctor.stdout, doctor.stdout
+    assert "F-1" in doctor.stdout and "2099-01-01" in doctor.stdout
+
+
+def test_a_watermark_past_the_source_clock_stops_the_pair(ws):
+    """A checkpoint written by a version that let the watermark run ahead (or edited by hand)."""
+    timestamp_pair(ws)
+    checkpoint = json.loads(ws.query(ws.target, "SELECT position FROM cdc_checkpoints")[0][0])
+    checkpoint["products"]["ts"] = "2099-01-01 00:00:00"
+    ws.sql(ws.target, f"UPDATE cdc_checkpoints SET position = '{json.dumps(checkpoint)}'")
+    ws.sql(ws.source, f"UPDATE products SET price = '1.00', updated_at = '{now_text()}' WHERE sku = 'A-2'")
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert "products" in stopped.stderr and "2099-01-01" in stopped.stderr, stopped.stderr
+    assert "cdc run --resnapshot" in stopped.stderr
+    assert "failed: " in ws.cdc("status", str(ws.config)).stdout
+    assert ws.cdc("run", "--once", "--resnapshot", str(ws.config)).returncode == 0
+    assert ws.rows(ws.target, "products") == ws.rows(ws.source, "products")
+
+
+@pytest.mark.parametrize("column_type, zone, now", [
+    ("TIMESTAMPTZ", "UTC", "now()"),
+    ("TIMESTAMP", "Europe/Oslo", "(now() AT TIME ZONE 'Europe/Oslo')"),  # wall-clock time in the pair's zone
+])
+def test_a_future_dated_row_on_postgresql(ws, pg_databases, column_type, zone, now):
+    import psycopg
+
+    source, target = pg_databases(), pg_databases()
+
+    def execute(url, statement):
+        with psycopg.connect(url, autocommit=True) as conn:
+            cursor = conn.execute(statement)
+            return cursor.fetchall() if cursor.description else []
+
+    execute(source, f"CREATE TABLE products (sku TEXT PRIMARY KEY, price NUMERIC(12,2) NOT NULL, "
+                    f"updated_at {column_type} NOT NULL)")
+    execute(source, f"INSERT INTO products VALUES ('A-1', 10.00, {now} - interval '1 hour'), "
+                    "('F-1', 1.00, '2099-01-01 00:00:00')")
+    ws.config.write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  p:\n    source: src\n"
+                         f"    target: dst\n    capture: timestamp\n    tables: [products]\n"
+                         f"    source_timezone: {zone}\n"
+                         "    timestamp: {column: updated_at, overlap_seconds: 30}\n", encoding="utf-8")
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    assert "snapshot 2 rows" in run(ws)
+    for step in range(3):  # later inserts and updates, dated by the source's clock
+        execute(source, f"INSERT INTO products VALUES ('B-{step}', {step}.50, {now})")
+        execute(source, f"UPDATE products SET price = price + 1, updated_at = {now} WHERE sku = 'A-1'")
+        out = ws.cdc("run", "--once", str(ws.config))
+        assert out.returncode == 0 and "2 changes applied" in out.stdout, out.stdout + out.stderr
+        assert "0 changes applied" in run(ws)
+    execute(source, "UPDATE products SET price = 2.00 WHERE sku = 'F-1'")
+    out = ws.cdc("run", "--once", str(ws.config))
+    assert "1 changes applied" in out.stdout and "dated ahead of the source's clock" in out.stderr, out.stderr
+    assert "0 changes applied" in run(ws)
+    order = "SELECT sku, price, updated_at FROM products ORDER BY sku"
+    assert execute(target, order) == execute(source, order)
+    audited = execute(target, "SELECT key, count(*) FROM cdc_audit_log WHERE op != 'snapshot' GROUP BY key ORDER BY key")
+    assert audited == [('["A-1"]', 3), ('["B-0"]', 1), ('["B-1"]', 1), ('["B-2"]', 1), ('["F-1"]', 1)]
+    doctor = ws.cdc("doctor", str(ws.config)).stdout
+    assert "[WARN] products: 1 row(s) with updated_at ahead of the source's clock" in doctor and "F-1" in doctor, doctor
+
+
+@pytest.mark.parametrize("column_type", ["DATETIME(6)", "TIMESTAMP(6)"])
+def test_a_future_dated_row_on_mariadb(ws, mysql_url, pg_url, column_type):
+    import psycopg
+    import pymysql
+    import sqlalchemy as sa
+
+    parts = sa.engine.make_url(mysql_url)
+
+    def execute(statement):
+        with pymysql.connect(host=parts.host, port=parts.port, user=parts.username, password=parts.password or "",
+                             database=parts.database, autocommit=True) as conn, conn.cursor() as cursor:
+            cursor.execute("SET time_zone = '+00:00'")
+            cursor.execute(statement)
+            return [tuple(r) for r in cursor.fetchall()]
+
+    execute(f"CREATE TABLE products (sku VARCHAR(20) PRIMARY KEY, price DECIMAL(12,2) NOT NULL, "
+            f"updated_at {column_type} NOT NULL) ENGINE=InnoDB")
+    execute("INSERT INTO products VALUES ('A-1', 10.00, UTC_TIMESTAMP(6) - INTERVAL 1 HOUR), "
+            "('F-1', 1.00, '2037-12-31 00:00:00')")  # TIMESTAMP ends in 2038
+    ws.config.write_text(f"connections:\n  src: {mysql_url}\n  dst: {pg_url}\npairs:\n  p:\n    source: src\n"
+                         "    target: dst\n    capture: timestamp\n    tables: [products]\n"
+                         "    timestamp: {column: updated_at, overlap_seconds: 30}\n", encoding="utf-8")
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    assert "snapshot 2 rows" in run(ws)
+    execute("INSERT INTO products VALUES ('B-1', 1.50, UTC_TIMESTAMP(6))")
+    execute("UPDATE products SET price = 11.00, updated_at = UTC_TIMESTAMP(6) WHERE sku = 'A-1'")
+    assert "2 changes applied" in run(ws)
+    assert "0 changes applied" in run(ws)
+    with psycopg.connect(pg_url) as conn:
+        target = conn.execute("SELECT sku, price FROM products ORDER BY sku").fetchall()
+    assert target == execute("SELECT sku, price FROM products ORDER BY sku")
+    doctor = ws.cdc("doctor", str(ws.config)).stdout
+    assert "[WARN] products: 1 row(s) with updated_at ahead of the source's clock" in doctor and "F-1" in doctor, doctor

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 import zlib
 from typing import Any, Iterator
 
@@ -224,6 +225,63 @@ class BinlogSource(MySQLSource):
                               f"the checkpoint are lost to the log; re-copy the tables with "
                               f"`cdc run --resnapshot CONFIG`")
 
+    # -- generation --------------------------------------------------------------------
+    def generation(self) -> str | None:
+        """The server the binlog belongs to: MySQL's server_uuid, MariaDB's server_id (a replica
+        promoted in its place, whose binlog has other files and positions, has another). Nothing is
+        installed on the server, so a RESET MASTER is caught by check_position instead."""
+        with self.engine.connect() as conn:
+            found = dict(conn.exec_driver_sql(
+                "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('server_uuid', 'server_id')").all())
+        return found.get("server_uuid") or f"server_id {found.get('server_id')}"
+
+    def check_position(self, position: Position) -> None:
+        """SourceError unless the checkpoint is where a transaction ends in the server's binlog now:
+        a file that is gone (purged) or not written yet, a position past the end of the binlog or
+        inside an event or a transaction (the binlog was reset with RESET MASTER and written again)."""
+        if not isinstance(position, dict):
+            return
+        self._position_ahead(position, self.current_position(), "the end of the server's binlog",
+                             order=lambda p: (_binlog_number(p["file"]), int(p["pos"])))
+        self._check_file(position)
+        event = self._event_at(position)
+        if event is not None and event not in _TRANSACTION_STARTS:
+            self._not_this_binlog(position, f"a {event} event is there")
+        found = self._gtid_at(position)
+        if found is not None and position["gtid"] not in found.split(","):
+            self._not_this_binlog(position, f"transaction {position['gtid']} ended there, now {found or 'none'}")
+
+    def _not_this_binlog(self, position: dict, why: str) -> None:
+        raise SourceError(
+            f"pair {self.pair}: the checkpoint ({self.format_position(position)}) is not where it was in the "
+            f"server's binlog ({why}): the binlog was reset (RESET MASTER) or the checkpoint was edited, and changes "
+            "since are not where the checkpoint says. Copy the tables again with `cdc run --resnapshot CONFIG` "
+            "(rows deleted meanwhile are then removed by `cdc reconcile CONFIG --repair`)")
+
+    def _gtid_at(self, position: dict) -> str | None:
+        """MariaDB's GTID state at the checkpoint (BINLOG_GTID_POS), when the checkpoint names the
+        MariaDB GTID of the transaction that ended there; else None (nothing to compare)."""
+        if not re.fullmatch(r"\d+-\d+-\d+", str(position.get("gtid", ""))):
+            return None
+        with self.engine.connect() as conn:
+            if not conn.dialect.is_mariadb:
+                return None
+            return conn.exec_driver_sql("SELECT BINLOG_GTID_POS(%(file)s, %(pos)s)",
+                                        {"file": position["file"], "pos": int(position["pos"])}).scalar() or ""
+
+    def _event_at(self, position: dict) -> str | None:
+        """The type of the binlog event that starts at ``position`` (None: the end of the binlog);
+        'no event' when none starts there."""
+        try:
+            with self.engine.connect() as conn:
+                row = conn.exec_driver_sql(f"SHOW BINLOG EVENTS IN %(file)s FROM {int(position['pos'])} LIMIT 1",
+                                           {"file": position["file"]}).first()
+        except sa.exc.OperationalError as exc:
+            if sql.error_code(exc) != 1220:  # "Wrong offset or I/O error"
+                raise
+            return "no event"
+        return None if row is None else str(row[2])
+
     # -- stream ----------------------------------------------------------------------
     def read(self, after: Position, max_changes: int) -> Batch:
         parts = list(self.stream(after, max_changes))
@@ -355,6 +413,8 @@ class _Transactions:
 
     def _commit(self, reader: BinLogStreamReader) -> Iterator[Batch]:
         position = {"file": reader.log_file, "pos": reader.log_pos}
+        if self.gtid is not None:  # lets check_position tell this binlog from one reset and rewritten
+            position["gtid"] = self.gtid
         part, self.pending, self.gtid = self.pending, [], None
         if not part and not self.partial:
             self.moved = position
@@ -378,6 +438,15 @@ class _Transactions:
 
 
 _OPS = {WriteRowsEvent: "insert", UpdateRowsEvent: "update", DeleteRowsEvent: "delete"}
+#: Events that may follow the end of a transaction: the next one's start, or a file's end.
+_TRANSACTION_STARTS = {"Gtid", "Anonymous_Gtid", "Query", "Rotate", "Stop", "Binlog_checkpoint", "Gtid_list",
+                       "Previous_gtids", "Format_desc"}
+
+
+def _binlog_number(name: str) -> int:
+    """The sequence number of a binlog file (binlog.000042 -> 42)."""
+    suffix = name.rsplit(".", 1)[-1]
+    return int(suffix) if suffix.isdigit() else -1
 
 
 def _images(event: Any, op: str) -> Iterator[tuple[dict | None, dict | None]]:
@@ -414,8 +483,12 @@ class TimestampSource(TimestampCapture, MySQLSource):
     """Capture `timestamp` on MySQL/MariaDB."""
 
     def __init__(self, engine: sa.Engine, pair: str, options: Any, source_zone: str = "UTC"):
-        TimestampCapture.__init__(self, engine, pair, options)
-        self.source_zone = source_zone
+        TimestampCapture.__init__(self, engine, pair, options, source_zone)
+
+    def source_clock(self, conn: sa.Connection) -> dt.datetime:
+        """The server's clock as epoch seconds: NOW() is a DATETIME, which the driver reads in source_timezone."""
+        seconds = conn.exec_driver_sql("SELECT UNIX_TIMESTAMP(NOW(6))").scalar()
+        return dt.datetime.fromtimestamp(float(seconds), UTC)
 
     def bind_stamp(self, stamp: Any, column: sa.Column) -> Any:
         if isinstance(stamp, str) and isinstance(column.type, (sa.DateTime, sa.Date)):

@@ -170,8 +170,21 @@ class TriggerSource(MySQLSource):
             conn.exec_driver_sql(f"INSERT INTO {CONSUMERS} (pair, tables) VALUES (%(pair)s, %(tables)s) "
                                  "ON DUPLICATE KEY UPDATE tables = VALUES(tables)",
                                  {"pair": self.pair, "tables": dumps(sorted(self.keys))})
+            self._register_generation(conn)
             conn.commit()
         return [f"changelog {CHANGELOG}"] + [f"triggers on {t}" for t in self.keys]
+
+    def generation(self) -> str | None:
+        """The identity `cdc install` gave this pair's registration with the changelog."""
+        return self._registered_generation()
+
+    def check_position(self, position: Position) -> None:
+        """SourceError when the checkpoint's epoch was never sealed here: every position a read
+        returns is below the epoch that writers stamp now (a changelog made again starts at 1)."""
+        with self.engine.connect() as conn:
+            self._require_installed(conn)
+            current = conn.exec_driver_sql(f"SELECT n FROM {EPOCH} WHERE k = 1").scalar()
+        self._position_ahead(position, current - 1, "the last epoch the source's changelog sealed")
 
     def unprepare(self) -> list[str]:
         removed = []

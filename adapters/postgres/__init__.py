@@ -25,7 +25,7 @@ class PostgresAdapter:
     def source(self, pair: Any) -> LogicalSource | TriggerSource | TimestampSource:
         engine = sa.create_engine(pair.source.url, pool_pre_ping=True)
         if pair.capture == "timestamp":
-            made = TimestampSource(engine, pair.name, pair.timestamp)
+            made = TimestampSource(engine, pair.name, pair.timestamp, pair.source_timezone)
         elif pair.capture == "trigger":
             made = TriggerSource(engine, pair.name)
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -50,8 +51,37 @@ class LogicalSource(SqlSource):
         with self.engine.begin() as conn:
             if conn.exec_driver_sql(sql.SLOT, {"slot": self.slot}).first() is None:
                 conn.exec_driver_sql(sql.CREATE_SLOT, {"slot": self.slot})
+                self._new_generation(conn)
+            elif self._generation(conn) is None:  # installed before generations existed
+                self._new_generation(conn)
             done.append(f"replication slot {self.slot} (pgoutput)")
         return done
+
+    # -- generation ----------------------------------------------------------------
+    def _new_generation(self, conn: sa.Connection) -> None:
+        """A new identity for a new slot: pg_replication_slots tells no incarnation from another,
+        so each slot cdc-sync creates gets one, kept in the publication's comment."""
+        conn.exec_driver_sql(sql.comment_generation(self.publication, uuid.uuid4().hex))
+
+    def _generation(self, conn: sa.Connection) -> str | None:
+        comment = conn.exec_driver_sql(sql.PUBLICATION_COMMENT, {"publication": self.publication}).scalar()
+        if comment is None or not comment.startswith(sql.GENERATION_PREFIX):
+            return None
+        return comment.removeprefix(sql.GENERATION_PREFIX)
+
+    def generation(self) -> str | None:
+        """The identity of the replication slot's incarnation (new whenever cdc-sync creates the slot)."""
+        with self.engine.connect() as conn:
+            if not conn.exec_driver_sql(sql.PUBLICATION_EXISTS, {"publication": self.publication}).first():
+                raise SourceError(f"publication {self.publication} does not exist: capture is not installed for "
+                                  f"pair {self.pair}: run `cdc install CONFIG`")
+            return self._generation(conn)
+
+    def check_position(self, position: Position) -> None:
+        """SourceError when the checkpoint's LSN is past the end of the server's WAL."""
+        with self.engine.connect() as conn:
+            newest = int(conn.exec_driver_sql(sql.CURRENT_LSN).scalar())
+        self._position_ahead(position, newest, "the end of the source server's WAL")
 
     def unprepare(self) -> list[str]:
         removed = []
@@ -189,6 +219,7 @@ class LogicalSource(SqlSource):
                 raise SourceError(f"replication slot {self.slot} is in use by another process: stop it first")
             if slot is not None:
                 conn.exec_driver_sql(sql.DROP_SLOT, {"slot": self.slot})
+            self._new_generation(conn)
         exporter = ReplicationConnection(self.engine.url)
         try:
             position, self._exported = exporter.create_slot(self.slot)

@@ -23,6 +23,10 @@ DROP_SLOT = "SELECT pg_drop_replication_slot(%(slot)s)"
 ADVANCE = "SELECT pg_replication_slot_advance(%(slot)s, %(lsn)s::pg_lsn)"
 CURRENT_LSN = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
 PUBLICATION_EXISTS = "SELECT 1 FROM pg_publication WHERE pubname = %(publication)s"
+# The capture generation of a logical pair lives in its publication's comment (see LogicalSource).
+PUBLICATION_COMMENT = ("SELECT obj_description(oid, 'pg_publication') FROM pg_publication "
+                       "WHERE pubname = %(publication)s")
+GENERATION_PREFIX = "cdc-sync capture generation "
 REPLICA_IDENTITY = ("SELECT relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE c.relname = %(table)s AND n.nspname = current_schema()")
 
@@ -42,6 +46,13 @@ def create_publication(publication: str, tables: list[str]) -> str:
 
 def set_publication_tables(publication: str, tables: list[str]) -> str:
     return f"ALTER PUBLICATION {quote(publication)} SET TABLE {', '.join(quote(t) for t in tables)}"
+
+
+def comment_generation(publication: str, generation: str) -> str:
+    """COMMENT ON PUBLICATION naming its generation (a hex uuid we made: no quoting needed beyond it)."""
+    if not generation.isalnum():
+        raise ValueError("a generation is a hex uuid")
+    return f"COMMENT ON PUBLICATION {quote(publication)} IS '{GENERATION_PREFIX}{generation}'"
 
 
 def drop_publication(publication: str) -> str:
@@ -133,6 +144,8 @@ DROP_TRIGGER_STATE = [f"DROP TABLE IF EXISTS {CHANGELOG}", f"DROP TABLE IF EXIST
                       f"DROP FUNCTION IF EXISTS {CAPTURE_FUNCTION}()"]
 # Every transaction below the oldest one still running has ended: its rows are final.
 HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+# No horizon can lie past the next transaction id to be assigned.
+NEXT_TRANSACTION_ID = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
 # Transactions in the order their last change was logged: for two that touched the same row,
 # the second waited for the first to commit, so this order agrees with commit order.
 WINDOW = (f"SELECT id, txid::text::bigint AS txid, tbl, op, before::text AS before, after::text AS after, changed_at "

@@ -35,7 +35,19 @@ class TriggerSource(SqlSource):
             conn.exec_driver_sql(f"INSERT INTO {sql.CONSUMERS} (pair, tables) VALUES (%(pair)s, %(tables)s) "
                                  "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables",
                                  {"pair": self.pair, "tables": dumps(sorted(self.keys))})
+            self._register_generation(conn)
         return [f"changelog {sql.CHANGELOG}"] + [f"trigger on {t}" for t in self.keys]
+
+    def generation(self) -> str | None:
+        """The identity `cdc install` gave this pair's registration with the changelog."""
+        return self._registered_generation()
+
+    def check_position(self, position: Position) -> None:
+        """SourceError when the checkpoint's transaction-id horizon is past the next transaction id
+        the server will assign (a checkpoint edited by hand, or from another server)."""
+        with self.engine.connect() as conn:
+            newest = int(conn.exec_driver_sql(sql.NEXT_TRANSACTION_ID).scalar())
+        self._position_ahead(position, newest, "the next transaction id of the source server")
 
     def unprepare(self) -> list[str]:
         removed = []

@@ -60,7 +60,7 @@ class SqliteAdapter:
                               f"(connection {pair.source.name})")
         engine = _engine(pair.source.url, immediate=False)
         if pair.capture == "timestamp":
-            return _fingerprinted(TimestampSource(engine, pair.name, pair.timestamp))
+            return _fingerprinted(TimestampSource(engine, pair.name, pair.timestamp, pair.source_timezone))
         return _fingerprinted(TriggerSource(engine, pair.name))
 
     def target(self, url: str) -> SqliteTarget:

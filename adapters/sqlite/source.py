@@ -52,7 +52,17 @@ class TriggerSource(SqliteSource):
             conn.exec_driver_sql(
                 f"INSERT INTO {sql.CONSUMERS} (pair, tables) VALUES (?, ?) "
                 "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables", (self.pair, dumps(sorted(self.keys))))
+            self._register_generation(conn)
         return [f"changelog {sql.CHANGELOG}"] + done
+
+    def generation(self) -> str | None:
+        """The identity `cdc install` gave this pair's registration with the changelog."""
+        return self._registered_generation()
+
+    def check_position(self, position: Position) -> None:
+        """SourceError when the checkpoint is past the newest changelog id ever handed out (AUTOINCREMENT
+        never reuses one; a changelog made again by `cdc install` starts from 1)."""
+        self._position_ahead(position, self.current_position(), "the newest changelog id the source ever issued")
 
     def unprepare(self) -> list[str]:
         removed = []

@@ -21,6 +21,8 @@ class Checkpoint:
     changes_applied: int
     updated_at: dt.datetime | None
     source_committed_at: dt.datetime | None = None  # source commit time of the last change applied
+    #: The capture installation the position belongs to (None: written before generations existed).
+    generation: str | None = None
 
 
 def now() -> dt.datetime:
@@ -33,12 +35,20 @@ def read_checkpoint(conn: sa.Connection, pair: str) -> Checkpoint | None:
     if row is None:
         return None
     return Checkpoint(loads(row.position), loads(row.snapshot), row.changes_applied, aware(row.updated_at),
-                      aware(row.source_committed_at))
+                      aware(row.source_committed_at), row.generation)
 
 
 def aware(value: dt.datetime | None) -> dt.datetime | None:
     """A stored time as an aware UTC time (SQLite and MySQL give them back without a zone)."""
     return value.replace(tzinfo=dt.timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+def write_generation(conn: sa.Connection, pair: str, generation: str | None) -> None:
+    """Record which capture installation the pair's checkpoint belongs to, once: a checkpoint that
+    has one keeps it (only --resnapshot, which forgets the checkpoint, starts a new one), so a
+    process that has lost the pair cannot overwrite it either."""
+    conn.execute(checkpoints.update().where(checkpoints.c.pair == pair, checkpoints.c.generation.is_(None))
+                 .values(generation=generation))
 
 
 def write_audit(conn: sa.Connection, rows: list[dict]) -> None:

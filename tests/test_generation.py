@@ -1,0 +1,299 @@
+"""A checkpoint from another capture installation, or ahead of the source, stops the pair with the fix.
+
+For every capture mode that can be installed again: sync, uninstall, install, change the source;
+`cdc run --once` must stop non-zero naming the problem and `cdc run --resnapshot`, `cdc status`
+must show it, and `cdc run --once --resnapshot` must make the target equal to the source row by row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from decimal import Decimal
+
+import psycopg
+import pymysql
+import pytest
+import sqlalchemy as sa
+
+PRODUCTS = "CREATE TABLE products (sku VARCHAR(20) PRIMARY KEY, name VARCHAR(100) NOT NULL, price NUMERIC(12,2) NOT NULL)"
+SEED = [(f"P-{i:02d}", f"Vare {i} æøå", Decimal(i) + Decimal("0.50")) for i in range(1, 21)]
+
+
+# -- helpers -------------------------------------------------------------------------------
+def pexec(url: str, statement: str, params=None) -> list:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def mexec(url: str, statement: str, params=None) -> list:
+    parts = sa.engine.make_url(url)
+    with pymysql.connect(host=parts.host, port=parts.port, user=parts.username, password=parts.password or "",
+                         database=parts.database, autocommit=True, charset="utf8mb4") as conn:
+        with conn.cursor() as cursor:
+            cursor.execute(statement, params)
+            return list(cursor.fetchall()) if cursor.description else []
+
+
+def sqlite_exec(path, statement: str, params=()) -> list:
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            return conn.execute(statement, params).fetchall()
+    finally:
+        conn.close()
+
+
+class Side:
+    """One database as the tests use it: run a statement, read a table in key order."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def execute(self, statement: str, params=None) -> list:
+        if self.url.startswith("sqlite"):
+            values = tuple(str(v) if isinstance(v, Decimal) else v for v in params or ())
+            return sqlite_exec(self.url.removeprefix("sqlite:///"), statement.replace("%s", "?"), values)
+        if self.url.startswith("mysql"):
+            return mexec(self.url, statement, params)
+        return pexec(self.url, statement, params)
+
+    def products(self) -> list[tuple]:
+        return [(sku, name, Decimal(str(price)).quantize(Decimal("0.01")))
+                for sku, name, price in self.execute("SELECT sku, name, price FROM products ORDER BY sku")]
+
+
+def write_config(ws, source: str, target: str, capture: str) -> None:
+    ws.config.write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  gen:\n    source: src\n"
+                         f"    target: dst\n    capture: {capture}\n    tables: [products]\n", encoding="utf-8")
+
+
+def cdc_ok(ws, *args) -> str:
+    result = ws.cdc(*args, str(ws.config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def make_changes(source: Side) -> None:
+    """Changes made after capture was installed again: an insert, an update, a delete."""
+    source.execute("INSERT INTO products VALUES ('P-99', 'Ny vare', 9.90)")
+    source.execute("UPDATE products SET price = 123.45 WHERE sku = 'P-02'")
+    source.execute("DELETE FROM products WHERE sku = 'P-03'")
+
+
+def assert_reinstall_stops_then_resnapshot_repairs(ws, source: Side, target: Side, between=None,
+                                                   expect: str = "capture was uninstalled and installed again?"
+                                                   ) -> None:
+    """Sync; uninstall + install (plus ``between``); change; the run stops loudly; --resnapshot repairs."""
+    for sku, name, price in SEED:
+        source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    source.execute("UPDATE products SET name = 'Endret' WHERE sku = 'P-01'")
+    cdc_ok(ws, "run", "--once")
+    assert target.products() == source.products()
+
+    cdc_ok(ws, "uninstall")
+    source.execute("UPDATE products SET price = 777.77 WHERE sku = 'P-04'")  # while nothing captures
+    cdc_ok(ws, "install")
+    if between is not None:
+        between()
+    make_changes(source)
+    before = ws.cdc("status", str(ws.config))  # before any run has failed on it
+    assert before.returncode == 1 and "problem" in before.stdout and "--resnapshot" in before.stdout, before.stdout
+
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert "pair gen" in stopped.stderr and "cdc run --resnapshot" in stopped.stderr, stopped.stderr
+    assert expect in stopped.stderr, stopped.stderr
+    assert target.products() != source.products()
+
+    status = ws.cdc("status", "--json", str(ws.config))
+    row = json.loads(status.stdout)[0]
+    assert status.returncode == 1 and not row["healthy"] and row["pending"] is None, row
+    assert "pair gen" in row["error"] and expect in row["error"] and "--resnapshot" in row["error"], row
+    text = ws.cdc("status", str(ws.config)).stdout
+    assert "failed: " in text and "--resnapshot" in text, text
+
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    # The copy brings every row the source has; the row deleted meanwhile is what the message's
+    # second step, reconcile --repair, removes.
+    assert target.products() == sorted(source.products() + [("P-03", "Vare 3 æøå", Decimal("3.50"))])
+    assert "cdc reconcile CONFIG --repair" in stopped.stderr
+    ws.cdc("reconcile", str(ws.config), "--repair", "--settle", "0")
+    assert target.products() == source.products()
+    # And it streams again from the new installation.
+    source.execute("UPDATE products SET price = 1.00 WHERE sku = 'P-05'")
+    cdc_ok(ws, "run", "--once")
+    assert target.products() == source.products()
+    healthy = ws.cdc("status", "--json", str(ws.config))
+    assert healthy.returncode == 0 and json.loads(healthy.stdout)[0]["error"] is None, healthy.stdout
+
+
+# -- SQLite --------------------------------------------------------------------------------
+@pytest.fixture
+def sqlite_pair(ws):
+    ws.sql(ws.source, PRODUCTS)
+    write_config(ws, "sqlite:///source.db", "sqlite:///target.db", "trigger")
+    return Side(f"sqlite:///{ws.source}"), Side(f"sqlite:///{ws.target}")
+
+
+def test_sqlite_trigger_reinstalled(ws, sqlite_pair):
+    source, target = sqlite_pair
+    assert_reinstall_stops_then_resnapshot_repairs(ws, source, target)
+
+
+def test_sqlite_trigger_reinstalled_and_busier_than_before(ws, sqlite_pair):
+    """The new changelog has handed out more ids than the checkpoint: only the generation tells."""
+    source, target = sqlite_pair
+
+    def busy() -> None:
+        for i in range(40):
+            source.execute("UPDATE products SET name = %s WHERE sku = 'P-06'", (f"runde {i}",))
+
+    assert_reinstall_stops_then_resnapshot_repairs(ws, source, target, between=busy)
+
+
+def test_sqlite_checkpoint_edited_past_the_changelog(ws, sqlite_pair):
+    source, target = sqlite_pair
+    for sku, name, price in SEED[:3]:
+        source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    target.execute("UPDATE cdc_checkpoints SET position = '5000'")
+    source.execute("UPDATE products SET price = 5.55 WHERE sku = 'P-01'")
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    assert "5000" in stopped.stderr and "cdc run --resnapshot" in stopped.stderr, stopped.stderr
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    assert target.products() == source.products()
+
+
+def test_old_checkpoint_adopts_the_generation(ws, sqlite_pair):
+    """A checkpoint written before generations existed (NULL) adopts the installation it runs on."""
+    source, target = sqlite_pair
+    source.execute("INSERT INTO products VALUES ('P-01', 'a', 1.00)")
+    for command in ("init", "install", "run"):
+        cdc_ok(ws, command, *(["--once"] if command == "run" else []))
+    generation = target.execute("SELECT generation FROM cdc_checkpoints")[0][0]
+    assert generation and generation == source.execute("SELECT generation FROM _cdc_consumers")[0][0]
+    target.execute("UPDATE cdc_checkpoints SET generation = NULL")
+    source.execute("UPDATE products SET price = 2.00")
+    cdc_ok(ws, "run", "--once")
+    assert target.execute("SELECT generation FROM cdc_checkpoints")[0][0] == generation
+    assert target.products() == source.products()
+    cdc_ok(ws, "install")  # installing again keeps the installation's identity
+    assert source.execute("SELECT generation FROM _cdc_consumers")[0][0] == generation
+    cdc_ok(ws, "run", "--once")
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+@pytest.fixture
+def pg_pair(ws, pg_databases):
+    def make(capture: str) -> tuple[Side, Side]:
+        source, target = pg_databases(), pg_databases()
+        pexec(source, PRODUCTS)
+        write_config(ws, source, target, capture)
+        return Side(source), Side(target)
+
+    return make
+
+
+@pytest.mark.parametrize("capture", ["trigger", "logical"])
+def test_postgresql_reinstalled(ws, pg_pair, capture):
+    source, target = pg_pair(capture)
+    assert_reinstall_stops_then_resnapshot_repairs(ws, source, target)
+
+
+def test_postgresql_logical_slot_dropped_and_installed_again(ws, pg_pair):
+    """A slot dropped behind cdc-sync's back and made again by `cdc install`: a new incarnation."""
+    source, target = pg_pair("logical")
+
+    def drop_slot_and_install() -> None:
+        source.execute("UPDATE products SET price = 2.22 WHERE sku = 'P-07'")
+        source.execute("SELECT pg_drop_replication_slot('cdc_gen')")
+        source.execute("UPDATE products SET price = 3.33 WHERE sku = 'P-08'")  # in no slot
+        cdc_ok(ws, "install")
+
+    assert_reinstall_stops_then_resnapshot_repairs(ws, source, target, between=drop_slot_and_install)
+
+
+@pytest.mark.parametrize("capture", ["trigger", "logical"])
+def test_postgresql_checkpoint_ahead_of_the_source(ws, pg_pair, capture):
+    source, target = pg_pair(capture)
+    source.execute("INSERT INTO products VALUES ('P-01', 'a', 1.00)")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    target.execute("UPDATE cdc_checkpoints SET position = '999999999999'")
+    source.execute("UPDATE products SET price = 2.00")
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert "is ahead of" in stopped.stderr and "cdc run --resnapshot" in stopped.stderr, stopped.stderr
+    assert "failed: " in ws.cdc("status", str(ws.config)).stdout
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    assert target.products() == source.products()
+
+
+# -- MySQL/MariaDB -------------------------------------------------------------------------
+MYSQL_PRODUCTS = PRODUCTS.replace("NUMERIC", "DECIMAL") + " ENGINE=InnoDB"
+
+
+def test_mariadb_trigger_reinstalled(ws, mysql_url, pg_url):
+    mexec(mysql_url, MYSQL_PRODUCTS)
+    write_config(ws, mysql_url, pg_url, "trigger")
+    assert_reinstall_stops_then_resnapshot_repairs(ws, Side(mysql_url), Side(pg_url))
+
+
+@pytest.fixture
+def own_mariadb():
+    """A MariaDB server of this test's own: RESET MASTER must not disturb other tests' binlogs."""
+    from mysqlserver import LocalMariaDB
+
+    try:
+        server = LocalMariaDB()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"no MariaDB server: {exc}")
+    try:
+        mexec(server.url(), "CREATE DATABASE shop")
+        yield server.url("shop")
+    finally:
+        server.remove()
+
+
+@pytest.mark.parametrize("writes_after_reset", [0, 60])
+def test_mariadb_binlog_reset_master(ws, own_mariadb, pg_url, writes_after_reset):
+    """RESET MASTER empties the binlog and starts it again: the checkpoint is then past its end, or
+    (once as much has been written again) inside it, at a place no longer where its transaction ended."""
+    source = Side(own_mariadb)
+    mexec(own_mariadb, MYSQL_PRODUCTS)
+    write_config(ws, own_mariadb, pg_url, "binlog")
+
+    def reset_master() -> None:
+        checkpoint = json.loads(Side(pg_url).execute("SELECT position FROM cdc_checkpoints")[0][0])
+        mexec(own_mariadb, "RESET MASTER")
+        for i in range(writes_after_reset):
+            source.execute("UPDATE products SET name = %s WHERE sku = 'P-06'", (f"runde {i}",))
+        if writes_after_reset:
+            assert mexec(own_mariadb, "SHOW MASTER STATUS")[0][1] > checkpoint["pos"]
+
+    expect = "not where it was in the server's binlog" if writes_after_reset else "is ahead of the end of the server's binlog"
+    assert_reinstall_stops_then_resnapshot_repairs(ws, source, Side(pg_url), between=reset_master, expect=expect)
+
+
+def test_mariadb_binlog_generation_is_the_server(ws, own_mariadb, pg_url):
+    source = Side(own_mariadb)
+    mexec(own_mariadb, MYSQL_PRODUCTS)
+    source.execute("INSERT INTO products VALUES ('P-01', 'a', 1.00)")
+    write_config(ws, own_mariadb, pg_url, "binlog")
+    for command in ("init", "install", "run"):
+        cdc_ok(ws, command, *(["--once"] if command == "run" else []))
+    assert Side(pg_url).execute("SELECT generation FROM cdc_checkpoints") == [("server_id 1",)]
+    # The same binlog files and positions on another server (a replica promoted in its place).
+    Side(pg_url).execute("UPDATE cdc_checkpoints SET generation = 'server_id 2'")
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1 and "capture installation server_id 2" in stopped.stderr, stopped.stderr
