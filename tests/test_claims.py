@@ -29,6 +29,19 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
         time.sleep(0.1)
 
 
+def _waits(process: subprocess.Popen) -> bool:
+    """Whether a `cdc run --wait` said it waits (reads its stderr up to that line)."""
+    import select
+
+    while select.select([process.stderr], [], [], 0)[0]:
+        line = process.stderr.readline()
+        if not line:
+            return False
+        if "waiting" in line:
+            return True
+    return False
+
+
 def running(ws) -> bool:
     return ws.query(ws.target, "SELECT count(*) FROM cdc_leases WHERE state = 'running'")[0][0] == 1
 
@@ -78,15 +91,23 @@ def test_a_process_that_lost_the_pair_commits_nothing(ledger):
         claim_timeout: 1
     """)
     ws.sql(ws.source, "INSERT INTO entries VALUES (1, 1500, 10.00, 'NOK', 'a', NULL)")
-    first = start(ws)
+    first, second = start(ws), None
     try:
         wait_for(lambda: ws.target.exists() and running(ws), what="the first run to claim the pair")
         wait_for(lambda: ws.query(ws.target, "SELECT count(*) FROM entries")[0][0] == 1, what="the snapshot")
-        os.kill(first.pid, signal.SIGSTOP)
-        time.sleep(2)  # past the claim timeout: the pair is free for another process
-        second = start(ws)
-        wait_for(lambda: ws.query(ws.target, "SELECT token FROM cdc_leases")[0][0] == 2, what="the takeover")
-        os.kill(first.pid, signal.SIGCONT)
+        second = start(ws, "--wait")
+        wait_for(lambda: _waits(second), what="the second run to wait")
+        for _ in range(20):
+            # Paused past the claim timeout, the pair is free for the other process; a pause that
+            # lands inside a write transaction holds SQLite's lock, so the other waits: try again.
+            os.kill(first.pid, signal.SIGSTOP)
+            time.sleep(2.5)
+            taken = ws.query(ws.target, "SELECT token FROM cdc_leases")[0][0] == 2
+            os.kill(first.pid, signal.SIGCONT)
+            if taken:
+                break
+            time.sleep(0.3)
+        assert taken, "the waiting process never took over from the paused one"
         workload.run(ws.source, 300, seed=5)
         wait_for(lambda: first.poll() is not None, what="the fenced process to stop")
         err = first.communicate()[1]
@@ -95,8 +116,8 @@ def test_a_process_that_lost_the_pair_commits_nothing(ledger):
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0
     finally:
-        for process in (first,):
-            if process.poll() is None:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
                 os.kill(process.pid, signal.SIGCONT)
                 process.kill()
     audited, distinct = ws.query(ws.target, "SELECT count(*), count(DISTINCT source_position) FROM cdc_audit_log "
