@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,6 +53,8 @@ class AuditTrail:
     entries: list[AuditEntry] = field(default_factory=list)
     total: int = 0
     limit: int = 1000
+    #: Who made the report, from what, as of which checkpoints (cdc.provenance); set by cdc.commands.
+    provenance: Any = None
 
 
 def parse_when(text: str | None, option: str) -> dt.datetime | None:
@@ -103,13 +106,15 @@ def trail(engine: sa.Engine, *, pairs: list[str] | None = None, table: str | Non
             query = query.where(log.c.key.contains(part, autoescape=True))
             letters = letters.where(dead.c.key.contains(part, autoescape=True))
         entries = []
+        typed = _Images(conn)
         for row in conn.execution_options(stream_results=True).execute(query):
             stored = loads(row.key)
             if not _key_matches(stored, wanted):
                 continue
             entries.append(AuditEntry(row.id, _aware(row.applied_at), row.pair, row.source_table, row.target_table,
-                                      row.op, row.reason, stored, loads(row.before), loads(row.after),
-                                      loads(row.source_position), row.source_txid, _aware(row.committed_at)))
+                                      row.op, row.reason, stored, typed(row.target_table, loads(row.before)),
+                                      typed(row.target_table, loads(row.after)), loads(row.source_position),
+                                      row.source_txid, _aware(row.committed_at)))
         for row in conn.execute(letters):
             stored = loads(row.key)
             if not _key_matches(stored, wanted):
@@ -124,6 +129,53 @@ def trail(engine: sa.Engine, *, pairs: list[str] | None = None, table: str | Non
         result.summary[(entry.target_table, kind, entry.at.date().isoformat())] += 1
     result.total = len(entries)
     result.entries = entries[:limit] if key is not None else entries[-limit:]
+    return result
+
+
+class _Images:
+    """Audit images with their numbers typed again: JSON carries a decimal as text (so no reader
+    makes it a float), and only the target column's type tells ``'12.50'`` the amount from
+    ``'0012.50'`` the text. A column the target table no longer has stays as stored."""
+
+    def __init__(self, conn: sa.Connection):
+        self.conn = conn
+        self.numeric: dict[str, set[str]] = {}
+
+    def __call__(self, table: str, image: dict | None) -> dict | None:
+        if not image:
+            return image
+        numeric = self._numeric(table)
+        return {c: _decimal(v) if c in numeric else v for c, v in image.items()}
+
+    def _numeric(self, table: str) -> set[str]:
+        if table not in self.numeric:
+            inspector = sa.inspect(self.conn)
+            columns = inspector.get_columns(table) if inspector.has_table(table) else []
+            self.numeric[table] = {c["name"] for c in columns if isinstance(c["type"], sa.Numeric)
+                                   and not isinstance(c["type"], sa.Float)}
+        return self.numeric[table]
+
+
+def _decimal(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        return value
+
+
+def checkpoints(engine: sa.Engine, pairs: list[str]) -> dict[str, Any]:
+    """Pair -> its checkpoint as stored (the position, the snapshot in progress, changes applied,
+    when it was written): what the trail is as of."""
+    result = {}
+    with engine.connect() as conn:
+        for name in pairs:
+            checkpoint = state.read_checkpoint(conn, name)
+            result[name] = None if checkpoint is None else {
+                "position": checkpoint.position, "snapshot": checkpoint.snapshot,
+                "changes_applied": checkpoint.changes_applied,
+                "updated_at": checkpoint.updated_at.isoformat() if checkpoint.updated_at else None}
     return result
 
 

@@ -357,19 +357,25 @@ def _one_pair(config_path: str, pair: str | None) -> Pair:
 
 def reconcile(config_path: str, pair: str | None = None, *, table: str | None = None, where: str | None = None,
               limit: int = 100, settle: float = 3.0, repair: bool = False, dry_run: bool = False,
-              progress=None) :
+              progress=None):
     """Compare source (as mapped) and target; with ``repair`` make them equal (``dry_run``: only
-    plan it). The run is recorded in the target's cdc_reconcile_runs."""
+    plan it). The report carries its provenance; the run is recorded in the target's
+    cdc_reconcile_runs."""
+    from . import provenance
     from . import reconcile as reconcile_module
 
     chosen = _one_pair(config_path, pair)
     report = reconcile_module.reconcile(chosen, table=table, where=where, limit=limit, settle=settle,
                                         progress=progress)
+    report.provenance = provenance.collect(
+        config_path, [chosen], as_of={chosen.name: {"checkpoint": report.checkpoint, "pending": report.pending}},
+        filters={"table": table, "where": where, "limit": limit, "settle": settle, "repair": repair,
+                 "dry_run": dry_run}, generated_at=report.started_at)
     if repair and not report.equal:
         plan = reconcile_module.repair_plan(chosen, report)
-        report.repair = {"dry_run": dry_run, "upserts": sum(op.op == "upsert" for op in plan),
-                         "deletes": sum(op.op == "delete" for op in plan),
-                         "plan": [f"{op.op} {op.table} ({', '.join(map(str, op.key))})" for op in plan[:limit]]}
+        report.repair = {"dry_run": dry_run, "upserts": sum(op.op == "upsert" for op in plan.ops),
+                         "deletes": sum(op.op == "delete" for op in plan.ops), "kept": plan.kept[:limit],
+                         "plan": plan.describe(limit)}
         if not dry_run:
             report.repair["applied"] = reconcile_module.apply_repair(chosen, plan)
     report.run_id = reconcile_module.record(chosen, report)
@@ -377,19 +383,24 @@ def reconcile(config_path: str, pair: str | None = None, *, table: str | None = 
 
 
 def audit(config_path: str, pair: str | None = None, **filters):
-    """The audit trail of the config's pairs (or one), from each target they write to."""
+    """The audit trail of the config's pairs (or one), from each target they write to, with its
+    provenance (as of each pair's checkpoint)."""
     from . import audit as audit_module
+    from . import provenance
 
     config = load_config(config_path)
     chosen = config.select(pair)
     by_target: dict[str, list[str]] = {}
     for p in chosen:
         by_target.setdefault(p.target.url, []).append(p.name)
-    trails = []
+    trails, as_of = [], {}
     for url, names in by_target.items():
         target = registry.adapter_for(url).target(url)
         try:
             trails.append(audit_module.trail(target.engine, pairs=names, **filters))
+            as_of.update(audit_module.checkpoints(target.engine, names))
         finally:
             target.close()
-    return audit_module.merged(trails)
+    found = audit_module.merged(trails)
+    found.provenance = provenance.collect(config_path, chosen, as_of=as_of, filters=filters)
+    return found

@@ -34,18 +34,19 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import Any, Callable
+from decimal import ROUND_HALF_UP, Context, Decimal
+from typing import Any, Callable, Iterator, NamedTuple
 
 import sqlalchemy as sa
 
 from . import registry, state, values
-from ._transforms import TransformError
+from ._transforms import EXACT, TransformError, to_decimal
 from .changes import Change, dumps
 from .config import Pair
 from .errors import ConfigError, RowError, SchemaError, StateError
 from .mapping import MappedChange, TableMapping, TargetOp
 from .pipeline import open_pair
+from ._where import check_where
 
 logger = logging.getLogger(__name__)
 CHUNK = 10_000
@@ -57,6 +58,12 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 # -- canonical text -------------------------------------------------------------------------------
+#: Numbers are made canonical exactly at any size (DECIMAL(65,30), a REAL of 1e308 as NUMERIC: far more
+#: digits than Python's default 28), rounding a tie away from zero as PostgreSQL's round() and
+#: MySQL's CAST do.
+_EXACT = Context(prec=EXACT.prec, rounding=ROUND_HALF_UP)
+
+
 def canonical(value: Any, column: sa.Column) -> str | None:
     """The canonical text of a value (already fitted to ``column``'s type, where it fits)."""
     if value is None:
@@ -72,17 +79,7 @@ def canonical(value: Any, column: sa.Column) -> str | None:
         return value.isoformat()
     if isinstance(value, Decimal) or (isinstance(kind, sa.Numeric) and not isinstance(kind, sa.Float)
                                       and isinstance(value, int)):
-        number = Decimal(value)
-        scale = getattr(kind, "scale", None)
-        if scale is not None and isinstance(kind, sa.Numeric) and not isinstance(kind, (sa.Integer, sa.Float)):
-            number = number.quantize(Decimal(1).scaleb(-scale))
-        elif number == number.to_integral_value():
-            number = number.quantize(Decimal(1))
-        else:
-            number = number.normalize()
-        if number == 0:
-            number = abs(number)
-        return format(number, "f")
+        return _number_text(Decimal(value), kind)
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -94,6 +91,23 @@ def canonical(value: Any, column: sa.Column) -> str | None:
     if isinstance(kind, sa.CHAR) and isinstance(value, str):
         return value.rstrip(" ")  # fixed width: the padding is not data
     return str(value)
+
+
+def _number_text(number: Decimal, kind: sa.types.TypeEngine) -> str:
+    """A number with the column's scale, or without trailing zeros where the column has none;
+    NaN and the infinities as PostgreSQL writes them."""
+    if not number.is_finite():
+        return str(number)
+    scale = getattr(kind, "scale", None)
+    if scale is not None and isinstance(kind, sa.Numeric) and not isinstance(kind, (sa.Integer, sa.Float)):
+        number = number.quantize(Decimal(1).scaleb(-scale), context=_EXACT)
+    elif number == number.to_integral_value():
+        number = number.quantize(Decimal(1), context=_EXACT)
+    else:
+        number = number.normalize(_EXACT)
+    if number == 0:
+        number = abs(number)
+    return format(number, "f")
 
 
 def prefixed(kind: sa.types.TypeEngine) -> bool:
@@ -122,13 +136,19 @@ def _digest(row_text: str) -> int:
 # -- reports ----------------------------------------------------------------------------------------
 @dataclass
 class RowDifference:
-    """One key that differs: ``missing`` in the target, ``extra`` there, or ``different`` columns."""
+    """One key that differs: ``missing`` in the target, ``extra`` there, ``different`` columns, or a
+    source row that is ``unmappable`` (its key is the source's then, ``error`` says why)."""
 
     kind: str
     key: tuple
     columns: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # column -> (source as mapped, target)
     #: The (account, period) control-total groups the row counts in, on either side.
     groups: set = field(default_factory=set, repr=False)
+    #: Why a source row cannot be mapped (``unmappable``), with the column it names.
+    error: str | None = None
+    column: str | None = None
+    #: For an ``extra`` row the source still has (its filter leaves it out): said so, and never deleted.
+    note: str | None = None
 
 
 @dataclass
@@ -144,16 +164,36 @@ class TableReport:
     unmappable: int = 0
     #: So many keys differed that the counts come from the fingerprints (see MAX_ROW_CHECKS).
     counted_from_fingerprints: bool = False
+    #: Differences (at most ``limit``) then source rows that cannot be mapped (at most ``limit``).
     rows: list[RowDifference] = field(default_factory=list)
     methods: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     totals: list[dict] = field(default_factory=list)
-    #: Every differing key: key text -> (source key, target key); for repair.
+    #: Every differing key: key text -> (source key, target key); for repair. A source key of None:
+    #: the source was read and has no row with that key.
     keys: dict[str, tuple[tuple | None, tuple | None]] = field(default_factory=dict, repr=False)
 
     @property
     def equal(self) -> bool:
         return not (self.missing or self.extra or self.different or self.unmappable)
+
+    @property
+    def unlisted(self) -> int:
+        """Differences and unmappable rows counted but not listed (over ``--limit``)."""
+        return self.missing + self.extra + self.different + self.unmappable - len(self.rows)
+
+    @property
+    def totals_sum(self) -> dict | None:
+        """The trial balance's grand total: counts, sums and differences over every group."""
+        if not self.totals:
+            return None
+        result = {}
+        for name in ("source_count", "target_count", "count_difference"):
+            result[name] = sum(t[name] for t in self.totals)
+        for name in ("source_sum", "target_sum", "difference"):
+            result[name] = _exact_sum(t[name] for t in self.totals)
+        result["equal"] = all(t["equal"] for t in self.totals)
+        return result
 
 
 @dataclass
@@ -166,10 +206,34 @@ class ReconcileReport:
     limit: int = 100
     repair: dict | None = None
     run_id: int | None = None
+    #: The pair's checkpoint when the comparison started (as the source writes positions), or None.
+    checkpoint: str | None = None
+    #: Who made the report, from what, and when (cdc.provenance); set by cdc.commands.
+    provenance: Any = None
 
     @property
     def equal(self) -> bool:
         return all(t.equal for t in self.tables)
+
+
+def _exact_sum(numbers: Any) -> Decimal:
+    """A sum of decimals that never rounds (the default context keeps 28 digits)."""
+    total = Decimal(0)
+    for number in numbers:
+        total = _EXACT.add(total, Decimal(number))
+    return total
+
+
+class _Image(NamedTuple):
+    """A source row as the target would hold it (``row``), or why it is not there: left out by the
+    mapping's filter, or ``error`` (it cannot be mapped)."""
+
+    row: dict | None
+    error: RowError | None = None
+
+    @property
+    def filtered(self) -> bool:
+        return self.row is None and self.error is None
 
 
 # -- one side of a table ----------------------------------------------------------------------------
@@ -180,15 +244,21 @@ class _Side:
                  where: str | None, mapping: TableMapping | None = None):
         self.reads, self.table, self.key, self.where, self.mapping = reads, table, key, where, mapping
         self.target_columns = target_columns  # target name -> target column, in target order
-        self.unmappable = 0
+        #: Source rows the mapping refuses, by side key (the first MAX_ROW_CHECKS; the count is exact).
+        self.failures: dict[tuple, RowError] = {}
+        self.failed = 0
         self.why = ""
-        key_targets = mapping.target_key if mapping else key
+        self.key_targets = mapping.target_key if mapping else key
         #: A single integer key buckets by its value (key mod B): no hash needed.
-        self.int_key = len(key_targets) == 1 and _is_integer(target_columns[key_targets[0]].type)
+        self.int_key = len(self.key_targets) == 1 and _is_integer(target_columns[self.key_targets[0]].type)
         self.flags = {name: prefixed(column.type) for name, column in target_columns.items()}
         #: The digest both sides compute: MD5 (everywhere), or a faster one both databases have.
         self.family = "md5"
         self.sql = self._sql()
+
+    @property
+    def unmappable(self) -> int:
+        return self.failed
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -197,6 +267,12 @@ class _Side:
     @property
     def method(self) -> str:
         return f"in-database ({self.family})" if self.sql else f"streamed ({self.why})"
+
+    @property
+    def key_columns(self) -> list[sa.Column]:
+        """This side's own key columns, as reflected."""
+        info = self.reads.describe(self.table)
+        return [info.columns[info.column_names.index(k)] for k in self.key]
 
     def _names(self) -> dict[str, str] | None:
         """Target column -> this side's column, when every value is the column as it is."""
@@ -230,7 +306,7 @@ class _Side:
                 self.why = f"column {names[target_name]} has no SQL form for {column.type}"
                 return None
             parts[target_name] = prints.part(expr, prefixed(column.type))
-        key_targets = self.mapping.target_key if self.mapping else self.key
+        key_targets = self.key_targets
         if self.int_key and not _is_integer(mine[names[key_targets[0]]].type):
             self.why = f"key column {names[key_targets[0]]} is not an integer here"
             return None
@@ -256,56 +332,96 @@ class _Side:
         return f"FROM {quote(self.table)}" + (f" WHERE ({self.where})" if self.where else "")
 
     # Python: every row, mapped and fingerprinted.
-    def _scan(self, keep: Callable[[int], bool], buckets: int):
-        """(bucket, key text, digest, side key) of every row whose bucket ``keep`` accepts."""
+    def _chunks(self, where: str | None) -> Iterator[list[dict]]:
+        """Every row meeting ``where``, in key order, in parts of CHUNK rows."""
         after = None
         while True:
-            rows = self.reads.snapshot(self.table, self.key, after, CHUNK, self.where)
-            for row in rows:
-                side_key = tuple(row[k] for k in self.key)
-                texts = self.texts(row)
-                if texts is None:
-                    continue
-                key_text, row_text, number = texts
-                bucket = number % buckets if self.int_key else _bucket(key_text, buckets)
-                if keep(bucket):
-                    yield bucket, key_text, _digest(row_text), side_key
+            rows = self.reads.snapshot(self.table, self.key, after, CHUNK, where)
+            yield rows
             if len(rows) < CHUNK:
                 return
             after = tuple(rows[-1][k] for k in self.key)
 
-    def normalised(self, row: dict) -> dict | None:
-        """The row as the target would hold it (None: filtered out or cannot be mapped)."""
+    def _scan(self, keep: Callable[[int], bool], buckets: int):
+        """(bucket, key text, digest, side key) of every row whose bucket ``keep`` accepts."""
+        for rows in self._chunks(self.where):
+            for row in rows:
+                side_key = tuple(row[k] for k in self.key)
+                image = self.image(row)
+                if image.error is not None:
+                    self._failed(side_key, image.error)
+                if image.row is None:
+                    continue
+                key_text, row_text, number = self.texts(image.row, side_key)
+                bucket = number % buckets if self.int_key else _bucket(key_text, buckets)
+                if keep(bucket):
+                    yield bucket, key_text, _digest(row_text), side_key
+
+    def _failed(self, side_key: tuple, error: RowError) -> None:
+        if side_key not in self.failures:
+            self.failed += 1
+            if len(self.failures) < MAX_ROW_CHECKS:
+                self.failures[side_key] = error
+
+    def image(self, row: dict) -> _Image:
+        """The row as the target would hold it, or why not (filtered out, cannot be mapped)."""
         if self.mapping is not None:
+            key = tuple(row.get(k) for k in self.key)
             try:
                 if not self.mapping.passes(row):
-                    return None
-                row = self.mapping.map_row(row, self.mapping.source_key_of(row))
-            except RowError:
-                self.unmappable += 1
-                return None
+                    return _Image(None)
+                row = self.mapping.map_row(row, key)
+            except RowError as exc:
+                exc.table, exc.key = exc.table or self.table, exc.key or key
+                return _Image(None, exc)
+        return _Image(self._fitted(row))
+
+    def normalised(self, row: dict) -> dict | None:
+        """The row as the target would hold it (None: filtered out or cannot be mapped)."""
+        return self.image(row).row
+
+    def _fitted(self, row: dict) -> dict:
         result = {}
         for name, column in self.target_columns.items():
             value = row.get(name)
             try:
                 result[name] = values.fit(value, column)
             except TransformError:
-                result[name] = value
+                result[name] = value  # compared as it is: the difference shows
         return result
 
-    def texts(self, row: dict) -> tuple[str, str, int | None] | None:
+    def texts(self, mapped: dict, side_key: tuple) -> tuple[str, str, int | None]:
         """(key text, row text, the integer key or None) of a row as the target would hold it."""
-        mapped = self.normalised(row)
-        if mapped is None:
-            return None
-        canon = {name: canonical(mapped[name], column) for name, column in self.target_columns.items()}
-        key_targets = self.mapping.target_key if self.mapping else self.key
+        canon = {name: self._canonical(mapped[name], column, name, side_key)
+                 for name, column in self.target_columns.items()}
+        key_targets = self.key_targets
         number = int(canon[key_targets[0]]) if self.int_key and canon[key_targets[0]] is not None else None
         if self.int_key and number is None:
             number = 0
         flags = self.flags
         return (_text([canon[k] for k in key_targets], [flags[k] for k in key_targets]),
                 _text(list(canon.values()), list(flags.values())), number)
+
+    def _canonical(self, value: Any, column: sa.Column, name: str, side_key: tuple) -> str | None:
+        try:
+            return canonical(value, column)
+        except (ArithmeticError, ValueError, TypeError) as exc:
+            raise RowError(f"cannot fingerprint {_brief(value)} as {column.type}: {exc!r}", table=self.table,
+                           key=side_key, column=name) from None
+
+    def key_text(self, side_key: tuple) -> str | None:
+        """The key text (as in the fingerprints) of a row with this side key; None if the mapping
+        cannot map the key."""
+        values_ = dict(zip(self.key_targets, side_key))
+        if self.mapping is not None:
+            try:
+                values_ = dict(zip(self.key_targets, self.mapping.target_key_of(side_key)))
+            except RowError:
+                return None
+        fitted = self._fitted(values_)
+        columns = self.target_columns
+        return _text([self._canonical(fitted[k], columns[k], k, side_key) for k in self.key_targets],
+                     [self.flags[k] for k in self.key_targets])
 
     def buckets(self, buckets: int) -> tuple[dict[int, tuple[int, int]], int]:
         """Per bucket (count, sum of digests); and the rows counted."""
@@ -339,8 +455,7 @@ class _Side:
             where = f"{bucket} IN ({', '.join(str(int(b)) for b in sorted(wanted))})"
             query = (f"SELECT {key_text}, {prints.digest(row_text, self.family)}, {keys} {self._from()}"
                      f"{' AND ' if self.where else ' WHERE '}{where}")
-            info = self.reads.describe(self.table)
-            readers = [self.reads.reader(info.columns[info.column_names.index(k)]) for k in self.key]
+            readers = [self.reads.reader(column) for column in self.key_columns]
             with self.reads.engine.connect() as conn:
                 return {text: (int(digest), tuple(r(v) for r, v in zip(readers, rest)))
                         for text, digest, *rest in conn.exec_driver_sql(query)}
@@ -361,18 +476,13 @@ class _Side:
             with self.reads.engine.connect() as conn:
                 return {(a, p): (int(n), Decimal(total or 0)) for a, p, n, total in conn.exec_driver_sql(query)}
         found: dict[tuple[str, str], list] = {}
-        after = None
-        while True:
-            rows = self.reads.snapshot(self.table, self.key, after, CHUNK, self.where)
+        for rows in self._chunks(self.where):
             for row in rows:
                 mapped = self.normalised(row)
                 if mapped is not None:
                     entry = found.setdefault(self.group(mapped, account, date), [0, Decimal(0)])
                     entry[0] += 1
-                    entry[1] += Decimal(mapped[amount] or 0)
-            if len(rows) < CHUNK:
-                break
-            after = tuple(rows[-1][k] for k in self.key)
+                    entry[1] = _EXACT.add(entry[1], Decimal(mapped[amount] or 0))
         return {g: (n, total) for g, (n, total) in found.items()}
 
     def group(self, mapped: dict, account: str, date: str) -> tuple[str | None, str | None]:
@@ -385,22 +495,79 @@ class _Side:
         return canonical(mapped[account], self.target_columns[account]), period
 
     def rows(self, keys: list[tuple]) -> dict[tuple, dict]:
-        """Side key -> the row as the target would hold it, for the keys that exist."""
+        """Key id (see ``key_id``) -> the row, for the keys that exist (read by key, never with --where)."""
         found = {}
         for row in self.reads.rows_by_keys(self.table, self.key, keys):
-            found[tuple(row[k] for k in self.key)] = row
+            found[self.key_id(tuple(row[k] for k in self.key))] = row
         return found
+
+    def key_id(self, side_key: tuple) -> tuple:
+        """A side key as canonical texts: the same whether the driver read it or the other side's
+        key was converted to it (a UUID as uuid or as text, an integer as int or Decimal)."""
+        return tuple(canonical(v, c) for v, c in zip(side_key, self.key_columns))
+
+    def keys_mapping_to(self, texts: set[str]) -> dict[str, tuple]:
+        """Key text -> source key of every source row (read whole, without --where or the mapping's
+        filter) whose key the mapping makes into one of ``texts``: for a mapping that transforms a
+        key column, where the source key of a target row cannot be worked out backwards."""
+        found: dict[str, tuple] = {}
+        for rows in self._chunks(None):
+            for row in rows:
+                side_key = tuple(row[k] for k in self.key)
+                text = self.key_text(side_key)
+                if text in texts:
+                    found.setdefault(text, side_key)
+        return found
+
+    def locate(self) -> RowError | None:
+        """The first row (key order) and column whose value this side cannot read, map or fingerprint,
+        read again value by value; None if every row can. Called after a failure, to name the row."""
+        info = self.reads.describe(self.table)
+        plain = sa.table(self.table, *[sa.column(c) for c in info.column_names])
+        query = sa.select(*plain.c).order_by(*[plain.c[k] for k in self.key])
+        if self.where:
+            query = query.where(sa.text(self.where))
+        readers = [(name, self.reads.reader(column)) for name, column in zip(info.column_names, info.columns)]
+        with self.reads.engine.connect() as conn:
+            for raw in conn.execution_options(stream_results=True).execute(query):
+                row = dict(zip(info.column_names, raw))
+                side_key = tuple(row[k] for k in self.key)
+                for name, read in readers:
+                    try:
+                        row[name] = read(row[name])
+                    except Exception as exc:  # noqa: BLE001 - any failure of a reader is this value's
+                        return RowError(f"cannot read the stored value {_brief(row[name])}: {exc}",
+                                        table=self.table, key=side_key, column=name)
+                image = self.image(row)
+                if image.row is not None:
+                    try:
+                        self.texts(image.row, side_key)
+                    except RowError as exc:
+                        return exc
+        return None
+
+
+def _brief(value: Any) -> str:
+    """A value in an error message: its repr, cut short (a message is no place for a whole document)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # -- the comparison ---------------------------------------------------------------------------------
 def reconcile(pair: Pair, *, table: str | None = None, where: str | None = None, limit: int = 100,
               settle: float = 3.0, progress: Callable[[str], None] | None = None) -> ReconcileReport:
-    """Compare every mapped table of ``pair`` (or only ``table``, source or target name)."""
+    """Compare every mapped table of ``pair`` (or only ``table``, source or target name).
+
+    Every read runs in a read-only transaction: a ``where`` cannot change either database.
+    """
     report = ReconcileReport(pair.name, state._store.now(), limit=limit)
     source, target, mappings = open_pair(pair)
     try:
+        read_only(source)
+        read_only(target)
         checkpoint = target.checkpoint(pair.name) if target.exists(state.checkpoints.name) else None
         if checkpoint is not None:
+            report.checkpoint = source.format_position(checkpoint.position)
             try:
                 report.pending = source.pending(checkpoint.position)
             except Exception as exc:  # the source may not say; the comparison still stands
@@ -420,13 +587,43 @@ def reconcile(pair: Pair, *, table: str | None = None, where: str | None = None,
     return report
 
 
+def read_only(reads: Any) -> None:
+    """Make every later transaction on ``reads``' engine read-only, by the statement its adapter
+    names (PostgreSQL SET TRANSACTION READ ONLY, MySQL/MariaDB START TRANSACTION READ ONLY,
+    SQLite PRAGMA query_only). Reconciliation only reads; so a --where that would write (advance
+    a sequence, call a function that inserts) fails instead."""
+    prints = reads.fingerprints
+    if prints is None:
+        logger.warning("%s has no read-only statement: reconcile reads in ordinary transactions",
+                       reads.engine.dialect.name)
+        return
+    prints.read_only(reads.engine)
+
+
 def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str | None, limit: int,
                    settle: float, say: Callable[[str], None]) -> TableReport:
     started = time.perf_counter()
-    result = TableReport(mapping.source, mapping.target)
     columns = _target_columns(target, mapping)
+    if where:
+        check_where(where, mapping, source.describe(mapping.source).column_names, list(columns),
+                    {source.engine.dialect.name, target.engine.dialect.name})
     mine = _Side(source, mapping.source, mapping.source_key, columns, where, mapping)
     theirs = _Side(target, mapping.target, mapping.target_key, columns, _own_rows(target, mapping, where))
+    try:
+        result = _compare(mine, theirs, mapping, limit, settle, say)
+    except (ArithmeticError, ValueError, TypeError, sa.exc.DBAPIError) as exc:
+        # A value that could not be read or fingerprinted (inside the database, or here): name it.
+        located = mine.locate() or theirs.locate()
+        if located is None:
+            raise
+        raise located from exc
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _compare(mine: _Side, theirs: _Side, mapping: TableMapping, limit: int, settle: float,
+             say: Callable[[str], None]) -> TableReport:
+    result = TableReport(mapping.source, mapping.target)
     family = next(f for f in mine.families if f in theirs.families)  # "md5" is in every list
     mine.family = theirs.family = family
     result.methods = {"source": mine.method, "target": theirs.method}
@@ -436,7 +633,6 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
     say(f"fingerprinting in {buckets:,} buckets (source {mine.method}, target {theirs.method})")
     (expected, result.source_rows), (actual, result.target_rows) = _both(lambda: mine.buckets(buckets),
                                                                          lambda: theirs.buckets(buckets))
-    result.unmappable = mine.unmappable  # source rows the mapping refused (streamed reads only)
     differing = {b for b in expected.keys() | actual.keys() if expected.get(b) != actual.get(b)}
     if differing:
         say(f"{len(differing):,} bucket(s) differ: reading their keys")
@@ -444,35 +640,53 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
     suspects = {text: (want.get(text, (None, None))[1], have.get(text, (None, None))[1])
                 for text in want.keys() | have.keys()
                 if text not in want or text not in have or want[text][0] != have[text][0]}
-    if len(suspects) > MAX_ROW_CHECKS:
-        result.counted_from_fingerprints = True
-        for text, (source_key, target_key) in suspects.items():
-            kind = "missing" if target_key is None else "extra" if source_key is None else "different"
-            setattr(result, kind, getattr(result, kind) + 1)
-        result.keys = suspects
-        listed = dict(sorted(suspects.items())[:limit])
-        result.rows = sorted(_row_differences(mine, theirs, listed).values(), key=lambda d: _sortable(d.key))
-        result.seconds = time.perf_counter() - started
-        return result
-    deadline = time.monotonic() + settle
     if suspects:
         say(f"{len(suspects):,} key(s) differ: comparing their rows")
-    differences = _row_differences(mine, theirs, suspects)
+    pairs = _paired(mine, theirs, suspects)
+    if len(pairs) > MAX_ROW_CHECKS:
+        _count_from_fingerprints(result, mine, theirs, suspects, pairs, limit)
+    else:
+        _compare_rows(result, mine, theirs, pairs, limit, settle)
+    result.unmappable = mine.unmappable
+    result.rows += [RowDifference("unmappable", key, error=str(error), column=error.column)
+                    for key, error in sorted(mine.failures.items(), key=lambda item: _sortable(item[0]))[:limit]]
+    return result
+
+
+def _count_from_fingerprints(result: TableReport, mine: _Side, theirs: _Side, suspects: dict[str, tuple],
+                             pairs: dict[str, tuple], limit: int) -> None:
+    """So many keys differ that they are counted from the fingerprints (which side had each key);
+    only ``limit`` are read."""
+    result.counted_from_fingerprints = True
+    for source_key, target_key in suspects.values():
+        kind = "missing" if target_key is None else "extra" if source_key is None else "different"
+        setattr(result, kind, getattr(result, kind) + 1)
+    result.keys = pairs
+    listed = dict(sorted(pairs.items())[:limit])
+    found = _row_differences(mine, theirs, listed)
+    result.rows = sorted((d for d in found.values() if d.kind != "unmappable"), key=lambda d: _sortable(d.key))
+
+
+def _compare_rows(result: TableReport, mine: _Side, theirs: _Side, pairs: dict[str, tuple], limit: int,
+                  settle: float) -> None:
+    """Read the differing keys on both sides, again for ``settle`` seconds while some still differ."""
+    deadline = time.monotonic() + settle
+    differences = _row_differences(mine, theirs, pairs)
     while differences and time.monotonic() < deadline:
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        again = _row_differences(mine, theirs, {t: suspects[t] for t in differences})
+        again = _row_differences(mine, theirs, {t: pairs[t] for t in differences})
         result.settled += len(differences) - len(again)
         differences = again
     for text, difference in sorted(differences.items(), key=lambda item: _sortable(item[1].key)):
+        if difference.kind == "unmappable":  # a source row the scan did not see (outside --where)
+            continue
         setattr(result, difference.kind, getattr(result, difference.kind) + 1)
-        result.keys[text] = suspects[text]
+        result.keys[text] = pairs[text]
         if len(result.rows) < limit:
             result.rows.append(difference)
-    totals = mapping.spec.control_totals
+    totals = mine.mapping.spec.control_totals
     if totals is not None:
         result.totals = _control_totals(mine, theirs, totals, differences.values())
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _own_rows(target: Any, mapping: TableMapping, where: str | None) -> str | None:
@@ -504,8 +718,8 @@ def _both(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any
 
 
 def _control_totals(mine: _Side, theirs: _Side, names: tuple[str, str, str], rows: Any) -> list[dict]:
-    """The trial balance per account and month on both sides; a total that differs lists the keys
-    of the differing rows in its group (the drill-down)."""
+    """The trial balance per account and month on both sides, with the differences (target minus
+    source); a total that differs lists the keys of the differing rows in its group (the drill-down)."""
     expected, actual = _both(lambda: mine.totals(*names), lambda: theirs.totals(*names))
     keys_by_group: dict[tuple, list] = {}
     for row in rows:
@@ -517,7 +731,8 @@ def _control_totals(mine: _Side, theirs: _Side, names: tuple[str, str, str], row
         count_t, sum_t = actual.get(group, (0, Decimal(0)))
         equal = count_s == count_t and sum_s == sum_t
         result.append({"account": group[0], "period": group[1], "source_count": count_s, "source_sum": sum_s,
-                       "target_count": count_t, "target_sum": sum_t, "equal": equal,
+                       "target_count": count_t, "target_sum": sum_t, "count_difference": count_t - count_s,
+                       "difference": _EXACT.subtract(Decimal(sum_t), Decimal(sum_s)), "equal": equal,
                        "rows": [] if equal else keys_by_group.get(group, [])[:100]})
     return result
 
@@ -528,84 +743,217 @@ def _sortable(key: tuple) -> tuple:
                  for v in key)
 
 
-def _row_differences(mine: _Side, theirs: _Side, suspects: dict[str, tuple]) -> dict[str, RowDifference]:
-    """Read the suspect keys on both sides now: the ones that really differ, by key text."""
-    source_rows, target_rows = _both(lambda: mine.rows([s for s, _ in suspects.values() if s is not None]),
-                                     lambda: theirs.rows([t for _, t in suspects.values() if t is not None]))
-    found = {}
+# -- keys on both sides -------------------------------------------------------------------------------
+def _paired(mine: _Side, theirs: _Side, suspects: dict[str, tuple]) -> dict[str, tuple]:
+    """Each differing key text with its key on both sides, looked up on the side whose
+    fingerprints did not have it: the target key of a source row through the mapping; the source
+    key of a target row from its key columns where the mapping copies them as they are, else by
+    reading the source's keys. Both by key, never with --where: a row selected on one side only
+    (a --where on a transformed column, a non-deterministic one) or in flight is then compared,
+    not reported, and a repair deletes a target row only when the source has no row with its key.
+    A source key of None: the source has none."""
+    invertible = _invertible(mine.mapping)
+    orphans = {text for text, (source_key, _) in suspects.items() if source_key is None}
+    scanned = mine.keys_mapping_to(orphans) if orphans and not invertible else {}
+    source_columns, target_columns = mine.key_columns, theirs.key_columns
+    pairs = {}
     for text, (source_key, target_key) in suspects.items():
-        want = mine.normalised(source_rows[source_key]) if source_key in source_rows else None
-        have = theirs.normalised(target_rows[target_key]) if target_key in target_rows else None
-        if want is None and have is None:
-            continue
-        shown_key = tuple((want if want is not None else have)[k] for k in theirs.key)
-        if have is None:
-            difference = RowDifference("missing", shown_key)
-        elif want is None:
-            difference = RowDifference("extra", shown_key)
-        else:
-            columns = {name: (want[name], have[name]) for name, column in mine.target_columns.items()
-                       if canonical(want[name], column) != canonical(have[name], column)}
-            if not columns:
-                continue
-            difference = RowDifference("different", shown_key, columns)
-        totals = mine.mapping.spec.control_totals if mine.mapping else None
-        if totals is not None:
-            difference.groups = {mine.group(image, totals[0], totals[1]) for image in (want, have) if image is not None}
-        found[text] = difference
+        if source_key is None:
+            source_key = _converted(target_key, source_columns) if invertible else scanned.get(text)
+        if target_key is None and source_key is not None:
+            target_key = _target_key(mine, source_key, target_columns)
+        pairs[text] = (source_key, target_key)
+    return pairs
+
+
+def _invertible(mapping: TableMapping) -> bool:
+    """Whether the mapping copies every key column as it is (renamed at most), so a target key is
+    the source key."""
+    transforms = {target: transforms for target, _, transforms in mapping.column_specs()}
+    return not any(transforms[k] for k in mapping.target_key)
+
+
+def _target_key(mine: _Side, source_key: tuple, columns: list[sa.Column]) -> tuple | None:
+    """The target key the mapping makes of a source key (None: it cannot map it)."""
+    try:
+        mapped = mine.mapping.target_key_of(source_key)
+    except RowError:
+        return None
+    fitted = [_fit_or_keep(value, column) for value, column in zip(mapped, columns)]
+    return _converted(tuple(fitted), columns)
+
+
+def _fit_or_keep(value: Any, column: sa.Column) -> Any:
+    try:
+        return values.fit(value, column)
+    except TransformError:
+        return value
+
+
+def _converted(key: tuple, columns: list[sa.Column]) -> tuple | None:
+    """A key as the other side holds it, in these key columns' Python types (a UUID as uuid or as
+    text, an integer as int); None when no row there can have it (text that is no UUID)."""
+    result = []
+    for value, column in zip(key, columns):
+        kind = column.type
+        try:
+            if isinstance(kind, sa.Uuid) and not isinstance(value, uuid.UUID):
+                value = uuid.UUID(str(value))
+            elif isinstance(kind, sa.String) and not isinstance(value, str):
+                value = str(value)
+            elif _is_integer(kind) and not isinstance(value, int):
+                value = values.fit(value, column)
+            elif isinstance(kind, sa.Numeric) and not isinstance(kind, sa.Float) and not isinstance(value, Decimal):
+                value = to_decimal(value)
+        except (ValueError, TransformError):
+            return None
+        result.append(value)
+    return tuple(result)
+
+
+def _row_differences(mine: _Side, theirs: _Side, pairs: dict[str, tuple]) -> dict[str, RowDifference]:
+    """Read the keys on both sides now (by key, without --where): the ones that really differ, by
+    key text. A source row the mapping refuses comes back as ``unmappable``."""
+    source_rows, target_rows = _both(lambda: mine.rows([s for s, _ in pairs.values() if s is not None]),
+                                     lambda: theirs.rows([t for _, t in pairs.values() if t is not None]))
+    found = {}
+    for text, (source_key, target_key) in pairs.items():
+        source = source_rows.get(mine.key_id(source_key)) if source_key is not None else None
+        target = target_rows.get(theirs.key_id(target_key)) if target_key is not None else None
+        image = mine.image(source) if source is not None else None
+        have = theirs.normalised(target) if target is not None else None
+        difference = _difference(mine, theirs, source_key, image, have)
+        if difference is not None:
+            found[text] = difference
     return found
 
 
+def _difference(mine: _Side, theirs: _Side, source_key: tuple | None, image: _Image | None,
+                have: dict | None) -> RowDifference | None:
+    """How one key differs: the source's image of it (None: no such source row) against the target's row."""
+    if image is not None and image.error is not None:
+        return RowDifference("unmappable", source_key, error=str(image.error), column=image.error.column)
+    want = image.row if image is not None else None
+    if want is None and have is None:
+        return None
+    shown_key = tuple((want if want is not None else have)[k] for k in theirs.key)
+    if have is None:
+        difference = RowDifference("missing", shown_key)
+    elif want is None:
+        note = "the source has this key; the mapping's filter leaves the row out" if image is not None else None
+        difference = RowDifference("extra", shown_key, note=note)
+    else:
+        columns = {name: (want[name], have[name]) for name, column in mine.target_columns.items()
+                   if mine._canonical(want[name], column, name, source_key) !=
+                   theirs._canonical(have[name], column, name, shown_key)}
+        if not columns:
+            return None
+        difference = RowDifference("different", shown_key, columns)
+    totals = mine.mapping.spec.control_totals
+    if totals is not None:
+        difference.groups = {mine.group(row, totals[0], totals[1]) for row in (want, have) if row is not None}
+    return difference
+
+
 # -- repair -----------------------------------------------------------------------------------------
-def repair_plan(pair: Pair, report: ReconcileReport) -> list[TargetOp]:
-    """The target operations that make each table equal: upsert missing/differing rows as the
-    source has them now, delete extra rows."""
+@dataclass
+class RepairPlan:
+    """The target operations that make the tables equal, the source row each upsert comes from,
+    and the differing target rows a repair keeps because the source still has their key."""
+
+    ops: list[TargetOp] = field(default_factory=list)
+    #: Per op: (source table, source key, the source row as read) for an upsert; None for a delete.
+    sources: list[tuple[str, tuple, dict] | None] = field(default_factory=list)
+    #: {"table", "key", "why"} of each extra target row left in place.
+    kept: list[dict] = field(default_factory=list)
+
+    def describe(self, limit: int) -> list[dict]:
+        """The first ``limit`` steps as plain data for the report."""
+        steps = []
+        for op, source in list(zip(self.ops, self.sources))[:limit]:
+            step = {"op": op.op, "table": op.table, "key": list(op.key)}
+            if source is None:
+                step["why"] = "the source has no row with this key"
+            else:
+                step.update(source_table=source[0], source_key=list(source[1]), source_row=source[2])
+            steps.append(step)
+        return steps
+
+
+def repair_plan(pair: Pair, report: ReconcileReport) -> RepairPlan:
+    """Upsert missing and differing rows as the source has them now; delete an extra target row
+    only after reading, by key and without --where, that the source has no row with its key (one the
+    source has but the mapping's filter leaves out, or cannot map, is kept and listed)."""
     source, target, mappings = open_pair(pair)
     try:
-        return _plan(source, target, mappings, report)
+        read_only(source)
+        read_only(target)
+        plan = RepairPlan()
+        for table in report.tables:
+            if table.keys:
+                _plan_table(source, target, mappings[table.source_table], table, plan)
+        return plan
     finally:
         source.close()
         target.close()
 
 
-def _plan(source: Any, target: Any, mappings: dict[str, TableMapping], report: ReconcileReport) -> list[TargetOp]:
-    plan: list[TargetOp] = []
-    for table in report.tables:
-        mapping = mappings[table.source_table]
-        columns = _target_columns(target, mapping)
-        side = _Side(source, mapping.source, mapping.source_key, columns, None, mapping)
-        present = side.rows([s for s, _ in table.keys.values() if s is not None])
-        theirs = _Side(target, mapping.target, mapping.target_key, columns, None)
-        held = theirs.rows([t for _, t in table.keys.values() if t is not None])
-        now = state._store.now()
-        for source_key, target_key in table.keys.values():
-            row = present.get(source_key) if source_key is not None else None
-            mapped = side.normalised(row) if row is not None else None
-            # The audit shows the target row before (what was wrong) and after (the source's, as mapped).
-            before = theirs.normalised(held[target_key]) if target_key in held else None
-            if before is not None and mapped is not None:  # equal values written alike: only real changes show
-                before = {c: mapped[c] if canonical(v, columns[c]) == canonical(mapped[c], columns[c]) else v
-                          for c, v in before.items()}
-            if mapped is not None:
-                key = tuple(mapped[k] for k in mapping.target_key)
-                change = Change("update" if before is not None else "insert", mapping.source, source_key,
-                                before, mapped, now, None, "repair")
-                plan.append(TargetOp("upsert", mapping.target, mapping.target_key, key, mapped, change))
-            elif before is not None:
-                change = Change("delete", mapping.source, source_key or target_key, before, None, now, None, "repair")
-                plan.append(TargetOp("delete", mapping.target, mapping.target_key, target_key, None, change))
-    return plan
+def _plan_table(source: Any, target: Any, mapping: TableMapping, table: TableReport, plan: RepairPlan) -> None:
+    columns = _target_columns(target, mapping)
+    mine = _Side(source, mapping.source, mapping.source_key, columns, None, mapping)
+    theirs = _Side(target, mapping.target, mapping.target_key, columns, None)
+    pairs = dict(table.keys)
+    # A key the source had no row for is looked up again now, as the comparison did.
+    pairs.update(_paired(mine, theirs, {text: (None, t) for text, (s, t) in pairs.items() if s is None}))
+    present, held = _both(lambda: mine.rows([s for s, _ in pairs.values() if s is not None]),
+                          lambda: theirs.rows([t for _, t in pairs.values() if t is not None]))
+    now = state._store.now()
+    for source_key, target_key in pairs.values():
+        row = present.get(mine.key_id(source_key)) if source_key is not None else None
+        held_row = held.get(theirs.key_id(target_key)) if target_key is not None else None
+        before = theirs.normalised(held_row) if held_row is not None else None
+        if row is None:
+            if before is not None:
+                change = Change("delete", mapping.source, target_key, before, None, now, None, "repair")
+                plan.ops.append(TargetOp("delete", mapping.target, mapping.target_key, target_key, None, change))
+                plan.sources.append(None)
+            continue
+        image = mine.image(row)
+        if image.row is None:
+            if before is not None:
+                why = str(image.error) if image.error else "the mapping's filter leaves the source row out"
+                plan.kept.append({"table": mapping.target, "key": list(target_key),
+                                  "why": f"the source has this key ({why}); not deleted"})
+            continue
+        _plan_upsert(plan, mine, mapping, columns, source_key, row, image.row, before, now)
 
 
-def apply_repair(pair: Pair, plan: list[TargetOp]) -> int:
+def _plan_upsert(plan: RepairPlan, mine: _Side, mapping: TableMapping, columns: dict[str, sa.Column],
+                 source_key: tuple, row: dict, mapped: dict, before: dict | None, now: dt.datetime) -> None:
+    """Upsert the source's row unless the target already holds it (it settled meanwhile)."""
+    if before is not None:
+        same = {c for c, v in before.items() if canonical(v, columns[c]) == canonical(mapped[c], columns[c])}
+        if len(same) == len(columns):
+            return
+        # The audit shows the target row before (what was wrong) and after (the source's, as mapped);
+        # equal values written alike, so only real changes show.
+        before = {c: mapped[c] if c in same else v for c, v in before.items()}
+    key = tuple(mapped[k] for k in mapping.target_key)
+    change = Change("update" if before is not None else "insert", mapping.source, source_key, before, mapped, now,
+                    None, "repair")
+    plan.ops.append(TargetOp("upsert", mapping.target, mapping.target_key, key, mapped, change))
+    plan.sources.append((mapping.source, source_key, row))
+
+
+def apply_repair(pair: Pair, plan: RepairPlan) -> int:
     """Apply the plan through the normal apply path (audited with reason ``repair``); the pair's
     checkpoint is not touched. Returns the operations applied."""
-    if not plan:
+    if not plan.ops:
         return 0
     source, target, mappings = open_pair(pair)
     try:
         by_target = {m.target: m for m in mappings.values()}
-        mapped = [MappedChange(op.change, by_target[op.table], [op]) for op in plan]
+        mapped = [MappedChange(op.change, by_target[op.table], [op]) for op in plan.ops]
         target.prepare_tables(by_target)
         result = target.apply(pair.name, mapped, position=None, snapshot=None, on_error=pair.on_error,
                               reason="repair")
@@ -641,15 +989,24 @@ def as_dict(report: ReconcileReport) -> dict:
     return {
         "pair": report.pair, "equal": report.equal, "started_at": report.started_at.isoformat(),
         "finished_at": report.finished_at.isoformat() if report.finished_at else None,
-        "pending": report.pending, "limit": report.limit, "repair": report.repair, "run_id": report.run_id,
+        "checkpoint": report.checkpoint, "pending": report.pending, "limit": report.limit, "repair": report.repair,
+        "run_id": report.run_id,
         "tables": [{
             "source_table": t.source_table, "target_table": t.target_table, "equal": t.equal,
             "source_rows": t.source_rows, "target_rows": t.target_rows, "missing": t.missing, "extra": t.extra,
             "different": t.different, "settled": t.settled, "unmappable": t.unmappable, "methods": t.methods,
             "counted_from_fingerprints": t.counted_from_fingerprints,
-            "seconds": round(t.seconds, 3), "totals": t.totals,
-            "rows": [{"kind": r.kind, "key": list(r.key),
-                      "columns": {c: {"source": s, "target": v} for c, (s, v) in r.columns.items()}}
-                     for r in t.rows],
+            "seconds": round(t.seconds, 3), "totals": t.totals, "totals_sum": t.totals_sum,
+            "rows": [_row_dict(r) for r in t.rows],
         } for t in report.tables],
     }
+
+
+def _row_dict(row: RowDifference) -> dict:
+    result = {"kind": row.kind, "key": list(row.key),
+              "columns": {c: {"source": s, "target": v} for c, (s, v) in row.columns.items()}}
+    if row.kind == "unmappable":
+        result.update(column=row.column, error=row.error)
+    if row.note:
+        result["note"] = row.note
+    return result

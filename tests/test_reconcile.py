@@ -161,7 +161,8 @@ def test_hand_made_damage_is_found_exactly_and_repaired(ws, database, source_kin
     assert [(t["source_rows"], t["target_rows"], t["extra"], t["missing"]) for t in only] == [(0, 1, 1, 0)]
     csv_lines = ws.cdc("reconcile", config, "--settle", "0", "--format", "csv").stdout.splitlines()
     assert csv_lines[0].startswith("pair,source_table,target_table,kind,key,column")
-    assert len(csv_lines) == 1 + 2 + 1 + 3 + 1
+    data = [line for line in csv_lines if not line.startswith("#")]  # the provenance block follows the rows
+    assert len(data) == 1 + 2 + 1 + 3 + 1 and csv_lines[len(data)] == "# provenance:"
 
     plan = ws.cdc("reconcile", config, "--settle", "0", "--repair", "--dry-run")
     assert plan.returncode == 1 and "repair would apply 6 upsert(s) and 1 delete(s)" in plan.stdout, plan.stdout

@@ -16,6 +16,10 @@ class MySQLFingerprints:
     database (CONVERT_TZ needs the server's zone tables), another zone is compared streamed.
     """
 
+    def read_only(self, engine: sa.Engine) -> None:
+        """Every later transaction on ``engine`` only reads (a write in it is an error)."""
+        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("START TRANSACTION READ ONLY"))
+
     def __init__(self, source_zone: str = "UTC"):
         self.source_zone = source_zone
 

@@ -11,6 +11,10 @@ from .sql import quote
 class PostgresFingerprints:
     """SQL giving each value's canonical text, and the md5-based bucket and digest of a row."""
 
+    def read_only(self, engine: sa.Engine) -> None:
+        """Every later transaction on ``engine`` only reads (a write in it is an error)."""
+        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("SET TRANSACTION READ ONLY"))
+
     def canonical(self, name: str, column: sa.Column, as_type: sa.types.TypeEngine) -> str | None:
         """SQL for the canonical text of ``column`` as a value of ``as_type`` (the target column's
         type), or None when only Python can say it (then the table is compared streamed)."""

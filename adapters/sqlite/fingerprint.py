@@ -10,6 +10,7 @@ then scans, groups and filters by bucket itself, without building a row dict per
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from typing import Any, Callable
 
 import sqlalchemy as sa
@@ -37,6 +38,12 @@ class SqliteFingerprints:
     def __init__(self, reads: Any):
         self.reads = reads
         self._specs: list[Callable[[Any], str | None]] = []
+
+    def read_only(self, engine: sa.Engine) -> None:
+        """Every later transaction on ``engine`` only reads: the connection's authorizer refuses any
+        statement that would change the file (PRAGMA query_only would do the same, but a target's
+        connections begin with BEGIN IMMEDIATE, which query_only refuses)."""
+        sa.event.listen(engine, "begin", lambda conn: conn.connection.dbapi_connection.set_authorizer(_reads_only))
 
     def register(self, dbapi_connection: Any) -> None:
         """Make the functions known to one new SQLite connection."""
@@ -90,6 +97,17 @@ class SqliteFingerprints:
 
     def usable(self, conn: sa.Connection) -> bool:
         return True
+
+
+#: The authorizer actions that change a database file (sqlite3's SQLITE_* action codes).
+_WRITES = frozenset(getattr(sqlite3, name) for name in dir(sqlite3) if name.startswith((
+    "SQLITE_CREATE_", "SQLITE_DROP_")) or name in (
+    "SQLITE_INSERT", "SQLITE_UPDATE", "SQLITE_DELETE", "SQLITE_ALTER_TABLE", "SQLITE_ATTACH", "SQLITE_DETACH",
+    "SQLITE_REINDEX", "SQLITE_ANALYZE"))
+
+
+def _reads_only(action: int, *_: Any) -> int:
+    return sqlite3.SQLITE_DENY if action in _WRITES else sqlite3.SQLITE_OK
 
 
 def _md5_bucket(text: str, buckets: int) -> int:

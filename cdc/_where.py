@@ -1,0 +1,65 @@
+"""Reconciliation's --where: refused when it names a column the mapping does not copy as it is.
+
+``--where`` is one SQL condition applied to both tables. It selects the same rows on both sides only
+when every column it names holds the same values there: a column the mapping transforms (``name``
+upper-cased), renames, fills with a constant, or does not copy at all would select different rows
+on each side, and a repair would act on the difference. The condition is read with sqlglot's
+tokenizer in the SQL dialect of each side (so a string literal is never mistaken for a column name,
+and a column name is never hidden in what one dialect reads as a string); every word that is the
+name of a column of either table counts, in any letter case.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import sqlglot
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
+
+from .errors import ConfigError
+from .mapping import TableMapping
+
+#: SQLAlchemy dialect name -> sqlglot dialect name.
+_DIALECTS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
+_LITERALS = {TokenType.STRING, TokenType.NUMBER, TokenType.NATIONAL_STRING, TokenType.BIT_STRING,
+             TokenType.HEX_STRING, TokenType.BYTE_STRING, TokenType.RAW_STRING, TokenType.HEREDOC_STRING}
+
+
+def check_where(where: str, mapping: TableMapping, source_columns: Iterable[str], target_columns: Iterable[str],
+                dialects: set[str]) -> None:
+    """ConfigError (exit 2) unless every column ``where`` names is copied as it is by ``mapping``."""
+    copied = {target.lower() for target, source, transforms in mapping.column_specs()
+              if source == target and not transforms}
+    known = {c.lower(): c for c in [*source_columns, *target_columns]}
+    for word in sorted(_words(where, dialects)):
+        if word in known and word not in copied:
+            raise ConfigError(f"--where {where!r} names column {known[word]!r}, which {_why(known[word], mapping)}: "
+                              f"the two sides would select different rows. Name only columns table {mapping.source} "
+                              f"copies as they are ({', '.join(sorted(copied)) or 'none'}), or leave --where out")
+
+
+def _words(where: str, dialects: set[str]) -> set[str]:
+    """Every word of ``where`` that is not a literal, lower-cased, as each dialect reads it."""
+    words: set[str] = set()
+    for name in sorted({_DIALECTS.get(d, "") for d in dialects}):
+        try:
+            tokens = sqlglot.Dialect.get_or_raise(name or None).tokenize(where)
+        except SqlglotError as exc:
+            raise ConfigError(f"--where {where!r} cannot be read as SQL: {exc}") from None
+        words |= {t.text.lower() for t in tokens if t.token_type not in _LITERALS}
+    return words
+
+
+def _why(column: str, mapping: TableMapping) -> str:
+    """How the mapping treats a column, in words."""
+    lowered = column.lower()
+    for target, source, transforms in mapping.column_specs():
+        if target.lower() == lowered or (source or "").lower() == lowered:
+            if source is None:
+                return f"the mapping fills with a constant in {mapping.target}"
+            if transforms:
+                names = ", ".join(name for name, _ in transforms)
+                return f"the mapping transforms ({names}) from {source} at the source into {target}"
+            return f"is called {source} at the source and {target} in the target"
+    return f"the mapping does not copy from {mapping.source} to {mapping.target}"
