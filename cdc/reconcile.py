@@ -678,7 +678,8 @@ def _compare_rows(result: TableReport, mine: _Side, theirs: _Side, pairs: dict[s
         result.settled += len(differences) - len(again)
         differences = again
     for text, difference in sorted(differences.items(), key=lambda item: _sortable(item[1].key)):
-        if difference.kind == "unmappable":  # a source row the scan did not see (outside --where)
+        if difference.kind == "unmappable":  # listed from the scan; a repair must know to keep its target row
+            result.keys[text] = pairs[text]
             continue
         setattr(result, difference.kind, getattr(result, difference.kind) + 1)
         result.keys[text] = pairs[text]

@@ -213,7 +213,7 @@ def _totals_lines(t: TableReport, locale: str) -> list[str]:
 
 def _repair_lines(repair: dict, locale: str) -> list[str]:
     verb = "would apply" if repair.get("dry_run") else "applied"
-    kept = f"; {len(repair['kept'])} extra row(s) kept (the source has their key)" if repair.get("kept") else ""
+    kept = f"; {len(repair['kept'])} target row(s) kept (the source has their key)" if repair.get("kept") else ""
     out = [f"repair {verb} {repair['upserts']} upsert(s) and {repair['deletes']} delete(s){kept}"]
     for step in repair.get("plan", []):
         key = _key(tuple(step["key"]), locale)
