@@ -648,7 +648,7 @@ def _compare(mine: _Side, theirs: _Side, mapping: TableMapping, limit: int, sett
     else:
         _compare_rows(result, mine, theirs, pairs, limit, settle)
     result.unmappable = mine.unmappable
-    result.rows += [RowDifference("unmappable", key, error=str(error), column=error.column)
+    result.rows += [RowDifference("unmappable", key, error=error.describe(), column=error.column)
                     for key, error in sorted(mine.failures.items(), key=lambda item: _sortable(item[0]))[:limit]]
     return result
 
@@ -833,7 +833,7 @@ def _difference(mine: _Side, theirs: _Side, source_key: tuple | None, image: _Im
                 have: dict | None) -> RowDifference | None:
     """How one key differs: the source's image of it (None: no such source row) against the target's row."""
     if image is not None and image.error is not None:
-        return RowDifference("unmappable", source_key, error=str(image.error), column=image.error.column)
+        return RowDifference("unmappable", source_key, error=image.error.describe(), column=image.error.column)
     want = image.row if image is not None else None
     if want is None and have is None:
         return None
@@ -922,7 +922,8 @@ def _plan_table(source: Any, target: Any, mapping: TableMapping, table: TableRep
         image = mine.image(row)
         if image.row is None:
             if before is not None:
-                why = str(image.error) if image.error else "the mapping's filter leaves the source row out"
+                why = (f"it cannot be mapped: column {image.error.column}: {image.error}" if image.error
+                       else "the mapping's filter leaves the source row out")
                 plan.kept.append({"table": mapping.target, "key": list(target_key),
                                   "why": f"the source has this key ({why}); not deleted"})
             continue
