@@ -35,8 +35,9 @@ def check_where(where: str, mapping: TableMapping, source_columns: Iterable[str]
     for word in sorted(_words(where, dialects)):
         if word in known and word not in copied:
             raise ConfigError(f"--where {where!r} names column {known[word]!r}, which {_why(known[word], mapping)}: "
-                              f"the two sides would select different rows. Name only columns table {mapping.source} "
-                              f"copies as they are ({', '.join(sorted(copied)) or 'none'}), or leave --where out")
+                              f"the two sides would select different rows. Name only columns the mapping copies "
+                              f"unchanged under the same name ({', '.join(sorted(copied)) or f'none in {mapping.source}'}), "
+                              "or leave --where out")
 
 
 def _words(where: str, dialects: set[str]) -> set[str]:

@@ -944,7 +944,15 @@ def _plan_upsert(plan: RepairPlan, mine: _Side, mapping: TableMapping, columns: 
     change = Change("update" if before is not None else "insert", mapping.source, source_key, before, mapped, now,
                     None, "repair")
     plan.ops.append(TargetOp("upsert", mapping.target, mapping.target_key, key, mapped, change))
-    plan.sources.append((mapping.source, source_key, row))
+    plan.sources.append((mapping.source, source_key, _read_by_mapping(mapping, row)))
+
+
+def _read_by_mapping(mapping: TableMapping, row: dict) -> dict:
+    """The source row's columns the mapping reads (key, copied, filtered on): a column it does not
+    copy (an e-mail address, say) stays out of the plan, the report and cdc_reconcile_runs."""
+    read = set(mapping.source_key) | {source for _, source, _ in mapping.column_specs() if source is not None}
+    read |= {f.column for f in mapping.spec.filters}
+    return {c: v for c, v in row.items() if c in read}
 
 
 def apply_repair(pair: Pair, plan: RepairPlan) -> int:

@@ -16,11 +16,11 @@ from test_reconcile import cdc_ok, database, engine, run_sql  # noqa: F401 - dat
 CAPTURE = {"sqlite": "trigger", "postgresql": "logical", "mariadb": "binlog"}
 PEOPLE = {
     "sqlite": "CREATE TABLE people (id INTEGER PRIMARY KEY, name VARCHAR(40) NOT NULL, status VARCHAR(10) NOT NULL, "
-              "amount NUMERIC(12,3) NOT NULL)",
+              "amount NUMERIC(12,3) NOT NULL, email VARCHAR(40))",
     "postgresql": "CREATE TABLE people (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL, status VARCHAR(10) NOT NULL, "
-                  "amount NUMERIC(12,3) NOT NULL)",
+                  "amount NUMERIC(12,3) NOT NULL, email VARCHAR(40))",
     "mariadb": "CREATE TABLE people (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL, status VARCHAR(10) NOT NULL, "
-               "amount DECIMAL(12,3) NOT NULL) ENGINE=InnoDB",
+               "amount DECIMAL(12,3) NOT NULL, email VARCHAR(40)) ENGINE=InnoDB",
 }
 UPPER = ("tables:\n  people:\n    columns: {id: id, name: {from: name, transforms: [upper]}, status: status, "
          "amount: {from: amount, transforms: [{decimal: 2}]}}\n")
@@ -34,9 +34,9 @@ def people_pair(ws, database, source_kind: str, target_kind: str, rows: int, map
     target, _ = database(target_kind)
     run_sql(source, PEOPLE[source_kind])
     for start in range(1, rows + 1, 500):
-        values = ", ".join(f"({i}, '{'alice' if i % 3 == 0 else f'bob {i}'}', 'posted', {i}.25)"
+        values = ", ".join(f"({i}, '{'alice' if i % 3 == 0 else f'bob {i}'}', 'posted', {i}.25, 'p{i}@example.no')"
                            for i in range(start, min(start + 500, rows + 1)))
-        run_sql(source, f"INSERT INTO people (id, name, status, amount) VALUES {values}")
+        run_sql(source, f"INSERT INTO people (id, name, status, amount, email) VALUES {values}")
     (ws.root / "people.yaml").write_text(mapping, encoding="utf-8")
     ws.config.write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  people:\n    source: src\n"
                          f"    target: dst\n    capture: {CAPTURE[source_kind]}\n    mapping: people.yaml\n",
@@ -120,6 +120,7 @@ def test_repair_deletes_only_keys_the_source_has_no_row_for(ws, database, source
     assert any(line.startswith("    keep   people (11)  the source has this key (") and "decimals" in line
                for line in lines), plan.stdout
     assert "cannot map source row (11)" in plan.stdout
+    assert "@example.no" not in plan.stdout  # the mapping does not copy email: the plan does not show it
 
     repaired = ws.cdc("reconcile", str(ws.config), "--settle", "0", "--repair", "--format", "json")
     assert json.loads(repaired.stdout)["repair"]["applied"] == 3, repaired.stdout + repaired.stderr
