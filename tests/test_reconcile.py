@@ -271,7 +271,7 @@ def test_a_target_that_lost_most_rows_is_counted_from_fingerprints(ws, database,
     kept = [i for (i,) in run_sql(target, "SELECT id FROM entries ORDER BY id LIMIT 3")]
     run_sql(target, f"DELETE FROM entries WHERE id > {kept[-1]}")
     run_sql(target, f"UPDATE entries SET memo = 'feil' WHERE id = {kept[1]}")
-    monkeypatch.setattr(reconcile, "MAX_ROW_CHECKS", 20)
+    monkeypatch.setattr(reconcile._compare, "MAX_ROW_CHECKS", 20)
     report = commands.reconcile(str(ws.config), table="entries", limit=5, settle=0)
     entries = report.tables[0]
     assert entries.counted_from_fingerprints and (entries.missing, entries.different) == (total - 3, 1)

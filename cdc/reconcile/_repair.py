@@ -1,0 +1,137 @@
+"""Repair: make the target equal to the source through the audited apply path, deleting only what
+the source has no row for."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from .. import state
+from ..changes import Change
+from ..config import Pair
+from ..mapping import MappedChange, TableMapping, TargetOp
+from ..pipeline import open_pair
+from ._canonical import canonical
+from ._compare import read_only, target_columns
+from ._keys import paired
+from ._report import ReconcileReport, TableReport
+from ._side import Side, both
+
+
+@dataclass
+class RepairPlan:
+    """The target operations that make the tables equal, the source row each upsert comes from,
+    and the differing target rows a repair keeps because the source still has their key."""
+
+    ops: list[TargetOp] = field(default_factory=list)
+    #: Per op: (source table, source key, the source row as read) for an upsert; None for a delete.
+    sources: list[tuple[str, tuple, dict] | None] = field(default_factory=list)
+    #: {"table", "key", "why"} of each extra target row left in place.
+    kept: list[dict] = field(default_factory=list)
+
+    def describe(self, limit: int) -> list[dict]:
+        """The first ``limit`` steps as plain data for the report."""
+        steps = []
+        for op, source in list(zip(self.ops, self.sources))[:limit]:
+            step = {"op": op.op, "table": op.table, "key": list(op.key)}
+            if source is None:
+                step["why"] = "the source has no row with this key"
+            else:
+                step.update(source_table=source[0], source_key=list(source[1]), source_row=source[2])
+            steps.append(step)
+        return steps
+
+
+def repair_plan(pair: Pair, report: ReconcileReport) -> RepairPlan:
+    """Upsert missing and differing rows as the source has them now; delete an extra target row
+    only after reading, by key and without --where, that the source has no row with its key (one the
+    source has but the mapping's filter leaves out, or cannot map, is kept and listed)."""
+    source, target, mappings = open_pair(pair)
+    try:
+        read_only(source)
+        read_only(target)
+        plan = RepairPlan()
+        for table in report.tables:
+            if table.keys:
+                _plan_table(source, target, mappings[table.source_table], table, plan)
+        return plan
+    finally:
+        source.close()
+        target.close()
+
+
+def _plan_table(source: Any, target: Any, mapping: TableMapping, table: TableReport, plan: RepairPlan) -> None:
+    columns = target_columns(target, mapping)
+    mine = Side(source, mapping.source, mapping.source_key, columns, None, mapping)
+    theirs = Side(target, mapping.target, mapping.target_key, columns, None)
+    pairs = dict(table.keys)
+    # A key the source had no row for is looked up again now, as the comparison did.
+    pairs.update(paired(mine, theirs, {text: (None, t) for text, (s, t) in pairs.items() if s is None}))
+    present, held = both(lambda: mine.rows([s for s, _ in pairs.values() if s is not None]),
+                          lambda: theirs.rows([t for _, t in pairs.values() if t is not None]))
+    now = state._store.now()
+    for source_key, target_key in pairs.values():
+        row = present.get(mine.key_id(source_key)) if source_key is not None else None
+        held_row = held.get(theirs.key_id(target_key)) if target_key is not None else None
+        before = theirs.normalised(held_row) if held_row is not None else None
+        if row is None:
+            if before is not None:
+                change = Change("delete", mapping.source, target_key, before, None, now, None, "repair")
+                plan.ops.append(TargetOp("delete", mapping.target, mapping.target_key, target_key, None, change))
+                plan.sources.append(None)
+            continue
+        image = mine.image(row)
+        if image.row is None:
+            if before is not None:
+                why = (f"it cannot be mapped: column {image.error.column}: {image.error}" if image.error
+                       else "the mapping's filter leaves the source row out")
+                plan.kept.append({"table": mapping.target, "key": list(target_key),
+                                  "why": f"the source has this key ({why}); not deleted"})
+            continue
+        _plan_upsert(plan, mine, mapping, columns, source_key, row, image.row, before, now)
+
+
+def _plan_upsert(plan: RepairPlan, mine: Side, mapping: TableMapping, columns: dict[str, sa.Column],
+                 source_key: tuple, row: dict, mapped: dict, before: dict | None, now: dt.datetime) -> None:
+    """Upsert the source's row unless the target already holds it (it settled meanwhile)."""
+    if before is not None:
+        same = {c for c, v in before.items() if canonical(v, columns[c]) == canonical(mapped[c], columns[c])}
+        if len(same) == len(columns):
+            return
+        # The audit shows the target row before (what was wrong) and after (the source's, as mapped);
+        # equal values written alike, so only real changes show.
+        before = {c: mapped[c] if c in same else v for c, v in before.items()}
+    key = tuple(mapped[k] for k in mapping.target_key)
+    change = Change("update" if before is not None else "insert", mapping.source, source_key, before, mapped, now,
+                    None, "repair")
+    plan.ops.append(TargetOp("upsert", mapping.target, mapping.target_key, key, mapped, change))
+    plan.sources.append((mapping.source, source_key, _read_by_mapping(mapping, row)))
+
+
+def _read_by_mapping(mapping: TableMapping, row: dict) -> dict:
+    """The source row's columns the mapping reads (key, copied, filtered on): a column it does not
+    copy (an e-mail address, say) stays out of the plan, the report and cdc_reconcile_runs."""
+    read = set(mapping.source_key) | {source for _, source, _ in mapping.column_specs() if source is not None}
+    read |= {f.column for f in mapping.spec.filters}
+    return {c: v for c, v in row.items() if c in read}
+
+
+def apply_repair(pair: Pair, plan: RepairPlan) -> int:
+    """Apply the plan through the normal apply path (audited with reason ``repair``); the pair's
+    checkpoint is not touched. Returns the operations applied."""
+    if not plan.ops:
+        return 0
+    source, target, mappings = open_pair(pair)
+    try:
+        by_target = {m.target: m for m in mappings.values()}
+        mapped = [MappedChange(op.change, by_target[op.table], [op]) for op in plan.ops]
+        target.prepare_tables(by_target)
+        result = target.apply(pair.name, mapped, position=None, snapshot=None, on_error=pair.on_error,
+                              reason="repair")
+        return result.applied
+    finally:
+        source.close()
+        target.close()
