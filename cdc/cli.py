@@ -190,8 +190,8 @@ def _print_status(row: dict) -> None:
 @CONFIG
 @click.option("--pair", "pair", metavar="NAME", help="The pair to compare (needed when the config has several).")
 @click.option("--table", metavar="TABLE", help="Only this table (source or target name).")
-@click.option("--where", metavar="SQL", help="Only rows meeting this SQL condition, on both sides (column names as "
-              "each table has them: for identity and renaming-free mappings).")
+@click.option("--where", metavar="SQL", help="Only rows meeting this SQL condition, on both sides; it may name only "
+              "columns the mapping copies unchanged under the same name (others are refused).")
 @click.option("--format", "fmt", type=click.Choice(reports.FORMATS), default="text", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
 @click.option("--locale", type=click.Choice(["en", "nb"]), default="en", show_default=True,

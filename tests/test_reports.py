@@ -205,6 +205,8 @@ def test_every_report_carries_its_provenance(ws, database, fmt):
         as_of = json.loads(fields["as of"])["books"]
         if command == "reconcile":
             assert as_of["checkpoint"] == status["checkpoint_text"]
+            stored = json.loads(run_sql(target, "SELECT report FROM cdc_reconcile_runs ORDER BY id DESC LIMIT 1")[0][0])
+            assert stored["provenance"]["run_id"] == fields["run id"]  # cdc_reconcile_runs keeps it too
             assert json.loads(fields["filters"]) == {"table": "invoices", "where": "id > 1", "limit": 100, "settle": 0.0}
         else:
             assert as_of["position"] == status["checkpoint"] and as_of["changes_applied"] == status["changes_applied"]

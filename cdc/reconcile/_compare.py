@@ -78,8 +78,8 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
     started = time.perf_counter()
     columns = target_columns(target, mapping)
     if where:
-        check_where(where, mapping, source.describe(mapping.source).column_names, list(columns),
-                    {source.engine.dialect.name, target.engine.dialect.name})
+        check_where(where, mapping, source.describe(mapping.source).column_names,
+                    target.describe(mapping.target).column_names, {source.engine.dialect.name, target.engine.dialect.name})
     mine = Side(source, mapping.source, mapping.source_key, columns, where, mapping)
     theirs = Side(target, mapping.target, mapping.target_key, columns, _own_rows(target, mapping, where))
     try:

@@ -125,7 +125,7 @@ def as_dict(report: ReconcileReport) -> dict:
         "pair": report.pair, "equal": report.equal, "started_at": report.started_at.isoformat(),
         "finished_at": report.finished_at.isoformat() if report.finished_at else None,
         "checkpoint": report.checkpoint, "pending": report.pending, "limit": report.limit, "repair": report.repair,
-        "run_id": report.run_id,
+        "run_id": report.run_id, "provenance": report.provenance.as_dict() if report.provenance else None,
         "tables": [{
             "source_table": t.source_table, "target_table": t.target_table, "equal": t.equal,
             "source_rows": t.source_rows, "target_rows": t.target_rows, "missing": t.missing, "extra": t.extra,
