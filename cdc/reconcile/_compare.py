@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from .. import state
 from ..config import Pair
-from ..errors import ConfigError, SchemaError
+from ..errors import ConfigError, RowError, SchemaError
 from ..mapping import TableMapping
 from ..pipeline import open_pair
 from .._where import check_where
@@ -61,10 +61,10 @@ def reconcile(pair: Pair, *, table: str | None = None, where: str | None = None,
 
 
 def read_only(reads: Any) -> None:
-    """Make every later transaction on ``reads``' engine read-only, by the statement its adapter
-    names (PostgreSQL SET TRANSACTION READ ONLY, MySQL/MariaDB START TRANSACTION READ ONLY,
-    SQLite PRAGMA query_only). Reconciliation only reads; so a --where that would write (advance
-    a sequence, call a function that inserts) fails instead."""
+    """Make every later transaction on ``reads``' engine read-only, as its adapter's fingerprints
+    know how (PostgreSQL SET TRANSACTION READ ONLY, MySQL/MariaDB START TRANSACTION READ ONLY, SQLite
+    an authorizer that refuses writes). Reconciliation only reads; so a --where that would write
+    (advance a sequence, call a function that inserts) fails instead."""
     prints = reads.fingerprints
     if prints is None:
         logger.warning("%s has no read-only statement: reconcile reads in ordinary transactions",
@@ -85,13 +85,21 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
     try:
         result = _compare(mine, theirs, mapping, limit, settle, say)
     except (ArithmeticError, ValueError, TypeError, sa.exc.DBAPIError) as exc:
-        # A value that could not be read or fingerprinted (inside the database, or here): name it.
-        located = mine.locate() or theirs.locate()
+        located = _located(mine, theirs)
         if located is None:
             raise
         raise located from exc
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _located(mine: Side, theirs: Side) -> RowError | None:
+    """After a failure: the value that could not be read or fingerprinted (inside a database, or
+    here), named by table, key and column; None if none is found (or the database is gone)."""
+    try:
+        return mine.locate() or theirs.locate()
+    except sa.exc.DBAPIError:
+        return None
 
 
 def _compare(mine: Side, theirs: Side, mapping: TableMapping, limit: int, settle: float,
