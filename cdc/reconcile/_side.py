@@ -27,10 +27,6 @@ class Image(NamedTuple):
     row: dict | None
     error: RowError | None = None
 
-    @property
-    def filtered(self) -> bool:
-        return self.row is None and self.error is None
-
 
 class Side:
     """Fingerprints of one side's table: the source as mapped, or the target."""
@@ -41,7 +37,7 @@ class Side:
         self.target_columns = target_columns  # target name -> target column, in target order
         #: Source rows the mapping refuses, by side key (the first MAX_FAILURES_KEPT; the count is exact).
         self.failures: dict[tuple, RowError] = {}
-        self.failed = 0
+        self.unmappable = 0
         self.why = ""
         self.key_targets = mapping.target_key if mapping else key
         #: A single integer key buckets by its value (key mod B): no hash needed.
@@ -50,10 +46,6 @@ class Side:
         #: The digest both sides compute: MD5 (everywhere), or a faster one both databases have.
         self.family = "md5"
         self.sql = self._sql()
-
-    @property
-    def unmappable(self) -> int:
-        return self.failed
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -137,13 +129,14 @@ class Side:
                 return
             after = tuple(rows[-1][k] for k in self.key)
 
-    def _scan(self, keep: Callable[[int], bool], buckets: int):
-        """(bucket, key text, digest, side key) of every row whose bucket ``keep`` accepts."""
+    def _scan(self, keep: Callable[[int], bool], buckets: int, counting: bool = False):
+        """(bucket, key text, digest, side key) of every row whose bucket ``keep`` accepts; the
+        ``counting`` scan (the first, over every bucket) also records the rows the mapping refuses."""
         for rows in self._chunks(self.where):
             for row in rows:
                 side_key = tuple(row[k] for k in self.key)
                 image = self.image(row)
-                if image.error is not None:
+                if image.error is not None and counting:
                     self._failed(side_key, image.error)
                 if image.row is None:
                     continue
@@ -153,10 +146,9 @@ class Side:
                     yield bucket, key_text, md5_digest(row_text), side_key
 
     def _failed(self, side_key: tuple, error: RowError) -> None:
-        if side_key not in self.failures:
-            self.failed += 1
-            if len(self.failures) < MAX_FAILURES_KEPT:
-                self.failures[side_key] = error
+        self.unmappable += 1
+        if len(self.failures) < MAX_FAILURES_KEPT:
+            self.failures[side_key] = error
 
     def image(self, row: dict) -> Image:
         """The row as the target would hold it, or why not (filtered out, cannot be mapped)."""
@@ -230,7 +222,7 @@ class Side:
                 found = {int(b): (int(n), int(s)) for b, n, s in conn.exec_driver_sql(query)}
             return found, sum(n for n, _ in found.values())
         rows = 0
-        for bucket, _, digest, _ in self._scan(lambda b: True, buckets):
+        for bucket, _, digest, _ in self._scan(lambda b: True, buckets, counting=True):
             entry = result.setdefault(bucket, [0, 0])
             entry[0] += 1
             entry[1] += digest
