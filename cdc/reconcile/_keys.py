@@ -32,7 +32,7 @@ def paired(mine: Side, theirs: Side, suspects: dict[str, tuple]) -> dict[str, tu
     pairs = {}
     for text, (source_key, target_key) in suspects.items():
         if source_key is None:
-            source_key = converted(target_key, source_columns) if invertible else scanned.get(text)
+            source_key = _source_key(mine.mapping, target_key, source_columns) if invertible else scanned.get(text)
         if target_key is None and source_key is not None:
             target_key = _target_key(mine, source_key, target_columns)
         pairs[text] = (source_key, target_key)
@@ -40,10 +40,17 @@ def paired(mine: Side, theirs: Side, suspects: dict[str, tuple]) -> dict[str, tu
 
 
 def _invertible(mapping: TableMapping) -> bool:
-    """Whether the mapping copies every key column as it is (renamed at most), so a target key is
-    the source key."""
+    """Whether the mapping copies every source key column as it is (renamed at most), so a target
+    key is the source key (followed, in a shared table, by the mapping's constant key columns)."""
     transforms = {target: transforms for target, _, transforms in mapping.column_specs()}
-    return not any(transforms[k] for k in mapping.target_key)
+    return not any(transforms[k] for k in mapping.target_key[:len(mapping.source_key)])
+
+
+def _source_key(mapping: TableMapping, target_key: tuple, columns: list[sa.Column]) -> tuple | None:
+    """The source key of a target key the mapping copies as it is: its first columns (the rest are
+    a shared table's constant key columns, which the target rows compared always hold); None when no
+    source row can have it (a value the source's key column cannot hold)."""
+    return converted(tuple(target_key[:len(mapping.source_key)]), columns)
 
 
 def _target_key(mine: Side, source_key: tuple, columns: list[sa.Column]) -> tuple | None:
