@@ -108,14 +108,21 @@ class TimestampCapture(SqlSource):
         """The newest timestamp per table (at most the source's clock), with the rows inside its
         overlap window marked as seen (the snapshot carries them, so they are not applied again)."""
         self.prepare()
-        marks = {}
+        return {table: self._mark_now(table) for table in self.keys}
+
+    def join_stream(self, position: Position, tables: list[str]) -> Position:
+        """``position`` with each of ``tables`` starting again at its newest timestamp now: the
+        snapshot read after this carries their rows, so the rows before are not streamed again."""
+        self.prepare()
+        return {**(position or {}), **{table: self._mark_now(table) for table in tables}}
+
+    def _mark_now(self, table: str) -> dict:
+        """The table's newest timestamp, with the rows inside its overlap window marked as seen."""
         with self.engine.connect() as conn:
             clock = self.source_clock(conn)
-            for table in self.keys:
-                plain = sa.table(table, sa.column(self.options.column))
-                newest = self._capped(_text(conn.execute(sa.select(sa.func.max(plain.c[0]))).scalar()), clock)
-                marks[table] = self._poll(table, {"ts": newest, "seen": {}}, float("inf"))[1]
-        return marks
+            plain = sa.table(table, sa.column(self.options.column))
+            newest = self._capped(_text(conn.execute(sa.select(sa.func.max(plain.c[0]))).scalar()), clock)
+        return self._poll(table, {"ts": newest, "seen": {}}, float("inf"))[1]
 
     def read(self, after: Position, max_changes: int) -> Batch:
         position = dict(after or {})

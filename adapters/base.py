@@ -85,6 +85,13 @@ class Source(Protocol):
     def end_snapshot(self) -> None:
         """Release what begin_snapshot holds (idempotent)."""
 
+    def join_stream(self, position: Position, tables: list[str]) -> Position:
+        """The stream position from which ``tables`` (watched, but not yet copied: the first
+        snapshot, or tables added to a streaming pair) are captured too: their changes after the
+        returned position are streamed, so a snapshot of them read after this call, with those
+        changes applied over it, gives their current rows. Idempotent; SourceError naming
+        `cdc install CONFIG` when capture does not cover them yet (nothing may be copied then)."""
+
     def snapshot(self, table: str, key: tuple[str, ...], after_key: tuple | None, limit: int) -> list[Row]:
         """Up to ``limit`` rows after ``after_key`` in key order; short transactions, no long lock."""
 
@@ -124,13 +131,15 @@ class Target(Protocol):
     """Writes mapped changes, audit rows and the checkpoint to one target in one transaction."""
 
     def apply(self, pair: str, mapped: list[MappedChange], *, position: Position, snapshot: dict | None,
-              on_error: str, reason: str = "change") -> ApplyResult:
-        """ONE transaction: rows, audit, dead letters, checkpoint. Idempotent only with the checkpoint check."""
+              on_error: str, reason: str = "change", tables: list[str] | None = None) -> ApplyResult:
+        """ONE transaction: rows, audit, dead letters, checkpoint (with ``snapshot`` progress and the
+        streamed ``tables``; None keeps the stored list). Idempotent only with the checkpoint check."""
 
     def checkpoint(self, pair: str) -> state.Checkpoint | None: ...
 
-    def advance(self, pair: str, position: Position) -> None:
-        """Store ``position`` as the checkpoint without changes (past other tables' transactions)."""
+    def advance(self, pair: str, position: Position, *, snapshot: dict | None = None,
+                tables: list[str] | None = None) -> None:
+        """Store ``position`` (and snapshot progress, streamed tables) as the checkpoint without changes."""
 
     def set_generation(self, pair: str, generation: str | None) -> None:
         """Record the capture installation the pair's checkpoint belongs to, once (a checkpoint that has
@@ -306,6 +315,17 @@ class SqlSource(KeyedReads):
 
     def end_snapshot(self) -> None:
         pass
+
+    #: Trigger capture: `cdc install` registers the pair's tables in ``consumers_table``.
+    registers_tables = False
+
+    def join_stream(self, position: Position, tables: list[str]) -> Position:
+        """Trigger capture: the tables must be registered by `cdc install` (their triggers exist);
+        a capture that reads every table's changes (the binlog) needs nothing more."""
+        if self.registers_tables:
+            with self.engine.connect() as conn:
+                self._require_installed(conn)
+        return position
 
     def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
         """The changes of one read in parts; only a part with ``complete`` set ends on a transaction
@@ -496,10 +516,12 @@ class SqlTarget(KeyedReads):
         direct = self.__dict__.setdefault("_direct", set())
         (direct.add if on else direct.discard)(table)
 
-    def advance(self, pair: str, position: Position) -> None:
-        """Move the checkpoint past source transactions that held nothing for this pair."""
+    def advance(self, pair: str, position: Position, *, snapshot: dict | None = None,
+                tables: list[str] | None = None) -> None:
+        """Move the checkpoint past source transactions that held nothing for this pair (or record
+        a changed set of tables), keeping ``snapshot`` progress."""
         with self.checkpointing(pair) as (_, write):
-            write(position, None, 0)
+            write(position, snapshot, 0, tables=tables)
 
     def set_generation(self, pair: str, generation: str | None) -> None:
         """Record the capture installation the pair's checkpoint belongs to (see Source.generation)."""
@@ -568,15 +590,16 @@ class SqlTarget(KeyedReads):
     @contextlib.contextmanager
     def checkpointing(self, pair: str | None) -> Iterator[tuple[sa.Connection, Callable[..., None]]]:
         """A target transaction whose checkpoint write is fenced by this process's claim of ``pair``;
-        yields ``(conn, write)``, ``write(position, snapshot, applied, committed_at=None)``. The claim
+        yields ``(conn, write)``, ``write(position, snapshot, applied, committed_at=None, tables=None)``. The claim
         learns the outcome: committed, or uncertain when the COMMIT itself failed. ``pair`` None: a
         transaction that writes no checkpoint (a repair), whose ``write`` refuses."""
         claim, written = (None if pair is None else self._claim(pair)), []
 
-        def write(position: Position, snapshot: dict | None, applied: int, committed_at=None) -> None:
+        def write(position: Position, snapshot: dict | None, applied: int, committed_at=None, tables=None) -> None:
             if claim is None:
                 raise TypeError("this transaction writes no checkpoint")
-            written.append(state.write_checkpoint(conn, claim, position, snapshot, applied, committed_at=committed_at))
+            written.append(state.write_checkpoint(conn, claim, position, snapshot, applied, committed_at=committed_at,
+                                                  tables=tables))
 
         try:
             with self.engine.begin() as conn:
@@ -590,29 +613,32 @@ class SqlTarget(KeyedReads):
 
     # -- apply ---------------------------------------------------------------------
     def apply(self, pair: str, mapped: list[MappedChange], *, position: Position, snapshot: dict | None,
-              on_error: str, reason: str = "change") -> ApplyResult:
+              on_error: str, reason: str = "change", tables: list[str] | None = None) -> ApplyResult:
         """Write rows, audit, dead letters and checkpoint in ONE transaction (see apply_parts)."""
         return self.apply_parts(pair, lambda: [mapped], position=lambda: position, snapshot=snapshot,
-                                on_error=on_error, reason=reason)
+                                on_error=on_error, reason=reason, tables=tables)
 
     def apply_parts(self, pair: str, parts: Callable[[], Iterable[list[MappedChange]]], *,
                     position: Callable[[], Position], snapshot: dict | None, on_error: str,
-                    reason: str = "change") -> ApplyResult:
+                    reason: str = "change", tables: list[str] | None = None) -> ApplyResult:
         """Write parts of a batch one after another into ONE transaction, then the checkpoint.
 
         ``parts()`` yields the batch in parts (a large source transaction need not fit in
         memory); ``position()`` is read after the last part. When no part holds a change,
         nothing is written. A row the database rejects makes the whole batch roll back and
         run again from ``parts()`` one change per savepoint, so the bad change is parked
-        (or stops the pair) alone.
+        (or stops the pair) alone. The checkpoint stores ``snapshot`` (progress of tables being
+        copied) and ``tables`` (the streamed ones; None keeps the stored list).
         """
         try:
-            return self._transaction(pair, parts(), position, snapshot, on_error, reason, isolate=False)
+            return self._transaction(pair, parts(), position, snapshot, on_error, reason, isolate=False,
+                                     tables=tables)
         except sa.exc.DBAPIError as exc:
             if self.classify(exc) != "row":
                 raise self._translate(exc) from None
         try:
-            return self._transaction(pair, parts(), position, snapshot, on_error, reason, isolate=True)
+            return self._transaction(pair, parts(), position, snapshot, on_error, reason, isolate=True,
+                                     tables=tables)
         except sa.exc.DBAPIError as exc:
             raise self._translate(exc) from None
 
@@ -627,7 +653,7 @@ class SqlTarget(KeyedReads):
         text = str(exc.orig).strip()
         return RetryableError(f"target: {text}") if kind == "retry" else TargetError(f"target: {text}")
 
-    def _transaction(self, pair, parts, position, snapshot, on_error, reason, isolate) -> ApplyResult:
+    def _transaction(self, pair, parts, position, snapshot, on_error, reason, isolate, tables=None) -> ApplyResult:
         applied = parked_count = seen = 0
 
         def reject(item: MappedChange, error: RowError, parked: list) -> None:
@@ -650,7 +676,8 @@ class SqlTarget(KeyedReads):
                 committed_at = next((m.change.committed_at for m in reversed(mapped) if m.change.committed_at),
                                     committed_at)
             if (seen or reason == "snapshot") and reason != "repair":
-                write_checkpoint(position(), snapshot, applied if reason != "snapshot" else 0, committed_at)
+                write_checkpoint(position(), snapshot, applied if reason != "snapshot" else 0, committed_at,
+                                 tables=tables)
         return ApplyResult(applied, parked_count)
 
     def _write_part(self, conn, mapped, isolate, reject, limit=None) -> tuple[list[MappedChange], list]:

@@ -157,7 +157,8 @@ def run(config: str, pair: str | None, once: bool, resnapshot: bool, wait: bool)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @_friendly
 def status(config: str, pair: str | None, as_json: bool) -> None:
-    """Per pair: running or failed, phase, checkpoint, pending, lag; exit 1 if a pair failed or parked changes."""
+    """Per pair: running or failed, phase, checkpoint, pending, lag, and per table whether it streams or
+    is being copied; exit 1 if a pair failed or parked changes."""
     rows = commands.status(config, pair)
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
@@ -184,6 +185,20 @@ def _print_status(row: dict) -> None:
     click.echo(f"  lag         {lag}")
     click.echo(f"  applied     {row['changes_applied']} changes, last at {row['last_applied_at'] or '-'}")
     click.echo(f"  dead letters {row['dead_letters']}{' parked (`cdc audit CONFIG` lists them)' if row['dead_letters'] else ''}")
+    for table, phase in row["tables"].items():
+        click.echo(f"  table {table}: {_table_phase_text(phase)}")
+
+
+def _table_phase_text(phase: dict) -> str:
+    """``streaming``, ``snapshotting (1,200 rows copied so far)``, ... for one table of `cdc status`."""
+    rows = phase.get("rows_copied")
+    if phase["phase"] == "snapshotting" and rows is not None:
+        return f"snapshotting ({rows:,} rows copied so far)"
+    if phase["phase"] == "copied":
+        return "copied" + (f" ({rows:,} rows)" if rows is not None else "") + ", streams once every table is copied"
+    if phase["phase"] == "not copied yet":
+        return "not copied yet (the next `cdc run` copies it)"
+    return phase["phase"]
 
 
 @main.command()

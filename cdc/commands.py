@@ -282,7 +282,8 @@ def _pair_status(p: Pair) -> dict:
     row: dict[str, Any] = {"pair": p.name, "source": p.source.masked, "target": p.target.masked,
                            "capture": p.capture, "phase": "not started", "state": "not running", "holder": None,
                            "error": None, "checkpoint": None, "checkpoint_text": None, "pending": None,
-                           "lag_seconds": None, "changes_applied": 0, "last_applied_at": None, "dead_letters": 0}
+                           "lag_seconds": None, "changes_applied": 0, "last_applied_at": None, "dead_letters": 0,
+                           "tables": {}}
     checkpoint = _target_status(p, row)
     if checkpoint is not None:
         try:
@@ -322,8 +323,11 @@ def _target_status(p: Pair, row: dict) -> Any:
     finally:
         target.close()
     if checkpoint is not None:
-        row.update(phase="snapshot" if checkpoint.snapshot else "streaming", checkpoint=checkpoint.position,
+        # "snapshot" is the first one; a table added later is copied while the others stream (see "tables").
+        first_snapshot = checkpoint.snapshot is not None and not checkpoint.tables
+        row.update(phase="snapshot" if first_snapshot else "streaming", checkpoint=checkpoint.position,
                    changes_applied=checkpoint.changes_applied, last_applied_at=checkpoint.updated_at.isoformat())
+    row["tables"] = _table_phases(checkpoint, list(p.mapping.tables))
     if holder is not None:
         if holder.alive(p.claim_timeout, state._store.now()):
             row.update(state="running", holder=holder.describe())
@@ -343,6 +347,25 @@ def _checkpoint_error(p: Pair, source: Any, checkpoint: state.Checkpoint) -> str
     except SourceError as exc:
         return str(exc)
     return None
+
+
+def _table_phases(checkpoint: state.Checkpoint | None, tables: list[str]) -> dict[str, dict]:
+    """Per source table of the pair's mapping (tables removed from it are not listed): its phase,
+    ``streaming``, ``snapshotting`` (with ``rows_copied`` so far, None when not recorded),
+    ``copied`` (its first-snapshot copy is done; it streams once every table is) or ``not copied
+    yet`` (the next `cdc run` copies it)."""
+    streamed = set(checkpoint.tables) if checkpoint is not None else set()
+    progress = ((checkpoint.snapshot or {}) if checkpoint is not None else {}).get("tables", {})
+    phases = {}
+    for table in tables:
+        if table in streamed:
+            phases[table] = {"phase": "streaming"}
+        elif table in progress:
+            phases[table] = {"phase": "copied" if progress[table]["done"] else "snapshotting",
+                             "rows_copied": progress[table].get("rows")}
+        else:
+            phases[table] = {"phase": "not copied yet"}
+    return phases
 
 
 def _one_pair(config_path: str, pair: str | None) -> Pair:

@@ -22,6 +22,9 @@ from .mapping import TableMapping, map_changes, map_snapshot
 
 logger = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
+#: Seconds a table added to a streaming pair is copied for between two stream reads: the most its
+#: copy delays the other tables' changes.
+SNAPSHOT_SLICE = 1.0
 
 
 @dataclass
@@ -131,6 +134,8 @@ class PairRunner:
         self.source, self.target, self.mappings = open_pair(pair)
         self.target.prepare_tables(m.target for m in self.mappings.values())
         self._bulk: dict[str, bool] = {}
+        self._streamed: list[str] = []  # source tables copied whole, whose changes the pair streams
+        self._progress: dict[str, dict] = {}  # snapshot progress of the tables being copied
         self._copy_types: dict[str, dict] = {}  # target column types a source makes COPY text for
         for table, mapping in self.mappings.items():
             if self._bulk_ok(table, mapping) and table not in self._copy_types:  # same kind, same types
@@ -195,17 +200,17 @@ class PairRunner:
             if checkpoint is None:
                 position = self._retrying(self.source.begin_snapshot)
                 generation = self._retrying(self.source.generation)
-                snapshot = {"tables": {t: {"after": None, "done": False} for t in self.mappings}}
             else:
                 generation = self._retrying(lambda: verify_checkpoint(self.pair.name, self.source, checkpoint))
-                position, snapshot = checkpoint.position, checkpoint.snapshot
+                position = checkpoint.position
                 # A crash between commit and acknowledge left this unreleased; release it now.
                 self._retrying(lambda: self.source.acknowledge(position))
             if checkpoint is not None and checkpoint.generation is None and generation is not None:
                 # Written before generations existed: it adopts the installation it runs on.
                 self._retrying(lambda: self.target.set_generation(self.pair.name, generation))
-            if snapshot is not None:
-                self._snapshot(position, snapshot, result)
+            position = self._plan_tables(checkpoint, position)
+            if not self._streamed:
+                self._snapshot(position, result)
             if checkpoint is None:  # the first chunk created the checkpoint
                 self._retrying(lambda: self.target.set_generation(self.pair.name, generation))
         finally:
@@ -213,11 +218,59 @@ class PairRunner:
         self._stream(position, once, result)
         return result
 
+    # -- which tables stream, which are copied ------------------------------------------
+    def _plan_tables(self, checkpoint: Any, position: Any) -> Any:
+        """Split the mapping's tables into streamed ones and ones (still) to copy; returns the position.
+
+        A table the checkpoint has neither as streamed nor in its snapshot progress (new to the
+        pair, or removed once and added again) joins the stream (the source checks that capture
+        covers it) and is copied. A table no longer in the mapping is forgotten, and the checkpoint
+        says so at once, so a table added back later is copied again rather than trusted.
+        """
+        stored = (checkpoint.snapshot or {}).get("tables", {}) if checkpoint is not None else {}
+        self._streamed = [t for t in (checkpoint.tables if checkpoint is not None else ()) if t in self.mappings]
+        self._progress = {t: dict(p) for t, p in stored.items() if t in self.mappings and t not in self._streamed}
+        added = [t for t in self.mappings if t not in self._streamed and t not in self._progress]
+        if added:
+            position = self._retrying(lambda: self.source.join_stream(position, added))
+            self._progress.update({t: {"after": None, "done": False, "rows": 0} for t in added})
+        if self._streamed:
+            if added:
+                logger.info("pair %s: copying added table(s) %s while %s stream", self.pair.name, ", ".join(added),
+                            ", ".join(self._streamed))
+            for progress in self._progress.values():
+                progress["direct"] = False  # the stream may write rows before the snapshot reaches them
+        if checkpoint is not None:
+            snapshot, tables = self._to_commit()
+            if not checkpoint.tables_recorded or list(checkpoint.tables) != tables \
+                    or dumps(checkpoint.snapshot) != dumps(snapshot) or dumps(checkpoint.position) != dumps(position):
+                self._retrying(lambda: self.target.advance(self.pair.name, position, snapshot=snapshot, tables=tables))
+        return position
+
+    def _to_commit(self) -> tuple[dict | None, list[str]]:
+        """The snapshot progress and the streamed tables the next checkpoint stores.
+
+        During the first snapshot nothing streams yet and every table's progress is kept until all
+        are copied; after it, a table whose copy is done moves from the progress to the streamed tables.
+        """
+        copying = {t: p for t, p in self._progress.items() if not p["done"]}
+        if not self._streamed and copying:
+            return {"tables": _copy(self._progress)}, []
+        streamed = sorted(set(self._streamed) | {t for t, p in self._progress.items() if p["done"]})
+        return ({"tables": _copy(copying)} if copying else None), streamed
+
+    def _settle(self, tables: list[str]) -> None:
+        """After a commit that stored ``tables`` as streamed: their progress is no longer kept."""
+        if tables:
+            self._streamed = list(tables)
+            self._progress = {t: p for t, p in self._progress.items() if t not in tables}
+
     # -- snapshot ------------------------------------------------------------------
-    def _snapshot(self, position: Any, snapshot: dict, result: RunResult) -> None:
+    def _snapshot(self, position: Any, result: RunResult) -> None:
+        """The first snapshot: every table copied, in chunks, before the stream starts."""
         for table, mapping in self.mappings.items():
-            progress = snapshot["tables"].setdefault(table, {"after": None, "done": False})
-            if progress["done"]:
+            progress = self._progress.get(table)
+            if progress is None or progress["done"]:
                 continue
             result.tables_snapshotted.append(table)
             total = self.source.count(table)
@@ -229,16 +282,48 @@ class PairRunner:
 
                 while not progress["done"] and not self.stop.is_set():
                     if self._bulk_ok(table, mapping):
-                        counted(self._bulk_or_rows(table, mapping, position, snapshot, progress))
+                        counted(self._bulk_or_rows(table, mapping, position, progress))
                     else:
-                        self._row_chunks(table, mapping, position, snapshot, progress, counted)
+                        self._row_chunks(table, mapping, position, progress, counted)
             if progress["done"]:
                 logger.info("pair %s: snapshot of %s done (%d rows)", self.pair.name, table, total)
 
-    def _bulk_or_rows(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict) -> int:
+    def _snapshot_step(self, position: Any, result: RunResult) -> bool:
+        """Chunks of a table added to the streaming pair for up to SNAPSHOT_SLICE seconds; False
+        when no table is left to copy.
+
+        The stream reads between two slices, so the other tables keep streaming. A chunk is read
+        only after the last stream read committed, never ahead of it (a chunk read ahead is dropped
+        at the end of a slice): a chunk read before the stream applies a newer change to one of its
+        rows would write the row back to its older state. Changes to the table streamed before its
+        chunk is copied are whole rows, so copying the chunk over them, or applying them again over
+        it, converges to the source's rows.
+        """
+        table = next((t for t, p in self._progress.items() if not p["done"]), None)
+        if table is None:
+            return False
+        mapping, progress = self.mappings[table], self._progress[table]
+        if table not in result.tables_snapshotted:
+            result.tables_snapshotted.append(table)
+
+        def counted(rows: int) -> None:
+            result.snapshot_rows += rows
+
+        deadline = time.monotonic() + SNAPSHOT_SLICE
+        while not progress["done"] and not self.stop.is_set() and time.monotonic() < deadline:
+            if self._bulk_ok(table, mapping):
+                counted(self._bulk_or_rows(table, mapping, position, progress))
+            else:
+                self._row_chunks(table, mapping, position, progress, counted, deadline)
+        if progress["done"]:
+            logger.info("pair %s: snapshot of added table %s done (%d rows); it streams from now on",
+                        self.pair.name, table, progress["rows"])
+        return True
+
+    def _bulk_or_rows(self, table: str, mapping: TableMapping, position: Any, progress: dict) -> int:
         """One chunk as raw COPY data; a chunk the target refuses goes row by row instead."""
         try:
-            return self._bulk_chunk(table, mapping, position, snapshot, progress)
+            return self._bulk_chunk(table, mapping, position, progress)
         except sa.exc.DBAPIError as exc:
             if self.target.classify(exc) != "row":
                 raise
@@ -248,21 +333,22 @@ class PairRunner:
             self._bulk[table] = False
             return 0
 
-    def _row_chunks(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict,
-                    counted: Callable[[int], None]) -> None:
-        """The rest of the table chunk by chunk; the next chunk is read in a second thread while
-        this one is applied. Each chunk commits with the progress after it."""
+    def _row_chunks(self, table: str, mapping: TableMapping, position: Any, progress: dict,
+                    counted: Callable[[int], None], deadline: float | None = None) -> None:
+        """The rest of the table (or what is copied until ``deadline``) chunk by chunk; the next
+        chunk is read in a second thread while this one is applied. Each chunk commits with the
+        progress after it."""
         if progress["after"] is None and "direct" not in progress:
             # An empty target at the first chunk may take plain inserts: chunks never overlap.
             progress["direct"] = self.target.is_empty(mapping.target)
         self.target.load_directly(mapping.target, progress.get("direct", False))
         try:
-            self._read_ahead(table, mapping, position, snapshot, progress, counted)
+            self._read_ahead(table, mapping, position, progress, counted, deadline)
         finally:
             self.target.load_directly(mapping.target, False)
 
-    def _read_ahead(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict,
-                    counted: Callable[[int], None]) -> None:
+    def _read_ahead(self, table: str, mapping: TableMapping, position: Any, progress: dict,
+                    counted: Callable[[int], None], deadline: float | None) -> None:
         size = self.pair.snapshot_chunk
 
         def chunks() -> Any:
@@ -275,15 +361,20 @@ class PairRunner:
                 after = mapping.source_key_of(rows[-1])
 
         for count, mapped in _prefetched(chunks, depth=1):
-            if mapped:
-                progress["after"] = list(mapped[-1].change.key)
-            progress["done"] = count < size
-            finished = all(p["done"] for p in snapshot["tables"].values()) and \
-                set(snapshot["tables"]) >= set(self.mappings)
-            self._apply(mapped, position, None if finished else _copy(snapshot), "snapshot")
+            self._commit_chunk(mapped, count, position, progress)
             counted(count)
-            if self.stop.is_set():
-                break
+            if self.stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                break  # a chunk read ahead is dropped: it is read again after the next stream read
+
+    def _commit_chunk(self, mapped: list, count: int, position: Any, progress: dict) -> None:
+        """Apply one chunk of ``count`` rows read, with the progress after it, in one target transaction."""
+        if mapped:
+            progress["after"] = list(mapped[-1].change.key)
+        progress["done"] = count < self.pair.snapshot_chunk
+        progress["rows"] = progress.get("rows", 0) + count
+        snapshot, tables = self._to_commit()
+        self._apply(mapped, position, snapshot, "snapshot", tables)
+        self._settle(tables)
 
     def _bulk_ok(self, table: str, mapping: TableMapping) -> bool:
         """Whether a chunk can go as raw COPY data: identity mapping, and the same database kind with
@@ -301,25 +392,28 @@ class PairRunner:
                     self._bulk[table] = self.source.copy_compatible(table, self._copy_types[table])
         return self._bulk[table]
 
-    def _bulk_chunk(self, table: str, mapping: TableMapping, position: Any, snapshot: dict, progress: dict) -> int:
+    def _bulk_chunk(self, table: str, mapping: TableMapping, position: Any, progress: dict) -> int:
         after = self._decode_key(table, mapping, progress["after"])
-        chunk = self.pair.snapshot_chunk
+        chunk, copied = self.pair.snapshot_chunk, progress.get("rows", 0)
         if after is None and "direct" not in progress:
             # An empty target at the first chunk may take COPY straight in: chunks never overlap.
             progress["direct"] = self.target.is_empty(mapping.target)
+        stored: list = []
 
-        def finish(count: int, last_key: list | None) -> dict | None:
+        def finish(count: int, last_key: list | None) -> tuple[dict | None, list[str]]:
+            """Called in the chunk's transaction (again on a retry): the progress after the chunk."""
             if count:
                 progress["after"] = last_key
-            progress["done"] = count < chunk
-            finished = all(p["done"] for p in snapshot["tables"].values()) and \
-                set(snapshot["tables"]) >= set(self.mappings)
-            return None if finished else _copy(snapshot)
+            progress["done"], progress["rows"] = count < chunk, copied + count
+            stored[:] = [self._to_commit()]
+            return stored[0]
 
-        return self._retrying(lambda: self.target.bulk_snapshot(
+        count = self._retrying(lambda: self.target.bulk_snapshot(
             self.pair.name, table, mapping.target, mapping.target_columns, mapping.target_key,
             lambda write: self._copy_out(table, mapping, after, chunk, write),
             position, finish, direct=progress.get("direct", False), fmt=getattr(self.source, "copy_format", "binary")))
+        self._settle(stored[0][1])
+        return count
 
     def _copy_out(self, table: str, mapping: TableMapping, after: tuple | None, chunk: int, write: Callable) -> None:
         if table in self._copy_types:  # COPY text made by another kind of database for these target types
@@ -338,7 +432,10 @@ class PairRunner:
 
     # -- stream --------------------------------------------------------------------
     def _stream(self, position: Any, once: bool, result: RunResult) -> None:
+        """Read, apply and acknowledge until drained (``once``) or stopped; a table added to the pair
+        is copied one chunk between two reads until it streams too."""
         while not self.stop.is_set():
+            copying = self._snapshot_step(position, result)
             read = _Read(position)
 
             def mapped() -> Any:
@@ -356,13 +453,14 @@ class PairRunner:
             applied = self._apply_parts(parts, read)
             if not read.changes and read.complete and dumps(read.position) != dumps(position):
                 # Only transactions of other tables (a binlog): keep the checkpoint up with them.
-                moved = read.position
-                self._retrying(lambda: self.target.advance(self.pair.name, moved))
+                moved, (snapshot, tables) = read.position, self._to_commit()
+                self._retrying(lambda: self.target.advance(self.pair.name, moved, snapshot=snapshot, tables=tables))
                 position = moved
             if not read.changes:
-                if once:
+                if once and not copying:
                     return
-                self.stop.wait(self.pair.poll_interval)
+                if not copying:
+                    self.stop.wait(self.pair.poll_interval)
                 continue
             position = read.position
             self._retrying(lambda: self.source.acknowledge(position))
@@ -372,35 +470,37 @@ class PairRunner:
             logger.debug("pair %s: applied %d changes up to %s", self.pair.name, applied.applied, dumps(position))
 
     def _apply_parts(self, parts: Callable, read: "_Read") -> Any:
-        """Stream a read into one target transaction, with retries that never apply it twice."""
+        """Stream a read into one target transaction, with retries that never apply it twice; the
+        checkpoint carries the progress of tables still being copied."""
         attempts = []
+        snapshot, tables = self._to_commit()
 
         def attempt() -> Any:
-            if attempts and read.complete and self._committed(read.position, None):
+            if attempts and read.complete and self._committed(read.position, snapshot, tables):
                 return ApplyResult(0, 0)  # the connection broke after COMMIT: never apply twice
             attempts.append(1)
-            return self.target.apply_parts(self.pair.name, parts, position=lambda: read.position, snapshot=None,
-                                           on_error=self.pair.on_error)
+            return self.target.apply_parts(self.pair.name, parts, position=lambda: read.position, snapshot=snapshot,
+                                           on_error=self.pair.on_error, tables=tables)
 
         return self._retrying(attempt)
 
-    def _apply(self, mapped: list, position: Any, snapshot: dict | None, reason: str) -> Any:
+    def _apply(self, mapped: list, position: Any, snapshot: dict | None, reason: str, tables: list[str]) -> Any:
         """Apply with retries; a retry first asks the target whether the lost attempt had committed."""
         attempts = []
 
         def attempt() -> Any:
-            if attempts and self._committed(position, snapshot):
+            if attempts and self._committed(position, snapshot, tables):
                 return ApplyResult(0, 0)  # the connection broke after COMMIT: never apply twice
             attempts.append(1)
             return self.target.apply(self.pair.name, mapped, position=position, snapshot=snapshot,
-                                     on_error=self.pair.on_error, reason=reason)
+                                     on_error=self.pair.on_error, reason=reason, tables=tables)
 
         return self._retrying(attempt)
 
-    def _committed(self, position: Any, snapshot: dict | None) -> bool:
+    def _committed(self, position: Any, snapshot: dict | None, tables: list[str]) -> bool:
         checkpoint = self.target.checkpoint(self.pair.name)
         return checkpoint is not None and dumps(checkpoint.position) == dumps(position) \
-            and dumps(checkpoint.snapshot) == dumps(snapshot)
+            and dumps(checkpoint.snapshot) == dumps(snapshot) and list(checkpoint.tables) == tables
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
         """Run ``call``; a passing fault is retried with back-off until it works or we are stopped."""
@@ -506,8 +606,8 @@ class _Read:
             self.position = part.position
 
 
-def _copy(snapshot: dict) -> dict:
-    return {"tables": {t: dict(p) for t, p in snapshot["tables"].items()}}
+def _copy(progress: dict[str, dict]) -> dict[str, dict]:
+    return {t: dict(p) for t, p in progress.items()}
 
 
 def _first_line(exc: Exception) -> str:

@@ -143,6 +143,8 @@ def _from_epoch(text: str) -> Any:
 class TriggerSource(MySQLSource):
     """Reads the changelog the capture triggers fill, epoch by sealed epoch."""
 
+    registers_tables = True
+
     # -- install ---------------------------------------------------------------------
     def _columns(self, conn: sa.Connection, table: str) -> list[tuple[str, str]]:
         self.describe(table)  # SchemaError if it is missing

@@ -231,6 +231,18 @@ class LogicalSource(SqlSource):
                     sql.lsn_text(position), self._exported)
         return position
 
+    def join_stream(self, position: Position, tables: list[str]) -> Position:
+        """The tables must be in the pair's publication (`cdc install` puts them there) before they
+        are copied: the slot never sends a change made while its table was outside it."""
+        with self.engine.connect() as conn:
+            published = {name for (name,) in conn.exec_driver_sql(sql.PUBLISHED_TABLES,
+                                                                  {"publication": self.publication})}
+        missing = [t for t in tables if t not in published]
+        if missing:
+            raise SourceError(f"table {missing[0]} of pair {self.pair} is not in its publication {self.publication}, "
+                              "so its changes are not captured: run `cdc install CONFIG`, then `cdc run` copies it")
+        return position
+
     def end_snapshot(self) -> None:
         """Release the exported snapshot (closing its replication connection)."""
         exporter, self._exporter, self._exported = getattr(self, "_exporter", None), None, None
@@ -286,10 +298,18 @@ class LogicalSource(SqlSource):
             self.acknowledge(current)
 
     def _check_relation(self, relation: pgoutput.Relation) -> list:
-        """Parsers for the relation's columns; SchemaError if a column the pair reads is gone."""
+        """Parsers for the relation's columns; SchemaError if a column the pair reads is gone.
+
+        A table the pair no longer copies (removed from its tables, publication not yet changed)
+        is skipped, with a warning once."""
         if relation.name not in self.keys:
-            raise SourceError(f"the slot sent changes of {relation.name}, which pair {self.pair} does not capture: "
-                              f"re-run `cdc install` so the publication matches the config")
+            warned = self.__dict__.setdefault("_unwatched", set())
+            if relation.name not in warned:
+                warned.add(relation.name)
+                logger.warning("pair %s: publication %s still includes table %s, which the pair no longer copies; "
+                               "its changes are skipped (`cdc install CONFIG` takes it out of the publication)",
+                               self.pair, self.publication, relation.name)
+            return [types.parser(oid) for oid in relation.type_oids]
         known = self.describe(relation.name).column_names
         missing = [c for c in known if c not in relation.columns]
         if missing:
@@ -382,10 +402,11 @@ class _Decoder:
             return None
         kind = message.kind
         if kind in "IUD":
-            if self.skip:
-                return None
-            self.pending.append(self.source._change(self.conn, message, self.relations[message.relation][0],
-                                                    self.committed, self.xid, self.lsn))
+            relation = self.relations[message.relation][0]
+            if self.skip or relation.name not in self.source.keys:
+                return None  # applied already, or of a table the pair no longer copies
+            self.pending.append(self.source._change(self.conn, message, relation, self.committed, self.xid,
+                                                    self.lsn))
             if len(self.pending) >= self.part_size:
                 part, self.pending = self.pending, []
                 return Batch(part, None, complete=False)

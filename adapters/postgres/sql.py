@@ -27,6 +27,8 @@ PUBLICATION_EXISTS = "SELECT 1 FROM pg_publication WHERE pubname = %(publication
 PUBLICATION_COMMENT = ("SELECT obj_description(oid, 'pg_publication') FROM pg_publication "
                        "WHERE pubname = %(publication)s")
 GENERATION_PREFIX = "cdc-sync capture generation "
+PUBLISHED_TABLES = ("SELECT tablename FROM pg_publication_tables WHERE pubname = %(publication)s "
+                    "AND schemaname = current_schema()")
 REPLICA_IDENTITY = ("SELECT relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE c.relname = %(table)s AND n.nspname = current_schema()")
 

@@ -105,7 +105,7 @@ class PostgresTarget(SqlTarget):
         ONE transaction: the rows, one audit row, the checkpoint. ``direct``: the table was empty
         when the snapshot began and chunks are disjoint, so COPY goes straight into it; otherwise
         into a staging table and upserted from there. ``finish(count, last_key)`` returns the
-        snapshot progress to store with the checkpoint.
+        snapshot progress and the streamed tables to store with the checkpoint.
         """
         stage = table if direct else f"_cdc_stage_snapshot_{table}"[:63]
         with self.checkpointing(pair) as (conn, write_checkpoint):
@@ -126,7 +126,8 @@ class PostgresTarget(SqlTarget):
                 "reason": "snapshot", "key": dumps(last or []), "before": None,
                 "after": dumps({"rows": count, "last_key": last}), "source_position": None,
                 "source_txid": None, "committed_at": None, "applied_at": state._store.now()}])
-            write_checkpoint(position, finish(count, last), 0)
+            snapshot, tables = finish(count, last)
+            write_checkpoint(position, snapshot, 0, tables=tables)
         return count
 
     def _binary_oids(self, conn: sa.Connection, table: str, columns: list[str]) -> list[int] | None:

@@ -24,6 +24,8 @@ from . import sql
 class TriggerSource(SqlSource):
     """Reads the changelog the capture triggers fill; purges what every pair has applied."""
 
+    registers_tables = True
+
     # -- install -------------------------------------------------------------------
     def prepare(self) -> list[str]:
         with self.engine.begin() as conn:

@@ -40,6 +40,8 @@ class TriggerSource(SqliteSource):
     Position: the id of the last changelog row applied (an int, 0 before the first).
     """
 
+    registers_tables = True
+
     def prepare(self) -> list[str]:
         done = []
         with self.engine.begin() as conn:

@@ -14,7 +14,12 @@ from ._tables import audit_log, checkpoints, dead_letters, reconcile_runs
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Where a pair stands: stream position, unfinished snapshot (or None), totals."""
+    """Where a pair stands: stream position, unfinished snapshot (or None), totals.
+
+    ``tables``: the source tables whose snapshot is complete and whose changes the pair streams
+    (empty while the first snapshot runs). ``tables_recorded`` is False for a checkpoint written
+    before state version 0003, whose ``tables`` are inferred (see read_checkpoint).
+    """
 
     position: Any
     snapshot: dict | None
@@ -23,6 +28,8 @@ class Checkpoint:
     source_committed_at: dt.datetime | None = None  # source commit time of the last change applied
     #: The capture installation the position belongs to (None: written before generations existed).
     generation: str | None = None
+    tables: tuple[str, ...] = ()
+    tables_recorded: bool = True
 
 
 def now() -> dt.datetime:
@@ -34,8 +41,21 @@ def read_checkpoint(conn: sa.Connection, pair: str) -> Checkpoint | None:
     row = conn.execute(sa.select(checkpoints).where(checkpoints.c.pair == pair)).first()
     if row is None:
         return None
-    return Checkpoint(loads(row.position), loads(row.snapshot), row.changes_applied, aware(row.updated_at),
-                      aware(row.source_committed_at), row.generation)
+    position, snapshot = loads(row.position), loads(row.snapshot)
+    known = (row.changes_applied, aware(row.updated_at), aware(row.source_committed_at), row.generation)
+    if row.tables is not None:
+        return Checkpoint(position, snapshot, *known, tuple(loads(row.tables)))
+    return Checkpoint(position, snapshot, *known, () if snapshot is not None else _snapshotted_tables(conn, pair),
+                      tables_recorded=False)
+
+
+def _snapshotted_tables(conn: sa.Connection, pair: str) -> tuple[str, ...]:
+    """The streamed tables of a checkpoint written before 0003 recorded them: those with a snapshot
+    audit row. A table not found (one empty at its snapshot, or a pruned audit log) is copied again,
+    which costs time but loses nothing; assuming a table was copied could lose all its rows."""
+    query = (sa.select(audit_log.c.source_table).distinct()
+             .where(audit_log.c.pair == pair, audit_log.c.op == "snapshot"))
+    return tuple(sorted(conn.execute(query).scalars()))
 
 
 def aware(value: dt.datetime | None) -> dt.datetime | None:

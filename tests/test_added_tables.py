@@ -1,0 +1,330 @@
+"""A table added to (or removed from) a pair that already streams: copied while the others stream.
+
+The pair first copies and streams `entries` (table A). Then `tables:` (or the mapping file) gains a
+table B that already has rows, `cdc init` + `cdc install` run, and a writer changes A and B while
+`cdc run` copies B chunk by chunk; the run is SIGKILLed once in the middle of B's snapshot and run
+again. Both tables must then equal the source row by row, and every change the writer made must
+have exactly one audit row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+import psycopg
+import pymysql
+import pytest
+import sqlalchemy as sa
+
+import workload
+
+SCHEMAS = {
+    "sqlite": """
+        CREATE TABLE entries (id INTEGER PRIMARY KEY, account INTEGER NOT NULL, amount NUMERIC(18,2) NOT NULL,
+            currency CHAR(3) NOT NULL, memo VARCHAR(200), booked_at DATETIME);
+        CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT NOT NULL, balance NUMERIC(18,2) NOT NULL);
+        CREATE TABLE parties (code VARCHAR(10) NOT NULL, region INTEGER NOT NULL, name TEXT NOT NULL,
+            PRIMARY KEY (code, region))""",
+    "postgresql": """
+        CREATE TABLE entries (id BIGINT PRIMARY KEY, account INTEGER NOT NULL, amount NUMERIC(18,2) NOT NULL,
+            currency CHAR(3) NOT NULL, memo VARCHAR(200), booked_at TIMESTAMP);
+        CREATE TABLE accounts (id BIGINT PRIMARY KEY, name TEXT NOT NULL, balance NUMERIC(18,2) NOT NULL)""",
+    "mysql": """
+        CREATE TABLE entries (id BIGINT PRIMARY KEY, account INT NOT NULL, amount DECIMAL(18,2) NOT NULL,
+            currency CHAR(3) NOT NULL, memo VARCHAR(200), booked_at DATETIME(6)) ENGINE=InnoDB;
+        CREATE TABLE accounts (id BIGINT PRIMARY KEY, name VARCHAR(200) NOT NULL, balance DECIMAL(18,2) NOT NULL)
+            ENGINE=InnoDB""",
+}
+
+
+# -- the databases ---------------------------------------------------------------------------
+def kind(db: str) -> str:
+    return "postgresql" if db.startswith("postgresql") else "mysql" if db.startswith("mysql") else "sqlite"
+
+
+def url(db: str) -> str:
+    """The config's URL of a database: a path is a SQLite file."""
+    return f"sqlite:///{db}" if kind(db) == "sqlite" else db
+
+
+def execute(db: str, statements: str, params: tuple | None = None, many: list | None = None) -> list:
+    """Run SQL (``;``-separated statements, or one with ``params``/``many``) with autocommit; rows of the last."""
+    parts = [statements] if params is not None or many is not None else \
+        [s for s in statements.split(";") if s.strip()]
+    if kind(db) == "sqlite":
+        conn = sqlite3.connect(db, timeout=30)
+        try:
+            with conn:
+                for part in parts:
+                    cursor = conn.executemany(part, many) if many is not None else conn.execute(part, params or ())
+                return cursor.fetchall()
+        finally:
+            conn.close()
+    if kind(db) == "postgresql":
+        with psycopg.connect(db, autocommit=True) as conn, conn.cursor() as cursor:
+            for part in parts:
+                part = part.replace("?", "%s")
+                cursor.executemany(part, many) if many is not None else cursor.execute(part, params)
+            return cursor.fetchall() if cursor.description else []
+    address = sa.engine.make_url(db)
+    with pymysql.connect(host=address.host, port=address.port, user=address.username, password=address.password or "",
+                         database=address.database, autocommit=True, charset="utf8mb4") as conn:
+        with conn.cursor() as cursor:
+            cursor.execute("SET time_zone = '+00:00'")
+            for part in parts:
+                part = part.replace("?", "%s")
+                cursor.executemany(part, many) if many is not None else cursor.execute(part, params)
+            return list(cursor.fetchall()) if cursor.description else []
+
+
+def normalized(db: str, query: str) -> list[tuple]:
+    """Rows with exact decimals normalised (SQLite's floats read as the decimals they print as) and
+    timestamps as naive UTC, so the same data compares equal across database kinds."""
+    def value(v: Any) -> Any:
+        if isinstance(v, float):
+            return Decimal(repr(v)).normalize()
+        if isinstance(v, Decimal):
+            return v.normalize()
+        if isinstance(v, dt.datetime):
+            return (v.astimezone(dt.timezone.utc).replace(tzinfo=None) if v.tzinfo else v).isoformat(sep=" ")
+        return v
+    return [tuple(value(v) for v in row) for row in execute(db, query)]
+
+
+# -- the tables the writer changes ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Table:
+    """A source table the tests change: a new row, or a new value of ``column``, per serial number."""
+
+    name: str
+    key: tuple[str, ...]
+    row: Callable[[int], tuple]
+    column: str
+    value: Callable[[int], Any]
+
+    def where(self) -> str:
+        return " AND ".join(f"{k} = ?" for k in self.key)
+
+
+ENTRIES = Table("entries", ("id",), lambda n: (n, 1500 + n % 7, f"{n % 100000}.{n % 100:02d}", "NOK",
+                                               f"Bilag {n} æøå", "2024-05-01 12:00:00"),
+                "memo", lambda n: f"Endret {n} ø")
+ACCOUNTS = Table("accounts", ("id",), lambda n: (n, f"Konto {n} Blåbær", f"{n % 5000}.{n % 100:02d}"),
+                 "name", lambda n: f"Kontø {n}")
+PARTIES = Table("parties", ("code", "region"), lambda n: (f"P{n:07d}", n % 9 + 1, f"Part {n} æøå"),
+                "name", lambda n: f"Partø {n}")
+
+
+def fill(db: str, table: Table, serials: range) -> None:
+    rows = [table.row(n) for n in serials]
+    execute(db, f"INSERT INTO {table.name} VALUES ({', '.join('?' * len(rows[0]))})", many=rows)
+
+
+def change(conn: Any, table: Table, keys: list[tuple], rng: random.Random, serial: int) -> None:
+    """One insert, update (always to a new value) or delete of ``table`` in the open transaction."""
+    roll = rng.random()
+    if roll < 0.4 or len(keys) < 10:
+        row = table.row(serial)
+        conn.execute(f"INSERT INTO {table.name} VALUES ({', '.join('?' * len(row))})", row)
+        keys.append(row[:len(table.key)])
+    elif roll < 0.8:
+        conn.execute(f"UPDATE {table.name} SET {table.column} = ? WHERE {table.where()}",
+                     (table.value(serial), *rng.choice(keys)))
+    else:
+        conn.execute(f"DELETE FROM {table.name} WHERE {table.where()}", keys.pop(rng.randrange(len(keys))))
+
+
+def write(db: str, tables: tuple[Table, ...], stop: threading.Event, log: list, seed: int, least: int = 50) -> None:
+    """Transactions that each change every one of ``tables`` 1-3 times, until ``stop`` (and at least
+    ``least`` of them); ``log`` gets (transaction id or None, {table: changes}) per transaction."""
+    rng, serials = random.Random(seed), itertools.count(10_000_000)
+    conn = workload.connect(db)
+    try:
+        keys = {t.name: [tuple(r) for r in conn.execute(f"SELECT {', '.join(t.key)} FROM {t.name}")] for t in tables}
+        while len(log) < least or not stop.is_set():
+            counts = {}
+            with conn:
+                for table in tables:
+                    counts[table.name] = rng.randint(1, 3)
+                    for _ in range(counts[table.name]):
+                        change(conn, table, keys[table.name], rng, next(serials))
+            log.append((getattr(conn, "last_txid", None), counts))
+            time.sleep(0.003)
+    finally:
+        conn.close()
+
+
+# -- the pair ---------------------------------------------------------------------------------------
+def write_config(ws, source: str, target: str, capture: str, tables: list[str] | None = None,
+                 mapping: str | None = None, **options: Any) -> None:
+    what = f"    mapping: {mapping}\n" if mapping else f"    tables: [{', '.join(tables)}]\n"
+    more = "".join(f"    {k}: {v}\n" for k, v in options.items())
+    ws.config.write_text(f"connections:\n  src: {url(source)}\n  dst: {url(target)}\npairs:\n  p:\n    source: src\n"
+                         f"    target: dst\n    capture: {capture}\n{what}{more}", encoding="utf-8")
+
+
+def cdc_ok(ws, *args: str) -> subprocess.CompletedProcess:
+    result = ws.cdc(*args, str(ws.config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def checkpoint(target: str) -> tuple[dict, list]:
+    """The pair's snapshot progress per table ({} when none) and its streamed tables."""
+    rows = execute(target, "SELECT snapshot, tables FROM cdc_checkpoints WHERE pair = 'p'")
+    snapshot, tables = rows[0] if rows else (None, None)
+    return (json.loads(snapshot)["tables"] if snapshot else {}), (json.loads(tables) if tables else [])
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def start_run(ws, runs: list) -> subprocess.Popen:
+    """`cdc run` (until stopped) in the background, its output in a file of the workspace."""
+    with open(ws.root / f"run-{len(runs)}.log", "w") as output:
+        runs.append(subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                                     stdout=output, stderr=subprocess.STDOUT))
+    return runs[-1]
+
+
+def statuses(ws) -> dict:
+    return json.loads(cdc_ok(ws, "status", "--json").stdout)[0]["tables"]
+
+
+# -- checks ---------------------------------------------------------------------------------------
+def assert_each_change_audited_once(target: str, log: list, sources: list[str]) -> None:
+    """Every change the writer made has exactly one audit row: per transaction where the source gives
+    transaction ids (PostgreSQL, MariaDB), else by count and distinct changelog position (SQLite)."""
+    for table in sources:
+        made = sum(counts[table] for _, counts in log)
+        audited, positions = execute(target, "SELECT count(*), count(DISTINCT source_position) FROM cdc_audit_log "
+                                             "WHERE op <> 'snapshot' AND source_table = ?", (table,))[0]
+        assert audited == made, f"{table}: {made} changes made, {audited} audit rows"
+        if log[0][0] is None:  # SQLite: the changelog id of each change
+            assert positions == made, f"{table}: {made - positions} changes applied twice"
+        else:
+            per_transaction = dict(execute(target, "SELECT source_txid, count(*) FROM cdc_audit_log WHERE "
+                                                   "op <> 'snapshot' AND source_table = ? GROUP BY source_txid",
+                                           (table,)))
+            wrong = [(txid, counts[table], per_transaction.get(str(txid))) for txid, counts in log
+                     if per_transaction.get(str(txid)) != counts[table]]
+            assert not wrong, f"{table}: transactions applied twice, in part or not at all: {wrong[:5]}"
+
+
+def assert_copied_while_streaming(target: str, added: str, streaming: str) -> None:
+    """Changes to ``streaming`` were applied between the first and the last chunk of ``added``, and
+    no chunk of it was copied twice (each chunk's last key is past the one before)."""
+    chunks = execute(target, "SELECT id, after FROM cdc_audit_log WHERE op = 'snapshot' AND source_table = ? "
+                             "ORDER BY id", (added,))
+    assert len(chunks) >= 5, f"{added} was copied in {len(chunks)} chunk(s)"
+    between = execute(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot' AND source_table = ? "
+                              "AND id > ? AND id < ?", (streaming, chunks[0][0], chunks[-1][0]))[0][0]
+    assert between > 0, f"{streaming} did not stream while {added} was copied"
+    last_keys = [json.loads(after)["last_key"] for _, after in chunks if json.loads(after)["last_key"]]
+    assert all(a < b for a, b in zip(last_keys, last_keys[1:])), "a chunk was copied twice or out of order"
+
+
+# -- add a table while the pair streams, SIGKILL in the middle of its snapshot -----------------------
+def add_table_under_load(ws, source: str, target: str, capture: str, added: Table, *, mapping: bool = False,
+                         target_name: str | None = None, columns: str = "*") -> None:
+    execute(source, SCHEMAS[kind(source)])
+    fill(source, ENTRIES, range(1, 301))
+    fill(source, added, range(1, 3001))
+    chunk = 40
+    if mapping:
+        (ws.root / "m.yaml").write_text("tables:\n  entries:\n", encoding="utf-8")
+        write_config(ws, source, target, capture, mapping="m.yaml", snapshot_chunk=chunk, poll_interval=0.05)
+    else:
+        write_config(ws, source, target, capture, ["entries"], snapshot_chunk=chunk, poll_interval=0.05)
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    assert "snapshot 300 rows" in cdc_ok(ws, "run", "--once").stdout
+    assert statuses(ws) == {"entries": {"phase": "streaming"}}
+
+    if mapping:
+        (ws.root / "m.yaml").write_text(
+            "tables:\n  entries:\n  parties:\n    target: parter\n"
+            "    columns: {kode: code, region: region, navn: name}\n", encoding="utf-8")
+    else:
+        write_config(ws, source, target, capture, ["entries", added.name], snapshot_chunk=chunk, poll_interval=0.05)
+    assert statuses(ws)[added.name] == {"phase": "not copied yet"}
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+
+    stop, log, runs = threading.Event(), [], []
+    writer = threading.Thread(target=write, args=(source, (ENTRIES, added), stop, log, 5))
+    writer.start()
+    try:
+        first = start_run(ws, runs)
+        wait_for(lambda: checkpoint(target)[0].get(added.name, {}).get("rows", 0) >= 5 * chunk,
+                 f"five chunks of {added.name}")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        progress, streamed = checkpoint(target)
+        assert streamed == ["entries"] and not progress[added.name]["done"], (progress, streamed)
+        copied = progress[added.name]["rows"]
+        assert statuses(ws) == {"entries": {"phase": "streaming"},
+                                added.name: {"phase": "snapshotting", "rows_copied": copied}}
+        assert f"table {added.name}: snapshotting ({copied:,} rows copied so far)" in cdc_ok(ws, "status").stdout
+
+        second = start_run(ws, runs)
+        wait_for(lambda: added.name in checkpoint(target)[1], f"{added.name} to stream")
+        time.sleep(0.5)
+        stop.set()
+        writer.join()
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=120) == 0
+    finally:
+        stop.set()
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    cdc_ok(ws, "run", "--once")
+
+    name = target_name or added.name
+    order = ", ".join(added.key)
+    target_order = ", ".join(("kode", "region") if mapping else added.key)
+    assert normalized(source, "SELECT * FROM entries ORDER BY id") == normalized(target, "SELECT * FROM entries ORDER BY id")
+    source_rows = normalized(source, f"SELECT {columns} FROM {added.name} ORDER BY {order}")
+    assert len(source_rows) > 2900
+    assert source_rows == normalized(target, f"SELECT * FROM {name} ORDER BY {target_order}"), added.name
+    assert_each_change_audited_once(target, log, ["entries", added.name])
+    assert_copied_while_streaming(target, added.name, "entries")
+    assert checkpoint(target) == ({}, sorted(["entries", added.name]))
+    assert statuses(ws) == {"entries": {"phase": "streaming"}, added.name: {"phase": "streaming"}}
+
+
+def test_sqlite_table_added_to_tables_is_copied_while_entries_stream(ws):
+    add_table_under_load(ws, str(ws.root / "source.db"), str(ws.root / "target.db"), "trigger", ACCOUNTS)
+
+
+def test_sqlite_table_added_to_the_mapping_file_is_copied_while_entries_stream(ws):
+    add_table_under_load(ws, str(ws.root / "source.db"), str(ws.root / "target.db"), "trigger", PARTIES,
+                         mapping=True, target_name="parter", columns="code, region, name")
+
+
+def test_postgresql_logical_table_added_is_copied_while_entries_stream(ws, pg_databases):
+    add_table_under_load(ws, pg_databases(), pg_databases(), "logical", ACCOUNTS)
+
+
+def test_mariadb_binlog_table_added_is_copied_while_entries_stream(ws, mysql_url, pg_url):
+    add_table_under_load(ws, mysql_url, pg_url, "binlog", ACCOUNTS)
