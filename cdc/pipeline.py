@@ -238,6 +238,7 @@ class PairRunner:
             if added:
                 logger.info("pair %s: copying added table(s) %s while %s stream", self.pair.name, ", ".join(added),
                             ", ".join(self._streamed))
+            self._warn_of_old_rows(added)
             for progress in self._progress.values():
                 progress["direct"] = False  # the stream may write rows before the snapshot reaches them
         if checkpoint is not None:
@@ -246,6 +247,17 @@ class PairRunner:
                     or dumps(checkpoint.snapshot) != dumps(snapshot) or dumps(checkpoint.position) != dumps(position):
                 self._retrying(lambda: self.target.advance(self.pair.name, position, snapshot=snapshot, tables=tables))
         return position
+
+    def _warn_of_old_rows(self, added: list[str]) -> None:
+        """Say so when an added table's target already has rows (say, it was in the pair before):
+        the copy updates them and adds the missing ones, but a row the source deleted meanwhile stays."""
+        for table in added:
+            target = self.mappings[table].target
+            if self.target.exists(target) and not self.target.is_empty(target):
+                logger.warning("pair %s: target table %s already has rows; the copy of %s updates them and adds the "
+                               "missing ones but does not remove rows the source no longer has: once it streams, run "
+                               "`cdc reconcile CONFIG --pair %s --table %s --repair`", self.pair.name, target, table,
+                               self.pair.name, table)
 
     def _to_commit(self) -> tuple[dict | None, list[str]]:
         """The snapshot progress and the streamed tables the next checkpoint stores.

@@ -328,3 +328,120 @@ def test_postgresql_logical_table_added_is_copied_while_entries_stream(ws, pg_da
 
 def test_mariadb_binlog_table_added_is_copied_while_entries_stream(ws, mysql_url, pg_url):
     add_table_under_load(ws, mysql_url, pg_url, "binlog", ACCOUNTS)
+
+
+# -- removed tables, capture not installed, timestamp capture, checkpoints from before 0003 -----------
+def databases(ws, request, source_kind: str) -> tuple[str, str]:
+    """(source, target) of a test pair: SQLite -> SQLite, PostgreSQL -> PostgreSQL, MariaDB -> PostgreSQL."""
+    if source_kind == "sqlite":
+        return str(ws.root / "source.db"), str(ws.root / "target.db")
+    if source_kind == "postgresql":
+        make = request.getfixturevalue("pg_databases")
+        return make(), make()
+    return request.getfixturevalue("mysql_url"), request.getfixturevalue("pg_url")
+
+
+def synced_pair(ws, source: str, target: str, capture: str, tables: list[str]) -> None:
+    """entries and accounts with 20 rows each at the source; the pair copies ``tables``."""
+    execute(source, SCHEMAS[kind(source)])
+    fill(source, ENTRIES, range(1, 21))
+    fill(source, ACCOUNTS, range(1, 21))
+    write_config(ws, source, target, capture, tables)
+    for command in ("init", "install", "run"):
+        cdc_ok(ws, command, *(["--once"] if command == "run" else []))
+
+
+def same(source: str, target: str, table: str) -> bool:
+    query = f"SELECT * FROM {table} ORDER BY id"
+    return normalized(source, query) == normalized(target, query)
+
+
+@pytest.mark.parametrize("source_kind, capture", [("sqlite", "trigger"), ("postgresql", "logical"),
+                                                  ("postgresql", "trigger"), ("mysql", "binlog"),
+                                                  ("mysql", "trigger")])
+def test_a_removed_table_is_no_longer_read_and_is_copied_again_when_added_back(ws, request, source_kind, capture):
+    source, target = databases(ws, request, source_kind)
+    synced_pair(ws, source, target, capture, ["entries", "accounts"])
+    copied = normalized(target, "SELECT * FROM accounts ORDER BY id")
+    write_config(ws, source, target, capture, ["entries"])  # `cdc install` not run again
+    execute(source, "UPDATE accounts SET name = 'Fjernet ø' WHERE id = 1; DELETE FROM accounts WHERE id = 2; "
+                    "INSERT INTO accounts VALUES (99, 'Ny konto', 1.50); UPDATE entries SET memo = 'Endret' WHERE id = 3")
+    cdc_ok(ws, "run", "--once")
+    assert normalized(target, "SELECT * FROM accounts ORDER BY id") == copied, "a removed table's changes were applied"
+    assert same(source, target, "entries")
+    assert statuses(ws) == {"entries": {"phase": "streaming"}}
+    assert checkpoint(target) == ({}, ["entries"])
+    # Added back: copied again, with what changed while it was out of the pair; the row deleted
+    # meanwhile is not seen by a copy, and the run says how to remove it.
+    write_config(ws, source, target, capture, ["entries", "accounts"])
+    cdc_ok(ws, "install")
+    run = cdc_ok(ws, "run", "--once")
+    assert "snapshot 20 rows" in run.stdout
+    assert "target table accounts already has rows" in run.stderr and \
+        "run `cdc reconcile CONFIG --pair p --table accounts --repair`" in run.stderr, run.stderr
+    source_rows = normalized(source, "SELECT * FROM accounts ORDER BY id")
+    assert normalized(target, "SELECT * FROM accounts WHERE id <> 2 ORDER BY id") == source_rows
+    assert statuses(ws) == {"entries": {"phase": "streaming"}, "accounts": {"phase": "streaming"}}
+    repair = ws.cdc("reconcile", "--table", "accounts", "--repair", str(ws.config))
+    assert "repair applied 0 upsert(s) and 1 delete(s)" in repair.stdout, repair.stdout + repair.stderr
+    assert same(source, target, "accounts") and same(source, target, "entries")
+
+
+@pytest.mark.parametrize("source_kind, capture", [("sqlite", "trigger"), ("postgresql", "logical")])
+def test_an_added_table_is_not_copied_before_capture_covers_it(ws, request, source_kind, capture):
+    source, target = databases(ws, request, source_kind)
+    synced_pair(ws, source, target, capture, ["entries"])
+    write_config(ws, source, target, capture, ["entries", "accounts"])
+    cdc_ok(ws, "init")
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 1 and "run `cdc install CONFIG`" in result.stderr, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert execute(target, "SELECT count(*) FROM accounts")[0][0] == 0
+    assert checkpoint(target) == ({}, ["entries"])
+    cdc_ok(ws, "install")
+    execute(source, "UPDATE accounts SET name = 'Etter install' WHERE id = 5")
+    assert "snapshot 20 rows" in cdc_ok(ws, "run", "--once").stdout
+    assert same(source, target, "accounts")
+
+
+def test_timestamp_capture_copies_an_added_table_once_then_streams_it(ws):
+    source, target = str(ws.root / "source.db"), str(ws.root / "target.db")
+    execute(source, "CREATE TABLE products (sku VARCHAR(20) PRIMARY KEY, name TEXT NOT NULL, updated_at TEXT NOT NULL);"
+                    "CREATE TABLE stock (sku VARCHAR(20) PRIMARY KEY, qty INTEGER NOT NULL, updated_at TEXT NOT NULL);"
+                    "INSERT INTO products VALUES ('A-1', 'Brunost', '2024-05-01 10:00:00')")
+    execute(source, "INSERT INTO stock VALUES (?, ?, ?)",
+            many=[(f"S-{i:04d}", i, f"2024-05-01 10:{i // 60:02d}:{i % 60:02d}") for i in range(150)])
+    options = {"timestamp": "{column: updated_at, overlap_seconds: 30}", "snapshot_chunk": 40}
+    write_config(ws, source, target, "timestamp", ["products"], **options)
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    write_config(ws, source, target, "timestamp", ["products", "stock"], **options)
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    assert "snapshot 150 rows, 0 changes applied" in cdc_ok(ws, "run", "--once").stdout
+    # The rows are copied by the snapshot, not streamed again as changes (the watermark starts now).
+    assert execute(target, "SELECT count(*) FROM cdc_audit_log WHERE source_table = 'stock' AND op <> 'snapshot'") \
+        == [(0,)]
+    execute(source, "UPDATE stock SET qty = 1000, updated_at = '2024-05-01 11:00:00' WHERE sku = 'S-0007'")
+    assert "1 changes applied" in cdc_ok(ws, "run", "--once").stdout
+    query = "SELECT * FROM stock ORDER BY sku"
+    assert normalized(source, query) == normalized(target, query)
+    assert statuses(ws) == {"products": {"phase": "streaming"}, "stock": {"phase": "streaming"}}
+
+
+def test_a_checkpoint_from_before_0003_keeps_its_tables_and_copies_only_the_added_one(ws):
+    source, target = str(ws.root / "source.db"), str(ws.root / "target.db")
+    synced_pair(ws, source, target, "trigger", ["entries"])
+    execute(source, "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)", ENTRIES.row(21))
+    cdc_ok(ws, "run", "--once")
+    execute(target, "UPDATE cdc_checkpoints SET tables = NULL")  # as cdc-sync before 0003 left it
+    write_config(ws, source, target, "trigger", ["entries", "accounts"])
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    assert "snapshot 20 rows" in cdc_ok(ws, "run", "--once").stdout
+    assert same(source, target, "accounts") and same(source, target, "entries")
+    chunks = execute(target, "SELECT source_table, count(*) FROM cdc_audit_log WHERE op = 'snapshot' "
+                             "GROUP BY source_table ORDER BY 1")
+    assert chunks == [("accounts", 1), ("entries", 1)], "entries, copied before the upgrade, was copied again"
+    assert checkpoint(target) == ({}, ["accounts", "entries"])
