@@ -300,6 +300,22 @@ class SqlSource(KeyedReads):
         if row is None or not set(self.keys) <= set(registered):
             raise SourceError(f"capture is not installed for pair {self.pair}: run `cdc install CONFIG`")
 
+    def _registered(self, conn: sa.Connection) -> dict[str, set[str]]:
+        """Per pair, the tables `cdc install` registered in ``consumers_table`` (trigger capture)."""
+        if not sa.inspect(conn).has_table(self.consumers_table):
+            return {}
+        rows = conn.execute(sa.text(f"SELECT pair, tables FROM {self.consumers_table}")).all()
+        return {pair: set(tables if isinstance(tables, list) else loads(tables)) for pair, tables in rows}
+
+    def _no_longer_captured(self, conn: sa.Connection) -> list[str]:
+        """Tables this pair registered before but no longer copies, that no other pair captures and
+        that still exist: their triggers must go, or they log changes for nobody (and fail the
+        table's writes once `cdc uninstall` dropped the changelog)."""
+        registered = self._registered(conn)
+        others = set().union(*[tables for pair, tables in registered.items() if pair != self.pair])
+        gone = registered.get(self.pair, set()) - set(self.keys) - others
+        return sorted(t for t in gone if sa.inspect(conn).has_table(t))
+
     def _changelog_findings(self, conn: sa.Connection, changelog: str) -> list[tuple[str, str]]:
         """doctor's findings every trigger capture shares: not installed (fail, and nothing else is
         worth checking), else the changelog's size (warn past a million rows not yet applied)."""

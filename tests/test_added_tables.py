@@ -445,3 +445,30 @@ def test_a_checkpoint_from_before_0003_keeps_its_tables_and_copies_only_the_adde
                              "GROUP BY source_table ORDER BY 1")
     assert chunks == [("accounts", 1), ("entries", 1)], "entries, copied before the upgrade, was copied again"
     assert checkpoint(target) == ({}, ["accounts", "entries"])
+
+
+TRIGGERS = {"sqlite": "SELECT name FROM sqlite_master WHERE type = 'trigger'",
+            "postgresql": "SELECT tgrelid::regclass::text || '.' || tgname FROM pg_trigger WHERE NOT tgisinternal",
+            "mysql": "SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema = DATABASE()"}
+
+
+@pytest.mark.parametrize("source_kind", ["sqlite", "postgresql", "mysql"])
+def test_trigger_capture_of_a_removed_table_is_taken_down_by_install_and_uninstall(ws, request, source_kind):
+    """Triggers left on a table the pair no longer copies log for nobody, and once `cdc uninstall`
+    dropped the changelog they make every write to that table fail."""
+    source, target = databases(ws, request, source_kind)
+    synced_pair(ws, source, target, "trigger", ["entries", "accounts"])
+    triggers = lambda: sorted(name for (name,) in execute(source, TRIGGERS[source_kind]))  # noqa: E731
+    on_entries = [t for t in triggers() if "entries" in t]
+    write_config(ws, source, target, "trigger", ["entries"])
+    assert "removed trigger" in cdc_ok(ws, "install").stdout and triggers() == on_entries
+    cdc_ok(ws, "uninstall")
+    assert triggers() == []
+    execute(source, "INSERT INTO accounts VALUES (500, 'Etter uninstall', 1.00)")
+    # Removed from the config, then uninstalled without an install in between.
+    write_config(ws, source, target, "trigger", ["entries", "accounts"])
+    cdc_ok(ws, "install")
+    write_config(ws, source, target, "trigger", ["entries"])
+    cdc_ok(ws, "uninstall")
+    assert triggers() == []
+    execute(source, "INSERT INTO accounts VALUES (501, 'Etter uninstall', 1.00)")

@@ -151,7 +151,12 @@ class TriggerSource(MySQLSource):
         return [(name, kind.lower()) for name, kind in conn.exec_driver_sql(COLUMNS, {"table": table})]
 
     def prepare(self) -> list[str]:
+        removed = []
         with self.engine.connect() as conn:
+            for table in self._no_longer_captured(conn):
+                for op in OPS:
+                    conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {quote(trigger_name(table, op))}")
+                removed.append(f"removed triggers on {table} (no longer in the pair)")
             for statement in CREATE_STATE:
                 conn.exec_driver_sql(statement)
             conn.commit()
@@ -174,7 +179,7 @@ class TriggerSource(MySQLSource):
                                  {"pair": self.pair, "tables": dumps(sorted(self.keys))})
             self._register_generation(conn)
             conn.commit()
-        return [f"changelog {CHANGELOG}"] + [f"triggers on {t}" for t in self.keys]
+        return [f"changelog {CHANGELOG}"] + [f"triggers on {t}" for t in self.keys] + removed
 
     def generation(self) -> str | None:
         """The identity `cdc install` gave this pair's registration with the changelog."""
@@ -193,10 +198,11 @@ class TriggerSource(MySQLSource):
         with self.engine.connect() as conn:
             if not sa.inspect(conn).has_table(CONSUMERS):
                 return []
+            mine = set(self.keys) | self._registered(conn).get(self.pair, set())  # tables removed from it too
             conn.exec_driver_sql(f"DELETE FROM {CONSUMERS} WHERE pair = %(pair)s", {"pair": self.pair})
             conn.commit()
             still = {t for (tables,) in conn.exec_driver_sql(f"SELECT tables FROM {CONSUMERS}") for t in loads(tables)}
-            for table in sorted(set(self.keys) - still):
+            for table in sorted(mine - still):
                 for op in OPS:
                     conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {quote(trigger_name(table, op))}")
                 removed.append(f"triggers on {table}")

@@ -28,7 +28,11 @@ class TriggerSource(SqlSource):
 
     # -- install -------------------------------------------------------------------
     def prepare(self) -> list[str]:
+        removed = []
         with self.engine.begin() as conn:
+            for table in self._no_longer_captured(conn):
+                conn.exec_driver_sql(sql.drop_trigger(table))
+                removed.append(f"removed trigger on {table} (no longer in the pair)")
             for statement in sql.CREATE_TRIGGER_STATE:
                 conn.exec_driver_sql(statement)
             for table in self.keys:
@@ -38,7 +42,7 @@ class TriggerSource(SqlSource):
                                  "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables",
                                  {"pair": self.pair, "tables": dumps(sorted(self.keys))})
             self._register_generation(conn)
-        return [f"changelog {sql.CHANGELOG}"] + [f"trigger on {t}" for t in self.keys]
+        return [f"changelog {sql.CHANGELOG}"] + [f"trigger on {t}" for t in self.keys] + removed
 
     def generation(self) -> str | None:
         """The identity `cdc install` gave this pair's registration with the changelog."""
@@ -56,10 +60,11 @@ class TriggerSource(SqlSource):
         with self.engine.begin() as conn:
             if not sa.inspect(conn).has_table(sql.CONSUMERS):
                 return []
+            mine = set(self.keys) | self._registered(conn).get(self.pair, set())  # tables removed from it too
             conn.exec_driver_sql(f"DELETE FROM {sql.CONSUMERS} WHERE pair = %(pair)s", {"pair": self.pair})
             still = {t for (tables,) in conn.exec_driver_sql(f"SELECT tables::text FROM {sql.CONSUMERS}")
                      for t in loads(tables)}
-            for table in sorted(set(self.keys) - still):
+            for table in sorted(mine - still):
                 conn.exec_driver_sql(sql.drop_trigger(table))
                 removed.append(f"trigger on {table}")
             if not still:

@@ -43,8 +43,12 @@ class TriggerSource(SqliteSource):
     registers_tables = True
 
     def prepare(self) -> list[str]:
-        done = []
+        done, removed = [], []
         with self.engine.begin() as conn:
+            for table in self._no_longer_captured(conn):
+                for statement in sql.drop_triggers(table):
+                    conn.exec_driver_sql(statement)
+                removed.append(f"removed triggers on {table} (no longer in the pair)")
             for statement in sql.CREATE_STATE:
                 conn.exec_driver_sql(statement)
             for table in self.keys:
@@ -55,7 +59,7 @@ class TriggerSource(SqliteSource):
                 f"INSERT INTO {sql.CONSUMERS} (pair, tables) VALUES (?, ?) "
                 "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables", (self.pair, dumps(sorted(self.keys))))
             self._register_generation(conn)
-        return [f"changelog {sql.CHANGELOG}"] + done
+        return [f"changelog {sql.CHANGELOG}"] + done + removed
 
     def generation(self) -> str | None:
         """The identity `cdc install` gave this pair's registration with the changelog."""
@@ -71,10 +75,11 @@ class TriggerSource(SqliteSource):
         with self.engine.begin() as conn:
             if not sa.inspect(conn).has_table(sql.CONSUMERS):
                 return []
+            mine = set(self.keys) | self._registered(conn).get(self.pair, set())  # tables removed from it too
             conn.exec_driver_sql(f"DELETE FROM {sql.CONSUMERS} WHERE pair = ?", (self.pair,))
             still_used = {t for (tables,) in conn.exec_driver_sql(f"SELECT tables FROM {sql.CONSUMERS}")
                           for t in loads(tables)}
-            for table in sorted(set(self.keys) - still_used):
+            for table in sorted(mine - still_used):
                 for statement in sql.drop_triggers(table):
                     conn.exec_driver_sql(statement)
                 removed.append(f"triggers on {table}")
