@@ -22,9 +22,6 @@ from .mapping import TableMapping, map_changes, map_snapshot
 
 logger = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
-#: Seconds a table added to a streaming pair is copied for between two stream reads: the most its
-#: copy delays the other tables' changes.
-SNAPSHOT_SLICE = 1.0
 
 
 @dataclass
@@ -301,10 +298,11 @@ class PairRunner:
                 logger.info("pair %s: snapshot of %s done (%d rows)", self.pair.name, table, total)
 
     def _snapshot_step(self, position: Any, result: RunResult) -> bool:
-        """Chunks of a table added to the streaming pair for up to SNAPSHOT_SLICE seconds; False
-        when no table is left to copy.
+        """Chunks of a table added to the streaming pair for up to ``poll_interval`` seconds (at
+        least one chunk); False when no table is left to copy.
 
-        The stream reads between two slices, so the other tables keep streaming. A chunk is read
+        The stream reads between two slices, so the other tables keep streaming, their changes
+        delayed by at most about the pair's poll interval, as when it is idle. A chunk is read
         only after the last stream read committed, never ahead of it (a chunk read ahead is dropped
         at the end of a slice): a chunk read before the stream applies a newer change to one of its
         rows would write the row back to its older state. Changes to the table streamed before its
@@ -321,7 +319,7 @@ class PairRunner:
         def counted(rows: int) -> None:
             result.snapshot_rows += rows
 
-        deadline = time.monotonic() + SNAPSHOT_SLICE
+        deadline = time.monotonic() + self.pair.poll_interval
         while not progress["done"] and not self.stop.is_set() and time.monotonic() < deadline:
             if self._bulk_ok(table, mapping):
                 counted(self._bulk_or_rows(table, mapping, position, progress))
