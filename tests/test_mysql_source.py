@@ -199,6 +199,11 @@ def test_random_changes_with_sigkill_and_a_source_restart(ws, mysql_server, mysq
     process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     changes.append(workload.run(mysql_url, first_phase, seed=62, pause=0.005, log=log))
+    deadline = time.monotonic() + 120  # streaming (not still starting, on a busy machine) when the server goes
+    while not pexec(pg_url, "SELECT count(*) FROM pg_tables WHERE tablename = 'cdc_checkpoints'")[0][0] or \
+            not pexec(pg_url, "SELECT count(*) FROM cdc_checkpoints WHERE snapshot IS NULL")[0][0]:
+        assert time.monotonic() < deadline and process.poll() is None, "cdc run did not start streaming"
+        time.sleep(0.2)
     server.stop(kill=True)
     time.sleep(1.5)
     server.start()
