@@ -311,12 +311,12 @@ def test_sigkill_during_a_bulk_snapshot_resumes_without_doubles(pg_to_pg):
     logical_pair(ws, source, target, "bulksnap", snapshot_chunk=5000)
     for command in ("init", "install"):
         cdc_ok(ws, command)
-    rng, seen = random.Random(9), []
-    for _ in range(30):
-        if not ws.run_and_kill(rng.uniform(0.7, 1.2), once=True):
+    seen = []
+    for attempt in range(30):  # killed sooner after start-up at first, later each time: some land mid-copy
+        if not ws.run_and_kill(0.1 + 0.15 * attempt, once=True):
             break
         seen.append(execute(target, "SELECT count(*) FROM entries")[0][0])
-    assert len(seen) >= 2 and 0 < seen[0] < 300000, seen
+    assert any(0 < count < 300000 for count in seen) and seen == sorted(seen), seen
     cdc_ok(ws, "run", "--once")
     assert rows(source, "entries", "id") == rows(target, "entries", "id")
     counted = execute(target, "SELECT sum((after::jsonb ->> 'rows')::int) FROM cdc_audit_log "
