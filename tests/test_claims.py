@@ -11,10 +11,9 @@ import sys
 import threading
 import time
 
-import pytest
-
 import workload
-from test_postgres_source import LEDGER, assert_each_transaction_once, cdc_ok, execute, logical_pair, rows
+from test_postgres_source import (assert_each_transaction_once, cdc_ok, execute, logical_pair,  # noqa: F401
+                                  pg_to_pg, rows)
 
 
 def start(ws, *args: str) -> subprocess.Popen:
@@ -123,13 +122,6 @@ def test_a_process_that_lost_the_pair_commits_nothing(ledger):
     audited, distinct = ws.query(ws.target, "SELECT count(*), count(DISTINCT source_position) FROM cdc_audit_log "
                                             "WHERE op != 'snapshot'")[0]
     assert audited == distinct == 300
-
-
-@pytest.fixture
-def pg_to_pg(ws, pg_databases):
-    source, target = pg_databases(), pg_databases()
-    execute(source, LEDGER)
-    return ws, source, target
 
 
 def test_two_runs_one_paused_at_random_moments_apply_each_change_once(pg_to_pg):
