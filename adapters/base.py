@@ -580,6 +580,11 @@ class SqlTarget(KeyedReads):
         with self.engine.begin() as conn:
             return state.claims.heartbeat(conn, self._claim(pair), timeout)
 
+    def note_retrying(self, pair: str, error: str | None) -> None:
+        """Record in this process's claim of ``pair`` that it retries ``error`` (None: running again)."""
+        with self.engine.begin() as conn:
+            state.claims.set_state(conn, self._claim(pair), error)
+
     def release_claim(self, pair: str, error: str | None = None) -> None:
         """Give the pair up: stopped, or failed with ``error`` (what `cdc status` shows)."""
         claim = self.__dict__.get("_claims", {}).pop(pair, None)

@@ -303,7 +303,7 @@ def _pair_status(p: Pair) -> dict:
             caught_up = row["pending"] == 0
             lag = 0.0 if caught_up else (state._store.now() - checkpoint.source_committed_at).total_seconds()
             row["lag_seconds"] = round(max(lag, 0.0), 3)
-    row["healthy"] = row["state"] != "failed" and not row["dead_letters"] and row["error"] is None
+    row["healthy"] = row["state"] not in ("failed", "retrying") and not row["dead_letters"] and row["error"] is None
     return row
 
 
@@ -315,6 +315,7 @@ def _target_status(p: Pair, row: dict) -> Any:
             state.ensure_current(conn)
             checkpoint = state.read_checkpoint(conn, p.name)
             holder = state.read_holder(conn, p.name)
+            clock = state._store.db_now(conn)
             row["dead_letters"] = conn.execute(sa.select(sa.func.count()).select_from(state.dead_letters).where(
                 state.dead_letters.c.pair == p.name, state.dead_letters.c.status == "parked")).scalar()
     except (CdcError, sa.exc.SQLAlchemyError) as exc:
@@ -329,8 +330,10 @@ def _target_status(p: Pair, row: dict) -> Any:
                    changes_applied=checkpoint.changes_applied, last_applied_at=checkpoint.updated_at.isoformat())
     row["tables"] = _table_phases(checkpoint, list(p.mapping.tables))
     if holder is not None:
-        if holder.alive(p.claim_timeout, state._store.now()):
-            row.update(state="running", holder=holder.describe())
+        if holder.alive(p.claim_timeout, clock):
+            row.update(state=holder.state, holder=holder.describe())
+            if holder.state == "retrying":  # a fault it keeps retrying: running, but not healthy
+                row["error"] = holder.error
         elif holder.state == "failed":
             row.update(state="failed", error=holder.error)
         elif holder.state == "running":

@@ -17,7 +17,7 @@ from ._typecheck import check_types
 from .changes import ApplyResult, dumps
 from .config import Pair
 from .errors import CdcError, ConfigError, RetryableError, SchemaError, SourceError, first_line
-from .state import ClaimHeldError
+from .state import ClaimHeldError, ClaimLostError
 from .mapping import TableMapping, map_changes, map_snapshot
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,10 @@ class PairRunner:
         self.pair = pair
         self.max_attempts = max_attempts
         self.progress = progress
-        self.stop = stop or threading.Event()
+        self.stop = _Stop(stop or threading.Event())
+        self.lost: str | None = None  # why this process lost the pair's claim (set by the heartbeat)
+        self._claimed = False
+        self._retrying_since: str | None = None
         self.source, self.target, self.mappings = open_pair(pair)
         self.target.prepare_tables(m.target for m in self.mappings.values())
         self._bulk: dict[str, bool] = {}
@@ -160,11 +163,14 @@ class PairRunner:
         failed (with the error, for `cdc status`). ``resnapshot``: forget the checkpoint first.
         ``wait``: wait for a process that holds the pair to stop instead of refusing to start."""
         self._claim(wait)
+        self._claimed = True
         heartbeat = _Heartbeat(self)
         try:
             if resnapshot and self.target.forget_checkpoint(self.pair.name):
                 logger.warning("pair %s: checkpoint dropped; copying every table again", self.pair.name)
             result = self._run(once)
+            if self.lost:  # the heartbeat found another process holding the pair: stop, non-zero
+                raise ClaimLostError(self.lost)
         except BaseException as exc:
             heartbeat.stop()
             self._release(first_line(exc) if isinstance(exc, Exception) else f"stopped by {type(exc).__name__}")
@@ -449,8 +455,11 @@ class PairRunner:
             read = _Read(position)
 
             def mapped() -> Any:
-                for part in self.source.stream(position, self.pair.batch_size):
-                    yield part, map_changes(part.changes, self.mappings)
+                try:
+                    for part in self.source.stream(position, self.pair.batch_size):
+                        yield part, map_changes(part.changes, self.mappings)
+                except sa.exc.DBAPIError as exc:  # raised inside the target's transaction: say whose it is
+                    raise _source_fault(exc) from None
 
             def parts() -> Any:
                 read.reset()
@@ -513,18 +522,66 @@ class PairRunner:
             and dumps(checkpoint.snapshot) == dumps(snapshot) and list(checkpoint.tables) == tables
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
-        """Run ``call``; a passing fault is retried with back-off until it works or we are stopped."""
+        """Run ``call``; a passing fault is retried with back-off until it works or we are stopped.
+        While it retries, the claim's row says so (``cdc status``: retrying, unhealthy)."""
         delay, attempt = 0.5, 0
         while True:
             attempt += 1
             try:
-                return call()
+                outcome = call()
             except (RetryableError, sa.exc.OperationalError) as exc:
                 if self.stop.is_set() or (self.max_attempts is not None and attempt >= self.max_attempts):
                     raise
                 logger.warning("pair %s: %s; retrying in %.1fs", self.pair.name, _first_line(exc), delay)
+                self._say_retrying(_first_line(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            if self._retrying_since is not None:
+                self._say_retrying(None)
+            return outcome
+
+    def _say_retrying(self, error: str | None) -> None:
+        """Record in the claim's row that the run retries ``error`` (None: it works again). When the
+        target itself is away this cannot be written; `cdc status` then fails to read it too."""
+        if not self._claimed or error == self._retrying_since:
+            return
+        try:
+            self.target.note_retrying(self.pair.name, error)
+            self._retrying_since = error
+        except (sa.exc.SQLAlchemyError, CdcError) as exc:
+            logger.debug("pair %s: could not record the retry: %s", self.pair.name, _first_line(exc))
+
+
+def _source_fault(exc: sa.exc.DBAPIError) -> CdcError:
+    """A database error of the source read: retried when the server or connection failed
+    (OperationalError), else the pair stops."""
+    text = f"source: {first_line(exc.orig)}"
+    retry = exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
+    return RetryableError(text) if retry else SourceError(text)
+
+
+class _Stop:
+    """A runner's stop signal: the run's shared one (SIGTERM stops every pair), or its own (this
+    pair alone must stop: its claim was lost)."""
+
+    def __init__(self, shared: threading.Event):
+        self.shared, self.own = shared, threading.Event()
+
+    def is_set(self) -> bool:
+        return self.shared.is_set() or self.own.is_set()
+
+    def set(self) -> None:
+        self.own.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if left <= 0:
+                break
+            self.own.wait(left)
+        return self.is_set()
 
 
 class _Heartbeat:
@@ -542,7 +599,11 @@ class _Heartbeat:
         while not self._stop.wait(timeout / 3):
             try:
                 if not self.runner.target.heartbeat(pair, timeout):
-                    logger.error("pair %s: another process took the pair; this one will commit nothing more", pair)
+                    self.runner.lost = (f"pair {pair}: another process took the pair (its heartbeat was older than "
+                                        f"claim_timeout {timeout:g}s, or the pair was claimed over it); this one "
+                                        "stopped and committed nothing more. See `cdc status` for who runs it now")
+                    logger.error("%s", self.runner.lost)
+                    self.runner.stop.set()
                     return
             except (sa.exc.SQLAlchemyError, CdcError) as exc:  # busy or away: the next beat tries again
                 logger.debug("pair %s: claim heartbeat failed: %s", pair, _first_line(exc))

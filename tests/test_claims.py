@@ -178,3 +178,90 @@ def test_two_runs_one_paused_at_random_moments_apply_each_change_once(pg_to_pg):
     assert "running elsewhere" in errors, finished
     for code, err in finished:
         assert code == 0 or "another process took the pair" in err or "checkpoint moved" in err, err
+
+
+def test_a_process_that_lost_the_pair_while_idle_stops_with_exit_1(ledger):
+    """Nothing to commit, so no fence to fail: the heartbeat that finds the pair taken stops the run."""
+    ws = ledger
+    ws.write_config("""
+        source: src
+        target: dst
+        capture: trigger
+        tables: [entries, parties]
+        poll_interval: 0.05
+        claim_timeout: 1
+    """)
+    first, second = start(ws), None
+    try:
+        wait_for(lambda: ws.target.exists() and running(ws), what="the first run to claim the pair")
+        os.kill(first.pid, signal.SIGSTOP)
+        time.sleep(2.5)  # past its claim timeout
+        second = start(ws)
+        wait_for(lambda: ws.query(ws.target, "SELECT token FROM cdc_leases")[0][0] == 2, what="the takeover")
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(30) == 1
+        err = first.stderr.read()
+        assert "another process took the pair" in err and "Traceback" not in err, err
+        assert second.poll() is None, "the process that holds the pair goes on"
+        ws.sql(ws.source, "INSERT INTO entries VALUES (7, 1500, 7.00, 'NOK', 'after', NULL)")
+        wait_for(lambda: ws.rows(ws.target, "entries", "id") == ws.rows(ws.source, "entries", "id"), what="sync")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+                process.kill()
+
+
+def _foreign_holder(engine, **where) -> None:
+    """A live holder this process cannot see: a `cdc run` in another container (PID namespace) or boot
+    of a machine with this host name, whose pid means nothing here; heartbeat fresh by the database."""
+    import socket
+
+    from cdc import state
+
+    with engine.begin() as conn:
+        state.ensure_current(conn)
+        moment = state._store.db_now(conn)
+        values = dict(token=4, host=socket.gethostname(), pid=999_999_999, since=moment, heartbeat_at=moment,
+                      expires_at=moment, state="running",
+                      owner=f"{socket.gethostname()}|another-boot|pid:[4026531999]|999999999|123")
+        conn.execute(state.leases.delete().where(state.leases.c.pair == "p"))
+        conn.execute(state.leases.insert().values(pair="p", **values))
+
+
+def test_a_holder_in_another_pid_namespace_on_this_host_is_not_taken_over(ledger):
+    import sqlalchemy as sa
+
+    ws = ledger
+    cdc_ok(ws, "run", "--once")
+    engine = sa.create_engine(f"sqlite:///{ws.target}")
+    _foreign_holder(engine)
+    engine.dispose()
+    refused = ws.cdc("run", "--once", str(ws.config))
+    assert refused.returncode == 3, refused.stderr
+    assert "running elsewhere" in refused.stderr and "pid 999999999" in refused.stderr
+    assert ws.query(ws.target, "SELECT token FROM cdc_leases") == [(4,)]
+
+
+def test_a_taker_whose_clock_runs_ahead_does_not_take_a_live_holder(pg_url, monkeypatch):
+    """Heartbeats are written and judged by the database server's clock, not the machine's."""
+    import datetime as dt
+
+    import pytest
+    import sqlalchemy as sa
+
+    from cdc import state
+    from cdc.state import _claims, _store
+
+    engine = sa.create_engine(pg_url)
+    state.upgrade(engine)
+    _foreign_holder(engine)
+    ahead = _store.now() + dt.timedelta(hours=2)
+    monkeypatch.setattr(_store, "now", lambda: ahead)
+    monkeypatch.setattr(_claims, "now", lambda: ahead)
+    with pytest.raises(state.ClaimHeldError, match="running elsewhere"):
+        with engine.begin() as conn:
+            _claims.take(conn, "p", 30)
+    engine.dispose()

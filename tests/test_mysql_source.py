@@ -171,6 +171,16 @@ def assert_each_transaction_once(pg: str, log: list, total: int) -> None:
     assert len(streamed) == len(audited) and streamed, "audit rows for transactions no writer made"
 
 
+def pair_state(ws) -> dict:
+    """The pair's row of `cdc status --json` (whatever its exit code)."""
+    import orjson
+
+    shown = ws.cdc("status", "--json", str(ws.config))
+    row = orjson.loads(shown.stdout)[0]
+    assert shown.returncode == (0 if row["healthy"] else 1), shown.stderr
+    return row
+
+
 def test_random_changes_with_sigkill_and_a_source_restart(ws, mysql_server, mysql_url, pg_url):
     import signal
     import subprocess
@@ -205,9 +215,17 @@ def test_random_changes_with_sigkill_and_a_source_restart(ws, mysql_server, mysq
         assert time.monotonic() < deadline and process.poll() is None, "cdc run did not start streaming"
         time.sleep(0.2)
     server.stop(kill=True)
-    time.sleep(1.5)
+    # While it retries, `cdc status` says so and exits 1 (not "running", 0).
+    deadline = time.monotonic() + 60
+    while (shown := pair_state(ws))["state"] != "retrying":
+        assert time.monotonic() < deadline and process.poll() is None, f"status never showed the retry: {shown}"
+        time.sleep(0.3)
+    assert shown["healthy"] is False and shown["error"], shown
     server.start()
-    time.sleep(1.5)
+    deadline = time.monotonic() + 60
+    while (shown := pair_state(ws))["state"] != "running":
+        assert time.monotonic() < deadline and process.poll() is None, f"status never showed the recovery: {shown}"
+        time.sleep(0.3)
     assert process.poll() is None, "cdc run must survive the source restart"
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)

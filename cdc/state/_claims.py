@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from ..changes import dumps
 from ..errors import CdcError, StateError
-from ._store import aware, now
+from ._store import aware, db_now, now
 from ._tables import checkpoints, leases
 
 
@@ -51,14 +51,16 @@ class Holder:
     error_at: dt.datetime | None
 
     def alive(self, timeout: float, now: dt.datetime) -> bool:
-        """Whether the holder may still be running: state running, heartbeat fresh, process present."""
-        if self.state != "running" or self.heartbeat_at is None:
+        """Whether the holder may still be running: state running (or retrying), heartbeat fresh
+        by the database's clock, and, when it ran where this process can see its process table
+        (same host, boot and PID namespace), its process still there."""
+        if self.state not in RUNNING or self.heartbeat_at is None:
             return False
         if now - self.heartbeat_at > dt.timedelta(seconds=timeout):
             return False
-        if self.host == socket.gethostname() and self.owner:
+        if self.owner and self.owner.startswith(_place() + "|"):
             return self.owner == _process_identity(self.pid)  # a dead or reused pid is not the holder
-        return True
+        return True  # another machine, container or boot: only its heartbeat tells
 
     def describe(self) -> str:
         since = self.since.isoformat(timespec="seconds") if self.since else "?"
@@ -81,8 +83,33 @@ class Claim:
     lost: str | None = None
 
 
+#: Lease states of a process that holds its pair.
+RUNNING = ("running", "retrying")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            return file.read().strip()
+    except OSError:
+        return "?"
+
+
+def _place() -> str:
+    """host|boot|pid-namespace of this process: where a recorded pid means this process table.
+
+    Two containers on one host (or two clones of one VM) may share a host name and reuse pids;
+    a pid is only looked up where host, boot and PID namespace are all this process's own.
+    """
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = "?"
+    return f"{socket.gethostname()}|{_read('/proc/sys/kernel/random/boot_id')}|{namespace}"
+
+
 def _process_identity(pid: int | None) -> str:
-    """host:pid:start-time of a process of this host ('' when it does not exist)."""
+    """place|pid|start-time of a process of this process table ('' when it does not exist)."""
     if pid is None:
         return ""
     try:
@@ -99,7 +126,7 @@ def _process_identity(pid: int | None) -> str:
         except PermissionError:
             pass
         started = "?"
-    return f"{socket.gethostname()}:{pid}:{started}"
+    return f"{_place()}|{pid}|{started}"
 
 
 def read_holder(conn: sa.Connection, pair: str) -> Holder | None:
@@ -118,7 +145,7 @@ def take(conn: sa.Connection, pair: str, timeout: float) -> Claim:
     no row and fails as if the other had held it all along.
     """
     holder = read_holder(conn, pair)
-    moment = now()
+    moment = db_now(conn)
     if holder is not None and holder.alive(timeout, moment):
         raise ClaimHeldError(f"pair {pair} is running elsewhere ({holder.describe()}): not started. Stop that "
                              "process first, or wait for it with `cdc run --wait`")
@@ -146,10 +173,9 @@ def fence(conn: sa.Connection, claim: Claim, timeout: float | None = None) -> No
     The UPDATE also refreshes the heartbeat and holds the row's lock until the caller commits, so a
     process taking the pair over waits for this transaction and then fences it out for good.
     """
-    moment = now()
-    values: dict[str, Any] = {"heartbeat_at": moment}
+    values: dict[str, Any] = {"heartbeat_at": _clock(conn)}
     if timeout is not None:
-        values["expires_at"] = moment + dt.timedelta(seconds=timeout)
+        values["expires_at"] = db_now(conn) + dt.timedelta(seconds=timeout)
     done = conn.execute(leases.update().where(leases.c.pair == claim.pair, leases.c.token == claim.token)
                         .values(**values))
     if done.rowcount != 1:
@@ -173,7 +199,8 @@ def write_checkpoint(conn: sa.Connection, claim: Claim, position: Any, snapshot:
     """
     fence(conn, claim)
     texts = (dumps(position), None if snapshot is None else dumps(snapshot))
-    values: dict[str, Any] = {"position": texts[0], "snapshot": texts[1], "updated_at": now(), "fence": claim.token}
+    values: dict[str, Any] = {"position": texts[0], "snapshot": texts[1], "updated_at": _clock(conn),
+                              "fence": claim.token}
     if committed_at is not None:
         values["source_committed_at"] = committed_at
     if tables is not None:
@@ -201,6 +228,25 @@ def write_checkpoint(conn: sa.Connection, claim: Claim, position: Any, snapshot:
     raise ClaimLostError(claim.lost)
 
 
+def set_state(conn: sa.Connection, claim: Claim, retrying: str | None) -> None:
+    """Say in the claim's row whether the run is retrying a fault (``retrying``: the error, shown by
+    `cdc status` as unhealthy) or running normally again (None)."""
+    values: dict[str, Any] = {"state": "retrying" if retrying else "running", "error": retrying and retrying[:4000],
+                              "error_at": db_now(conn) if retrying else None}
+    conn.execute(leases.update().where(leases.c.pair == claim.pair, leases.c.token == claim.token).values(**values))
+
+
+def _clock(conn: sa.Connection) -> Any:
+    """The database's current time as an SQL expression (no extra round trip), or this machine's
+    for SQLite, which has no server."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        return sa.func.clock_timestamp()
+    if dialect in ("mysql", "mariadb"):
+        return sa.func.utc_timestamp(6)
+    return now()
+
+
 def committed(claim: Claim, texts: tuple[str, str | None]) -> None:
     """The transaction that wrote ``texts`` committed: only that checkpoint may be written over now."""
     claim.accepted = [texts]
@@ -223,7 +269,7 @@ def forget_checkpoint(conn: sa.Connection, claim: Claim) -> bool:
 
 def heartbeat(conn: sa.Connection, claim: Claim, timeout: float) -> bool:
     """Refresh the claim's heartbeat; False if another process holds the pair now."""
-    moment = now()
+    moment = db_now(conn)
     done = conn.execute(leases.update().where(leases.c.pair == claim.pair, leases.c.token == claim.token)
                         .values(heartbeat_at=moment, expires_at=moment + dt.timedelta(seconds=timeout)))
     return done.rowcount == 1
@@ -231,15 +277,16 @@ def heartbeat(conn: sa.Connection, claim: Claim, timeout: float) -> bool:
 
 def release(conn: sa.Connection, claim: Claim, error: str | None = None) -> None:
     """End the claim: state stopped, or failed with the error (kept until the next run starts)."""
-    values: dict[str, Any] = {"state": "failed" if error else "stopped", "heartbeat_at": now()}
+    moment = db_now(conn)
+    values: dict[str, Any] = {"state": "failed" if error else "stopped", "heartbeat_at": moment}
     if error:
-        values.update(error=error[:4000], error_at=now())
+        values.update(error=error[:4000], error_at=moment)
     conn.execute(leases.update().where(leases.c.pair == claim.pair, leases.c.token == claim.token).values(**values))
 
 
 def record_failure(conn: sa.Connection, pair: str, error: str) -> None:
     """A pair that failed before it could claim (bad mapping, source down): its row says so."""
-    moment = now()
+    moment = db_now(conn)
     values = {"state": "failed", "error": error[:4000], "error_at": moment}
     holder = read_holder(conn, pair)
     if holder is None:

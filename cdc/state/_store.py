@@ -36,6 +36,20 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def db_now(conn: sa.Connection) -> dt.datetime:
+    """The database server's clock (aware UTC), for times that processes on different machines
+    compare (claim heartbeats): a machine whose clock runs ahead must not see a live holder as
+    expired. SQLite has no server: its clock is this machine's."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        value = conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
+    elif dialect in ("mysql", "mariadb"):
+        value = conn.execute(sa.text("SELECT UTC_TIMESTAMP(6)")).scalar()
+    else:
+        return now()
+    return aware(value).astimezone(dt.timezone.utc)
+
+
 def read_checkpoint(conn: sa.Connection, pair: str) -> Checkpoint | None:
     """The pair's checkpoint, or None before its first commit."""
     row = conn.execute(sa.select(checkpoints).where(checkpoints.c.pair == pair)).first()
