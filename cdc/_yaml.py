@@ -64,6 +64,9 @@ def load(path: Path) -> Document:
         node = loader.get_single_node()
         doc = Document(path, None)
         doc.data = _Converter(loader, doc).convert(node, ()) if node is not None else {}
+    except RecursionError:
+        # PyYAML composes nested collections recursively: a file nested thousands deep cannot be read.
+        raise ConfigError(f"{path.name}: nested too deeply to read (thousands of levels of [ or {{)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -81,17 +84,30 @@ class _Converter:
         self.loader, self.doc = loader, doc
         self.seen: set[int] = set()
         self.repeated = 0
+        self.open: set[int] = set()  # the collections being converted: the path from the root
 
     def convert(self, node: yaml.Node, keys: tuple) -> Any:
+        if id(node) in self.open:
+            raise self.doc.error(keys, f"a YAML alias here refers to the block that contains it (anchored at "
+                                       f"line {node.start_mark.line + 1}), so its value would never end")
         self._count(node, keys)
         self.doc.lines.setdefault(keys, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, keys)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.convert(item, keys + (i,)) for i, item in enumerate(node.value)]
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            return self._collection(node, keys)
         if node.tag == _FLOAT_TAG and re.fullmatch(r"[-+]?[0-9_.]+([eE][-+]?[0-9]+)?", node.value):
             return Decimal(node.value.replace("_", ""))
         return self.loader.construct_object(node, deep=True)
+
+    def _collection(self, node: yaml.MappingNode | yaml.SequenceNode, keys: tuple) -> Any:
+        """A mapping or list, marked open while its items are converted: an alias to it from inside
+        (``a: &a [*a]``, ``a: &a {<<: *a}``) is refused by convert, as its value would never end."""
+        self.open.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, keys)
+            return [self.convert(item, keys + (i,)) for i, item in enumerate(node.value)]
+        finally:
+            self.open.discard(id(node))
 
     def _count(self, node: yaml.Node, keys: tuple) -> None:
         """Refuse an alias bomb before it is expanded: count every node converted a second time."""
@@ -112,6 +128,9 @@ class _Converter:
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
                 continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(f"{'.'.join(map(str, keys)) or 'the file'}: a key must be a name, not a list or "
+                                  f"mapping ({self.doc.path.name} line {key_node.start_mark.line + 1})")
             key = self.loader.construct_object(key_node, deep=True)
             if key in own:
                 raise ConfigError(f"{'.'.join(map(str, keys + (key,)))}: duplicate key "

@@ -311,6 +311,27 @@ def test_a_yaml_alias_bomb_is_refused_quickly_without_eating_memory(erp):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("file, text, says", [
+    ("m.yaml", "tables: &t\n  invoices: [*t]\n",
+     "error: tables.invoices.0: a YAML alias here refers to the block that contains it (anchored at line 1), so its "
+     "value would never end (m.yaml line 2)"),
+    ("m.yaml", "tables:\n  invoices: &i\n    <<: *i\n",
+     "error: tables.invoices: a YAML alias here refers to the block that contains it (anchored at line 2), so its "
+     "value would never end (m.yaml line 2)"),
+    ("config.yaml", CONFIG + "  q: &q {source: src, target: dst, tables: *q}\n",
+     "error: pairs.q.tables: a YAML alias here refers to the block that contains it (anchored at line 9), so its "
+     "value would never end (config.yaml line 9)"),
+    ("m.yaml", "tables:\n  invoices: " + "[" * 5000 + "]" * 5000 + "\n",
+     "error: m.yaml: nested too deeply to read (thousands of levels of [ or {)"),
+    ("m.yaml", "tables:\n  ? [invoices]\n  : {target: a}\n",
+     "error: tables: a key must be a name, not a list or mapping (m.yaml line 2)"),
+])
+def test_a_recursive_alias_or_endless_nesting_is_one_line_naming_the_file(erp, file, text, says):
+    (erp.root / "m.yaml").write_text("tables:\n  invoices: {}\n", encoding="utf-8")
+    (erp.root / file).write_text(text, encoding="utf-8")
+    assert refused(erp) == says
+
+
 def test_a_misspelt_column_name_gets_did_you_mean(erp):
     mapping(erp, "tables:\n  invoices:\n    columns:\n      id: id\n      belop: amout\n")
     assert refused(erp) == ("error: tables.invoices.columns.belop: source table invoices has no column 'amout' "
