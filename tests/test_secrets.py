@@ -120,19 +120,22 @@ def _pg_admin(url: str) -> sa.Engine:
 
 
 @pytest.fixture
-def pg_secret(pg_server, pg_databases):
-    """(url pieces) of a fresh database owned by a new role whose password is PASSWORD.
+def pg_secret(request, pg_server, pg_databases):
+    """(url pieces) of a fresh database owned by a new role whose password is PASSWORD (or the
+    fixture's parameter).
 
     When the server's pg_hba.conf can be written (the local test cluster trusts everyone), the
     role must give its password (scram-sha-256), so a wrong one is refused.
     """
+    password = getattr(request, "param", PASSWORD)
     database = make_url(pg_databases()).database
     role = f"cdc_pw_{os.getpid()}"
     admin = _pg_admin(pg_server)
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
         # (a utility statement takes no bound parameters; psycopg wants % doubled in the text)
-        conn.exec_driver_sql(f"CREATE ROLE \"{role}\" LOGIN REPLICATION PASSWORD '{PASSWORD.replace('%', '%%')}'")
+        literal = password.replace("'", "''").replace("%", "%%")
+        conn.exec_driver_sql(f"CREATE ROLE \"{role}\" LOGIN REPLICATION PASSWORD '{literal}'")
         conn.exec_driver_sql(f'ALTER DATABASE "{database}" OWNER TO "{role}"')
         hba = conn.exec_driver_sql("SHOW hba_file").scalar()
         enforced = os.access(hba, os.W_OK)
@@ -142,7 +145,8 @@ def pg_secret(pg_server, pg_databases):
                 file.write(f"host all {role} 127.0.0.1/32 scram-sha-256\n{original}")
             conn.exec_driver_sql("SELECT pg_reload_conf()")
     server = make_url(pg_server)
-    yield {"role": role, "host": server.host, "port": server.port, "database": database, "enforced": enforced}
+    yield {"role": role, "host": server.host, "port": server.port, "database": database, "enforced": enforced,
+           "password": password}
     with admin.connect() as conn:
         if enforced:
             with open(hba, "w", encoding="utf-8") as file:
@@ -196,6 +200,34 @@ def test_postgresql_user_whose_password_has_every_url_delimiter(ws, pg_secret, m
         configure()
         result = ws.cdc("check", str(ws.config))
         assert result.returncode == 1 and "password authentication failed" in result.stderr, result.stderr
+
+
+SPACED = " Kx7q 'Lm2w\\Pz9r\"Tb4v "
+
+
+@pytest.mark.parametrize("pg_secret", [SPACED], indirect=True)
+def test_logical_capture_connects_with_a_password_that_has_spaces_quotes_and_backslashes(ws, pg_secret, monkeypatch):
+    """The replication connection (slot creation) gets the password as it is, leading and trailing
+    spaces included: it was a URL string, which libpq trims."""
+    s = pg_secret
+    assert s["enforced"], "the test server's pg_hba.conf must be writable, so that the password matters"
+    monkeypatch.setenv("PW", SPACED)
+    with sa.create_engine(sa.URL.create("postgresql+psycopg", s["role"], SPACED, s["host"], s["port"],
+                                        s["database"])).begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE orders (id integer PRIMARY KEY, note text)")
+        conn.exec_driver_sql("INSERT INTO orders VALUES (1, 'første')")
+    write_config(ws, f"  erp_pg: postgresql://{s['role']}:${{PW}}@{s['host']}:{s['port']}/{s['database']}\n"
+                     "  ledger: sqlite:///target.db\n",
+                 "  pg_out: {source: erp_pg, target: ledger, capture: logical, tables: [orders]}\n")
+    for args in (["init"], ["install"], ["run", "--once"]):
+        result = ws.cdc(*args, str(ws.config))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Kx7q" not in result.stdout + result.stderr
+    with sa.create_engine(sa.URL.create("postgresql+psycopg", s["role"], SPACED, s["host"], s["port"],
+                                        s["database"])).begin() as conn:
+        conn.exec_driver_sql("INSERT INTO orders VALUES (2, 'andre')")
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    assert ws.rows(ws.target, "orders") == [(1, "første"), (2, "andre")]
 
 
 @pytest.fixture

@@ -20,14 +20,24 @@ from cdc.errors import RetryableError, SourceError
 from . import sql
 
 
+def replication_conninfo(url: sa.URL) -> str:
+    """The libpq conninfo of a replication connection to ``url``: the settings SQLAlchemy gives
+    psycopg for an ordinary connection, quoted by psycopg itself.
+
+    Never a URL string: libpq trims spaces around a URL's parts, so a password with a leading or
+    trailing space would not survive the round trip; make_conninfo quotes spaces, quotes and
+    backslashes as libpq reads them.
+    """
+    _, settings = url.get_dialect()().create_connect_args(url)
+    return make_conninfo("", **settings, replication="database")
+
+
 class ReplicationConnection:
     """One ``replication=database`` connection to the source."""
 
     def __init__(self, url: sa.URL):
         self.url = url
-        conninfo = make_conninfo(url.set(drivername="postgresql").render_as_string(hide_password=False),
-                                 replication="database")
-        self.pgconn = pq.PGconn.connect(conninfo.encode())
+        self.pgconn = pq.PGconn.connect(replication_conninfo(url).encode())
         if self.pgconn.status != pq.ConnStatus.OK:
             message = self._error()
             self.pgconn.finish()
