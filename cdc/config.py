@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from . import _secrets, _yaml, registry
+from ._identity import database_identity
 from ._schema import PositiveNumber, PositiveWhole, Strict, TimeZone, checked, choice, did_you_mean, fail, validate
 from .errors import ConfigError
 from .mapping import MappingSpec, TableSpec, identity_spec, load_mapping
@@ -23,7 +24,6 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 # A plain scheme means our default driver, as a DBA would expect.
 _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
                     "mysql": "mysql+pymysql", "mariadb": "mysql+pymysql"}
-_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
 mask_url = _secrets.mask_url
 
@@ -327,15 +327,6 @@ def _mapping(doc, keys, model: _Pair) -> MappingSpec:
 
 
 # -- one target table, several writers ---------------------------------------------------------
-def _database(url: str) -> tuple:
-    """What identifies a database whatever URL reaches it (user, password and driver aside)."""
-    parsed = make_url(url)
-    backend = "mysql" if parsed.get_backend_name() == "mariadb" else parsed.get_backend_name()
-    host = (parsed.host or "localhost").lower()
-    host = "localhost" if host in ("127.0.0.1", "::1") else host
-    return backend, host, parsed.port or _DEFAULT_PORTS.get(backend), parsed.database or ""
-
-
 def _require_disjoint_writers(pairs: dict[str, Pair]) -> None:
     """ConfigError when two table mappings write one target table and their rows could meet.
 
@@ -347,7 +338,7 @@ def _require_disjoint_writers(pairs: dict[str, Pair]) -> None:
     writers: dict[tuple, list[tuple[Pair, TableSpec]]] = {}
     for pair in pairs.values():
         for spec in pair.mapping.tables.values():
-            writers.setdefault((_database(pair.target.url), spec.target.casefold()), []).append((pair, spec))
+            writers.setdefault((database_identity(pair.target.url), spec.target.casefold()), []).append((pair, spec))
     for group in writers.values():
         if len(group) > 1:
             _check_shared(group)

@@ -6,9 +6,13 @@ rows the other pair wrote, and which rows survived depended on the order the pai
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
+
+from cdc._identity import case_insensitive
+from cdc.config import load_config
 
 SCHEMA = "CREATE TABLE invoices (id INTEGER PRIMARY KEY, status TEXT NOT NULL, amount NUMERIC(10,2) NOT NULL);"
 ROWS = "".join(f"INSERT INTO invoices VALUES ({i}, '{'draft' if i % 2 else 'sent'}', {i}.50);" for i in range(1, 11))
@@ -156,3 +160,85 @@ def test_shared_table_with_distinct_constants_keeps_every_pairs_rows_in_any_orde
     result = erp.cdc("reconcile", "--pair", "all", "--settle", "0", "--repair", str(erp.config))
     assert result.returncode == 1 and "1 missing in target" in result.stdout, result.stdout + result.stderr
     assert ledger("ALL") == source and ledger("SENT") == [r for r in source if r[1] != "draft"]
+
+
+# -- one database, many spellings ----------------------------------------------------------------
+def sqlite_spellings(root):
+    """Other URLs of target.db: each reaches the same file (or, before it exists, the same path)."""
+    return {
+        "dot": "sqlite:///./target.db",
+        "absolute dot": f"sqlite:///{root}/./target.db",
+        "double slash": f"sqlite:///{root}//target.db",
+        "dot dot": f"sqlite:///{root}/sub/../target.db",
+        "symlinked folder": f"sqlite:///{root}/link/target.db",
+        "symlinked file": f"sqlite:///{root}/alias.db",
+        "fields": f"{{driver: sqlite, database: '{root}//./target.db'}}",
+    }
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["before init", "after init"])
+@pytest.mark.parametrize("spelling", ["dot", "absolute dot", "double slash", "dot dot", "symlinked folder",
+                                      "symlinked file", "fields"])
+def test_one_sqlite_target_spelt_two_ways_is_one_database(erp, spelling, exists):
+    (erp.root / "sub").mkdir()
+    (erp.root / "link").symlink_to(erp.root, target_is_directory=True)
+    (erp.root / "alias.db").symlink_to(erp.root / "target.db")
+    if exists:
+        erp.sql(erp.target, "CREATE TABLE kept (id INTEGER PRIMARY KEY);")
+    config(erp, """\
+        a: {source: erp, target: ledger, tables: [invoices]}
+        b: {source: erp, target: ledger_again, tables: [invoices]}
+    """, f"  ledger_again: {sqlite_spellings(erp.root)[spelling]}\n")
+    assert "error: pairs.b: target table invoices (connection ledger) is written by" in refusal(erp)
+    assert erp.target.exists() == exists
+
+
+def test_a_hard_link_to_the_target_file_is_the_same_database(erp):
+    erp.sql(erp.target, "CREATE TABLE kept (id INTEGER PRIMARY KEY);")
+    os.link(erp.target, erp.root / "hard.db")
+    config(erp, """\
+        a: {source: erp, target: ledger, tables: [invoices]}
+        b: {source: erp, target: hard, tables: [invoices]}
+    """, "  hard: sqlite:///hard.db\n")
+    assert "error: pairs.b: target table invoices (connection ledger) is written by" in refusal(erp)
+
+
+def test_file_names_that_differ_in_case_are_one_database_only_where_the_file_system_ignores_case(erp):
+    config(erp, """\
+        a: {source: erp, target: ledger, tables: [invoices]}
+        b: {source: erp, target: upper, tables: [invoices]}
+    """, "  upper: sqlite:///TARGET.db\n")
+    if case_insensitive(str(erp.root)):
+        assert "error: pairs.b: target table invoices (connection ledger) is written by" in refusal(erp)
+    else:  # two files: each pair writes its own table
+        pairs = load_config(erp.config).pairs
+        assert pairs["a"].target.url != pairs["b"].target.url
+
+
+@pytest.mark.parametrize("first, second", [
+    ("postgresql://cdc@db.example.no:5433/regnskap", "postgresql://cdc@/regnskap?host=db.example.no&port=5433"),
+    ("postgresql://cdc@DB.example.no/regnskap", "postgresql://other:pw@db.example.no:5432/regnskap"),
+    ("postgresql://cdc@/regnskap", "postgresql://cdc@localhost:5432/regnskap?sslmode=disable"),
+    ("postgresql://cdc@127.0.0.1/regnskap", "postgresql+psycopg://cdc@/regnskap?host=/var/run/postgresql"),
+    ("{driver: postgresql, host: db, user: cdc, database: regnskap}", "postgresql://cdc@/regnskap?host=db"),
+    ("mysql://cdc@db:3307/shop", "mariadb://cdc@/shop?host=db&port=3307"),
+    ("mysql://cdc@db/shop", "mysql+pymysql://cdc@db:3306/shop"),
+])
+def test_one_server_database_spelt_two_ways_is_one_database(erp, first, second):
+    erp.config.write_text(f"connections:\n  erp: sqlite:///source.db\n  one: {first}\n  two: {second}\n"
+                          "pairs:\n  a: {source: erp, target: one, tables: [invoices]}\n"
+                          "  b: {source: erp, target: two, tables: [invoices]}\n", encoding="utf-8")
+    assert "error: pairs.b: target table invoices (connection one) is written by" in refusal(erp)
+
+
+@pytest.mark.parametrize("first, second", [
+    ("postgresql://cdc@db.example.no:5433/regnskap", "postgresql://cdc@db.example.no:5432/regnskap"),
+    ("postgresql://cdc@db.example.no/regnskap", "postgresql://cdc@/regnskap?host=other.example.no"),
+    ("postgresql://cdc@db/regnskap", "postgresql://cdc@db/regnskap2"),
+    ("mysql://cdc@db:3307/shop", "mysql://cdc@/shop?host=db"),
+])
+def test_other_servers_or_databases_are_other_databases(erp, first, second):
+    erp.config.write_text(f"connections:\n  erp: sqlite:///source.db\n  one: {first}\n  two: {second}\n"
+                          "pairs:\n  a: {source: erp, target: one, tables: [invoices]}\n"
+                          "  b: {source: erp, target: two, tables: [invoices]}\n", encoding="utf-8")
+    assert set(load_config(erp.config).pairs) == {"a", "b"}
