@@ -184,6 +184,7 @@ def _lookup(doc: _yaml.Document, keys: tuple):
     """The ${NAME} resolver for one setting: the environment, else the default, else an error."""
     def lookup(name: str, default: str | None) -> str:
         if name in os.environ:
+            _secrets.remember_variable(name, os.environ[name])
             return os.environ[name]
         if default is not None:
             return default
@@ -212,7 +213,7 @@ def _connection(doc: _yaml.Document, name: str, raw: Any) -> Connection:
     keys = ("connections", name)
     fields = validate(doc, _Connection, _interpolated(doc, keys, raw), keys, quote_input=False)
     text = fields.url if fields.url is not None else _url_from_fields(doc, keys, fields)
-    url = _normalise_url(doc, keys, text)
+    url = _normalise_url(doc, keys, text, _written_url(raw))
     _secrets.remember(make_url(url).password)
     return Connection(name, url)
 
@@ -251,13 +252,22 @@ def _read_password(doc: _yaml.Document, keys: tuple, file: str) -> str:
     return password
 
 
-def _normalise_url(doc: _yaml.Document, keys: tuple, text: str) -> str:
-    """Our default driver for a plain scheme; relative SQLite paths from the config's folder."""
+def _written_url(raw: Any) -> str:
+    """The URL as the config file writes it (``${VAR}`` not filled in), for messages."""
+    written = raw.get("url") if isinstance(raw, dict) else raw
+    return written if isinstance(written, str) else "the URL made of these fields"
+
+
+def _normalise_url(doc: _yaml.Document, keys: tuple, text: str, written: str) -> str:
+    """Our default driver for a plain scheme; relative SQLite paths from the config's folder.
+
+    A URL that cannot be read is named as ``written`` in the file, masked: the values the
+    environment put into it may be secrets, wherever the user put them.
+    """
     try:
         url = make_url(text)
     except (ArgumentError, ValueError):
-        # Say nothing of the text that could not be parsed: it may be a password.
-        raise doc.error(keys, f"{mask_url(text)!r} is not a database URL (in a password written into the URL, "
+        raise doc.error(keys, f"{mask_url(written)!r} is not a database URL (in a password written into the URL, "
                               "write @ : / % # ? & as %40 %3A %2F %25 %23 %3F %26, or give it as ${VAR} or as "
                               "password: in connection fields)") from None
     if url.drivername in _DEFAULT_DRIVERS:

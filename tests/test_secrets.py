@@ -8,6 +8,7 @@ of the password.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from cdc.config import load_config
+from test_reconcile import database  # noqa: F401 - a fixture
 
 #: Every URL delimiter, and between them pieces that must never be printed. ``%41`` would turn
 #: into ``A`` if anything decoded the password twice.
@@ -301,27 +303,34 @@ def test_a_value_outside_the_user_password_part_is_not_encoded(ws, monkeypatch):
     assert result.returncode == 0 and "t -> t key (id)" in result.stdout, result.stdout + result.stderr
 
 
-def test_the_last_line_of_defence_scrubs_a_password_whole_encoded_or_in_pieces():
+def test_the_last_line_of_defence_scrubs_a_password_whole_encoded_or_in_pieces(monkeypatch):
     import io
     from urllib.parse import quote
 
     from cdc import _secrets
     from cdc.cli import _Scrubbed
 
+    monkeypatch.setattr(_secrets, "_known", set())  # this process's own, not those earlier tests loaded
     _secrets.remember(PASSWORD)
     leaky = (f"failed for {PASSWORD}; as URL text {quote(PASSWORD, safe='')}; "
-             "resolving host 'Qs3c?Wd8f&Yg5k@127.0.0.1'; user Kx7q")
+             "resolving host 'Qs3c?Wd8f&Yg5k@127.0.0.1'; user \"Kx7q\"; password=Lm2w; url pg://u:Pz9r@h")
     assert_no_secret(_secrets.scrub(leaky))
     assert _secrets.scrub("nothing secret here") == "nothing secret here"
+    # Short secrets (and pieces under 8 characters) are masked only as a word inside quotes, where
+    # connection errors put names: elsewhere they are left, so that no text is garbled.
+    _secrets.remember("20")
+    assert _secrets.scrub('booked 2026-11-20, 20 changes; database "20"; host \'20@db\'; "2020"') == \
+        'booked 2026-11-20, 20 changes; database "***"; host \'***@db\'; "2020"'
     written = io.StringIO()
     _Scrubbed(written).write(leaky)
     assert "***" in written.getvalue()
     assert_no_secret(written.getvalue())
 
 
-def test_a_server_message_that_quotes_the_password_is_scrubbed_by_the_cli(ws, pg_server, monkeypatch):
-    """PostgreSQL quotes a missing database's name; here that name is the password itself."""
-    secret = "Zq8vWx3kRt7m"
+@pytest.mark.parametrize("secret", ["Zq8vWx3kRt7m", "Zq8"])
+def test_a_server_message_that_quotes_the_password_is_scrubbed_by_the_cli(ws, pg_server, monkeypatch, secret):
+    """PostgreSQL quotes a missing database's name; here that name is the password itself (a short
+    one too: inside quotes, where connection errors put names, it is masked whatever its length)."""
     monkeypatch.setenv("PW", secret)
     server = make_url(pg_server)
     write_config(ws, f"  src: sqlite:///source.db\n  dst: postgresql://{server.username}:${{PW}}@{server.host}:"
@@ -329,4 +338,73 @@ def test_a_server_message_that_quotes_the_password_is_scrubbed_by_the_cli(ws, pg
     ws.sql(ws.source, "CREATE TABLE t (id INTEGER PRIMARY KEY);")
     result = ws.cdc("-vv", "check", str(ws.config))
     assert result.returncode == 1 and "***" in result.stderr, result.stderr
-    assert secret not in result.stdout + result.stderr and "Zq8v" not in result.stdout + result.stderr
+    assert f'"{secret}"' not in result.stdout + result.stderr and "Zq8v" not in result.stdout + result.stderr
+    assert 'database "***" does not exist' in result.stderr, result.stderr
+
+
+# -- ${..} in the user:password or host part ---------------------------------------------------
+@pytest.mark.parametrize("pg_secret", [PASSWORD], indirect=True)
+def test_user_and_password_from_one_variable_are_split_as_in_a_url(ws, pg_secret, monkeypatch):
+    """``postgresql://${LOGIN}@db/x`` with ``LOGIN=user:password`` logs in as user with password
+    (it was one user name "user:password", and the refusal printed the password)."""
+    s = pg_secret
+    assert s["enforced"], "the test server's pg_hba.conf must be writable, so that the password matters"
+    ws.sql(ws.source, "CREATE TABLE t (id INTEGER PRIMARY KEY);")
+    write_config(ws, f"  src: sqlite:///source.db\n  dst: postgresql://${{LEDGER_LOGIN}}@{s['host']}:{s['port']}/"
+                     f"{s['database']}\n", "  p: {source: src, target: dst, tables: [t]}\n")
+    monkeypatch.setenv("LEDGER_LOGIN", f"{s['role']}:{PASSWORD}")
+    url = make_url(load_config(ws.config).pairs["p"].target.url)
+    assert (url.username, url.password, url.host) == (s["role"], PASSWORD, s["host"])
+    outputs = []
+    for args in (["check"], ["init"], ["install"], ["run", "--once"]):
+        result = ws.cdc(*args, str(ws.config))
+        outputs += [result.stdout, result.stderr]
+        assert result.returncode == 0, result.stdout + result.stderr
+    monkeypatch.setenv("LEDGER_LOGIN", f"{s['role']}:{PASSWORD[:-4]}Xy9z")  # a wrong password
+    result = ws.cdc("check", str(ws.config))
+    outputs += [result.stdout, result.stderr]
+    assert result.returncode == 1 and f'password authentication failed for user "{s["role"]}"' in result.stderr, \
+        result.stderr
+    assert_no_secret(*outputs)
+
+
+@pytest.mark.parametrize("value, says", [
+    ("Secr3t:Pass", "error: connections.dst: 'postgresql://ledger@${PW}/regnskap' is not a database URL"),
+    ("Secr3tPassHost", "error: database: failed to resolve host '***'"),
+    ("Sx9", "error: database: failed to resolve host '***'"),
+])
+def test_a_secret_put_in_the_host_part_is_not_printed(ws, monkeypatch, value, says):
+    """A ${PW} written where the host goes: the message names the URL as the file writes it, and a
+    variable named like a secret is scrubbed from what the driver says."""
+    monkeypatch.setenv("PW", value)
+    ws.sql(ws.source, "CREATE TABLE t (id INTEGER PRIMARY KEY);")
+    write_config(ws, "  src: sqlite:///source.db\n  dst: postgresql://ledger@${PW}/regnskap\n",
+                 "  p: {source: src, target: dst, tables: [t]}\n")
+    result = ws.cdc("check", str(ws.config))
+    assert result.returncode in (1, 2) and result.stderr.startswith(says), result.stderr
+    assert "Traceback" not in result.stderr
+    assert value not in result.stdout + result.stderr and "Secr3t" not in result.stdout + result.stderr
+
+
+# -- the scrubber garbles nothing ----------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["text", "csv", "json", "html"])
+def test_a_short_password_garbles_no_output_and_no_report(ws, database, fmt):
+    """A two-character password ("20") that every date holds: it was masked everywhere, so status
+    showed "***26-11-30" and a piped report no longer matched its own SHA-256. Reports are written as
+    they are, to stdout and to --output alike, even where a value is the password."""
+    from test_reports import body_sha256, invoice_pair, provenance_of, run_sql
+
+    _, target = invoice_pair(ws, database, "postgresql", password="20")
+    run_sql(target, "UPDATE invoices SET amount = 1.00, ref = '20' WHERE id = 3")  # a value that is the password
+    status = ws.cdc("status", "--json", str(ws.config))
+    assert status.returncode == 0, status.stderr
+    (row,) = json.loads(status.stdout)
+    assert row["last_applied_at"].startswith("20") and row["target"].startswith("postgresql+psycopg://postgres:***@")
+    for command in ("reconcile", "audit"):
+        args = (command, str(ws.config), "--format", fmt) + (("--settle", "0") if command == "reconcile" else ())
+        piped = ws.cdc(*args)
+        written = ws.root / f"{command}.{fmt}"
+        ws.cdc(*args, "--output", str(written))
+        for text in (piped.stdout, written.read_text(encoding="utf-8")):
+            assert "***@" in text and text.count("***") == text.count("***@")  # only the URL's password is masked
+            assert provenance_of(fmt, text)["body sha256"].split(" ")[0] == body_sha256(fmt, text)
