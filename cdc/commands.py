@@ -13,9 +13,9 @@ import sqlalchemy as sa
 
 from . import registry, schema, state
 from .config import Pair, load_config
-from .errors import CdcError, ConfigError, RowError, SourceError, StateError, first_line
+from .errors import CdcError, ConfigError, RowError, SourceError, StateError, TargetError, first_line
 from .mapping import TableMapping
-from .pipeline import PairRunner, RunResult, open_pair, open_source, verify_checkpoint
+from .pipeline import PairRunner, RunResult, open_pair, open_source, open_target, verify_checkpoint
 
 #: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
 GC_THRESHOLD = 50_000
@@ -93,7 +93,14 @@ def doctor(config_path: str, pair: str | None = None) -> tuple[Report, bool]:
     report, healthy = Report(), True
     for p in config.select(pair):
         source, _ = open_source(p)
-        target = registry.adapter_for(p.target.url).target(p.target.url)
+        try:
+            target = open_target(p.target)
+        except TargetError as exc:
+            source.close()
+            report.add(f"pair {p.name}: {p.capture} capture on {p.source.masked}, target {p.target.masked}")
+            report.add(f"  [FAIL] {exc}")
+            healthy = False
+            continue
         try:
             report.add(f"pair {p.name}: {p.capture} capture on {p.source.masked}, target {p.target.masked}")
             findings = source.diagnose() + (target.diagnose() if hasattr(target, "diagnose") else [])
@@ -119,7 +126,7 @@ def init(config_path: str, pair: str | None = None) -> Report:
     plans = [(p, _init_plan(p)) for p in config.select(pair)]
     for url in dict.fromkeys(p.target.url for p, _ in plans):
         pairs = [(p, tables) for p, tables in plans if p.target.url == url]
-        target = registry.adapter_for(url).target(url)
+        target = open_target(pairs[0][0].target, create=True)
         try:
             before, after = target.init_state()
             verb = "already at" if before == after else ("created at" if before is None else f"upgraded {before} ->")
@@ -140,7 +147,7 @@ def init(config_path: str, pair: str | None = None) -> Report:
 def _init_plan(p: Pair) -> dict[str, tuple[sa.Table | None, str]]:
     """Per target table of one pair: the table `init` must create (defined and checked against the
     target, not created), or None when it exists; and its key as the report names it."""
-    source, target, mappings = open_pair(p)
+    source, target, mappings = open_pair(p, create=True)
     try:
         tables: dict[str, tuple[sa.Table | None, str]] = {}
         for name, mapping in mappings.items():
@@ -261,7 +268,7 @@ def _each_pair(pairs: list[Pair], work, *, concurrently: bool) -> list[Any]:
 def _record_failure(p: Pair, exc: BaseException) -> None:
     """A pair that could not even start: say so in its target's state tables where they exist."""
     try:
-        target = registry.adapter_for(p.target.url).target(p.target.url)
+        target = open_target(p.target)
         try:
             target.record_failure(p.name, first_line(exc))
         finally:
@@ -309,7 +316,11 @@ def _pair_status(p: Pair) -> dict:
 
 def _target_status(p: Pair, row: dict) -> Any:
     """Fill ``row`` from the target's state tables; the checkpoint (None before the first commit)."""
-    target = registry.adapter_for(p.target.url).target(p.target.url)
+    try:
+        target = open_target(p.target)
+    except TargetError as exc:
+        row.update(state="failed", error=f"target cannot be read: {exc}")
+        return None
     try:
         with target.engine.connect() as conn:
             state.ensure_current(conn)
@@ -416,12 +427,13 @@ def audit(config_path: str, pair: str | None = None, **filters):
 
     config = load_config(config_path)
     chosen = config.select(pair)
-    by_target: dict[str, list[str]] = {}
+    by_target: dict[str, list[Pair]] = {}
     for p in chosen:
-        by_target.setdefault(p.target.url, []).append(p.name)
+        by_target.setdefault(p.target.url, []).append(p)
     trails, as_of = [], {}
-    for url, names in by_target.items():
-        target = registry.adapter_for(url).target(url)
+    for pairs in by_target.values():
+        names = [p.name for p in pairs]
+        target = open_target(pairs[0].target)
         try:
             trails.append(audit_module.trail(target.engine, pairs=names, **filters))
             as_of.update(audit_module.checkpoints(target.engine, names))

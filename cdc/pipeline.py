@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from . import registry, values
 from ._typecheck import check_types
 from .changes import ApplyResult, dumps
-from .config import Pair
-from .errors import CdcError, ConfigError, RetryableError, SchemaError, SourceError, first_line
+from .config import Connection, Pair
+from .errors import CdcError, ConfigError, RetryableError, SchemaError, SourceError, TargetError, first_line
 from .state import ClaimHeldError, ClaimLostError
 from .mapping import TableMapping, map_changes, map_snapshot
 
@@ -90,9 +91,24 @@ def open_source(pair: Pair, target: Any = None) -> tuple[Any, dict[str, TableMap
     return source, mappings
 
 
-def open_pair(pair: Pair) -> tuple[Any, Any, dict[str, TableMapping]]:
-    """(source, target, mappings) for a pair, checked against the source schema."""
-    target = registry.adapter_for(pair.target.url).target(pair.target.url)
+def open_target(connection: Connection, *, create: bool = False) -> Any:
+    """A Target for ``connection``.
+
+    Only `cdc init` (``create``) may make a database: where connecting would create one that does
+    not exist (a SQLite file), every other command gets a TargetError naming the file and the fix,
+    and leaves no empty file behind for a later command to mistake for a real target.
+    """
+    adapter = registry.adapter_for(connection.url)
+    if not create and adapter.creates_database_on_connect and not adapter.database_exists(connection.url):
+        raise TargetError(f"target database {make_url(connection.url).database} does not exist (connection "
+                          f"{connection.name}): `cdc init CONFIG` creates it; or correct the path in the config")
+    return adapter.target(connection.url)
+
+
+def open_pair(pair: Pair, *, create: bool = False) -> tuple[Any, Any, dict[str, TableMapping]]:
+    """(source, target, mappings) for a pair, checked against the source schema; ``create``: see
+    open_target."""
+    target = open_target(pair.target, create=create)
     try:
         source, mappings = open_source(pair, target)
     except Exception:

@@ -1,0 +1,85 @@
+"""A SQLite database file that does not exist is never created by a command that only reads.
+
+`status`, `doctor`, `audit`, `reconcile` and `run` used to open a missing target file, which SQLite
+then created empty: the next command found a database without state tables, and a typo in a path
+became a second, empty ledger. Only `cdc init` creates the target file; a missing source file is
+never created by any command.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+SCHEMA = "CREATE TABLE entries (id INTEGER PRIMARY KEY, memo TEXT); INSERT INTO entries VALUES (1, 'a');"
+MISSING_TARGET = "target database {path} does not exist (connection dst): `cdc init CONFIG` creates it"
+
+
+@pytest.fixture
+def pair(ws):
+    ws.sql(ws.source, SCHEMA)
+    ws.write_config("""
+        source: src
+        target: dst
+        tables: [entries]
+    """)
+    return ws
+
+
+@pytest.mark.parametrize("command", [("status",), ("status", "--json"), ("doctor",), ("audit",), ("reconcile",),
+                                     ("run", "--once"), ("reconcile", "--repair")])
+def test_a_command_that_reads_does_not_create_a_missing_target_file(pair, command):
+    result = pair.cdc(*command, str(pair.config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert MISSING_TARGET.format(path=pair.target) in result.stdout + result.stderr
+    assert not pair.target.exists()
+
+
+def test_status_names_the_missing_target_for_its_pair(pair):
+    result = pair.cdc("status", str(pair.config))
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == ("pair p (trigger): not started, failed: target cannot be read: "
+                                             + MISSING_TARGET.format(path=pair.target)
+                                             + "; or correct the path in the config")
+
+
+def test_doctor_reports_the_missing_target_and_goes_on_with_the_source(pair):
+    result = pair.cdc("doctor", str(pair.config))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"  [FAIL] {MISSING_TARGET.format(path=pair.target)}" in result.stdout
+    assert not pair.target.exists()
+
+
+def test_init_creates_the_target_and_then_every_command_reads_it(pair):
+    assert pair.cdc("init", str(pair.config)).returncode == 0
+    assert pair.target.exists()
+    assert pair.cdc("install", str(pair.config)).returncode == 0
+    assert pair.cdc("run", "--once", str(pair.config)).returncode == 0
+    for command in (("status",), ("audit",), ("reconcile", "--settle", "0")):
+        result = pair.cdc(*command, str(pair.config))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [("status",), ("doctor",), ("audit",), ("reconcile",), ("run", "--once"),
+                                     ("install",), ("uninstall",), ("check",)])
+def test_no_command_creates_a_missing_source_file(pair, command):
+    for setup in ("init", "install", "run"):
+        assert pair.cdc(setup, *(["--once"] if setup == "run" else []), str(pair.config)).returncode == 0
+    pair.source.rename(pair.root / "moved.db")
+    result = pair.cdc(*command, str(pair.config))
+    assert "Traceback" not in result.stderr
+    if command != ("audit",):  # the audit trail is read from the target alone
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"source database {pair.source} does not exist (connection src)" in result.stdout + result.stderr
+    assert not pair.source.exists()
+
+
+def test_init_with_a_missing_source_creates_no_target_either(ws):
+    ws.write_config("""
+        source: src
+        target: dst
+        tables: [entries]
+    """)
+    result = ws.cdc("init", str(ws.config))
+    assert result.returncode == 1 and f"source database {ws.source} does not exist" in result.stderr
+    assert not ws.source.exists() and not ws.target.exists()
