@@ -82,17 +82,16 @@ def _host(host: Any) -> str:
 def _postgres_server(url: sa.URL) -> tuple:
     """(host, port, database) as libpq would connect: the URL's settings, then libpq's defaults."""
     from psycopg import pq
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    given = conninfo_to_dict(make_conninfo("", **_connect_args(url)))
-    defaults = {o.keyword.decode(): (o.val or o.compiled) for o in pq.Conninfo.get_defaults()}
+    given = _connect_args(url)
+    defaults = {o.keyword.decode(): (o.val or o.compiled or b"").decode() for o in pq.Conninfo.get_defaults()}
 
-    def setting(name: str) -> str:
-        value = given.get(name) or defaults.get(name) or b""
-        return value.decode() if isinstance(value, bytes) else str(value)
+    def setting(*names: str) -> str:
+        value = next((given[n] for n in names if given.get(n) not in (None, "")), None)
+        return str(value) if value is not None else defaults.get(names[0], "")
 
     hosts = ",".join(_host(h) for h in setting("host").split(","))
-    return hosts, setting("port") or "5432", setting("dbname") or setting("user")
+    return hosts, setting("port") or "5432", setting("dbname", "database") or setting("user")
 
 
 def _mysql_server(url: sa.URL) -> tuple:

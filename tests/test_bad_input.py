@@ -55,6 +55,12 @@ def test_run_before_init_says_what_to_do(ws):
     ws.write_config("source: src\ntarget: dst\ntables: [entries]")
     result = ws.cdc("run", "--once", str(ws.config))
     assert result.returncode == 1
+    assert f"target database {ws.target} does not exist (connection dst): `cdc init CONFIG` creates it" \
+        in result.stderr
+    assert not ws.target.exists(), "only init creates the target file"
+    ws.sql(ws.target, "CREATE TABLE other (id INTEGER PRIMARY KEY)")  # a database, but not initialised
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 1
     assert "no cdc-sync state tables: run `cdc init CONFIG` first" in result.stderr
     assert ws.cdc("init", str(ws.config)).returncode == 0
     result = ws.cdc("run", "--once", str(ws.config))
