@@ -378,10 +378,22 @@ def test_sqlite_restored_target_whose_changes_the_changelog_still_holds(ws, sqli
     assert audited == [('["P-01"]',), ('["P-02"]',)]  # P-01's change again (its audit row was in the lost copy)
 
 
-def test_sqlite_checkpoint_ahead_of_the_acknowledgement_runs_on(ws, sqlite_pair):
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
+def test_trigger_checkpoint_ahead_of_the_acknowledgement_runs_on(ws, kind, request):
     """Killed after the target committed but before the source was acknowledged: the checkpoint is
-    ahead of the consumer's acknowledged id; the next run acknowledges and goes on."""
-    source, target = sqlite_pair
+    ahead of the consumer's acknowledged position; the next run acknowledges and goes on."""
+    if kind == "sqlite":
+        ws.sql(ws.source, PRODUCTS)
+        source_url, target_url, acked = f"sqlite:///{ws.source}", f"sqlite:///{ws.target}", "acked_id"
+    elif kind == "postgresql":
+        make = request.getfixturevalue("pg_databases")
+        source_url, target_url, acked = make(), make(), "acked"
+        pexec(source_url, PRODUCTS)
+    else:
+        source_url, target_url, acked = request.getfixturevalue("mysql_url"), request.getfixturevalue("pg_url"), "acked"
+        mexec(source_url, MYSQL_PRODUCTS)
+    write_config(ws, source_url, target_url, "trigger")
+    source, target = Side(source_url), Side(target_url)
     source.execute("INSERT INTO products VALUES ('P-01', 'a', 1.00)")
     for command in ("init", "install"):
         cdc_ok(ws, command)
@@ -389,11 +401,12 @@ def test_sqlite_checkpoint_ahead_of_the_acknowledgement_runs_on(ws, sqlite_pair)
     for price in ("2.00", "3.00"):
         source.execute("UPDATE products SET price = %s", (price,))
     cdc_ok(ws, "run", "--once")
-    source.execute("UPDATE _cdc_consumers SET acked_id = 0")  # as if the acknowledge never ran
+    source.execute(f"UPDATE _cdc_consumers SET {acked} = 0")  # as if the acknowledge never ran
+    assert ws.cdc("status", str(ws.config)).returncode == 0
     source.execute("UPDATE products SET price = 4.00")
     cdc_ok(ws, "run", "--once")
     assert target.products() == source.products()
-    assert source.execute("SELECT acked_id FROM _cdc_consumers") == \
+    assert source.execute(f"SELECT {acked} FROM _cdc_consumers") == \
         [(int(target.execute("SELECT position FROM cdc_checkpoints")[0][0]),)]
 
 
