@@ -378,6 +378,33 @@ def test_sqlite_restored_target_whose_changes_the_changelog_still_holds(ws, sqli
     assert audited == [('["P-01"]',), ('["P-02"]',)]  # P-01's change again (its audit row was in the lost copy)
 
 
+def test_sqlite_another_target_ran_the_pair_meanwhile(ws, sqlite_pair):
+    """The demo trap: the config pointed at a new, empty ledger for a while (LEDGER_URL not set), and
+    `cdc init` + `cdc run` there acknowledged the pair's changes, so the changelog purged them; the
+    real ledger's next run must stop, not skip them."""
+    source, target = sqlite_pair
+    for sku, name, price in SEED[:3]:
+        source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    real = ws.config.read_text()
+    source.execute("UPDATE products SET price = 11.11 WHERE sku = 'P-01'")  # the real ledger has not read it
+    ws.config.write_text(real.replace("target.db", "stray.db"), encoding="utf-8")
+    cdc_ok(ws, "init")
+    cdc_ok(ws, "run", "--once")
+    source.execute("UPDATE products SET price = 22.22 WHERE sku = 'P-02'")
+    cdc_ok(ws, "run", "--once")  # applied to stray.db, acknowledged: the changelog purges P-01's change too
+    ws.config.write_text(real, encoding="utf-8")
+    before = target.products()
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stdout + stopped.stderr
+    assert "is behind" in stopped.stderr and "another target ran this pair" in stopped.stderr, stopped.stderr
+    assert target.products() == before
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    assert target.products() == source.products()
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
 def test_trigger_checkpoint_ahead_of_the_acknowledgement_runs_on(ws, kind, request):
     """Killed after the target committed but before the source was acknowledged: the checkpoint is
