@@ -119,7 +119,9 @@ class Source(Protocol):
     def check_position(self, position: Position) -> None:
         """SourceError naming the fix (`cdc run --resnapshot CONFIG`) when ``position`` cannot be a
         position of this installation (ahead of the newest position the source has issued, or a log
-        that no longer holds it); read-only and idempotent; RetryableError on a passing fault."""
+        that no longer holds it) or lies behind what the source has already released (a purged
+        changelog, a slot confirmed past it: a target restored from a backup); read-only and
+        idempotent; RetryableError on a passing fault."""
 
     def diagnose(self) -> list[tuple[str, str]]:
         """Findings (level ok|info|warn|fail, text with the fix) about the source's settings; read-only."""
@@ -289,6 +291,34 @@ class SqlSource(KeyedReads):
                 "changes since are not where the checkpoint says. Copy the tables again with "
                 "`cdc run --resnapshot CONFIG` (rows deleted meanwhile are then removed by "
                 "`cdc reconcile CONFIG --repair`)")
+
+    def _position_behind(self, position: Position, released: Any, what: str,
+                         order: Callable[[Any], Any] = same) -> None:
+        """SourceError when ``position`` lies before ``released``, the point up to which the source
+        has already let go of its changes (purged the changelog, confirmed the slot): streaming
+        from the checkpoint would silently skip what lies between.
+
+        In normal operation the checkpoint commits before the source is acknowledged, so a crash
+        between the two leaves the checkpoint ahead of ``released``, never behind it: behind means
+        the target's state tables are older than the source believes (restored from a backup) or
+        another target acknowledged this pair's changes meanwhile."""
+        if position is not None and released is not None and order(position) < order(released):
+            raise SourceError(
+                f"pair {self.pair}: the checkpoint ({self.format_position(position)}) is behind {what} "
+                f"({self.format_position(released)}): the changes in between are gone from the source (the target was "
+                "restored from an older backup, or another target ran this pair meanwhile) and would be skipped. "
+                "Copy the tables again with `cdc run --resnapshot CONFIG` (rows deleted meanwhile are then removed "
+                "by `cdc reconcile CONFIG --repair`)")
+
+    #: The column of ``consumers_table`` holding the position each pair has acknowledged (trigger capture).
+    acknowledged_column = "acked"
+
+    def _purged_through(self) -> Any:
+        """Trigger capture: the position up to which the changelog is purged (or is at the next
+        acknowledge of any pair): the lowest position a registered pair has acknowledged."""
+        with self.engine.connect() as conn:
+            self._require_installed(conn)
+            return conn.execute(sa.text(f"SELECT min({self.acknowledged_column}) FROM {self.consumers_table}")).scalar()
 
     def _require_installed(self, conn: sa.Connection) -> None:
         """SourceError unless `cdc install` registered this pair, with every one of its tables."""

@@ -137,9 +137,9 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print, target: str |
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("erp.db", "ledger.db"):
         (directory / name).unlink(missing_ok=True)
-    shutil.copy(files("cdc.mappings") / "demo.yaml", directory / "config.yaml")
-    shutil.copy(files("cdc.mappings") / "erp_to_ledger.yaml", directory / "erp_to_ledger.yaml")
     config = directory / "config.yaml"
+    _write_config(config, target is not None)
+    shutil.copy(files("cdc.mappings") / "erp_to_ledger.yaml", directory / "erp_to_ledger.yaml")
     create_erp(directory / "erp.db")
     echo(f"1. Created a Norwegian ERP in {directory / 'erp.db'} and the config {config}")
     if target is not None:
@@ -148,8 +148,9 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print, target: str |
         echo(f"{step} {config}")
         for line in function(str(config)).lines:
             echo(f"   {line}")
+    ledger = mask_url(target) if target is not None else directory / "ledger.db"
     first = commands.run(str(config), once=True)[0]
-    echo(f"4. cdc run --once: initial snapshot of {first.snapshot_rows} rows into {directory / 'ledger.db'}")
+    echo(f"4. cdc run --once: initial snapshot of {first.snapshot_rows} rows into {ledger}")
     echo("5. Changes in the ERP:")
     for line in _changes(directory / "erp.db"):
         echo(f"   - {line}")
@@ -167,8 +168,28 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print, target: str |
     echo("")
     echo("Source and ledger are equal." if equal else "Source and ledger DIFFER (see above).")
     echo("Go on by hand:")
+    if target is not None:
+        echo(f"   export LEDGER_URL=...    # the URL you gave --target ({mask_url(target)})")
     echo(f"   cdc status {config}")
     echo(f"   sqlite3 {directory / 'erp.db'} \"UPDATE customers SET city = 'Bodø' WHERE id = 1\"")
     echo(f"   cdc run --once {config}        # or without --once to keep streaming (Ctrl-C stops)")
-    echo(f"   sqlite3 {directory / 'ledger.db'} \"SELECT op, key, applied_at FROM cdc_audit_log ORDER BY id DESC LIMIT 5\"")
+    audit = "SELECT op, key, applied_at FROM cdc_audit_log ORDER BY id DESC LIMIT 5"
+    echo(f"   psql \"$LEDGER_URL\" -c \"{audit}\"" if target is not None
+         else f"   sqlite3 {directory / 'ledger.db'} \"{audit}\"")
     return equal
+
+
+def _write_config(config: Path, own_ledger: bool) -> None:
+    """The demo's config; with a ledger of the user's own (``--target``) it reads the ledger's URL from
+    $LEDGER_URL with no fallback: a later command run without it stops (exit 2) instead of quietly
+    syncing into a new SQLite ledger, whose acknowledgements would release changes the real ledger
+    still needs."""
+    text = (files("cdc.mappings") / "demo.yaml").read_text(encoding="utf-8")
+    if own_ledger:
+        text = text.replace(DEMO_LEDGER, "ledger: ${LEDGER_URL}      # the URL given to `cdc demo --target`; "
+                                         "export it to go on by hand")
+    config.write_text(text, encoding="utf-8")
+
+
+#: The ledger connection in the shipped demo config (a SQLite file unless $LEDGER_URL is set).
+DEMO_LEDGER = "ledger: ${LEDGER_URL:-sqlite:///ledger.db}"

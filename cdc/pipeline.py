@@ -121,8 +121,9 @@ def verify_checkpoint(pair: str, source: Any, checkpoint: Any) -> str | None:
     """The source's capture generation, once the checkpoint is known to be a position of it.
 
     SourceError with the fix when the checkpoint was written for another installation of capture
-    (uninstalled and installed again: what changed in between was never captured) or lies ahead
-    of what the source has: streaming from it would skip changes without a word.
+    (uninstalled and installed again: what changed in between was never captured), lies ahead
+    of what the source has, or lies behind what the source has already released (a target restored
+    from a backup): streaming from it would skip changes without a word.
     """
     generation = source.generation()
     if checkpoint.generation is not None and checkpoint.generation != generation:
@@ -487,9 +488,12 @@ class PairRunner:
 
             applied = self._apply_parts(parts, read)
             if not read.changes and read.complete and dumps(read.position) != dumps(position):
-                # Only transactions of other tables (a binlog): keep the checkpoint up with them.
+                # Only transactions of other tables (a binlog), or a slot's heartbeat: keep the
+                # checkpoint up with them, then let the source release them (never before: a source
+                # released past the checkpoint would mean changes lost, see verify_checkpoint).
                 moved, (snapshot, tables) = read.position, self._to_commit()
                 self._retrying(lambda: self.target.advance(self.pair.name, moved, snapshot=snapshot, tables=tables))
+                self._retrying(lambda: self.source.acknowledge(moved))
                 position = moved
             if not read.changes:
                 if once and not copying:

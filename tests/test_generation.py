@@ -297,3 +297,263 @@ def test_mariadb_binlog_generation_is_the_server(ws, own_mariadb, pg_url):
     Side(pg_url).execute("UPDATE cdc_checkpoints SET generation = 'server_id 2'")
     stopped = ws.cdc("run", "--once", str(ws.config))
     assert stopped.returncode == 1 and "capture installation server_id 2" in stopped.stderr, stopped.stderr
+
+
+# -- A checkpoint behind what the source has released (a target restored from a backup) ----
+def sqlite_backup(path):
+    """Copy the SQLite target file now; the returned function puts that copy back."""
+    saved = path.read_bytes()
+    return lambda: path.write_bytes(saved)
+
+
+def pg_backup(ws, url: str):
+    """pg_dump the PostgreSQL target now; the returned function restores that dump over it."""
+    import subprocess
+
+    dump = ws.root / "ledger.dump"
+    subprocess.run(["pg_dump", "--format=custom", f"--file={dump}", url], check=True, capture_output=True)
+    return lambda: subprocess.run(["pg_restore", "--clean", "--if-exists", "--single-transaction", f"--dbname={url}",
+                                   str(dump)], check=True, capture_output=True)
+
+
+def sync_then_restore_the_target(ws, source: Side, target: Side, backup, *args: str) -> tuple[list, object]:
+    """Sync, back the target up, change the source and sync that change, put the backup back,
+    change the source again (``args``: for `cdc run`). Returns (the target's rows in the backup,
+    the restore function)."""
+    for sku, name, price in SEED[:5]:
+        source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once", *args)
+    backed_up, restore = target.products(), backup()
+    source.execute("UPDATE products SET price = 10.10 WHERE sku = 'P-01'")  # applied, acknowledged, released
+    cdc_ok(ws, "run", "--once", *args)
+    assert target.products() == source.products()
+    restore()
+    assert target.products() == backed_up
+    source.execute("UPDATE products SET price = 20.20 WHERE sku = 'P-02'")
+    return backed_up, restore
+
+
+def assert_restored_target_stops_then_resnapshot_repairs(ws, source: Side, target: Side, backup) -> None:
+    """Without the stop, P-01's change, released by the source after the backup, is lost for good
+    while `cdc run` says all is well."""
+    backed_up, _ = sync_then_restore_the_target(ws, source, target, backup)
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stdout + stopped.stderr
+    message = [line for line in stopped.stderr.splitlines() if "is behind" in line]
+    assert len(message) == 1, stopped.stderr
+    assert "pair gen" in message[0] and "cdc run --resnapshot CONFIG" in message[0], message
+    assert "restored from an older backup" in message[0], message
+    assert target.products() == backed_up  # nothing applied
+    status = ws.cdc("status", "--json", str(ws.config))
+    row = json.loads(status.stdout)[0]
+    assert status.returncode == 1 and "is behind" in row["error"] and "--resnapshot" in row["error"], row
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    assert target.products() == source.products()
+    source.execute("UPDATE products SET price = 30.30 WHERE sku = 'P-03'")
+    cdc_ok(ws, "run", "--once")
+    assert target.products() == source.products()
+    assert ws.cdc("status", str(ws.config)).returncode == 0
+
+
+def test_sqlite_target_restored_from_a_backup(ws, sqlite_pair):
+    source, target = sqlite_pair
+    assert_restored_target_stops_then_resnapshot_repairs(ws, source, target, lambda: sqlite_backup(ws.target))
+
+
+def test_sqlite_restored_target_whose_changes_the_changelog_still_holds(ws, sqlite_pair):
+    """Another pair on the same changelog has not acknowledged them: nothing was purged, so the
+    restored target gets the changes again from the changelog, once each, and no stop."""
+    source, target = sqlite_pair
+    pair = "    source: src\n    target: {}\n    capture: trigger\n    tables: [products]\n"
+    ws.config.write_text("connections:\n  src: sqlite:///source.db\n  dst: sqlite:///target.db\n"
+                         "  dst2: sqlite:///other.db\npairs:\n  gen:\n" + pair.format("dst") + "  other:\n"
+                         + pair.format("dst2"), encoding="utf-8")
+    sync_then_restore_the_target(ws, source, target, lambda: sqlite_backup(ws.target), "--pair", "gen")
+    assert source.execute("SELECT pair, acked_id FROM _cdc_consumers WHERE pair = 'other'") == [("other", 0)]
+    cdc_ok(ws, "run", "--once", "--pair", "gen")
+    assert target.products() == source.products()
+    audited = target.execute("SELECT key FROM cdc_audit_log WHERE op = 'update' ORDER BY id")
+    assert audited == [('["P-01"]',), ('["P-02"]',)]  # P-01's change again (its audit row was in the lost copy)
+
+
+def test_sqlite_another_target_ran_the_pair_meanwhile(ws, sqlite_pair):
+    """The demo trap: the config pointed at a new, empty ledger for a while (LEDGER_URL not set), and
+    `cdc init` + `cdc run` there acknowledged the pair's changes, so the changelog purged them; the
+    real ledger's next run must stop, not skip them."""
+    source, target = sqlite_pair
+    for sku, name, price in SEED[:3]:
+        source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    real = ws.config.read_text()
+    source.execute("UPDATE products SET price = 11.11 WHERE sku = 'P-01'")  # the real ledger has not read it
+    ws.config.write_text(real.replace("target.db", "stray.db"), encoding="utf-8")
+    cdc_ok(ws, "init")
+    cdc_ok(ws, "run", "--once")
+    source.execute("UPDATE products SET price = 22.22 WHERE sku = 'P-02'")
+    cdc_ok(ws, "run", "--once")  # applied to stray.db, acknowledged: the changelog purges P-01's change too
+    ws.config.write_text(real, encoding="utf-8")
+    before = target.products()
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stdout + stopped.stderr
+    assert "is behind" in stopped.stderr and "another target ran this pair" in stopped.stderr, stopped.stderr
+    assert target.products() == before
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    assert target.products() == source.products()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
+def test_trigger_checkpoint_ahead_of_the_acknowledgement_runs_on(ws, kind, request):
+    """Killed after the target committed but before the source was acknowledged: the checkpoint is
+    ahead of the consumer's acknowledged position; the next run acknowledges and goes on."""
+    if kind == "sqlite":
+        ws.sql(ws.source, PRODUCTS)
+        source_url, target_url, acked = f"sqlite:///{ws.source}", f"sqlite:///{ws.target}", "acked_id"
+    elif kind == "postgresql":
+        make = request.getfixturevalue("pg_databases")
+        source_url, target_url, acked = make(), make(), "acked"
+        pexec(source_url, PRODUCTS)
+    else:
+        source_url, target_url, acked = request.getfixturevalue("mysql_url"), request.getfixturevalue("pg_url"), "acked"
+        mexec(source_url, MYSQL_PRODUCTS)
+    write_config(ws, source_url, target_url, "trigger")
+    source, target = Side(source_url), Side(target_url)
+    source.execute("INSERT INTO products VALUES ('P-01', 'a', 1.00)")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    for price in ("2.00", "3.00"):
+        source.execute("UPDATE products SET price = %s", (price,))
+    cdc_ok(ws, "run", "--once")
+    source.execute(f"UPDATE _cdc_consumers SET {acked} = 0")  # as if the acknowledge never ran
+    assert ws.cdc("status", str(ws.config)).returncode == 0
+    source.execute("UPDATE products SET price = 4.00")
+    cdc_ok(ws, "run", "--once")
+    assert target.products() == source.products()
+    assert source.execute(f"SELECT {acked} FROM _cdc_consumers") == \
+        [(int(target.execute("SELECT position FROM cdc_checkpoints")[0][0]),)]
+
+
+@pytest.mark.parametrize("capture", ["trigger", "logical"])
+def test_postgresql_target_restored_from_a_pg_dump(ws, pg_pair, capture):
+    source, target = pg_pair(capture)
+    assert_restored_target_stops_then_resnapshot_repairs(ws, source, target, lambda: pg_backup(ws, target.url))
+
+
+def test_mariadb_trigger_target_restored_from_a_pg_dump(ws, mysql_url, pg_url):
+    mexec(mysql_url, MYSQL_PRODUCTS)
+    write_config(ws, mysql_url, pg_url, "trigger")
+    assert_restored_target_stops_then_resnapshot_repairs(ws, Side(mysql_url), Side(pg_url),
+                                                         lambda: pg_backup(ws, pg_url))
+
+
+def test_mariadb_binlog_target_restored_from_a_pg_dump_reads_the_binlog_again(ws, mysql_url, pg_url):
+    """The binlog still holds what came after the backup's checkpoint: no stop, nothing lost."""
+    mexec(mysql_url, MYSQL_PRODUCTS)
+    write_config(ws, mysql_url, pg_url, "binlog")
+    source, target = Side(mysql_url), Side(pg_url)
+    sync_then_restore_the_target(ws, source, target, lambda: pg_backup(ws, pg_url))
+    cdc_ok(ws, "run", "--once")
+    assert target.products() == source.products()
+    assert ws.cdc("status", str(ws.config)).returncode == 0
+
+
+def test_postgresql_logical_idle_heartbeat_moves_the_checkpoint_first(ws, pg_pair):
+    """An idle pair releases the WAL other work writes (the slot's heartbeat); the checkpoint moves
+    with it, so the slot is never confirmed past the checkpoint and a restart runs on."""
+    source, target = pg_pair("logical")
+    source.execute("CREATE TABLE other (n int)")
+    source.execute("INSERT INTO products VALUES ('P-01', 'a', 1.00)")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    for _ in range(3):
+        source.execute("INSERT INTO other SELECT generate_series(1, 2000)")  # WAL, none of it the pair's
+        cdc_ok(ws, "run", "--once")
+        checkpoint = int(target.execute("SELECT position FROM cdc_checkpoints")[0][0])
+        confirmed = source.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
+                                   "WHERE slot_name = 'cdc_gen'")[0][0]
+        assert confirmed <= checkpoint
+    assert source.execute("SELECT pg_current_wal_flush_lsn() - confirmed_flush_lsn FROM pg_replication_slots "
+                          "WHERE slot_name = 'cdc_gen'")[0][0] < 100_000  # the WAL was released
+    source.execute("UPDATE products SET price = 2.00")
+    cdc_ok(ws, "run", "--once")
+    assert target.products() == source.products()
+
+
+@pytest.mark.parametrize("big_at", ["last", "before_last"])
+def test_mariadb_binlog_event_larger_than_max_allowed_packet_is_no_reset(ws, own_mariadb, pg_url, big_at):
+    """BINLOG_GTID_POS gives NULL past an event larger than max_allowed_packet (a 20 MB row image
+    with a 16 MB limit): the GTID state there is unknown, not a RESET MASTER; the pair runs on."""
+    mexec(own_mariadb, "CREATE TABLE documents (id INT PRIMARY KEY, body LONGTEXT NOT NULL) ENGINE=InnoDB")
+    mexec(own_mariadb, "INSERT INTO documents VALUES (1, 'kort'), (2, 'kort')")
+    ws.config.write_text(f"connections:\n  src: {own_mariadb}\n  dst: {pg_url}\npairs:\n  gen:\n    source: src\n"
+                         "    target: dst\n    capture: binlog\n    tables: [documents]\n", encoding="utf-8")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    limit = mexec(own_mariadb, "SELECT @@max_allowed_packet")[0][0]
+    mexec(own_mariadb, f"UPDATE documents SET body = REPEAT('x', {limit * 5 // 8}) WHERE id = 1")
+    mexec(own_mariadb, f"UPDATE documents SET body = REPEAT('y', {limit * 5 // 8}) WHERE id = 1")  # 2 x 10 MB image
+    if big_at == "before_last":
+        mexec(own_mariadb, "UPDATE documents SET body = 'etter' WHERE id = 2")
+    cdc_ok(ws, "run", "--once")
+    checkpoint = json.loads(Side(pg_url).execute("SELECT position FROM cdc_checkpoints")[0][0])
+    assert mexec(own_mariadb, "SELECT BINLOG_GTID_POS(%s, %s)", (checkpoint["file"], checkpoint["pos"])) == [(None,)]
+    mexec(own_mariadb, "UPDATE documents SET body = 'siste' WHERE id = 2")
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 0 and "RESET MASTER" not in result.stderr, result.stderr
+    status = ws.cdc("status", str(ws.config))
+    assert status.returncode == 0 and "RESET MASTER" not in status.stdout, status.stdout
+    bodies = Side(pg_url).execute("SELECT id, md5(body) FROM documents ORDER BY id")
+    assert bodies == [tuple(r) for r in mexec(own_mariadb, "SELECT id, md5(body) FROM documents ORDER BY id")]
+
+
+def test_status_of_a_streaming_pair_never_reports_it_behind(ws, sqlite_pair):
+    """`cdc status` reads the checkpoint, then the source: a running pair that commits and
+    acknowledges in between makes the source look past the checkpoint it read. That is no loss
+    (the checkpoint moved on), and status must not say so."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    source, target = sqlite_pair
+    ws.config.write_text(ws.config.read_text() + "    poll_interval: 0.02\n    batch_size: 5\n", encoding="utf-8")
+    for sku, name, price in SEED:
+        source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    done = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not done.is_set():
+            n += 1
+            source.execute("UPDATE products SET price = %s WHERE sku = %s", (Decimal(n), SEED[n % 20][0]))
+            time.sleep(0.003)
+
+    runner = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        errors = []
+        for _ in range(12):
+            row = json.loads(ws.cdc("status", "--json", str(ws.config)).stdout)[0]
+            errors.append(row["error"])
+    finally:
+        done.set()
+        writer.join()
+        time.sleep(1)
+        runner.send_signal(signal.SIGTERM)
+        _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 0, err
+    assert [e for e in errors if e] == [], errors
+    cdc_ok(ws, "run", "--once")
+    assert target.products() == source.products()

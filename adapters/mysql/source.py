@@ -259,15 +259,23 @@ class BinlogSource(MySQLSource):
             "(rows deleted meanwhile are then removed by `cdc reconcile CONFIG --repair`)")
 
     def _gtid_at(self, position: dict) -> str | None:
-        """MariaDB's GTID state at the checkpoint (BINLOG_GTID_POS), when the checkpoint names the
-        MariaDB GTID of the transaction that ended there; else None (nothing to compare)."""
+        """MariaDB's GTID state at the checkpoint (BINLOG_GTID_POS; '' for none), when the checkpoint
+        names the MariaDB GTID of the transaction that ended there; else None (nothing to compare).
+
+        BINLOG_GTID_POS gives NULL when it cannot read the binlog up to the position (an event larger
+        than max_allowed_packet before it, among others): that is unknown, not a reset binlog, and
+        the file, position and event checks stand alone."""
         if not re.fullmatch(r"\d+-\d+-\d+", str(position.get("gtid", ""))):
             return None
         with self.engine.connect() as conn:
             if not conn.dialect.is_mariadb:
                 return None
-            return conn.exec_driver_sql("SELECT BINLOG_GTID_POS(%(file)s, %(pos)s)",
-                                        {"file": position["file"], "pos": int(position["pos"])}).scalar() or ""
+            found = conn.exec_driver_sql("SELECT BINLOG_GTID_POS(%(file)s, %(pos)s)",
+                                         {"file": position["file"], "pos": int(position["pos"])}).scalar()
+        if found is None:
+            logger.debug("pair %s: BINLOG_GTID_POS cannot tell the GTID state at %s; not compared", self.pair,
+                         self.format_position(position))
+        return found
 
     def _event_at(self, position: dict) -> str | None:
         """The type of the binlog event that starts at ``position`` (None: the end of the binlog);

@@ -187,11 +187,14 @@ class TriggerSource(MySQLSource):
 
     def check_position(self, position: Position) -> None:
         """SourceError when the checkpoint's epoch was never sealed here: every position a read
-        returns is below the epoch that writers stamp now (a changelog made again starts at 1)."""
+        returns is below the epoch that writers stamp now (a changelog made again starts at 1); or
+        when it is before the epochs every pair has acknowledged, which the changelog no longer holds."""
         with self.engine.connect() as conn:
             self._require_installed(conn)
             current = conn.exec_driver_sql(f"SELECT n FROM {EPOCH} WHERE k = 1").scalar()
         self._position_ahead(position, current - 1, "the last epoch the source's changelog sealed")
+        self._position_behind(position or 0, self._purged_through(),
+                              "the epochs every pair has acknowledged, purged from the changelog")
 
     def unprepare(self) -> list[str]:
         removed = []

@@ -78,10 +78,16 @@ class LogicalSource(SqlSource):
             return self._generation(conn)
 
     def check_position(self, position: Position) -> None:
-        """SourceError when the checkpoint's LSN is past the end of the server's WAL."""
+        """SourceError when the checkpoint's LSN is past the end of the server's WAL, or before the
+        point the slot has confirmed: the slot never sends a transaction that committed before it
+        again (the slot is confirmed only after the checkpoint commits, so in normal operation it
+        is never ahead of it)."""
         with self.engine.connect() as conn:
             newest = int(conn.exec_driver_sql(sql.CURRENT_LSN).scalar())
+            confirmed = int(self._slot(conn).confirmed)
         self._position_ahead(position, newest, "the end of the source server's WAL")
+        self._position_behind(position, confirmed, f"the point replication slot {self.slot} has confirmed, "
+                                                    "before which it sends nothing again")
 
     def unprepare(self) -> list[str]:
         removed = []
@@ -284,7 +290,8 @@ class LogicalSource(SqlSource):
             self._slot(conn)
             for statement in sql.DECODING_SETTINGS:
                 conn.exec_driver_sql(statement)
-            current = int(conn.exec_driver_sql(sql.CURRENT_LSN).scalar())
+            # Flushed WAL only: the peek decodes up to the flush point, so nothing before it is unseen.
+            current = int(conn.exec_driver_sql(sql.FLUSHED_LSN).scalar())
             rows = conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
                 sql.PEEK, {"slot": self.slot, "limit": max_changes, "publication": self.publication})
             decoder = _Decoder(self, conn, after, max_changes)
@@ -293,9 +300,11 @@ class LogicalSource(SqlSource):
                 part = decoder.feed(data)
                 if part is not None:
                     yield part
-        if not seen:
-            # Heartbeat: nothing of ours is pending, so release the WAL other work wrote meanwhile.
-            self.acknowledge(current)
+        if not seen and current > after:
+            # Heartbeat: nothing of ours is pending. The checkpoint moves to the WAL other work wrote
+            # meanwhile, and the slot is then advanced to it (releasing that WAL) as after any read:
+            # the slot is never confirmed past the checkpoint.
+            yield Batch([], current)
 
     def _check_relation(self, relation: pgoutput.Relation) -> list:
         """Parsers for the relation's columns; SchemaError if a column the pair reads is gone.

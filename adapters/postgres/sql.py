@@ -22,6 +22,7 @@ CREATE_SLOT = "SELECT pg_create_logical_replication_slot(%(slot)s, 'pgoutput')"
 DROP_SLOT = "SELECT pg_drop_replication_slot(%(slot)s)"
 ADVANCE = "SELECT pg_replication_slot_advance(%(slot)s, %(lsn)s::pg_lsn)"
 CURRENT_LSN = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
+FLUSHED_LSN = "SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn"
 PUBLICATION_EXISTS = "SELECT 1 FROM pg_publication WHERE pubname = %(publication)s"
 # The capture generation of a logical pair lives in its publication's comment (see LogicalSource).
 PUBLICATION_COMMENT = ("SELECT obj_description(oid, 'pg_publication') FROM pg_publication "

@@ -50,10 +50,13 @@ class TriggerSource(SqlSource):
 
     def check_position(self, position: Position) -> None:
         """SourceError when the checkpoint's transaction-id horizon is past the next transaction id
-        the server will assign (a checkpoint edited by hand, or from another server)."""
+        the server will assign (a checkpoint edited by hand, or from another server), or before the
+        horizon every pair has acknowledged, below which the changelog is purged."""
         with self.engine.connect() as conn:
             newest = int(conn.exec_driver_sql(sql.NEXT_TRANSACTION_ID).scalar())
         self._position_ahead(position, newest, "the next transaction id of the source server")
+        self._position_behind(position or 0, self._purged_through(),
+                              "the transactions every pair has acknowledged, purged from the changelog")
 
     def unprepare(self) -> list[str]:
         removed = []

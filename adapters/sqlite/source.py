@@ -65,10 +65,15 @@ class TriggerSource(SqliteSource):
         """The identity `cdc install` gave this pair's registration with the changelog."""
         return self._registered_generation()
 
+    acknowledged_column = "acked_id"
+
     def check_position(self, position: Position) -> None:
         """SourceError when the checkpoint is past the newest changelog id ever handed out (AUTOINCREMENT
-        never reuses one; a changelog made again by `cdc install` starts from 1)."""
+        never reuses one; a changelog made again by `cdc install` starts from 1), or before the ids
+        every pair has acknowledged, which the changelog no longer holds."""
         self._position_ahead(position, self.current_position(), "the newest changelog id the source ever issued")
+        self._position_behind(position or 0, self._purged_through(),
+                              "the changelog ids every pair has acknowledged, purged from the changelog")
 
     def unprepare(self) -> list[str]:
         removed = []
