@@ -174,4 +174,29 @@ class TriggerSource(SqliteSource):
 
 
 class TimestampSource(TimestampCapture, SqliteSource):
-    """Capture `timestamp` on SQLite: the shared polling logic with SQLite's value conversion."""
+    """Capture `timestamp` on SQLite: the shared polling logic with SQLite's value conversion.
+
+    SQLite keeps date/times as text, which compares as text: '2026-03-29 03:00:00+02:00' sorts after
+    '2026-03-29 02:30:00+01:00' though it is earlier, and 'T' sorts after ' '. Every connection gets
+    a function, ``cdc_instant(text)``, that reads an ISO 8601 date/time as epoch seconds (without a
+    zone: in source_timezone) or gives NULL, so rows are ordered and bounded as instants and a value
+    it cannot read stops the pair by key.
+    """
+
+    parses_text_stamps = True
+
+    def __init__(self, engine: sa.Engine, pair: str, options: Any, source_zone: str = "UTC"):
+        super().__init__(engine, pair, options, source_zone)
+        sa.event.listen(engine, "connect", lambda dbapi_connection, record: dbapi_connection.create_function(
+            sql.INSTANT_FUNCTION, 1, self._text_instant, deterministic=True))
+
+    def wall_clock(self, column: sa.Column) -> bool:
+        """Never: whatever the declared type, the stored text is compared as the instant it names."""
+        return False
+
+    def _text_instant(self, value: Any) -> float | None:
+        return self._moment(value) if isinstance(value, str) else None
+
+    def instant_expression(self, column: sa.ColumnElement, info: sa.Column) -> sa.ColumnElement:
+        """``cdc_instant(column)`` for ISO text; an epoch or counter column (timestamp.unit) as it is."""
+        return column if self.options.unit else getattr(sa.func, sql.INSTANT_FUNCTION)(column)

@@ -8,6 +8,8 @@ CHANGELOG = "_cdc_changelog"
 EPOCH = "_cdc_epoch"
 CONSUMERS = "_cdc_consumers"
 TRIGGER_SUFFIX = {"insert": "ai", "update": "au", "delete": "ad"}
+#: The function each timestamp-capture connection registers: ISO 8601 text -> epoch seconds, or NULL.
+INSTANT_FUNCTION = "cdc_instant"
 
 CREATE_STATE = [
     f"""CREATE TABLE IF NOT EXISTS {CHANGELOG} (
