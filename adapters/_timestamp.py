@@ -252,7 +252,12 @@ class TimestampCapture(SqlSource):
             .where(self._window(table, unit, plain, instant, start))
         for row in conn.execute(query):
             row_key = tuple(row[:len(key)])
-            yield row_key, row[len(key)], self._instant(table, unit, row[-1], row_key)
+            yield row_key, row[len(key)], self._row_instant(table, unit, row[-1], row[len(key)], row_key)
+
+    def _row_instant(self, table: str, unit: str, instant: Any, stamp: Any, key: tuple) -> float:
+        """A read row's instant; its stamp is not NULL, so a NULL instant (text the database could not
+        read as a time) is the stamp's SourceError naming table, key and column."""
+        return self._instant(table, unit, stamp if instant is None else instant, key)
 
     def _column(self, table: str) -> sa.Column:
         info = self.describe(table)
@@ -372,7 +377,7 @@ class TimestampCapture(SqlSource):
             for raw in conn.execute(query):
                 row = {n: read(v) for (n, read), v in zip(readers, raw)}
                 row_key = tuple(row[k] for k in key)
-                moment = self._instant(table, unit, raw._mapping[INSTANT], row_key)
+                moment = self._row_instant(table, unit, raw._mapping[INSTANT], raw._mapping[column], row_key)
                 if start is not None and moment < start:
                     continue  # a bound in whole units (epoch) reads a little more than the window
                 tag = dumps(list(row_key))
