@@ -338,3 +338,91 @@ def test_rows_without_a_change_time_are_reported_until_given_one(ws):
     assert ws.rows(ws.target, "notes") == ws.rows(ws.source, "notes")
     assert ws.cdc("status", str(ws.config)).returncode == 0
     assert ws.cdc("doctor", str(ws.config)).returncode == 0
+
+
+# -- the same traps on PostgreSQL and MariaDB ----------------------------------------------------
+def server_pairs(ws, source_url: str, target_url: str, zone: str) -> None:
+    """Pair `epoch`: orders stamped in epoch milliseconds; pair `dated`: notes with a date/time that may be NULL."""
+    pair = ("    source: src\n    target: dst\n    capture: timestamp\n    source_timezone: " + zone + "\n")
+    ws.config.write_text(f"connections:\n  src: {source_url}\n  dst: {target_url}\npairs:\n"
+                         f"  epoch:\n{pair}    tables: [orders]\n"
+                         "    timestamp: {column: changed, overlap_seconds: 30, unit: milliseconds}\n"
+                         f"  dated:\n{pair}    tables: [notes]\n"
+                         "    timestamp: {column: changed, overlap_seconds: 30}\n", encoding="utf-8")
+
+
+def check_server_traps(ws, execute, target_rows) -> str:
+    """A row dated 2099 in epoch milliseconds hides nothing; a NULL change time is reported; doctor's output."""
+    for command in ("init", "install"):
+        result = ws.cdc(command, str(ws.config))
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert "snapshot 1 rows" in run(ws)
+    execute("INSERT INTO orders VALUES (2, 99.00, 4102444800000)")  # 2099-01-01 in milliseconds
+    out = ws.cdc("run", "--once", str(ws.config))
+    assert out.returncode == 0 and "pair epoch: 1 changes applied" in out.stdout, out.stdout + out.stderr
+    assert "dated ahead of the source's clock" in out.stderr and "[2]" in out.stderr, out.stderr
+    now = int(time.time() * 1000)
+    execute(f"INSERT INTO orders VALUES (3, 3.00, {now})")
+    execute(f"UPDATE orders SET amount = 11.00, changed = {now} WHERE id = 1")
+    assert "pair epoch: 2 changes applied" in run(ws)
+    assert "pair epoch: 0 changes applied" in run(ws)
+    order = "SELECT id, amount FROM orders ORDER BY id"
+    assert target_rows(order) == execute(order)
+    execute("INSERT INTO notes VALUES (2, 'no time', NULL)")
+    out = ws.cdc("run", "--once", str(ws.config))
+    assert "notes: 1 row(s) with changed NULL" in out.stderr, out.stderr
+    doctor = ws.cdc("doctor", str(ws.config))
+    assert "[WARN] orders: 1 row(s) with changed ahead of the source's clock" in doctor.stdout, doctor.stdout
+    assert doctor.returncode == 1 and "[FAIL] notes: 1 row(s) with changed NULL" in doctor.stdout, doctor.stdout
+    status = ws.cdc("status", str(ws.config))
+    assert status.returncode == 1 and "problem     notes: 1 row(s) with changed NULL" in status.stdout, status.stdout
+    assert "warning     orders: 1 row(s) with changed ahead" in status.stdout, status.stdout
+    return doctor.stdout
+
+
+def test_epoch_and_null_change_times_on_postgresql(ws, pg_databases):
+    import psycopg
+
+    source, target = pg_databases(), pg_databases()
+
+    def execute(statement, url=source):
+        with psycopg.connect(url, autocommit=True) as conn:
+            cursor = conn.execute(statement)
+            return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
+
+    execute("CREATE TABLE orders (id int PRIMARY KEY, amount numeric(12,2) NOT NULL, changed bigint NOT NULL)")
+    execute("CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL, changed timestamp)")  # wall-clock time
+    execute(f"INSERT INTO orders VALUES (1, 10.00, {int(time.time() - 3600) * 1000})")
+    execute("INSERT INTO notes VALUES (1, 'first', now() AT TIME ZONE 'Europe/Oslo' - interval '1 hour')")
+    server_pairs(ws, source, target, "Europe/Oslo")
+    doctor = check_server_traps(ws, execute, lambda sql: execute(sql, target))
+    # Wall-clock time in a zone that puts clocks back: the repeated hour needs an hour of overlap.
+    assert "[WARN] notes: changed has no zone and Europe/Oslo puts clocks back" in doctor, doctor
+
+
+@pytest.mark.parametrize("column_type", ["DATETIME(6)", "TIMESTAMP(6)"])
+def test_epoch_and_null_change_times_on_mariadb(ws, mysql_url, pg_url, column_type):
+    import psycopg
+    import pymysql
+    import sqlalchemy as sa
+
+    parts = sa.engine.make_url(mysql_url)
+
+    def execute(statement):
+        with pymysql.connect(host=parts.host, port=parts.port, user=parts.username, password=parts.password or "",
+                             database=parts.database, autocommit=True) as conn, conn.cursor() as cursor:
+            cursor.execute("SET time_zone = '+00:00'")
+            cursor.execute(statement)
+            return [tuple(r) for r in cursor.fetchall()]
+
+    def target_rows(statement):
+        with psycopg.connect(pg_url) as conn:
+            return [tuple(r) for r in conn.execute(statement).fetchall()]
+
+    execute("CREATE TABLE orders (id INT PRIMARY KEY, amount DECIMAL(12,2) NOT NULL, changed BIGINT NOT NULL)")
+    execute(f"CREATE TABLE notes (id INT PRIMARY KEY, body TEXT NOT NULL, changed {column_type} NULL)")
+    execute(f"INSERT INTO orders VALUES (1, 10.00, {int(time.time() - 3600) * 1000})")
+    execute("INSERT INTO notes VALUES (1, 'first', UTC_TIMESTAMP(6) - INTERVAL 1 HOUR)")
+    server_pairs(ws, mysql_url, pg_url, "UTC")
+    doctor = check_server_traps(ws, execute, target_rows)
+    assert "puts clocks back" not in doctor  # UTC has no repeated hour
