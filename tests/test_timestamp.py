@@ -426,3 +426,19 @@ def test_epoch_and_null_change_times_on_mariadb(ws, mysql_url, pg_url, column_ty
     server_pairs(ws, mysql_url, pg_url, "UTC")
     doctor = check_server_traps(ws, execute, target_rows)
     assert "puts clocks back" not in doctor  # UTC has no repeated hour
+
+
+def test_a_checkpoint_written_before_instants_goes_on_where_it_was(ws):
+    """A mark of the previous format ({"ts": stamp as stored, "seen": {key: [hash, stamp]}}) is read
+    with the column's unit: nothing applied twice, nothing skipped."""
+    timestamp_pair(ws)
+    checkpoint = json.loads(ws.query(ws.target, "SELECT position FROM cdc_checkpoints")[0][0])
+    mark = checkpoint["products"]
+    checkpoint["products"] = {"ts": "2024-05-01 10:00:00",
+                              "seen": {tag: [entry[0], "2024-05-01 10:00:00"] for tag, entry in mark["seen"].items()}}
+    assert len(checkpoint["products"]["seen"]) == 2, mark
+    ws.sql(ws.target, f"UPDATE cdc_checkpoints SET position = '{json.dumps(checkpoint)}'")
+    assert "0 changes applied" in run(ws)
+    ws.sql(ws.source, "INSERT INTO products VALUES ('A-9', 'Pinnekjøtt', '199.00', '2024-05-01T10:00:20Z', 0)")
+    assert "1 changes applied" in run(ws)
+    assert ws.rows(ws.target, "products") == ws.rows(ws.source, "products")

@@ -197,6 +197,23 @@ class TimestampSource(TimestampCapture, SqliteSource):
     def _text_instant(self, value: Any) -> float | None:
         return self._moment(value) if isinstance(value, str) else None
 
+    def _window(self, table: str, unit: str, plain: Any, instant: sa.ColumnElement,
+                start: float | None) -> sa.ColumnElement:
+        """The shared window, after a test in C that lets through only rows that may be in it, so the
+        registered function (Python) runs on those alone: julianday() reads the same ISO text, taking
+        text without an offset as UTC (so the bound allows for source_timezone's offsets); a value it
+        cannot read, or one that is not text, goes on to the function (and to an error)."""
+        window = super()._window(table, unit, plain, instant, start)
+        if unit != "time" or start is None:
+            return window
+        column = plain.c[self.options.column]
+        year = dt.datetime.now(dt.timezone.utc).year
+        west = min(0.0, *(dt.datetime(year, m, 1, tzinfo=self.zone).utcoffset().total_seconds() for m in (1, 7)))
+        day = sa.func.julianday(column)
+        maybe = sa.or_(sa.func.typeof(column) != "text", day.is_(None),
+                       day >= (start + west - 1) / 86400 + sql.UNIX_EPOCH_JULIAN_DAY)  # 1 s for rounding
+        return sa.and_(column.isnot(None), maybe, window)
+
     def instant_expression(self, column: sa.ColumnElement, info: sa.Column) -> sa.ColumnElement:
         """``cdc_instant(column)`` for ISO text; an epoch or counter column (timestamp.unit) as it is."""
         return column if self.options.unit else getattr(sa.func, sql.INSTANT_FUNCTION)(column)
