@@ -5,19 +5,26 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import math
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps
-from cdc.errors import SourceError
+from cdc.errors import ConfigError, SourceError
 
 from .base import SqlSource
 
 logger = logging.getLogger(__name__)
+UTC = dt.timezone.utc
 #: Rows dated ahead of the source's clock that doctor lists by key.
 LISTED_KEYS = 5
+#: Units per second of an epoch change column (timestamp.unit).
+EPOCH_UNITS = {"seconds": 1, "milliseconds": 1_000, "microseconds": 1_000_000}
+#: The label of the instant column every poll selects next to the row.
+INSTANT = "cdc_instant_"
 
 
 class TimestampCapture(SqlSource):
@@ -27,35 +34,142 @@ class TimestampCapture(SqlSource):
     row hash, so a row committed late or sharing the watermark's timestamp is not missed.
     No transaction grouping and no before images: a change is an upsert or, with a
     soft-delete column, a delete. Hard deletes are not seen (reconcile finds them).
-    Position: {table: {"ts": watermark, "seen": {key: row hash}}}.
+    Position: {table: {"ts": watermark as UTC text, "at": the same in epoch seconds,
+    "seen": {key: [row hash, epoch seconds]}}}; with ``unit: counter`` "ts" and "at" are the counter.
 
-    The watermark never passes the source database's own clock: a row dated in the future
-    (``updated_at = 2099-01-01``) is applied, counted and logged, and stays inside the window
-    that every poll reads (applied again only when its content changes), instead of moving the
-    watermark to 2099 and hiding every later change. Timestamps stored without a zone are in
-    the pair's ``source_timezone``; a numeric change column (a version counter) has no clock.
+    Stamps are compared as instants, never as stored text: a date/time column, a text column of
+    ISO date/times (SQLite; offsets such as +01:00/+02:00 across a DST change and 'T' or ' '
+    mixed) or an epoch number (``unit: seconds|milliseconds|microseconds``) all become epoch
+    seconds; ISO text without a zone is in the pair's ``source_timezone``. A date/time column
+    without a zone (PostgreSQL timestamp, MySQL DATETIME) is compared as wall-clock seconds in
+    ``source_timezone``, the order the database itself keeps (doctor warns that its repeated hour
+    when clocks go back needs an overlap of an hour). The watermark never passes
+    the source database's own clock: a row dated in the future (``updated_at = 2099-01-01``) is
+    applied, counted and logged, and stays inside the window that every poll reads (applied again
+    only when its content changes), instead of moving the watermark to 2099 and hiding every later
+    change. A numeric column must state its unit (``counter``: a version number, no clock); a stamp
+    that cannot be read as a time stops the pair naming table, key and column. Rows whose stamp is
+    NULL cannot be polled: doctor and status report them (level fail) and `cdc run` logs them.
     """
+
+    #: Text stamps are parsed into instants by the database (a registered function, see SQLite),
+    #: so a stamp it cannot parse comes back as NULL next to a value that is not.
+    parses_text_stamps = False
 
     def __init__(self, engine: sa.Engine, pair: str, options: Any, source_zone: str = "UTC"):
         super().__init__(engine, pair)
         self.options = options
         self.source_zone = source_zone
+        self.zone = ZoneInfo(source_zone)
+        self._logged_nulls: dict[str, int] = {}
 
-    def bind_stamp(self, stamp: Any, column: sa.Column) -> Any:
-        """The watermark as this database compares it with the column (default: as stored)."""
-        return stamp
-
+    # -- the dialect's hooks ---------------------------------------------------------
     def source_clock(self, conn: sa.Connection) -> dt.datetime:
         """The source database's current time, zone-aware (a dialect may read it its own way)."""
         value = conn.execute(sa.select(sa.func.now())).scalar()
         if isinstance(value, str):
             value = dt.datetime.fromisoformat(value)
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
+    def instant_expression(self, column: sa.ColumnElement, info: sa.Column) -> sa.ColumnElement:
+        """The SQL whose value Python reads as the row's instant and that orders and bounds the
+        rows (default: the column itself, typed by the database)."""
+        return column
+
+    def wall_clock(self, column: sa.Column) -> bool:
+        """Whether the column holds wall-clock time without a zone (read in source_timezone), which
+        the database orders as wall-clock time: such stamps are compared as wall-clock time too."""
+        return isinstance(column.type, (sa.DateTime, sa.Date)) and not getattr(column.type, "timezone", False)
+
+    def bind_stamp(self, measure: float, column: sa.Column) -> Any:
+        """The stored value of ``column`` at ``measure`` (epoch seconds; wall-clock seconds for a
+        wall-clock column): an aware datetime for a column with a zone, else a naive one."""
+        moment = dt.datetime.fromtimestamp(measure, UTC)
+        return moment if getattr(column.type, "timezone", False) else moment.replace(tzinfo=None)
+
+    # -- what the change column holds ------------------------------------------------
+    def _unit(self, table: str) -> str:
+        """``time`` (a date/time column, or ISO text SQLite parses), an epoch unit, or ``counter``;
+        SourceError naming table and column when the column cannot be a change time as configured."""
+        info = self.describe(table)
+        column = self.options.column
+        if column not in info.column_names:
+            raise SourceError(f"source table {table} has no timestamp column {column!r}")
+        kind = info.columns[info.column_names.index(column)].type
+        numeric, timed = isinstance(kind, (sa.Integer, sa.Numeric)), isinstance(kind, (sa.DateTime, sa.Date))
+        unit = self.options.unit
+        if unit is not None:
+            if not numeric and self.enforces_types:
+                raise ConfigError(f"pair {self.pair}, source table {table}: timestamp column {column} is {kind}, not a number: "
+                                  f"remove timestamp.unit ({unit}), which is for a numeric change column")
+            return unit
+        if numeric:
+            raise ConfigError(f"pair {self.pair}, source table {table}: timestamp column {column} is a number ({kind}): say what it "
+                              "counts with timestamp: {unit: seconds | milliseconds | microseconds} (epoch time) "
+                              f"or {{unit: counter}} (a version number, no clock){self._unit_hint(table)}")
+        if not timed and not self.parses_text_stamps:
+            raise ConfigError(f"pair {self.pair}, source table {table}: timestamp column {column} is {kind}: use a date/time column, "
+                              "or a number with timestamp.unit")
+        return "wall" if timed and self.wall_clock(info.columns[info.column_names.index(column)]) else "time"
+
+    def _unit_hint(self, table: str) -> str:
+        plain = sa.table(table, sa.column(self.options.column))
+        with self.engine.connect() as conn:
+            newest = conn.execute(sa.select(sa.func.max(plain.c[0]))).scalar()
+        if newest is None:
+            return ""
+        if not isinstance(newest, (int, float, Decimal)):
+            return ""
+        guess = next((u for u, per in EPOCH_UNITS.items() if 1e9 <= float(newest) / per < 1e10), None)
+        return f"; its newest value {newest} looks like epoch {guess}" if guess else ""
+
+    def _instant(self, table: str, unit: str, value: Any, key: tuple = ()) -> float | None:
+        """A stamp as epoch seconds (a counter as itself); SourceError naming table, key and column
+        when it is no time; None for NULL."""
+        if value is None:
+            return None
+        number = isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
+        if unit == "counter" and number:
+            return _number(value)
+        if unit in EPOCH_UNITS and number:
+            return float(value) / EPOCH_UNITS[unit]
+        if unit in ("time", "wall"):
+            moment = self._moment(value, unit == "wall")
+            if moment is not None:
+                return moment
+        raise SourceError(
+            f"source table {table}, key {list(key)}: timestamp column {self.options.column} holds {value!r}, which "
+            + ("is no number" if unit != "time" else "cannot be read as a date/time (write ISO 8601, e.g. "
+               "'2026-01-01 10:00:00' or '2026-01-01T10:00:00+01:00'; or set timestamp.unit for epoch numbers)")
+            + ": the pair stops rather than skip the row; correct the value")
+
+    def _moment(self, value: Any, wall: bool = False) -> float | None:
+        """Epoch seconds of a date/time, ISO text or an instant the database computed (None if it is
+        none); ``wall``: seconds of its wall-clock time in source_timezone, as if that were UTC."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)  # already an instant (SQLite's registered function)
+        if isinstance(value, str):
+            try:
+                value = dt.datetime.fromisoformat(value.strip())
+            except ValueError:
+                return None
+        if isinstance(value, dt.datetime):
+            if wall:
+                local = value.astimezone(self.zone).replace(tzinfo=None) if value.tzinfo else value
+                return local.replace(tzinfo=UTC).timestamp()
+            return (value if value.tzinfo else value.replace(tzinfo=self.zone)).timestamp()
+        if isinstance(value, dt.date):
+            return dt.datetime.combine(value, dt.time(), UTC if wall else self.zone).timestamp()
+        return None
+
+    def _now(self, unit: str, clock: dt.datetime) -> float:
+        """The source's clock in the measure of ``unit``'s stamps (wall-clock seconds for "wall")."""
+        return self._moment(clock, unit == "wall")
+
+    # -- install and doctor ----------------------------------------------------------
     def prepare(self) -> list[str]:
         for table in self.keys:
-            if self.options.column not in self.describe(table).column_names:
-                raise SourceError(f"source table {table} has no timestamp column {self.options.column!r}")
+            self._unit(table)
         return []
 
     def unprepare(self) -> list[str]:
@@ -64,31 +178,108 @@ class TimestampCapture(SqlSource):
     def diagnose(self) -> list[tuple[str, str]]:
         self.prepare()
         found = []
-        with self.engine.connect() as conn:
-            clock = self.source_clock(conn)
-            for table in self.keys:
-                found.append(("ok", f"{table}: timestamp column {self.options.column} present"))
-                found += self._future_findings(conn, table, clock)
+        for table in self.keys:
+            found.append(("ok", f"{table}: timestamp column {self.options.column} present"))
+            found += self._table_findings(table) + self._repeated_hour_findings(table)
         return found + [("info", "timestamp capture does not see hard deletes; use a soft-delete column or reconcile")]
 
-    def _future_findings(self, conn: sa.Connection, table: str, clock: dt.datetime) -> list[tuple[str, str]]:
+    def warnings(self) -> list[tuple[str, str]]:
+        """Rows dated ahead of the source's clock (warn) and rows with no change time (fail)."""
+        return [found for table in self.keys for found in self._table_findings(table)]
+
+    def _table_findings(self, table: str) -> list[tuple[str, str]]:
+        """Rows with no change time (fail), a stamp that is no time (fail), rows ahead of the clock (warn)."""
+        try:
+            unit = self._unit(table)
+            with self.engine.connect() as conn:
+                found = self._null_findings(conn, table)
+                if unit != "counter":
+                    found += self._future_findings(conn, table, unit, self.source_clock(conn))
+        except SourceError as exc:
+            return [("fail", str(exc))]
+        return found
+
+    def _repeated_hour_findings(self, table: str) -> list[tuple[str, str]]:
+        """A warning when wall-clock stamps in a zone that puts clocks back can hide rows: a row written in
+        the repeated hour sorts before the watermark by up to an hour, so only an overlap of an hour sees it."""
+        year = dt.datetime.now(UTC).year
+        offsets = {dt.datetime(year, month, 1, tzinfo=self.zone).utcoffset() for month in (1, 7)}
+        if self._unit(table) != "wall" or len(offsets) < 2 or self.options.overlap_seconds >= 3600:
+            return []
+        column = self.options.column
+        return [("warn", f"{table}: {column} has no zone and {self.source_zone} puts clocks back once a year: rows "
+                         f"written in the repeated hour are missed unless timestamp.overlap_seconds is at least 3600 "
+                         f"(or {column} holds instants: timestamptz, MySQL TIMESTAMP)")]
+
+    def _null_findings(self, conn: sa.Connection, table: str) -> list[tuple[str, str]]:
+        """A failure naming the count of rows whose change time is NULL: polling never sees them."""
+        count = self._null_count(conn, table)
+        if not count:
+            return []
+        column = self.options.column
+        return [("fail", f"{table}: {count} row(s) with {column} NULL: their inserts and updates are not captured "
+                         f"(rows there at the first copy were copied). Give them a time, e.g. UPDATE {table} SET "
+                         f"{column} = CURRENT_TIMESTAMP WHERE {column} IS NULL (they are then captured), and make "
+                         f"{column} NOT NULL with a default")]
+
+    def _null_count(self, conn: sa.Connection, table: str) -> int:
+        plain = sa.table(table, sa.column(self.options.column))
+        return conn.execute(sa.select(sa.func.count()).select_from(plain).where(plain.c[0].is_(None))).scalar()
+
+    def _future_findings(self, conn: sa.Connection, table: str, unit: str,
+                         clock: dt.datetime) -> list[tuple[str, str]]:
         """A warning naming the rows dated ahead of the source's clock (by more than the overlap)."""
+        limit = self._now(unit, clock) + self.options.overlap_seconds
+        rows = [(key, stamp) for key, stamp, moment in self._rows_from(conn, table, unit, limit)
+                if moment > limit]
+        if not rows:
+            return []
+        rows.sort(key=lambda row: row[1] if isinstance(row[1], (int, float, Decimal)) else str(row[1]),
+                  reverse=True)
+        listed = ", ".join(f"({', '.join(map(str, key))}) {_text(stamp)}" for key, stamp in rows[:LISTED_KEYS])
+        column = self.options.column
+        return [("warn", f"{table}: {len(rows)} row(s) with {column} ahead of the source's clock "
+                         f"({clock.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC): {listed}"
+                         f"{', ...' if len(rows) > LISTED_KEYS else ''}. They are applied, and read again on every "
+                         f"poll until then; correct their {column}")]
+
+    def _rows_from(self, conn: sa.Connection, table: str, unit: str, start: float):
+        """(key, stamp, instant) of the rows whose instant may be at or after ``start``."""
         column, key, info = self.options.column, self.keys[table], self.describe(table)
         plain = sa.table(table, *[sa.column(c) for c in info.column_names])
-        newest = _text(conn.execute(sa.select(sa.func.max(plain.c[column]))).scalar())
-        limit = clock + dt.timedelta(seconds=self.options.overlap_seconds)
-        if not self._after(newest, limit):
-            return []
-        bound = self.bind_stamp(self._written_like(limit, newest), info.columns[info.column_names.index(column)])
-        ahead = plain.c[column] > bound
-        count = conn.execute(sa.select(sa.func.count()).select_from(plain).where(ahead)).scalar()
-        rows = conn.execute(sa.select(*[plain.c[k] for k in key], plain.c[column]).where(ahead)
-                            .order_by(plain.c[column].desc()).limit(LISTED_KEYS)).all()
-        listed = ", ".join(f"({', '.join(map(str, row[:-1]))}) {_text(row[-1])}" for row in rows)
-        return [("warn", f"{table}: {count} row(s) with {column} ahead of the source's clock ({clock:%Y-%m-%d %H:%M:%S} "
-                         f"UTC): {listed}{', ...' if count > len(rows) else ''}. They are applied, and read again on "
-                         f"every poll until then; correct their {column}")]
+        instant = self.instant_expression(plain.c[column], self._column(table))
+        query = sa.select(*[plain.c[k] for k in key], plain.c[column], instant.label(INSTANT)) \
+            .where(self._window(table, unit, plain, instant, start))
+        for row in conn.execute(query):
+            row_key = tuple(row[:len(key)])
+            yield row_key, row[len(key)], self._row_instant(table, unit, row[-1], row[len(key)], row_key)
 
+    def _row_instant(self, table: str, unit: str, instant: Any, stamp: Any, key: tuple) -> float:
+        """A read row's instant; its stamp is not NULL, so a NULL instant (text the database could not
+        read as a time) is the stamp's SourceError naming table, key and column."""
+        return self._instant(table, unit, stamp if instant is None else instant, key)
+
+    def _column(self, table: str) -> sa.Column:
+        info = self.describe(table)
+        return info.columns[info.column_names.index(self.options.column)]
+
+    def _window(self, table: str, unit: str, plain: Any, instant: sa.ColumnElement,
+                start: float | None) -> sa.ColumnElement:
+        """Rows with a change time whose instant may be at or after ``start`` (a wider bound is
+        filtered again in Python), and with it every stamp the database could not parse."""
+        present = plain.c[self.options.column].isnot(None)
+        if start is None:
+            return present
+        if unit in ("time", "wall") and not self.parses_text_stamps:
+            bound = self.bind_stamp(start, self._column(table))
+        elif unit in EPOCH_UNITS:
+            bound = math.floor(start * EPOCH_UNITS[unit])
+        else:
+            bound = start
+        within = instant >= bound
+        return sa.and_(present, sa.or_(within, instant.is_(None)) if self.parses_text_stamps else within)
+
+    # -- the checkpoint --------------------------------------------------------------
     def check_position(self, position: Position) -> None:
         """SourceError when a table's watermark is later than the source's clock (by more than the
         overlap): written before the watermark was capped, or edited; changes were skipped."""
@@ -96,13 +287,42 @@ class TimestampCapture(SqlSource):
             return
         with self.engine.connect() as conn:
             clock = self.source_clock(conn)
-        limit = clock + dt.timedelta(seconds=self.options.overlap_seconds)
         for table, mark in position.items():
-            if isinstance(mark, dict) and self._after(mark.get("ts"), limit):
+            if table not in self.keys or not isinstance(mark, dict) or self._unit(table) == "counter":
+                continue
+            unit = self._unit(table)
+            limit = self._now(unit, clock) + self.options.overlap_seconds
+            stamps = [self._loaded(table, mark)["at"], self._shown_instant(table, unit, mark.get("ts"))]
+            if any(at is not None and at > limit for at in stamps):
                 raise SourceError(
-                    f"pair {self.pair}: the checkpoint's watermark for {table} ({mark['ts']}) is later than the "
-                    f"source's clock ({clock:%Y-%m-%d %H:%M:%S} UTC): rows changed since were skipped. Copy the "
-                    "tables again with `cdc run --resnapshot CONFIG`")
+                    f"pair {self.pair}: the checkpoint's watermark for {table} ({mark.get('ts')}) is later than the "
+                    f"source's clock ({clock.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC): rows changed since were "
+                    "skipped. Copy the tables again with `cdc run --resnapshot CONFIG`")
+
+    def _shown_instant(self, table: str, unit: str, shown: Any) -> float | None:
+        """The instant of a mark's "ts" (UTC text, or a number as stored), which may be edited apart from "at"."""
+        return self._moment(shown, unit == "wall") if isinstance(shown, str) else self._instant(table, unit, shown)
+
+    def _loaded(self, table: str, mark: dict | None) -> dict:
+        """A table's mark with "at" and "seen" in instants; a mark written before instants (stamps as
+        stored: text, or a number) is read with the column's unit."""
+        mark = mark or {}
+        if "at" in mark:
+            return {"at": mark["at"], "seen": {tag: tuple(entry) for tag, entry in mark.get("seen", {}).items()}}
+        unit = self._unit(table)
+        def instant(stamp: Any) -> float | None:
+            return self._instant(table, unit, stamp)
+        return {"at": instant(mark.get("ts")),
+                "seen": {tag: (entry[0], instant(entry[1])) for tag, entry in mark.get("seen", {}).items()}}
+
+    def _stored(self, table: str, at: float | None, seen: dict) -> dict:
+        """A table's mark as the checkpoint keeps it; "ts" shows "at" as text (UTC, or wall-clock time)."""
+        unit = self._unit(table)
+        shown = at
+        if at is not None and unit != "counter":
+            moment = dt.datetime.fromtimestamp(at, UTC)
+            shown = (moment.replace(tzinfo=None) if unit == "wall" else moment).isoformat()
+        return {"ts": shown, "at": at, "seen": {tag: list(entry) for tag, entry in seen.items()}}
 
     def current_position(self) -> Position:
         """The newest timestamp per table (at most the source's clock), with the rows inside its
@@ -118,99 +338,83 @@ class TimestampCapture(SqlSource):
 
     def _mark_now(self, table: str) -> dict:
         """The table's newest timestamp, with the rows inside its overlap window marked as seen."""
+        unit = self._unit(table)
         with self.engine.connect() as conn:
             clock = self.source_clock(conn)
             plain = sa.table(table, sa.column(self.options.column))
-            newest = self._capped(_text(conn.execute(sa.select(sa.func.max(plain.c[0]))).scalar()), clock)
-        return self._poll(table, {"ts": newest, "seen": {}}, float("inf"))[1]
+            instant = self.instant_expression(plain.c[0], self._column(table))
+            newest = conn.execute(sa.select(sa.func.max(instant))).scalar()
+        newest = self._capped(unit, self._instant(table, unit, newest), clock)
+        return self._poll(table, self._stored(table, newest, {}), float("inf"))[1]
 
+    # -- polling ---------------------------------------------------------------------
     def read(self, after: Position, max_changes: int) -> Batch:
         position = dict(after or {})
         changes: list[Change] = []
         for table in self.keys:
-            found, position[table] = self._poll(table, position.get(table) or {"ts": None, "seen": {}},
-                                                max_changes - len(changes))
+            found, position[table] = self._poll(table, position.get(table), max_changes - len(changes))
             changes += found
             if len(changes) >= max_changes:
                 break
         return Batch(changes, position)
 
-    def _poll(self, table: str, mark: dict, limit: int) -> tuple[list[Change], dict]:
+    def _poll(self, table: str, mark: dict | None, limit: float) -> tuple[list[Change], dict]:
         """Up to ``limit`` changed rows from the overlap window on, and the new mark (never past
         the source's clock, read before the rows)."""
+        unit, mark = self._unit(table), self._loaded(table, mark)
         column, key, info = self.options.column, self.keys[table], self.describe(table)
         plain = sa.table(table, *[sa.column(c) for c in info.column_names])
-        query = sa.select(*plain.c).order_by(plain.c[column], *[plain.c[k] for k in key])
-        if mark["ts"] is not None:
-            start = _minus(mark["ts"], self.options.overlap_seconds)
-            query = query.where(plain.c[column] >= self.bind_stamp(start, info.columns[info.column_names.index(column)]))
-        seen, changes, newest, ahead = dict(mark["seen"]), [], mark["ts"], []
+        instant = self.instant_expression(plain.c[column], self._column(table))
+        start = None if mark["at"] is None else mark["at"] - self.options.overlap_seconds
+        seen, changes, newest, ahead = dict(mark["seen"]), [], mark["at"], []
         readers = [(n, self.reader(c)) for n, c in zip(info.column_names, info.columns)]
         with self.engine.connect() as conn:
             clock = self.source_clock(conn)
+            self._log_nulls(conn, table)
+            query = sa.select(*plain.c, instant.label(INSTANT)) \
+                .where(self._window(table, unit, plain, instant, start)) \
+                .order_by(instant, *[plain.c[k] for k in key])
             for raw in conn.execute(query):
                 row = {n: read(v) for (n, read), v in zip(readers, raw)}
                 row_key = tuple(row[k] for k in key)
+                moment = self._row_instant(table, unit, raw._mapping[INSTANT], raw._mapping[column], row_key)
+                if start is not None and moment < start:
+                    continue  # a bound in whole units (epoch) reads a little more than the window
                 tag = dumps(list(row_key))
                 digest = hashlib.blake2b(dumps(row).encode(), digest_size=8).hexdigest()
                 if seen.get(tag, (None,))[0] == digest:
                     continue
                 if len(changes) >= limit:
                     break
+                seen[tag] = (digest, moment)
+                newest = moment if newest is None or moment > newest else newest
                 stamp = _text(raw._mapping[column])
-                seen[tag] = (digest, stamp)
-                newest = stamp if newest is None or self._later(stamp, newest) else newest
                 changes.append(self._change(table, row_key, row, stamp))
-                if self._after(stamp, clock + dt.timedelta(seconds=self.options.overlap_seconds)):
+                if unit != "counter" and moment > self._now(unit, clock) + self.options.overlap_seconds:
                     ahead.append((row_key, stamp))
         if ahead:
             logger.warning("pair %s: %d row(s) of %s dated ahead of the source's clock (%s UTC) applied: %s; they are "
                            "read again on every poll until then (correct their %s)", self.pair, len(ahead), table,
-                           f"{clock:%Y-%m-%d %H:%M:%S}", ", ".join(f"{list(k)} {s}" for k, s in ahead[:LISTED_KEYS]),
-                           column)
-        newest = self._capped(newest, clock)
+                           f"{clock.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+                           ", ".join(f"{list(k)} {s}" for k, s in ahead[:LISTED_KEYS]), column)
+        newest = self._capped(unit, newest, clock)
         if newest is not None:
-            cutoff = _minus(newest, self.options.overlap_seconds)
-            seen = {tag: entry for tag, entry in seen.items() if not self._later(cutoff, entry[1])}
-        return changes, {"ts": newest, "seen": seen}
+            cutoff = newest - self.options.overlap_seconds
+            seen = {tag: entry for tag, entry in seen.items() if entry[1] >= cutoff}
+        return changes, self._stored(table, newest, seen)
 
-    # -- the source's clock ----------------------------------------------------------
-    def _moment(self, stamp: Any) -> dt.datetime | None:
-        """A watermark as an aware instant (zone-less ones in source_timezone); None for a number or
-        text that is no ISO date/time: such a column has no clock to compare with."""
-        if not isinstance(stamp, str):
-            return None
-        try:
-            moment = dt.datetime.fromisoformat(stamp)
-        except ValueError:
-            return None
-        return moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(self.source_zone))
+    def _log_nulls(self, conn: sa.Connection, table: str) -> None:
+        """Log the rows polling cannot see (change time NULL) when their count is new to this process."""
+        count = self._null_count(conn, table)
+        if count and count != self._logged_nulls.get(table):
+            logger.warning("pair %s: %s", self.pair, self._null_findings(conn, table)[0][1])
+        self._logged_nulls[table] = count
 
-    def _later(self, stamp: Any, other: Any) -> bool:
-        """Whether ``stamp`` is later than ``other``: as instants when both are ISO text (their
-        offsets may differ, as across a DST change), else as stored."""
-        first, second = self._moment(stamp), self._moment(other)
-        if first is not None and second is not None:
-            return first > second
-        return stamp > other
-
-    def _after(self, stamp: Any, clock: dt.datetime) -> bool:
-        moment = self._moment(stamp)
-        return moment is not None and moment > clock
-
-    def _capped(self, stamp: Any, clock: dt.datetime) -> Any:
-        """``stamp``, or the source's clock written the way ``stamp`` is when the stamp is later."""
-        return self._written_like(clock, stamp) if self._after(stamp, clock) else stamp
-
-    def _written_like(self, clock: dt.datetime, stamp: str) -> str:
-        """``clock`` (whole seconds, in source_timezone) written as ``stamp`` is: with or without its
-        zone, 'T' or ' ' between date and time, or a date alone."""
-        local = clock.astimezone(ZoneInfo(self.source_zone)).replace(microsecond=0)
-        if len(stamp) == 10:
-            return local.date().isoformat()
-        if dt.datetime.fromisoformat(stamp).tzinfo is None:
-            local = local.replace(tzinfo=None)
-        return local.isoformat(sep="T" if "T" in stamp else " ")
+    def _capped(self, unit: str, instant: float | None, clock: dt.datetime) -> float | None:
+        """``instant``, or the source's clock when it is later (a counter has no clock)."""
+        if instant is None or unit == "counter":
+            return instant
+        return min(instant, self._now(unit, clock))
 
     def _change(self, table: str, key: tuple, row: dict, stamp: Any) -> Change:
         deleted = self.options.soft_delete and row.get(self.options.soft_delete)
@@ -225,14 +429,14 @@ class TimestampCapture(SqlSource):
 
 
 def _text(stamp: Any) -> Any:
-    """Timestamps travel in the checkpoint as ISO text; numbers stay numbers."""
+    """A stamp as a change's position: ISO text; numbers stay numbers."""
+    if isinstance(stamp, Decimal):
+        return _number(stamp)
     return stamp.isoformat() if isinstance(stamp, (dt.date, dt.datetime)) else stamp
 
 
-def _minus(stamp: Any, seconds: float) -> Any:
-    """``stamp`` minus the overlap, in the same representation (number or ISO text)."""
-    if isinstance(stamp, (int, float)):
-        return stamp - seconds
-    text = str(stamp)
-    moment = dt.datetime.fromisoformat(text) - dt.timedelta(seconds=seconds)
-    return moment.isoformat(sep="T" if "T" in text else " ")
+def _number(value: Any) -> int | float:
+    """A counter as JSON carries it: a whole number stays whole (exact), others become floats."""
+    if isinstance(value, str):
+        value = Decimal(value)
+    return int(value) if value == int(value) else float(value)

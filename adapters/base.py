@@ -126,6 +126,10 @@ class Source(Protocol):
     def diagnose(self) -> list[tuple[str, str]]:
         """Findings (level ok|info|warn|fail, text with the fix) about the source's settings; read-only."""
 
+    def warnings(self) -> list[tuple[str, str]]:
+        """What `cdc status` shows next to a running pair: (level warn|fail, text naming table, count and
+        fix) about rows capture cannot vouch for (fail: changes to them may be missing); read-only."""
+
     def close(self) -> None: ...
 
 
@@ -254,6 +258,10 @@ class SqlSource(KeyedReads):
 
     def check_position(self, position: Position) -> None:
         """By default any position is taken as it is."""
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """By default a capture mode sees every row: nothing to warn about."""
+        return []
 
     #: The table in which `cdc install` registers each pair a changelog serves (trigger capture).
     consumers_table = "_cdc_consumers"

@@ -163,7 +163,8 @@ def run(config: str, pair: str | None, once: bool, resnapshot: bool, wait: bool)
 @_friendly
 def status(config: str, pair: str | None, as_json: bool) -> None:
     """Per pair: running or failed, phase, checkpoint, pending, lag, and per table whether it streams or
-    is being copied; exit 1 if a pair failed or parked changes."""
+    is being copied, and rows capture cannot vouch for; exit 1 if a pair failed, parked changes or may
+    be missing changes."""
     rows = commands.status(config, pair)
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
@@ -192,6 +193,8 @@ def _print_status(row: dict) -> None:
     click.echo(f"  dead letters {row['dead_letters']}{' parked (`cdc audit CONFIG` lists them)' if row['dead_letters'] else ''}")
     for table, phase in row["tables"].items():
         click.echo(f"  table {table}: {_table_phase_text(phase)}")
+    for warning in row["warnings"]:
+        click.echo(f"  {'problem' if warning['level'] == 'fail' else 'warning':<11} {warning['text']}")
 
 
 def _table_phase_text(phase: dict) -> str:

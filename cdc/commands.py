@@ -280,8 +280,9 @@ def _record_failure(p: Pair, exc: BaseException) -> None:
 
 def status(config_path: str, pair: str | None = None) -> list[dict]:
     """Per pair: whether it runs (where) or failed (why), phase, checkpoint, changes pending, lag in
-    seconds, changes applied, last applied time, parked dead letters, and ``healthy``: False when the
-    pair failed, has parked changes, or its source cannot be read."""
+    seconds, changes applied, last applied time, parked dead letters, the source's warnings (rows
+    capture cannot vouch for), and ``healthy``: False when the pair failed, has parked changes, its
+    source cannot be read, or a warning says changes may be missing (level fail)."""
     config = load_config(config_path)
     return [_pair_status(p) for p in config.select(pair)]
 
@@ -291,7 +292,7 @@ def _pair_status(p: Pair) -> dict:
                            "capture": p.capture, "phase": "not started", "state": "not running", "holder": None,
                            "error": None, "checkpoint": None, "checkpoint_text": None, "pending": None,
                            "lag_seconds": None, "changes_applied": 0, "last_applied_at": None, "dead_letters": 0,
-                           "tables": {}}
+                           "tables": {}, "warnings": []}
     checkpoint = _target_status(p, row)
     if checkpoint is not None:
         try:
@@ -303,6 +304,7 @@ def _pair_status(p: Pair) -> dict:
                     row["error"] = problem
                 else:
                     row["pending"] = source.pending(checkpoint.position)
+                row["warnings"] = [{"level": level, "text": text} for level, text in source.warnings()]
             finally:
                 source.close()
         except (CdcError, sa.exc.SQLAlchemyError) as exc:
@@ -311,7 +313,8 @@ def _pair_status(p: Pair) -> dict:
             caught_up = row["pending"] == 0
             lag = 0.0 if caught_up else (state._store.now() - checkpoint.source_committed_at).total_seconds()
             row["lag_seconds"] = round(max(lag, 0.0), 3)
-    row["healthy"] = row["state"] not in ("failed", "retrying") and not row["dead_letters"] and row["error"] is None
+    row["healthy"] = (row["state"] not in ("failed", "retrying") and not row["dead_letters"] and row["error"] is None
+                      and all(w["level"] != "fail" for w in row["warnings"]))
     return row
 
 

@@ -20,6 +20,8 @@ from .mapping import MappingSpec, TableSpec, identity_spec, load_mapping
 
 CAPTURE_MODES = ("trigger", "timestamp", "logical", "binlog")
 ON_ERROR = ("park", "stop")
+#: timestamp.unit: what a numeric change column counts (epoch time in a unit, or a version counter).
+STAMP_UNITS = ("seconds", "milliseconds", "microseconds", "counter")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # A plain scheme means our default driver, as a DBA would expect.
 _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
@@ -51,6 +53,9 @@ class TimestampOptions:
     column: str
     soft_delete: str | None = None
     overlap_seconds: float = 60.0
+    #: What a numeric change column counts: epoch seconds, milliseconds or microseconds (a clock the
+    #: watermark is capped at), or counter (a version number, no clock). None for a date/time column.
+    unit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,7 @@ class _Timestamp(Strict):
     column: str
     soft_delete: str | None = None
     overlap_seconds: PositiveNumber = 60.0
+    unit: choice(*STAMP_UNITS) | None = None
 
 
 class _Pair(Strict):
@@ -321,7 +327,7 @@ def _timestamp(doc, keys, model: _Timestamp | None, capture: str) -> TimestampOp
         return None
     if model is None:
         raise doc.error(keys + ("timestamp",), "capture: timestamp needs timestamp: {column: <updated_at column>}")
-    return TimestampOptions(model.column, model.soft_delete, model.overlap_seconds)
+    return TimestampOptions(model.column, model.soft_delete, model.overlap_seconds, model.unit)
 
 
 def _mapping(doc, keys, model: _Pair) -> MappingSpec:

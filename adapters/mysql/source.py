@@ -498,9 +498,11 @@ class TimestampSource(TimestampCapture, MySQLSource):
         seconds = conn.exec_driver_sql("SELECT UNIX_TIMESTAMP(NOW(6))").scalar()
         return dt.datetime.fromtimestamp(float(seconds), UTC)
 
-    def bind_stamp(self, stamp: Any, column: sa.Column) -> Any:
-        if isinstance(stamp, str) and isinstance(column.type, (sa.DateTime, sa.Date)):
-            value = dt.datetime.fromisoformat(stamp)
-            return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo and types.is_timestamp(column) \
-                else value.replace(tzinfo=None)
-        return stamp
+    def wall_clock(self, column: sa.Column) -> bool:
+        """DATETIME and DATE hold wall-clock time; TIMESTAMP an instant (read as UTC)."""
+        return not types.is_timestamp(column) and super().wall_clock(column)
+
+    def bind_stamp(self, measure: float, column: sa.Column) -> Any:
+        """Always naive: TIMESTAMP as UTC (every session runs with time_zone '+00:00', so the server
+        compares it as that instant), DATETIME and DATE as wall-clock time."""
+        return dt.datetime.fromtimestamp(measure, UTC).replace(tzinfo=None)

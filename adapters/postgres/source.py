@@ -436,9 +436,6 @@ class _Decoder:
 
 
 class TimestampSource(TimestampCapture):
-    """Capture `timestamp` on PostgreSQL (psycopg returns exact Python values: no conversion)."""
-
-    def bind_stamp(self, stamp: Any, column: sa.Column) -> Any:
-        if isinstance(stamp, str) and isinstance(column.type, (sa.DateTime, sa.Date)):
-            return dt.datetime.fromisoformat(stamp)  # compared as timestamptz, not as text
-        return stamp
+    """Capture `timestamp` on PostgreSQL: psycopg returns exact Python values (timestamptz aware,
+    timestamp without time zone naive, read in source_timezone); bounds are bound as the column's
+    own kind, so the server never converts through the session's TimeZone."""

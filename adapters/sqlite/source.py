@@ -179,4 +179,46 @@ class TriggerSource(SqliteSource):
 
 
 class TimestampSource(TimestampCapture, SqliteSource):
-    """Capture `timestamp` on SQLite: the shared polling logic with SQLite's value conversion."""
+    """Capture `timestamp` on SQLite: the shared polling logic with SQLite's value conversion.
+
+    SQLite keeps date/times as text, which compares as text: '2026-03-29 03:00:00+02:00' sorts after
+    '2026-03-29 02:30:00+01:00' though it is earlier, and 'T' sorts after ' '. Every connection gets
+    a function, ``cdc_instant(text)``, that reads an ISO 8601 date/time as epoch seconds (without a
+    zone: in source_timezone) or gives NULL, so rows are ordered and bounded as instants and a value
+    it cannot read stops the pair by key.
+    """
+
+    parses_text_stamps = True
+
+    def __init__(self, engine: sa.Engine, pair: str, options: Any, source_zone: str = "UTC"):
+        super().__init__(engine, pair, options, source_zone)
+        sa.event.listen(engine, "connect", lambda dbapi_connection, record: dbapi_connection.create_function(
+            sql.INSTANT_FUNCTION, 1, self._text_instant, deterministic=True))
+
+    def wall_clock(self, column: sa.Column) -> bool:
+        """Never: whatever the declared type, the stored text is compared as the instant it names."""
+        return False
+
+    def _text_instant(self, value: Any) -> float | None:
+        return self._moment(value) if isinstance(value, str) else None
+
+    def _window(self, table: str, unit: str, plain: Any, instant: sa.ColumnElement,
+                start: float | None) -> sa.ColumnElement:
+        """The shared window, after a test in C that lets through only rows that may be in it, so the
+        registered function (Python) runs on those alone: julianday() reads the same ISO text, taking
+        text without an offset as UTC (so the bound allows for source_timezone's offsets); a value it
+        cannot read, or one that is not text, goes on to the function (and to an error)."""
+        window = super()._window(table, unit, plain, instant, start)
+        if unit != "time" or start is None:
+            return window
+        column = plain.c[self.options.column]
+        year = dt.datetime.now(dt.timezone.utc).year
+        west = min(0.0, *(dt.datetime(year, m, 1, tzinfo=self.zone).utcoffset().total_seconds() for m in (1, 7)))
+        day = sa.func.julianday(column)
+        maybe = sa.or_(sa.func.typeof(column) != "text", day.is_(None),
+                       day >= (start + west - 1) / 86400 + sql.UNIX_EPOCH_JULIAN_DAY)  # 1 s for rounding
+        return sa.and_(column.isnot(None), maybe, window)
+
+    def instant_expression(self, column: sa.ColumnElement, info: sa.Column) -> sa.ColumnElement:
+        """``cdc_instant(column)`` for ISO text; an epoch or counter column (timestamp.unit) as it is."""
+        return column if self.options.unit else getattr(sa.func, sql.INSTANT_FUNCTION)(column)

@@ -8,6 +8,10 @@ CHANGELOG = "_cdc_changelog"
 EPOCH = "_cdc_epoch"
 CONSUMERS = "_cdc_consumers"
 TRIGGER_SUFFIX = {"insert": "ai", "update": "au", "delete": "ad"}
+#: The function each timestamp-capture connection registers: ISO 8601 text -> epoch seconds, or NULL.
+INSTANT_FUNCTION = "cdc_instant"
+#: julianday('1970-01-01 00:00:00'): epoch seconds / 86400 + this is a Julian day number.
+UNIX_EPOCH_JULIAN_DAY = 2440587.5
 
 CREATE_STATE = [
     f"""CREATE TABLE IF NOT EXISTS {CHANGELOG} (
