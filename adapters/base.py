@@ -170,6 +170,17 @@ class KeyedReads:
     def reflected(self, table: sa.Table) -> None:
         """Correct what reflection cannot see in this dialect (in place); called once per table."""
 
+    def stored_name(self, name: str) -> str | None:
+        """How the database spells a table (or view) whose name differs from ``name`` only in
+        letter case, or None: ``name`` is spelt as stored, or no such table exists. SQLite takes
+        both spellings for one table where reflection and our changelog do not; other databases
+        take them for two tables: either way a name must be written as the database stores it."""
+        inspector = sa.inspect(self.engine)
+        names = inspector.get_table_names() + inspector.get_view_names()
+        if name in names:
+            return None
+        return next((n for n in names if n.lower() == name.lower()), None)
+
     def describe(self, table: str) -> TableInfo:
         """The table's columns and primary key (cached); SchemaError if it does not exist."""
         cache = self.__dict__.setdefault("_info", {})

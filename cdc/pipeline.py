@@ -18,7 +18,7 @@ from .changes import ApplyResult, dumps
 from .config import Pair
 from .errors import CdcError, ConfigError, RetryableError, SchemaError, SourceError, first_line
 from .state import ClaimHeldError, ClaimLostError
-from .mapping import TableMapping, identity_change, map_changes, map_snapshot
+from .mapping import TableMapping, TableSpec, identity_change, map_changes, map_snapshot
 
 logger = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -45,6 +45,7 @@ def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, T
     """
     result = {}
     for spec in pair.mapping.tables.values():
+        _require_stored_spelling(pair, spec, source, target)
         try:
             info = source.describe(spec.source)
         except SchemaError:
@@ -76,6 +77,20 @@ def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, T
         check_types(mapping, info.columns, existing)
         result[spec.source] = mapping
     return result
+
+
+def _require_stored_spelling(pair: Pair, spec: TableSpec, source: Any, target: Any) -> None:
+    """ConfigError when a table is named in another letter case than its database stores it
+    (``LEDGER_ROWS`` for ``ledger_rows``): SQLite would take both for one table, but the rest of
+    the pair (reflection, the changelog, the checkpoint) would not."""
+    stored = source.stored_name(spec.source)
+    if stored is not None:
+        raise ConfigError(f"tables.{spec.source}: source table {spec.source!r} is stored as {stored!r} in "
+                          f"{pair.source.name}: write the name as the database stores it ({spec.origin})")
+    stored = target.stored_name(spec.target) if target is not None else None
+    if stored is not None:
+        raise ConfigError(f"tables.{spec.source}: target table {spec.target!r} is stored as {stored!r} in "
+                          f"{pair.target.name}: write `target: {stored}` ({spec.origin})")
 
 
 def open_source(pair: Pair, target: Any = None) -> tuple[Any, dict[str, TableMapping]]:
