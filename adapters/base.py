@@ -92,6 +92,12 @@ class Source(Protocol):
         changes applied over it, gives their current rows. Idempotent; SourceError naming
         `cdc install CONFIG` when capture does not cover them yet (nothing may be copied then)."""
 
+    def uncaptured(self, tables: list[str]) -> list[str]:
+        """The ones of ``tables`` whose changes capture does not see yet (trigger capture: not
+        registered by `cdc install`; logical: not in the pair's publication); [] when it sees
+        every table's changes. Read-only and idempotent (`cdc status` asks it); RetryableError
+        on a passing fault."""
+
     def snapshot(self, table: str, key: tuple[str, ...], after_key: tuple | None, limit: int) -> list[Row]:
         """Up to ``limit`` rows after ``after_key`` in key order; short transactions, no long lock."""
 
@@ -137,14 +143,15 @@ class Target(Protocol):
     """Writes mapped changes, audit rows and the checkpoint to one target in one transaction."""
 
     def apply(self, pair: str, mapped: list[MappedChange], *, position: Position, snapshot: dict | None,
-              on_error: str, reason: str = "change", tables: list[str] | None = None) -> ApplyResult:
+              on_error: str, reason: str = "change", tables: dict[str, dict | None] | None = None) -> ApplyResult:
         """ONE transaction: rows, audit, dead letters, checkpoint (with ``snapshot`` progress and the
-        streamed ``tables``; None keeps the stored list). Idempotent only with the checkpoint check."""
+        streamed ``tables``, each with its mapping identity; None keeps the stored ones). Idempotent
+        only with the checkpoint check."""
 
     def checkpoint(self, pair: str) -> state.Checkpoint | None: ...
 
     def advance(self, pair: str, position: Position, *, snapshot: dict | None = None,
-                tables: list[str] | None = None) -> None:
+                tables: dict[str, dict | None] | None = None) -> None:
         """Store ``position`` (and snapshot progress, streamed tables) as the checkpoint without changes."""
 
     def set_generation(self, pair: str, generation: str | None) -> None:
@@ -168,6 +175,17 @@ class KeyedReads:
 
     def reflected(self, table: sa.Table) -> None:
         """Correct what reflection cannot see in this dialect (in place); called once per table."""
+
+    def stored_name(self, name: str) -> str | None:
+        """How the database spells a table (or view) whose name differs from ``name`` only in
+        letter case, or None: ``name`` is spelt as stored, or no such table exists. SQLite takes
+        both spellings for one table where reflection and our changelog do not; other databases
+        take them for two tables: either way a name must be written as the database stores it."""
+        inspector = sa.inspect(self.engine)
+        names = inspector.get_table_names() + inspector.get_view_names()
+        if name in names:
+            return None
+        return next((n for n in names if n.lower() == name.lower()), None)
 
     def describe(self, table: str) -> TableInfo:
         """The table's columns and primary key (cached); SchemaError if it does not exist."""
@@ -336,7 +354,9 @@ class SqlSource(KeyedReads):
                                {"pair": self.pair}).first()
         registered = () if row is None else row[0] if isinstance(row[0], list) else loads(row[0])  # jsonb or text
         if row is None or not set(self.keys) <= set(registered):
-            raise SourceError(f"capture is not installed for pair {self.pair}: run `cdc install CONFIG`")
+            missing = sorted(set(self.keys) - set(registered))
+            raise SourceError(f"capture is not installed for pair {self.pair}: run `cdc install CONFIG` "
+                              f"(table{'s' if len(missing) > 1 else ''} without capture: {', '.join(missing)})")
 
     def _registered(self, conn: sa.Connection) -> dict[str, set[str]]:
         """Per pair, the tables `cdc install` registered in ``consumers_table`` (trigger capture)."""
@@ -372,6 +392,15 @@ class SqlSource(KeyedReads):
 
     #: Trigger capture: `cdc install` registers the pair's tables in ``consumers_table``.
     registers_tables = False
+
+    def uncaptured(self, tables: list[str]) -> list[str]:
+        """Trigger capture: the tables `cdc install` has not registered (no triggers yet); a
+        capture that reads every table's changes (the binlog, timestamp polling) misses none."""
+        if not self.registers_tables:
+            return []
+        with self.engine.connect() as conn:
+            registered = self._registered(conn).get(self.pair, set())
+        return [t for t in tables if t not in registered]
 
     def join_stream(self, position: Position, tables: list[str]) -> Position:
         """Trigger capture: the tables must be registered by `cdc install` (their triggers exist);
@@ -571,7 +600,7 @@ class SqlTarget(KeyedReads):
         (direct.add if on else direct.discard)(table)
 
     def advance(self, pair: str, position: Position, *, snapshot: dict | None = None,
-                tables: list[str] | None = None) -> None:
+                tables: dict[str, dict | None] | None = None) -> None:
         """Move the checkpoint past source transactions that held nothing for this pair (or record
         a changed set of tables), keeping ``snapshot`` progress."""
         with self.checkpointing(pair) as (_, write):
@@ -672,14 +701,14 @@ class SqlTarget(KeyedReads):
 
     # -- apply ---------------------------------------------------------------------
     def apply(self, pair: str, mapped: list[MappedChange], *, position: Position, snapshot: dict | None,
-              on_error: str, reason: str = "change", tables: list[str] | None = None) -> ApplyResult:
+              on_error: str, reason: str = "change", tables: dict[str, dict | None] | None = None) -> ApplyResult:
         """Write rows, audit, dead letters and checkpoint in ONE transaction (see apply_parts)."""
         return self.apply_parts(pair, lambda: [mapped], position=lambda: position, snapshot=snapshot,
                                 on_error=on_error, reason=reason, tables=tables)
 
     def apply_parts(self, pair: str, parts: Callable[[], Iterable[list[MappedChange]]], *,
                     position: Callable[[], Position], snapshot: dict | None, on_error: str,
-                    reason: str = "change", tables: list[str] | None = None) -> ApplyResult:
+                    reason: str = "change", tables: dict[str, dict | None] | None = None) -> ApplyResult:
         """Write parts of a batch one after another into ONE transaction, then the checkpoint.
 
         ``parts()`` yields the batch in parts (a large source transaction need not fit in
@@ -687,7 +716,7 @@ class SqlTarget(KeyedReads):
         nothing is written. A row the database rejects makes the whole batch roll back and
         run again from ``parts()`` one change per savepoint, so the bad change is parked
         (or stops the pair) alone. The checkpoint stores ``snapshot`` (progress of tables being
-        copied) and ``tables`` (the streamed ones; None keeps the stored list).
+        copied) and ``tables`` (the streamed ones with their mapping identities; None keeps the stored ones).
         """
         try:
             return self._transaction(pair, parts(), position, snapshot, on_error, reason, isolate=False,

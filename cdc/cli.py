@@ -205,7 +205,8 @@ def _table_phase_text(phase: dict) -> str:
     if phase["phase"] == "copied":
         return "copied" + (f" ({rows:,} rows)" if rows is not None else "") + ", streams once every table is copied"
     if phase["phase"] == "not copied yet":
-        return "not copied yet (the next `cdc run` copies it)"
+        because = f"{phase['reason']}; " if phase.get("reason") else ""
+        return f"not copied yet ({because}the next `cdc run` copies it)"
     return phase["phase"]
 
 

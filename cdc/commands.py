@@ -15,7 +15,7 @@ from . import registry, schema, state
 from .changes import dumps
 from .config import Pair, load_config
 from .errors import CdcError, ConfigError, RowError, SourceError, StateError, TargetError, first_line
-from .mapping import TableMapping
+from .mapping import TableMapping, identity_change
 from .pipeline import PairRunner, RunResult, open_pair, open_source, open_target, verify_checkpoint
 
 #: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
@@ -296,10 +296,12 @@ def _pair_status(p: Pair) -> dict:
     checkpoint = _target_status(p, row)
     if checkpoint is not None:
         try:
-            source, _ = open_source(p)
+            source, target, mappings = open_pair(p)
             try:
                 row["checkpoint_text"] = source.format_position(checkpoint.position)
-                problem = _checkpoint_error(p, source, checkpoint)
+                _mark_remapped(row["tables"], checkpoint, mappings)
+                gap = _capture_gap(p, source, row["tables"])
+                problem = _checkpoint_error(p, source, checkpoint) or gap
                 if problem:  # `cdc run` would stop on it: no backlog to count from there
                     row["error"] = problem
                 else:
@@ -307,6 +309,7 @@ def _pair_status(p: Pair) -> dict:
                 row["warnings"] = [{"level": level, "text": text} for level, text in source.warnings()]
             finally:
                 source.close()
+                target.close()
         except (CdcError, sa.exc.SQLAlchemyError) as exc:
             row["error"] = row["error"] or f"source cannot be read: {first_line(exc)}"
         if checkpoint.source_committed_at is not None:
@@ -379,11 +382,45 @@ def _moved_since(p: Pair, checkpoint: state.Checkpoint) -> bool:
     return now is not None and dumps(now.position) != dumps(checkpoint.position)
 
 
+def _mark_remapped(phases: dict[str, dict], checkpoint: state.Checkpoint, mappings: dict[str, TableMapping]) -> None:
+    """A table copied under another mapping identity than the mapping's now (its target, columns,
+    transforms, filter or key changed) is ``not copied yet``, with the ``reason``: the next `cdc run`
+    copies it again (see PairRunner._plan_tables)."""
+    progress = (checkpoint.snapshot or {}).get("tables", {})
+    for table, mapping in mappings.items():
+        if table in checkpoint.tables or table in progress:
+            was = checkpoint.tables[table] if table in checkpoint.tables else progress[table].get("mapping")
+            why = identity_change(was, mapping.identity())
+            if why:
+                phases[table] = {"phase": "not copied yet", "reason": why}
+
+
+def _capture_gap(p: Pair, source: Any, phases: dict[str, dict]) -> str | None:
+    """Why changes of one of the pair's tables would be lost: capture does not cover it (`cdc
+    install` has not run since the table was added, or it was taken out of capture by hand). A
+    table to copy that capture does not cover gets that as (part of) its ``reason``."""
+    missing = source.uncaptured(list(phases))
+    if not missing:
+        return None
+    for table in missing:
+        if phases[table]["phase"] != "streaming":
+            why = [phases[table].get("reason"), "capture does not cover it yet: run `cdc install CONFIG` first"]
+            phases[table] = {"phase": "not copied yet", "reason": "; ".join(w for w in why if w)}
+    table = missing[0]
+    if phases[table]["phase"] == "streaming":
+        return (f"table {table} of pair {p.name} streams, but {p.capture} capture does not cover it: its changes are "
+                f"not captured. Run `cdc install CONFIG`, then repair what changed meanwhile with "
+                f"`cdc reconcile CONFIG --pair {p.name} --table {table} --repair`")
+    return (f"table {table} of pair {p.name} is not covered by {p.capture} capture yet, so it cannot be copied: run "
+            "`cdc install CONFIG`, then `cdc run` copies it")
+
+
 def _table_phases(checkpoint: state.Checkpoint | None, tables: list[str]) -> dict[str, dict]:
     """Per source table of the pair's mapping (tables removed from it are not listed): its phase,
     ``streaming``, ``snapshotting`` (with ``rows_copied`` so far, None when not recorded),
     ``copied`` (its first-snapshot copy is done; it streams once every table is) or ``not copied
-    yet`` (the next `cdc run` copies it)."""
+    yet`` (the next `cdc run` copies it; with a ``reason`` when its mapping changed since its copy,
+    set by _mark_remapped)."""
     streamed = set(checkpoint.tables) if checkpoint is not None else set()
     progress = ((checkpoint.snapshot or {}) if checkpoint is not None else {}).get("tables", {})
     phases = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from pydantic import Field, StrictBool, model_validator
 
 from . import _transforms, _yaml
 from ._schema import ColumnNames, Strict, checked, choice, did_you_mean, fail, validate
-from .changes import Change, Row
+from .changes import Change, Row, dumps
 from .errors import ConfigError, RowError
 
 
@@ -247,6 +248,18 @@ class TableMapping:
         their values ({} for a table only this mapping writes)."""
         return {c.target: c.transforms[0][1] for c in self._specs if c.target in self.spec.key_constants}
 
+    def identity(self) -> dict[str, str]:
+        """What the target rows this mapping writes depend on, as the checkpoint records it for a
+        copied table: the target table, and digests of the columns (with their sources and
+        transforms), the filter and the key. A table whose identity changed since its copy (see
+        identity_change) is copied again: rows written under the old mapping are not what the new
+        one writes, and a new target table has none of them."""
+        columns = {target: [source, [list(t) for t in transforms]]
+                   for target, source, transforms in sorted(self.column_specs(), key=lambda c: c[0])}
+        filters = [[f.column, f.op, f.value] for f in self.spec.filters]
+        return {"target": self.target, "columns": _digest(columns), "filter": _digest(filters),
+                "key": _digest([self.source_key, self.target_key])}
+
     def column_specs(self) -> list[tuple[str, str | None, tuple[tuple[str, Any], ...]]]:
         """(target column, source column or None, transforms as (name, argument)) in target order."""
         return [(c.target, c.source, c.transforms) for c in self._specs]
@@ -332,6 +345,27 @@ class TableMapping:
         # The row left the filter: it must leave the target too.
         old_key = self.source_key_of(change.before) if change.before is not None else change.key
         return [TargetOp("delete", self.target, self.target_key, self.target_key_of(old_key), None, change)]
+
+
+#: What each part of a mapping identity covers, as `cdc run` and `cdc status` name a change of it.
+_IDENTITY_PARTS = {"columns": "its columns or their transforms", "filter": "its filter", "key": "its key"}
+
+
+def identity_change(stored: dict | None, current: dict) -> str | None:
+    """Why a table copied under the ``stored`` identity must be copied again under ``current``
+    (see TableMapping.identity), e.g. "its target changed from a to a2", or None when the rows
+    it has are what the mapping writes. A part the stored identity lacks (recorded by an older
+    version, or None: not recorded at all) is taken to be unchanged: nothing tells otherwise."""
+    if not stored:
+        return None
+    if stored.get("target") not in (None, current["target"]):
+        return f"its target changed from {stored['target']} to {current['target']}"
+    changed = [text for part, text in _IDENTITY_PARTS.items() if stored.get(part) not in (None, current[part])]
+    return f"{' and '.join(changed)} changed" if changed else None
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(dumps(value).encode()).hexdigest()[:16]
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from .changes import ApplyResult, dumps
 from .config import Connection, Pair
 from .errors import CdcError, ConfigError, RetryableError, SchemaError, SourceError, TargetError, first_line
 from .state import ClaimHeldError, ClaimLostError
-from .mapping import TableMapping, map_changes, map_snapshot
+from .mapping import TableMapping, TableSpec, identity_change, map_changes, map_snapshot
 
 logger = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -46,6 +46,7 @@ def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, T
     """
     result = {}
     for spec in pair.mapping.tables.values():
+        _require_stored_spelling(pair, spec, source, target)
         try:
             info = source.describe(spec.source)
         except SchemaError:
@@ -77,6 +78,20 @@ def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, T
         check_types(mapping, info.columns, existing)
         result[spec.source] = mapping
     return result
+
+
+def _require_stored_spelling(pair: Pair, spec: TableSpec, source: Any, target: Any) -> None:
+    """ConfigError when a table is named in another letter case than its database stores it
+    (``LEDGER_ROWS`` for ``ledger_rows``): SQLite would take both for one table, but the rest of
+    the pair (reflection, the changelog, the checkpoint) would not."""
+    stored = source.stored_name(spec.source)
+    if stored is not None:
+        raise ConfigError(f"tables.{spec.source}: source table {spec.source!r} is stored as {stored!r} in "
+                          f"{pair.source.name}: write the name as the database stores it ({spec.origin})")
+    stored = target.stored_name(spec.target) if target is not None else None
+    if stored is not None:
+        raise ConfigError(f"tables.{spec.source}: target table {spec.target!r} is stored as {stored!r} in "
+                          f"{pair.target.name}: write `target: {stored}` ({spec.origin})")
 
 
 def open_source(pair: Pair, target: Any = None) -> tuple[Any, dict[str, TableMapping]]:
@@ -244,54 +259,85 @@ class PairRunner:
 
         A table the checkpoint has neither as streamed nor in its snapshot progress (new to the
         pair, or removed once and added again) joins the stream (the source checks that capture
-        covers it) and is copied. A table no longer in the mapping is forgotten, and the checkpoint
-        says so at once, so a table added back later is copied again rather than trusted.
+        covers it) and is copied. So is a table copied under another mapping identity (its target,
+        columns, transforms, filter or key changed since): the rows its target has are not the rows
+        the mapping now writes, or not there at all. A table no longer in the mapping is forgotten,
+        and the checkpoint says so at once, so a table added back later is copied again rather
+        than trusted.
         """
+        self._identities = {t: m.identity() for t, m in self.mappings.items()}
+        copied = checkpoint.tables if checkpoint is not None else {}
         stored = (checkpoint.snapshot or {}).get("tables", {}) if checkpoint is not None else {}
-        self._streamed = [t for t in (checkpoint.tables if checkpoint is not None else ()) if t in self.mappings]
-        self._progress = {t: dict(p) for t, p in stored.items() if t in self.mappings and t not in self._streamed}
+        remapped = self._remapped(copied, stored)
+        self._streamed = [t for t in copied if t in self.mappings and t not in remapped]
+        self._progress = {t: {**p, "mapping": self._identities[t]} for t, p in stored.items()
+                          if t in self.mappings and t not in self._streamed and t not in remapped}
         added = [t for t in self.mappings if t not in self._streamed and t not in self._progress]
         if added:
             position = self._retrying(lambda: self.source.join_stream(position, added))
-            self._progress.update({t: {"after": None, "done": False, "rows": 0} for t in added})
+            self._progress.update({t: {"after": None, "done": False, "rows": 0, "mapping": self._identities[t]}
+                                   for t in added})
         if self._streamed:
-            if added:
-                logger.info("pair %s: copying added table(s) %s while %s stream", self.pair.name, ", ".join(added),
+            new = [t for t in added if t not in remapped]
+            if new:
+                logger.info("pair %s: copying added table(s) %s while %s stream", self.pair.name, ", ".join(new),
                             ", ".join(self._streamed))
-            self._warn_of_old_rows(added)
             for progress in self._progress.values():
                 progress["direct"] = False  # the stream may write rows before the snapshot reaches them
+        self._warn_of_old_rows(added, remapped)
         if checkpoint is not None:
             snapshot, tables = self._to_commit()
-            if not checkpoint.tables_recorded or list(checkpoint.tables) != tables \
+            if not checkpoint.tables_recorded or checkpoint.tables != tables \
                     or dumps(checkpoint.snapshot) != dumps(snapshot) or dumps(checkpoint.position) != dumps(position):
                 self._retrying(lambda: self.target.advance(self.pair.name, position, snapshot=snapshot, tables=tables))
         return position
 
-    def _warn_of_old_rows(self, added: list[str]) -> None:
-        """Say so when an added table's target already has rows (say, it was in the pair before):
-        the copy updates them and adds the missing ones, but a row the source deleted meanwhile stays."""
+    def _remapped(self, copied: dict[str, dict | None], stored: dict[str, dict]) -> dict[str, str]:
+        """Tables copied (or being copied) under another mapping identity than the mapping's now,
+        with why; each is said loudly, since the next commit forgets its old copy."""
+        remapped = {}
+        for table in self.mappings:
+            if table in copied or table in stored:
+                was = copied[table] if table in copied else stored[table].get("mapping")
+                why = identity_change(was, self._identities[table])
+                if why:
+                    remapped[table] = why
+        for table, why in remapped.items():
+            old = (copied.get(table) or stored.get(table, {}).get("mapping") or {}).get("target")
+            left = f"; target table {old} is no longer written and keeps its rows" \
+                if old not in (None, self.mappings[table].target) else ""
+            logger.warning("pair %s: table %s was copied under another mapping (%s%s): copying it again into %s",
+                           self.pair.name, table, why, left, self.mappings[table].target)
+        return remapped
+
+    def _warn_of_old_rows(self, added: list[str], remapped: dict[str, str]) -> None:
+        """Say so when a table to copy already has rows in its target (say, it was in the pair
+        before, or its mapping changed): the copy updates them and adds the missing ones, but a row
+        the source deleted meanwhile (or one the mapping no longer writes) stays."""
         for table in added:
             target = self.mappings[table].target
+            if not self._streamed and table not in remapped:
+                continue  # the first snapshot: a target with rows is the user's own doing, as before
             if self.target.exists(target) and not self.target.is_empty(target):
                 logger.warning("pair %s: target table %s already has rows; the copy of %s updates them and adds the "
-                               "missing ones but does not remove rows the source no longer has: once it streams, run "
-                               "`cdc reconcile CONFIG --pair %s --table %s --repair`", self.pair.name, target, table,
-                               self.pair.name, table)
+                               "missing ones but does not remove rows the source no longer has (or the mapping no "
+                               "longer writes): once it streams, run `cdc reconcile CONFIG --pair %s --table %s "
+                               "--repair`", self.pair.name, target, table, self.pair.name, table)
 
-    def _to_commit(self) -> tuple[dict | None, list[str]]:
-        """The snapshot progress and the streamed tables the next checkpoint stores.
+    def _to_commit(self) -> tuple[dict | None, dict[str, dict]]:
+        """The snapshot progress and the streamed tables (with their mapping identities) the next
+        checkpoint stores.
 
         During the first snapshot nothing streams yet and every table's progress is kept until all
         are copied; after it, a table whose copy is done moves from the progress to the streamed tables.
         """
         copying = {t: p for t, p in self._progress.items() if not p["done"]}
         if not self._streamed and copying:
-            return {"tables": _copy(self._progress)}, []
+            return {"tables": _copy(self._progress)}, {}
         streamed = sorted(set(self._streamed) | {t for t, p in self._progress.items() if p["done"]})
-        return ({"tables": _copy(copying)} if copying else None), streamed
+        return ({"tables": _copy(copying)} if copying else None), {t: self._identities[t] for t in streamed}
 
-    def _settle(self, tables: list[str]) -> None:
+    def _settle(self, tables: dict[str, dict]) -> None:
         """After a commit that stored ``tables`` as streamed: their progress is no longer kept."""
         if tables:
             self._streamed = list(tables)
@@ -523,7 +569,7 @@ class PairRunner:
 
         return self._retrying(attempt)
 
-    def _apply(self, mapped: list, position: Any, snapshot: dict | None, reason: str, tables: list[str]) -> Any:
+    def _apply(self, mapped: list, position: Any, snapshot: dict | None, reason: str, tables: dict[str, dict]) -> Any:
         """Apply with retries; a retry first asks the target whether the lost attempt had committed."""
         attempts = []
 
@@ -536,10 +582,10 @@ class PairRunner:
 
         return self._retrying(attempt)
 
-    def _committed(self, position: Any, snapshot: dict | None, tables: list[str]) -> bool:
+    def _committed(self, position: Any, snapshot: dict | None, tables: dict[str, dict]) -> bool:
         checkpoint = self.target.checkpoint(self.pair.name)
         return checkpoint is not None and dumps(checkpoint.position) == dumps(position) \
-            and dumps(checkpoint.snapshot) == dumps(snapshot) and list(checkpoint.tables) == tables
+            and dumps(checkpoint.snapshot) == dumps(snapshot) and checkpoint.tables == tables
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
         """Run ``call``; a passing fault is retried with back-off until it works or we are stopped.

@@ -191,7 +191,7 @@ def checkpoint(target: str) -> tuple[dict, list]:
     """The pair's snapshot progress per table ({} when none) and its streamed tables."""
     rows = execute(target, "SELECT snapshot, tables FROM cdc_checkpoints WHERE pair = 'p'")
     snapshot, tables = rows[0] if rows else (None, None)
-    return (json.loads(snapshot)["tables"] if snapshot else {}), (json.loads(tables) if tables else [])
+    return (json.loads(snapshot)["tables"] if snapshot else {}), (list(json.loads(tables)) if tables else [])
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 240) -> None:
@@ -273,7 +273,7 @@ def add_table_under_load(ws, source: str, target: str, capture: str, added: Tabl
     else:
         write_config(ws, source, target, capture, ["entries", added.name], snapshot_chunk=chunk, poll_interval=0.05)
     # Before `cdc install` (trigger capture: status exits 1 naming it) the new table is not copied yet.
-    assert statuses(ws, healthy=None)[added.name] == {"phase": "not copied yet"}
+    assert statuses(ws, healthy=None)[added.name]["phase"] == "not copied yet"
     for command in ("init", "install"):
         cdc_ok(ws, command)
 

@@ -240,14 +240,18 @@ class LogicalSource(SqlSource):
     def join_stream(self, position: Position, tables: list[str]) -> Position:
         """The tables must be in the pair's publication (`cdc install` puts them there) before they
         are copied: the slot never sends a change made while its table was outside it."""
-        with self.engine.connect() as conn:
-            published = {name for (name,) in conn.exec_driver_sql(sql.PUBLISHED_TABLES,
-                                                                  {"publication": self.publication})}
-        missing = [t for t in tables if t not in published]
+        missing = self.uncaptured(tables)
         if missing:
             raise SourceError(f"table {missing[0]} of pair {self.pair} is not in its publication {self.publication}, "
                               "so its changes are not captured: run `cdc install CONFIG`, then `cdc run` copies it")
         return position
+
+    def uncaptured(self, tables: list[str]) -> list[str]:
+        """The tables not in the pair's publication: the slot sends none of their changes."""
+        with self.engine.connect() as conn:
+            published = {name for (name,) in conn.exec_driver_sql(sql.PUBLISHED_TABLES,
+                                                                  {"publication": self.publication})}
+        return [t for t in tables if t not in published]
 
     def end_snapshot(self) -> None:
         """Release the exported snapshot (closing its replication connection)."""

@@ -187,12 +187,12 @@ def fence(conn: sa.Connection, claim: Claim, timeout: float | None = None) -> No
 
 def write_checkpoint(conn: sa.Connection, claim: Claim, position: Any, snapshot: dict | None, applied: int, *,
                      committed_at: dt.datetime | None = None,
-                     tables: list[str] | None = None) -> tuple[str, str | None]:
+                     tables: dict[str, dict | None] | None = None) -> tuple[str, str | None]:
     """Fence, then move the checkpoint, but only from a checkpoint this claim read or wrote.
 
     Must run in the same transaction as the rows it covers. ``committed_at``: the source commit
     time of the last change applied (kept when None). ``tables``: the source tables the pair
-    streams, their copy complete (kept when None).
+    streams, their copy complete, each with the mapping identity it was copied under (kept when None).
 
     Returns the (position, snapshot) texts written: the caller records them with
     ``committed`` once the transaction commits (or ``uncertain`` when the commit's outcome is unknown).
@@ -204,7 +204,7 @@ def write_checkpoint(conn: sa.Connection, claim: Claim, position: Any, snapshot:
     if committed_at is not None:
         values["source_committed_at"] = committed_at
     if tables is not None:
-        values["tables"] = dumps(sorted(tables))
+        values["tables"] = dumps(dict(sorted(tables.items())))
     existing = [a for a in claim.accepted if a != (None, None)]
     if existing:
         matches = sa.or_(*[sa.and_(checkpoints.c.position == p,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,8 +17,9 @@ class Checkpoint:
     """Where a pair stands: stream position, unfinished snapshot (or None), totals.
 
     ``tables``: the source tables whose snapshot is complete and whose changes the pair streams
-    (empty while the first snapshot runs). ``tables_recorded`` is False for a checkpoint written
-    before state version 0003, whose ``tables`` are inferred (see read_checkpoint).
+    (empty while the first snapshot runs), each with the mapping identity it was copied under
+    (TableMapping.identity; None or partial when not recorded). ``tables_recorded`` is False for a
+    checkpoint written before state version 0003, whose ``tables`` are inferred (see read_checkpoint).
     """
 
     position: Any
@@ -28,7 +29,7 @@ class Checkpoint:
     source_committed_at: dt.datetime | None = None  # source commit time of the last change applied
     #: The capture installation the position belongs to (None: written before generations existed).
     generation: str | None = None
-    tables: tuple[str, ...] = ()
+    tables: dict[str, dict | None] = field(default_factory=dict)
     tables_recorded: bool = True
 
 
@@ -58,18 +59,32 @@ def read_checkpoint(conn: sa.Connection, pair: str) -> Checkpoint | None:
     position, snapshot = loads(row.position), loads(row.snapshot)
     known = (row.changes_applied, aware(row.updated_at), aware(row.source_committed_at), row.generation)
     if row.tables is not None:
-        return Checkpoint(position, snapshot, *known, tuple(loads(row.tables)))
-    return Checkpoint(position, snapshot, *known, () if snapshot is not None else _snapshotted_tables(conn, pair),
+        tables = loads(row.tables)
+        if isinstance(tables, list):  # names only, as recorded before mapping identities
+            tables = _with_last_targets(conn, pair, tables)
+        return Checkpoint(position, snapshot, *known, tables)
+    return Checkpoint(position, snapshot, *known, {} if snapshot is not None else _snapshotted_tables(conn, pair),
                       tables_recorded=False)
 
 
-def _snapshotted_tables(conn: sa.Connection, pair: str) -> tuple[str, ...]:
+def _snapshotted_tables(conn: sa.Connection, pair: str) -> dict[str, dict | None]:
     """The streamed tables of a checkpoint written before 0003 recorded them: those with a snapshot
     audit row. A table not found (one empty at its snapshot, or a pruned audit log) is copied again,
     which costs time but loses nothing; assuming a table was copied could lose all its rows."""
     query = (sa.select(audit_log.c.source_table).distinct()
              .where(audit_log.c.pair == pair, audit_log.c.op == "snapshot"))
-    return tuple(sorted(conn.execute(query).scalars()))
+    return _with_last_targets(conn, pair, sorted(conn.execute(query).scalars()))
+
+
+def _with_last_targets(conn: sa.Connection, pair: str, tables: list[str]) -> dict[str, dict | None]:
+    """Streamed tables recorded by name only: each with the target table its newest audit row
+    names (None when it has none), so a table whose target changed since is still copied again;
+    the rest of its mapping identity is unknown and taken as unchanged."""
+    newest = (sa.select(audit_log.c.source_table, sa.func.max(audit_log.c.id).label("id"))
+              .where(audit_log.c.pair == pair).group_by(audit_log.c.source_table).subquery())
+    query = sa.select(audit_log.c.source_table, audit_log.c.target_table).join(newest, audit_log.c.id == newest.c.id)
+    targets = dict(conn.execute(query).all())
+    return {t: {"target": targets[t]} if t in targets else None for t in tables}
 
 
 def aware(value: dt.datetime | None) -> dt.datetime | None:
