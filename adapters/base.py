@@ -184,8 +184,8 @@ class KeyedReads:
         query = sa.select(*plain.c).order_by(*[plain.c[k] for k in key]).limit(limit)
         if after_key is not None:
             query = query.where(sa.tuple_(*[plain.c[k] for k in key]) > sa.tuple_(*[sa.literal(v) for v in after_key]))
-        if where:
-            query = query.where(sa.text(where))
+        if where:  # in parentheses: an OR in it must not escape the key range
+            query = query.where(sa.text(f"({where})"))
         with self.reading() as conn:
             rows = conn.execute(query).all()
         return self._converted(info, rows)

@@ -200,8 +200,9 @@ def _difference_line(row: RowDifference, locale: str) -> str:
 def _reconcile_text(report: ReconcileReport, locale: str) -> str:
     out = [f"pair {report.pair}: {'EQUAL' if report.equal else 'DIFFERENCES FOUND'} "
            f"({moment(report.started_at, locale)})"]
-    if report.pending not in (None, 0):
-        out.append(f"  the pair has changes not yet applied ({report.pending}): differences they explain settle")
+    backlog = _backlog(report.pending)
+    if backlog:
+        out.append(f"  {backlog}: differences they explain settle once the pair applies them")
     for t in report.tables:
         out.append(f"  {t.source_table} -> {t.target_table}: {number(t.source_rows, locale)} source rows, "
                    f"{number(t.target_rows, locale)} target rows, {_verdict(t, locale)}"
@@ -216,6 +217,19 @@ def _reconcile_text(report: ReconcileReport, locale: str) -> str:
     if report.repair is not None:
         out += _repair_lines(report.repair, locale)
     return "\n".join(out) + "\n"
+
+
+#: A backlog a source describes in words (see Source.pending) that holds nothing: "0 bytes of WAL behind".
+_NOTHING_BEHIND = re.compile(r"0 bytes\b")
+
+
+def _backlog(pending: Any) -> str | None:
+    """The pair's backlog when compared, in words; None when there was none (or it is unknown)."""
+    if pending is None or pending == 0 or (isinstance(pending, str) and _NOTHING_BEHIND.match(pending)):
+        return None
+    if isinstance(pending, int):
+        return f"the pair had {pending:,} source change(s) not yet applied"
+    return f"the pair had not applied every source change yet ({printable(str(pending))})"
 
 
 def _totals_lines(t: TableReport, locale: str) -> list[str]:
