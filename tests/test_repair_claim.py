@@ -17,6 +17,7 @@ import time
 import pytest
 from conftest import LEDGER_SCHEMA
 from test_claims import running, wait_for
+from test_postgres_source import execute, logical_pair, pg_to_pg  # noqa: F401 - pg_to_pg is a fixture
 
 from cdc import reconcile, registry, state
 from cdc.config import load_config
@@ -45,15 +46,24 @@ def _pair(ws, claim_timeout: float = 30) -> None:
 
 class _Writer:
     """Updates source rows' amounts in a random order, each row once (a change lost is never healed by a
-    later one), one short transaction each, until stopped."""
+    later one), one short transaction each, until stopped. ``update(key, amount)``: one such
+    transaction (SQLite's source file when None)."""
 
-    def __init__(self, ws):
+    def __init__(self, ws, update=None):
         self.ws, self.stop, self.count = ws, threading.Event(), 0
+        self.update = update
         self.thread = threading.Thread(target=self._write, daemon=True)
         self.thread.start()
 
     def _write(self) -> None:
-        conn = sqlite3.connect(self.ws.source, timeout=30)
+        update, conn = self.update, None
+        if update is None:
+            conn = sqlite3.connect(self.ws.source, timeout=30)
+
+            def update(key: int, amount: str) -> None:
+                with conn:
+                    conn.execute("UPDATE entries SET amount = ? WHERE id = ?", (amount, key))
+
         rng = random.Random(7)
         ids = list(range(1, ROWS + 1))
         rng.shuffle(ids)
@@ -61,12 +71,12 @@ class _Writer:
             for key in ids:
                 if self.stop.is_set():
                     return
-                with conn:
-                    conn.execute("UPDATE entries SET amount = ? WHERE id = ?", (f"{rng.randint(1, 99999)}.{key % 100:02d}", key))
+                update(key, f"{rng.randint(1, 99999)}.{key % 100:02d}")
                 self.count += 1
                 time.sleep(0.002)
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     def finish(self) -> int:
         self.stop.set()
@@ -87,14 +97,16 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _amounts(ws, db) -> dict[int, str]:
+    if isinstance(db, str):  # a PostgreSQL URL
+        return {i: str(a) for i, a in execute(db, "SELECT id, amount::text FROM entries")}
     return {i: str(a) for i, a in ws.query(db, "SELECT id, CAST(amount AS TEXT) FROM entries")}
 
 
-def _lost(ws) -> list[int]:
+def _lost(ws, source_db=None, target_db=None) -> list[int]:
     """Rows whose amount in the target is not the source's once the run has had time to apply all."""
     deadline = time.monotonic() + 30
     while True:
-        source, target = _amounts(ws, ws.source), _amounts(ws, ws.target)
+        source, target = _amounts(ws, source_db or ws.source), _amounts(ws, target_db or ws.target)
         if source == target or time.monotonic() > deadline:
             return sorted(i for i in source if source[i] != target.get(i))
         time.sleep(0.2)
@@ -120,6 +132,40 @@ def test_a_repair_while_the_pair_runs_is_refused_and_loses_nothing(ws):
         assert "cdc reconcile --repair --wait" in repair.stderr and "Traceback" not in repair.stderr
         assert len(repair.stderr.strip().splitlines()) == 1, repair.stderr
         assert ws.query(ws.target, "SELECT count(*) FROM cdc_audit_log WHERE reason = 'repair'") == [(0,)]
+        _stop(run)
+    finally:
+        writer.stop.set()
+        if run.poll() is None:
+            run.kill()
+
+
+def test_a_repair_while_a_postgresql_logical_pair_streams_is_refused_and_loses_nothing(pg_to_pg):
+    """The same on PostgreSQL -> PostgreSQL with logical capture: the repair exits 3 while `cdc run`
+    streams; before the claim it overwrote changes the run had applied."""
+    ws, source, target = pg_to_pg
+    values = ", ".join(f"({i}, {1000 + i % 7}, {i}.00, 'NOK', 'm{i}', NULL)" for i in range(1, ROWS + 1))
+    execute(source, f"INSERT INTO entries VALUES {values}")
+    logical_pair(ws, source, target, "p", tables="[entries]", batch_size=20, poll_interval=0.02)
+    for command in ("init", "install", "run"):
+        result = ws.cdc(command, *(["--once"] if command == "run" else []), str(ws.config))
+        assert result.returncode == 0, result.stderr
+    execute(target, "UPDATE entries SET memo = 'drift'")
+    run = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: execute(target, "SELECT count(*) FROM cdc_leases WHERE state = 'running'") == [(1,)],
+             what="`cdc run` to claim the pair")
+    writer = _Writer(ws, lambda key, amount: execute(source, "UPDATE entries SET amount = %s WHERE id = %s",
+                                                     (amount, key)))
+    try:
+        time.sleep(0.5)
+        repair = ws.cdc("reconcile", "--repair", "--settle", "0", str(ws.config))
+        time.sleep(0.5)
+        writer.finish()
+        lost = _lost(ws, source, target)
+        assert not lost, f"{len(lost)} change(s) overwritten by the repair's stale reads: ids {lost[:20]}"
+        assert repair.returncode == 3, repair.stdout + repair.stderr
+        assert f"pair p is running elsewhere (host {os.uname().nodename}, pid {run.pid}, since " in repair.stderr
+        assert execute(target, "SELECT count(*) FROM cdc_audit_log WHERE reason = 'repair'") == [(0,)]
         _stop(run)
     finally:
         writer.stop.set()
