@@ -189,7 +189,8 @@ def _verdict(t: TableReport, locale: str) -> str:
 
 def _difference_line(row: RowDifference, locale: str) -> str:
     if row.kind == "different":
-        cols = "; ".join(f"{printable(c)}: {shown(s, locale)} -> target {shown(v, locale)}" for c, (s, v) in row.columns.items())
+        cols = "; ".join(f"{printable(c)}: {shown(s, locale)} -> target {shown(v, locale)}"
+                         for c, (s, v) in row.columns.items())
         return f"    differs  ({_key(row.key, locale)})  {cols}"
     if row.kind == "unmappable":
         return f"    cannot map source row ({_key(row.key, locale)})  {printable(row.error or '')}"
@@ -412,7 +413,8 @@ def _audit_dict(found: AuditTrail) -> dict:
 
 def _audit_text(found: AuditTrail, locale: str) -> str:
     out = [f"audit trail: {number(found.total, locale)} entr{'y' if found.total == 1 else 'ies'}"
-           + "".join(f", {k} {printable(str(v))}" for k, v in found.filters.items() if v not in (None, []) and k != "pairs")]
+           + "".join(f", {k} {printable(str(v))}" for k, v in found.filters.items()
+                     if v not in (None, []) and k != "pairs")]
     out.append("summary (table, kind, day: count):")
     for (table_name, kind, day), count in sorted(found.summary.items()):
         out.append(f"  {table_name:<20} {kind:<22} {day}  {number(count, locale)}")

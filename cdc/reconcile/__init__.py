@@ -42,5 +42,5 @@ from ._compare import read_only, reconcile
 from ._repair import RepairPlan, apply_repair, claimed, repair_plan
 from ._report import ReconcileReport, RowDifference, TableReport, as_dict, record
 
-__all__ = ["RepairPlan", "ReconcileReport", "RowDifference", "TableReport", "apply_repair", "as_dict", "canonical", "claimed",
-           "read_only", "reconcile", "record", "repair_plan"]
+__all__ = ["RepairPlan", "ReconcileReport", "RowDifference", "TableReport", "apply_repair", "as_dict", "canonical",
+           "claimed", "read_only", "reconcile", "record", "repair_plan"]
