@@ -49,9 +49,9 @@ class _Writer:
     later one), one short transaction each, until stopped. ``update(key, amount)``: one such
     transaction (SQLite's source file when None)."""
 
-    def __init__(self, ws, update=None):
+    def __init__(self, ws, update=None, pause: float = 0.002):
         self.ws, self.stop, self.count = ws, threading.Event(), 0
-        self.update = update
+        self.update, self.pause = update, pause
         self.thread = threading.Thread(target=self._write, daemon=True)
         self.thread.start()
 
@@ -73,7 +73,7 @@ class _Writer:
                     return
                 update(key, f"{rng.randint(1, 99999)}.{key % 100:02d}")
                 self.count += 1
-                time.sleep(0.002)
+                time.sleep(self.pause)
         finally:
             if conn is not None:
                 conn.close()
@@ -179,7 +179,7 @@ def test_a_repair_waits_for_the_run_and_changes_made_meanwhile_are_applied_after
     repaired rows: the target ends equal to the source row by row."""
     _pair(ws)
     run = _start_run(ws)
-    writer = _Writer(ws)
+    writer = _Writer(ws, pause=0.01)  # 2,000 changes take 20 s at least: they go on through the repair
     log = ws.root / "repair.log"
     try:
         with open(log, "w") as err:
@@ -193,6 +193,7 @@ def test_a_repair_waits_for_the_run_and_changes_made_meanwhile_are_applied_after
         out, _ = repair.communicate(timeout=180)
         assert repair.returncode == 1, log.read_text()  # differences found, and repaired
         assert json.loads(out)["repair"]["applied"] > 0, out
+        assert writer.thread.is_alive(), "the writer stopped before the repair ended: nothing changed meanwhile"
         changed = writer.finish()
         assert changed > 100, changed
     finally:
