@@ -208,8 +208,8 @@ class KeyedReads:
         query = sa.select(*plain.c).order_by(*[plain.c[k] for k in key]).limit(limit)
         if after_key is not None:
             query = query.where(sa.tuple_(*[plain.c[k] for k in key]) > sa.tuple_(*[sa.literal(v) for v in after_key]))
-        if where:
-            query = query.where(sa.text(where))
+        if where:  # in parentheses: an OR in it must not escape the key range
+            query = query.where(sa.text(f"({where})"))
         with self.reading() as conn:
             rows = conn.execute(query).all()
         return self._converted(info, rows)
@@ -618,27 +618,25 @@ class SqlTarget(KeyedReads):
             return state.forget_checkpoint(conn, self._claim(pair))
 
     # -- the claim ------------------------------------------------------------------
-    def take_claim(self, pair: str, timeout: float) -> state.Claim:
+    def take_claim(self, pair: str, timeout: float, purpose: str = "run") -> state.Claim:
         """Claim the pair for this process (ClaimHeldError if a live process holds it); every later
-        checkpoint write of ``pair`` through this target is fenced by it. Waits at most a few seconds
+        checkpoint write of ``pair`` through this target, and every repair write, is fenced by it.
+        ``purpose``: ``run`` or ``repair`` (see cdc/state/_claims.py). Waits at most a few seconds
         for a holder's open transaction, which counts as held."""
         try:
             with self.engine.begin() as conn:
                 state.ensure_current(conn)
                 self.bounded_lock_wait(conn, CLAIM_LOCK_WAIT)
-                claim = state.claims.take(conn, pair, timeout)
+                claim = state.claims.take(conn, pair, timeout, purpose)
         except sa.exc.IntegrityError:  # two first claims at once: the other one's row is there now
-            raise state.ClaimHeldError(f"pair {pair} was claimed by another process at the same moment (it is "
-                                       "running elsewhere): not started") from None
+            raise state.claims.held(pair, None, purpose) from None
         except sa.exc.OperationalError as exc:
             try:  # readable now: it was a lock wait on the holder's open transaction, not an outage
                 with self.engine.connect() as conn:
                     holder = state.read_holder(conn, pair)
             except sa.exc.OperationalError:
                 raise exc from None
-            who = holder.describe() if holder is not None else "a process in an open transaction"
-            raise state.ClaimHeldError(f"pair {pair} is running elsewhere ({who}; it is in the middle of a "
-                                       "transaction): not started") from None
+            raise state.claims.held(pair, holder, purpose, "; it is in the middle of a transaction") from None
         self.__dict__.setdefault("_claims", {})[pair] = claim
         return claim
 
@@ -680,7 +678,7 @@ class SqlTarget(KeyedReads):
         """A target transaction whose checkpoint write is fenced by this process's claim of ``pair``;
         yields ``(conn, write)``, ``write(position, snapshot, applied, committed_at=None, tables=None)``. The claim
         learns the outcome: committed, or uncertain when the COMMIT itself failed. ``pair`` None: a
-        transaction that writes no checkpoint (a repair), whose ``write`` refuses."""
+        transaction that writes no checkpoint, whose ``write`` refuses."""
         claim, written = (None if pair is None else self._claim(pair)), []
 
         def write(position: Position, snapshot: dict | None, applied: int, committed_at=None, tables=None) -> None:
@@ -750,8 +748,12 @@ class SqlTarget(KeyedReads):
                 raise error
             parked.append((item, error))
 
-        # A repair moves no source position: no checkpoint, so no claim needed.
-        with self.checkpointing(None if reason == "repair" else pair) as (conn, write_checkpoint):
+        with self.checkpointing(pair) as (conn, write_checkpoint):
+            if reason == "repair":
+                # A repair moves no checkpoint but holds the pair's claim (see cdc/state/_claims.py):
+                # fenced first, so a repair that lost the pair to a run writes nothing, and a run
+                # taking the pair waits for this transaction.
+                state.claims.fence(conn, self._claim(pair))
             committed_at = None
             limit = self.statement_limit(conn)
             for mapped in parts:

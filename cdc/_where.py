@@ -28,7 +28,9 @@ _LITERALS = {TokenType.STRING, TokenType.NUMBER, TokenType.NATIONAL_STRING, Toke
 
 def check_where(where: str, mapping: TableMapping, source_columns: Iterable[str], target_columns: Iterable[str],
                 dialects: set[str]) -> None:
-    """ConfigError (exit 2) unless every column ``where`` names is copied as it is by ``mapping``."""
+    """ConfigError (exit 2) unless ``where`` is one condition (no comment, no ``;``) and every column it
+    names is copied as it is by ``mapping``. A condition the database cannot read is refused (exit 2) by
+    the first read that uses it (see Side.count)."""
     copied = {target.lower() for target, source, transforms in mapping.column_specs()
               if source == target and not transforms}
     known = {c.lower(): c for c in [*source_columns, *target_columns]}
@@ -41,15 +43,31 @@ def check_where(where: str, mapping: TableMapping, source_columns: Iterable[str]
 
 
 def _words(where: str, dialects: set[str]) -> set[str]:
-    """Every word of ``where`` that is not a literal, lower-cased, as each dialect reads it."""
+    """Every word of ``where`` that is not a literal, lower-cased, as each dialect reads it.
+
+    ConfigError when a dialect reads a comment (``--``, ``/* */``, MySQL ``#``: it would hide the
+    rest of the statement the condition is put into), a ``;`` (a second statement) or nothing at all
+    in it: one condition, nothing else.
+    """
     words: set[str] = set()
     for name in sorted({_DIALECTS.get(d, "") for d in dialects}):
         try:
             tokens = sqlglot.Dialect.get_or_raise(name or None).tokenize(where)
         except SqlglotError as exc:
-            raise ConfigError(f"--where {where!r} cannot be read as SQL: {exc}") from None
+            raise ConfigError(f"--where {where!r} cannot be read as SQL: {_one_line(exc)}") from None
+        if any(t.comments for t in tokens):
+            raise ConfigError(f"--where {where!r} holds an SQL comment, which would hide the rest of the query it "
+                              "is put into: give one condition without comments")
+        if any(t.token_type == TokenType.SEMICOLON for t in tokens):
+            raise ConfigError(f"--where {where!r} holds ';': give one condition, not statements")
+        if not tokens:
+            raise ConfigError(f"--where {where!r} holds no condition")
         words |= {t.text.lower() for t in tokens if t.token_type not in _LITERALS}
     return words
+
+
+def _one_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _why(column: str, mapping: TableMapping) -> str:

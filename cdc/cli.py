@@ -227,15 +227,20 @@ def _table_phase_text(phase: dict) -> str:
 @click.option("--repair", is_flag=True, help="Make the target equal: upsert missing/differing rows, delete extra "
               "ones, through the audited apply path (reason 'repair').")
 @click.option("--dry-run", is_flag=True, help="With --repair: print the plan, change nothing.")
+@click.option("--wait", is_flag=True, help="With --repair: if a `cdc run` holds the pair, wait until it stops "
+              "instead of exiting with code 3 (a repair never writes while the pair streams).")
 @_friendly
 def reconcile(config: str, pair: str | None, table: str | None, where: str | None, fmt: str, output: str | None,
-              locale: str, limit: int, settle: float, repair: bool, dry_run: bool) -> None:
-    """Compare source (as mapped) with target; exit 0 when equal, 1 when differences were found."""
+              locale: str, limit: int, settle: float, repair: bool, dry_run: bool, wait: bool) -> None:
+    """Compare source (as mapped) with target; exit 0 when equal, 1 when differences were found, 3 when
+    --repair finds the pair running in another process."""
     if dry_run and not repair:
         raise click.UsageError("--dry-run goes with --repair")
+    if wait and not repair:
+        raise click.UsageError("--wait goes with --repair")
     progress = (lambda text: click.echo(text, err=True)) if sys.stderr.isatty() else None
     report = commands.reconcile(config, pair, table=table, where=where, limit=limit, settle=settle, repair=repair,
-                                dry_run=dry_run, progress=progress)
+                                dry_run=dry_run, wait=wait, progress=progress)
     _emit(reports.reconcile_report(report, fmt, locale), output)
     if not report.equal:
         sys.exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import signal
@@ -354,8 +355,9 @@ def _target_status(p: Pair, row: dict) -> Any:
                 row["error"] = holder.error
         elif holder.state == "failed":
             row.update(state="failed", error=holder.error)
-        elif holder.state == "running":
-            row.update(state="not running", holder=f"last run ended without a word ({holder.describe()})")
+        elif holder.state in ("running", "repairing"):  # killed: its row still says what it was doing
+            what = "repair" if holder.state == "repairing" else "run"
+            row.update(state="not running", holder=f"last {what} ended without a word ({holder.describe()})")
         else:
             row.update(state="stopped")
     return checkpoint
@@ -447,28 +449,45 @@ def _one_pair(config_path: str, pair: str | None) -> Pair:
 
 def reconcile(config_path: str, pair: str | None = None, *, table: str | None = None, where: str | None = None,
               limit: int = 100, settle: float = 3.0, repair: bool = False, dry_run: bool = False,
-              progress=None):
+              wait: bool = False, progress=None):
     """Compare source (as mapped) and target; with ``repair`` make them equal (``dry_run``: only
     plan it). The report carries its provenance; the run is recorded in the target's
-    cdc_reconcile_runs."""
-    from . import provenance
+    cdc_reconcile_runs.
+
+    A repair (not a dry run) holds the pair's claim from before the comparison to its last write,
+    as `cdc run` does: ClaimHeldError (exit code 3) while a run holds the pair, or with ``wait``
+    it waits for the run to stop. So no run writes between the repair's reads and its writes.
+    """
     from . import reconcile as reconcile_module
 
     chosen = _one_pair(config_path, pair)
+    holding = reconcile_module.claimed(chosen, wait=wait) if repair and not dry_run else contextlib.nullcontext()
+    with holding as claim_target:
+        report = _compare(config_path, chosen, table=table, where=where, limit=limit, settle=settle,
+                          repair=repair, dry_run=dry_run, progress=progress)
+        if repair and not report.equal:
+            plan = reconcile_module.repair_plan(chosen, report)
+            report.repair = {"dry_run": dry_run, "upserts": sum(op.op == "upsert" for op in plan.ops),
+                             "deletes": sum(op.op == "delete" for op in plan.ops), "kept": plan.kept[:limit],
+                             "plan": plan.describe(limit)}
+            if not dry_run:
+                report.repair["applied"] = reconcile_module.apply_repair(chosen, plan, claim_target)
+    report.run_id = reconcile_module.record(chosen, report)
+    return report
+
+
+def _compare(config_path: str, chosen: Pair, *, table: str | None, where: str | None, limit: int, settle: float,
+             repair: bool, dry_run: bool, progress) -> Any:
+    """The comparison of ``chosen`` with its provenance (the reconcile report, before any repair)."""
+    from . import provenance
+    from . import reconcile as reconcile_module
+
     report = reconcile_module.reconcile(chosen, table=table, where=where, limit=limit, settle=settle,
                                         progress=progress)
     report.provenance = provenance.collect(
         config_path, [chosen], as_of={chosen.name: {"checkpoint": report.checkpoint, "pending": report.pending}},
         filters={"table": table, "where": where, "limit": limit, "settle": settle, "repair": repair,
                  "dry_run": dry_run}, generated_at=report.started_at)
-    if repair and not report.equal:
-        plan = reconcile_module.repair_plan(chosen, report)
-        report.repair = {"dry_run": dry_run, "upserts": sum(op.op == "upsert" for op in plan.ops),
-                         "deletes": sum(op.op == "delete" for op in plan.ops), "kept": plan.kept[:limit],
-                         "plan": plan.describe(limit)}
-        if not dry_run:
-            report.repair["applied"] = reconcile_module.apply_repair(chosen, plan)
-    report.run_id = reconcile_module.record(chosen, report)
     return report
 
 

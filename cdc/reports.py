@@ -4,6 +4,12 @@ Values are shown as they are: a number only when its column is a number (Decimal
 text that looks like one (``'0012.50'`` stays ``0012.50``); amounts localised in text and HTML, raw in
 CSV and JSON. Times are UTC, or Europe/Oslo with ``--locale nb``.
 
+In text and HTML a value is one line whatever it holds: control characters (newline, carriage
+return, escape, ...), Unicode line separators and direction overrides are written as escapes
+(``\\n``, ``\\x1b``, ``\\u2028``) and a backslash as ``\\\\``, so no value can start a line of its own
+(a forged provenance block) or redraw the terminal. CSV and JSON carry values raw: their quoting
+keeps a value in its field.
+
 Every report ends with its provenance (cdc.provenance) and the SHA-256 of its body, which covers:
 text and CSV, every line before the provenance block; HTML, the page between ``<!--body-->`` and
 ``<!--/body-->``; JSON, the document without its ``provenance`` key, written with sorted keys and no
@@ -17,6 +23,7 @@ import datetime as dt
 import html
 import io
 import json
+import re
 from decimal import Decimal
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
@@ -32,10 +39,27 @@ OSLO = ZoneInfo("Europe/Oslo")
 
 
 # -- values -----------------------------------------------------------------------------------------
+#: What a text or HTML report escapes in a value: C0/C1 controls and DEL, Unicode line and paragraph
+#: separators, direction marks, embeddings, overrides and isolates, and the backslash itself (so
+#: every escape reads back one way).
+_UNPRINTABLE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069\\\\]")
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that could break or redraw a report line escaped (see above)."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
 def number(value: Any, locale: str = "en") -> str:
     """A number for people: ``1 234 567,89`` in Norwegian (``nb``), ``1,234,567.89`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, Decimal, float)):
-        return str(value)
+        return printable(str(value))
     text = f"{value:,}" if not isinstance(value, Decimal) else f"{value:,f}"
     if locale == "nb":
         return text.replace(",", "\u00a0").replace(".", ",")
@@ -68,7 +92,7 @@ def shown(value: Any, locale: str = "en") -> str:
         return value.isoformat(sep=" ")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "0x" + bytes(value).hex()
-    return str(value)
+    return printable(str(value))
 
 
 def raw(value: Any) -> str:
@@ -165,19 +189,21 @@ def _verdict(t: TableReport, locale: str) -> str:
 
 def _difference_line(row: RowDifference, locale: str) -> str:
     if row.kind == "different":
-        cols = "; ".join(f"{c}: {shown(s, locale)} -> target {shown(v, locale)}" for c, (s, v) in row.columns.items())
+        cols = "; ".join(f"{printable(c)}: {shown(s, locale)} -> target {shown(v, locale)}"
+                         for c, (s, v) in row.columns.items())
         return f"    differs  ({_key(row.key, locale)})  {cols}"
     if row.kind == "unmappable":
-        return f"    cannot map source row ({_key(row.key, locale)})  {row.error}"
-    note = f"  ({row.note})" if row.note else ""
+        return f"    cannot map source row ({_key(row.key, locale)})  {printable(row.error or '')}"
+    note = f"  ({printable(row.note)})" if row.note else ""
     return f"    {'missing' if row.kind == 'missing' else 'extra  '}  ({_key(row.key, locale)}){note}"
 
 
 def _reconcile_text(report: ReconcileReport, locale: str) -> str:
     out = [f"pair {report.pair}: {'EQUAL' if report.equal else 'DIFFERENCES FOUND'} "
            f"({moment(report.started_at, locale)})"]
-    if report.pending not in (None, 0):
-        out.append(f"  the pair has changes not yet applied ({report.pending}): differences they explain settle")
+    backlog = _backlog(report.pending)
+    if backlog:
+        out.append(f"  {backlog}: differences they explain settle once the pair applies them")
     for t in report.tables:
         out.append(f"  {t.source_table} -> {t.target_table}: {number(t.source_rows, locale)} source rows, "
                    f"{number(t.target_rows, locale)} target rows, {_verdict(t, locale)}"
@@ -194,11 +220,25 @@ def _reconcile_text(report: ReconcileReport, locale: str) -> str:
     return "\n".join(out) + "\n"
 
 
+#: A backlog a source describes in words (see Source.pending) that holds nothing: "0 bytes of WAL behind".
+_NOTHING_BEHIND = re.compile(r"0 bytes\b")
+
+
+def _backlog(pending: Any) -> str | None:
+    """The pair's backlog when compared, in words; None when there was none (or it is unknown)."""
+    if pending is None or pending == 0 or (isinstance(pending, str) and _NOTHING_BEHIND.match(pending)):
+        return None
+    if isinstance(pending, int):
+        return f"the pair had {pending:,} source change(s) not yet applied"
+    return f"the pair had not applied every source change yet ({printable(str(pending))})"
+
+
 def _totals_lines(t: TableReport, locale: str) -> list[str]:
     out = []
     for total in t.totals:
         if not total["equal"]:
-            out.append(f"    control total differs: account {total['account']} period {total['period']}: "
+            out.append(f"    control total differs: account {printable(str(total['account']))} period "
+                       f"{printable(str(total['period']))}: "
                        f"source {number(total['source_count'], locale)} rows / {number(total['source_sum'], locale)}, "
                        f"target {number(total['target_count'], locale)} rows / {number(total['target_sum'], locale)}, "
                        f"difference {number(total['difference'], locale)}")
@@ -222,9 +262,10 @@ def _repair_lines(repair: dict, locale: str) -> list[str]:
             out.append(f"    upsert {step['table']} ({key})  from source {step['source_table']} "
                        f"({_key(tuple(step['source_key']), locale)}): {values}")
         else:
-            out.append(f"    delete {step['table']} ({key})  {step['why']}")
+            out.append(f"    delete {step['table']} ({key})  {printable(step['why'])}")
     for kept_row in repair.get("kept", []):
-        out.append(f"    keep   {kept_row['table']} ({_key(tuple(kept_row['key']), locale)})  {kept_row['why']}")
+        out.append(f"    keep   {kept_row['table']} ({_key(tuple(kept_row['key']), locale)})  "
+                   f"{printable(kept_row['why'])}")
     return out
 
 
@@ -372,17 +413,18 @@ def _audit_dict(found: AuditTrail) -> dict:
 
 def _audit_text(found: AuditTrail, locale: str) -> str:
     out = [f"audit trail: {number(found.total, locale)} entr{'y' if found.total == 1 else 'ies'}"
-           + "".join(f", {k} {v}" for k, v in found.filters.items() if v not in (None, []) and k != "pairs")]
+           + "".join(f", {k} {printable(str(v))}" for k, v in found.filters.items()
+                     if v not in (None, []) and k != "pairs")]
     out.append("summary (table, kind, day: count):")
     for (table_name, kind, day), count in sorted(found.summary.items()):
         out.append(f"  {table_name:<20} {kind:<22} {day}  {number(count, locale)}")
     if found.total > len(found.entries):
         out.append(f"the last {number(len(found.entries), locale)} entries (raise --limit for more):")
     for e in found.entries:
-        where = f" at {e.position}" if e.position not in (None, "") else ""
-        txid = f" txid {e.txid}" if e.txid else ""
-        why = f" error: {e.error}" if e.error else ""
-        out.append(f"  {moment(e.at, locale)}  {e.pair}  {e.target_table} ({', '.join(map(str, e.key))})  {e.op} "
+        where = f" at {printable(str(e.position))}" if e.position not in (None, "") else ""
+        txid = f" txid {printable(str(e.txid))}" if e.txid else ""
+        why = f" error: {printable(e.error)}" if e.error else ""
+        out.append(f"  {moment(e.at, locale)}  {e.pair}  {e.target_table} ({_key(tuple(e.key), locale)})  {e.op} "
                    f"[{e.reason}]{where}{txid}  {_changes(e, lambda v: shown(v, locale))}{why}")
     return "\n".join(out) + "\n"
 

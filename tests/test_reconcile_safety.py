@@ -173,3 +173,22 @@ def test_reconcile_reads_sqlite_through_connections_that_refuse_writes(ws, datab
     finally:
         reads.close()
     assert held(target) == expected(source) and len(held(target)) == 5
+
+
+@pytest.mark.parametrize("where, says", [
+    ("1=1 --", "holds an SQL comment"), ("id > 0 /* all */", "holds an SQL comment"),
+    ("id > 0; DELETE FROM entries", "holds ';'"), ("id >", "does not work on table entries"),
+    ("id = 1 OR", "does not work on table entries"),
+])
+def test_a_malformed_or_comment_injected_where_is_one_line_and_exit_2(ledger, where, says):
+    """A --where that is not one readable condition is a user mistake: exit 2, one line, nothing read
+    or changed (a trailing comment used to swallow the rest of a later query: exit 1)."""
+    ws = ledger
+    ws.sql(ws.source, "INSERT INTO entries VALUES (1, 1500, 10.00, 'NOK', 'a', NULL)")
+    cdc_ok(ws, "run", "--once", str(ws.config))
+    ws.sql(ws.target, "DELETE FROM entries")
+    result = ws.cdc("reconcile", str(ws.config), "--settle", "0", "--table", "entries", "--where", where, "--repair")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(f"error: --where {where!r} ") and says in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert ws.rows(ws.target, "entries") == []

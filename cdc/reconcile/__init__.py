@@ -29,6 +29,9 @@ copies unchanged under the same name; a repair deletes a target row only after r
 source has no row with its key at all. A value that cannot be read or fingerprinted is named by
 table, key and column.
 
+A repair holds the pair's claim from before the comparison to its last write, so it never writes
+while `cdc run` streams the pair (see ``_repair``).
+
 Modules: ``_canonical`` (canonical texts, digests, buckets), ``_side`` (one side's fingerprints and
 reads), ``_compare`` (one pair), ``_keys`` (differing keys on both sides, how their rows differ),
 ``_repair``, ``_report`` (the report, as JSON, recorded in cdc_reconcile_runs).
@@ -36,8 +39,8 @@ reads), ``_compare`` (one pair), ``_keys`` (differing keys on both sides, how th
 
 from ._canonical import canonical
 from ._compare import read_only, reconcile
-from ._repair import RepairPlan, apply_repair, repair_plan
+from ._repair import RepairPlan, apply_repair, claimed, repair_plan
 from ._report import ReconcileReport, RowDifference, TableReport, as_dict, record
 
 __all__ = ["RepairPlan", "ReconcileReport", "RowDifference", "TableReport", "apply_repair", "as_dict", "canonical",
-           "read_only", "reconcile", "record", "repair_plan"]
+           "claimed", "read_only", "reconcile", "record", "repair_plan"]

@@ -1,24 +1,38 @@
 """Repair: make the target equal to the source through the audited apply path, deleting only what
-the source has no row for."""
+the source has no row for, while holding the pair's claim.
+
+Why the claim: a repair reads a source row, then writes it. A `cdc run` that applied a newer change
+to that row in between would have it overwritten with the older value, and its checkpoint has moved
+past the change: lost for good. Holding the claim, nothing but the repair writes the pair's tables,
+and a source change made after the repair's read lies after the pair's checkpoint, which the repair
+does not move: the next `cdc run` applies it over the repaired row.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import sqlalchemy as sa
 
-from .. import state
+from .. import registry, state
 from ..changes import Change
 from ..config import Pair
+from ..errors import CdcError
 from ..mapping import MappedChange, TableMapping, TargetOp
-from ..pipeline import open_pair
+from ..pipeline import open_pair, open_source
 from ._canonical import canonical
 from ._compare import read_only, target_columns
 from ._keys import paired
 from ._report import ReconcileReport, TableReport
 from ._side import Side, both
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -119,12 +133,62 @@ def _read_by_mapping(mapping: TableMapping, row: dict) -> dict:
     return {c: v for c, v in row.items() if c in read}
 
 
-def apply_repair(pair: Pair, plan: RepairPlan) -> int:
-    """Apply the plan through the normal apply path (audited with reason ``repair``); the pair's
-    checkpoint is not touched. Returns the operations applied."""
+@contextlib.contextmanager
+def claimed(pair: Pair, *, wait: bool = False) -> Iterator[Any]:
+    """Hold the pair's claim as a repair for the block; yields the target that holds it.
+
+    ClaimHeldError (exit code 3) naming the holder when a live process runs the pair, or, with
+    ``wait``, waits until it stops. The claim's heartbeat is kept up meanwhile; at the end the
+    pair's claim row is put back as it was found.
+    """
+    target = registry.adapter_for(pair.target.url).target(pair.target.url)
+    try:
+        _take(target, pair, wait)
+        stop = threading.Event()
+        beat = threading.Thread(target=_keep_up, args=(target, pair, stop), name=f"cdc-repair-claim-{pair.name}",
+                                daemon=True)
+        beat.start()
+        try:
+            yield target
+        finally:
+            stop.set()
+            beat.join()
+            target.release_claim(pair.name)
+    finally:
+        target.close()
+
+
+def _take(target: Any, pair: Pair, wait: bool) -> None:
+    while True:
+        try:
+            target.take_claim(pair.name, pair.claim_timeout, purpose="repair")
+            return
+        except state.ClaimHeldError as exc:
+            if not wait:
+                raise
+            logger.warning("%s; waiting", exc)
+            time.sleep(min(pair.claim_timeout / 3, 5.0))
+
+
+def _keep_up(target: Any, pair: Pair, stop: threading.Event) -> None:
+    """Refresh the repair's claim every third of the claim timeout until ``stop``."""
+    while not stop.wait(pair.claim_timeout / 3):
+        try:
+            if not target.heartbeat(pair.name, pair.claim_timeout):
+                logger.error("pair %s: another process took the pair; the repair writes nothing more", pair.name)
+                return
+        except (sa.exc.SQLAlchemyError, CdcError) as exc:  # busy or away: the next beat tries again
+            logger.debug("pair %s: repair claim heartbeat failed: %s", pair.name, exc)
+
+
+def apply_repair(pair: Pair, plan: RepairPlan, target: Any) -> int:
+    """Apply the plan through the normal apply path (audited with reason ``repair``) on ``target``,
+    which holds the pair's claim (see ``claimed``): the write is fenced by it, so a repair that lost
+    the pair writes nothing (ClaimLostError). The pair's checkpoint is not touched. Returns the
+    operations applied."""
     if not plan.ops:
         return 0
-    source, target, mappings = open_pair(pair)
+    source, mappings = open_source(pair, target)
     try:
         by_target = {m.target: m for m in mappings.values()}
         mapped = [MappedChange(op.change, by_target[op.table], [op]) for op in plan.ops]
@@ -134,4 +198,3 @@ def apply_repair(pair: Pair, plan: RepairPlan) -> int:
         return result.applied
     finally:
         source.close()
-        target.close()

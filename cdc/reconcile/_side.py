@@ -103,8 +103,8 @@ class Side:
 
     def count(self) -> int:
         query = sa.select(sa.func.count()).select_from(sa.table(self.table))
-        if self.where:
-            query = query.where(sa.text(self.where))
+        if self.where:  # in parentheses, as every later read puts it: a --where that breaks them fails here
+            query = query.where(sa.text(f"({self.where})"))
         with self.reads.engine.connect() as conn:
             try:
                 return conn.execute(query).scalar()
@@ -313,7 +313,7 @@ class Side:
         plain = sa.table(self.table, *[sa.column(c) for c in info.column_names])
         query = sa.select(*plain.c).order_by(*[plain.c[k] for k in self.key])
         if self.where:
-            query = query.where(sa.text(self.where))
+            query = query.where(sa.text(f"({self.where})"))
         readers = [(name, self.reads.reader(column)) for name, column in zip(info.column_names, info.columns)]
         with self.reads.engine.connect() as conn:
             for raw in conn.execution_options(stream_results=True).execute(query):

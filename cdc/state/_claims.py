@@ -7,6 +7,11 @@ its heartbeat. A holder is gone when its heartbeat is older than the claim timeo
 when it ran on this host and its process no longer exists (a SIGKILLed run). A paused process
 that wakes up after another took the pair finds another token there and stops: the transaction
 that would have committed its stale batch rolls back.
+
+`cdc reconcile --repair` takes the same claim (state ``repairing``): a repair never writes while a
+run streams the pair, since a row it read before the run applied a newer change would overwrite
+that change for good. Its writes are fenced like a run's, and its end leaves the pair's row as it
+found it (a failed pair stays failed, with its error).
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ class ClaimHeldError(CdcError):
     exit_code = 3
 
 
+#: The lease columns a repair's claim puts back as it found them when it ends.
+_RESTORED = ("owner", "host", "pid", "since", "heartbeat_at", "expires_at", "state", "error", "error_at")
+
+
 class ClaimLostError(StateError):
     """Another process took the pair (or the checkpoint moved under us): nothing was committed."""
 
@@ -51,7 +60,7 @@ class Holder:
     error_at: dt.datetime | None
 
     def alive(self, timeout: float, now: dt.datetime) -> bool:
-        """Whether the holder may still be running: state running (or retrying), heartbeat fresh
+        """Whether the holder may still be running: state running (retrying, repairing), heartbeat fresh
         by the database's clock, and, when it ran where this process can see its process table
         (same host, boot and PID namespace), its process still there."""
         if self.state not in RUNNING or self.heartbeat_at is None:
@@ -61,6 +70,11 @@ class Holder:
         if self.owner and self.owner.startswith(_place() + "|"):
             return self.owner == _process_identity(self.pid)  # a dead or reused pid is not the holder
         return True  # another machine, container or boot: only its heartbeat tells
+
+    @property
+    def doing(self) -> str:
+        """What the holder does to the pair, in words: running it or repairing it."""
+        return "being repaired" if self.state == "repairing" else "running"
 
     def describe(self) -> str:
         since = self.since.isoformat(timespec="seconds") if self.since else "?"
@@ -75,16 +89,19 @@ class Claim:
     ``accepted`` holds the (position, snapshot) texts of the checkpoint as this process last
     read or wrote it; a write whose outcome is unknown (connection lost at COMMIT) adds its own,
     since it may have committed. A checkpoint found at anything else was moved by someone else.
+    ``restore``: for a repair, the pair's lease row as the repair found it (empty when it had none),
+    put back when the repair ends.
     """
 
     pair: str
     token: int
     accepted: list[tuple[str | None, str | None]] = field(default_factory=list)
     lost: str | None = None
+    restore: dict[str, Any] | None = None
 
 
-#: Lease states of a process that holds its pair.
-RUNNING = ("running", "retrying")
+#: Lease states of a process that holds its pair (a run, or a repair: `cdc reconcile --repair`).
+RUNNING = ("running", "retrying", "repairing")
 
 
 def _read(path: str) -> str:
@@ -138,33 +155,50 @@ def read_holder(conn: sa.Connection, pair: str) -> Holder | None:
                   row.state, row.error, aware(row.error_at))
 
 
-def take(conn: sa.Connection, pair: str, timeout: float) -> Claim:
+def held(pair: str, holder: Holder | None, purpose: str = "run", detail: str = "") -> ClaimHeldError:
+    """The error for a claim refused because ``holder`` has the pair (``purpose``: run or repair)."""
+    who = holder.describe() if holder is not None else "a process that claimed it at the same moment"
+    doing = holder.doing if holder is not None else "running"
+    if purpose == "repair":
+        return ClaimHeldError(f"pair {pair} is {doing} elsewhere ({who}{detail}): not repaired, since a repair "
+                              "must not write while the pair streams. Stop that process first, or wait for it with "
+                              "`cdc reconcile --repair --wait`")
+    return ClaimHeldError(f"pair {pair} is {doing} elsewhere ({who}{detail}): not started. Stop that process "
+                          "first, or wait for it with `cdc run --wait`")
+
+
+def take(conn: sa.Connection, pair: str, timeout: float, purpose: str = "run") -> Claim:
     """Claim the pair in the caller's transaction; ClaimHeldError when a live process holds it.
 
-    Compare-and-set on the token: of two processes claiming at once, one sees its UPDATE match
-    no row and fails as if the other had held it all along.
+    ``purpose`` is ``run`` or ``repair`` (state ``repairing``; the row is put back as found by
+    ``release``). Compare-and-set on the token: of two processes claiming at once, one sees its
+    UPDATE match no row and fails as if the other had held it all along.
     """
     holder = read_holder(conn, pair)
     moment = db_now(conn)
     if holder is not None and holder.alive(timeout, moment):
-        raise ClaimHeldError(f"pair {pair} is running elsewhere ({holder.describe()}): not started. Stop that "
-                             "process first, or wait for it with `cdc run --wait`")
+        raise held(pair, holder, purpose)
     values = {"owner": _process_identity(os.getpid()), "host": socket.gethostname(), "pid": os.getpid(),
               "since": moment, "heartbeat_at": moment, "expires_at": moment + dt.timedelta(seconds=timeout),
-              "state": "running", "error": None, "error_at": None}
+              "state": "repairing" if purpose == "repair" else "running", "error": None, "error_at": None}
+    restore = None
     if holder is None:
         conn.execute(leases.insert().values(pair=pair, token=1, **values))
         token = 1
+        restore = {}
     else:
+        if purpose == "repair":
+            row = conn.execute(sa.select(*[leases.c[c] for c in _RESTORED]).where(leases.c.pair == pair)).one()
+            restore = dict(row._mapping)
         token = holder.token + 1
         done = conn.execute(leases.update().where(leases.c.pair == pair, leases.c.token == holder.token)
                             .values(token=token, **values))
         if done.rowcount != 1:
-            raise ClaimHeldError(f"pair {pair} was claimed by another process at the same moment (it is running "
-                                 "elsewhere): not started")
+            raise held(pair, None, purpose)
     row = conn.execute(sa.select(checkpoints.c.position, checkpoints.c.snapshot)
                        .where(checkpoints.c.pair == pair)).first()
-    return Claim(pair, token, [(row.position, row.snapshot) if row is not None else (None, None)])
+    return Claim(pair, token, [(row.position, row.snapshot) if row is not None else (None, None)],
+                 restore=restore if purpose == "repair" else None)
 
 
 def fence(conn: sa.Connection, claim: Claim, timeout: float | None = None) -> None:
@@ -276,11 +310,18 @@ def heartbeat(conn: sa.Connection, claim: Claim, timeout: float) -> bool:
 
 
 def release(conn: sa.Connection, claim: Claim, error: str | None = None) -> None:
-    """End the claim: state stopped, or failed with the error (kept until the next run starts)."""
+    """End the claim: state stopped, or failed with the error (kept until the next run starts).
+
+    A repair's claim puts the row back as the repair found it instead: a repair neither starts nor
+    stops the pair, so a pair that had failed still shows its error (the repair's own outcome is
+    the reconcile command's)."""
     moment = db_now(conn)
-    values: dict[str, Any] = {"state": "failed" if error else "stopped", "heartbeat_at": moment}
-    if error:
-        values.update(error=error[:4000], error_at=moment)
+    if claim.restore is not None:
+        values: dict[str, Any] = dict(claim.restore) or {"state": "stopped", "heartbeat_at": moment}
+    else:
+        values = {"state": "failed" if error else "stopped", "heartbeat_at": moment}
+        if error:
+            values.update(error=error[:4000], error_at=moment)
     conn.execute(leases.update().where(leases.c.pair == claim.pair, leases.c.token == claim.token).values(**values))
 
 
