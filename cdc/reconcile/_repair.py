@@ -25,7 +25,7 @@ from ..changes import Change
 from ..config import Pair
 from ..errors import CdcError
 from ..mapping import MappedChange, TableMapping, TargetOp
-from ..pipeline import open_pair, open_source
+from ..pipeline import open_pair, open_source, open_target
 from ._canonical import canonical
 from ._compare import read_only, target_columns
 from ._keys import paired
@@ -141,7 +141,7 @@ def claimed(pair: Pair, *, wait: bool = False) -> Iterator[Any]:
     ``wait``, waits until it stops. The claim's heartbeat is kept up meanwhile; at the end the
     pair's claim row is put back as it was found.
     """
-    target = registry.adapter_for(pair.target.url).target(pair.target.url)
+    target = open_target(pair.target)  # a missing SQLite target is an error here, not a new empty file
     try:
         _take(target, pair, wait)
         stop = threading.Event()
