@@ -95,23 +95,21 @@ def doctor(config_path: str, pair: str | None = None) -> tuple[Report, bool]:
     report, healthy = Report(), True
     for p in config.select(pair):
         source, _ = open_source(p)
+        report.add(f"pair {p.name}: {p.capture} capture on {p.source.masked}, target {p.target.masked}")
         try:
             target = open_target(p.target)
-        except TargetError as exc:
-            source.close()
-            report.add(f"pair {p.name}: {p.capture} capture on {p.source.masked}, target {p.target.masked}")
-            report.add(f"  [FAIL] {exc}")
-            healthy = False
-            continue
+        except TargetError as exc:  # the source's checks still run: they tell what else to fix
+            target, findings = None, [("fail", str(exc))]
+        else:
+            findings = target.diagnose() if hasattr(target, "diagnose") else []
         try:
-            report.add(f"pair {p.name}: {p.capture} capture on {p.source.masked}, target {p.target.masked}")
-            findings = source.diagnose() + (target.diagnose() if hasattr(target, "diagnose") else [])
-            for level, text in findings:
+            for level, text in source.diagnose() + findings:
                 healthy = healthy and level != "fail"
                 report.add(f"  [{level.upper():>4}] {text}")
         finally:
             source.close()
-            target.close()
+            if target is not None:
+                target.close()
     return report, healthy
 
 
