@@ -41,6 +41,14 @@ def _waits(process: subprocess.Popen) -> bool:
     return False
 
 
+def kill_all(*processes) -> None:
+    """Kill what a test left running, paused or not."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+
+
 def running(ws) -> bool:
     return ws.query(ws.target, "SELECT count(*) FROM cdc_leases WHERE state = 'running'")[0][0] == 1
 
@@ -115,10 +123,7 @@ def test_a_process_that_lost_the_pair_commits_nothing(ledger):
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)
-                process.kill()
+        kill_all(first, second)
     audited, distinct = ws.query(ws.target, "SELECT count(*), count(DISTINCT source_position) FROM cdc_audit_log "
                                             "WHERE op != 'snapshot'")[0]
     assert audited == distinct == 300
@@ -208,10 +213,7 @@ def test_a_process_that_lost_the_pair_while_idle_stops_with_exit_1(ledger):
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)
-                process.kill()
+        kill_all(first, second)
 
 
 def _foreign_holder(engine, **where) -> None:
