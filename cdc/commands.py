@@ -17,7 +17,7 @@ from .changes import dumps
 from .config import Pair, load_config
 from .errors import CdcError, ConfigError, RowError, SourceError, StateError, TargetError, first_line
 from .mapping import TableMapping, identity_change
-from .pipeline import PairRunner, RunResult, open_pair, open_source, open_target, verify_checkpoint
+from .pipeline import PairRunner, RunResult, missing_targets, open_pair, open_source, open_target, verify_checkpoint
 
 #: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
 GC_THRESHOLD = 50_000
@@ -300,7 +300,7 @@ def _pair_status(p: Pair) -> dict:
                 row["checkpoint_text"] = source.format_position(checkpoint.position)
                 _mark_remapped(row["tables"], checkpoint, mappings)
                 gap = _capture_gap(p, source, row["tables"])
-                problem = _checkpoint_error(p, source, checkpoint) or gap
+                problem = missing_targets(p.name, target, mappings) or _checkpoint_error(p, source, checkpoint) or gap
                 if problem:  # `cdc run` would stop on it: no backlog to count from there
                     row["error"] = problem
                 else:

@@ -132,6 +132,17 @@ def open_pair(pair: Pair, *, create: bool = False) -> tuple[Any, Any, dict[str, 
     return source, target, mappings
 
 
+def missing_targets(pair: str, target: Any, mappings: dict[str, TableMapping]) -> str | None:
+    """Why the pair cannot run because a target table of its mapping does not exist (a table added
+    to the pair without `cdc init`, or dropped by hand); None when they all exist."""
+    missing = sorted({m.target for m in mappings.values() if not target.exists(m.target)})
+    if not missing:
+        return None
+    return (f"pair {pair}: target table{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"do{'' if len(missing) > 1 else 'es'} not exist: run `cdc init CONFIG` to create "
+            f"{'them' if len(missing) > 1 else 'it'}, then `cdc run` copies what the source has")
+
+
 def verify_checkpoint(pair: str, source: Any, checkpoint: Any) -> str | None:
     """The source's capture generation, once the checkpoint is known to be a position of it.
 
@@ -164,6 +175,13 @@ class PairRunner:
         self._claimed = False
         self._retrying_since: str | None = None
         self.source, self.target, self.mappings = open_pair(pair)
+        try:
+            missing = missing_targets(pair.name, self.target, self.mappings)
+            if missing:
+                raise TargetError(missing)
+        except BaseException:
+            self.close()
+            raise
         self.target.prepare_tables(m.target for m in self.mappings.values())
         self._bulk: dict[str, bool] = {}
         self._streamed: list[str] = []  # source tables copied whole, whose changes the pair streams

@@ -83,3 +83,41 @@ def test_init_with_a_missing_source_creates_no_target_either(ws):
     result = ws.cdc("init", str(ws.config))
     assert result.returncode == 1 and f"source database {ws.source} does not exist" in result.stderr
     assert not ws.source.exists() and not ws.target.exists()
+
+
+# -- a target table that does not exist -------------------------------------------------------------
+MISSING_TABLE = ("pair p: target table accounts does not exist: run `cdc init CONFIG` to create it, "
+                 "then `cdc run` copies what the source has")
+
+
+def test_a_table_added_without_init_stops_run_and_status_at_once(pair):
+    """`tables:` gains a table and only `cdc install` runs: `run` used to retry "database is locked"
+    for minutes and `status` said all was well."""
+    for setup in ("init", "install", "run"):
+        assert pair.cdc(setup, *(["--once"] if setup == "run" else []), str(pair.config)).returncode == 0
+    pair.sql(pair.source, "CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO accounts VALUES (7, 'x');")
+    pair.config.write_text(pair.config.read_text().replace("[entries]", "[entries, accounts]"))
+    assert pair.cdc("install", str(pair.config)).returncode == 0
+    status = pair.cdc("status", str(pair.config))
+    assert status.returncode == 1 and f"problem     {MISSING_TABLE}" in status.stdout, status.stdout
+    run = pair.cdc("run", "--once", str(pair.config), timeout=60)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == f"error: {MISSING_TABLE}", run.stderr
+    assert "retrying" not in run.stderr
+    assert pair.cdc("init", str(pair.config)).returncode == 0
+    assert pair.cdc("run", "--once", str(pair.config)).returncode == 0
+    assert pair.rows(pair.target, "accounts") == [(7, "x")]
+    assert pair.cdc("status", str(pair.config)).returncode == 0
+
+
+def test_a_run_that_cannot_start_after_a_killed_run_says_why(pair):
+    """The killed run's claim row still says `running`; the failure is recorded over it."""
+    for setup in ("init", "install"):
+        assert pair.cdc(setup, str(pair.config)).returncode == 0
+    assert pair.run_and_kill(1.5)
+    assert pair.query(pair.target, "SELECT state FROM cdc_leases") == [("running",)]
+    pair.sql(pair.target, "DROP TABLE entries")
+    run = pair.cdc("run", "--once", str(pair.config), timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == f"error: {MISSING_TABLE.replace('accounts', 'entries')}"
+    status = pair.cdc("status", str(pair.config))
+    assert status.returncode == 1 and MISSING_TABLE.replace("accounts", "entries") in status.stdout, status.stdout

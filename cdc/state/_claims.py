@@ -59,13 +59,13 @@ class Holder:
     error: str | None
     error_at: dt.datetime | None
 
-    def alive(self, timeout: float, now: dt.datetime) -> bool:
+    def alive(self, timeout: float | None, now: dt.datetime) -> bool:
         """Whether the holder may still be running: state running (retrying, repairing), heartbeat fresh
-        by the database's clock, and, when it ran where this process can see its process table
-        (same host, boot and PID namespace), its process still there."""
+        by the database's clock (not judged when ``timeout`` is None), and, when it ran where this
+        process can see its process table (same host, boot and PID namespace), its process still there."""
         if self.state not in RUNNING or self.heartbeat_at is None:
             return False
-        if now - self.heartbeat_at > dt.timedelta(seconds=timeout):
+        if timeout is not None and now - self.heartbeat_at > dt.timedelta(seconds=timeout):
             return False
         if self.owner and self.owner.startswith(_place() + "|"):
             return self.owner == _process_identity(self.pid)  # a dead or reused pid is not the holder
@@ -332,5 +332,5 @@ def record_failure(conn: sa.Connection, pair: str, error: str) -> None:
     holder = read_holder(conn, pair)
     if holder is None:
         conn.execute(leases.insert().values(pair=pair, token=0, owner="", expires_at=moment, **values))
-    elif not holder.alive(float("inf"), moment) or holder.owner == _process_identity(os.getpid()):
+    elif not holder.alive(None, moment) or holder.owner == _process_identity(os.getpid()):
         conn.execute(leases.update().where(leases.c.pair == pair, leases.c.token == holder.token).values(**values))
