@@ -13,17 +13,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import sqlglot
-from sqlglot.errors import SqlglotError
-from sqlglot.tokens import TokenType
-
 from .errors import ConfigError
 from .mapping import TableMapping
 
 #: SQLAlchemy dialect name -> sqlglot dialect name.
 _DIALECTS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
-_LITERALS = {TokenType.STRING, TokenType.NUMBER, TokenType.NATIONAL_STRING, TokenType.BIT_STRING,
-             TokenType.HEX_STRING, TokenType.BYTE_STRING, TokenType.RAW_STRING, TokenType.HEREDOC_STRING}
+_LITERALS = ("STRING", "NUMBER", "NATIONAL_STRING", "BIT_STRING", "HEX_STRING", "BYTE_STRING", "RAW_STRING",
+             "HEREDOC_STRING")  # sqlglot TokenType names (sqlglot is imported when a --where is read)
 
 
 def check_where(where: str, mapping: TableMapping, source_columns: Iterable[str], target_columns: Iterable[str],
@@ -49,6 +45,11 @@ def _words(where: str, dialects: set[str]) -> set[str]:
     rest of the statement the condition is put into), a ``;`` (a second statement) or nothing at all
     in it: one condition, nothing else.
     """
+    import sqlglot  # here, not at import: it adds a third to every command's start-up
+    from sqlglot.errors import SqlglotError
+    from sqlglot.tokens import TokenType
+
+    literals = {TokenType[name] for name in _LITERALS}
     words: set[str] = set()
     for name in sorted({_DIALECTS.get(d, "") for d in dialects}):
         try:
@@ -62,7 +63,7 @@ def _words(where: str, dialects: set[str]) -> set[str]:
             raise ConfigError(f"--where {where!r} holds ';': give one condition, not statements")
         if not tokens:
             raise ConfigError(f"--where {where!r} holds no condition")
-        words |= {t.text.lower() for t in tokens if t.token_type not in _LITERALS}
+        words |= {t.text.lower() for t in tokens if t.token_type not in literals}
     return words
 
 

@@ -143,3 +143,11 @@ def test_check_creates_no_sqlite_file(ws):
     assert result.returncode == 1 and "source database" in result.stderr and "does not exist" in result.stderr
     assert not ws.source.exists() and not ws.target.exists()
     assert sorted(p.name for p in ws.root.iterdir()) == ["config.yaml"]
+
+
+def test_the_state_head_every_command_checks_is_the_newest_migration():
+    """Commands compare the version row with _migrate.HEAD without loading alembic: a new migration
+    must move HEAD too, or every command would call the upgraded tables too new or too old."""
+    from cdc.state import _migrate
+
+    assert _migrate.HEAD == _migrate.head()
