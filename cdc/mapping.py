@@ -212,6 +212,7 @@ class TableMapping:
         self.source = spec.source
         self.target = spec.target
         self.source_key = source_key
+        self.source_zone = source_zone
         specs = spec.columns or tuple(ColumnSpec(c, c) for c in source_columns)
         for col in specs:
             if col.source is not None and col.source not in source_columns:
@@ -253,12 +254,13 @@ class TableMapping:
         copied table: the target table, and digests of the columns (with their sources and
         transforms), the filter and the key. A table whose identity changed since its copy (see
         identity_change) is copied again: rows written under the old mapping are not what the new
-        one writes, and a new target table has none of them."""
+        one writes, and a new target table has none of them. The pair's source_timezone counts too:
+        zone-less timestamps are read in it, so the rows hold other instants under another zone."""
         columns = {target: [source, [list(t) for t in transforms]]
                    for target, source, transforms in sorted(self.column_specs(), key=lambda c: c[0])}
         filters = [[f.column, f.op, f.value] for f in self.spec.filters]
         return {"target": self.target, "columns": _digest(columns), "filter": _digest(filters),
-                "key": _digest([self.source_key, self.target_key])}
+                "key": _digest([self.source_key, self.target_key]), "zone": self.source_zone}
 
     def column_specs(self) -> list[tuple[str, str | None, tuple[tuple[str, Any], ...]]]:
         """(target column, source column or None, transforms as (name, argument)) in target order."""
@@ -360,6 +362,8 @@ def identity_change(stored: dict | None, current: dict) -> str | None:
         return None
     if stored.get("target") not in (None, current["target"]):
         return f"its target changed from {stored['target']} to {current['target']}"
+    if stored.get("zone") not in (None, current["zone"]):
+        return f"the pair's source_timezone changed from {stored['zone']} to {current['zone']}"
     changed = [text for part, text in _IDENTITY_PARTS.items() if stored.get(part) not in (None, current[part])]
     return f"{' and '.join(changed)} changed" if changed else None
 

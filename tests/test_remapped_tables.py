@@ -211,3 +211,26 @@ def test_a_target_table_named_in_another_case_is_one_config_error(ws):
         assert result.returncode == 2, result.stdout + result.stderr
         assert "tables.ledger_rows: target table 'LEDGER_ROWS' is stored as 'Ledger_Rows' in dst: write " \
                "`target: Ledger_Rows` (m.yaml line 2)" in result.stderr, result.stderr
+
+
+def test_a_changed_source_timezone_copies_the_tables_again(ws):
+    """Zone-less timestamps are read in the pair's source_timezone: under another zone the rows the
+    target has hold other values, and no change will ever correct the rows nobody touches."""
+    source, target = str(ws.root / "source.db"), str(ws.root / "target.db")
+    execute(source, SCHEMAS["sqlite"])
+    fill(source, ENTRIES, range(1, 21))  # booked at 12:00: 2 May at UTC+12, but 1 May when 12:00 is Oslo's
+    (ws.root / "m.yaml").write_text("tables:\n  entries:\n    columns:\n      id: id\n      day: {from: booked_at, "
+                                    "transforms: [{date_from_timestamp: Etc/GMT-12}]}\n", encoding="utf-8")
+    write_config(ws, source, target, "trigger", mapping="m.yaml")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    assert "snapshot 20 rows" in cdc_ok(ws, "run", "--once").stdout
+    day = "SELECT DISTINCT day FROM entries"
+    assert execute(target, day) == [("2024-05-02",)]
+    write_config(ws, source, target, "trigger", mapping="m.yaml", source_timezone="Europe/Oslo")
+    assert statuses(ws) == {"entries": {"phase": "not copied yet",
+                                        "reason": "the pair's source_timezone changed from UTC to Europe/Oslo"}}
+    assert "snapshot 20 rows" in cdc_ok(ws, "run", "--once").stdout
+    assert execute(target, day) == [("2024-05-01",)]
+    assert stored_identity(target, "entries")["zone"] == "Europe/Oslo"
+    assert statuses(ws) == {"entries": {"phase": "streaming"}}
