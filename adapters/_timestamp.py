@@ -280,7 +280,7 @@ class TimestampCapture(SqlSource):
         return sa.and_(present, sa.or_(within, instant.is_(None)) if self.parses_text_stamps else within)
 
     # -- the checkpoint --------------------------------------------------------------
-    def check_position(self, position: Position) -> None:
+    def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
         """SourceError when a table's watermark is later than the source's clock (by more than the
         overlap): written before the watermark was capped, or edited; changes were skipped."""
         if not isinstance(position, dict):

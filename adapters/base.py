@@ -7,6 +7,7 @@ CdcError stops the pair with its message.
 
 from __future__ import annotations
 
+import datetime as dt
 import contextlib
 import itertools
 import operator
@@ -122,12 +123,13 @@ class Source(Protocol):
         re-created, e.g. timestamp polling); read-only and idempotent; SourceError if capture is not
         installed, RetryableError on a passing fault."""
 
-    def check_position(self, position: Position) -> None:
+    def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
         """SourceError naming the fix (`cdc run --resnapshot CONFIG`) when ``position`` cannot be a
         position of this installation (ahead of the newest position the source has issued, or a log
         that no longer holds it) or lies behind what the source has already released (a purged
-        changelog, a slot confirmed past it: a target restored from a backup); read-only and
-        idempotent; RetryableError on a passing fault."""
+        changelog, a slot confirmed past it: a target restored from a backup). ``written_at``: when the
+        checkpoint was committed, for a capture that can tell a source restored from an older copy by
+        it (SQLite's changelog). Read-only and idempotent; RetryableError on a passing fault."""
 
     def diagnose(self) -> list[tuple[str, str]]:
         """Findings (level ok|info|warn|fail, text with the fix) about the source's settings; read-only."""
@@ -274,7 +276,7 @@ class SqlSource(KeyedReads):
         """None: by default a capture mode installs nothing that could be re-created."""
         return None
 
-    def check_position(self, position: Position) -> None:
+    def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
         """By default any position is taken as it is."""
 
     def warnings(self) -> list[tuple[str, str]]:

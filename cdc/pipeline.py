@@ -158,7 +158,7 @@ def verify_checkpoint(pair: str, source: Any, checkpoint: Any) -> str | None:
             f"now has {generation or 'none'} (capture was uninstalled and installed again?): changes made in "
             "between were not captured. Copy the tables again with `cdc run --resnapshot CONFIG` (rows deleted "
             "meanwhile are then removed by `cdc reconcile CONFIG --repair`)")
-    source.check_position(checkpoint.position)
+    source.check_position(checkpoint.position, checkpoint.updated_at)
     return generation
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+import time
 from decimal import Decimal
 
 import psycopg
@@ -557,3 +560,74 @@ def test_status_of_a_streaming_pair_never_reports_it_behind(ws, sqlite_pair):
     assert [e for e in errors if e] == [], errors
     cdc_ok(ws, "run", "--once")
     assert target.products() == source.products()
+
+
+# -- the SQLite changelog changed behind the pair's back -------------------------------------------
+def synced_products(ws, sqlite_pair) -> tuple[Side, Side]:
+    source, target = sqlite_pair
+    for sku, name, price in SEED[:5]:
+        source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    return source, target
+
+
+def assert_stops_then_resnapshot_repairs(ws, source: Side, target: Side, expect: str) -> None:
+    status = ws.cdc("status", str(ws.config))
+    assert status.returncode == 1 and expect in status.stdout, status.stdout
+    before = target.products()
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stdout + stopped.stderr
+    assert expect in stopped.stderr and "cdc run --resnapshot" in stopped.stderr, stopped.stderr
+    assert target.products() == before, "the run applied changes past the damage"
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    assert target.products() == source.products()
+    assert ws.cdc("status", str(ws.config)).returncode == 0
+
+
+def test_sqlite_changelog_rows_deleted_by_hand_stop_the_pair(ws, sqlite_pair):
+    source, target = synced_products(ws, sqlite_pair)
+    for sku, price in (("P-01", "1.11"), ("P-02", "2.22"), ("P-03", "3.33")):
+        source.execute("UPDATE products SET price = %s WHERE sku = %s", (price, sku))
+    source.execute("DELETE FROM _cdc_changelog WHERE id = (SELECT min(id) + 1 FROM _cdc_changelog)")  # P-02's
+    assert_stops_then_resnapshot_repairs(ws, source, target, "1 of the changelog rows 1..3 are missing from "
+                                                             "_cdc_changelog (deleted by hand?)")
+
+
+def test_sqlite_changelog_rows_deleted_under_a_running_pair_stop_it_at_its_next_read(ws, sqlite_pair):
+    source, target = synced_products(ws, sqlite_pair)
+    ws.config.write_text(ws.config.read_text() + "    poll_interval: 2\n", encoding="utf-8")
+    run = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        source.execute("UPDATE products SET price = 0.01 WHERE sku = 'P-05'")
+        deadline = time.monotonic() + 60
+        while dict((sku, price) for sku, _, price in target.products())["P-05"] != Decimal("0.01"):
+            assert time.monotonic() < deadline and run.poll() is None, "the run did not stream"
+            time.sleep(0.05)
+        # Between two reads (the run sleeps poll_interval when idle), in one transaction: two changes,
+        # the first one's changelog row deleted by hand.
+        ws.sql(ws.source, "BEGIN; UPDATE products SET price = 1.11 WHERE sku = 'P-01'; DELETE FROM _cdc_changelog; "
+                          "UPDATE products SET price = 3.33 WHERE sku = 'P-03'; COMMIT;")
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1 and "1 of the changelog rows 2..3 are missing" in stderr, stderr
+    assert dict((sku, price) for sku, _, price in target.products())["P-03"] == Decimal("3.50")
+
+
+def test_sqlite_source_restored_from_an_older_copy_stops_the_pair(ws, sqlite_pair):
+    """The ERP's database is put back from last night's copy and used at once: its changelog hands
+    out again the ids the pair has applied, so the checkpoint would pass over the new changes."""
+    source, target = synced_products(ws, sqlite_pair)
+    restore = sqlite_backup(ws.source)
+    for sku, price in (("P-01", "1.11"), ("P-02", "2.22"), ("P-03", "3.33")):
+        source.execute("UPDATE products SET price = %s WHERE sku = %s", (price, sku))
+    cdc_ok(ws, "run", "--once")  # checkpoint 8; the copy's changelog ends at 5
+    restore()
+    time.sleep(6)  # the restore and the new work come later than the checkpoint (see RESTORE_SLACK)
+    for sku, price in (("P-04", "4.44"), ("P-05", "5.55"), ("P-01", "9.99"), ("P-02", "8.88")):
+        source.execute("UPDATE products SET price = %s WHERE sku = %s", (price, sku))
+    assert_stops_then_resnapshot_repairs(ws, source, target, "the source database was restored from an older copy")

@@ -235,7 +235,7 @@ class BinlogSource(MySQLSource):
                 "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('server_uuid', 'server_id')").all())
         return found.get("server_uuid") or f"server_id {found.get('server_id')}"
 
-    def check_position(self, position: Position) -> None:
+    def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
         """SourceError unless the checkpoint is where a transaction ends in the server's binlog now:
         a file that is gone (purged) or not written yet, a position past the end of the binlog or
         inside an event or a transaction (the binlog was reset with RESET MASTER and written again)."""

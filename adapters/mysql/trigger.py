@@ -185,7 +185,7 @@ class TriggerSource(MySQLSource):
         """The identity `cdc install` gave this pair's registration with the changelog."""
         return self._registered_generation()
 
-    def check_position(self, position: Position) -> None:
+    def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
         """SourceError when the checkpoint's epoch was never sealed here: every position a read
         returns is below the epoch that writers stamp now (a changelog made again starts at 1); or
         when it is before the epochs every pair has acknowledged, which the changelog no longer holds."""

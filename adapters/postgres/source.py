@@ -77,7 +77,7 @@ class LogicalSource(SqlSource):
                                   f"pair {self.pair}: run `cdc install CONFIG`")
             return self._generation(conn)
 
-    def check_position(self, position: Position) -> None:
+    def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
         """SourceError when the checkpoint's LSN is past the end of the server's WAL, or before the
         point the slot has confirmed: the slot never sends a transaction that committed before it
         again (the slot is confirmed only after the checkpoint commits, so in normal operation it

@@ -48,7 +48,7 @@ class TriggerSource(SqlSource):
         """The identity `cdc install` gave this pair's registration with the changelog."""
         return self._registered_generation()
 
-    def check_position(self, position: Position) -> None:
+    def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
         """SourceError when the checkpoint's transaction-id horizon is past the next transaction id
         the server will assign (a checkpoint edited by hand, or from another server), or before the
         horizon every pair has acknowledged, below which the changelog is purged."""

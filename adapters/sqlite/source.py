@@ -9,12 +9,21 @@ from typing import Any, Callable, Iterator
 import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps, loads
+from cdc.errors import SourceError
 
 from .._timestamp import TimestampCapture
 from ..base import SqlSource, TableInfo
 from . import sql, types
 
 logger = logging.getLogger(__name__)
+
+#: How much later than the checkpoint's commit the row it ends at may have been logged (the target's
+#: and the source's clocks may differ) before the source counts as restored from an older copy.
+RESTORE_SLACK = dt.timedelta(seconds=5)
+
+
+def _utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
 
 
 class SqliteSource(SqlSource):
@@ -67,13 +76,47 @@ class TriggerSource(SqliteSource):
 
     acknowledged_column = "acked_id"
 
-    def check_position(self, position: Position) -> None:
+    def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
         """SourceError when the checkpoint is past the newest changelog id ever handed out (AUTOINCREMENT
         never reuses one; a changelog made again by `cdc install` starts from 1), or before the ids
-        every pair has acknowledged, which the changelog no longer holds."""
-        self._position_ahead(position, self.current_position(), "the newest changelog id the source ever issued")
+        every pair has acknowledged, which the changelog no longer holds; when changelog rows after it
+        were deleted (by hand: our purge never passes an acknowledged id); or when the row the
+        checkpoint ends at, not yet acknowledged, was logged after ``written_at`` (the checkpoint's
+        commit time): the source was restored from an older copy and its ids were handed out again."""
+        newest = self.current_position()
+        self._position_ahead(position, newest, "the newest changelog id the source ever issued")
         self._position_behind(position or 0, self._purged_through(),
                               "the changelog ids every pair has acknowledged, purged from the changelog")
+        with self.engine.connect() as conn:
+            self._require_whole(conn, position or 0, newest)
+            if written_at is None or not position:
+                return
+            acked = conn.exec_driver_sql(f"SELECT acked_id FROM {sql.CONSUMERS} WHERE pair = ?", (self.pair,)).scalar()
+            if acked is not None and acked >= position:
+                return
+            logged = conn.exec_driver_sql(f"SELECT changed_at FROM {sql.CHANGELOG} WHERE id = ?", (position,)).scalar()
+        if logged is not None and _utc(logged) > written_at + RESTORE_SLACK:
+            raise SourceError(
+                f"pair {self.pair}: the changelog row the checkpoint ends at ({position}) was logged at {logged} UTC, "
+                f"after the checkpoint was written ({written_at:%Y-%m-%d %H:%M:%S} UTC): the source database was "
+                "restored from an older copy and its changelog ids were handed out again, so the changes under them "
+                "would be skipped. Copy the tables again with `cdc run --resnapshot CONFIG` (rows deleted meanwhile are "
+                "then removed by `cdc reconcile CONFIG --repair`)")
+
+    def _require_whole(self, conn: sa.Connection, after: int, through: int) -> None:
+        """SourceError unless the changelog holds every id in (after, through]: SQLite hands out
+        AUTOINCREMENT ids without holes (a rolled-back insert takes its id back), and we purge only
+        ids every pair has acknowledged, so a hole is rows deleted by hand, changes lost for good."""
+        if through <= after:
+            return
+        held = conn.exec_driver_sql(f"SELECT count(*) FROM {sql.CHANGELOG} WHERE id > ? AND id <= ?",
+                                    (after, through)).scalar()
+        if held != through - after:
+            raise SourceError(
+                f"pair {self.pair}: {through - after - held} of the changelog rows {after + 1}..{through} are missing "
+                f"from {sql.CHANGELOG} (deleted by hand?): those changes are lost. Copy the tables again with "
+                "`cdc run --resnapshot CONFIG` (rows deleted meanwhile are then removed by "
+                "`cdc reconcile CONFIG --repair`)")
 
     def unprepare(self) -> list[str]:
         removed = []
@@ -132,12 +175,16 @@ class TriggerSource(SqliteSource):
         with self.engine.connect() as conn:
             self._require_installed(conn)
             rows = conn.exec_driver_sql(query, (after, epoch, *self.keys, max_changes)).all()
+            if rows:
+                self._require_whole(conn, after, rows[-1].id)
         while len(rows) == max_changes:
             # A batch ends on a transaction boundary: the rest of the last group follows in parts.
             yield Batch([self._change(row) for row in rows], None, complete=False)
             last = rows[-1]
             with self.engine.connect() as conn:
                 rows = conn.exec_driver_sql(rest, (last.id, last.txid, *self.keys, max_changes)).all()
+                if rows:
+                    self._require_whole(conn, last.id, rows[-1].id)
             after = last.id
         yield Batch([self._change(row) for row in rows], rows[-1].id if rows else after)
 
@@ -146,7 +193,7 @@ class TriggerSource(SqliteSource):
         before, after = (self._image(loads(text), readers) for text in (row.before, row.after))
         key_source = after if after is not None else before
         key = tuple(key_source[k] for k in self.keys[row.tbl])
-        committed = dt.datetime.fromisoformat(row.changed_at).replace(tzinfo=dt.timezone.utc)
+        committed = _utc(row.changed_at)
         return Change(row.op, row.tbl, key, before, after, committed, row.id, row.txid)
 
     def _log_readers(self, table: str) -> dict[str, Callable[[Any], Any]]:
