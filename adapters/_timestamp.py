@@ -7,7 +7,7 @@ import hashlib
 import logging
 import math
 from decimal import Decimal
-from typing import Any
+from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -167,7 +167,7 @@ class TimestampCapture(SqlSource):
         return self._moment(clock, unit == "wall")
 
     # -- install and doctor ----------------------------------------------------------
-    def prepare(self) -> list[str]:
+    def prepare(self, keep: Iterable[str] = ()) -> list[str]:
         for table in self.keys:
             self._unit(table)
         return []

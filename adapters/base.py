@@ -48,6 +48,13 @@ def _nullable_only(column: sa.Column) -> Callable[[Any], Any]:
     return check
 
 
+def kept_note(table: str, where: str = "triggers on") -> str:
+    """What `cdc install` says of a table whose capture it kept (see Source.prepare)."""
+    what = f"{table} {where}" if where.startswith("in ") else f"{where} {table}"
+    return (f"kept {what}: no longer in the pair, but its checkpoint still streams it (run `cdc run --once "
+            f"CONFIG`, then `cdc install CONFIG` again to take it down)")
+
+
 @dataclass(frozen=True)
 class TableInfo:
     """A table as reflected: its columns (SQLAlchemy Column objects) and primary key."""
@@ -70,8 +77,10 @@ class Source(Protocol):
     def watch(self, keys: dict[str, tuple[str, ...]]) -> None:
         """The tables to capture and their key columns; call before any other method but describe."""
 
-    def prepare(self) -> list[str]:
-        """Install what capture needs (idempotent); returns what it created."""
+    def prepare(self, keep: Iterable[str] = ()) -> list[str]:
+        """Install what capture needs (idempotent); returns what it created. ``keep``: tables no
+        longer in the pair whose capture stays, because the pair's checkpoint still streams them
+        (see cdc.commands.install): taken down, their changes would be lost if they come back."""
 
     def unprepare(self) -> list[str]:
         """Remove what prepare installed for this pair and nothing else (idempotent)."""
@@ -367,14 +376,19 @@ class SqlSource(KeyedReads):
         rows = conn.execute(sa.text(f"SELECT pair, tables FROM {self.consumers_table}")).all()
         return {pair: set(tables if isinstance(tables, list) else loads(tables)) for pair, tables in rows}
 
-    def _no_longer_captured(self, conn: sa.Connection) -> list[str]:
-        """Tables this pair registered before but no longer copies, that no other pair captures and
-        that still exist: their triggers must go, or they log changes for nobody (and fail the
-        table's writes once `cdc uninstall` dropped the changelog)."""
+    def _no_longer_captured(self, conn: sa.Connection, keep: Iterable[str] = ()) -> list[str]:
+        """Tables this pair registered before but no longer copies, that no other pair captures,
+        that still exist and that are not to be kept: their triggers must go, or they log changes
+        for nobody (and fail the table's writes once `cdc uninstall` dropped the changelog)."""
         registered = self._registered(conn)
         others = set().union(*[tables for pair, tables in registered.items() if pair != self.pair])
-        gone = registered.get(self.pair, set()) - set(self.keys) - others
+        gone = registered.get(self.pair, set()) - set(self.keys) - others - set(keep)
         return sorted(t for t in gone if sa.inspect(conn).has_table(t))
+
+    def _kept(self, conn: sa.Connection, keep: Iterable[str]) -> list[str]:
+        """The tables of ``keep`` this pair registered before: their triggers stay, and so does
+        their registration, so a later `cdc install` still knows to take them down."""
+        return sorted(set(keep) & self._registered(conn).get(self.pair, set()) - set(self.keys))
 
     def _changelog_findings(self, conn: sa.Connection, changelog: str) -> list[tuple[str, str]]:
         """doctor's findings every trigger capture shares: not installed (fail, and nothing else is

@@ -165,13 +165,36 @@ def _init_plan(p: Pair) -> dict[str, tuple[sa.Table | None, str]]:
 
 
 def install(config_path: str, pair: str | None = None) -> Report:
-    """Install capture (changelog + triggers, slot, ...) in each pair's source; idempotent."""
-    return _each_source(config_path, pair, "installed", lambda source: source.prepare())
+    """Install capture (changelog + triggers, slot, ...) in each pair's source; idempotent.
+
+    Capture of a table taken out of the pair is taken down, unless the pair's checkpoint still
+    streams it (no `cdc run` has started since, or one started before is still running): its
+    changes until then would be lost if the table came back before a run forgot it."""
+    return _each_source(config_path, pair, "installed", lambda source, p: source.prepare(keep=_still_streamed(p)))
+
+
+def _still_streamed(p: Pair) -> list[str]:
+    """Tables no longer in the pair's mapping that its checkpoint streams or is copying (none when
+    the target cannot be read or has no checkpoint: then nothing of it streams)."""
+    try:
+        target = open_target(p.target)
+    except TargetError:
+        return []
+    try:
+        checkpoint = target.checkpoint(p.name)
+    except (CdcError, sa.exc.SQLAlchemyError):
+        return []
+    finally:
+        target.close()
+    if checkpoint is None:
+        return []
+    streamed = set(checkpoint.tables) | set((checkpoint.snapshot or {}).get("tables", {}))
+    return sorted(streamed - set(p.mapping.tables))
 
 
 def uninstall(config_path: str, pair: str | None = None) -> Report:
     """Remove what `install` created for each pair, and nothing else."""
-    return _each_source(config_path, pair, "removed", lambda source: source.unprepare())
+    return _each_source(config_path, pair, "removed", lambda source, p: source.unprepare())
 
 
 def _each_source(config_path: str, pair: str | None, verb: str, action) -> Report:
@@ -180,7 +203,7 @@ def _each_source(config_path: str, pair: str | None, verb: str, action) -> Repor
     for p in config.select(pair):
         source, _ = open_source(p)
         try:
-            done = action(source)
+            done = action(source, p)
             report.add(f"pair {p.name} ({p.capture}, {p.source.masked}): "
                        f"{verb} {', '.join(done) if done else 'nothing to do'}")
         finally:

@@ -175,13 +175,6 @@ class PairRunner:
         self._claimed = False
         self._retrying_since: str | None = None
         self.source, self.target, self.mappings = open_pair(pair)
-        try:
-            missing = missing_targets(pair.name, self.target, self.mappings)
-            if missing:
-                raise TargetError(missing)
-        except BaseException:
-            self.close()
-            raise
         self.target.prepare_tables(m.target for m in self.mappings.values())
         self._bulk: dict[str, bool] = {}
         self._streamed: list[str] = []  # source tables copied whole, whose changes the pair streams
@@ -216,6 +209,9 @@ class PairRunner:
         self._claimed = True
         heartbeat = _Heartbeat(self)
         try:
+            missing = missing_targets(self.pair.name, self.target, self.mappings)
+            if missing:  # checked once the state tables are known to exist (the claim reads them)
+                raise TargetError(missing)
             if resnapshot and self.target.forget_checkpoint(self.pair.name):
                 logger.warning("pair %s: checkpoint dropped; copying every table again", self.pair.name)
             result = self._run(once)

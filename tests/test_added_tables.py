@@ -465,6 +465,9 @@ def test_trigger_capture_of_a_removed_table_is_taken_down_by_install_and_uninsta
     triggers = lambda: sorted(name for (name,) in execute(source, TRIGGERS[source_kind]))  # noqa: E731
     on_entries = [t for t in triggers() if "entries" in t]
     write_config(ws, source, target, "trigger", ["entries"])
+    # Until a run has let go of the table, its checkpoint streams it: the triggers stay.
+    assert "kept triggers on accounts" in cdc_ok(ws, "install").stdout and triggers() != on_entries
+    cdc_ok(ws, "run", "--once")
     assert "removed trigger" in cdc_ok(ws, "install").stdout and triggers() == on_entries
     cdc_ok(ws, "uninstall")
     assert triggers() == []
@@ -476,3 +479,23 @@ def test_trigger_capture_of_a_removed_table_is_taken_down_by_install_and_uninsta
     cdc_ok(ws, "uninstall")
     assert triggers() == []
     execute(source, "INSERT INTO accounts VALUES (501, 'Etter uninstall', 1.00)")
+
+
+@pytest.mark.parametrize("source_kind, capture", [("sqlite", "trigger"), ("postgresql", "logical"),
+                                                  ("mysql", "trigger")])
+def test_a_table_removed_and_added_back_before_any_run_loses_no_change(ws, request, source_kind, capture):
+    """Taken out of `tables:`, `cdc install`, changed, put back, `cdc install`, and only then `cdc run`:
+    the checkpoint still streams it, so its capture must never have stopped."""
+    source, target = databases(ws, request, source_kind)
+    synced_pair(ws, source, target, capture, ["entries", "accounts"])
+    write_config(ws, source, target, capture, ["entries"])
+    installed = cdc_ok(ws, "install").stdout
+    assert "kept " in installed and "accounts" in installed and "its checkpoint still streams it" in installed, \
+        installed
+    execute(source, "UPDATE accounts SET name = 'Mens den var ute' WHERE id = 1; DELETE FROM accounts WHERE id = 2; "
+                    "INSERT INTO accounts VALUES (99, 'Ny konto', 1.50)")
+    write_config(ws, source, target, capture, ["entries", "accounts"])
+    cdc_ok(ws, "install")
+    assert "snapshot" not in cdc_ok(ws, "run", "--once").stdout  # it streams on, as the checkpoint says
+    assert same(source, target, "accounts") and same(source, target, "entries")
+    assert ws.cdc("status", str(ws.config)).returncode == 0

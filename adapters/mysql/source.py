@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import re
 import zlib
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pymysql
 import sqlalchemy as sa
@@ -114,7 +114,7 @@ class BinlogSource(MySQLSource):
     """Reads committed transactions of the pair's tables from the binary log."""
 
     # -- install / doctor --------------------------------------------------------------
-    def prepare(self) -> list[str]:
+    def prepare(self, keep: Iterable[str] = ()) -> list[str]:
         failures = [text for level, text in self._settings() if level == "fail"]
         if failures:
             raise SourceError("; ".join(failures))

@@ -27,13 +27,14 @@ import logging
 import json
 import time
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pymysql.converters
 import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps, loads
 
+from ..base import kept_note
 from .source import MySQLSource
 from .sql import error_code, quote
 
@@ -150,10 +151,11 @@ class TriggerSource(MySQLSource):
         self.describe(table)  # SchemaError if it is missing
         return [(name, kind.lower()) for name, kind in conn.exec_driver_sql(COLUMNS, {"table": table})]
 
-    def prepare(self) -> list[str]:
+    def prepare(self, keep: Iterable[str] = ()) -> list[str]:
         removed = []
         with self.engine.connect() as conn:
-            for table in self._no_longer_captured(conn):
+            kept = self._kept(conn, keep)
+            for table in self._no_longer_captured(conn, keep):
                 for op in OPS:
                     conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {quote(trigger_name(table, op))}")
                 removed.append(f"removed triggers on {table} (no longer in the pair)")
@@ -176,10 +178,11 @@ class TriggerSource(MySQLSource):
                         conn.exec_driver_sql("UNLOCK TABLES")
             conn.exec_driver_sql(f"INSERT INTO {CONSUMERS} (pair, tables) VALUES (%(pair)s, %(tables)s) "
                                  "ON DUPLICATE KEY UPDATE tables = VALUES(tables)",
-                                 {"pair": self.pair, "tables": dumps(sorted(self.keys))})
+                                 {"pair": self.pair, "tables": dumps(sorted({*self.keys, *kept}))})
             self._register_generation(conn)
             conn.commit()
-        return [f"changelog {CHANGELOG}"] + [f"triggers on {t}" for t in self.keys] + removed
+        return [f"changelog {CHANGELOG}"] + [f"triggers on {t}" for t in self.keys] + removed + \
+            [kept_note(t) for t in kept]
 
     def generation(self) -> str | None:
         """The identity `cdc install` gave this pair's registration with the changelog."""

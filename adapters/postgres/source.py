@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import sqlalchemy as sa
 
@@ -21,7 +21,7 @@ from cdc.changes import Batch, Change, Position
 from cdc.errors import SchemaError, SourceError
 
 from .._timestamp import TimestampCapture
-from ..base import SqlSource
+from ..base import SqlSource, kept_note
 from . import pgoutput, sql, types
 from .replication import ReplicationConnection
 
@@ -37,17 +37,21 @@ class LogicalSource(SqlSource):
         self.slot = self.publication = sql.object_name(pair)
 
     # -- install -------------------------------------------------------------------
-    def prepare(self) -> list[str]:
+    def prepare(self, keep: Iterable[str] = ()) -> list[str]:
         done = []
         with self.engine.begin() as conn:
             self._check_wal_level(conn)
             for table in self.keys:
                 self._check_identity(conn, table)
-            if conn.exec_driver_sql(sql.PUBLICATION_EXISTS, {"publication": self.publication}).first():
-                conn.exec_driver_sql(sql.set_publication_tables(self.publication, list(self.keys)))
+            exists = conn.exec_driver_sql(sql.PUBLICATION_EXISTS, {"publication": self.publication}).first()
+            # A table the checkpoint still streams stays in the publication (see Source.prepare).
+            kept = sorted(set(keep) & self._published(conn) - set(self.keys)) if exists else []
+            if exists:
+                conn.exec_driver_sql(sql.set_publication_tables(self.publication, [*self.keys, *kept]))
             else:
                 conn.exec_driver_sql(sql.create_publication(self.publication, list(self.keys)))
             done.append(f"publication {self.publication} ({', '.join(self.keys)})")
+            done += [kept_note(t, "in the publication") for t in kept]
         with self.engine.begin() as conn:
             if conn.exec_driver_sql(sql.SLOT, {"slot": self.slot}).first() is None:
                 conn.exec_driver_sql(sql.CREATE_SLOT, {"slot": self.slot})
@@ -249,9 +253,11 @@ class LogicalSource(SqlSource):
     def uncaptured(self, tables: list[str]) -> list[str]:
         """The tables not in the pair's publication: the slot sends none of their changes."""
         with self.engine.connect() as conn:
-            published = {name for (name,) in conn.exec_driver_sql(sql.PUBLISHED_TABLES,
-                                                                  {"publication": self.publication})}
+            published = self._published(conn)
         return [t for t in tables if t not in published]
+
+    def _published(self, conn: sa.Connection) -> set[str]:
+        return {name for (name,) in conn.exec_driver_sql(sql.PUBLISHED_TABLES, {"publication": self.publication})}
 
     def end_snapshot(self) -> None:
         """Release the exported snapshot (closing its replication connection)."""

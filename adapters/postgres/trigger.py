@@ -11,13 +11,13 @@ import datetime as dt
 import json
 import uuid
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps, loads
 
-from ..base import SqlSource
+from ..base import SqlSource, kept_note
 from . import sql
 
 
@@ -27,10 +27,11 @@ class TriggerSource(SqlSource):
     registers_tables = True
 
     # -- install -------------------------------------------------------------------
-    def prepare(self) -> list[str]:
+    def prepare(self, keep: Iterable[str] = ()) -> list[str]:
         removed = []
         with self.engine.begin() as conn:
-            for table in self._no_longer_captured(conn):
+            kept = self._kept(conn, keep)
+            for table in self._no_longer_captured(conn, keep):
                 conn.exec_driver_sql(sql.drop_trigger(table))
                 removed.append(f"removed trigger on {table} (no longer in the pair)")
             for statement in sql.CREATE_TRIGGER_STATE:
@@ -40,9 +41,10 @@ class TriggerSource(SqlSource):
                 conn.exec_driver_sql(sql.create_trigger(table))
             conn.exec_driver_sql(f"INSERT INTO {sql.CONSUMERS} (pair, tables) VALUES (%(pair)s, %(tables)s) "
                                  "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables",
-                                 {"pair": self.pair, "tables": dumps(sorted(self.keys))})
+                                 {"pair": self.pair, "tables": dumps(sorted({*self.keys, *kept}))})
             self._register_generation(conn)
-        return [f"changelog {sql.CHANGELOG}"] + [f"trigger on {t}" for t in self.keys] + removed
+        return [f"changelog {sql.CHANGELOG}"] + [f"trigger on {t}" for t in self.keys] + removed + \
+            [kept_note(t) for t in kept]
 
     def generation(self) -> str | None:
         """The identity `cdc install` gave this pair's registration with the changelog."""

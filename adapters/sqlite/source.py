@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import sqlalchemy as sa
 
@@ -12,7 +12,7 @@ from cdc.changes import Batch, Change, Position, dumps, loads
 from cdc.errors import SourceError
 
 from .._timestamp import TimestampCapture
-from ..base import SqlSource, TableInfo
+from ..base import SqlSource, TableInfo, kept_note
 from . import sql, types
 
 logger = logging.getLogger(__name__)
@@ -51,10 +51,11 @@ class TriggerSource(SqliteSource):
 
     registers_tables = True
 
-    def prepare(self) -> list[str]:
+    def prepare(self, keep: Iterable[str] = ()) -> list[str]:
         done, removed = [], []
         with self.engine.begin() as conn:
-            for table in self._no_longer_captured(conn):
+            kept = self._kept(conn, keep)
+            for table in self._no_longer_captured(conn, keep):
                 for statement in sql.drop_triggers(table):
                     conn.exec_driver_sql(statement)
                 removed.append(f"removed triggers on {table} (no longer in the pair)")
@@ -66,9 +67,9 @@ class TriggerSource(SqliteSource):
                 done.append(f"triggers on {table}")
             conn.exec_driver_sql(
                 f"INSERT INTO {sql.CONSUMERS} (pair, tables) VALUES (?, ?) "
-                "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables", (self.pair, dumps(sorted(self.keys))))
+                "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables", (self.pair, dumps(sorted({*self.keys, *kept}))))
             self._register_generation(conn)
-        return [f"changelog {sql.CHANGELOG}"] + done + removed
+        return [f"changelog {sql.CHANGELOG}"] + done + removed + [kept_note(t) for t in kept]
 
     def generation(self) -> str | None:
         """The identity `cdc install` gave this pair's registration with the changelog."""
