@@ -24,9 +24,23 @@ def adapters() -> dict[str, Any]:
     return found
 
 
+@cache
+def _named(backend: str) -> Any:
+    """The adapter whose entry point is named after ``backend`` and serves it, loaded alone (each
+    adapter loads its drivers: a SQLite pair need not wait for psycopg and PyMySQL); else None."""
+    for entry in entry_points(group=GROUP, name=backend):
+        adapter = entry.load()
+        if backend in adapter.backends:
+            return adapter
+    return None
+
+
 def adapter_for(url: str) -> Any:
     """The adapter for a database URL; ConfigError if none is installed for its kind."""
     backend = make_url(url).get_backend_name()
+    named = _named(backend)
+    if named is not None:
+        return named
     known = adapters()
     if backend not in known:
         raise ConfigError(f"no cdc-sync adapter for {backend!r} databases (installed: {', '.join(sorted(known)) or 'none'})")
