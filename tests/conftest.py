@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import cli_fork
+
 LEDGER_SCHEMA = """
 CREATE TABLE entries (id INTEGER PRIMARY KEY, account INTEGER NOT NULL, amount NUMERIC(18,2) NOT NULL,
     currency CHAR(3) NOT NULL, memo VARCHAR(200), booked_at DATETIME);
@@ -81,9 +83,12 @@ class Workspace:
         return True
 
     def cdc(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        """Run the real `cdc` command line in a subprocess."""
-        return subprocess.run([sys.executable, "-m", "cdc", *args], capture_output=True, text=True,
-                              timeout=timeout, cwd=self.root)
+        """Run the real `cdc` command line in a process of its own (forked from one that has loaded
+        cdc-sync already: see cli_fork.py; CDC_TEST_CLI=subprocess starts `python -m cdc` instead)."""
+        if os.environ.get("CDC_TEST_CLI") == "subprocess":
+            return subprocess.run([sys.executable, "-m", "cdc", *args], capture_output=True, text=True,
+                                  timeout=timeout, cwd=self.root)
+        return cli_fork.run(list(args), self.root, timeout)
 
 
 _startup: list[float] = []
