@@ -661,6 +661,11 @@ class SqlTarget(KeyedReads):
         with self.engine.begin() as conn:
             return state.claims.heartbeat(conn, self._claim(pair), timeout)
 
+    def forget_old_rows(self, pair: str, tables: list[str], mark: str) -> None:
+        """A repair under this process's claim made these tables equal: see state.claims.forget_old_rows."""
+        with self.engine.begin() as conn:
+            state.claims.forget_old_rows(conn, self._claim(pair), tables, mark)
+
     def note_retrying(self, pair: str, error: str | None) -> None:
         """Record in this process's claim of ``pair`` that it retries ``error`` (None: running again)."""
         with self.engine.begin() as conn:

@@ -17,7 +17,7 @@ from .changes import dumps
 from .config import Pair, load_config
 from .errors import CdcError, ConfigError, RowError, SourceError, StateError, TargetError, first_line
 from .mapping import TableMapping, identity_change
-from .pipeline import PairRunner, RunResult, missing_targets, open_pair, open_source, open_target, verify_checkpoint
+from .pipeline import OLD_ROWS, PairRunner, RunResult, missing_targets, open_pair, open_source, open_target, verify_checkpoint
 
 #: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
 GC_THRESHOLD = 50_000
@@ -329,6 +329,8 @@ def _pair_status(p: Pair) -> dict:
                 else:
                     row["pending"] = source.pending(checkpoint.position)
                 row["warnings"] = [{"level": level, "text": text} for level, text in source.warnings()]
+                row["warnings"] += [{"level": "warn", "text": _old_rows_text(p, mappings[t].target, t)}
+                                    for t, phase in row["tables"].items() if phase.get("old_rows")]
             finally:
                 source.close()
                 target.close()
@@ -438,6 +440,12 @@ def _capture_gap(p: Pair, source: Any, phases: dict[str, dict]) -> str | None:
             "`cdc install CONFIG`, then `cdc run` copies it")
 
 
+def _old_rows_text(p: Pair, target: str, table: str) -> str:
+    return (f"{table}: target table {target} had rows before its copy, which updates and adds rows but removes "
+            f"none: rows the source deleted meanwhile may still be there. Check with `cdc reconcile CONFIG --pair "
+            f"{p.name} --table {table}`; `--repair` removes them (and this warning)")
+
+
 def _table_phases(checkpoint: state.Checkpoint | None, tables: list[str]) -> dict[str, dict]:
     """Per source table of the pair's mapping (tables removed from it are not listed): its phase,
     ``streaming``, ``snapshotting`` (with ``rows_copied`` so far, None when not recorded),
@@ -450,6 +458,8 @@ def _table_phases(checkpoint: state.Checkpoint | None, tables: list[str]) -> dic
     for table in tables:
         if table in streamed:
             phases[table] = {"phase": "streaming"}
+            if (checkpoint.tables[table] or {}).get(OLD_ROWS):
+                phases[table]["old_rows"] = True
         elif table in progress:
             phases[table] = {"phase": "copied" if progress[table]["done"] else "snapshotting",
                              "rows_copied": progress[table].get("rows")}
@@ -493,6 +503,8 @@ def reconcile(config_path: str, pair: str | None = None, *, table: str | None = 
                              "plan": plan.describe(limit)}
             if not dry_run:
                 report.repair["applied"] = reconcile_module.apply_repair(chosen, plan, claim_target)
+        if repair and not dry_run and where is None:  # whole tables compared and made equal
+            claim_target.forget_old_rows(chosen.name, [t.source_table for t in report.tables], OLD_ROWS)
     report.run_id = reconcile_module.record(chosen, report)
     return report
 

@@ -132,6 +132,10 @@ def open_pair(pair: Pair, *, create: bool = False) -> tuple[Any, Any, dict[str, 
     return source, target, mappings
 
 
+#: The mark a table's entry in the checkpoint gets when its copy found rows in its target already.
+OLD_ROWS = "old_rows"
+
+
 def missing_targets(pair: str, target: Any, mappings: dict[str, TableMapping]) -> str | None:
     """Why the pair cannot run because a target table of its mapping does not exist (a table added
     to the pair without `cdc init`, or dropped by hand); None when they all exist."""
@@ -179,6 +183,7 @@ class PairRunner:
         self._bulk: dict[str, bool] = {}
         self._streamed: list[str] = []  # source tables copied whole, whose changes the pair streams
         self._progress: dict[str, dict] = {}  # snapshot progress of the tables being copied
+        self._old_rows: set[str] = set()  # streamed tables whose copy found rows in the target already
         self._copy_types: dict[str, dict] = {}  # target column types a source makes COPY text for
         for table, mapping in self.mappings.items():
             if self._bulk_ok(table, mapping) and table not in self._copy_types:  # same kind, same types
@@ -284,6 +289,8 @@ class PairRunner:
         stored = (checkpoint.snapshot or {}).get("tables", {}) if checkpoint is not None else {}
         remapped = self._remapped(copied, stored)
         self._streamed = [t for t in copied if t in self.mappings and t not in remapped]
+        # Tables whose copy found rows in the target: kept in the checkpoint for `cdc status` until a repair.
+        self._old_rows = {t for t in self._streamed if (copied[t] or {}).get(OLD_ROWS)}
         self._progress = {t: {**p, "mapping": self._identities[t]} for t, p in stored.items()
                           if t in self.mappings and t not in self._streamed and t not in remapped}
         added = [t for t in self.mappings if t not in self._streamed and t not in self._progress]
@@ -298,7 +305,8 @@ class PairRunner:
                             ", ".join(self._streamed))
             for progress in self._progress.values():
                 progress["direct"] = False  # the stream may write rows before the snapshot reaches them
-        self._warn_of_old_rows(added, remapped)
+        for table in self._warn_of_old_rows(added, remapped):
+            self._progress[table][OLD_ROWS] = True
         if checkpoint is not None:
             snapshot, tables = self._to_commit()
             if not checkpoint.tables_recorded or checkpoint.tables != tables \
@@ -324,10 +332,13 @@ class PairRunner:
                            self.pair.name, table, why, left, self.mappings[table].target)
         return remapped
 
-    def _warn_of_old_rows(self, added: list[str], remapped: dict[str, str]) -> None:
+    def _warn_of_old_rows(self, added: list[str], remapped: dict[str, str]) -> list[str]:
         """Say so when a table to copy already has rows in its target (say, it was in the pair
         before, or its mapping changed): the copy updates them and adds the missing ones, but a row
-        the source deleted meanwhile (or one the mapping no longer writes) stays."""
+        the source deleted meanwhile (or one the mapping no longer writes) stays. Returns those
+        tables: the checkpoint keeps the fact (``old_rows``) so `cdc status` says it until a
+        `cdc reconcile --repair` of the table."""
+        found = []
         for table in added:
             target = self.mappings[table].target
             if not self._streamed and table not in remapped:
@@ -337,6 +348,8 @@ class PairRunner:
                                "missing ones but does not remove rows the source no longer has (or the mapping no "
                                "longer writes): once it streams, run `cdc reconcile CONFIG --pair %s --table %s "
                                "--repair`", self.pair.name, target, table, self.pair.name, table)
+                found.append(table)
+        return found
 
     def _to_commit(self) -> tuple[dict | None, dict[str, dict]]:
         """The snapshot progress and the streamed tables (with their mapping identities) the next
@@ -349,12 +362,15 @@ class PairRunner:
         if not self._streamed and copying:
             return {"tables": _copy(self._progress)}, {}
         streamed = sorted(set(self._streamed) | {t for t, p in self._progress.items() if p["done"]})
-        return ({"tables": _copy(copying)} if copying else None), {t: self._identities[t] for t in streamed}
+        old = self._old_rows | {t for t, p in self._progress.items() if p.get(OLD_ROWS)}
+        return ({"tables": _copy(copying)} if copying else None), \
+            {t: {**self._identities[t], **({OLD_ROWS: True} if t in old else {})} for t in streamed}
 
     def _settle(self, tables: dict[str, dict]) -> None:
         """After a commit that stored ``tables`` as streamed: their progress is no longer kept."""
         if tables:
             self._streamed = list(tables)
+            self._old_rows |= {t for t, identity in tables.items() if identity.get(OLD_ROWS)}
             self._progress = {t: p for t, p in self._progress.items() if t not in tables}
 
     # -- snapshot ------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..changes import dumps
+from ..changes import dumps, loads
 from ..errors import CdcError, StateError
 from ._store import aware, db_now, now
 from ._tables import checkpoints, leases
@@ -299,6 +299,22 @@ def forget_checkpoint(conn: sa.Connection, claim: Claim) -> bool:
     gone = conn.execute(checkpoints.delete().where(checkpoints.c.pair == claim.pair)).rowcount > 0
     claim.accepted = [(None, None)]
     return gone
+
+
+def forget_old_rows(conn: sa.Connection, claim: Claim, tables: list[str], mark: str) -> None:
+    """Take ``mark`` off these tables' entries in the checkpoint's streamed tables (a repair made
+    them equal to the source); fenced, so only the claim's holder changes the checkpoint."""
+    fence(conn, claim)
+    text = conn.execute(sa.select(checkpoints.c.tables).where(checkpoints.c.pair == claim.pair)).scalar()
+    if not text:
+        return
+    streamed = loads(text)
+    if not isinstance(streamed, dict) or not any((streamed.get(t) or {}).get(mark) for t in tables):
+        return
+    for table in tables:
+        if streamed.get(table):
+            streamed[table].pop(mark, None)
+    conn.execute(checkpoints.update().where(checkpoints.c.pair == claim.pair).values(tables=dumps(streamed)))
 
 
 def heartbeat(conn: sa.Connection, claim: Claim, timeout: float) -> bool:
