@@ -49,6 +49,27 @@ def kill_all(*processes) -> None:
             process.kill()
 
 
+def pause_outside_a_write(process: subprocess.Popen, db) -> None:
+    """SIGSTOP ``process`` at a moment it holds no write lock on the SQLite file ``db``: a process
+    paused inside a write transaction blocks every other writer of the file until it resumes
+    (SQLite's own rule, a VM paused there too), so no other process could take the pair meanwhile."""
+    import sqlite3
+
+    for _ in range(200):
+        os.kill(process.pid, signal.SIGSTOP)
+        conn = sqlite3.connect(db, timeout=0.2, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # it holds the lock: let it finish and try again
+            os.kill(process.pid, signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    raise AssertionError("the run never let go of the target's write lock")
+
+
 def running(ws) -> bool:
     return ws.query(ws.target, "SELECT count(*) FROM cdc_leases WHERE state = 'running'")[0][0] == 1
 
@@ -199,7 +220,7 @@ def test_a_process_that_lost_the_pair_while_idle_stops_with_exit_1(ledger):
     first, second = start(ws), None
     try:
         wait_for(lambda: ws.target.exists() and running(ws), what="the first run to claim the pair")
-        os.kill(first.pid, signal.SIGSTOP)
+        pause_outside_a_write(first, ws.target)
         time.sleep(2.5)  # past its claim timeout
         second = start(ws)
         wait_for(lambda: ws.query(ws.target, "SELECT token FROM cdc_leases")[0][0] == 2, what="the takeover")

@@ -14,7 +14,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 import workload
-from conftest import LEDGER_SCHEMA, startup_seconds
+from conftest import LEDGER_SCHEMA
 
 
 def normal(value):
@@ -95,6 +95,9 @@ def test_exact_types_and_random_changes_into_postgresql(ws, pg_url):
 def test_sigkill_while_applying_into_postgresql(ws, pg_url):
     pg_pair(ws, pg_url, batch_size=7, poll_interval=0.05)
     workload.run(ws.source, 500, seed=21)
+    # The snapshot first, so every kill lands in streaming however slowly a busy machine starts `cdc run`
+    # (kills during a snapshot: tests/test_kill.py).
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
     done, changes = threading.Event(), []
     writer = threading.Thread(target=lambda: (changes.append(workload.run(ws.source, 3000, seed=22, pause=0.008)),
                                               done.set()))
@@ -107,6 +110,7 @@ def test_sigkill_while_applying_into_postgresql(ws, pg_url):
     assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
     assert_equal(ws, pg_url)
     positions = audited_positions(pg_url)
+    assert positions, "no change was streamed"
     assert positions == list(range(positions[0], 500 + changes[0] + 1)), "a change was lost or applied twice"
 
 
@@ -139,7 +143,10 @@ def test_target_server_restarted_while_streaming(ws):
         changes = []
         writer = threading.Thread(target=lambda: changes.append(workload.run(ws.source, 2500, seed=31, pause=0.01)))
         writer.start()
-        time.sleep(startup_seconds() + 1.5)  # streaming by then, on a busy machine too
+        deadline = time.monotonic() + 120
+        while not audited_positions(url):  # streaming, however slowly a busy machine started it
+            assert time.monotonic() < deadline and process.poll() is None, "cdc run did not start streaming"
+            time.sleep(0.1)
         cluster.stop("immediate")  # a crash of the target server mid-batch
         time.sleep(2)
         cluster.start()
