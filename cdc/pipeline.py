@@ -147,6 +147,10 @@ def missing_targets(pair: str, target: Any, mappings: dict[str, TableMapping]) -
             f"{'them' if len(missing) > 1 else 'it'}, then `cdc run` copies what the source has")
 
 
+def _short(text: str, size: int = 60) -> str:
+    return text if len(text) <= size else text[:size - 3] + "..."
+
+
 def verify_checkpoint(pair: str, source: Any, checkpoint: Any) -> str | None:
     """The source's capture generation, once the checkpoint is known to be a position of it.
 
@@ -162,8 +166,16 @@ def verify_checkpoint(pair: str, source: Any, checkpoint: Any) -> str | None:
             f"now has {generation or 'none'} (capture was uninstalled and installed again?): changes made in "
             "between were not captured. Copy the tables again with `cdc run --resnapshot CONFIG` (rows deleted "
             "meanwhile are then removed by `cdc reconcile CONFIG --repair`)")
-    source.check_position(checkpoint.position, checkpoint.updated_at)
+    try:
+        source.check_position(checkpoint.position, checkpoint.updated_at)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # not a position of this capture
+        raise SourceError(
+            f"pair {pair}: the checkpoint ({_short(dumps(checkpoint.position))}) is not a position the pair's "
+            "capture mode reads (the capture mode changed since it was written?): it cannot tell where to go on. Copy "
+            "the tables again with `cdc run --resnapshot CONFIG` (rows deleted meanwhile are then removed by "
+            "`cdc reconcile CONFIG --repair`)") from exc
     return generation
+
 
 
 class PairRunner:

@@ -631,3 +631,25 @@ def test_sqlite_source_restored_from_an_older_copy_stops_the_pair(ws, sqlite_pai
     for sku, price in (("P-04", "4.44"), ("P-05", "5.55"), ("P-01", "9.99"), ("P-02", "8.88")):
         source.execute("UPDATE products SET price = %s WHERE sku = %s", (price, sku))
     assert_stops_then_resnapshot_repairs(ws, source, target, "the source database was restored from an older copy")
+
+
+def test_a_pair_switched_from_timestamp_to_trigger_capture_stops_with_the_fix(ws):
+    """The checkpoint holds timestamp watermarks, which trigger capture cannot read: one line, no traceback."""
+    ws.sql(ws.source, PRODUCTS)
+    ws.sql(ws.source, "ALTER TABLE products ADD COLUMN changed TEXT; "
+                      "INSERT INTO products VALUES ('P-01', 'a', 1.00, '2026-01-01 00:00:00')")
+    ws.config.write_text("connections:\n  src: sqlite:///source.db\n  dst: sqlite:///target.db\npairs:\n  gen:\n"
+                         "    source: src\n    target: dst\n    capture: timestamp\n    timestamp: {column: changed}\n"
+                         "    tables: [products]\n", encoding="utf-8")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    ws.config.write_text(ws.config.read_text().replace("capture: timestamp", "capture: trigger")
+                         .replace("    timestamp: {column: changed}\n", ""), encoding="utf-8")
+    cdc_ok(ws, "install")
+    for command in (("run", "--once"), ("status",)):
+        result = ws.cdc(*command, str(ws.config))
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+        assert "is not a position the pair's capture mode reads" in result.stdout + result.stderr
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    assert ws.cdc("status", str(ws.config)).returncode == 0

@@ -107,7 +107,11 @@ class TriggerSource(SqliteSource):
     def _require_whole(self, conn: sa.Connection, after: int, through: int) -> None:
         """SourceError unless the changelog holds every id in (after, through]: SQLite hands out
         AUTOINCREMENT ids without holes (a rolled-back insert takes its id back), and we purge only
-        ids every pair has acknowledged, so a hole is rows deleted by hand, changes lost for good."""
+        ids every pair has acknowledged, so a hole is rows deleted by hand, changes lost for good.
+        Ids up to that acknowledged point are not looked at: they are purged by right (a process that
+        lost the pair to another, say, reads behind what the new holder acknowledged; its fence stops it)."""
+        purged = conn.exec_driver_sql(f"SELECT min({self.acknowledged_column}) FROM {sql.CONSUMERS}").scalar() or 0
+        after = max(after, purged)
         if through <= after:
             return
         held = conn.exec_driver_sql(f"SELECT count(*) FROM {sql.CHANGELOG} WHERE id > ? AND id <= ?",
