@@ -661,6 +661,11 @@ class SqlTarget(KeyedReads):
         with self.engine.begin() as conn:
             return state.claims.heartbeat(conn, self._claim(pair), timeout)
 
+    def forget_tables(self, pair: str, tables: list[str]) -> None:
+        """Under this process's claim: see state.claims.forget_tables."""
+        with self.engine.begin() as conn:
+            state.claims.forget_tables(conn, self._claim(pair), tables)
+
     def forget_old_rows(self, pair: str, tables: list[str], mark: str) -> None:
         """A repair under this process's claim made these tables equal: see state.claims.forget_old_rows."""
         with self.engine.begin() as conn:

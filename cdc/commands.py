@@ -133,6 +133,8 @@ def init(config_path: str, pair: str | None = None) -> Report:
             report.add(f"{pairs[0][0].target.masked}: state tables {verb} version {after}")
             wanted = {t.name: t for _, tables in pairs for t, _ in tables.values() if t is not None}
             made = [t for t in wanted.values() if not target.exists(t.name)]
+            for p, _ in pairs:
+                _copy_again(p, target, {t.name for t in made}, report)
             target.create_tables(made)
             for _, tables in pairs:
                 for name, (table, key) in tables.items():
@@ -142,6 +144,24 @@ def init(config_path: str, pair: str | None = None) -> Report:
         finally:
             target.close()
     return report
+
+
+def _copy_again(p: Pair, target: Any, made: set[str], report: Report) -> None:
+    """Tables the pair's checkpoint streams (or is copying) whose target table `init` is about to
+    make anew (it was dropped): the checkpoint forgets them first, under the pair's claim, so the
+    next `cdc run` copies their rows into the new table rather than stream into an empty one."""
+    checkpoint = target.checkpoint(p.name)
+    if checkpoint is None:
+        return
+    known = set(checkpoint.tables) | set((checkpoint.snapshot or {}).get("tables", {}))
+    tables = sorted(t for t, spec in p.mapping.tables.items() if spec.target in made and t in known)
+    if not tables:
+        return
+    from . import reconcile as reconcile_module
+
+    with reconcile_module.claimed(p) as holding:
+        holding.forget_tables(p.name, tables)
+    report.add(f"  pair {p.name}: the next `cdc run` copies {', '.join(tables)} again (its target table is new)")
 
 
 def _init_plan(p: Pair) -> dict[str, tuple[sa.Table | None, str]]:

@@ -121,3 +121,21 @@ def test_a_run_that_cannot_start_after_a_killed_run_says_why(pair):
     assert run.stderr.strip().splitlines()[-1] == f"error: {MISSING_TABLE.replace('accounts', 'entries')}"
     status = pair.cdc("status", str(pair.config))
     assert status.returncode == 1 and MISSING_TABLE.replace("accounts", "entries") in status.stdout, status.stdout
+
+
+def test_a_dropped_target_table_made_again_by_init_is_copied_again(pair):
+    """`cdc status` says to run `cdc init`; the table it makes is empty, so the next run must copy the
+    source's rows into it, not stream into it as if it held them."""
+    for setup in ("init", "install", "run"):
+        assert pair.cdc(setup, *(["--once"] if setup == "run" else []), str(pair.config)).returncode == 0
+    pair.sql(pair.source, "INSERT INTO entries VALUES (2, 'b'), (3, 'c')")
+    assert pair.cdc("run", "--once", str(pair.config)).returncode == 0
+    pair.sql(pair.target, "DROP TABLE entries")
+    pair.sql(pair.source, "UPDATE entries SET memo = 'a2' WHERE id = 1")
+    status = pair.cdc("status", str(pair.config))
+    assert status.returncode == 1 and "target table entries does not exist" in status.stdout, status.stdout
+    init = pair.cdc("init", str(pair.config))
+    assert init.returncode == 0 and "the next `cdc run` copies entries again" in init.stdout, init.stdout + init.stderr
+    assert "snapshot 3 rows" in pair.cdc("run", "--once", str(pair.config)).stdout
+    assert pair.rows(pair.target, "entries") == pair.rows(pair.source, "entries") == [(1, "a2"), (2, "b"), (3, "c")]
+    assert pair.cdc("status", str(pair.config)).returncode == 0

@@ -317,6 +317,27 @@ def forget_old_rows(conn: sa.Connection, claim: Claim, tables: list[str], mark: 
     conn.execute(checkpoints.update().where(checkpoints.c.pair == claim.pair).values(tables=dumps(streamed)))
 
 
+def forget_tables(conn: sa.Connection, claim: Claim, tables: list[str]) -> None:
+    """Take these source tables out of the checkpoint's streamed tables and snapshot progress, so the
+    next run copies them as added tables (their target table was made anew); fenced."""
+    fence(conn, claim)
+    row = conn.execute(sa.select(checkpoints.c.tables, checkpoints.c.snapshot, checkpoints.c.position)
+                       .where(checkpoints.c.pair == claim.pair)).first()
+    if row is None:
+        return
+    values: dict[str, Any] = {}
+    streamed = loads(row.tables) if row.tables else None
+    if isinstance(streamed, dict) and any(t in streamed for t in tables):
+        values["tables"] = dumps({t: v for t, v in streamed.items() if t not in tables})
+    snapshot = loads(row.snapshot) if row.snapshot else None
+    if snapshot and any(t in snapshot.get("tables", {}) for t in tables):
+        left = {t: v for t, v in snapshot["tables"].items() if t not in tables}
+        values["snapshot"] = dumps({**snapshot, "tables": left}) if left else None
+    if values:
+        conn.execute(checkpoints.update().where(checkpoints.c.pair == claim.pair).values(**values))
+        claim.accepted = [(row.position, values.get("snapshot", row.snapshot))]
+
+
 def heartbeat(conn: sa.Connection, claim: Claim, timeout: float) -> bool:
     """Refresh the claim's heartbeat; False if another process holds the pair now."""
     moment = db_now(conn)
