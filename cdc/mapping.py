@@ -224,6 +224,8 @@ class TableMapping:
                 raise ConfigError(f"tables.{spec.source}.filter: source table {spec.source} has no column "
                                   f"{f.column!r}{did_you_mean(f.column, source_columns)} ({f.origin or spec.origin})")
         self._specs = specs
+        self._needed = frozenset([c.source for c in specs if c.source is not None] + [f.column for f in spec.filters]
+                                 + list(source_key))  # what a change's after image must hold
         self._columns = [(c.target, c.source, [_transforms.build(n, a, source_zone) for n, a in c.transforms])
                          for c in specs]
         by_source = {c.source: c.target for c in specs if c.source is not None}
@@ -332,6 +334,14 @@ class TableMapping:
                 return []
             return [TargetOp("delete", self.target, self.target_key, self.target_key_of(change.key), None, change)]
         after = change.after or {}
+        if after.keys() != self._column_set or not self.is_identity:
+            missing = self._needed - after.keys()
+            if missing:
+                raise RowError(
+                    f"the captured change has no column {', '.join(sorted(missing))}, which the mapping reads: its "
+                    f"capture was made before the column was added to {self.source}. Run `cdc install CONFIG`, then "
+                    "copy the table again with `cdc run --resnapshot CONFIG` (changes captured before the install "
+                    "lack the column)", table=self.source, key=change.key)
         if not self._filters or self.passes(after):
             ops = []
             if change.before is not None:

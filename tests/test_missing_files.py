@@ -139,3 +139,24 @@ def test_a_dropped_target_table_made_again_by_init_is_copied_again(pair):
     assert "snapshot 3 rows" in pair.cdc("run", "--once", str(pair.config)).stdout
     assert pair.rows(pair.target, "entries") == pair.rows(pair.source, "entries") == [(1, "a2"), (2, "b"), (3, "c")]
     assert pair.cdc("status", str(pair.config)).returncode == 0
+
+
+def test_a_change_captured_without_a_column_the_mapping_reads_stops_the_pair(pair):
+    """A column added at the source without `cdc install`: the old triggers log images without it,
+    which must never reach the target as NULL."""
+    for setup in ("init", "install", "run"):
+        assert pair.cdc(setup, *(["--once"] if setup == "run" else []), str(pair.config)).returncode == 0
+    pair.sql(pair.source, "ALTER TABLE entries ADD COLUMN amount NUMERIC; UPDATE entries SET amount = 100 WHERE id = 1")
+    pair.sql(pair.target, "ALTER TABLE entries ADD COLUMN amount NUMERIC")
+    pair.sql(pair.source, "INSERT INTO entries VALUES (2, 'b', 200)")
+    run = pair.cdc("run", "--once", str(pair.config))
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stdout + run.stderr
+    assert "the captured change has no column amount, which the mapping reads" in run.stderr, run.stderr
+    assert "Run `cdc install CONFIG`" in run.stderr and "--resnapshot" in run.stderr
+    assert (2, "b", None) not in pair.rows(pair.target, "entries")
+    assert pair.cdc("status", str(pair.config)).returncode == 1
+    assert pair.cdc("install", str(pair.config)).returncode == 0
+    assert pair.cdc("run", "--once", "--resnapshot", str(pair.config)).returncode == 0
+    pair.sql(pair.source, "UPDATE entries SET amount = 300 WHERE id = 2")
+    assert pair.cdc("run", "--once", str(pair.config)).returncode == 0
+    assert pair.rows(pair.target, "entries") == pair.rows(pair.source, "entries") == [(1, "a", 100), (2, "b", 300)]
