@@ -141,3 +141,24 @@ def test_sigterm_finishes_the_batch_and_exits_0(ledger):
     assert "changes applied" in out
     assert_equal(ws)
     assert audit_count(ws) == changes
+
+
+def test_replace_through_a_unique_column_is_warned_of_and_captured_with_recursive_triggers(ws):
+    """REPLACE removes the row holding the UNIQUE value; SQLite fires that row's delete trigger only
+    under PRAGMA recursive_triggers, so doctor names the constraint and the way to capture it."""
+    ws.sql(ws.source, "CREATE TABLE acct (id INTEGER PRIMARY KEY, konto TEXT UNIQUE, name TEXT); "
+                      "INSERT INTO acct VALUES (1, '1920', 'Bank'), (2, '3000', 'Salg');")
+    ws.write_config("""
+        source: src
+        target: dst
+        tables: [acct]
+    """)
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    doctor = ws.cdc("doctor", str(ws.config))
+    assert "[WARN] acct: UNIQUE (konto): a REPLACE or INSERT OR REPLACE that removes another row through it is " \
+           "captured only when the writing connection sets PRAGMA recursive_triggers = ON" in doctor.stdout, doctor.stdout
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    ws.sql(ws.source, "PRAGMA recursive_triggers = ON; REPLACE INTO acct VALUES (7, '3000', 'Salgsinntekt');")
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    assert ws.rows(ws.target, "acct") == ws.rows(ws.source, "acct") == [(1, "1920", "Bank"), (7, "3000", "Salgsinntekt")]

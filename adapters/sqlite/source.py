@@ -22,6 +22,22 @@ logger = logging.getLogger(__name__)
 RESTORE_SLACK = dt.timedelta(seconds=5)
 
 
+def _replace_findings(conn: sa.Connection, table: str) -> list[tuple[str, str]]:
+    """A warning for each UNIQUE constraint or index besides the primary key: a REPLACE (INSERT OR
+    REPLACE, ON CONFLICT REPLACE) that removes another row through it fires that row's delete
+    trigger only when the writing connection has PRAGMA recursive_triggers = ON, so the delete
+    would not be captured."""
+    found = []
+    for index in conn.exec_driver_sql(f'PRAGMA index_list("{table}")').mappings():
+        if index["unique"] and index["origin"] != "pk":
+            columns = [c["name"] for c in conn.exec_driver_sql(f'PRAGMA index_info("{index["name"]}")').mappings()]
+            found.append(("warn", f"{table}: UNIQUE ({', '.join(columns)}): a REPLACE or INSERT OR REPLACE that "
+                                  f"removes another row through it is captured only when the writing connection sets "
+                                  f"PRAGMA recursive_triggers = ON (SQLite fires no delete trigger otherwise, and the "
+                                  f"removed row stays in the target: `cdc reconcile --repair` finds it)"))
+    return found
+
+
 def _utc(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
 
@@ -154,6 +170,7 @@ class TriggerSource(SqliteSource):
                 missing = [t for op in sql.TRIGGER_SUFFIX if (t := sql.trigger_name(table, op)) not in names]
                 found.append(("fail", f"{table}: trigger(s) {', '.join(missing)} missing: run `cdc install CONFIG`")
                              if missing else ("ok", f"{table}: capture triggers installed"))
+                found += _replace_findings(conn, table)
         return found + shared
 
     def current_position(self) -> Position:
