@@ -330,7 +330,8 @@ class LogicalSource(SqlSource):
                                self.pair, self.publication, relation.name)
             return [types.parser(oid) for oid in relation.type_oids]
         known = self.describe(relation.name).column_names
-        missing = [c for c in known if c not in relation.columns]
+        generated = self._generated(relation.name)
+        missing = [c for c in known if c not in relation.columns and c not in generated]
         if missing:
             raise SchemaError(f"source table {relation.name}: column {missing[0]!r} was dropped or renamed while "
                               f"pair {self.pair} ran; the pair stops (nothing after it was applied)")
@@ -342,11 +343,27 @@ class LogicalSource(SqlSource):
         old = None if message.old is None else dict(zip(columns, message.old))
         if old is not None and message.old_is_key:
             old = {k: old[k] for k in self.keys[table]}
-        if new is not None and pgoutput.UNCHANGED in message.new:
+        generated = [c for c in self._generated(table) if c not in columns]
+        if new is not None and generated:  # not sent by pgoutput: read like an unchanged TOAST value
+            new.update({c: pgoutput.UNCHANGED for c in generated})
+            if old is not None:
+                old = {c: v for c, v in old.items() if c not in generated}
+        if new is not None and (generated or pgoutput.UNCHANGED in message.new):
             new = self._fill_unchanged(conn, table, new, old)
         image = new if new is not None else old
         key = tuple([image[k] for k in self.keys[table]])
         return Change(_OPS[message.kind], table, key, old, new, committed, position, xid)
+
+    def _generated(self, table: str) -> frozenset[str]:
+        """The table's generated columns, whose values pgoutput does not send (before PostgreSQL 18):
+        each change reads them from the table, as it does unchanged TOAST values."""
+        cache = self.__dict__.setdefault("_generated_columns", {})
+        if table not in cache:
+            with self.engine.connect() as conn:
+                cache[table] = frozenset(conn.exec_driver_sql(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = %(table)s::regclass AND attnum > 0 "
+                    "AND NOT attisdropped AND attgenerated <> ''", {"table": sql.quote(table)}).scalars())
+        return cache[table]
 
     def _fill_unchanged(self, conn: sa.Connection, table: str, new: dict, old: dict | None) -> dict:
         """Values an update did not touch (TOAST): from the old image, else read from the table."""
