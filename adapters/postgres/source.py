@@ -48,6 +48,7 @@ class LogicalSource(SqlSource):
             kept = sorted(set(keep) & self._published(conn) - set(self.keys)) if exists else []
             if exists:
                 conn.exec_driver_sql(sql.set_publication_tables(self.publication, [*self.keys, *kept]))
+                conn.exec_driver_sql(sql.publish_via_root(self.publication))
             else:
                 conn.exec_driver_sql(sql.create_publication(self.publication, list(self.keys)))
             done.append(f"publication {self.publication} ({', '.join(self.keys)})")

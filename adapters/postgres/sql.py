@@ -44,7 +44,15 @@ def quote(name: str) -> str:
 
 
 def create_publication(publication: str, tables: list[str]) -> str:
-    return f"CREATE PUBLICATION {quote(publication)} FOR TABLE {', '.join(quote(t) for t in tables)}"
+    """A partitioned table's changes are published under its own name, not its partitions' (so the
+    pair sees the table it names, and pg_publication_tables lists it)."""
+    return (f"CREATE PUBLICATION {quote(publication)} FOR TABLE {', '.join(quote(t) for t in tables)} "
+            "WITH (publish_via_partition_root = true)")
+
+
+def publish_via_root(publication: str) -> str:
+    """For a publication made before create_publication set it."""
+    return f"ALTER PUBLICATION {quote(publication)} SET (publish_via_partition_root = true)"
 
 
 def set_publication_tables(publication: str, tables: list[str]) -> str:
