@@ -458,8 +458,9 @@ class SqlSource(KeyedReads):
                 faults = self.trigger_faults(conn, tables)
             if faults:
                 table, why = next(iter(faults.items()))
-                raise SourceError(f"table {table} of pair {self.pair} is not covered by trigger capture, so its changes "
-                                  f"are not captured ({why}): run `cdc install CONFIG`, then `cdc run` copies it")
+                raise SourceError(f"table {table} of pair {self.pair} is not covered by trigger capture, so its "
+                                  f"changes are not captured ({why}): run `cdc install CONFIG`, then `cdc run` "
+                                  "copies it")
         return position
 
     def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
