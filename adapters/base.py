@@ -48,6 +48,20 @@ def _nullable_only(column: sa.Column) -> Callable[[Any], Any]:
     return check
 
 
+def trigger_fault(table: str, names: list[str], attached: dict[str, str]) -> str | None:
+    """Why the capture triggers ``names`` of ``table`` do not log its changes, given the table each
+    existing trigger is attached to (``attached``: trigger name -> table); None when all are on it.
+    Table names compare without letter case (SQLite and MySQL may store them as first written)."""
+    missing = [name for name in names if name not in attached]
+    if missing:
+        return f"trigger{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing (table dropped and made again?)"
+    elsewhere = sorted({attached[n] for n in names if attached[n].casefold() != table.casefold()})
+    if elsewhere:
+        return (f"its triggers are attached to table {', '.join(elsewhere)} (the table was renamed and another "
+                "put in its place?)")
+    return None
+
+
 def kept_note(table: str, where: str = "triggers on") -> str:
     """What `cdc install` says of a table whose capture it kept (see Source.prepare)."""
     what = f"{table} {where}" if where.startswith("in ") else f"{where} {table}"
@@ -103,8 +117,9 @@ class Source(Protocol):
         `cdc install CONFIG` when capture does not cover them yet (nothing may be copied then)."""
 
     def uncaptured(self, tables: list[str]) -> list[str]:
-        """The ones of ``tables`` whose changes capture does not see yet (trigger capture: not
-        registered by `cdc install`; logical: not in the pair's publication); [] when it sees
+        """The ones of ``tables`` whose changes capture does not see (trigger capture: not
+        registered by `cdc install`, or a capture trigger missing, attached to another table or
+        disabled; logical: not in the pair's publication); [] when it sees
         every table's changes. Read-only and idempotent (`cdc status` asks it); RetryableError
         on a passing fault."""
 
@@ -400,6 +415,13 @@ class SqlSource(KeyedReads):
         size = conn.execute(sa.text(f"SELECT count(*) FROM {changelog}")).scalar()
         return [("warn" if size > 1_000_000 else "ok", f"changelog holds {size:,} row(s) not yet applied by every pair")]
 
+    def _trigger_findings(self, conn: sa.Connection) -> list[tuple[str, str]]:
+        """doctor's finding per table of the pair: its capture triggers log its changes (ok), or
+        why they do not (fail, naming the fix)."""
+        faults = self.trigger_faults(conn, list(self.keys))
+        return [("fail", f"{table}: {faults[table]}: run `cdc install CONFIG`") if table in faults
+                else ("ok", f"{table}: capture triggers installed") for table in self.keys]
+
     def begin_snapshot(self) -> Position:
         return self.current_position()
 
@@ -410,20 +432,35 @@ class SqlSource(KeyedReads):
     registers_tables = False
 
     def uncaptured(self, tables: list[str]) -> list[str]:
-        """Trigger capture: the tables `cdc install` has not registered (no triggers yet); a
-        capture that reads every table's changes (the binlog, timestamp polling) misses none."""
+        """Trigger capture: the tables `cdc install` has not registered, or whose capture triggers
+        are not in working order (see ``trigger_faults``); a capture that reads every table's
+        changes (the binlog, timestamp polling) misses none."""
         if not self.registers_tables:
             return []
         with self.engine.connect() as conn:
             registered = self._registered(conn).get(self.pair, set())
-        return [t for t in tables if t not in registered]
+            faults = self.trigger_faults(conn, [t for t in tables if t in registered])
+        return [t for t in tables if t not in registered or t in faults]
+
+    def trigger_faults(self, conn: sa.Connection, tables: list[str]) -> dict[str, str]:
+        """Trigger capture: per table of ``tables`` whose changes its triggers do not log, why: a
+        trigger is missing (the table was dropped and made again, say from a dump), is attached to
+        another table (the table was renamed away and another renamed in its place), or does not
+        fire for every session (disabled). One query; read-only."""
+        return {}
 
     def join_stream(self, position: Position, tables: list[str]) -> Position:
-        """Trigger capture: the tables must be registered by `cdc install` (their triggers exist);
-        a capture that reads every table's changes (the binlog) needs nothing more."""
+        """Trigger capture: the tables must be registered by `cdc install` and their triggers in
+        working order; a capture that reads every table's changes (the binlog) needs nothing more."""
         if self.registers_tables:
             with self.engine.connect() as conn:
                 self._require_installed(conn)
+                faults = self.trigger_faults(conn, tables)
+            if faults:
+                table, why = next(iter(faults.items()))
+                raise SourceError(f"table {table} of pair {self.pair} is not covered by trigger capture, so its "
+                                  f"changes are not captured ({why}): run `cdc install CONFIG`, then `cdc run` "
+                                  "copies it")
         return position
 
     def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:

@@ -17,7 +17,8 @@ from .changes import dumps
 from .config import Pair, load_config
 from .errors import CdcError, ConfigError, RowError, SourceError, StateError, TargetError, first_line
 from .mapping import TableMapping, identity_change
-from .pipeline import OLD_ROWS, PairRunner, RunResult, missing_targets, open_pair, open_source, open_target, verify_checkpoint
+from .pipeline import (OLD_ROWS, PairRunner, RunResult, capture_gap, missing_targets, open_pair, open_source,
+                       open_target, verify_checkpoint)
 
 #: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
 GC_THRESHOLD = 50_000
@@ -441,23 +442,16 @@ def _mark_remapped(phases: dict[str, dict], checkpoint: state.Checkpoint, mappin
 
 
 def _capture_gap(p: Pair, source: Any, phases: dict[str, dict]) -> str | None:
-    """Why changes of one of the pair's tables would be lost: capture does not cover it (`cdc
-    install` has not run since the table was added, or it was taken out of capture by hand). A
-    table to copy that capture does not cover gets that as (part of) its ``reason``."""
+    """Why changes of one of the pair's tables would be lost, or a table cannot be copied: capture
+    does not cover it (see pipeline.capture_gap). A table to copy that capture does not cover gets
+    that as (part of) its ``reason``."""
     missing = source.uncaptured(list(phases))
-    if not missing:
-        return None
+    streamed = [t for t in missing if phases[t]["phase"] == "streaming"]
     for table in missing:
         if phases[table]["phase"] != "streaming":
             why = [phases[table].get("reason"), "capture does not cover it yet: run `cdc install CONFIG` first"]
             phases[table] = {"phase": "not copied yet", "reason": "; ".join(w for w in why if w)}
-    table = missing[0]
-    if phases[table]["phase"] == "streaming":
-        return (f"table {table} of pair {p.name} streams, but {p.capture} capture does not cover it: its changes are "
-                f"not captured. Run `cdc install CONFIG`, then repair what changed meanwhile with "
-                f"`cdc reconcile CONFIG --pair {p.name} --table {table} --repair`")
-    return (f"table {table} of pair {p.name} is not covered by {p.capture} capture yet, so it cannot be copied: run "
-            "`cdc install CONFIG`, then `cdc run` copies it")
+    return capture_gap(p, missing, streamed)
 
 
 def _old_rows_text(p: Pair, target: str, table: str) -> str:

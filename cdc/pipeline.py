@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -151,6 +151,24 @@ def _short(text: str, size: int = 60) -> str:
     return text if len(text) <= size else text[:size - 3] + "..."
 
 
+def capture_gap(pair: Pair, uncovered: list[str], streamed: Iterable[str]) -> str | None:
+    """Why the pair must not run, said once for `cdc status` and `cdc run`: capture does not cover
+    ``uncovered`` (``source.uncaptured``): `cdc install` has not run since a table was added, or its
+    capture was undone behind our back (triggers dropped with the table, disabled, moved to a
+    renamed table; a table taken out of the publication). A streamed table comes first: its
+    changes are being lost, and the rows that changed meanwhile need a repair."""
+    streamed = set(streamed)
+    lost = [t for t in uncovered if t in streamed]
+    if lost:
+        return (f"table {lost[0]} of pair {pair.name} streams, but {pair.capture} capture does not cover it: its "
+                f"changes are not captured. Run `cdc install CONFIG`, then repair what changed meanwhile with "
+                f"`cdc reconcile CONFIG --pair {pair.name} --table {lost[0]} --repair`")
+    if uncovered:
+        return (f"table {uncovered[0]} of pair {pair.name} is not covered by {pair.capture} capture yet, so it cannot "
+                "be copied: run `cdc install CONFIG`, then `cdc run` copies it")
+    return None
+
+
 def verify_checkpoint(pair: str, source: Any, checkpoint: Any) -> str | None:
     """The source's capture generation, once the checkpoint is known to be a position of it.
 
@@ -288,8 +306,9 @@ class PairRunner:
     def _plan_tables(self, checkpoint: Any, position: Any) -> Any:
         """Split the mapping's tables into streamed ones and ones (still) to copy; returns the position.
 
-        A table the checkpoint has neither as streamed nor in its snapshot progress (new to the
-        pair, or removed once and added again) joins the stream (the source checks that capture
+        Capture must still cover every streamed table (SourceError otherwise). A table the checkpoint
+        has neither as streamed nor in its snapshot progress (new to the pair, or removed once and
+        added again) joins the stream (the source checks that capture
         covers it) and is copied. So is a table copied under another mapping identity (its target,
         columns, transforms, filter or key changed since): the rows its target has are not the rows
         the mapping now writes, or not there at all. A table no longer in the mapping is forgotten,
@@ -305,6 +324,7 @@ class PairRunner:
         self._old_rows = {t for t in self._streamed if (copied[t] or {}).get(OLD_ROWS)}
         self._progress = {t: {**p, "mapping": self._identities[t]} for t, p in stored.items()
                           if t in self.mappings and t not in self._streamed and t not in remapped}
+        self._require_capture()
         added = [t for t in self.mappings if t not in self._streamed and t not in self._progress]
         if added:
             position = self._retrying(lambda: self.source.join_stream(position, added))
@@ -325,6 +345,17 @@ class PairRunner:
                     or dumps(checkpoint.snapshot) != dumps(snapshot) or dumps(checkpoint.position) != dumps(position):
                 self._retrying(lambda: self.target.advance(self.pair.name, position, snapshot=snapshot, tables=tables))
         return position
+
+    def _require_capture(self) -> None:
+        """SourceError (the words of `cdc status`) when capture no longer covers a streamed table:
+        streaming on would skip its changes without a word. Tables still to copy are checked by
+        ``join_stream``."""
+        if not self._streamed:
+            return
+        uncovered = self._retrying(lambda: self.source.uncaptured(self._streamed))
+        gap = capture_gap(self.pair, uncovered, self._streamed)
+        if gap:
+            raise SourceError(gap)
 
     def _remapped(self, copied: dict[str, dict | None], stored: dict[str, dict]) -> dict[str, str]:
         """Tables copied (or being copied) under another mapping identity than the mapping's now,

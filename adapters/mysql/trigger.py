@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps, loads
 
-from ..base import kept_note
+from ..base import kept_note, trigger_fault
 from .source import MySQLSource
 from .sql import error_code, quote
 
@@ -163,8 +163,12 @@ class TriggerSource(MySQLSource):
                 conn.exec_driver_sql(statement)
             conn.commit()
             mariadb = conn.dialect.is_mariadb
+            attached = {name: table for name, table, _ in conn.exec_driver_sql(TRIGGERS)}
             for table in self.keys:
                 columns = self._columns(conn, table)
+                for op in OPS:  # on a table renamed away (CREATE OR REPLACE would not find it on this one)
+                    if attached.get(trigger_name(table, op), table).casefold() != table.casefold():
+                        conn.exec_driver_sql(f"DROP TRIGGER {quote(trigger_name(table, op))}")
                 if mariadb:  # replaced atomically: no change slips between two triggers
                     for op in OPS:
                         conn.exec_driver_sql(create_trigger(table, op, columns, replace=True))
@@ -198,6 +202,13 @@ class TriggerSource(MySQLSource):
         self._position_ahead(position, current - 1, "the last epoch the source's changelog sealed")
         self._position_behind(position or 0, self._purged_through(),
                               "the epochs every pair has acknowledged, purged from the changelog")
+
+    def trigger_faults(self, conn: sa.Connection, tables: list[str]) -> dict[str, str]:
+        """A table's three triggers must exist and be attached to it: renamed away, a table takes
+        them along, and they go on logging changes under the old name."""
+        attached = {name: table for name, table, _ in conn.exec_driver_sql(TRIGGERS)}
+        faults = {table: trigger_fault(table, [trigger_name(table, op) for op in OPS], attached) for table in tables}
+        return {table: why for table, why in faults.items() if why}
 
     def unprepare(self) -> list[str]:
         removed = []

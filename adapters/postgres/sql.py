@@ -169,9 +169,23 @@ OLDEST_TRANSACTION = ("SELECT pid, usename, backend_xid::text AS xid, "
 PENDING = f"SELECT count(*) FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 AND tbl = ANY(%(tables)s)"
 
 
-def create_trigger(table: str) -> str:
-    return (f"CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {quote(table)} "
-            f"FOR EACH ROW EXECUTE FUNCTION {CAPTURE_FUNCTION}()")
+def create_trigger(table: str) -> list[str]:
+    """The capture trigger of ``table``, made (again) and set to fire ALWAYS: an ordinary trigger
+    does not fire in a session with session_replication_role = replica (a restore, a replication
+    tool), whose changes would go unlogged. Idempotent."""
+    return [f"CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {quote(table)} "
+            f"FOR EACH ROW EXECUTE FUNCTION {CAPTURE_FUNCTION}()",
+            f"ALTER TABLE {quote(table)} ENABLE ALWAYS TRIGGER {TRIGGER}"]
+
+
+#: Per table: how its capture trigger fires (pg_trigger.tgenabled, NULL when it has none) and
+#: whether it calls the capture function. The trigger must be on that very table (tgrelid).
+TRIGGER_STATES = (f"SELECT name, t.tgenabled::text AS enabled, t.tgfoid = to_regprocedure('{CAPTURE_FUNCTION}()') "
+                  f"AS ours FROM unnest(%(tables)s::text[]) AS name LEFT JOIN pg_trigger t "
+                  f"ON t.tgrelid = to_regclass(quote_ident(name)) AND t.tgname = '{TRIGGER}'")
+#: What a tgenabled other than 'A' (ALWAYS) means for capture.
+TRIGGER_ENABLED = {"D": "is disabled", "O": "does not fire in sessions with session_replication_role = replica",
+                   "R": "fires only in sessions with session_replication_role = replica"}
 
 
 def drop_trigger(table: str) -> str:

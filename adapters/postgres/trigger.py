@@ -38,7 +38,8 @@ class TriggerSource(SqlSource):
                 conn.exec_driver_sql(statement)
             for table in self.keys:
                 self.describe(table)  # SchemaError if it is missing
-                conn.exec_driver_sql(sql.create_trigger(table))
+                for statement in sql.create_trigger(table):
+                    conn.exec_driver_sql(statement)
             conn.exec_driver_sql(f"INSERT INTO {sql.CONSUMERS} (pair, tables) VALUES (%(pair)s, %(tables)s) "
                                  "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables",
                                  {"pair": self.pair, "tables": dumps(sorted({*self.keys, *kept}))})
@@ -77,6 +78,20 @@ class TriggerSource(SqlSource):
                     conn.exec_driver_sql(statement)
                 removed.append(f"changelog {sql.CHANGELOG}")
         return removed
+
+    def trigger_faults(self, conn: sa.Connection, tables: list[str]) -> dict[str, str]:
+        """The trigger must be on the table itself, call the capture function and fire ALWAYS:
+        `ALTER TABLE ... DISABLE TRIGGER`, or a session with session_replication_role = replica
+        and a trigger enabled the ordinary way, write without logging."""
+        faults = {}
+        for table, enabled, ours in conn.exec_driver_sql(sql.TRIGGER_STATES, {"tables": list(tables)}):
+            if enabled is None:
+                faults[table] = f"trigger {sql.TRIGGER} missing (table dropped and made again?)"
+            elif not ours:
+                faults[table] = f"trigger {sql.TRIGGER} calls another function than {sql.CAPTURE_FUNCTION}()"
+            elif enabled != "A":
+                faults[table] = f"trigger {sql.TRIGGER} {sql.TRIGGER_ENABLED.get(enabled, 'is not enabled ALWAYS')}"
+        return faults
 
     # -- stream --------------------------------------------------------------------
     def current_position(self) -> Position:
@@ -141,8 +156,8 @@ class TriggerSource(SqlSource):
             shared = self._changelog_findings(conn, sql.CHANGELOG)
             if shared[0][0] == "fail":
                 return shared
+            found = self._trigger_findings(conn) + shared
             oldest = conn.exec_driver_sql(sql.OLDEST_TRANSACTION).first()
-        found = [("ok", f"capture triggers installed on {', '.join(self.keys)}")] + shared
         if oldest is not None and oldest.seconds > OLD_TRANSACTION_SECONDS:
             found.append(("warn", f"transaction {oldest.xid} (pid {oldest.pid}, {oldest.usename}) has run for "
                                   f"{oldest.seconds:,.0f}s: nothing committed after it started is applied until it "

@@ -12,7 +12,7 @@ from cdc.changes import Batch, Change, Position, dumps, loads
 from cdc.errors import SourceError
 
 from .._timestamp import TimestampCapture
-from ..base import SqlSource, TableInfo, kept_note
+from ..base import SqlSource, TableInfo, kept_note, trigger_fault
 from . import sql, types
 
 logger = logging.getLogger(__name__)
@@ -159,19 +159,22 @@ class TriggerSource(SqliteSource):
         return removed
 
     def diagnose(self) -> list[tuple[str, str]]:
-        """(level, text) findings: capture installed, triggers present, changelog size."""
+        """(level, text) findings: capture installed, triggers present on their tables, changelog size."""
         with self.engine.connect() as conn:
             shared = self._changelog_findings(conn, sql.CHANGELOG)
             if shared[0][0] == "fail":
                 return shared
-            names = {n for (n,) in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-            found = []
+            found = self._trigger_findings(conn)
             for table in self.keys:
-                missing = [t for op in sql.TRIGGER_SUFFIX if (t := sql.trigger_name(table, op)) not in names]
-                found.append(("fail", f"{table}: trigger(s) {', '.join(missing)} missing: run `cdc install CONFIG`")
-                             if missing else ("ok", f"{table}: capture triggers installed"))
                 found += _replace_findings(conn, table)
-        return found + shared
+            return found + shared
+
+    def trigger_faults(self, conn: sa.Connection, tables: list[str]) -> dict[str, str]:
+        """A table's three triggers must exist and be attached to it: renamed away, a table takes
+        them along, and they go on logging changes under the old name."""
+        attached = dict(conn.exec_driver_sql(sql.TRIGGERS).all())
+        faults = {table: trigger_fault(table, sql.trigger_names(table), attached) for table in tables}
+        return {table: why for table, why in faults.items() if why}
 
     def current_position(self) -> Position:
         with self.engine.connect() as conn:

@@ -8,6 +8,8 @@ CHANGELOG = "_cdc_changelog"
 EPOCH = "_cdc_epoch"
 CONSUMERS = "_cdc_consumers"
 TRIGGER_SUFFIX = {"insert": "ai", "update": "au", "delete": "ad"}
+#: Every capture trigger and the table it is attached to (a renamed table takes its triggers along).
+TRIGGERS = "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_cdc\\_%' ESCAPE '\\'"
 #: The function each timestamp-capture connection registers: ISO 8601 text -> epoch seconds, or NULL.
 INSTANT_FUNCTION = "cdc_instant"
 #: julianday('1970-01-01 00:00:00'): epoch seconds / 86400 + this is a Julian day number.
@@ -74,6 +76,10 @@ def create_triggers(table: str, columns: list[sa.Column]) -> list[str]:
             f"((SELECT n FROM {EPOCH}), '{table.replace(chr(39), chr(39) * 2)}', '{op}', {before}, {after}); END"
         )
     return statements
+
+
+def trigger_names(table: str) -> list[str]:
+    return [trigger_name(table, op) for op in TRIGGER_SUFFIX]
 
 
 def drop_triggers(table: str) -> list[str]:
