@@ -154,8 +154,12 @@ def _copy_again(p: Pair, target: Any, made: set[str], report: Report) -> None:
     checkpoint = target.checkpoint(p.name)
     if checkpoint is None:
         return
-    known = set(checkpoint.tables) | set((checkpoint.snapshot or {}).get("tables", {}))
-    tables = sorted(t for t, spec in p.mapping.tables.items() if spec.target in made and t in known)
+    recorded = {t: (identity or {}).get("target") for t, identity in checkpoint.tables.items()}
+    recorded.update({t: (progress.get("mapping") or {}).get("target")
+                     for t, progress in (checkpoint.snapshot or {}).get("tables", {}).items()})
+    # Only a table copied into this very target table: one whose target changed is copied again anyway.
+    tables = sorted(t for t, spec in p.mapping.tables.items()
+                    if spec.target in made and t in recorded and recorded[t] in (None, spec.target))
     if not tables:
         return
     from . import reconcile as reconcile_module

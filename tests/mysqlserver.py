@@ -48,8 +48,13 @@ class LocalMariaDB:
         self.dir = Path(tempfile.mkdtemp(prefix="cdc-mariadb-"))
         self.data = self.dir / "data"
         self.socket = self.dir / "mysql.sock"
+        (self.dir / "tmp").mkdir()
         self.user = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
         self.settings = {
+            # Its own temporary directory: a MariaDB that starts removes the #sql* files it finds in its
+            # tmpdir, which would be another server's open temporary tables when several share /tmp
+            # (one server per pytest-xdist worker).
+            "tmpdir": str(self.dir / "tmp"),
             "log-bin": str(self.dir / "binlog"), "binlog-format": "ROW", "binlog-row-image": "FULL",
             "binlog-row-metadata": "FULL", "server-id": "1", "innodb-flush-log-at-trx-commit": "1",
             "innodb-buffer-pool-size": "256M", "innodb-log-file-size": "256M", "sync-binlog": "0",
