@@ -469,11 +469,19 @@ class _Transactions:
             # Drop the cached reflection: the next row event is checked against the new shape.
             self.source.__dict__.pop("_info", None)
             self.source.__dict__.pop("_table_readers", None)
-        schema = event.schema.decode(errors="replace") if isinstance(event.schema, bytes) else str(event.schema)
+        if not self._may_name_ours(text):
+            return
+        schema = event.schema.decode(errors="replace") if isinstance(event.schema, bytes) else str(event.schema or "")
         found = statements.effect(_text(event), schema)
         touched = self._captured(found.tables) if found is not None else []
         if touched:
             self._refuse(found.action, touched[0], _text(event))
+
+    def _may_name_ours(self, text: str) -> bool:
+        """Whether the (upper-cased) statement has a captured table's or the database's name in it at
+        all: most statements in a busy binlog are other databases', and need no reading."""
+        names = [*self.source.keys, self.source.engine.url.database or ""]
+        return any(n and (n.upper() in text or n.replace("`", "``").upper() in text) for n in names)
 
     def _captured(self, names: list[statements.Name]) -> list[str]:
         """The pair's tables among ``names`` (a database's "*": all of them), in the pair's spelling."""

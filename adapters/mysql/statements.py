@@ -156,7 +156,8 @@ def _rename(reader: _Reader) -> Effect | None:
 
 
 #: ALTER TABLE clauses that replace or remove rows without row events: (words, action, a table follows).
-_ALTER_CLAUSES = [(("RENAME", "TO"), "ALTER TABLE ... RENAME", True), (("RENAME", "AS"), "ALTER TABLE ... RENAME", True),
+_ALTER_CLAUSES = [(("RENAME", "TO"), "ALTER TABLE ... RENAME", True),
+                  (("RENAME", "AS"), "ALTER TABLE ... RENAME", True),
                   (("TRUNCATE", "PARTITION"), "ALTER TABLE ... TRUNCATE PARTITION", False),
                   (("DROP", "PARTITION"), "ALTER TABLE ... DROP PARTITION", False),
                   (("IMPORT", "TABLESPACE"), "ALTER TABLE ... IMPORT TABLESPACE", False),
