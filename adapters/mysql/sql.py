@@ -24,6 +24,15 @@ JSON_COLUMNS = ("SELECT c.COLUMN_NAME FROM information_schema.COLUMNS c WHERE c.
                 "information_schema.CHECK_CONSTRAINTS k WHERE k.CONSTRAINT_SCHEMA = c.TABLE_SCHEMA AND "
                 "k.TABLE_NAME = c.TABLE_NAME AND k.CHECK_CLAUSE LIKE CONCAT('json_valid(`', c.COLUMN_NAME, '`)')))")
 
+#: Foreign key rules by which InnoDB changes child rows itself (no binlog row events, no triggers).
+CASCADING_RULES = ("CASCADE", "SET NULL", "SET DEFAULT")
+#: The database's foreign keys that change their child table's rows on a parent's DELETE or UPDATE.
+CASCADING_FOREIGN_KEYS = (
+    "SELECT TABLE_NAME, CONSTRAINT_NAME, REFERENCED_TABLE_NAME, DELETE_RULE, UPDATE_RULE "
+    "FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE() AND "
+    "(DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT') OR UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')) "
+    "ORDER BY TABLE_NAME, CONSTRAINT_NAME")
+
 
 def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"

@@ -251,7 +251,11 @@ class TriggerSource(MySQLSource):
                                   "changes logged after it started are applied only once it ends"))
         else:
             found.append(("ok", "no long-running transaction holds capture back"))
-        return found
+        return found + self.cascade_findings("fail")
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """Captured tables whose rows a cascading foreign key changes unseen (warn: shown, status stays 0)."""
+        return self.cascade_findings("warn")
 
     # -- epochs -----------------------------------------------------------------------
     def current_position(self) -> Position:
