@@ -60,9 +60,14 @@ class LocalMariaDB:
             "innodb-buffer-pool-size": "256M", "innodb-log-file-size": "256M", "sync-binlog": "0",
             "character-set-server": "utf8mb4", "collation-server": "utf8mb4_unicode_ci", "max-connections": "200",
             **(settings or {})}
-        result = subprocess.run([install, "--no-defaults", f"--datadir={self.data}", f"--user={self.user}",
-                                 "--auth-root-authentication-method=normal", "--skip-test-db"],
-                                capture_output=True, text=True)
+        for attempt in range(3):  # seen to fail now and then while another worker sets up its own server
+            result = subprocess.run([install, "--no-defaults", f"--datadir={self.data}", f"--user={self.user}",
+                                     "--auth-root-authentication-method=normal", "--skip-test-db"],
+                                    capture_output=True, text=True)
+            if result.returncode == 0:
+                break
+            shutil.rmtree(self.data, ignore_errors=True)
+            time.sleep(1 + attempt)
         if result.returncode != 0:
             raise RuntimeError(f"mariadb-install-db failed: {result.stderr or result.stdout}")
         self.process: subprocess.Popen | None = None
