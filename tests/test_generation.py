@@ -653,3 +653,47 @@ def test_a_pair_switched_from_timestamp_to_trigger_capture_stops_with_the_fix(ws
         assert "is not a position the pair's capture mode reads" in result.stdout + result.stderr
     cdc_ok(ws, "run", "--once", "--resnapshot")
     assert ws.cdc("status", str(ws.config)).returncode == 0
+
+
+def start_streaming(ws) -> subprocess.Popen:
+    """`cdc run` as a service (poll_interval 0.2 s), once it has applied a change."""
+    ws.config.write_text(ws.config.read_text() + "    poll_interval: 0.2\n", encoding="utf-8")
+    run = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sqlite_exec(ws.source, "UPDATE products SET price = 0.01 WHERE sku = 'P-05'")
+    deadline = time.monotonic() + 60
+    while dict((sku, price) for sku, _, price in Side(f"sqlite:///{ws.target}").products())["P-05"] != Decimal("0.01"):
+        assert time.monotonic() < deadline and run.poll() is None, "the run did not stream"
+        time.sleep(0.05)
+    return run
+
+
+@pytest.mark.parametrize("what", ["restored from an older copy", "installed again"])
+def test_sqlite_source_changed_under_a_running_pair_stops_it(ws, sqlite_pair, what):
+    """The service itself stops at its next read (exit 1), instead of skipping the changes under reused
+    ids or streaming from another installation."""
+    source, target = synced_products(ws, sqlite_pair)
+    restore = sqlite_backup(ws.source)
+    run = start_streaming(ws)
+    try:
+        for sku, price in (("P-01", "1.11"), ("P-02", "2.22")):
+            source.execute("UPDATE products SET price = %s WHERE sku = %s", (price, sku))
+        if what == "installed again":
+            cdc_ok(ws, "uninstall")
+            cdc_ok(ws, "install")
+        else:
+            time.sleep(1)  # applied by the service
+            restore()
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1, stderr
+    if what == "installed again":  # read between the two commands: capture not installed, which stops it too
+        assert "capture was installed again while the pair ran" in stderr and "cdc run --resnapshot" in stderr \
+            or "capture is not installed for pair gen" in stderr, stderr
+    else:
+        assert "the newest changelog id the source has issued (the database was restored from an older copy?)" \
+            in stderr and "cdc run --resnapshot" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert ws.cdc("status", str(ws.config)).returncode == 1

@@ -88,8 +88,30 @@ class TriggerSource(SqliteSource):
         return [f"changelog {sql.CHANGELOG}"] + done + removed + [kept_note(t) for t in kept]
 
     def generation(self) -> str | None:
-        """The identity `cdc install` gave this pair's registration with the changelog."""
-        return self._registered_generation()
+        """The identity `cdc install` gave this pair's registration with the changelog; every read
+        after this checks it is still the same (see _require_same)."""
+        self._generation = self._registered_generation()
+        return self._generation
+
+    def _require_same(self, conn: sa.Connection, after: int) -> None:
+        """SourceError when, since this process verified the checkpoint, capture was installed again
+        (another generation) or the changelog went back behind ``after`` (the database restored from
+        an older copy, which hands out the ids again): a running pair stops at its next read, rather
+        than skip the changes under the reused ids or stream from another installation."""
+        self._require_installed(conn)
+        known = getattr(self, "_generation", None)
+        if known is not None:
+            now = conn.exec_driver_sql(f"SELECT generation FROM {sql.CONSUMERS} WHERE pair = ?", (self.pair,)).scalar()
+            if now != known:
+                raise SourceError(
+                    f"pair {self.pair}: capture was installed again while the pair ran (installation {known}, now "
+                    f"{now or 'none'}): changes made in between were not captured. Copy the tables again with "
+                    "`cdc run --resnapshot CONFIG` (rows deleted meanwhile are then removed by "
+                    "`cdc reconcile CONFIG --repair`)")
+        newest = conn.exec_driver_sql(
+            f"SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{sql.CHANGELOG}'), 0)").scalar()
+        self._position_ahead(after, newest, "the newest changelog id the source has issued (the database was restored "
+                                            "from an older copy?)")
 
     acknowledged_column = "acked_id"
 
@@ -191,6 +213,7 @@ class TriggerSource(SqliteSource):
         most ``max_changes``; each part is its own short read, so writers are never held up."""
         after = after or 0
         with self.engine.begin() as conn:
+            self._require_same(conn, after)
             conn.exec_driver_sql(f"UPDATE {sql.EPOCH} SET n = n + 1")
             epoch = conn.exec_driver_sql(f"SELECT n FROM {sql.EPOCH}").scalar()
         tables = ", ".join("?" * len(self.keys))
