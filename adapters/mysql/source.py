@@ -469,19 +469,42 @@ class _Transactions:
             # Drop the cached reflection: the next row event is checked against the new shape.
             self.source.__dict__.pop("_info", None)
             self.source.__dict__.pop("_table_readers", None)
-        if not self._may_name_ours(text):
-            return
         schema = event.schema.decode(errors="replace") if isinstance(event.schema, bytes) else str(event.schema or "")
+        database = (self.source.engine.url.database or "").lower()
+        if schema.lower() != database and not self._may_name_ours(text):
+            return
         found = statements.effect(_text(event), schema)
-        touched = self._captured(found.tables) if found is not None else []
+        if found is None:
+            return
+        touched = self._captured(found.tables)
         if touched:
             self._refuse(found.action, touched[0], _text(event))
+        if found.action in DML:  # through a view, or a table whose triggers write captured tables
+            ours = [n.table for n in found.tables if n.database.lower() == database]
+            reaching = self._may_reach_captured(ours)
+            if reaching:
+                self._refuse(found.action, reaching[0], _text(event), indirect=True)
 
     def _may_name_ours(self, text: str) -> bool:
         """Whether the (upper-cased) statement has a captured table's or the database's name in it at
         all: most statements in a busy binlog are other databases', and need no reading."""
         names = [*self.source.keys, self.source.engine.url.database or ""]
         return any(n and (n.upper() in text or n.replace("`", "``").upper() in text) for n in names)
+
+    def _may_reach_captured(self, tables: list[str]) -> list[str]:
+        """The ones of ``tables`` (of the pair's database, not captured) that are views or have
+        triggers: a write to them may change captured tables, which no row event then shows. Read
+        from the schema as it is now (statement-logged writes are rare: this runs only for them)."""
+        if not tables:
+            return []
+        with self.source.engine.connect() as conn:
+            found = conn.execute(sa.text(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                "AND TABLE_TYPE = 'VIEW' AND TABLE_NAME IN :names UNION SELECT EVENT_OBJECT_TABLE FROM "
+                "information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE IN :names"
+            ).bindparams(sa.bindparam("names", expanding=True)), {"names": tables}).scalars().all()
+        lowered = {f.lower() for f in found}
+        return [t for t in tables if t.lower() in lowered]
 
     def _captured(self, names: list[statements.Name]) -> list[str]:
         """The pair's tables among ``names`` (a database's "*": all of them), in the pair's spelling."""
@@ -490,14 +513,18 @@ class _Transactions:
         return [t for n in names if n.database.lower() == database
                 for t in (list(ours.values()) if n.table == "*" else [ours.get(n.table.lower())]) if t]
 
-    def _refuse(self, action: str, table: str, text: str) -> None:
-        """Stop on a statement that changed a captured table's rows without row events."""
+    def _refuse(self, action: str, table: str, text: str, indirect: bool = False) -> None:
+        """Stop on a statement that changed a captured table's rows without row events (``indirect``:
+        a statement-logged write in the pair's database to a table it does not capture, which as a view
+        or through triggers may change captured tables: nothing tells which rows)."""
         pair, shown = self.source.pair, " ".join(text.split())[:120]
         again = ("copy the tables again with `cdc run --resnapshot CONFIG` (rows deleted meanwhile are then removed "
                  "by `cdc reconcile CONFIG --repair`)")
-        if action in ("INSERT", "REPLACE", "UPDATE", "DELETE"):
+        what = f"{table}, a view or a table with triggers in the pair's database (it may change captured tables)" \
+            if indirect else f"captured table {table}"
+        if action in DML:
             raise SourceError(
-                f"pair {pair}: {action} of captured table {table} was written to the binlog as a statement "
+                f"pair {pair}: {action} of {what} was written to the binlog as a statement "
                 f"({shown}), not as rows (a session with binlog_format STATEMENT or MIXED), so binlog capture cannot "
                 f"apply it: the pair stops before it. Keep binlog_format=ROW in every session that writes captured "
                 f"tables, then {again}")
@@ -551,6 +578,10 @@ def _not_null(image: dict, none: dict | None) -> dict:
 
 
 _PARTIAL = {39}  # MySQL 8's PARTIAL_UPDATE_ROWS_EVENT (binary JSON diffs): the library decodes those
+
+
+#: Statements that change rows: logged as statements, their rows are not in the binlog.
+DML = ("INSERT", "REPLACE", "UPDATE", "DELETE")
 
 
 def _query(event: QueryEvent) -> str:
