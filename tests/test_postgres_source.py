@@ -494,3 +494,24 @@ def test_a_partitioned_table_is_captured_under_its_own_name(pg_to_pg):
     assert rows(source, "bilag", "id") == rows(target, "bilag", "id") == \
         [(1, 2025, Decimal("11")), (3, 2026, Decimal("30"))]
     assert ws.cdc("status", str(ws.config)).returncode == 0
+
+
+def test_truncate_under_trigger_capture_stops_the_pair(pg_to_pg):
+    """TRUNCATE fires no row trigger: a statement trigger logs it and the pair stops there, as logical
+    capture does, instead of keeping every row the source no longer has."""
+    ws, source, target = pg_to_pg
+    execute(source, "INSERT INTO entries VALUES (1, 1500, 1.00, 'NOK', 'a', NULL), (2, 1500, 2.00, 'NOK', 'b', NULL)")
+    logical_pair(ws, source, target, "trunc", tables="[entries]")
+    ws.config.write_text(ws.config.read_text().replace("capture: logical", "capture: trigger"))
+    for command in ("init", "install", "run"):
+        cdc_ok(ws, command, *(["--once"] if command == "run" else []))
+    execute(source, "TRUNCATE entries; INSERT INTO entries VALUES (5, 1500, 5.00, 'NOK', 'etter', NULL)")
+    run = ws.cdc("run", "--once", str(ws.config))
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "pair trunc: TRUNCATE of entries at the source" in run.stderr and "--resnapshot" in run.stderr, run.stderr
+    assert [r[0] for r in rows(target, "entries", "id")] == [1, 2]  # nothing after it applied
+    assert ws.cdc("status", str(ws.config)).returncode == 1
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    repair = ws.cdc("reconcile", "--repair", str(ws.config))
+    assert "repair applied 0 upsert(s) and 2 delete(s)" in repair.stdout, repair.stdout + repair.stderr
+    assert rows(target, "entries", "id") == rows(source, "entries", "id")

@@ -133,6 +133,7 @@ CHANGELOG = "_cdc_changelog"
 CONSUMERS = "_cdc_consumers"
 CAPTURE_FUNCTION = "_cdc_capture"
 TRIGGER = "_cdc_capture"
+TRUNCATE_TRIGGER = "_cdc_capture_truncate"
 CREATE_TRIGGER_STATE = [
     f"""CREATE TABLE IF NOT EXISTS {CHANGELOG} (
         id bigserial PRIMARY KEY,
@@ -175,7 +176,11 @@ def create_trigger(table: str) -> list[str]:
     tool), whose changes would go unlogged. Idempotent."""
     return [f"CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {quote(table)} "
             f"FOR EACH ROW EXECUTE FUNCTION {CAPTURE_FUNCTION}()",
-            f"ALTER TABLE {quote(table)} ENABLE ALWAYS TRIGGER {TRIGGER}"]
+            f"ALTER TABLE {quote(table)} ENABLE ALWAYS TRIGGER {TRIGGER}",
+            # TRUNCATE fires no row trigger: a statement trigger logs it (op 'truncate'), and the pair stops there.
+            f"CREATE OR REPLACE TRIGGER {TRUNCATE_TRIGGER} AFTER TRUNCATE ON {quote(table)} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {CAPTURE_FUNCTION}()",
+            f"ALTER TABLE {quote(table)} ENABLE ALWAYS TRIGGER {TRUNCATE_TRIGGER}"]
 
 
 #: Per table: how its capture trigger fires (pg_trigger.tgenabled, NULL when it has none) and
@@ -188,5 +193,5 @@ TRIGGER_ENABLED = {"D": "is disabled", "O": "does not fire in sessions with sess
                    "R": "fires only in sessions with session_replication_role = replica"}
 
 
-def drop_trigger(table: str) -> str:
-    return f"DROP TRIGGER IF EXISTS {TRIGGER} ON {quote(table)}"
+def drop_trigger(table: str) -> list[str]:
+    return [f"DROP TRIGGER IF EXISTS {name} ON {quote(table)}" for name in (TRIGGER, TRUNCATE_TRIGGER)]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps, loads
+from cdc.errors import SourceError
 
 from ..base import SqlSource, kept_note
 from . import sql
@@ -32,7 +33,8 @@ class TriggerSource(SqlSource):
         with self.engine.begin() as conn:
             kept = self._kept(conn, keep)
             for table in self._no_longer_captured(conn, keep):
-                conn.exec_driver_sql(sql.drop_trigger(table))
+                for statement in sql.drop_trigger(table):
+                    conn.exec_driver_sql(statement)
                 removed.append(f"removed trigger on {table} (no longer in the pair)")
             for statement in sql.CREATE_TRIGGER_STATE:
                 conn.exec_driver_sql(statement)
@@ -71,7 +73,8 @@ class TriggerSource(SqlSource):
             still = {t for (tables,) in conn.exec_driver_sql(f"SELECT tables::text FROM {sql.CONSUMERS}")
                      for t in loads(tables)}
             for table in sorted(mine - still):
-                conn.exec_driver_sql(sql.drop_trigger(table))
+                for statement in sql.drop_trigger(table):
+                    conn.exec_driver_sql(statement)
                 removed.append(f"trigger on {table}")
             if not still:
                 for statement in sql.DROP_TRIGGER_STATE:
@@ -123,6 +126,12 @@ class TriggerSource(SqlSource):
         yield Batch(part, max(high, low))
 
     def _change(self, row: Any) -> Change:
+        if row.op == "truncate":
+            raise SourceError(
+                f"pair {self.pair}: TRUNCATE of {row.tbl} at the source (transaction {row.txid}) is not replicated by "
+                "trigger capture: the pair stops before it. Once the table is as it should be, copy the tables again "
+                "with `cdc run --resnapshot CONFIG` (rows deleted meanwhile are then removed by "
+                "`cdc reconcile CONFIG --repair`)")
         readers = self._json_readers(row.tbl)
         before, after = (None if text is None else {k: readers.get(k, _same)(v) for k, v in _exact(text).items()}
                          for text in (row.before, row.after))
