@@ -196,7 +196,19 @@ class TriggerSource(SqliteSource):
         them along, and they go on logging changes under the old name."""
         attached = dict(conn.exec_driver_sql(sql.TRIGGERS).all())
         faults = {table: trigger_fault(table, sql.trigger_names(table), attached) for table in tables}
+        texts = dict(conn.exec_driver_sql(sql.TRIGGER_TEXTS).all())
+        for table in tables:
+            if not faults[table] and self._stale(table, texts):
+                faults[table] = ("its triggers log other columns than the table has now (a column was added, dropped "
+                                 "or renamed since `cdc install`; SQLite rewrites a renamed column's trigger to log "
+                                 "the new column under the old name)")
         return {table: why for table, why in faults.items() if why}
+
+    def _stale(self, table: str, texts: dict[str, str]) -> bool:
+        """Whether the table's triggers are not what `cdc install` would make for its columns now:
+        SQLite keeps a trigger's text as it was written, rewritten only by RENAME COLUMN/TABLE."""
+        wanted = [s for s in sql.create_triggers(table, self.describe(table).columns) if s.startswith("CREATE")]
+        return [texts.get(name) for name in sql.trigger_names(table)] != wanted
 
     def current_position(self) -> Position:
         with self.engine.connect() as conn:
@@ -212,8 +224,9 @@ class TriggerSource(SqliteSource):
         """Up to ``max_changes`` changes and the rest of the last transaction group, in parts of at
         most ``max_changes``; each part is its own short read, so writers are never held up."""
         after = after or 0
+        with self.engine.connect() as conn:  # its own read: a deferred transaction that reads before it
+            self._require_same(conn, after)  # writes gets "database is locked" at once instead of waiting
         with self.engine.begin() as conn:
-            self._require_same(conn, after)
             conn.exec_driver_sql(f"UPDATE {sql.EPOCH} SET n = n + 1")
             epoch = conn.exec_driver_sql(f"SELECT n FROM {sql.EPOCH}").scalar()
         tables = ", ".join("?" * len(self.keys))

@@ -8,6 +8,8 @@ CHANGELOG = "_cdc_changelog"
 EPOCH = "_cdc_epoch"
 CONSUMERS = "_cdc_consumers"
 TRIGGER_SUFFIX = {"insert": "ai", "update": "au", "delete": "ad"}
+#: Every capture trigger's text, as `cdc install` wrote it (or RENAME COLUMN/TABLE rewrote it).
+TRIGGER_TEXTS = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_cdc\\_%' ESCAPE '\\'"
 #: Every capture trigger and the table it is attached to (a renamed table takes its triggers along).
 TRIGGERS = "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_cdc\\_%' ESCAPE '\\'"
 #: The function each timestamp-capture connection registers: ISO 8601 text -> epoch seconds, or NULL.
