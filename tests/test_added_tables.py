@@ -258,9 +258,9 @@ def add_table_under_load(ws, source: str, target: str, capture: str, added: Tabl
     chunk = 40
     if mapping:
         (ws.root / "m.yaml").write_text("tables:\n  entries:\n", encoding="utf-8")
-        write_config(ws, source, target, capture, mapping="m.yaml", snapshot_chunk=chunk, poll_interval=0.5)
+        write_config(ws, source, target, capture, mapping="m.yaml", snapshot_chunk=chunk, poll_interval=0.1)
     else:
-        write_config(ws, source, target, capture, ["entries"], snapshot_chunk=chunk, poll_interval=0.5)
+        write_config(ws, source, target, capture, ["entries"], snapshot_chunk=chunk, poll_interval=0.1)
     for command in ("init", "install"):
         cdc_ok(ws, command)
     assert "snapshot 300 rows" in cdc_ok(ws, "run", "--once").stdout
@@ -271,7 +271,7 @@ def add_table_under_load(ws, source: str, target: str, capture: str, added: Tabl
             "tables:\n  entries:\n  parties:\n    target: parter\n"
             "    columns: {kode: code, region: region, navn: name}\n", encoding="utf-8")
     else:
-        write_config(ws, source, target, capture, ["entries", added.name], snapshot_chunk=chunk, poll_interval=0.5)
+        write_config(ws, source, target, capture, ["entries", added.name], snapshot_chunk=chunk, poll_interval=0.1)
     # Before `cdc install` (trigger capture: status exits 1 naming it) the new table is not copied yet.
     assert statuses(ws, healthy=None)[added.name]["phase"] == "not copied yet"
     for command in ("init", "install"):
@@ -294,7 +294,7 @@ def add_table_under_load(ws, source: str, target: str, capture: str, added: Tabl
         assert f"table {added.name}: snapshotting ({copied:,} rows copied so far)" in cdc_ok(ws, "status").stdout
 
         second = start_run(ws, runs)
-        wait_for(lambda: added.name in checkpoint(target)[1], f"{added.name} to stream")
+        wait_for(lambda: added.name in checkpoint(target)[1], f"{added.name} to stream", timeout=480)
         time.sleep(0.5)
         stop.set()
         writer.join()
