@@ -697,3 +697,39 @@ def test_sqlite_source_changed_under_a_running_pair_stops_it(ws, sqlite_pair, wh
             in stderr and "cdc run --resnapshot" in stderr, stderr
     assert "Traceback" not in stderr
     assert ws.cdc("status", str(ws.config)).returncode == 1
+
+
+def test_postgresql_trigger_source_restored_from_a_dump_stops_the_pair(ws, pg_databases):
+    """pg_restore into the source database made anew: it went back to the dump, which the target has
+    passed, and its changelog has none of what came after."""
+    import subprocess
+
+    source_url, target_url = pg_databases(), pg_databases()
+    pexec(source_url, PRODUCTS)
+    write_config(ws, source_url, target_url, "trigger")
+    source, target = Side(source_url), Side(target_url)
+    for sku, name, price in SEED[:5]:
+        source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    dump = ws.root / "source.dump"
+    subprocess.run(["pg_dump", "--format=custom", f"--file={dump}", source_url], check=True, capture_output=True)
+    source.execute("INSERT INTO products VALUES ('P-99', 'Etter dumpen', 9.90)")
+    source.execute("DELETE FROM products WHERE sku = 'P-01'")
+    cdc_ok(ws, "run", "--once")
+    name = sa.engine.make_url(source_url).database
+    admin = sa.engine.make_url(source_url).set(database="postgres").render_as_string(hide_password=False)
+    pexec(admin, f'DROP DATABASE "{name}" WITH (FORCE)')
+    pexec(admin, f'CREATE DATABASE "{name}"')
+    subprocess.run(["pg_restore", f"--dbname={source_url}", str(dump)], check=True, capture_output=True)
+    source.execute("UPDATE products SET price = 3.33 WHERE sku = 'P-03'")
+    expected = "the source database is not the one capture was installed in"
+    status = ws.cdc("status", str(ws.config))
+    assert status.returncode == 1 and expected in status.stdout, status.stdout
+    stopped = ws.cdc("run", "--once", str(ws.config))
+    assert stopped.returncode == 1 and expected in stopped.stderr and "--resnapshot" in stopped.stderr, stopped.stderr
+    cdc_ok(ws, "run", "--once", "--resnapshot")
+    ws.cdc("reconcile", str(ws.config), "--repair", "--settle", "0")
+    assert target.products() == source.products()
+    assert ws.cdc("status", str(ws.config)).returncode == 0

@@ -133,6 +133,7 @@ CHANGELOG = "_cdc_changelog"
 CONSUMERS = "_cdc_consumers"
 CAPTURE_FUNCTION = "_cdc_capture"
 TRIGGER = "_cdc_capture"
+DATABASE_OID = "SELECT oid::bigint FROM pg_database WHERE datname = current_database()"
 TRUNCATE_TRIGGER = "_cdc_capture_truncate"
 CREATE_TRIGGER_STATE = [
     f"""CREATE TABLE IF NOT EXISTS {CHANGELOG} (

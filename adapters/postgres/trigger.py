@@ -22,6 +22,11 @@ from ..base import SqlSource, kept_note
 from . import sql
 
 
+
+#: The column of the consumers table that names the database (pg_database.oid) the pair was
+#: installed in, or last copied from.
+DATABASE_COLUMN = "database_oid"
+
 class TriggerSource(SqlSource):
     """Reads the changelog the capture triggers fill; purges what every pair has applied."""
 
@@ -46,6 +51,9 @@ class TriggerSource(SqlSource):
                                  "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables",
                                  {"pair": self.pair, "tables": dumps(sorted({*self.keys, *kept}))})
             self._register_generation(conn)
+            conn.exec_driver_sql(f"ALTER TABLE {sql.CONSUMERS} ADD COLUMN IF NOT EXISTS {DATABASE_COLUMN} bigint")
+            conn.exec_driver_sql(f"UPDATE {sql.CONSUMERS} SET {DATABASE_COLUMN} = ({sql.DATABASE_OID}) "
+                                 f"WHERE pair = %(pair)s AND {DATABASE_COLUMN} IS NULL", {"pair": self.pair})
         return [f"changelog {sql.CHANGELOG}"] + [f"trigger on {t}" for t in self.keys] + removed + \
             [kept_note(t) for t in kept]
 
@@ -57,6 +65,7 @@ class TriggerSource(SqlSource):
         """SourceError when the checkpoint's transaction-id horizon is past the next transaction id
         the server will assign (a checkpoint edited by hand, or from another server), or before the
         horizon every pair has acknowledged, below which the changelog is purged."""
+        self._same_database()
         with self.engine.connect() as conn:
             newest = int(conn.exec_driver_sql(sql.NEXT_TRANSACTION_ID).scalar())
         self._position_ahead(position, newest, "the next transaction id of the source server")
@@ -101,6 +110,35 @@ class TriggerSource(SqlSource):
         with self.engine.connect() as conn:
             self._require_installed(conn)
             return int(conn.exec_driver_sql(sql.HORIZON).scalar())
+
+    def begin_snapshot(self) -> Position:
+        """A copy from now on is of this database: the registration records it (see _same_database)."""
+        with self.engine.begin() as conn:
+            self._require_installed(conn)
+            if DATABASE_COLUMN in {c["name"] for c in sa.inspect(conn).get_columns(sql.CONSUMERS)}:
+                conn.exec_driver_sql(f"UPDATE {sql.CONSUMERS} SET {DATABASE_COLUMN} = ({sql.DATABASE_OID}) "
+                                     "WHERE pair = %(pair)s", {"pair": self.pair})
+        return self.current_position()
+
+    def _same_database(self) -> None:
+        """SourceError when the registration was made in another database than this one: the source
+        database was restored from a dump (pg_restore into a database made anew), so it went back to
+        an older state that the target has passed, and the changelog it brought holds none of what
+        the target applied since. The registration names the database of the pair's last copy."""
+        with self.engine.connect() as conn:
+            self._require_installed(conn)
+            if DATABASE_COLUMN not in {c["name"] for c in sa.inspect(conn).get_columns(sql.CONSUMERS)}:
+                return  # installed before this check: `cdc install` records it
+            recorded, now = conn.exec_driver_sql(
+                f"SELECT {DATABASE_COLUMN}, ({sql.DATABASE_OID}) FROM {sql.CONSUMERS} WHERE pair = %(pair)s",
+                {"pair": self.pair}).one()
+        if recorded is not None and recorded != now:
+            raise SourceError(
+                f"pair {self.pair}: the source database is not the one capture was installed in (database oid "
+                f"{recorded}, now {now}): it was restored from a dump, so it holds an older state than the target "
+                "has, and the changes in between are not in its changelog. Copy the tables again with "
+                "`cdc run --resnapshot CONFIG`, then remove what the source no longer has with "
+                "`cdc reconcile CONFIG --repair`")
 
     def read(self, after: Position, max_changes: int) -> Batch:
         parts = list(self.stream(after, max_changes))
