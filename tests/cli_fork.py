@@ -78,5 +78,5 @@ def run(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProce
             raise subprocess.TimeoutExpired([sys.executable, "-m", "cdc", *args], timeout)
         stdout = Path(out).read_text(encoding="utf-8") if os.path.exists(out) else ""
         stderr = Path(err).read_text(encoding="utf-8") if os.path.exists(err) else ""
-    code = process.exitcode if process.exitcode >= 0 else process.exitcode  # -N: killed by signal N
-    return subprocess.CompletedProcess([sys.executable, "-m", "cdc", *args], code, stdout, stderr)
+    # As subprocess.run: -N when killed by signal N.
+    return subprocess.CompletedProcess([sys.executable, "-m", "cdc", *args], process.exitcode, stdout, stderr)

@@ -161,12 +161,7 @@ def test_sqlite_trigger_reinstalled_and_busier_than_before(ws, sqlite_pair):
 
 
 def test_sqlite_checkpoint_edited_past_the_changelog(ws, sqlite_pair):
-    source, target = sqlite_pair
-    for sku, name, price in SEED[:3]:
-        source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
-    for command in ("init", "install"):
-        cdc_ok(ws, command)
-    cdc_ok(ws, "run", "--once")
+    source, target = synced_products(ws, sqlite_pair, 3)
     target.execute("UPDATE cdc_checkpoints SET position = '5000'")
     source.execute("UPDATE products SET price = 5.55 WHERE sku = 'P-01'")
     stopped = ws.cdc("run", "--once", str(ws.config))
@@ -385,12 +380,7 @@ def test_sqlite_another_target_ran_the_pair_meanwhile(ws, sqlite_pair):
     """The demo trap: the config pointed at a new, empty ledger for a while (LEDGER_URL not set), and
     `cdc init` + `cdc run` there acknowledged the pair's changes, so the changelog purged them; the
     real ledger's next run must stop, not skip them."""
-    source, target = sqlite_pair
-    for sku, name, price in SEED[:3]:
-        source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
-    for command in ("init", "install"):
-        cdc_ok(ws, command)
-    cdc_ok(ws, "run", "--once")
+    source, target = synced_products(ws, sqlite_pair, 3)
     real = ws.config.read_text()
     source.execute("UPDATE products SET price = 11.11 WHERE sku = 'P-01'")  # the real ledger has not read it
     ws.config.write_text(real.replace("target.db", "stray.db"), encoding="utf-8")
@@ -563,9 +553,10 @@ def test_status_of_a_streaming_pair_never_reports_it_behind(ws, sqlite_pair):
 
 
 # -- the SQLite changelog changed behind the pair's back -------------------------------------------
-def synced_products(ws, sqlite_pair) -> tuple[Side, Side]:
+def synced_products(ws, sqlite_pair, count: int = 5) -> tuple[Side, Side]:
+    """The first ``count`` products, copied by a first run."""
     source, target = sqlite_pair
-    for sku, name, price in SEED[:5]:
+    for sku, name, price in SEED[:count]:
         source.execute("INSERT INTO products VALUES (%s, %s, %s)", (sku, name, price))
     for command in ("init", "install"):
         cdc_ok(ws, command)

@@ -27,6 +27,11 @@ from . import sql
 #: installed in, or last copied from.
 DATABASE_COLUMN = "database_oid"
 
+
+def _records_database(conn: sa.Connection) -> bool:
+    """Whether the consumers table has DATABASE_COLUMN (`cdc install` adds it to older installations)."""
+    return DATABASE_COLUMN in {c["name"] for c in sa.inspect(conn).get_columns(sql.CONSUMERS)}
+
 class TriggerSource(SqlSource):
     """Reads the changelog the capture triggers fill; purges what every pair has applied."""
 
@@ -115,7 +120,7 @@ class TriggerSource(SqlSource):
         """A copy from now on is of this database: the registration records it (see _same_database)."""
         with self.engine.begin() as conn:
             self._require_installed(conn)
-            if DATABASE_COLUMN in {c["name"] for c in sa.inspect(conn).get_columns(sql.CONSUMERS)}:
+            if _records_database(conn):
                 conn.exec_driver_sql(f"UPDATE {sql.CONSUMERS} SET {DATABASE_COLUMN} = ({sql.DATABASE_OID}) "
                                      "WHERE pair = %(pair)s", {"pair": self.pair})
         return self.current_position()
@@ -127,7 +132,7 @@ class TriggerSource(SqlSource):
         the target applied since. The registration names the database of the pair's last copy."""
         with self.engine.connect() as conn:
             self._require_installed(conn)
-            if DATABASE_COLUMN not in {c["name"] for c in sa.inspect(conn).get_columns(sql.CONSUMERS)}:
+            if not _records_database(conn):
                 return  # installed before this check: `cdc install` records it
             recorded, now = conn.exec_driver_sql(
                 f"SELECT {DATABASE_COLUMN}, ({sql.DATABASE_OID}) FROM {sql.CONSUMERS} WHERE pair = %(pair)s",

@@ -108,8 +108,7 @@ class TriggerSource(SqliteSource):
                     f"{now or 'none'}): changes made in between were not captured. Copy the tables again with "
                     "`cdc run --resnapshot CONFIG` (rows deleted meanwhile are then removed by "
                     "`cdc reconcile CONFIG --repair`)")
-        newest = conn.exec_driver_sql(
-            f"SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{sql.CHANGELOG}'), 0)").scalar()
+        newest = conn.exec_driver_sql(sql.NEWEST_ID).scalar()
         self._position_ahead(after, newest, "the newest changelog id the source has issued (the database was restored "
                                             "from an older copy?)")
 
@@ -213,8 +212,7 @@ class TriggerSource(SqliteSource):
     def current_position(self) -> Position:
         with self.engine.connect() as conn:
             self._require_installed(conn)
-            return conn.exec_driver_sql(
-                f"SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{sql.CHANGELOG}'), 0)").scalar()
+            return conn.exec_driver_sql(sql.NEWEST_ID).scalar()
 
     def read(self, after: Position, max_changes: int) -> Batch:
         parts = list(self.stream(after, max_changes))

@@ -34,6 +34,8 @@ CREATE_STATE = [
         pair TEXT PRIMARY KEY, tables TEXT NOT NULL, acked_id INTEGER NOT NULL DEFAULT 0)""",
 ]
 # SQLite creates sqlite_sequence for AUTOINCREMENT and never lets it be dropped; we remove our row.
+#: The newest changelog id SQLite ever handed out (AUTOINCREMENT never hands one out again).
+NEWEST_ID = f"SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{CHANGELOG}'), 0)"
 DROP_STATE = [f"DROP TABLE IF EXISTS {t}" for t in (CHANGELOG, EPOCH, CONSUMERS)] + [
     f"DELETE FROM sqlite_sequence WHERE name = '{CHANGELOG}'"]
 
