@@ -162,6 +162,11 @@ class Source(Protocol):
         """What `cdc status` shows next to a running pair: (level warn|fail, text naming table, count and
         fix) about rows capture cannot vouch for (fail: changes to them may be missing); read-only."""
 
+    def idle(self, seconds: float, stop: Any) -> None:
+        """Wait after a read that brought nothing: until ``seconds`` have passed, ``stop`` (an Event-like
+        object with ``wait``/``is_set``) is set, or (for a capture that learns of them as they happen)
+        changes are ready to read, whichever comes first."""
+
     def close(self) -> None: ...
 
 
@@ -295,6 +300,10 @@ class SqlSource(KeyedReads):
 
     def format_position(self, position: Position) -> str:
         return dumps(position)
+
+    def idle(self, seconds: float, stop: Any) -> None:
+        """A polling capture learns of changes only by reading: it waits the whole poll interval."""
+        stop.wait(seconds)
 
     def generation(self) -> str | None:
         """None: by default a capture mode installs nothing that could be re-created."""

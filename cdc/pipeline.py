@@ -618,7 +618,7 @@ class PairRunner:
                 if once and not copying:
                     return
                 if not copying:
-                    self.stop.wait(self.pair.poll_interval)
+                    self.source.idle(self.pair.poll_interval, self.stop)
                 continue
             position = read.position
             self._retrying(lambda: self.source.acknowledge(position))
