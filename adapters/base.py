@@ -7,8 +7,9 @@ CdcError stops the pair with its message.
 
 from __future__ import annotations
 
-import datetime as dt
+import bisect
 import contextlib
+import datetime as dt
 import itertools
 import operator
 import uuid
@@ -941,11 +942,36 @@ class SqlTarget(KeyedReads):
 
     def _write(self, conn: sa.Connection, statements: list[tuple[str, str, tuple[str, ...], dict]],
                limit: int | None = None) -> None:
-        """Run consecutive operations of one kind on one table together, in order (in statements
-        under ``limit``)."""
-        for (op, name, key), run in itertools.groupby(statements, key=_RUN_KEY):
-            for part in self._statements([s[3] for s in run], limit):
+        """Run operations of one kind on one table together (in statements under ``limit``).
+
+        Where the order of rows cannot matter to the target (see ``free_order``), the operations are
+        gathered into as few runs as keep each row's own operations in their order: the many small
+        transactions of an OLTP load (a few tables, each changed once per transaction) then take a
+        statement per table, not one per change. Otherwise only consecutive operations are joined."""
+        names = {s[1] for s in statements}
+        runs = _runs(statements) if len(statements) > 1 and self.free_order(names) else None
+        if runs is None:
+            runs = [(run_key, [s[3] for s in run]) for run_key, run in itertools.groupby(statements, key=_RUN_KEY)]
+        for (op, name, key), params in runs:
+            for part in self._statements(params, limit):
                 self.write_run(conn, op, name, key, part)
+
+    def free_order(self, names: Iterable[str]) -> bool:
+        """Whether rows of these target tables may be written in another order than they changed,
+        each row's own changes kept in order: true when none has a foreign key or a unique
+        constraint or index besides its key (then no order of distinct rows can fail where
+        another would not), as in the tables `cdc init` makes. Cached per table."""
+        cache = self.__dict__.setdefault("_free_order", {})
+        for name in names:
+            if name not in cache:
+                table = self.table(name)
+                key = {c.name for c in table.primary_key.columns}
+                unique = [set(c.columns.keys()) for c in table.constraints if isinstance(c, sa.UniqueConstraint)]
+                unique += [{c.name for c in i.columns} for i in table.indexes if i.unique]
+                cache[name] = not table.foreign_keys and all(u == key for u in unique)
+            if not cache[name]:
+                return False
+        return True
 
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
         """One run of upserts or deletes on one table as one executemany (a dialect may bulk-load)."""
@@ -960,6 +986,33 @@ class SqlTarget(KeyedReads):
 #: Seconds a claim waits for a holder's open transaction before it counts as held.
 CLAIM_LOCK_WAIT = 5.0
 _RUN_KEY = operator.itemgetter(0, 1, 2)  # (op, table, key columns): one run per change of these
+
+
+def _runs(statements: list[tuple[str, str, tuple[str, ...], dict]]) -> list[tuple[tuple, list[dict]]] | None:
+    """``statements`` as runs of one (op, table, key, columns) each: a statement joins the first run of
+    its kind that comes no earlier than the run its row's previous statement went to, so each row's
+    statements stay in order (within a run, an executemany keeps its order). None when a key value
+    cannot be told from another (unhashable): then the caller keeps the order as it is."""
+    runs: list[tuple[tuple, list[dict]]] = []
+    by_kind: dict[tuple, list[int]] = {}
+    last: dict[tuple, int] = {}
+    try:
+        for op, name, key, params in statements:
+            kind, row = (op, name, key, tuple(params)), (name, tuple([params[k] for k in key]))
+            earliest = last.get(row, -1)
+            indexes = by_kind.setdefault(kind, [])
+            at = bisect.bisect_left(indexes, earliest)
+            if at < len(indexes):
+                index = indexes[at]
+            else:
+                index = len(runs)
+                runs.append((kind, []))
+                indexes.append(index)
+            runs[index][1].append(params)
+            last[row] = index
+    except TypeError:
+        return None
+    return [((op, name, key), params) for (op, name, key, _), params in runs]
 
 
 def _audit_rows(pair: str, done: list[MappedChange], reason: str, now) -> list[dict]:

@@ -23,10 +23,13 @@ from cdc.errors import SchemaError, SourceError
 from .._timestamp import TimestampCapture
 from ..base import SqlSource, kept_note
 from . import pgoutput, sql, types
-from .replication import ReplicationConnection
+from .replication import KeepAlive, ReplicationConnection, WalStream
 
 logger = logging.getLogger(__name__)
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+#: A read takes what the stream has ready for at most this long: many small source transactions
+#: go to the target in one transaction, and a light load still reaches it within a moment.
+GROUP_SECONDS = 0.2
 
 
 class LogicalSource(SqlSource):
@@ -294,28 +297,111 @@ class LogicalSource(SqlSource):
         return Batch(changes, complete[-1] if complete else (after or 0))
 
     def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
-        """Whole transactions from the slot, streamed from the server in parts of at most
-        ``max_changes`` changes, so even a transaction of millions of rows needs bounded memory."""
-        after, current, seen = after or 0, None, False
-        with self.engine.connect() as conn, conn.begin():
-            self._slot(conn)
-            for statement in sql.DECODING_SETTINGS:
-                conn.exec_driver_sql(statement)
-            # Flushed WAL only: the peek decodes up to the flush point, so nothing before it is unseen.
-            current = int(conn.exec_driver_sql(sql.FLUSHED_LSN).scalar())
-            rows = conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
-                sql.PEEK, {"slot": self.slot, "limit": max_changes, "publication": self.publication})
-            decoder = _Decoder(self, conn, after, max_changes)
-            for (data,) in rows:
-                seen = True
-                part = decoder.feed(data)
-                if part is not None:
-                    yield part
-        if not seen and current > after:
-            # Heartbeat: nothing of ours is pending. The checkpoint moves to the WAL other work wrote
-            # meanwhile, and the slot is then advanced to it (releasing that WAL) as after any read:
+        """Whole transactions after ``after`` from the slot's stream, in parts of at most
+        ``max_changes`` changes (so even a transaction of millions of rows needs bounded memory).
+
+        A read takes what the stream has ready, up to ``max_changes`` changes in whole
+        transactions or ``GROUP_SECONDS``, and ends at a transaction boundary: the target commits
+        them together. A read that finds nothing waits until the server says it has decoded the
+        WAL flushed when the read began, so an empty read means drained (`cdc run --once`).
+        """
+        after = after or 0
+        live = self._live(after)
+        decoder, done, yielded = live.decoder, False, 0
+        decoder.begin(after, max_changes)
+        deadline = time.monotonic() + GROUP_SECONDS
+        goal, drain = None, _Drain()
+        try:
+            with self._lazy_connection() as conn:
+                decoder.conn = conn
+                while True:
+                    boundary = not decoder.inside
+                    if boundary and (yielded >= max_changes or (yielded and time.monotonic() >= deadline)):
+                        break
+                    items = live.stream.take(0 if boundary else 1.0)
+                    if items is None:
+                        if not boundary:
+                            continue  # the rest of the transaction is on its way
+                        if yielded or decoder.passed:
+                            break  # what was ready is read: the next read takes what comes next
+                        if goal is None:
+                            goal = self._flushed_lsn(conn)
+                        if drain.done(goal, after, live.decoded):
+                            break
+                        if drain.ask():
+                            live.stream.ask_position()
+                        items = live.stream.take(0.05)
+                        if items is None:
+                            continue
+                    for item in items:
+                        if isinstance(item, KeepAlive):
+                            live.decoded = max(live.decoded, int(item))
+                            continue
+                        part = decoder.feed(item)
+                        if part is not None:
+                            yielded += len(part.changes)
+                            if part.complete:
+                                live.handed = part.position
+                            yield part
+                    live.unread = False
+            done = True
+        finally:
+            decoder.conn = None
+            if not done:  # stopped inside what the stream gave: the next read starts the stream again
+                live.unread = True
+        if live.decoded > live.handed and not decoder.inside and live.heartbeat_due():
+            # Heartbeat: nothing of ours is pending up to where the server has decoded. The checkpoint
+            # moves there (other work's WAL), and the slot is then confirmed to it as after any read:
             # the slot is never confirmed past the checkpoint.
-            yield Batch([], current)
+            live.handed = live.decoded
+            yield Batch([], live.decoded)
+
+    def _live(self, after: int) -> "_Live":
+        """The slot's stream, positioned right after ``after``: started (again) unless the last read
+        ended there at a transaction boundary with nothing of the stream taken beyond it."""
+        live = getattr(self, "_stream_state", None)
+        if live is not None and live.handed == after and not live.unread and live.stream.alive:
+            return live
+        self._end_stream()
+        with self.engine.connect() as conn:
+            self._slot(conn)  # a dropped or invalidated slot says so, with the fix
+        stream = WalStream(self.engine.url, self.slot, self.publication, after)
+        self._stream_state = _Live(stream, _Decoder(self), after)
+        logger.debug("pair %s: streaming slot %s from %s", self.pair, self.slot, sql.lsn_text(after))
+        return self._stream_state
+
+    def _end_stream(self) -> None:
+        live, self._stream_state = getattr(self, "_stream_state", None), None
+        if live is not None:
+            live.stream.close()
+
+    @contextmanager
+    def _lazy_connection(self) -> Iterator["_LazyConnection"]:
+        lazy = _LazyConnection(self.engine)
+        try:
+            yield lazy
+        finally:
+            lazy.close()
+
+    def _flushed_lsn(self, conn: "_LazyConnection") -> int:
+        return int(conn.get().exec_driver_sql(sql.FLUSHED_LSN).scalar())
+
+    def idle(self, seconds: float, stop: Any) -> None:
+        """Wait until the stream brings something (or ``seconds`` pass, or ``stop``)."""
+        live = getattr(self, "_stream_state", None)
+        if live is None or not live.stream.alive:
+            stop.wait(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and not live.stream.ready.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            live.stream.ready.wait(min(left, 0.2))
+
+    def close(self) -> None:
+        self._end_stream()
+        super().close()
 
     def _check_relation(self, relation: pgoutput.Relation) -> list:
         """Parsers for the relation's columns; SchemaError if a column the pair reads is gone.
@@ -392,8 +478,14 @@ class LogicalSource(SqlSource):
         return sql.lsn_text(position) if isinstance(position, int) else super().format_position(position)
 
     def acknowledge(self, position: Position) -> None:
-        """Advance the slot to ``position``; the walsender of the last read may take a moment to go."""
+        """Confirm the slot up to ``position``: through the stream when one runs (reported with its
+        next status message), else by advancing the slot (a walsender of an ended run may take a
+        moment to go)."""
         if not position:
+            return
+        live = getattr(self, "_stream_state", None)
+        if live is not None and live.stream.alive:
+            live.stream.acknowledge(position)
             return
         deadline = time.monotonic() + 5
         while True:
@@ -415,20 +507,93 @@ _OPS = {"I": "insert", "U": "update", "D": "delete"}
 _ROW_MESSAGES = frozenset(b"IUD")
 
 
+class _Live:
+    """A running stream of the slot and what the reads have taken from it."""
+
+    def __init__(self, stream: WalStream, decoder: "_Decoder", start: int):
+        self.stream, self.decoder = stream, decoder
+        self.handed = start  # where the last read's last whole transaction (or heartbeat) ended
+        self.decoded = 0  # how far the server said it had decoded, as far as the reads have taken
+        self.unread = False  # a read stopped inside what it took: the stream must start again
+        self._heartbeat = 0.0
+
+    def heartbeat_due(self) -> bool:
+        """At most one heartbeat a second: each is a checkpoint write in the target."""
+        now = time.monotonic()
+        if now - self._heartbeat < 1.0:
+            return False
+        self._heartbeat = now
+        return True
+
+
+class _Drain:
+    """When a read that found nothing may say the slot is drained: the server has decoded the WAL
+    flushed when the read began (``goal``), or says the same position for a while when asked
+    (a flush point inside a page header, or padding, is never a record's end), or 30 s passed."""
+
+    def __init__(self):
+        self.started = self.asked = self.since = time.monotonic()
+        self.seen = -1
+
+    def done(self, goal: int, after: int, decoded: int) -> bool:
+        now = time.monotonic()
+        if decoded != self.seen:
+            self.seen, self.since = decoded, now
+        if goal <= after or decoded >= goal:
+            return True
+        if now - self.started > 30:
+            logger.warning("the replication stream did not reach the source's flush point %s within 30 s "
+                           "(decoded up to %s)", sql.lsn_text(goal), sql.lsn_text(decoded))
+            return True
+        return decoded > 0 and now - self.since > 0.3
+
+    def ask(self) -> bool:
+        now = time.monotonic()
+        if now - self.asked < 0.05:
+            return False
+        self.asked = now
+        return True
+
+
+class _LazyConnection:
+    """A source connection opened the first time a read needs one (TOAST values, the flush point)."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine, self.conn = engine, None
+
+    def get(self) -> sa.Connection:
+        if self.conn is None:
+            self.conn = self.engine.connect()
+        return self.conn
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self.get().execute(*args, **kwargs)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
 class _Decoder:
     """Turns pgoutput messages into parts of transactions; skips transactions the target has.
 
     A transaction whose commit record starts before ``after`` (the end of the last applied
     commit) is already applied. Changes carry their commit LSN; a complete part carries the
-    commit's end LSN, which is what the checkpoint stores and the slot is advanced to.
+    commit's end LSN, which is what the checkpoint stores and the slot is confirmed to.
+    Relations are known per stream, so one decoder lives as long as its stream.
     """
 
-    def __init__(self, source: LogicalSource, conn: sa.Connection, after: int, part_size: int):
-        self.source, self.conn, self.after, self.part_size = source, conn, after, part_size
+    def __init__(self, source: LogicalSource):
+        self.source, self.conn = source, None
         self.relations: dict[int, tuple[pgoutput.Relation, list]] = {}
         self.pending: list[Change] = []
-        self.skip, self.xid, self.committed, self.lsn = False, None, None, 0
+        self.skip, self.inside, self.xid, self.committed, self.lsn = False, False, None, None, 0
+        self.after, self.part_size, self.passed = 0, 1, False
         self._parsers = lambda oid: self.relations[oid][1]
+
+    def begin(self, after: int, part_size: int) -> None:
+        """A new read after ``after``; ``passed``: it went past a transaction of none of our rows."""
+        self.after, self.part_size, self.passed = after, part_size, False
 
     def feed(self, data: bytes) -> Batch | None:
         if self.skip and data[0] in _ROW_MESSAGES:
@@ -449,12 +614,15 @@ class _Decoder:
                 return Batch(part, None, complete=False)
         elif kind == "B":
             self.lsn, self.xid = message.fields["final_lsn"], message.fields["xid"]
-            self.skip = self.lsn < self.after
+            self.skip, self.inside = self.lsn < self.after, True
             self.committed = PG_EPOCH + dt.timedelta(microseconds=message.fields["commit_time"])
             self.pending = []
         elif kind == "C":
+            self.inside = False
             if not self.skip:
                 part, self.pending = self.pending, []
+                if not part:  # only rows of tables the pair no longer copies
+                    self.passed = True
                 return Batch(part, message.fields["end_lsn"])
         elif kind == "T":
             names = [self.relations[oid][0].name for oid in message.fields["relations"] if oid in self.relations]
