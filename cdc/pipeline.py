@@ -673,7 +673,7 @@ class PairRunner:
                     raise
                 logger.warning("pair %s: %s; retrying in %.1fs", self.pair.name, _first_line(exc), delay)
                 self._say_retrying(_first_line(exc))
-                time.sleep(delay)
+                self.stop.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
             if self._retrying_since is not None:

@@ -29,9 +29,10 @@ from cdc.errors import RetryableError, SourceError
 from . import sql
 
 logger = logging.getLogger(__name__)
-#: How often the stream tells the server how far the target has committed (it drops a
-#: replication connection that stays silent for wal_sender_timeout, 60 s by default).
-STATUS_INTERVAL = 10.0
+#: How often the stream tells the server how far the target has committed (it drops a replication
+#: connection that stays silent for wal_sender_timeout, 60 s by default; and a run taking the pair
+#: over ends one silent for a few seconds: see LogicalSource._free_slot).
+STATUS_INTERVAL = 1.0
 #: Messages read in one wake-up of the reader thread are handed over together, up to this many.
 HANDOVER = 2000
 #: Session settings the walsender formats values with (pgoutput sends text): what types.py reads.

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator
 import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position
-from cdc.errors import SchemaError, SourceError
+from cdc.errors import RetryableError, SchemaError, SourceError
 
 from .._timestamp import TimestampCapture
 from ..base import SqlSource, kept_note
@@ -30,6 +30,8 @@ PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 #: A read takes what the stream has ready for at most this long: many small source transactions
 #: go to the target in one transaction, and a light load still reaches it within a moment.
 GROUP_SECONDS = 0.2
+#: A slot's walsender whose client has said nothing for this long serves a run that lost the pair.
+STALE_SECONDS = 5.0
 
 
 class LogicalSource(SqlSource):
@@ -363,12 +365,34 @@ class LogicalSource(SqlSource):
         if live is not None and live.handed == after and not live.unread and live.stream.alive:
             return live
         self._end_stream()
-        with self.engine.connect() as conn:
-            self._slot(conn)  # a dropped or invalidated slot says so, with the fix
+        self._free_slot()
         stream = WalStream(self.engine.url, self.slot, self.publication, after)
         self._stream_state = _Live(stream, _Decoder(self), after)
         logger.debug("pair %s: streaming slot %s from %s", self.pair, self.slot, sql.lsn_text(after))
         return self._stream_state
+
+    def _free_slot(self) -> None:
+        """Wait until no other connection streams the slot. Only the process holding the pair's claim
+        reads it, so a walsender whose client has been silent for ``STALE_SECONDS`` (it sends a status
+        message every second) serves a run that lost the pair: paused, hung or gone without a word.
+        Its connection is ended, or the slot would stay blocked until the server's wal_sender_timeout.
+        A dropped or invalidated slot says so, with the fix."""
+        deadline = time.monotonic() + 5
+        while True:
+            with self.engine.begin() as conn:
+                self._slot(conn)
+                user = conn.exec_driver_sql(sql.SLOT_USER, {"slot": self.slot}).first()
+                if user is None:
+                    return
+                if user.silent is not None and float(user.silent) > STALE_SECONDS:
+                    logger.warning("pair %s: replication slot %s is held by a connection (pid %s) whose client has "
+                                   "been silent for %.0f s, a run that no longer holds the pair: ending it",
+                                   self.pair, self.slot, user.pid, float(user.silent))
+                    conn.exec_driver_sql(sql.TERMINATE, {"pid": user.pid})
+            if time.monotonic() > deadline:
+                raise RetryableError(f"source: replication slot {self.slot} is in use by another connection (pid "
+                                     f"{user.pid}), whose client replied {float(user.silent or 0):.0f} s ago")
+            time.sleep(0.1)
 
     def _end_stream(self) -> None:
         live, self._stream_state = getattr(self, "_stream_state", None), None

@@ -18,6 +18,12 @@ PEEK = ("SELECT data FROM pg_logical_slot_peek_binary_changes(%(slot)s, NULL, %(
 SLOT = ("SELECT slot_name, plugin, database, active, wal_status, "
         "confirmed_flush_lsn - '0/0'::pg_lsn AS confirmed, restart_lsn - '0/0'::pg_lsn AS restart "
         "FROM pg_replication_slots WHERE slot_name = %(slot)s")
+#: Who streams the slot now: the walsender's pid and seconds since its client last replied (or
+#: since it started, before a first reply).
+SLOT_USER = ("SELECT s.active_pid AS pid, extract(epoch FROM now() - coalesce(r.reply_time, r.backend_start)) AS silent "
+             "FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid "
+             "WHERE s.slot_name = %(slot)s AND s.active")
+TERMINATE = "SELECT pg_terminate_backend(%(pid)s)"
 CREATE_SLOT = "SELECT pg_create_logical_replication_slot(%(slot)s, 'pgoutput')"
 DROP_SLOT = "SELECT pg_drop_replication_slot(%(slot)s)"
 ADVANCE = "SELECT pg_replication_slot_advance(%(slot)s, %(lsn)s::pg_lsn)"
