@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import registry, values
 from ._typecheck import check_types
-from .changes import ApplyResult, dumps
+from .changes import ApplyResult, Batch, dumps
 from .config import Connection, Pair
 from .errors import CdcError, ConfigError, RetryableError, SchemaError, SourceError, TargetError, first_line
 from .state import ClaimHeldError, ClaimLostError
@@ -592,7 +592,7 @@ class PairRunner:
 
             def mapped() -> Any:
                 try:
-                    for part in self.source.stream(position, self.pair.batch_size):
+                    for part in _joined(self.source.stream(position, self.pair.batch_size), self.pair.batch_size):
                         yield part, map_changes(part.changes, self.mappings)
                 except sa.exc.DBAPIError as exc:  # raised inside the target's transaction: say whose it is
                     raise _source_fault(exc) from None
@@ -750,6 +750,28 @@ class _Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _joined(parts: Iterable[Batch], size: int) -> Iterator[Batch]:
+    """Consecutive whole transactions joined into parts of about ``size`` changes: an OLTP load's
+    many small transactions are then mapped and written a few statements per part, not per
+    transaction. A part of a larger transaction (not complete) is passed on as it is."""
+    pending: list = []
+    position, held = None, False
+    for part in parts:
+        if not part.complete or (not held and len(part.changes) >= size):
+            if held:
+                yield Batch(pending, position)
+                pending, held = [], False
+            yield part
+            continue
+        pending.extend(part.changes)
+        position, held = part.position, True
+        if len(pending) >= size:
+            yield Batch(pending, position)
+            pending, held = [], False
+    if held:
+        yield Batch(pending, position)
 
 
 def _prefetched(make: Callable[[], Any], depth: int = 2) -> Any:
