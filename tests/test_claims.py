@@ -292,3 +292,33 @@ def test_a_taker_whose_clock_runs_ahead_does_not_take_a_live_holder(pg_url, monk
         with engine.begin() as conn:
             _claims.take(conn, "p", 30)
     engine.dispose()
+
+
+def test_a_run_taking_over_a_logical_pair_ends_the_walsender_of_the_paused_one(pg_to_pg):
+    """The paused holder keeps the slot's replication connection open: the run that took the pair
+    over ends it (the slot would otherwise stay busy until wal_sender_timeout) and streams."""
+    ws, source, target = pg_to_pg
+    logical_pair(ws, source, target, "takeover", poll_interval=0.05, claim_timeout=1)
+    execute(source, "INSERT INTO entries VALUES (1, 1500, 10.00, 'NOK', 'a', NULL)")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    first, second = start(ws), None
+    try:
+        wait_for(lambda: rows(target, "entries", "id") == rows(source, "entries", "id"), what="the first run's copy")
+        execute(source, "UPDATE entries SET memo = 'streamed' WHERE id = 1")
+        wait_for(lambda: rows(target, "entries", "id") == rows(source, "entries", "id"), what="the first run's stream")
+        os.kill(first.pid, signal.SIGSTOP)
+        second = start(ws, "--wait")
+        execute(source, "UPDATE entries SET memo = 'after the pause' WHERE id = 1")
+        wait_for(lambda: rows(target, "entries", "id") == rows(source, "entries", "id"), timeout=60,
+                 what="the second run to stream while the first is paused")
+        assert execute(target, "SELECT token FROM cdc_leases")[0][0] == 2
+        os.kill(first.pid, signal.SIGCONT)
+        wait_for(lambda: first.poll() is not None, what="the fenced first run to stop")
+        assert first.returncode == 1 and "another process took the pair" in first.communicate()[1]
+        second.send_signal(signal.SIGTERM)
+        err = second.communicate(timeout=60)[1]
+        assert second.returncode == 0, err
+        assert "replication slot cdc_takeover is held by a connection" in err and "ending it" in err, err
+    finally:
+        kill_all(first, second)

@@ -160,6 +160,14 @@ class LogicalSource(SqlSource):
                                       "and restart, or drop an unused slot"))
             else:
                 found.append(("ok", f"replication slots: {used} of {limit} in use"))
+            senders, sending = conn.exec_driver_sql(
+                "SELECT current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)").one()
+            if mine is not None and mine.active:
+                sending -= 1  # this pair's own run
+            found.append(("ok", f"walsenders: {sending} of max_wal_senders {senders} in use (a run needs one)")
+                         if sending < senders else
+                         ("fail", f"all {senders} walsenders are in use (max_wal_senders): `cdc run` streams the slot "
+                                  "over a replication connection of its own; raise max_wal_senders and restart"))
             role = conn.exec_driver_sql("SELECT rolreplication OR rolsuper FROM pg_roles "
                                         "WHERE rolname = current_user").scalar()
             found.append(("ok", "the user may read replication slots") if role else
