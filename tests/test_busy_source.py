@@ -28,6 +28,10 @@ LOAD_SECONDS = 10
 #: enough to keep every capture busy and little enough for the old code to catch up within a minute.
 WRITER_PAUSE = 0.05
 WRITERS = 4
+#: Changes the writers may be ahead of the pair's checkpoint: they wait beyond it, so that a slow
+#: machine (or slow capture code) does not make each restart's first commit, and the catch-up at
+#: the end, take longer and longer; a fast one never waits.
+MAX_BACKLOG = 600
 TABLES = (("entries", "id"), ("parties", "code, region"))
 
 #: mode: (source database, capture, whether the audit's source_txid is the source transaction's id)
@@ -105,21 +109,33 @@ def differing_tables(source, target) -> list[str]:
 
 
 class Writers:
-    """``WRITERS`` threads of ``workload.small_transactions`` on one source, each with its own log."""
+    """``WRITERS`` threads of ``workload.small_transactions`` on one source, each with its own log,
+    held while they are ``MAX_BACKLOG`` changes ahead of the checkpoint in ``target``."""
 
-    def __init__(self, source, shared: tuple[int, list], seed: int):
-        self.stop, self.logs, self.errors = threading.Event(), [[] for _ in range(WRITERS)], []
+    def __init__(self, source, target, shared: tuple[int, list], seed: int):
+        self.stop, self.go, self.logs, self.errors = threading.Event(), threading.Event(), [], []
+        self.logs = [[] for _ in range(WRITERS)]
+        self.go.set()
         self.threads = [threading.Thread(target=self._write, args=(source, n, seed + n, shared))
-                        for n in range(WRITERS)]
+                        for n in range(WRITERS)] + [threading.Thread(target=self._hold, args=(target,))]
         for thread in self.threads:
             thread.start()
 
     def _write(self, source, writer: int, seed: int, shared) -> None:
         try:
-            workload.small_transactions(source, writer, seed, self.stop, shared, WRITER_PAUSE, self.logs[writer])
+            workload.small_transactions(source, writer, seed, self.stop, shared, WRITER_PAUSE, self.logs[writer],
+                                        self.go)
         except Exception as exc:  # noqa: BLE001 - reported by finish() in the test's thread
             self.errors.append(f"writer {writer}: {exc!r}")
             self.stop.set()
+
+    def _hold(self, target) -> None:
+        while not self.stop.wait(0.2):
+            try:
+                ahead = self.changes() - applied(target)
+            except Exception:  # noqa: BLE001 - the target is down (restarting): keep the last decision
+                continue
+            (self.go.clear if ahead > MAX_BACKLOG else self.go.set)()
 
     def finish(self) -> None:
         self.stop.set()
@@ -213,7 +229,7 @@ def test_sigkill_under_four_busy_writers_loses_and_doubles_nothing(request, ws, 
     target = ws.target if kind == "sqlite" else request.getfixturevalue("pg_databases")()
     shared = prepared(ws, source, target, capture)
     rng = random.Random(f"busy {mode}")
-    writers, process = Writers(source, shared, seed=rng.randrange(10**6)), None
+    writers, process = Writers(source, target, shared, seed=rng.randrange(10**6)), None
     try:
         checkpoints = kill_on_progress(ws, target, writers, rng)
         writers.finish()
@@ -255,7 +271,7 @@ def test_target_restart_while_streaming_under_four_busy_writers(request, ws, own
     source, target = make_source(request, ws, kind), own_pg_server.url()
     shared = prepared(ws, source, target, capture)
     rng = random.Random(f"restart {mode}")
-    writers, process = Writers(source, shared, seed=rng.randrange(10**6)), serve(ws)
+    writers, process = Writers(source, target, shared, seed=rng.randrange(10**6)), serve(ws)
     began = time.monotonic()
     try:
         before = applied(target)

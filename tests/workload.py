@@ -183,8 +183,9 @@ def _lost_race(exc: Exception) -> bool:
 
 
 def small_transactions(db: Path | str, writer: int, seed: int, stop, shared: tuple[int, list],
-                       pause: float = 0.005, log: list | None = None) -> list[tuple[str | None, list]]:
-    """One of several sessions writing at once: small transactions until ``stop`` (an Event) is set.
+                       pause: float = 0.005, log: list | None = None, go=None) -> list[tuple[str | None, list]]:
+    """One of several sessions writing at once: small transactions until ``stop`` (an Event) is set,
+    each one when ``go`` (an Event, if given) is set.
 
     Each transaction UPDATEs one or two random rows of ``entries`` that every writer changes
     (``shared``: the ids 1..N of those rows and the ``parties`` keys every writer changes), in key
@@ -206,6 +207,8 @@ def small_transactions(db: Path | str, writer: int, seed: int, stop, shared: tup
     done = [] if log is None else log
     try:
         while not stop.is_set():
+            if go is not None and not go.wait(0.1):
+                continue
             number += 1
             memo, new_id, changed = f"w{writer} t{number}", (writer + 1) * 1_000_000 + number, []
             try:
