@@ -137,3 +137,143 @@ def run(db: Path | str, changes: int, seed: int, pause: float = 0.0, log: list |
     finally:
         conn.close()
     return done
+
+
+
+class _SQLite:
+    """sqlite3 with BEGIN IMMEDIATE: writer threads on one file wait for each other's write lock
+    (busy timeout) instead of failing at once, as deferred transactions that read first may."""
+
+    last_txid = None
+
+    def __init__(self, path: Path):
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+
+    def execute(self, sql: str, params: tuple = ()):
+        return self.conn.execute(sql, params)
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            try:
+                self.conn.execute("COMMIT")
+                return False
+            except sqlite3.OperationalError:
+                self.conn.execute("ROLLBACK")
+                raise
+        self.conn.execute("ROLLBACK")
+        return False
+
+    def close(self):
+        self.conn.close()
+
+
+def _lost_race(exc: Exception) -> bool:
+    """Whether the database rolled the transaction back because another session held what it needed."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc)
+    if type(exc).__module__.startswith("psycopg"):
+        import psycopg
+
+        return isinstance(exc, psycopg.errors.TransactionRollback)
+    return type(exc).__name__ == "OperationalError" and exc.args[:1] in ((1213,), (1205,))  # PyMySQL
+
+
+def small_transactions(db: Path | str, writer: int, seed: int, stop, shared: tuple[int, list],
+                       pause: float = 0.005, log: list | None = None, go=None) -> list[tuple[str | None, list]]:
+    """One of several sessions writing at once: small transactions until ``stop`` (an Event) is set,
+    each one when ``go`` (an Event, if given) is set.
+
+    Each transaction UPDATEs one or two random rows of ``entries`` that every writer changes
+    (``shared``: the ids 1..N of those rows and the ``parties`` keys every writer changes), in key
+    order, so that writers wait for each other but never deadlock; INSERTs an entry of its own;
+    now and then UPDATEs or DELETEs an entry it inserted before; and INSERTs a party, DELETEs one it
+    inserted or UPDATEs a shared one. Every UPDATE changes a value (the memo names the transaction):
+    MySQL's binlog logs no event for one that does not.
+
+    Returns (and appends to ``log`` as they commit) each committed transaction as (its id:
+    PostgreSQL pg_current_xact_id, MySQL GTID, SQLite None; the (table, key) of each row change).
+    A transaction the database rolled back as a lost race (deadlock, lock wait) is left out.
+    """
+    import time
+
+    rng = random.Random(seed)
+    conn = _SQLite(db) if isinstance(db, Path) else connect(db)
+    shared_entries, shared_parties = shared
+    entries, parties, number = [], [], 0  # the rows of its own it may update or delete
+    done = [] if log is None else log
+    try:
+        while not stop.is_set():
+            if go is not None and not go.wait(0.1):
+                continue
+            number += 1
+            memo, new_id, changed = f"w{writer} t{number}", (writer + 1) * 1_000_000 + number, []
+            try:
+                with conn:
+                    for victim in sorted(rng.sample(range(1, shared_entries + 1), rng.randint(1, 2))):
+                        if conn.execute("UPDATE entries SET amount = ?, memo = ? WHERE id = ?",
+                                        (amount(rng), memo, victim)).rowcount:
+                            changed.append(("entries", (victim,)))
+                    conn.execute("INSERT INTO entries VALUES (?, ?, ?, 'NOK', ?, ?)",
+                                 (new_id, rng.choice([1500, 1920, 2700, 3000]), amount(rng), memo,
+                                  f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} 12:00:00"))
+                    changed.append(("entries", (new_id,)))
+                    roll, victim, deleted = rng.random(), rng.choice(entries) if entries else None, None
+                    if victim and roll < 0.3:
+                        conn.execute("DELETE FROM entries WHERE id = ?", (victim,))
+                        changed.append(("entries", (victim,)))
+                        deleted = victim
+                    elif victim and roll < 0.5:
+                        conn.execute("UPDATE entries SET memo = ?, account = account + 1 WHERE id = ?", (memo, victim))
+                        changed.append(("entries", (victim,)))
+                    roll, party, party_op = rng.random(), rng.choice(parties) if parties else None, None
+                    if roll < 0.25:
+                        party = (f"W{writer}-{number}", rng.randint(1, 9))
+                        conn.execute("INSERT INTO parties VALUES (?, ?, ?)", (*party, rng.choice(MEMOS[:4])))
+                        changed.append(("parties", party))
+                        party_op = "insert"
+                    elif party and roll < 0.4:
+                        conn.execute("DELETE FROM parties WHERE code = ? AND region = ?", party)
+                        changed.append(("parties", party))
+                        party_op = "delete"
+                    elif roll < 0.55:
+                        shared_party = rng.choice(shared_parties)
+                        conn.execute("UPDATE parties SET name = ? WHERE code = ? AND region = ?", (memo, *shared_party))
+                        changed.append(("parties", tuple(shared_party)))
+            except Exception as exc:  # noqa: BLE001 - a lost race is expected; anything else goes on up
+                if not _lost_race(exc):
+                    raise
+                continue
+            # Its own rows after the commit: what it deleted goes, what it inserted comes.
+            if deleted is not None:
+                entries.remove(deleted)
+            entries.append(new_id)
+            if party_op == "delete":
+                parties.remove(party)
+            elif party_op == "insert":
+                parties.append(party)
+            done.append((conn.last_txid, changed))
+            if pause:
+                time.sleep(pause)
+    finally:
+        conn.close()
+    return done
+
+
+def shared_rows(db: Path | str, entries: int = 200, parties: int = 40) -> tuple[int, list]:
+    """Insert the rows every writer of ``small_transactions`` changes; returns its ``shared`` argument."""
+    conn = _SQLite(db) if isinstance(db, Path) else connect(db)
+    keys = [(f"P{n}", n % 9 + 1) for n in range(1, parties + 1)]
+    try:
+        with conn:
+            for n in range(1, entries + 1):
+                conn.execute("INSERT INTO entries VALUES (?, 1500, ?, 'NOK', ?, '2024-01-31 12:00:00')",
+                             (n, f"{n}.{n % 100:02d}", MEMOS[n % 4]))
+            for key in keys:
+                conn.execute("INSERT INTO parties VALUES (?, ?, ?)", (*key, MEMOS[len(key[0]) % 4]))
+    finally:
+        conn.close()
+    return entries, keys
