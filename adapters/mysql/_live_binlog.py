@@ -23,6 +23,10 @@ from cdc.changes import Batch
 from cdc.errors import RetryableError
 
 logger = logging.getLogger(__name__)
+# The library says it reconnects after a lost connection; ours refuses to (see LiveBinlog._connect),
+# and a reader that is stopped loses its connection on purpose.
+logging.getLogger("pymysqlreplication.binlogstream").addFilter(
+    lambda record: "Re-request the connection" not in record.getMessage())
 #: Seconds a read keeps taking transactions that are ready before it ends at the next boundary.
 READ_SECONDS = 0.2
 #: Seconds between two reads that only move the position past other tables' transactions: each
@@ -194,15 +198,16 @@ class LiveBinlog:
 
     def read(self, end: Callable[[], dict]) -> Iterator[Batch]:
         """Whole transactions that are ready, at most ``size`` changes (one larger transaction in
-        parts), for up to READ_SECONDS; a read that finds nothing waits until some are ready or
-        the reader has reached ``end()``, the binlog's end as the server says now."""
+        parts), for up to READ_SECONDS, as one part (fewer, larger target statements); a read that
+        finds nothing waits until some are ready or the reader has reached ``end()``, the binlog's
+        end as the server says now."""
         if not self._wait_for_any(end):
             return
-        started, total, inside = time.monotonic(), 0, False
+        started, total, inside, whole, told = time.monotonic(), 0, False, [], self.handed
         while True:
             head = self.queue.peek()
             if not inside and not self._goes_on(head, total, started):
-                return
+                break
             if head is None:  # inside a transaction: its next part is on the way
                 if not self.thread.is_alive():
                     raise RetryableError("source: the binlog reader stopped inside a transaction")
@@ -213,12 +218,18 @@ class LiveBinlog:
                 raise head
             part = self.queue.take()
             total += len(part.changes)
-            inside = not part.complete
+            split, inside = inside, not part.complete
             if part.complete:
                 self.handed = part.position
+            if inside or split or not total:  # a large transaction's parts; a move past other tables'
                 if not total:
                     self.moved_at = time.monotonic()
-            yield part
+                told = self.handed
+                yield part
+            else:
+                whole += part.changes
+        if whole or self.handed != told:
+            yield Batch(whole, self.handed)
 
     def _goes_on(self, head: Any, total: int, started: float) -> bool:
         """Whether a read that has taken ``total`` changes takes ``head`` too (at a transaction boundary)."""

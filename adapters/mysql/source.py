@@ -363,7 +363,7 @@ class BinlogSource(MySQLSource):
         return BinLogStreamReader(
             connection_settings={**self._connection_settings(), "read_timeout": 60}, server_id=self._server_id(),
             log_file=start["file"], log_pos=start["pos"], resume_stream=True, blocking=True,
-            slave_heartbeat=HEARTBEAT_SECONDS,
+            slave_heartbeat=HEARTBEAT_SECONDS, freeze_schema=True,
             only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
                          MariadbGtidEvent, GtidEvent, HeartbeatLogEvent],
             only_schemas=[self.engine.url.database], only_tables=list(self.keys), enable_logging=False,
