@@ -25,7 +25,7 @@ from cdc.errors import RetryableError
 logger = logging.getLogger(__name__)
 # The library says it reconnects after a lost connection; ours refuses to (see LiveBinlog._connect),
 # and a reader that is stopped loses its connection on purpose.
-logging.getLogger("pymysqlreplication.binlogstream").addFilter(
+logging.getLogger("pymysqlreplication").addFilter(
     lambda record: "Re-request the connection" not in record.getMessage())
 #: Seconds a read keeps taking transactions that are ready before it ends at the next boundary.
 READ_SECONDS = 0.2
@@ -122,11 +122,11 @@ class LiveBinlog:
     def __init__(self, open_reader: Callable[[dict, Callable], Any], decoder: Callable[[], Any], start: dict,
                  size: int):
         self.size = size
-        self.handed = self.consumed = {"file": start["file"], "pos": int(start["pos"])}
+        self.handed = {"file": start["file"], "pos": int(start["pos"])}  # where the last read ended
         self.moved_at = float("-inf")  # when a read last moved the position only
         self.queue = _Queue(limit=2 * size)
         self._stop = threading.Event()
-        self._sockets: list = []
+        self._connections: list = []
         self._open, self._decoder, self._start = open_reader, decoder, start
         self.thread = threading.Thread(target=self._run, name="cdc-binlog", daemon=True)
         self.thread.start()
@@ -137,10 +137,10 @@ class LiveBinlog:
         not made again behind our back (it would resume inside a transaction): the read fails instead."""
         if self._stop.is_set():
             raise _Stopped
-        if len(self._sockets) >= 2:
+        if len(self._connections) >= 2:
             raise RetryableError("source: the binlog connection was lost; reading again from the checkpoint")
         connection = pymysql.connect(**settings)
-        self._sockets.append(connection)
+        self._connections.append(connection)
         return connection
 
     def _run(self) -> None:
@@ -177,7 +177,7 @@ class LiveBinlog:
         self._stop.set()
         self.queue.close()
         for _ in range(50):
-            for connection in list(self._sockets):
+            for connection in list(self._connections):
                 with contextlib.suppress(OSError, AttributeError):
                     connection._sock.shutdown(socket.SHUT_RDWR)
             self.thread.join(timeout=0.1)
