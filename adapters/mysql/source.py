@@ -1,8 +1,9 @@
 """MySQL/MariaDB as a source: capture `binlog` (mysql-replication) and `timestamp`.
 
 Position: {"file": binlog file, "pos": the position after the last applied transaction's
-commit event}. A read starts there, groups row events by transaction (commit = XID event, or
-a COMMIT query for non-transactional tables) and ends at the end of the binlog.
+commit event}. One replica connection, kept open across reads (_live_binlog.py), reads from
+there and groups row events by transaction (commit = XID event, or a COMMIT query for
+non-transactional tables).
 """
 
 from __future__ import annotations
@@ -12,22 +13,24 @@ import datetime as dt
 import logging
 import re
 import struct
+import time
 import zlib
 from typing import Any, Iterable, Iterator
 
-import pymysql
 import sqlalchemy as sa
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.constants import NONE_SOURCE
-from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
+from pymysqlreplication.event import (GtidEvent, HeartbeatLogEvent, MariadbGtidEvent, QueryEvent, RotateEvent,
+                                      XidEvent)
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 from cdc.changes import Batch, Change, Position
-from cdc.errors import RetryableError, SchemaError, SourceError
+from cdc.errors import SchemaError, SourceError
 
 from .._timestamp import TimestampCapture
 from ..base import SqlSource
 from . import rows, sql, statements, types
+from ._live_binlog import HEARTBEAT_SECONDS, LiveBinlog
 
 logger = logging.getLogger(__name__)
 UTC = dt.timezone.utc
@@ -322,29 +325,49 @@ class BinlogSource(MySQLSource):
         return Batch([c for part in parts for c in part.changes], complete[-1] if complete else after)
 
     def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
-        """Whole transactions from ``after`` to the end of the binlog, in parts of at most
-        ``max_changes`` changes; a transaction with none of ours only moves the position."""
-        self._check_file(after)
-        reader = BinLogStreamReader(
-            connection_settings=self._connection_settings(), server_id=self._server_id(),
-            log_file=after["file"], log_pos=after["pos"], resume_stream=True, blocking=False,
+        """Whole transactions from ``after`` that the binlog connection has read (see _live_binlog),
+        in parts of at most ``max_changes`` changes; transactions with none of ours only move the
+        position. A read from where the last one ended goes on on the same connection; from
+        anywhere else (a retry, a restart) a new one is opened there."""
+        live = self._live
+        if live is not None and not live.continues(after, max_changes):
+            live.close()
+            live = self._live = None
+        if live is None:
+            self._check_file(after)
+            live = self._live = LiveBinlog(self._binlog_reader, lambda: _Transactions(self, max_changes), after,
+                                           max_changes)
+        yield from live.read(self.current_position)
+
+    def idle(self, seconds: float, stop: Any) -> None:
+        """Wait until the binlog connection has read a transaction to return, ``stop`` is set, or
+        ``seconds`` have passed."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < deadline:
+            live = self._live
+            if live is None:
+                stop.wait(min(0.2, deadline - time.monotonic()))
+            elif live.queue.wait(live.ready, min(0.2, deadline - time.monotonic())):
+                return
+
+    def close(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            live.close()
+        super().close()
+
+    _live: LiveBinlog | None = None
+
+    def _binlog_reader(self, start: dict, connect: Any) -> BinLogStreamReader:
+        """A blocking reader from ``start`` (a heartbeat every HEARTBEAT_SECONDS of silence)."""
+        return BinLogStreamReader(
+            connection_settings={**self._connection_settings(), "read_timeout": 60}, server_id=self._server_id(),
+            log_file=start["file"], log_pos=start["pos"], resume_stream=True, blocking=True,
+            slave_heartbeat=HEARTBEAT_SECONDS, freeze_schema=True,
             only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
-                         MariadbGtidEvent, GtidEvent],
+                         MariadbGtidEvent, GtidEvent, HeartbeatLogEvent],
             only_schemas=[self.engine.url.database], only_tables=list(self.keys), enable_logging=False,
-            pymysql_wrapper=_bounded_connects())  # is_mariadb stays False: it would ignore file/position
-        decoder = _Transactions(self, max_changes)
-        try:
-            for event in reader:
-                for part in decoder.feed(event, reader):
-                    yield part
-                if decoder.done:
-                    return
-            if decoder.moved is not None:
-                yield Batch([], decoder.moved)  # only other tables' transactions: move past them
-        except pymysql.err.OperationalError as exc:
-            raise RetryableError(f"source: binlog stream: {exc.args[-1]}") from None
-        finally:
-            reader.close()
+            pymysql_wrapper=connect)  # is_mariadb stays False: it would ignore file/position
 
     def _connection_settings(self) -> dict:
         url = self.engine.url
@@ -395,20 +418,6 @@ class BinlogSource(MySQLSource):
             converters = [(name, self.log_reader(column)) for name, column in zip(info.column_names, info.columns)]
             cache[table] = (frozenset(info.column_names), [(n, r) for n, r in converters if r is not types.same])
         return cache[table]
-
-
-def _bounded_connects(limit: int = 4):
-    """pymysql.connect for one read, refusing after ``limit`` connections: the reader reconnects
-    by itself after a lost connection, and would do so forever while the server is down."""
-    made = []
-
-    def connect(**settings):
-        if len(made) >= limit:
-            raise RetryableError("source: the binlog connection keeps failing; retrying the read")
-        made.append(1)
-        return pymysql.connect(**settings)
-
-    return connect
 
 
 class _Transactions:
