@@ -162,3 +162,18 @@ def test_replace_through_a_unique_column_is_warned_of_and_captured_with_recursiv
     ws.sql(ws.source, "PRAGMA recursive_triggers = ON; REPLACE INTO acct VALUES (7, '3000', 'Salgsinntekt');")
     assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
     assert ws.rows(ws.target, "acct") == ws.rows(ws.source, "acct") == [(1, "1920", "Bank"), (7, "3000", "Salgsinntekt")]
+
+
+def test_a_read_with_nothing_new_writes_nothing_to_the_source(ledger):
+    """An idle pair reads once a poll interval: with no changelog row after its position it seals no
+    epoch (a write that would wait in line for the lock with the application's writers)."""
+    ws = ledger
+    ws.sql(ws.source, "INSERT INTO entries VALUES (1, 1500, '1.00', 'NOK', NULL, NULL)")
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    epoch = ws.query(ws.source, "SELECT n FROM _cdc_epoch")
+    for _ in range(2):
+        assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    assert ws.query(ws.source, "SELECT n FROM _cdc_epoch") == epoch
+    ws.sql(ws.source, "UPDATE entries SET amount = '2.00' WHERE id = 1")
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    assert ws.rows(ws.target, "entries") == ws.rows(ws.source, "entries")
