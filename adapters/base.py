@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import itertools
 import operator
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -302,9 +303,35 @@ class SqlSource(KeyedReads):
     def format_position(self, position: Position) -> str:
         return dumps(position)
 
+    #: Trigger capture: SQL for a number that changes whenever a capture trigger logs a change (the
+    #: changelog's newest id), which ``idle`` asks every IDLE_CHECK seconds; None: idle just waits.
+    changelog_mark: str | None = None
+
     def idle(self, seconds: float, stop: Any) -> None:
-        """A polling capture learns of changes only by reading: it waits the whole poll interval."""
-        stop.wait(seconds)
+        """A polling capture learns of changes only by reading: it waits the whole poll interval. Trigger
+        capture asks its changelog's newest id every IDLE_CHECK seconds (one indexed lookup) and ends the
+        wait as soon as it moves, so a change on an idle pair need not wait for the poll interval."""
+        deadline = time.monotonic() + seconds
+        try:
+            first = self._changelog_mark()
+        except sa.exc.DBAPIError:  # the source is away: the next read says so, and is retried
+            first = None
+        while first is not None and not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or stop.wait(min(IDLE_CHECK, left)):
+                return
+            try:
+                if self._changelog_mark() != first:
+                    return
+            except sa.exc.DBAPIError:
+                break
+        stop.wait(max(0.0, deadline - time.monotonic()))
+
+    def _changelog_mark(self) -> Any:
+        if self.changelog_mark is None:
+            return None
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql(self.changelog_mark).scalar()
 
     def generation(self) -> str | None:
         """None: by default a capture mode installs nothing that could be re-created."""
@@ -1037,6 +1064,8 @@ class SqlTarget(KeyedReads):
         return statement
 
 
+#: Seconds between two looks at the changelog of an idle trigger-capture pair (see SqlSource.idle).
+IDLE_CHECK = 0.2
 #: Seconds a claim waits for a holder's open transaction before it counts as held.
 CLAIM_LOCK_WAIT = 5.0
 _RUN_KEY = operator.itemgetter(0, 1, 2)  # (op, table, key columns): one run per change of these

@@ -36,6 +36,7 @@ class TriggerSource(SqlSource):
     """Reads the changelog the capture triggers fill; purges what every pair has applied."""
 
     registers_tables = True
+    changelog_mark = f"SELECT last_value FROM {sql.CHANGELOG}_id_seq"  # moves with every id handed out
 
     # -- install -------------------------------------------------------------------
     def prepare(self, keep: Iterable[str] = ()) -> list[str]:

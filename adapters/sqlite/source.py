@@ -66,6 +66,7 @@ class TriggerSource(SqliteSource):
     """
 
     registers_tables = True
+    changelog_mark = sql.NEWEST_ID
 
     def prepare(self, keep: Iterable[str] = ()) -> list[str]:
         done, removed = [], []
