@@ -309,29 +309,27 @@ class SqlSource(KeyedReads):
 
     def idle(self, seconds: float, stop: Any) -> None:
         """A polling capture learns of changes only by reading: it waits the whole poll interval. Trigger
-        capture asks its changelog's newest id every IDLE_CHECK seconds (one indexed lookup) and ends the
-        wait as soon as it moves, so a change on an idle pair need not wait for the poll interval."""
+        capture asks its changelog's newest id every IDLE_CHECK seconds (one indexed lookup, on one
+        connection) and ends the wait as soon as it moves, so a change on an idle pair need not wait
+        for the poll interval."""
         deadline = time.monotonic() + seconds
-        try:
-            first = self._changelog_mark()
-        except sa.exc.DBAPIError:  # the source is away: the next read says so, and is retried
-            first = None
-        while first is not None and not stop.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0 or stop.wait(min(IDLE_CHECK, left)):
-                return
+        if self.changelog_mark is not None:
             try:
-                if self._changelog_mark() != first:
+                with self.engine.connect() as conn:
+                    first = self._changelog_mark(conn)
+                    while not stop.wait(max(0.0, min(IDLE_CHECK, deadline - time.monotonic()))):
+                        if time.monotonic() >= deadline or self._changelog_mark(conn) != first:
+                            return
                     return
-            except sa.exc.DBAPIError:
-                break
+            except sa.exc.DBAPIError:  # the source is away: the next read says so, and is retried
+                pass
         stop.wait(max(0.0, deadline - time.monotonic()))
 
-    def _changelog_mark(self) -> Any:
-        if self.changelog_mark is None:
-            return None
-        with self.engine.connect() as conn:
+    def _changelog_mark(self, conn: sa.Connection) -> Any:
+        try:
             return conn.exec_driver_sql(self.changelog_mark).scalar()
+        finally:
+            conn.rollback()  # each look its own short read: it holds no lock, and the next sees new commits
 
     def generation(self) -> str | None:
         """None: by default a capture mode installs nothing that could be re-created."""

@@ -522,8 +522,6 @@ def test_truncate_under_trigger_capture_stops_the_pair(pg_to_pg):
 def test_trigger_capture_on_an_idle_pair_does_not_wait_for_the_poll_interval(pg_to_pg):
     """The idle wait looks at the changelog's id sequence every 0.2 s: with poll_interval 30 a change
     still arrives within seconds."""
-    from conftest import startup_seconds
-
     ws, source, target = pg_to_pg
     logical_pair(ws, source, target, "idle", tables="[entries]", poll_interval=30)
     ws.config.write_text(ws.config.read_text().replace("capture: logical", "capture: trigger"))
@@ -532,7 +530,11 @@ def test_trigger_capture_on_an_idle_pair_does_not_wait_for_the_poll_interval(pg_
     process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(startup_seconds() + 3)  # started, read nothing, waiting
+        execute(source, "INSERT INTO entries VALUES (6, 1500, 6.00, 'NOK', 'først', NULL)")
+        deadline = time.monotonic() + 120
+        while not execute(target, "SELECT 1 FROM entries WHERE id = 6") and time.monotonic() < deadline:
+            time.sleep(0.1)  # started (slowly, on a busy machine) and streaming
+        time.sleep(2)  # read again, nothing: waiting
         execute(source, "INSERT INTO entries VALUES (7, 1500, 7.00, 'NOK', 'mens den venter', NULL)")
         deadline = time.monotonic() + 10
         while not execute(target, "SELECT 1 FROM entries WHERE id = 7") and time.monotonic() < deadline:

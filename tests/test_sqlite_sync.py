@@ -9,7 +9,6 @@ import sys
 import time
 
 import workload
-from conftest import startup_seconds
 from cdc.config import load_config
 from cdc.pipeline import open_source
 
@@ -193,7 +192,11 @@ def test_a_change_on_an_idle_pair_does_not_wait_for_the_poll_interval(ledger):
     process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(startup_seconds() + 3)  # started, read nothing, waiting
+        ws.sql(ws.source, "INSERT INTO entries VALUES (6, 1500, '6.00', 'NOK', 'først', NULL)")
+        deadline = time.monotonic() + 120
+        while not ws.query(ws.target, "SELECT 1 FROM entries WHERE id = 6") and time.monotonic() < deadline:
+            time.sleep(0.1)  # started (slowly, on a busy machine) and streaming
+        time.sleep(2)  # read again, nothing: waiting
         ws.sql(ws.source, "INSERT INTO entries VALUES (7, 1500, '7.00', 'NOK', 'mens den venter', NULL)")
         deadline = time.monotonic() + 10
         while not ws.query(ws.target, "SELECT 1 FROM entries WHERE id = 7") and time.monotonic() < deadline:
