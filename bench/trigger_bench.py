@@ -99,11 +99,15 @@ class SqliteCase(Case):
         return conn
 
     def target_scalar(self, statement: str):
-        conn = sqlite3.connect(self.root / "target.db", timeout=30)
-        try:
-            return conn.execute(statement).fetchone()[0]
-        finally:
-            conn.close()
+        while True:  # a large apply transaction keeps readers out of a rollback-journal database
+            conn = sqlite3.connect(self.root / "target.db", timeout=30)
+            try:
+                return conn.execute(statement).fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+            finally:
+                conn.close()
 
     def source_url(self) -> str:
         return f"sqlite:///{self.root / 'source.db'}"
