@@ -896,50 +896,9 @@ class SqlTarget(KeyedReads):
                         raise
                     reject(item, RowError(f"the target refused the row: {str(exc.orig).strip()}"), parked)
         else:
-            self._write(conn, self._in_runs([s for _, statements in prepared for s in statements]), limit)
+            self._write(conn, [s for _, statements in prepared for s in statements], limit)
             done = [item for item, _ in prepared]
         return done, parked
-
-    def _in_runs(self, statements: list[tuple[str, str, tuple[str, ...], dict]]) -> list:
-        """``statements`` regrouped into as few runs as the target allows: per table, its upserts and
-        then its deletes, cut only where a key comes back with the other kind of operation (so every
-        row still sees its own changes in order). Many small source transactions that each touch
-        several tables would otherwise make runs of one change each.
-
-        Only where changes to different rows cannot affect each other: every table of the part has no
-        foreign key and no unique constraint or index but its primary key (otherwise the statements
-        stay in source order). The final state is the same; a row the target refuses makes the whole
-        part run again one change after another in source order (see apply_parts)."""
-        if len(statements) < 3 or not all(self._rows_independent(name) for name in {s[1] for s in statements}):
-            return statements
-        pending: dict[str, tuple[list, list, set, set]] = {}  # per table: upserts, deletes, and their keys
-        runs: list = []
-        try:
-            for statement in statements:
-                op, name, key, params = statement
-                lists = pending.setdefault(name, ([], [], set(), set()))
-                mine = 0 if op == "upsert" else 1
-                value = tuple([params[k] for k in key])
-                if value in lists[3 - mine]:  # this row's change of the other kind comes first
-                    runs += lists[0] + lists[1]
-                    lists = pending[name] = ([], [], set(), set())
-                lists[mine].append(statement)
-                lists[2 + mine].add(value)
-        except TypeError:  # a key value that cannot be hashed: keep source order
-            return statements
-        for upserts, deletes, _, _ in pending.values():
-            runs += upserts + deletes
-        return runs
-
-    def _rows_independent(self, name: str) -> bool:
-        """Whether changes to different rows of target table ``name`` may be written in any order:
-        it has no foreign key and no unique constraint or index besides its primary key (cached)."""
-        cache = self.__dict__.setdefault("_independent", {})
-        if name not in cache:
-            table = self.table(name)
-            cache[name] = not table.foreign_keys and not any(index.unique for index in table.indexes) and \
-                not any(isinstance(c, sa.UniqueConstraint) for c in table.constraints)
-        return cache[name]
 
     def _write_records(self, conn: sa.Connection, audit: list[dict], letters: list[dict], limit: int | None) -> None:
         """The part's audit rows and dead letters; under a statement limit, each made to fit (its
@@ -1047,19 +1006,18 @@ class SqlTarget(KeyedReads):
             conn.execute(self._run_statement(op, name, key, ()), [{f"k_{k}": p[k] for k in key} for p in params])
 
     def _run_statement(self, op: str, name: str, key: tuple[str, ...], columns: tuple[str, ...]) -> sa.Executable:
-        """The upsert or delete statement of a run, built once per table, key and columns: a small
-        transaction makes runs of one change, and building (and cache-keying) the statement anew
-        for each cost more than executing it."""
+        """The upsert or delete statement of a run, built once per table, key and columns: runs are
+        short where the target keeps source order (see ``free_order``), and building (and cache-keying)
+        the statement anew for each run cost more than executing it."""
         cache = self.__dict__.setdefault("_run_statements", {})
-        statement = cache.get((op, name, key, columns))
-        if statement is None:
+        if (op, name, key, columns) not in cache:
             table = self.statement_table(name)
             if op == "upsert":
                 statement = self.upsert(table, key, list(columns))
             else:
                 statement = table.delete().where(sa.and_(*[table.c[k] == sa.bindparam(f"k_{k}") for k in key]))
-            statement = cache[(op, name, key, columns)] = statement
-        return statement
+            cache[(op, name, key, columns)] = statement
+        return cache[(op, name, key, columns)]
 
 
 #: Seconds between two looks at the changelog of an idle trigger-capture pair (see SqlSource.idle).
