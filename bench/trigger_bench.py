@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -235,7 +236,8 @@ def start_cdc(config: Path, log: Path, profile: str | None = None) -> subprocess
                                stderr=subprocess.STDOUT)
     STARTED.append(process)
     if profile:
-        subprocess.Popen(["py-spy", "record", "-r", "50", "-f", "raw", "-o", profile, "--pid", str(process.pid)],
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))  # pip install py-spy
+        subprocess.Popen([spy, "record", "-r", "50", "-f", "raw", "-o", profile, "--pid", str(process.pid)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return process
 
