@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import itertools
 import operator
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -302,9 +303,33 @@ class SqlSource(KeyedReads):
     def format_position(self, position: Position) -> str:
         return dumps(position)
 
+    #: Trigger capture: SQL for a number that changes whenever a capture trigger logs a change (the
+    #: changelog's newest id), which ``idle`` asks every IDLE_CHECK seconds; None: idle just waits.
+    changelog_mark: str | None = None
+
     def idle(self, seconds: float, stop: Any) -> None:
-        """A polling capture learns of changes only by reading: it waits the whole poll interval."""
-        stop.wait(seconds)
+        """A polling capture learns of changes only by reading: it waits the whole poll interval. Trigger
+        capture asks its changelog's newest id every IDLE_CHECK seconds (one indexed lookup, on one
+        connection) and ends the wait as soon as it moves, so a change on an idle pair need not wait
+        for the poll interval."""
+        deadline = time.monotonic() + seconds
+        if self.changelog_mark is not None:
+            try:
+                with self.engine.connect() as conn:
+                    first = self._changelog_mark(conn)
+                    while not stop.wait(max(0.0, min(IDLE_CHECK, deadline - time.monotonic()))):
+                        if time.monotonic() >= deadline or self._changelog_mark(conn) != first:
+                            return
+                    return
+            except sa.exc.DBAPIError:  # the source is away: the next read says so, and is retried
+                pass
+        stop.wait(max(0.0, deadline - time.monotonic()))
+
+    def _changelog_mark(self, conn: sa.Connection) -> Any:
+        try:
+            return conn.exec_driver_sql(self.changelog_mark).scalar()
+        finally:
+            conn.rollback()  # each look its own short read: it holds no lock, and the next sees new commits
 
     def generation(self) -> str | None:
         """None: by default a capture mode installs nothing that could be re-created."""
@@ -975,14 +1000,28 @@ class SqlTarget(KeyedReads):
 
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
         """One run of upserts or deletes on one table as one executemany (a dialect may bulk-load)."""
-        table = self.statement_table(name)
         if op == "upsert":
-            conn.execute(self.upsert(table, key, list(params[0])), params)
+            conn.execute(self._run_statement(op, name, key, tuple(params[0])), params)
         else:
-            where = sa.and_(*[table.c[k] == sa.bindparam(f"k_{k}") for k in key])
-            conn.execute(table.delete().where(where), [{f"k_{k}": p[k] for k in key} for p in params])
+            conn.execute(self._run_statement(op, name, key, ()), [{f"k_{k}": p[k] for k in key} for p in params])
+
+    def _run_statement(self, op: str, name: str, key: tuple[str, ...], columns: tuple[str, ...]) -> sa.Executable:
+        """The upsert or delete statement of a run, built once per table, key and columns: runs are
+        short where the target keeps source order (see ``free_order``), and building (and cache-keying)
+        the statement anew for each run cost more than executing it."""
+        cache = self.__dict__.setdefault("_run_statements", {})
+        if (op, name, key, columns) not in cache:
+            table = self.statement_table(name)
+            if op == "upsert":
+                statement = self.upsert(table, key, list(columns))
+            else:
+                statement = table.delete().where(sa.and_(*[table.c[k] == sa.bindparam(f"k_{k}") for k in key]))
+            cache[(op, name, key, columns)] = statement
+        return cache[(op, name, key, columns)]
 
 
+#: Seconds between two looks at the changelog of an idle trigger-capture pair (see SqlSource.idle).
+IDLE_CHECK = 0.2
 #: Seconds a claim waits for a holder's open transaction before it counts as held.
 CLAIM_LOCK_WAIT = 5.0
 _RUN_KEY = operator.itemgetter(0, 1, 2)  # (op, table, key columns): one run per change of these

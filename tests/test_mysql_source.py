@@ -628,3 +628,31 @@ def test_cascading_foreign_keys_are_named_by_doctor_and_status(ws, mysql_url, pg
     assert "notes_account" not in doctor.stdout
     status = ws.cdc("status", str(ws.config))
     assert status.returncode == 0 and f"warning     {finding}" in status.stdout, status.stdout
+
+
+def test_trigger_capture_on_an_idle_pair_does_not_wait_for_the_poll_interval(ws, mysql_url, pg_url):
+    """The idle wait looks at the changelog's newest id every 0.2 s: with poll_interval 30 a change
+    still arrives within seconds."""
+    import subprocess
+    import sys
+
+    mexec(mysql_url, ENTRIES)
+    pair_config(ws, mysql_url, pg_url, "idle", capture="trigger", poll_interval=30)
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for key, deadline in ((6, 120), (7, 10)):  # the first: started (slowly, on a busy machine) and streaming
+            if key == 7:
+                time.sleep(2)  # read again, nothing: waiting
+            mexec(mysql_url, f"INSERT INTO entries VALUES ({key}, 1500, 7.00, 'NOK', 'mens den venter', NULL)")
+            end = time.monotonic() + deadline
+            while not pexec(pg_url, "SELECT 1 FROM entries WHERE id = %s", (key,)) and time.monotonic() < end:
+                time.sleep(0.1)
+            assert pexec(pg_url, "SELECT count(*) FROM entries WHERE id = %s", (key,)) == [(1,)], \
+                f"change {key}: waited for poll_interval"
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0, process.stderr.read()

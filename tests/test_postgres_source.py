@@ -518,3 +518,29 @@ def test_truncate_under_trigger_capture_stops_the_pair(pg_to_pg):
     repair = ws.cdc("reconcile", "--repair", str(ws.config))
     assert "repair applied 0 upsert(s) and 2 delete(s)" in repair.stdout, repair.stdout + repair.stderr
     assert rows(target, "entries", "id") == rows(source, "entries", "id")
+
+
+def test_trigger_capture_on_an_idle_pair_does_not_wait_for_the_poll_interval(pg_to_pg):
+    """The idle wait looks at the changelog's id sequence every 0.2 s: with poll_interval 30 a change
+    still arrives within seconds."""
+    ws, source, target = pg_to_pg
+    logical_pair(ws, source, target, "idle", tables="[entries]", poll_interval=30)
+    ws.config.write_text(ws.config.read_text().replace("capture: logical", "capture: trigger"))
+    for command in ("init", "install", "run"):
+        cdc_ok(ws, command, *(["--once"] if command == "run" else []))
+    process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        execute(source, "INSERT INTO entries VALUES (6, 1500, 6.00, 'NOK', 'først', NULL)")
+        deadline = time.monotonic() + 120
+        while not execute(target, "SELECT 1 FROM entries WHERE id = 6") and time.monotonic() < deadline:
+            time.sleep(0.1)  # started (slowly, on a busy machine) and streaming
+        time.sleep(2)  # read again, nothing: waiting
+        execute(source, "INSERT INTO entries VALUES (7, 1500, 7.00, 'NOK', 'mens den venter', NULL)")
+        deadline = time.monotonic() + 10
+        while not execute(target, "SELECT 1 FROM entries WHERE id = 7") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert execute(target, "SELECT count(*) FROM entries WHERE id = 7") == [(1,)], "waited for poll_interval"
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0, process.stderr.read()

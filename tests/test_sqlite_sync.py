@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 
 import workload
 from cdc.config import load_config
@@ -162,3 +166,42 @@ def test_replace_through_a_unique_column_is_warned_of_and_captured_with_recursiv
     ws.sql(ws.source, "PRAGMA recursive_triggers = ON; REPLACE INTO acct VALUES (7, '3000', 'Salgsinntekt');")
     assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
     assert ws.rows(ws.target, "acct") == ws.rows(ws.source, "acct") == [(1, "1920", "Bank"), (7, "3000", "Salgsinntekt")]
+
+
+def test_a_read_with_nothing_new_writes_nothing_to_the_source(ledger):
+    """An idle pair reads once a poll interval: with no changelog row after its position it seals no
+    epoch (a write that would wait in line for the lock with the application's writers)."""
+    ws = ledger
+    ws.sql(ws.source, "INSERT INTO entries VALUES (1, 1500, '1.00', 'NOK', NULL, NULL)")
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    epoch = ws.query(ws.source, "SELECT n FROM _cdc_epoch")
+    for _ in range(2):
+        assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    assert ws.query(ws.source, "SELECT n FROM _cdc_epoch") == epoch
+    ws.sql(ws.source, "UPDATE entries SET amount = '2.00' WHERE id = 1")
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    assert ws.rows(ws.target, "entries") == ws.rows(ws.source, "entries")
+
+
+def test_a_change_on_an_idle_pair_does_not_wait_for_the_poll_interval(ledger):
+    """The idle wait looks at the changelog's newest id every 0.2 s: with poll_interval 30 a change
+    still arrives within seconds, not after up to 30."""
+    ws = ledger
+    ws.config.write_text(ws.config.read_text() + "    poll_interval: 30\n")
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        ws.sql(ws.source, "INSERT INTO entries VALUES (6, 1500, '6.00', 'NOK', 'først', NULL)")
+        deadline = time.monotonic() + 120
+        while not ws.query(ws.target, "SELECT 1 FROM entries WHERE id = 6") and time.monotonic() < deadline:
+            time.sleep(0.1)  # started (slowly, on a busy machine) and streaming
+        time.sleep(2)  # read again, nothing: waiting
+        ws.sql(ws.source, "INSERT INTO entries VALUES (7, 1500, '7.00', 'NOK', 'mens den venter', NULL)")
+        deadline = time.monotonic() + 10
+        while not ws.query(ws.target, "SELECT 1 FROM entries WHERE id = 7") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ws.query(ws.target, "SELECT count(*) FROM entries WHERE id = 7") == [(1,)], "waited for poll_interval"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, process.stderr.read()

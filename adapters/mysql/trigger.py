@@ -145,6 +145,7 @@ class TriggerSource(MySQLSource):
     """Reads the changelog the capture triggers fill, epoch by sealed epoch."""
 
     registers_tables = True
+    changelog_mark = f"SELECT coalesce(max(id), 0) FROM {CHANGELOG}"
 
     # -- install ---------------------------------------------------------------------
     def _columns(self, conn: sa.Connection, table: str) -> list[tuple[str, str]]:

@@ -36,6 +36,7 @@ class TriggerSource(SqlSource):
     """Reads the changelog the capture triggers fill; purges what every pair has applied."""
 
     registers_tables = True
+    changelog_mark = f"SELECT last_value FROM {sql.CHANGELOG}_id_seq"  # moves with every id handed out
 
     # -- install -------------------------------------------------------------------
     def prepare(self, keep: Iterable[str] = ()) -> list[str]:
@@ -223,9 +224,13 @@ class TriggerSource(SqlSource):
 OLD_TRANSACTION_SECONDS = 300
 
 
+#: Made once: json.loads(text, parse_float=...) builds a new decoder for every image.
+_EXACT = json.JSONDecoder(parse_float=Decimal)
+
+
 def _exact(text: str) -> dict:
     """JSON from to_jsonb with numbers as Decimal, never float."""
-    return json.loads(text, parse_float=Decimal)
+    return _EXACT.decode(text)
 
 
 def _same(value: Any) -> Any:

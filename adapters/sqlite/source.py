@@ -66,6 +66,7 @@ class TriggerSource(SqliteSource):
     """
 
     registers_tables = True
+    changelog_mark = sql.NEWEST_ID
 
     def prepare(self, keep: Iterable[str] = ()) -> list[str]:
         done, removed = [], []
@@ -93,7 +94,7 @@ class TriggerSource(SqliteSource):
         self._generation = self._registered_generation()
         return self._generation
 
-    def _require_same(self, conn: sa.Connection, after: int) -> None:
+    def _require_same(self, conn: sa.Connection, after: int) -> int:
         """SourceError when, since this process verified the checkpoint, capture was installed again
         (another generation) or the changelog went back behind ``after`` (the database restored from
         an older copy, which hands out the ids again): a running pair stops at its next read, rather
@@ -111,6 +112,7 @@ class TriggerSource(SqliteSource):
         newest = conn.exec_driver_sql(sql.NEWEST_ID).scalar()
         self._position_ahead(after, newest, "the newest changelog id the source has issued (the database was restored "
                                             "from an older copy?)")
+        return newest
 
     acknowledged_column = "acked_id"
 
@@ -223,7 +225,10 @@ class TriggerSource(SqliteSource):
         most ``max_changes``; each part is its own short read, so writers are never held up."""
         after = after or 0
         with self.engine.connect() as conn:  # its own read: a deferred transaction that reads before it
-            self._require_same(conn, after)  # writes gets "database is locked" at once instead of waiting
+            newest = self._require_same(conn, after)  # writes gets "database is locked" at once instead of waiting
+        if newest <= after:  # nothing logged since: no epoch to seal (a write that waits for the writers' lock)
+            yield Batch([], after)
+            return
         with self.engine.begin() as conn:
             conn.exec_driver_sql(f"UPDATE {sql.EPOCH} SET n = n + 1")
             epoch = conn.exec_driver_sql(f"SELECT n FROM {sql.EPOCH}").scalar()
