@@ -101,7 +101,7 @@ def profile(pid: int, seconds: int, output: Path) -> subprocess.Popen | None:
     spy = Path(sys.executable).parent / "py-spy"
     if not spy.exists():
         return None
-    return subprocess.Popen([str(spy), "record", "--nonblocking", "--idle", "-d", str(seconds), "-r", "50",
+    return subprocess.Popen([str(spy), "record", "--nonblocking", "--idle", "--threads", "-d", str(seconds), "-r", "50",
                              "-f", "raw", "-o", str(output), "--pid", str(pid)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -234,28 +234,26 @@ def _function(frame: str) -> str:
     return f"{name} ({where})" if where else name
 
 
-def summarize_profile(path: Path, top: int = 12) -> list[str]:
-    """The functions with the most samples on top of the stack (self) and anywhere in it (total)."""
+def summarize_profile(path: Path, top: int = 8) -> list[str]:
+    """Where each thread's wall-clock time goes: samples by the deepest cdc-sync function on the
+    stack and the frame on top (a wait shows as the cdc-sync call that waits)."""
     if not path.exists():
         return ["  (no profile written: the process ended or py-spy failed)"]
-    own: dict[str, int] = {}
-    total: dict[str, int] = {}
-    samples = 0
+    threads: dict[str, dict[str, int]] = {}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        frames = [_function(f) for f in stack.split(";") if f and not f.startswith("process ")
-                  and not f.startswith("thread ")]
-        n = int(count)
-        samples += n
-        if frames:
-            own[frames[-1]] = own.get(frames[-1], 0) + n
-        for name in set(frames):
-            total[name] = total.get(name, 0) + n
-    lines = [f"  {samples} samples over all threads, waiting included; self (on top of the stack):"]
-    lines += [f"    {n / samples:6.1%}  {name}" for name, n in sorted(own.items(), key=lambda i: -i[1])[:top]]
-    lines.append("  total (anywhere in the stack), cdc-sync's own functions:")
-    ours = [(name, n) for name, n in total.items() if "cdc/" in name or "adapters/" in name]
-    lines += [f"    {n / samples:6.1%}  {name}" for name, n in sorted(ours, key=lambda i: -i[1])[:top]]
+        frames = [f for f in stack.split(";") if f and not f.startswith("process ")]
+        thread = frames.pop(0) if frames and frames[0].startswith("thread ") else "all threads"
+        names = [_function(f) for f in frames]
+        ours = [n for n in names if "cdc/" in n or "adapters/" in n]
+        place = f"{ours[-1] if ours else '-'} -> {names[-1] if names else '-'}"
+        counts = threads.setdefault(thread, {})
+        counts[place] = counts.get(place, 0) + int(count)
+    lines = []
+    for thread, counts in sorted(threads.items(), key=lambda t: -sum(t[1].values())):
+        samples = sum(counts.values())
+        lines.append(f"  {thread}: {samples} samples (waits included), by deepest cdc-sync function -> top frame:")
+        lines += [f"    {n / samples:6.1%}  {place}" for place, n in sorted(counts.items(), key=lambda i: -i[1])[:top]]
     return lines
