@@ -45,6 +45,7 @@ class Service:
     def __init__(self, config: Path, log: Path):
         self.config, self.log = config, log
         self.cpu_done, self.hwm_kib, self.kills = 0.0, 0, 0
+        self.kill_points: list[int] = []  # the checkpoint's changes_applied at each kill
         self.process: subprocess.Popen | None = None
         self.start()
 
@@ -82,14 +83,23 @@ class Service:
             raise SystemExit(f"cdc run exited {code} on SIGTERM (expected 0); see {self.log}")
 
 
-def kill_during(service: Service, kills: int, start: float, seconds: float, stop: threading.Event) -> threading.Thread:
-    """SIGKILL and restart the service ``kills`` times, spread evenly over the load's ``seconds``."""
+def kill_during(service: Service, kills: int, start: float, seconds: float, applied: Callable[[], int]
+                ) -> threading.Thread:
+    """SIGKILL and restart the service ``kills`` times, spread evenly over the load's ``seconds``. Each
+    kill first waits (up to 60 s) until the running process has applied something (``applied()``: the
+    checkpoint's changes_applied), so that it lands mid-stream, not while the process is still
+    starting; on a slow machine the last kills may so fall after the load, into the catch-up."""
     def run() -> None:
+        since = applied()
         for i in range(kills):
-            if stop.wait(max(0.0, start + seconds * (i + 1) / (kills + 1) - time.monotonic())):
-                return
+            time.sleep(max(0.0, start + seconds * (i + 1) / (kills + 1) - time.monotonic()))
+            deadline = time.monotonic() + 60
+            while applied() == since and time.monotonic() < deadline:
+                time.sleep(0.05)
+            since = applied()
             service.kill_and_restart()
-            progress(f"  SIGKILLed cdc run and restarted it ({i + 1}/{kills})")
+            service.kill_points.append(since)
+            progress(f"  SIGKILLed cdc run at {since:,} changes applied and restarted it ({i + 1}/{kills})")
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread

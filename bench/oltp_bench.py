@@ -40,7 +40,9 @@ Columns:
   check         after each run: every replicated table equal row by row (ORDER BY key), and for
                 cdc no source position with two audit rows and (pgbench) exactly 4 audit rows per
                 pgbench transaction plus one per bulk-updated row. A failure stops the bench.
-With --kill N the cdc process is SIGKILLed N times during the load (spread evenly) and restarted.
+With --kill N the cdc process is SIGKILLed N times (spread evenly over the load, each once the running
+process has applied a change since its start, so on a slow machine a late one falls into the catch-up)
+and restarted at once; the kills' checkpoint positions are printed under the table.
 With --profile DIR py-spy records each cdc process for 10 s during the load (pip install py-spy);
 the top frames are printed after the table.
 """
@@ -106,14 +108,18 @@ class Bench:
         self.cdc("run", "--once", str(config))
         progress(f"  cdc init, install and snapshot (cdc run --once) done, snapshot {time.monotonic() - start:.1f} s")
 
-    def under_load(self, name: str, service: Service | None, load
+    def under_load(self, name: str, service: Service | None, load, target: str | None = None
                    ) -> tuple[float, tuple[dt.datetime, dt.datetime], float]:
-        """Run ``load()`` (returns tx/s) with kills and a profile; (tx/s, wall window, monotonic end)."""
-        stop = threading.Event()
+        """Run ``load()`` (returns tx/s) with kills and a profile; (tx/s, wall window, monotonic end).
+        The kills may go on after the load: ``joined_kills()`` waits for them."""
+        def applied() -> int:
+            return pg(target, "SELECT coalesce(max(changes_applied), 0) FROM cdc_checkpoints")[0][0]
+
         seconds, start, wall = self.args.seconds, time.monotonic(), dt.datetime.now(UTC)
-        killer = spy = None
+        spy = None
+        self.killer = None
         if service is not None and self.args.kill:
-            killer = _oltp.kill_during(service, self.args.kill, start, seconds, stop)
+            self.killer = _oltp.kill_during(service, self.args.kill, start, seconds, applied)
         if service is not None and self.args.profile:
             time.sleep(min(3.0, seconds / 4))
             output = Path(self.args.profile) / f"{name}.txt"
@@ -122,13 +128,16 @@ class Bench:
                 self.profiles.append((name, output))
         tps = load()
         end, wall_end = time.monotonic(), dt.datetime.now(UTC)
-        stop.set()
-        for thread in filter(None, (killer,)):
-            thread.join()
         if spy is not None:
             spy.wait()
         progress(f"  load done: {tps:,.0f} tx/s")
         return tps, (wall, wall_end), end
+
+
+    def joined_kills(self) -> None:
+        if getattr(self, "killer", None) is not None:
+            self.killer.join()
+            self.killer = None
 
 
 # --- PostgreSQL -> PostgreSQL -------------------------------------------------------------------------
@@ -243,9 +252,10 @@ def cdc_pg_run(bench: Bench, source_cluster, target_cluster, capture: str) -> li
     progress(f"  cdc run started (pid {service.process.pid}); load: pgbench -n -c 4 -j 2 -T {bench.args.seconds}")
     cpu_start = service.usage()[0]
     tps, window, end = bench.under_load(f"pg_{capture}", service,
-                                        lambda: pgbench_load(source_cluster, database, bench.args.seconds))
+                                        lambda: pgbench_load(source_cluster, database, bench.args.seconds), target)
     want = pg(source, PG_CHECK)
     catch_up = _oltp.wait_until(lambda: caught_up_pg(target, want), end, bench.args.catch_up_timeout)
+    bench.joined_kills()
     cpu, rss = service.usage()
     lag, during = _oltp.audit_lag(target, window)
     changes = pg(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0]
@@ -254,6 +264,8 @@ def cdc_pg_run(bench: Bench, source_cluster, target_cluster, capture: str) -> li
               stamp_lag(target, "pgbench_history", "mtime", zone, window), catch_up,
               (cpu - cpu_start) / changes * 10000 if changes else None, rss, service.kills)
     rows = [row]
+    if service.kill_points:
+        row.notes.append(f"SIGKILLed at {', '.join(f'{n:,}' for n in service.kill_points)} changes applied")
     progress(f"  caught up after {catch_up} s; changes {changes:,}")
     bulk = 0
     if catch_up is not None:
@@ -389,12 +401,13 @@ def cdc_mysql_run(bench: Bench, mariadb, target_cluster, capture: str) -> list[R
     cpu_start = service.usage()[0]
     stop, counted = threading.Event(), []
     tps, window, end = bench.under_load(f"mysql_{capture}", service,
-                                        lambda: sysbench_load(bench, mariadb.port, database, stop, counted))
+                                        lambda: sysbench_load(bench, mariadb.port, database, stop, counted), target)
     transactions = counted[0]
     my(mariadb.port, database, "INSERT INTO bench_marker (sent_at, note) VALUES (UTC_TIMESTAMP(6), 'end')")
     check = my_check_sql(tables)
     want = [tuple(int(v) for v in my(mariadb.port, database, check)[0])]
     catch_up = _oltp.wait_until(lambda: pg(target, check) == want, end, bench.args.catch_up_timeout)
+    bench.joined_kills()
     cpu, rss = service.usage()
     lag, during = _oltp.audit_lag(target, window)
     changes = pg(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0]
@@ -403,6 +416,8 @@ def cdc_mysql_run(bench: Bench, mariadb, target_cluster, capture: str) -> list[R
               (cpu - cpu_start) / changes * 10000 if changes else None, rss, service.kills)
     progress(f"  caught up after {catch_up} s; changes {changes:,}")
     rows = [row]
+    if service.kill_points:
+        row.notes.append(f"SIGKILLed at {', '.join(f'{n:,}' for n in service.kill_points)} changes applied")
     if catch_up is not None:
         rows.append(mysql_bulk(bench, mariadb.port, database, target, service, capture, tables, check))
     service.stop()
