@@ -116,23 +116,22 @@ class Bench:
             return pg(target, "SELECT coalesce(max(changes_applied), 0) FROM cdc_checkpoints")[0][0]
 
         seconds, start, wall = self.args.seconds, time.monotonic(), dt.datetime.now(UTC)
-        spy = None
+        spies: list = []
         self.killer = None
         if service is not None and self.args.kill:
             self.killer = _oltp.kill_during(service, self.args.kill, start, seconds, applied)
         if service is not None and self.args.profile:
-            time.sleep(min(3.0, seconds / 4))
             output = Path(self.args.profile) / f"{name}.txt"
-            spy = _oltp.profile(service.process.pid, max(2, min(10, int(seconds) - 5)), output)
-            if spy is not None:
-                self.profiles.append((name, output))
+            self.profiles.append((name, output))
+            spy = threading.Timer(min(3.0, seconds / 4), lambda: spies.append(_oltp.profile(
+                service.process.pid, max(2, min(10, int(seconds) - 5)), output)))
+            spy.start()
         tps = load()
         end, wall_end = time.monotonic(), dt.datetime.now(UTC)
-        if spy is not None:
+        for spy in filter(None, spies):
             spy.wait()
         progress(f"  load done: {tps:,.0f} tx/s")
         return tps, (wall, wall_end), end
-
 
     def joined_kills(self) -> None:
         if getattr(self, "killer", None) is not None:
