@@ -426,8 +426,10 @@ def test_trigger_checkpoint_ahead_of_the_acknowledgement_runs_on(ws, kind, reque
     source.execute("UPDATE products SET price = 4.00")
     cdc_ok(ws, "run", "--once")
     assert target.products() == source.products()
-    assert source.execute(f"SELECT {acked} FROM _cdc_consumers") == \
-        [(int(target.execute("SELECT position FROM cdc_checkpoints")[0][0]),)]
+    position = json.loads(target.execute("SELECT position FROM cdc_checkpoints")[0][0])
+    if isinstance(position, str):  # PostgreSQL: a transaction snapshot, all below its xmin applied
+        position = int(position.split(":")[0])
+    assert source.execute(f"SELECT {acked} FROM _cdc_consumers") == [(position,)]
 
 
 @pytest.mark.parametrize("capture", ["trigger", "logical"])

@@ -544,3 +544,36 @@ def test_trigger_capture_on_an_idle_pair_does_not_wait_for_the_poll_interval(pg_
     finally:
         process.terminate()
         assert process.wait(timeout=60) == 0, process.stderr.read()
+
+
+def test_trigger_capture_applies_two_writers_of_one_row_in_commit_order_across_reads(pg_to_pg):
+    """A transaction with an older id that writes a row after a younger one committed it (it waited
+    for the row, as OLTP transactions do) commits last: its value must win in the target even when
+    a third, older transaction still runs at the read between them (the younger one is then above
+    the oldest running transaction id)."""
+    import psycopg
+
+    ws, source, target = pg_to_pg
+    logical_pair(ws, source, target, "order", tables="[entries]")
+    ws.config.write_text(ws.config.read_text().replace("capture: logical", "capture: trigger"))
+    execute(source, "INSERT INTO entries VALUES (1, 1500, 10.00, 'NOK', 'start', NULL), "
+                    "(2, 1500, 1.00, 'NOK', 'other', NULL)")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    older, middle, younger = (psycopg.connect(source) for _ in range(3))
+    try:
+        older.execute("UPDATE entries SET amount = 2.00 WHERE id = 2")  # takes the oldest transaction id
+        middle.execute("UPDATE entries SET amount = 3.00 WHERE id = 2 AND false")  # a running transaction
+        middle.execute("SELECT pg_current_xact_id()")  # with an id between the other two
+        younger.execute("UPDATE entries SET memo = 'younger' WHERE id = 1")
+        younger.commit()
+        older.execute("UPDATE entries SET memo = 'older, committed last' WHERE id = 1")
+        older.commit()
+        cdc_ok(ws, "run", "--once")  # the middle transaction still runs
+        middle.commit()
+        cdc_ok(ws, "run", "--once")
+    finally:
+        for conn in (older, middle, younger):
+            conn.close()
+    assert rows(source, "entries", "id") == rows(target, "entries", "id")

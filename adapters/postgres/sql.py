@@ -162,19 +162,21 @@ CREATE_TRIGGER_STATE = [
 DROP_TRIGGER_STATE = [f"DROP TABLE IF EXISTS {CHANGELOG}", f"DROP TABLE IF EXISTS {CONSUMERS}",
                       f"DROP FUNCTION IF EXISTS {CAPTURE_FUNCTION}()"]
 # Every transaction below the oldest one still running has ended: its rows are final.
-HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+SNAPSHOT = "SELECT pg_current_snapshot()::text"
 # No horizon can lie past the next transaction id to be assigned.
 NEXT_TRANSACTION_ID = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-# Transactions in the order their last change was logged: for two that touched the same row,
-# the second waited for the first to commit, so this order agrees with commit order.
+# What committed since the snapshot ``done`` (the rows a read's own snapshot sees are of committed
+# transactions), in the order each transaction's last change was logged: for two that touched
+# the same row, the second waited for the first to commit, so this order agrees with commit order.
 WINDOW = (f"SELECT id, txid::text::bigint AS txid, tbl, op, before::text AS before, after::text AS after, changed_at "
-          f"FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 AND txid < %(high)s::text::xid8 "
+          f"FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 AND NOT pg_visible_in_snapshot(txid, %(done)s::pg_snapshot) "
           f"AND tbl = ANY(%(tables)s) ORDER BY max(id) OVER (PARTITION BY txid), id")
 # The oldest transaction with a transaction id: changes after it wait until it ends.
 OLDEST_TRANSACTION = ("SELECT pid, usename, backend_xid::text AS xid, "
                       "extract(epoch FROM clock_timestamp() - xact_start) AS seconds FROM pg_stat_activity "
                       "WHERE backend_xid IS NOT NULL ORDER BY age(backend_xid) DESC LIMIT 1")
-PENDING = f"SELECT count(*) FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 AND tbl = ANY(%(tables)s)"
+PENDING = (f"SELECT count(*) FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 "
+           f"AND NOT pg_visible_in_snapshot(txid, %(done)s::pg_snapshot) AND tbl = ANY(%(tables)s)")
 
 
 def create_trigger(table: str) -> list[str]:

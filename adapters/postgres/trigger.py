@@ -1,8 +1,15 @@
 """PostgreSQL capture `trigger`: row triggers log JSON images with the transaction id.
 
-Position: a transaction-id horizon H (an int). Everything logged by transactions below H has
-been applied; a read takes every transaction from H up to the oldest one still running now,
-in the order their last change was logged, and streams it in parts into one target transaction.
+Position: the transaction snapshot of the last read (``pg_snapshot`` text, "xmin:xmax:xip,..."):
+every transaction it sees as committed has been applied. A read takes what committed since, in
+the order each transaction's last change was logged, and streams it in parts into one target
+transaction; its own snapshot is the next position. (A position of an older version is an int
+horizon H: every transaction below H, the snapshot "H:H:".)
+
+A horizon alone (the oldest running transaction id) cannot be the position: a transaction with
+an older id may write a row after a younger one committed it, and commit last; a read between
+the two while a third, still older transaction runs would take the older one and leave the
+younger one for the next read, which would then write its older value over the row.
 """
 
 from __future__ import annotations
@@ -74,9 +81,9 @@ class TriggerSource(SqlSource):
         self._same_database()
         with self.engine.connect() as conn:
             newest = int(conn.exec_driver_sql(sql.NEXT_TRANSACTION_ID).scalar())
-        self._position_ahead(position, newest, "the next transaction id of the source server")
+        self._position_ahead(position, newest, "the next transaction id of the source server", order=_xmax)
         self._position_behind(position or 0, self._purged_through(),
-                              "the transactions every pair has acknowledged, purged from the changelog")
+                              "the transactions every pair has acknowledged, purged from the changelog", order=_xmin)
 
     def unprepare(self) -> list[str]:
         removed = []
@@ -115,7 +122,7 @@ class TriggerSource(SqlSource):
     def current_position(self) -> Position:
         with self.engine.connect() as conn:
             self._require_installed(conn)
-            return int(conn.exec_driver_sql(sql.HORIZON).scalar())
+            return conn.exec_driver_sql(sql.SNAPSHOT).scalar()
 
     def begin_snapshot(self) -> Position:
         """A copy from now on is of this database: the registration records it (see _same_database)."""
@@ -151,23 +158,28 @@ class TriggerSource(SqlSource):
         return Batch([c for p in parts for c in p.changes], parts[-1].position)
 
     def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
-        """Every ended transaction from ``after`` on, whole; ``max_changes`` is the part size.
+        """Every transaction committed since the snapshot ``after``, whole; ``max_changes`` is the
+        part size. The read's own snapshot (REPEATABLE READ: the rows it sees are the transactions
+        that snapshot sees as committed) is the position after it.
 
         The window cannot be cut short by count: a transaction left out could have committed
         before one taken in and touched the same row."""
-        low = after or 0
-        with self.engine.connect() as conn, conn.begin():
+        done = _snapshot(after)
+        with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
             self._require_installed(conn)
-            high = int(conn.exec_driver_sql(sql.HORIZON).scalar())
+            now = conn.exec_driver_sql(sql.SNAPSHOT).scalar()  # the transaction's snapshot, taken here
             rows = conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
-                sql.WINDOW, {"low": str(low), "high": str(high), "tables": list(self.keys)})
+                sql.WINDOW, {"low": str(_xmin(done)), "done": done, "tables": list(self.keys)})
             part: list[Change] = []
             for row in rows:
                 part.append(self._change(row))
                 if len(part) >= max_changes:
                     yield Batch(part, None, complete=False)
                     part = []
-        yield Batch(part, max(high, low))
+        yield Batch(part, now)
+
+    def format_position(self, position: Position) -> str:
+        return f"snapshot {_snapshot(position)}" if position is not None else super().format_position(position)
 
     def _change(self, row: Any) -> Change:
         if row.op == "truncate":
@@ -194,12 +206,15 @@ class TriggerSource(SqlSource):
         with self.engine.connect() as conn:
             if not sa.inspect(conn).has_table(sql.CHANGELOG):
                 return None
-            return conn.exec_driver_sql(sql.PENDING, {"low": str(after or 0), "tables": list(self.keys)}).scalar()
+            done = _snapshot(after)
+            return conn.exec_driver_sql(sql.PENDING, {"low": str(_xmin(done)), "done": done,
+                                                      "tables": list(self.keys)}).scalar()
 
     def acknowledge(self, position: Position) -> None:
+        """Every transaction below the position's xmin is applied: the changelog may let them go."""
         with self.engine.begin() as conn:
             conn.exec_driver_sql(f"UPDATE {sql.CONSUMERS} SET acked = greatest(acked, %(p)s) WHERE pair = %(pair)s",
-                                 {"p": position or 0, "pair": self.pair})
+                                 {"p": _xmin(position), "pair": self.pair})
             # Purge only what every pair reading this changelog has applied.
             conn.exec_driver_sql(f"DELETE FROM {sql.CHANGELOG} WHERE txid < "
                                  f"(SELECT min(acked) FROM {sql.CONSUMERS})::text::xid8")
@@ -218,6 +233,32 @@ class TriggerSource(SqlSource):
         else:
             found.append(("ok", "no long-running transaction holds capture back"))
         return found
+
+
+def _snapshot(position: Position) -> str:
+    """A position as pg_snapshot text; an int horizon H of an older version (or none) as "H:H:"."""
+    if isinstance(position, str):
+        _xmax(position)  # ValueError unless it is one
+        return position
+    if position is None or isinstance(position, int) and not isinstance(position, bool):
+        horizon = max(int(position or 0), 1)
+        return f"{horizon}:{horizon}:"
+    raise TypeError(f"not a trigger capture position: {position!r}")
+
+
+def _xmin(position: Position) -> int:
+    """Every transaction below it is applied."""
+    return int(_snapshot(position).split(":", 1)[0]) if isinstance(position, str) else max(int(position or 0), 0)
+
+
+def _xmax(position: Position) -> int:
+    """No transaction from it on is applied."""
+    if isinstance(position, str):
+        xmin, xmax, _ = position.split(":")
+        if int(xmin) > int(xmax):
+            raise ValueError(f"not a snapshot: {position!r}")
+        return int(xmax)
+    return max(int(position or 0), 0)
 
 
 #: A transaction open longer than this holds trigger capture back noticeably: doctor says so.
