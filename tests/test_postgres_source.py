@@ -577,3 +577,23 @@ def test_trigger_capture_applies_two_writers_of_one_row_in_commit_order_across_r
         for conn in (older, middle, younger):
             conn.close()
     assert rows(source, "entries", "id") == rows(target, "entries", "id")
+
+
+def test_trigger_capture_applies_a_backlog_one_batch_at_a_time(pg_to_pg):
+    """A backlog larger than batch_size goes to the target in several transactions (each a
+    checkpoint a run killed later goes on from), each of whole source transactions in commit order."""
+    ws, source, target = pg_to_pg
+    logical_pair(ws, source, target, "backlog", tables="[entries]", batch_size=7)
+    ws.config.write_text(ws.config.read_text().replace("capture: logical", "capture: trigger"))
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    for n in range(1, 31):  # 30 transactions of 2 changes: a row and an update of the first row
+        execute(source, f"INSERT INTO entries VALUES ({n}, 1500, {n}.00, 'NOK', 'row {n}', NULL); "
+                        f"UPDATE entries SET memo = 'last writer {n}' WHERE id = 1")
+    status = cdc_ok(ws, "status").stdout
+    assert "60 changes" in status or "pending     60" in status, status
+    run = cdc_ok(ws, "run", "--once")
+    assert "60 changes applied in 8 target transactions" in run.stdout, run.stdout
+    assert rows(source, "entries", "id") == rows(target, "entries", "id")
+    assert "pending     0" in cdc_ok(ws, "status").stdout

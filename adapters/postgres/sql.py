@@ -165,12 +165,16 @@ DROP_TRIGGER_STATE = [f"DROP TABLE IF EXISTS {CHANGELOG}", f"DROP TABLE IF EXIST
 SNAPSHOT = "SELECT pg_current_snapshot()::text"
 # No horizon can lie past the next transaction id to be assigned.
 NEXT_TRANSACTION_ID = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-# What committed since the snapshot ``done`` (the rows a read's own snapshot sees are of committed
-# transactions), in the order each transaction's last change was logged: for two that touched
-# the same row, the second waited for the first to commit, so this order agrees with commit order.
-WINDOW = (f"SELECT id, txid::text::bigint AS txid, tbl, op, before::text AS before, after::text AS after, changed_at "
-          f"FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 AND NOT pg_visible_in_snapshot(txid, %(done)s::pg_snapshot) "
-          f"AND tbl = ANY(%(tables)s) ORDER BY max(id) OVER (PARTITION BY txid), id")
+# What committed after the snapshot ``done`` and up to the snapshot ``window`` (the rows a read's
+# own snapshot sees are of committed transactions), in the order each transaction's last change
+# was logged, from the transaction after ``through`` on: for two that touched the same row, the
+# second waited for the first to commit, so this order agrees with commit order.
+WINDOW = (f"SELECT * FROM (SELECT id, txid::text::bigint AS txid, tbl, op, before::text AS before, "
+          f"after::text AS after, changed_at, max(id) OVER (PARTITION BY txid) AS last FROM {CHANGELOG} "
+          f"WHERE txid >= %(low)s::text::xid8 AND NOT pg_visible_in_snapshot(txid, %(done)s::pg_snapshot) "
+          f"AND pg_visible_in_snapshot(txid, %(window)s::pg_snapshot) AND tbl = ANY(%(tables)s)) w "
+          f"WHERE last > %(through)s ORDER BY last, id")
+APPLIED_OF_WINDOW = f"SELECT count(*) FROM ({WINDOW.replace('WHERE last >', 'WHERE last <=')}) applied"
 # The oldest transaction with a transaction id: changes after it wait until it ends.
 OLDEST_TRANSACTION = ("SELECT pid, usename, backend_xid::text AS xid, "
                       "extract(epoch FROM clock_timestamp() - xact_start) AS seconds FROM pg_stat_activity "

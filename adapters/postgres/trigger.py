@@ -2,14 +2,20 @@
 
 Position: the transaction snapshot of the last read (``pg_snapshot`` text, "xmin:xmax:xip,..."):
 every transaction it sees as committed has been applied. A read takes what committed since, in
-the order each transaction's last change was logged, and streams it in parts into one target
-transaction; its own snapshot is the next position. (A position of an older version is an int
-horizon H: every transaction below H, the snapshot "H:H:".)
+the order each transaction's last change was logged (a transaction's "last"), and streams it in
+parts into one target transaction; its own snapshot is the next position. A read that would take
+more than ``batch_size`` changes stops after the whole transaction that reaches it; the position
+is then {"done": the snapshot before, "window": the read's snapshot, "through": the last "last"
+taken}, and the next read goes on in that window (so a backlog is applied, and survives a crash,
+one batch at a time). A position of an older version is an int horizon H: every transaction
+below H, the snapshot "H:H:".
 
 A horizon alone (the oldest running transaction id) cannot be the position: a transaction with
 an older id may write a row after a younger one committed it, and commit last; a read between
 the two while a third, still older transaction runs would take the older one and leave the
-younger one for the next read, which would then write its older value over the row.
+younger one for the next read, which would then write its older value over the row. Cutting a
+window by "last" is safe: a transaction left for the next read that touched a row of one taken
+wrote it after that one committed.
 """
 
 from __future__ import annotations
@@ -158,27 +164,33 @@ class TriggerSource(SqlSource):
         return Batch([c for p in parts for c in p.changes], parts[-1].position)
 
     def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
-        """Every transaction committed since the snapshot ``after``, whole; ``max_changes`` is the
-        part size. The read's own snapshot (REPEATABLE READ: the rows it sees are the transactions
-        that snapshot sees as committed) is the position after it.
-
-        The window cannot be cut short by count: a transaction left out could have committed
-        before one taken in and touched the same row."""
-        done = _snapshot(after)
+        """The transactions committed since ``after``, whole, in parts of ``max_changes``; the read
+        stops after the whole transaction that brings it to ``max_changes`` changes (see above)."""
+        done, window, through = _window(after)
         with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
             self._require_installed(conn)
             now = conn.exec_driver_sql(sql.SNAPSHOT).scalar()  # the transaction's snapshot, taken here
+            window = window or now
             rows = conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
-                sql.WINDOW, {"low": str(_xmin(done)), "done": done, "tables": list(self.keys)})
+                sql.WINDOW, {"low": str(_xmin(done)), "done": done, "window": window, "through": through,
+                             "tables": list(self.keys)})
             part: list[Change] = []
+            count, last = 0, None
             for row in rows:
+                if count >= max_changes and row.last != last:  # a whole transaction ends here
+                    yield Batch(part, {"done": done, "window": window, "through": last})
+                    return
                 part.append(self._change(row))
+                count, last = count + 1, row.last
                 if len(part) >= max_changes:
                     yield Batch(part, None, complete=False)
                     part = []
-        yield Batch(part, now)
+        yield Batch(part, window)
 
     def format_position(self, position: Position) -> str:
+        if isinstance(position, dict):
+            done, window, through = _window(position)
+            return f"snapshot {window}, after {done} up to change {through:,}"
         return f"snapshot {_snapshot(position)}" if position is not None else super().format_position(position)
 
     def _change(self, row: Any) -> Change:
@@ -206,9 +218,14 @@ class TriggerSource(SqlSource):
         with self.engine.connect() as conn:
             if not sa.inspect(conn).has_table(sql.CHANGELOG):
                 return None
-            done = _snapshot(after)
-            return conn.exec_driver_sql(sql.PENDING, {"low": str(_xmin(done)), "done": done,
-                                                      "tables": list(self.keys)}).scalar()
+            done, window, through = _window(after)
+            waiting = conn.exec_driver_sql(sql.PENDING, {"low": str(_xmin(done)), "done": done,
+                                                         "tables": list(self.keys)}).scalar()
+            if window is not None:  # the part of the window applied already
+                waiting -= conn.exec_driver_sql(sql.APPLIED_OF_WINDOW, {
+                    "low": str(_xmin(done)), "done": done, "window": window, "through": through,
+                    "tables": list(self.keys)}).scalar()
+            return waiting
 
     def acknowledge(self, position: Position) -> None:
         """Every transaction below the position's xmin is applied: the changelog may let them go."""
@@ -235,6 +252,13 @@ class TriggerSource(SqlSource):
         return found
 
 
+def _window(position: Position) -> tuple[str, str | None, int]:
+    """(the snapshot applied, the snapshot of a window being applied or None, its "last" applied)."""
+    if isinstance(position, dict):
+        return _snapshot(position["done"]), _snapshot(position["window"]), int(position["through"])
+    return _snapshot(position), None, 0
+
+
 def _snapshot(position: Position) -> str:
     """A position as pg_snapshot text; an int horizon H of an older version (or none) as "H:H:"."""
     if isinstance(position, str):
@@ -248,11 +272,15 @@ def _snapshot(position: Position) -> str:
 
 def _xmin(position: Position) -> int:
     """Every transaction below it is applied."""
+    if isinstance(position, dict):
+        return _xmin(position["done"])
     return int(_snapshot(position).split(":", 1)[0]) if isinstance(position, str) else max(int(position or 0), 0)
 
 
 def _xmax(position: Position) -> int:
     """No transaction from it on is applied."""
+    if isinstance(position, dict):
+        return _xmax(position["window"])
     if isinstance(position, str):
         xmin, xmax, _ = position.split(":")
         if int(xmin) > int(xmax):
