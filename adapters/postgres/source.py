@@ -561,7 +561,7 @@ class _Live:
 class _Drain:
     """When a read that found nothing may say the slot is drained: the server has decoded the WAL
     flushed when the read began (``goal``), or says the same position for a while when asked
-    (a flush point inside a page header, or padding, is never a record's end), or 30 s passed."""
+    (a flush point inside a page header, or padding, is never a record's end), or 10 s passed."""
 
     def __init__(self):
         self.started = self.asked = self.since = time.monotonic()
@@ -573,8 +573,8 @@ class _Drain:
             self.seen, self.since = decoded, now
         if goal <= after or decoded >= goal:
             return True
-        if now - self.started > 30:
-            logger.warning("the replication stream did not reach the source's flush point %s within 30 s "
+        if now - self.started > 10:
+            logger.warning("the replication stream did not reach the source's flush point %s within 10 s "
                            "(decoded up to %s)", sql.lsn_text(goal), sql.lsn_text(decoded))
             return True
         return decoded > 0 and now - self.since > 0.3
