@@ -116,6 +116,28 @@ def profile(pid: int, seconds: int, output: Path) -> subprocess.Popen | None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def idle_latency(service: "Service", write: Callable[[int], None], visible: Callable[[int], bool],
+                 count: int = 10) -> str:
+    """On the caught-up pair: ``count`` single small transactions ``write(i)``, one every 0.7 s, each
+    timed until ``visible(i)`` in the target; then the service's CPU over 10 idle seconds."""
+    seconds = []
+    for i in range(count):
+        start = time.monotonic()
+        write(i)
+        while not visible(i):
+            if time.monotonic() - start > 60:
+                break
+            time.sleep(0.005)
+        seconds.append(time.monotonic() - start)
+        time.sleep(0.7)
+    cpu = service.usage()[0]
+    time.sleep(10)
+    idle_cpu = service.usage()[0] - cpu
+    seconds.sort()
+    return (f"idle pair: one small transaction visible in the target after p50 {seconds[len(seconds) // 2]:.3f} s "
+            f"(max {seconds[-1]:.3f} s); CPU while idle {idle_cpu / 10 * 100:.1f} % of a core")
+
+
 def wait_until(done: Callable[[], bool], since: float, timeout: float) -> float | None:
     """Seconds from ``since`` (time.monotonic) until ``done()`` holds, polled every 0.1 s; None after ``timeout``."""
     while not done():

@@ -266,16 +266,21 @@ def cdc_pg_run(bench: Bench, source_cluster, target_cluster, capture: str) -> li
     if service.kill_points:
         row.notes.append(f"SIGKILLed at {', '.join(f'{n:,}' for n in service.kill_points)} changes applied")
     progress(f"  caught up after {catch_up} s; changes {changes:,}")
-    bulk = 0
+    bulk = idle = 0
     if catch_up is not None:
         bulk = min(bench.args.bulk_rows or 10 ** 12, bench.args.scale * 100_000)
         rows.append(pg_bulk(bench, source, target, service, capture, bulk))
+        idle = 10
+        progress("  idle pair: single small transactions")
+        row.notes.append(_oltp.idle_latency(
+            service, lambda i: pg(source, "UPDATE pgbench_branches SET filler = %s WHERE bid = 1", (f"idle {i}",)),
+            lambda i: pg(target, "SELECT filler FROM pgbench_branches WHERE bid = 1")[0][0].rstrip() == f"idle {i}", idle))
     service.stop()
     if catch_up is None:
         row.check, bench.failed = "NOT CAUGHT UP, not checked", True
     else:
         history = pg(source, "SELECT count(*) FROM pgbench_history")[0][0]
-        audit = _oltp.audit_exactly_once(target, 4 * history + bulk, tally({4: history, bulk: 1}))
+        audit = _oltp.audit_exactly_once(target, 4 * history + bulk + idle, tally({4: history, bulk: 1, 1: idle}))
         row.check = f"equal ({same_pg_tables(source, target):,} rows), {audit}"
     bench.cdc("uninstall", str(config))
     pg(source_cluster.url(), f"DROP DATABASE {database}")

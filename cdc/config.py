@@ -352,8 +352,16 @@ def _require_disjoint_writers(pairs: dict[str, Pair]) -> None:
     kilde]``) whose value differs between them, so that no two writers can ever write one key.
     """
     writers: dict[tuple, list[tuple[Pair, TableSpec]]] = {}
+    sources = {(database_identity(pair.source.url), spec.source.casefold()): (pair, spec)
+               for pair in pairs.values() for spec in pair.mapping.tables.values()}
     for pair in pairs.values():
         for spec in pair.mapping.tables.values():
+            read = sources.get((database_identity(pair.target.url), spec.target.casefold()))
+            if read is not None:
+                raise ConfigError(f"pairs.{pair.name}: target table {spec.target} (connection {pair.target.name}) is the "
+                                  f"source table {read[1].source} of pair {read[0].name} in the same database: every "
+                                  "change written would be captured again, for ever. Write to another table or "
+                                  f"database ({spec.origin})")
             writers.setdefault((database_identity(pair.target.url), spec.target.casefold()), []).append((pair, spec))
     for group in writers.values():
         if len(group) > 1:

@@ -151,3 +151,15 @@ def test_the_state_head_every_command_checks_is_the_newest_migration():
     from cdc.state import _migrate
 
     assert _migrate.HEAD == _migrate.head()
+
+
+def test_a_pair_whose_target_table_is_a_source_table_in_the_same_database_is_refused(ws):
+    """Written however the URL is (localhost or 127.0.0.1): every change written would be captured again."""
+    text = ("connections:\n  src: postgresql://u:pw@127.0.0.1:5432/erp\n  dst: postgresql://u@localhost/erp\n"
+            "pairs:\n  loop:\n    source: src\n    target: dst\n    capture: logical\n    tables: [ck]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(ws, text))
+    assert ("pairs.loop: target table ck (connection dst) is the source table ck of pair loop in the same database: "
+            "every change written would be captured again") in str(err.value)
+    assert "pw" not in str(err.value)
+    load_config(write(ws, text.replace("localhost/erp", "localhost/ledger")))  # another database: fine

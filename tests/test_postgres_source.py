@@ -597,3 +597,36 @@ def test_trigger_capture_applies_a_backlog_one_batch_at_a_time(pg_to_pg):
     assert "60 changes applied in 8 target transactions" in run.stdout, run.stdout
     assert rows(source, "entries", "id") == rows(target, "entries", "id")
     assert "pending     0" in cdc_ok(ws, "status").stdout
+
+
+def test_a_slot_made_again_while_the_run_streamed_stops_it(pg_to_pg):
+    """The stream ends (its walsender is terminated) while the slot is dropped and made again by
+    `cdc install`: starting the stream again on the new slot would skip what came in between."""
+    ws, source, target = pg_to_pg
+    logical_pair(ws, source, target, "again", tables="[entries]")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    from cdc.config import load_config
+    from cdc.errors import SourceError
+    from cdc.pipeline import open_source
+
+    logical, _ = open_source(load_config(ws.config).pairs["again"])
+    try:
+        position = logical.current_position()
+        list(logical.stream(position, 100))  # the stream runs
+        execute(source, "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'cdc_again'")
+        for _ in range(100):
+            if not execute(source, "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'cdc_again' AND active"):
+                break
+            time.sleep(0.05)
+        execute(source, "SELECT pg_drop_replication_slot('cdc_again')")
+        execute(source, "INSERT INTO entries VALUES (6000, 1500, 1.00, 'NOK', 'between', NULL)")
+        cdc_ok(ws, "install")
+        with pytest.raises(SourceError) as err:
+            for _ in range(3):
+                list(logical.stream(position, 100))
+        assert "replication slot cdc_again was dropped and made again" in str(err.value)
+        assert "`cdc run --resnapshot CONFIG`" in str(err.value)
+    finally:
+        logical.close()

@@ -65,6 +65,10 @@ class ReplicationConnection:
         if self.pgconn.status != pq.ConnStatus.OK:
             message = self._error()
             self.pgconn.finish()
+            if "max_wal_senders" in message:  # no passing fault: the server must be changed
+                raise SourceError(f"source {mask_url(url)}: every walsender is in use ({message.splitlines()[-1]}): "
+                                  "`cdc run` streams the slot over a replication connection of its own; raise "
+                                  "max_wal_senders and restart PostgreSQL, or end a replication connection")
             raise RetryableError(f"source {mask_url(url)}: replication connection failed: {message}")
 
     def _error(self) -> str:

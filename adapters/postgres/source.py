@@ -328,7 +328,7 @@ class LogicalSource(SqlSource):
                     boundary = not decoder.inside
                     if boundary and (yielded >= max_changes or (yielded and time.monotonic() >= deadline)):
                         break
-                    items = live.stream.take(0 if boundary else 1.0)
+                    items = live.take(0 if boundary else 1.0)
                     if items is None:
                         if not boundary:
                             continue  # the rest of the transaction is on its way
@@ -340,10 +340,10 @@ class LogicalSource(SqlSource):
                             break
                         if drain.ask():
                             live.stream.ask_position()
-                        items = live.stream.take(0.05)
+                        items = live.take(0.05)
                         if items is None:
                             continue
-                    for item in items:
+                    for index, item in enumerate(items):
                         if isinstance(item, KeepAlive):
                             live.decoded = max(live.decoded, int(item))
                             continue
@@ -353,6 +353,9 @@ class LogicalSource(SqlSource):
                             if part.complete:
                                 live.handed = part.position
                             yield part
+                            if part.complete and yielded >= max_changes:
+                                live.leftover = items[index + 1:]  # the next read starts with them
+                                break
                     live.unread = False
             done = True
         finally:
@@ -374,10 +377,23 @@ class LogicalSource(SqlSource):
             return live
         self._end_stream()
         self._free_slot()
+        self._same_generation()
         stream = WalStream(self.engine.url, self.slot, self.publication, after)
         self._stream_state = _Live(stream, _Decoder(self), after)
         logger.debug("pair %s: streaming slot %s from %s", self.pair, self.slot, sql.lsn_text(after))
         return self._stream_state
+
+    def _same_generation(self) -> None:
+        """The slot a stream starts again on must be the one the run began with: a slot dropped and
+        made again meanwhile (by `cdc install`, while this run was paused or retrying) starts at
+        its creation, and what came between the two is in neither."""
+        generation = self.generation()
+        first = self.__dict__.setdefault("_streamed_generation", generation)
+        if generation != first:
+            raise SourceError(f"pair {self.pair}: replication slot {self.slot} was dropped and made again (capture "
+                              f"installation {first}, now {generation}) while this run streamed: changes made in "
+                              "between were not captured. Copy the tables again with `cdc run --resnapshot CONFIG` "
+                              "(rows deleted meanwhile are then removed by `cdc reconcile CONFIG --repair`)")
 
     def _free_slot(self) -> None:
         """Wait until no other connection streams the slot. Only the process holding the pair's claim
@@ -547,7 +563,14 @@ class _Live:
         self.handed = start  # where the last read's last whole transaction (or heartbeat) ended
         self.decoded = 0  # how far the server said it had decoded, as far as the reads have taken
         self.unread = False  # a read stopped inside what it took: the stream must start again
+        self.leftover: list = []  # taken from the stream after the last read's last transaction
         self._heartbeat = 0.0
+
+    def take(self, timeout: float) -> list | None:
+        if self.leftover:
+            items, self.leftover = self.leftover, []
+            return items
+        return self.stream.take(timeout)
 
     def heartbeat_due(self) -> bool:
         """At most one heartbeat a second: each is a checkpoint write in the target."""
@@ -561,7 +584,7 @@ class _Live:
 class _Drain:
     """When a read that found nothing may say the slot is drained: the server has decoded the WAL
     flushed when the read began (``goal``), or says the same position for a while when asked
-    (a flush point inside a page header, or padding, is never a record's end), or 10 s passed."""
+    (a flush point inside a page header, or padding, is never a record's end); RetryableError after 30 s."""
 
     def __init__(self):
         self.started = self.asked = self.since = time.monotonic()
@@ -573,11 +596,11 @@ class _Drain:
             self.seen, self.since = decoded, now
         if goal <= after or decoded >= goal:
             return True
-        if now - self.started > 10:
-            logger.warning("the replication stream did not reach the source's flush point %s within 10 s "
-                           "(decoded up to %s)", sql.lsn_text(goal), sql.lsn_text(decoded))
-            return True
-        return decoded > 0 and now - self.since > 0.3
+        if now - self.started > 30:  # never "drained" on a guess: `cdc run --once` would end with changes left
+            raise RetryableError(f"source: the replication stream did not reach the source's flush point "
+                                 f"{sql.lsn_text(goal)} within 30 s (decoded up to {sql.lsn_text(decoded)})")
+        # The server idles just short of the flush point only by a page header or record padding.
+        return decoded > 0 and goal - decoded < 8192 and now - self.since > 0.3
 
     def ask(self) -> bool:
         now = time.monotonic()
@@ -659,7 +682,9 @@ class _Decoder:
         elif kind == "T":
             names = [self.relations[oid][0].name for oid in message.fields["relations"] if oid in self.relations]
             raise SourceError(f"TRUNCATE of {', '.join(names) or 'a captured table'} at the source is not "
-                              "replicated: the pair stops; reconcile or re-snapshot the table")
+                              "replicated: the pair stops before it. Once the table is as it should be, copy the "
+                              "tables again with `cdc run --resnapshot CONFIG` (rows deleted meanwhile are then "
+                              "removed by `cdc reconcile CONFIG --repair`)")
         return None
 
 
