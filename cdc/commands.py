@@ -362,7 +362,9 @@ def _pair_status(p: Pair) -> dict:
         except (CdcError, sa.exc.SQLAlchemyError) as exc:
             row["error"] = row["error"] or f"source cannot be read: {first_line(exc)}"
         if checkpoint.source_committed_at is not None:
-            caught_up = row["pending"] == 0
+            # Nothing pending (a count, or a backlog description such as "0 bytes of WAL behind"):
+            # the time since the last change is not lag.
+            caught_up = row["pending"] == 0 or str(row["pending"]).startswith("0 ")
             lag = 0.0 if caught_up else (state._store.now() - checkpoint.source_committed_at).total_seconds()
             row["lag_seconds"] = round(max(lag, 0.0), 3)
     row["healthy"] = (row["state"] not in ("failed", "retrying") and not row["dead_letters"] and row["error"] is None
