@@ -274,7 +274,7 @@ def cdc_pg_run(bench: Bench, source_cluster, target_cluster, capture: str) -> li
         progress("  idle pair: single small transactions")
         row.notes.append(_oltp.idle_latency(
             service, lambda i: pg(source, "UPDATE pgbench_branches SET filler = %s WHERE bid = 1", (f"idle {i}",)),
-            lambda i: pg(target, "SELECT filler FROM pgbench_branches WHERE bid = 1")[0][0].rstrip() == f"idle {i}", idle))
+            lambda i: (pg(target, "SELECT filler FROM pgbench_branches WHERE bid = 1")[0][0] or "").rstrip() == f"idle {i}", idle))
     service.stop()
     if catch_up is None:
         row.check, bench.failed = "NOT CAUGHT UP, not checked", True
