@@ -351,21 +351,55 @@ def _require_disjoint_writers(pairs: dict[str, Pair]) -> None:
     ``shared: true`` and all have a constant key column (``kilde: {constant: A}``, ``key: [id,
     kilde]``) whose value differs between them, so that no two writers can ever write one key.
     """
+    _require_no_cycle(pairs)
     writers: dict[tuple, list[tuple[Pair, TableSpec]]] = {}
-    sources = {(database_identity(pair.source.url), spec.source.casefold()): (pair, spec)
-               for pair in pairs.values() for spec in pair.mapping.tables.values()}
     for pair in pairs.values():
         for spec in pair.mapping.tables.values():
-            read = sources.get((database_identity(pair.target.url), spec.target.casefold()))
-            if read is not None:
-                raise ConfigError(f"pairs.{pair.name}: target table {spec.target} (connection {pair.target.name}) is the "
-                                  f"source table {read[1].source} of pair {read[0].name} in the same database: every "
-                                  "change written would be captured again, for ever. Write to another table or "
-                                  f"database ({spec.origin})")
             writers.setdefault((database_identity(pair.target.url), spec.target.casefold()), []).append((pair, spec))
     for group in writers.values():
         if len(group) > 1:
             _check_shared(group)
+
+
+def _require_no_cycle(pairs: dict[str, Pair]) -> None:
+    """ConfigError when the pairs' table mappings form a cycle (a table that, through one or more pairs,
+    writes back into itself): every change written would be captured again, for ever.
+
+    A chain (A -> B by one pair, B -> C by another) is fine; A -> B -> A is not.
+    """
+    edges: dict[tuple, list[tuple[tuple, Pair, TableSpec]]] = {}
+    for pair in pairs.values():
+        for spec in pair.mapping.tables.values():
+            start = (database_identity(pair.source.url), spec.source.casefold())
+            end = (database_identity(pair.target.url), spec.target.casefold())
+            edges.setdefault(start, []).append((end, pair, spec))
+    done: set[tuple] = set()
+
+    def walk(nodes: list[tuple], steps: list[tuple[tuple, Pair, TableSpec]]) -> None:
+        for step in edges.get(nodes[-1], ()):
+            if step[0] in nodes:
+                _raise_cycle(steps[nodes.index(step[0]):] + [step])
+            if step[0] not in done:
+                walk(nodes + [step[0]], steps + [step])
+        done.add(nodes[-1])
+
+    for node in list(edges):
+        if node not in done:
+            walk([node], [])
+
+
+def _raise_cycle(cycle: list[tuple[tuple, Pair, TableSpec]]) -> None:
+    last_pair, last_spec = cycle[-1][1], cycle[-1][2]
+    if len(cycle) == 1:
+        raise ConfigError(f"pairs.{last_pair.name}: target table {last_spec.target} (connection "
+                          f"{last_pair.target.name}) is the source table {last_spec.source} of pair {last_pair.name} in "
+                          "the same database: every change written would be captured again, for ever. Write to "
+                          f"another table or database ({last_spec.origin})")
+    route = " -> ".join(f"pair {pair.name} writes {spec.source} into {spec.target} (connection {pair.target.name})"
+                        for _, pair, spec in cycle)
+    raise ConfigError(f"pairs.{last_pair.name}: the pairs write in a circle ({route}, which is where it started): every "
+                      "change written would be captured again and sent round for ever. Break the circle: one of these "
+                      f"tables must not be both written and read ({'; '.join(s.origin for _, _, s in cycle)})")
 
 
 def _check_shared(group: list[tuple[Pair, TableSpec]]) -> None:

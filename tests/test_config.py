@@ -163,3 +163,17 @@ def test_a_pair_whose_target_table_is_a_source_table_in_the_same_database_is_ref
             "every change written would be captured again") in str(err.value)
     assert "pw" not in str(err.value)
     load_config(write(ws, text.replace("localhost/erp", "localhost/ledger")))  # another database: fine
+
+
+def test_a_chain_of_pairs_is_allowed_and_a_circle_is_refused(ws):
+    """erp -> ledger -> archive is a cascade; erp -> ledger -> erp sends every change round for ever."""
+    text = ("connections:\n  erp: postgresql://u@127.0.0.1/erp\n  ledger: postgresql://u@127.0.0.1/ledger\n"
+            "  far: postgresql://u@127.0.0.1/archive\npairs:\n"
+            "  there:\n    source: erp\n    target: ledger\n    capture: logical\n    tables: [ck]\n"
+            "  onward:\n    source: ledger\n    target: far\n    capture: logical\n    tables: [ck]\n")
+    assert sorted(load_config(write(ws, text)).pairs) == ["onward", "there"]
+    with pytest.raises(ConfigError) as err:
+        load_config(write(ws, text.replace("target: far", "target: erp")))
+    assert "the pairs write in a circle" in str(err.value)
+    assert "pair there writes ck into ck (connection ledger)" in str(err.value)
+    assert "pair onward writes ck into ck (connection erp)" in str(err.value)
