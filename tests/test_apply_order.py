@@ -67,3 +67,63 @@ def test_a_target_table_with_a_unique_index_keeps_the_order_changes_came_in(tmp_
             assert conn.execute("SELECT * FROM coded ORDER BY id").fetchall() == [(2, "x"), (5, "a")]
     finally:
         target.close()
+
+
+def test_postgresql_writes_a_short_run_as_one_statement_of_many_rows_with_every_type(pg_url):
+    """A run of 2..199 rows goes as one multi-row statement: values keep their types (text that looks
+    like a number, JSON, exact NUMERIC, bytes, times), a key upserted twice keeps its last image,
+    composite keys and a '%' in a name work, and a run over the parameter limit is split."""
+    import datetime as dt
+    from decimal import Decimal
+
+    import psycopg
+
+    from cdc.adapters.postgres import adapter, target as pg_target
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute('CREATE TABLE "a%b" (id INT, part TEXT, amount NUMERIC(20,4), doc JSONB, raw BYTEA, '
+                     "at TIMESTAMPTZ, note VARCHAR(20), PRIMARY KEY (id, part))")
+        conn.execute('INSERT INTO "a%b" (id, part, amount) SELECT g, \'x\', 1 FROM generate_series(1, 10) g')
+    at = dt.datetime(2024, 2, 29, 23, 59, tzinfo=dt.timezone.utc)
+
+    def row(i, amount):
+        return {"id": i, "part": "x", "amount": Decimal(amount), "doc": {"n": i, "t": "æ"}, "raw": bytes([i, 0, 255]),
+                "at": at, "note": "0042"}
+
+    target = adapter.target(pg_url)
+    try:
+        runs = [("upsert", [row(1, "1.0001"), row(12, "-5"), row(1, "99999999999999.9999")]),
+                ("delete", [{"id": 2, "part": "x"}, {"id": 3, "part": "x"}, {"id": 2, "part": "y"}])]
+        writes = []
+        for op, params in runs:
+            prepared = [target._prepare(_op(op, p)) for p in params]
+            writes.append((op, [p for _, _, _, p in prepared]))
+        with target.engine.begin() as conn:
+            for op, params in writes:
+                target.write_run(conn, op, "a%b", ("id", "part"), params)
+        with psycopg.connect(pg_url) as conn:
+            got = conn.execute('SELECT id, amount, doc, raw, at, note FROM "a%b" WHERE id IN (1, 2, 3, 12) '
+                               "ORDER BY id").fetchall()
+        assert got == [(1, Decimal("99999999999999.9999"), {"n": 1, "t": "æ"}, b"\x01\x00\xff", at, "0042"),
+                       (12, Decimal("-5.0000"), {"n": 12, "t": "æ"}, b"\x0c\x00\xff", at, "0042")]
+        # Over the parameter limit: split into statements, every row still written.
+        limit = pg_target.MAX_PARAMETERS
+        pg_target.MAX_PARAMETERS = 3 * 7 - 1  # two rows of seven columns per statement
+        try:
+            params = [target._prepare(_op("upsert", row(i, str(i))))[3] for i in range(20, 27)]
+            with target.engine.begin() as conn:
+                target.write_run(conn, "upsert", "a%b", ("id", "part"), params)
+        finally:
+            pg_target.MAX_PARAMETERS = limit
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute('SELECT array_agg(amount ORDER BY id) FROM "a%b" WHERE id >= 20').fetchone()[0] == [
+                Decimal(i) for i in range(20, 27)]
+    finally:
+        target.engine.dispose()
+
+
+def _op(op: str, params: dict):
+    from cdc.mapping import TargetOp
+
+    key = (params["id"], params["part"])
+    return TargetOp(op, "a%b", ("id", "part"), key, params if op == "upsert" else None, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Every value pgoutput sends is text made by the type's output function in OUR session:
@@ -103,6 +104,31 @@ def upsert_from(table: str, stage_name: str, columns: list[str], key: tuple[str,
     action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
     return (f"INSERT INTO {quote(table)} ({names}) SELECT {names} FROM {quote(stage_name)} "
             f"ON CONFLICT ({', '.join(quote(k) for k in key)}) {action}")
+
+
+@functools.lru_cache(maxsize=256)
+def upsert_values(table: str, columns: tuple[str, ...], key: tuple[str, ...], rows: int) -> str:
+    """An upsert of ``rows`` rows as one statement, positional parameters row after row (each row's
+    values are coerced to the columns' types as in a one-row INSERT)."""
+    row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    names = ", ".join(_plain(quote(c)) for c in columns)
+    updates = ", ".join(f"{_plain(quote(c))} = EXCLUDED.{_plain(quote(c))}" for c in columns if c not in key)
+    action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    return (f"INSERT INTO {_plain(quote(table))} ({names}) VALUES {', '.join([row] * rows)} "
+            f"ON CONFLICT ({', '.join(_plain(quote(k)) for k in key)}) {action}")
+
+
+@functools.lru_cache(maxsize=256)
+def delete_keys(table: str, key: tuple[str, ...], rows: int) -> str:
+    """A delete of ``rows`` key values as one statement, positional parameters key after key."""
+    row = "(" + ", ".join(["%s"] * len(key)) + ")"
+    return (f"DELETE FROM {_plain(quote(table))} WHERE ({', '.join(_plain(quote(k)) for k in key)}) "
+            f"IN ({', '.join([row] * rows)})")
+
+
+def _plain(text: str) -> str:
+    """A name inside a statement with %s parameters: a % in it is no placeholder."""
+    return text.replace("%", "%%")
 
 
 def delete_using(table: str, stage_name: str, key: tuple[str, ...]) -> str:

@@ -17,8 +17,11 @@ from cdc.changes import dumps
 from ..base import SqlTarget, _identity
 from . import sql
 
-#: From this many rows on, a run goes through COPY into a staging table instead of executemany.
+#: From this many rows on, a run goes through COPY into a staging table instead of one statement
+#: of many rows.
 COPY_FROM = 200
+#: Most parameters one statement may carry (the protocol counts them in 16 bits).
+MAX_PARAMETERS = 65535
 
 #: Type OIDs whose values the change model holds as one Python type psycopg dumps in binary
 #: (char/varchar as text: same wire format). A table of only these goes by binary COPY, about
@@ -59,17 +62,24 @@ class PostgresTarget(SqlTarget):
         return super().classify(exc)
 
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
-        if len(params) < COPY_FROM:
+        if len(params) == 1:
             return super().write_run(conn, op, name, key, params)
         if op == "upsert":
-            # The last image of a key wins (every upsert carries the whole row); ON CONFLICT
-            # may not touch one row twice in a statement.
-            if len(key) == 1:
-                (k,) = key
-                params = list({p[k]: p for p in params}.values())
-            else:
-                params = list({tuple([p[k] for k in key]): p for p in params}.values())
+            # The last image of a key wins (a run's upserts all carry the same columns, and no other
+            # change of the row comes between them: see base._runs); ON CONFLICT may not touch one
+            # row twice in a statement.
+            params = _last_per_key(params, key)
         columns = list(params[0]) if op == "upsert" else list(key)
+        if len(params) < COPY_FROM:
+            # One statement of many rows: the server plans it once, where an executemany runs one
+            # statement per row (of an OLTP load's small runs, most of the apply's time).
+            per = max(1, MAX_PARAMETERS // len(columns))
+            for start in range(0, len(params), per):
+                rows = params[start:start + per]
+                statement = (sql.upsert_values(name, tuple(columns), key, len(rows)) if op == "upsert"
+                             else sql.delete_keys(name, key, len(rows)))
+                conn.exec_driver_sql(statement, tuple([v for row in rows for v in map(row.__getitem__, columns)]))
+            return
         trusted = self.__dict__.get("_trusted", {}).get(name, set())
         oids = self._binary_oids(conn, name, columns) if trusted >= set(columns) else None
         if op == "upsert" and name in self.__dict__.get("_direct", ()):
@@ -152,6 +162,14 @@ class PostgresTarget(SqlTarget):
                 # A value binary COPY cannot carry (e.g. 'infinity' kept as text): the batch goes
                 # again row by row, where the server parses it from text.
                 raise psycopg.DataError(f"binary COPY into {table}: {exc}") from exc
+
+
+def _last_per_key(params: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """The last row of each key value, in the order the keys first came."""
+    if len(key) == 1:
+        (k,) = key
+        return list({p[k]: p for p in params}.values())
+    return list({tuple([p[k] for k in key]): p for p in params}.values())
 
 
 def _values_of(columns: list[str]) -> Callable[[dict], tuple]:
