@@ -30,11 +30,20 @@ def pg(url: str, statement: str, params=None) -> list:
 
 
 def process_usage(pid: int) -> tuple[float, int]:
-    """CPU seconds (user + system, all threads) and peak RSS in KiB (VmHWM) of a live process."""
+    """CPU seconds (user + system, all threads, its child processes included: a binlog pair's reader
+    process) and peak RSS in KiB (VmHWM, the highest of the process and its children) of a live process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14 and 15 of stat
+    # utime, stime, and cutime, cstime of children already ended: fields 14-17 of stat
+    cpu = sum(int(f) for f in fields[11:15]) / _TICK
     hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                if line.startswith("VmHWM:"))
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                child_cpu, child_hwm = process_usage(int(child))
+            except (FileNotFoundError, ProcessLookupError, StopIteration):
+                continue  # ended meanwhile: counted in cutime from now on
+            cpu, hwm = cpu + child_cpu, max(hwm, child_hwm)
     return cpu, hwm
 
 

@@ -586,6 +586,7 @@ class PairRunner:
     def _stream(self, position: Any, once: bool, result: RunResult) -> None:
         """Read, apply and acknowledge until drained (``once``) or stopped; a table added to the pair
         is copied one chunk between two reads until it streams too."""
+        moved_before = False
         while not self.stop.is_set():
             copying = self._snapshot_step(position, result)
             read = _Read(position)
@@ -606,21 +607,26 @@ class PairRunner:
                     yield changes
 
             applied = self._apply_parts(parts, read)
+            moved = False
             if not read.changes and read.complete and dumps(read.position) != dumps(position):
                 # Only transactions of other tables (a binlog), or a slot's heartbeat: keep the
                 # checkpoint up with them, then let the source release them (never before: a source
                 # released past the checkpoint would mean changes lost, see verify_checkpoint).
-                moved, (snapshot, tables) = read.position, self._to_commit()
-                self._retrying(lambda: self.target.advance(self.pair.name, moved, snapshot=snapshot, tables=tables))
-                self._retrying(lambda: self.source.acknowledge(moved))
-                position = moved
+                to, (snapshot, tables) = read.position, self._to_commit()
+                self._retrying(lambda: self.target.advance(self.pair.name, to, snapshot=snapshot, tables=tables))
+                self._retrying(lambda: self.source.acknowledge(to))
+                position, moved = to, True
             if not read.changes:
-                if once and not copying:
+                # A read that only moved the position ended at a part that had arrived; what comes
+                # after it may be on its way: --once ends after a read that found nothing, or a
+                # second move in a row (other tables' transactions that never stop).
+                if once and not copying and (not moved or moved_before):
                     return
+                moved_before = moved
                 if not copying:
                     self.source.idle(self.pair.poll_interval, self.stop)
                 continue
-            position = read.position
+            position, moved_before = read.position, False
             self._retrying(lambda: self.source.acknowledge(position))
             result.applied += applied.applied
             result.parked += applied.parked

@@ -171,3 +171,47 @@ def test_sigkill_while_four_writers_commit_small_transactions(ws, mysql_url, pg_
     audited = dict(pexec(pg_url, "SELECT source_txid, count(*) FROM cdc_audit_log WHERE op <> 'snapshot' "
                                  "GROUP BY source_txid"))
     assert audited == dict(log), "a transaction applied twice, in part, or not at all"
+
+
+def test_the_binlog_reader_process_dies_with_a_sigkilled_run(ws, mysql_url, pg_url):
+    """The binlog is decoded in a process forked by `cdc run`: SIGKILL of the run ends it too, so no
+    orphan keeps a replica connection (and the binlog's position) open."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mexec(mysql_url, ENTRIES)
+    pair_config(ws, mysql_url, pg_url, "orphan")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    cdc_ok(ws, "run", "--once")
+    others = dump_threads(mysql_url)
+    process = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        mexec(mysql_url, "INSERT INTO entries VALUES (5, 1500, 5.00, 'NOK', NULL, NULL)")
+        deadline = time.monotonic() + 60
+        while pexec(pg_url, "SELECT count(*) FROM entries WHERE id = 5") != [(1,)]:
+            assert time.monotonic() < deadline and process.poll() is None, "cdc run did not apply the insert"
+            time.sleep(0.1)
+        children = {int(c) for task in Path(f"/proc/{process.pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()}
+        assert len(children) == 1 and one_dump_thread(mysql_url, others)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    deadline = time.monotonic() + 10
+    while any(map(_alive, children)) or dump_threads(mysql_url) - others:
+        assert time.monotonic() < deadline, "the binlog reader process outlived the killed run"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

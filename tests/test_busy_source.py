@@ -198,6 +198,9 @@ def catch_up_and_stop(ws, source, target, writers: Writers, process: subprocess.
         if audited(target) >= expected and not differing_tables(source, target):
             break
         time.sleep(0.2)
+    # Its pair claimed (its handlers in place): a SIGTERM before that would find the default action.
+    wait_for(lambda: target_query(target, "SELECT count(*) FROM cdc_leases WHERE pid = %d AND state = 'running'"
+                                  % process.pid)[0][0] == 1, 60, "cdc run to claim its pair", ws, process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0, f"cdc run did not stop cleanly on SIGTERM:\n{run_log(ws)}"
 

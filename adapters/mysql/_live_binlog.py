@@ -1,8 +1,8 @@
-"""One binlog connection kept open across reads: a thread decodes transactions ahead of them.
+"""One binlog connection kept open across reads: a process decodes transactions ahead of them.
 
 A replica connection (`BinLogStreamReader`, blocking) is opened at the position of the first
-read and stays open: a thread decodes the pair's transactions into parts and queues them, and
-each read takes whole transactions off the queue. A read at another position than where the
+read and stays open: a reader process (see LiveBinlog) decodes the pair's transactions into parts
+and sends them to a queue here, and each read takes whole transactions off the queue. A read at another position than where the
 last one ended (a retry after a failed target commit, a restart) gets a new reader started there.
 """
 
@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import logging
-import socket
+import multiprocessing
+import os
+import pickle
+import signal
 import threading
 import time
 from typing import Any, Callable, Iterator
 
 import pymysql
-from pymysqlreplication.event import HeartbeatLogEvent
+from pymysqlreplication.event import HeartbeatLogEvent, QueryEvent, RotateEvent
 
 from cdc.changes import Batch
-from cdc.errors import RetryableError
+from cdc.errors import RetryableError, SourceError
 
 logger = logging.getLogger(__name__)
 # The library says it reconnects after a lost connection; ours refuses to (see LiveBinlog._connect),
@@ -113,77 +117,83 @@ def _is_move(part: Any) -> bool:
 
 
 class LiveBinlog:
-    """A reader thread on one replica connection from ``start``, and the reads that take its parts.
+    """A reader process on one replica connection from ``start``, and the reads that take its parts.
 
     ``open_reader(start, connect)``: a blocking BinLogStreamReader from ``start`` that connects with
-    ``connect``; ``decoder()``: a fresh _Transactions (parts of at most ``size`` changes).
+    ``connect``; ``decoder()``: a fresh _Transactions (parts of at most ``size`` changes);
+    ``forked()``: called first in the reader process (the source's own connections are the
+    parent's: it takes new ones). The binlog is read and decoded in a process of its own, forked
+    from this one: decoding row events in Python takes most of a core under an OLTP load, and in a
+    thread it would hold the interpreter lock the apply needs. The process sends each part as it is
+    decoded through a pipe; a thread here puts them in the queue (full: the pipe fills and the
+    process waits). It dies with this process (PR_SET_PDEATHSIG) and is killed by ``close``.
     """
 
     def __init__(self, open_reader: Callable[[dict, Callable], Any], decoder: Callable[[], Any], start: dict,
-                 size: int):
+                 size: int, forked: Callable[[], None] = lambda: None):
         self.size = size
         self.handed = {"file": start["file"], "pos": int(start["pos"])}  # where the last read ended
         self.moved_at = float("-inf")  # when a read last moved the position only
         self.queue = _Queue(limit=2 * size)
         self._stop = threading.Event()
-        self._connections: list = []
-        self._open, self._decoder, self._start = open_reader, decoder, start
+        self._open, self._decoder, self._start, self._forked = open_reader, decoder, start, forked
+        self._process: Any = None
+        self._started = threading.Event()
         self.thread = threading.Thread(target=self._run, name="cdc-binlog", daemon=True)
         self.thread.start()
+        self._started.wait()
 
-    # -- the reader thread ---------------------------------------------------------------
-    def _connect(self, **settings: Any) -> pymysql.Connection:
-        """The reader's connections: one for the stream, one for its queries; a lost connection is
-        not made again behind our back (it would resume inside a transaction): the read fails instead."""
-        if self._stop.is_set():
-            raise _Stopped
-        if len(self._connections) >= 2:
-            raise RetryableError("source: the binlog connection was lost; reading again from the checkpoint")
-        connection = pymysql.connect(**settings)
-        self._connections.append(connection)
-        return connection
-
+    # -- the receiving thread --------------------------------------------------------------
     def _run(self) -> None:
-        reader = None
+        context = multiprocessing.get_context("fork")
+        receive, send = context.Pipe(duplex=False)
         try:
-            reader = self._open(self._start, self._connect)
-            decoder = self._decoder()
-            for event in reader:
-                if self._stop.is_set():
+            self._process = context.Process(target=_read_binlog, name="cdc-binlog",
+                                            args=(send, self._open, self._decoder, self._start, self._forked),
+                                            daemon=True)
+            self._process.start()
+        except BaseException as exc:
+            self.queue.fail(RetryableError(f"source: could not start the binlog reader process: {exc}"))
+            return
+        finally:
+            send.close()
+            self._started.set()
+        try:
+            while True:
+                try:
+                    message = receive.recv()
+                except (EOFError, OSError):
+                    if not self._stop.is_set():
+                        self._process.join(1)
+                        self.queue.fail(RetryableError(
+                            f"source: the binlog reader process ended (exit code {self._process.exitcode}); "
+                            "reading again from the checkpoint"))
                     return
-                if not isinstance(event, HeartbeatLogEvent):
-                    self._feed(decoder, event, reader)
-                self.queue.reach({"file": reader.log_file, "pos": reader.log_pos})
+                kind = message[0]
+                if kind == "part":
+                    self.queue.put(message[1])
+                    self.queue.reach(message[2])
+                elif kind == "reach":
+                    self.queue.reach(message[1])
+                else:
+                    self.queue.fail(message[1])
+                    return
         except _Stopped:
             return
-        except pymysql.err.OperationalError as exc:
-            self.queue.fail(RetryableError(f"source: binlog stream: {exc.args[-1]}"))
-        except BaseException as exc:  # raised in the read that reaches it
-            self.queue.fail(exc)
         finally:
-            if reader is not None:
-                with contextlib.suppress(Exception):
-                    reader.close()
-
-    def _feed(self, decoder: Any, event: Any, reader: Any) -> None:
-        for part in decoder.feed(event, reader):
-            self.queue.put(part)
-        if decoder.moved is not None:
-            self.queue.put(Batch([], decoder.moved))
-            decoder.moved = None
+            receive.close()
 
     def close(self) -> None:
-        """Stop the thread and close its connections (a blocked read ends when its socket does)."""
+        """Stop the process and the thread that receives from it."""
         self._stop.set()
         self.queue.close()
-        for _ in range(50):
-            for connection in list(self._connections):
-                with contextlib.suppress(OSError, AttributeError):
-                    connection._sock.shutdown(socket.SHUT_RDWR)
-            self.thread.join(timeout=0.1)
-            if not self.thread.is_alive():
-                return
-        logger.warning("the binlog reader thread did not stop")
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
+            process.join(5)
+        self.thread.join(timeout=5)
+        if self.thread.is_alive():
+            logger.warning("the binlog reader thread did not stop")
 
     # -- the reads -----------------------------------------------------------------------
     def continues(self, after: dict, size: int) -> bool:
@@ -257,3 +267,67 @@ class LiveBinlog:
                 return True
         logger.debug("the binlog reader did not reach %s within %ss", target, CATCH_UP_SECONDS)
         return self.ready()
+
+
+# -- the reader process ----------------------------------------------------------------------
+_INHERITED: list = []  # what the reader process took over from its parent: kept, never finalized here
+
+
+def _read_binlog(send: Any, open_reader: Callable, decoder_factory: Callable, start: dict,
+                 forked: Callable[[], None]) -> None:
+    """The reader process: decode the binlog from ``start`` and send ("part", part, reached),
+    ("reach", reached) and at the end ("error", exception)."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops this process
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    connections: list = []
+
+    def connect(**settings: Any) -> pymysql.Connection:
+        """One connection for the stream, one for its queries; a lost connection is not made again
+        behind our back (it would resume inside a transaction): the read fails instead."""
+        if len(connections) >= 2:
+            raise RetryableError("source: the binlog connection was lost; reading again from the checkpoint")
+        connection = pymysql.connect(**settings)
+        connections.append(connection)
+        return connection
+
+    try:
+        forked()
+        reader = open_reader(start, connect)
+        decoder = decoder_factory()
+        for event in reader:
+            reached = {"file": reader.log_file, "pos": reader.log_pos}
+            sent = False
+            if not isinstance(event, HeartbeatLogEvent):
+                for part in decoder.feed(event, reader):
+                    send.send(("part", part, reached))
+                    sent = True
+                if decoder.moved is not None:
+                    send.send(("part", Batch([], decoder.moved), reached))
+                    decoder.moved, sent = None, True
+            if not sent and isinstance(event, (HeartbeatLogEvent, RotateEvent, QueryEvent)):
+                send.send(("reach", reached))  # nothing of ours up to here (events skipped included)
+    except (BrokenPipeError, EOFError):
+        return  # the parent is gone or closed the pipe
+    except pymysql.err.OperationalError as exc:
+        _send_error(send, RetryableError(f"source: binlog stream: {exc.args[-1]}"))
+    except BaseException as exc:  # raised in the read that reaches it
+        _send_error(send, exc)
+
+
+def _send_error(send: Any, error: BaseException) -> None:
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # an exception that does not survive the pipe: its type and text do
+        error = SourceError(f"source: binlog reader: {type(error).__name__}: {error}")
+    with contextlib.suppress(OSError):
+        send.send(("error", error))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the thread that forked it ends (the parent SIGKILLed, say)."""
+    parent = os.getppid()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request
+        os._exit(0)

@@ -30,7 +30,7 @@ from cdc.errors import SchemaError, SourceError
 from .._timestamp import TimestampCapture
 from ..base import SqlSource
 from . import rows, sql, statements, types
-from ._live_binlog import HEARTBEAT_SECONDS, LiveBinlog
+from ._live_binlog import _INHERITED, HEARTBEAT_SECONDS, LiveBinlog
 
 logger = logging.getLogger(__name__)
 UTC = dt.timezone.utc
@@ -336,7 +336,7 @@ class BinlogSource(MySQLSource):
         if live is None:
             self._check_file(after)
             live = self._live = LiveBinlog(self._binlog_reader, lambda: _Transactions(self, max_changes), after,
-                                           max_changes)
+                                           max_changes, self._forked)
         yield from live.read(self.current_position)
 
     def idle(self, seconds: float, stop: Any) -> None:
@@ -368,6 +368,12 @@ class BinlogSource(MySQLSource):
                          MariadbGtidEvent, GtidEvent, HeartbeatLogEvent],
             only_schemas=[self.engine.url.database], only_tables=list(self.keys), enable_logging=False,
             pymysql_wrapper=connect)  # is_mariadb stays False: it would ignore file/position
+
+    def _forked(self) -> None:
+        """In the binlog reader process: connections of its own. The pooled ones are the parent's
+        (shared sockets): kept referenced, never used or closed here."""
+        _INHERITED.append(self.engine)
+        self.engine = sql.engine(self.engine.url.render_as_string(hide_password=False), self.source_zone)
 
     def _connection_settings(self) -> dict:
         url = self.engine.url
