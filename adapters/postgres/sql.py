@@ -201,6 +201,20 @@ WINDOW = (f"SELECT * FROM (SELECT id, txid::text::bigint AS txid, tbl, op, befor
           f"AND pg_visible_in_snapshot(txid, %(window)s::pg_snapshot) AND tbl = ANY(%(tables)s)) w "
           f"WHERE last > %(through)s ORDER BY last, id")
 APPLIED_OF_WINDOW = f"SELECT count(*) FROM ({WINDOW.replace('WHERE last >', 'WHERE last <=')}) applied"
+# The transactions a read takes, of the same window in the same order, without their rows: the
+# first ones until the one that brings the read to %(limit)s changes, each with its last change
+# and (``remaining``) how many are left in the window in all. A read of a large window so sorts
+# narrow (transaction, id) pairs, not every row's images, however many reads the window takes.
+NEXT_TRANSACTIONS = (
+    f"SELECT txid, last, remaining FROM (SELECT txid, last, sum(n) OVER (ORDER BY last) - n AS before, "
+    f"count(*) OVER () AS remaining FROM (SELECT txid::text::bigint AS txid, max(id) AS last, count(*) AS n "
+    f"FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 AND NOT pg_visible_in_snapshot(txid, %(done)s::pg_snapshot) "
+    f"AND pg_visible_in_snapshot(txid, %(window)s::pg_snapshot) AND tbl = ANY(%(tables)s) GROUP BY txid "
+    f"HAVING max(id) > %(through)s) t) s WHERE before < %(limit)s ORDER BY last")
+# The rows of those transactions, in the window's order.
+ROWS_OF = (f"SELECT c.id, c.txid::text::bigint AS txid, c.tbl, c.op, c.before::text AS before, c.after::text AS after, "
+           f"c.changed_at, t.last FROM unnest(%(txids)s::bigint[], %(lasts)s::bigint[]) AS t(txid, last) "
+           f"JOIN {CHANGELOG} c ON c.txid = t.txid::text::xid8 WHERE c.tbl = ANY(%(tables)s) ORDER BY t.last, c.id")
 # The oldest transaction with a transaction id: changes after it wait until it ends.
 OLDEST_TRANSACTION = ("SELECT pid, usename, backend_xid::text AS xid, "
                       "extract(epoch FROM clock_timestamp() - xact_start) AS seconds FROM pg_stat_activity "

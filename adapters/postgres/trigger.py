@@ -171,21 +171,24 @@ class TriggerSource(SqlSource):
             self._require_installed(conn)
             now = conn.exec_driver_sql(sql.SNAPSHOT).scalar()  # the transaction's snapshot, taken here
             window = window or now
+            params = {"low": str(_xmin(done)), "done": done, "window": window, "through": through,
+                      "tables": list(self.keys)}
+            chosen = conn.exec_driver_sql(sql.NEXT_TRANSACTIONS, {**params, "limit": max_changes}).all()
+            if not chosen:
+                yield Batch([], window)
+                return
             rows = conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
-                sql.WINDOW, {"low": str(_xmin(done)), "done": done, "window": window, "through": through,
-                             "tables": list(self.keys)})
+                sql.ROWS_OF, {"txids": [t.txid for t in chosen], "lasts": [t.last for t in chosen],
+                              "tables": list(self.keys)})
             part: list[Change] = []
-            count, last = 0, None
             for row in rows:
-                if count >= max_changes and row.last != last:  # a whole transaction ends here
-                    yield Batch(part, {"done": done, "window": window, "through": last})
-                    return
                 part.append(self._change(row))
-                count, last = count + 1, row.last
                 if len(part) >= max_changes:
                     yield Batch(part, None, complete=False)
                     part = []
-        yield Batch(part, window)
+        # The window's rest (transactions after the last one taken) is the next read's.
+        rest = chosen[0].remaining > len(chosen)
+        yield Batch(part, {"done": done, "window": window, "through": chosen[-1].last} if rest else window)
 
     def format_position(self, position: Position) -> str:
         if isinstance(position, dict):
