@@ -300,9 +300,15 @@ def pg_bulk(bench: Bench, source: str, target: str, service: Service, capture: s
     progress(f"  bulk: one UPDATE of {rows:,} pgbench_accounts rows")
     cpu_start = service.usage()[0]
     pg(source, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= %s", (rows,))
+    return bulk_row(bench, service, capture, rows, cpu_start, lambda: pg(source, PG_CHECK), lambda: pg(target, PG_CHECK))
+
+
+def bulk_row(bench: Bench, service: Service, capture: str, rows: int, cpu_start: float, source_check, target_check
+             ) -> Row:
+    """The bulk UPDATE just committed: seconds until ``target_check()`` equals ``source_check()``, as a row."""
     start = time.monotonic()
-    want = pg(source, PG_CHECK)
-    seconds = _oltp.wait_until(lambda: pg(target, PG_CHECK) == want, start, bench.args.catch_up_timeout)
+    want = source_check()
+    seconds = _oltp.wait_until(lambda: target_check() == want, start, bench.args.catch_up_timeout)
     cpu, rss = service.usage()
     if seconds is None:
         bench.failed = True
@@ -422,8 +428,15 @@ def cdc_mysql_run(bench: Bench, mariadb, target_cluster, capture: str) -> list[R
     rows = [row]
     if service.kill_points:
         row.notes.append(f"SIGKILLed at {', '.join(f'{n:,}' for n in service.kill_points)} changes applied")
+    idle = 0
     if catch_up is not None:
         rows.append(mysql_bulk(bench, mariadb.port, database, target, service, capture, tables, check))
+        idle = 10
+        progress("  idle pair: single small transactions")
+        row.notes.append(_oltp.idle_latency(
+            service, lambda i: my(mariadb.port, database, "INSERT INTO bench_marker (sent_at, note) VALUES "
+                                                          "(UTC_TIMESTAMP(6), %s)", (f"idle {i}",)),
+            lambda i: bool(pg(target, "SELECT 1 FROM bench_marker WHERE note = %s", (f"idle {i}",))), idle))
     service.stop()
     if catch_up is None:
         row.check, bench.failed = "NOT CAUGHT UP, not checked", True
@@ -435,7 +448,7 @@ def cdc_mysql_run(bench: Bench, mariadb, target_cluster, capture: str) -> list[R
                                                        "SELECT column_name FROM information_schema.columns WHERE "
                                                        "table_schema = %s AND table_name = %s ORDER BY "
                                                        "ordinal_position", (database, t))]])
-        markers = my(mariadb.port, database, "SELECT count(*) FROM bench_marker")[0][0]
+        markers = my(mariadb.port, database, "SELECT count(*) FROM bench_marker")[0][0]  # idle ones included
         bulk = len(tables) * size
         # each sysbench oltp_write_only transaction: an UPDATE of k, an UPDATE of c, a DELETE and an INSERT;
         # binlog capture's source_txid is the transaction's GTID, trigger capture's the epoch (many transactions)
@@ -457,16 +470,8 @@ def mysql_bulk(bench: Bench, port: int, database: str, target: str, service: Ser
         for table in tables:
             cursor.execute(f"UPDATE {table} SET k = k + 1")
         conn.commit()
-    start = time.monotonic()
-    want = [tuple(int(v) for v in my(port, database, check)[0])]
-    seconds = _oltp.wait_until(lambda: pg(target, check) == want, start, bench.args.catch_up_timeout)
-    cpu, rss = service.usage()
-    if seconds is None:
-        bench.failed = True
-    progress(f"  bulk applied in {seconds} s")
-    return Row(f"bulk UPDATE {rows:,} rows, cdc {capture}", None, rows, rows / seconds if seconds else None,
-               catch_up=seconds, cpu_per_10k=(cpu - cpu_start) / rows * 10000, rss_mib=rss,
-               check="" if seconds else f"NOT APPLIED in {bench.args.catch_up_timeout:.0f} s")
+    return bulk_row(bench, service, capture, rows, cpu_start,
+                    lambda: [tuple(int(v) for v in my(port, database, check)[0])], lambda: pg(target, check))
 
 
 def mysql_section(bench: Bench, modes: list[str]) -> None:

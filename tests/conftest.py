@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -82,6 +83,15 @@ class Workspace:
         process.wait()
         return True
 
+    def kill_while(self, busy, seed, low: float, high: float, kills: int = 3) -> int:
+        """`run_and_kill` again and again, each run living a random ``low``..``high`` seconds (from
+        ``random.Random(seed)``), while ``busy()`` and at least ``kills`` times; returns the kills."""
+        rng, done = random.Random(seed), 0
+        while busy() or done < kills:
+            self.run_and_kill(rng.uniform(low, high))
+            done += 1
+        return done
+
     def cdc(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run the real `cdc` command line in a process of its own (forked from one that has loaded
         cdc-sync already: see cli_fork.py; CDC_TEST_CLI=subprocess starts `python -m cdc` instead)."""
@@ -137,12 +147,12 @@ import sqlalchemy as sa
 _databases = itertools.count(1)
 
 
-def _server(variable: str, kind: str, start, value, given=lambda url: url):
+def _server(variable: str | None, kind: str, start, value, given=lambda url: url):
     """A session's server: the one ``variable`` names, else a local one ``start()`` makes.
 
     Without one the tests are skipped, except in CI (CI=true), where that is a failure.
     """
-    if os.environ.get(variable):
+    if variable and os.environ.get(variable):
         yield given(os.environ[variable])
         return
     try:
@@ -155,6 +165,13 @@ def _server(variable: str, kind: str, start, value, given=lambda url: url):
         yield value(server)
     finally:
         server.remove()
+
+
+@pytest.fixture
+def own_pg_server():
+    """A PostgreSQL server of the test's own, which it may stop and start (the shared one holds
+    other tests' databases)."""
+    yield from _server(None, "PostgreSQL", lambda: __import__("pgserver").LocalCluster(), lambda cluster: cluster)
 
 
 @pytest.fixture(scope="session")

@@ -159,10 +159,7 @@ def test_sigkill_while_four_writers_commit_small_transactions(ws, mysql_url, pg_
     writers = [threading.Thread(target=writer, args=(mysql_url, n, 400, log)) for n in range(1, 5)]
     for thread in writers:
         thread.start()
-    rng, kills = random.Random(11), 0
-    while any(t.is_alive() for t in writers) or kills < 3:
-        ws.run_and_kill(rng.uniform(0.5, 1.5))
-        kills += 1
+    ws.kill_while(lambda: any(t.is_alive() for t in writers), 11, 0.5, 1.5)
     for thread in writers:
         thread.join()
     cdc_ok(ws, "run", "--once")

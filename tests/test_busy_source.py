@@ -5,7 +5,6 @@ mode the target ends equal to the source row by row, with exactly one audit row 
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -246,24 +245,6 @@ def test_sigkill_under_four_busy_writers_loses_and_doubles_nothing(request, ws, 
     assert_same_rows_and_one_audit_row_per_change(source, target, writers, per_transaction)
     assert writers.changes() > checkpoints[-1] > checkpoints[0], \
         f"the kills must land while the load is applied: checkpoints {checkpoints}, {writers.changes()} changes"
-
-
-@pytest.fixture
-def own_pg_server():
-    """A PostgreSQL server of the test's own, which it may stop and start (the shared one holds the
-    source, and other tests' databases)."""
-    from pgserver import LocalCluster
-
-    try:
-        cluster = LocalCluster()
-    except (RuntimeError, OSError) as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL is required in CI: {exc}")
-        pytest.skip(f"no PostgreSQL server binaries: {exc}")
-    try:
-        yield cluster
-    finally:
-        cluster.remove()
 
 
 @pytest.mark.parametrize("mode", ["postgresql-logical", "mariadb-binlog"])

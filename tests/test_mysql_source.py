@@ -186,7 +186,6 @@ def test_random_changes_with_sigkill_and_a_source_restart(ws, mysql_server, mysq
     import subprocess
     import sys
     import threading
-    import random
 
     import workload
 
@@ -235,10 +234,7 @@ def test_random_changes_with_sigkill_and_a_source_restart(ws, mysql_server, mysq
     writer = threading.Thread(target=lambda: changes.append(workload.run(mysql_url, total - first_phase, seed=63,
                                                                          pause=0.005, log=log)))
     writer.start()
-    rng, kills = random.Random(7), 0
-    while writer.is_alive() or kills < 3:
-        ws.run_and_kill(rng.uniform(0.8, 1.8))
-        kills += 1
+    ws.kill_while(writer.is_alive, 7, 0.8, 1.8)
     writer.join()
     cdc_ok(ws, "run", "--once")
     for table, order in (("entries", "id"), ("parties", "code, region")):
@@ -384,7 +380,6 @@ def racing_updates(url: str, transactions: int, seed: int) -> int:
 
 
 def test_trigger_capture_open_transaction_racing_writers_and_sigkill(ws, mysql_url, pg_url):
-    import random
     import threading
 
     import workload
@@ -422,10 +417,7 @@ def test_trigger_capture_open_transaction_racing_writers_and_sigkill(ws, mysql_u
                threading.Thread(target=lambda: changes.append(racing_updates(mysql_url, 300, seed=73)))]
     for writer in writers:
         writer.start()
-    rng, kills = random.Random(8), 0
-    while any(w.is_alive() for w in writers) or kills < 3:
-        ws.run_and_kill(rng.uniform(0.8, 1.6))
-        kills += 1
+    ws.kill_while(lambda: any(w.is_alive() for w in writers), 8, 0.8, 1.6)
     cdc_ok(ws, "run", "--once")
     for table, order in (("entries", "id"), ("parties", "code, region")):
         source_rows, target_rows = same_rows(mysql_url, pg_url, table, order)

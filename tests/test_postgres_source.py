@@ -128,10 +128,7 @@ def test_random_changes_with_sigkill_postgresql_to_postgresql(pg_to_pg):
         writer.start()
     watcher = threading.Thread(target=lambda: ([w.join() for w in writers], done.set()))
     watcher.start()
-    rng, kills = random.Random(5), 0
-    while not done.is_set() or kills < 3:
-        ws.run_and_kill(rng.uniform(0.8, 1.8))
-        kills += 1
+    ws.kill_while(lambda: not done.is_set(), 5, 0.8, 1.8)
     watcher.join()
     cdc_ok(ws, "run", "--once")
     for table, order in (("entries", "id"), ("parties", "code, region"), ("docs", "id")):

@@ -102,10 +102,7 @@ def test_sigkill_while_applying_into_postgresql(ws, pg_url):
     writer = threading.Thread(target=lambda: (changes.append(workload.run(ws.source, 3000, seed=22, pause=0.008)),
                                               done.set()))
     writer.start()
-    rng, kills = random.Random(3), 0
-    while not done.is_set() or kills < 3:
-        ws.run_and_kill(rng.uniform(0.6, 1.5))
-        kills += 1
+    ws.kill_while(lambda: not done.is_set(), 3, 0.6, 1.5)
     writer.join()
     assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
     assert_equal(ws, pg_url)
