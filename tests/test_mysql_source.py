@@ -648,3 +648,40 @@ def test_trigger_capture_on_an_idle_pair_does_not_wait_for_the_poll_interval(ws,
     finally:
         process.terminate()
         assert process.wait(timeout=60) == 0, process.stderr.read()
+
+
+def test_trigger_seal_patience_grows_behind_a_long_transaction_and_shrinks_again(ws, mysql_url, pg_url):
+    """A read seals the epoch after a short patience (an OLTP load's writers hold it for
+    milliseconds); a wait in line that times out (a long transaction) makes the next reads ask
+    longer before they queue ahead of writers, and a seal that then succeeds in line shortens it."""
+    import threading
+
+    from cdc.adapters.mysql import trigger
+    from cdc.config import load_config
+    from cdc.pipeline import open_source
+
+    mexec(mysql_url, ENTRIES)
+    pair_config(ws, mysql_url, pg_url, "seal", capture="trigger")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    source, _ = open_source(load_config(str(ws.config)).pairs["seal"])
+    parts = sa.engine.make_url(mysql_url)
+    try:
+        assert source._patience == trigger.SEAL_PATIENCE
+        mexec(mysql_url, "INSERT INTO entries VALUES (1, 1500, 1.00, 'NOK', NULL, NULL)")
+        with pymysql.connect(host=parts.host, port=parts.port, user=parts.username, password=parts.password or "",
+                             database=parts.database) as open_conn:
+            with open_conn.cursor() as cursor:  # holds the epoch (a share lock) until it ends
+                cursor.execute("UPDATE entries SET memo = 'lang' WHERE id = 1")
+            assert source._seal(force=False) is None
+            assert source._patience == 4 * trigger.SEAL_PATIENCE
+            # It ends while the seal waits in line (after the patience, within the 1 s wait): sealed.
+            ending = threading.Timer(4 * trigger.SEAL_PATIENCE + 0.4, open_conn.rollback)
+            ending.start()
+            before = mexec(mysql_url, "SELECT n FROM _cdc_epoch")[0][0]
+            assert source._seal(force=False) == before
+            ending.join()
+        assert source._patience == 2 * trigger.SEAL_PATIENCE
+        assert mexec(mysql_url, "SELECT n FROM _cdc_epoch")[0][0] == before + 1
+    finally:
+        source.close()

@@ -10,8 +10,12 @@ commits late. The changelog is therefore cut into epochs:
 * a read *seals* the epoch by incrementing it, which takes the row's exclusive lock and so waits
   until every transaction stamped with the old epoch has committed or rolled back. After the seal,
   epochs up to the old value are final. The seal first asks with NOWAIT (never making a writer
-  queue behind it); only after ``SEAL_PATIENCE`` seconds of failed asks does it wait, at most
-  ``innodb_lock_wait_timeout = 1`` second, during which new writers queue behind it.
+  queue behind it); only after some patience of failed asks does it wait, at most
+  ``innodb_lock_wait_timeout = 1`` second, during which new writers queue behind it. The
+  patience adapts: under many short transactions some writer nearly always holds the epoch, and
+  a wait in line ends in milliseconds, so it stays short (SEAL_PATIENCE, changes are applied
+  within a fraction of a second); a wait in line that times out (a long transaction is open, and
+  writers were held up behind the seal) makes it four times longer, up to SEAL_PATIENCE_MAX.
 
 Position: the last epoch applied (an int). A read takes every sealed epoch after it, whole, in
 epoch and id order; for two changes of one row the second waited for the first's transaction to
@@ -43,8 +47,10 @@ CHANGELOG = "_cdc_changelog"
 EPOCH = "_cdc_epoch"
 CONSUMERS = "_cdc_consumers"
 OPS = {"insert": "INSERT", "update": "UPDATE", "delete": "DELETE"}
-#: Seconds a read keeps asking to seal without queueing, before it waits (up to 1 s) in line.
-SEAL_PATIENCE = 2.0
+#: Seconds a read keeps asking to seal without queueing before it waits (up to 1 s) in line; the
+#: least, and the most after waits in line that timed out (see above).
+SEAL_PATIENCE = 0.25
+SEAL_PATIENCE_MAX = 30.0
 #: A transaction open longer than this holds capture back noticeably: doctor says so.
 OLD_TRANSACTION_SECONDS = 300
 
@@ -146,6 +152,7 @@ class TriggerSource(MySQLSource):
 
     registers_tables = True
     changelog_mark = f"SELECT coalesce(max(id), 0) FROM {CHANGELOG}"
+    _patience = SEAL_PATIENCE  # seconds of asking before a seal waits in line (see above)
 
     # -- install ---------------------------------------------------------------------
     def _columns(self, conn: sa.Connection, table: str) -> list[tuple[str, str]]:
@@ -279,10 +286,11 @@ class TriggerSource(MySQLSource):
                     f"SELECT 1 FROM {CHANGELOG} WHERE epoch >= %(e)s LIMIT 1", {"e": current}).first() is None:
                 return current - 1  # nothing logged since the last seal: no need to wait for anyone
             conn.rollback()
-            deadline = time.monotonic() + SEAL_PATIENCE
+            deadline = time.monotonic() + self._patience
             while True:
+                in_line = time.monotonic() >= deadline
                 try:
-                    if time.monotonic() < deadline:
+                    if not in_line:
                         conn.exec_driver_sql(f"SELECT n FROM {EPOCH} WHERE k = 1 FOR UPDATE NOWAIT")
                     else:  # in line now, briefly: writers that come meanwhile wait behind us
                         conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1")
@@ -290,12 +298,16 @@ class TriggerSource(MySQLSource):
                     sealed = conn.exec_driver_sql(f"SELECT n FROM {EPOCH} WHERE k = 1").scalar()
                     conn.exec_driver_sql(f"UPDATE {EPOCH} SET n = n + 1 WHERE k = 1")
                     conn.commit()
+                    if in_line:
+                        self._patience = max(SEAL_PATIENCE, self._patience / 2)
                     return sealed
                 except sa.exc.OperationalError as exc:
                     conn.rollback()
                     if error_code(exc) not in (1205, 1213, 3572):  # lock wait timeout/deadlock/NOWAIT refused
                         raise
-                    if time.monotonic() >= deadline + 1:
+                    if in_line:
+                        if error_code(exc) == 1205:  # a long transaction: ask longer before queueing
+                            self._patience = min(SEAL_PATIENCE_MAX, self._patience * 4)
                         return None
                     time.sleep(0.02)
                 finally:
