@@ -48,6 +48,10 @@ def _tokens(statement: str) -> list[_Token]:
         text = match.group()
         if text.startswith("`"):
             found.append(_Token(text[1:-1].replace("``", "`"), True))
+        elif text.startswith(("/*!", "/*M!")):
+            # An executable comment (/*!40000 TRUNCATE t */, /*M!100000 ... */): the server runs
+            # what is inside it, so it counts as written plainly.
+            found += _tokens(re.sub(r"^/\*M?!\d*", "", text)[:-2])
         elif text[0] in "'\"" or text.startswith(("/*", "--", "#")):
             continue  # a string or a comment: no name in it
         elif re.fullmatch(r"[\w$]+", text):
