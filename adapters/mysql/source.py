@@ -30,7 +30,7 @@ from cdc.errors import SchemaError, SourceError
 from .._timestamp import TimestampCapture
 from ..base import SqlSource
 from . import rows, sql, statements, types
-from ._live_binlog import _INHERITED, HEARTBEAT_SECONDS, LiveBinlog
+from ._live_binlog import _INHERITED, HEARTBEAT_SECONDS, LiveBinlog, binlog_order
 
 logger = logging.getLogger(__name__)
 UTC = dt.timezone.utc
@@ -338,6 +338,13 @@ class BinlogSource(MySQLSource):
             live = self._live = LiveBinlog(self._binlog_reader, lambda: _Transactions(self, max_changes), after,
                                            max_changes, self._forked)
         yield from live.read(self.current_position)
+
+    def caught_up(self) -> bool:
+        """Whether the binlog connection has read up to the binlog's end as the server says now (a
+        run --once wading through other databases' transactions is not done yet)."""
+        live = self._live
+        reached = live.queue.reached if live is not None else None
+        return reached is not None and binlog_order(reached) >= binlog_order(self.current_position())
 
     def idle(self, seconds: float, stop: Any) -> None:
         """Wait until the binlog connection has read a transaction to return, ``stop`` is set, or
