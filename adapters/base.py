@@ -169,6 +169,10 @@ class Source(Protocol):
         object with ``wait``/``is_set``) is set, or (for a capture that learns of them as they happen)
         changes are ready to read, whichever comes first."""
 
+    def caught_up(self) -> bool:
+        """After a read that only moved the position: whether the reader has reached the end of the
+        source's log (`cdc run --once` goes on reading until it has)."""
+
     def close(self) -> None: ...
 
 
@@ -324,6 +328,10 @@ class SqlSource(KeyedReads):
             except sa.exc.DBAPIError:  # the source is away: the next read says so, and is retried
                 pass
         stop.wait(max(0.0, deadline - time.monotonic()))
+
+    def caught_up(self) -> bool:
+        """A read of these sources reads up to the log's end (a log connection kept open may not)."""
+        return True
 
     def _changelog_mark(self, conn: sa.Connection) -> Any:
         try:

@@ -620,7 +620,7 @@ class PairRunner:
                 # A read that only moved the position ended at a part that had arrived; what comes
                 # after it may be on its way: --once ends after a read that found nothing, or a
                 # second move in a row (other tables' transactions that never stop).
-                if once and not copying and (not moved or (moved_before and self._caught_up())):
+                if once and not copying and (not moved or (moved_before and self.source.caught_up())):
                     return
                 moved_before = moved
                 if not copying:
@@ -632,11 +632,6 @@ class PairRunner:
             result.parked += applied.parked
             result.batches += 1
             logger.debug("pair %s: applied %d changes up to %s", self.pair.name, applied.applied, dumps(position))
-
-    def _caught_up(self) -> bool:
-        """Whether the source's reader has reached the end of its log (a source that cannot tell: yes)."""
-        caught_up = getattr(self.source, "caught_up", None)
-        return caught_up is None or caught_up()
 
     def _apply_parts(self, parts: Callable, read: "_Read") -> Any:
         """Stream a read into one target transaction, with retries that never apply it twice; the
