@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from cdc.changes import Batch, Change, Position, dumps
 from cdc.errors import ConfigError, SourceError
 
-from .base import SqlSource
+from ._sql import SqlSource
 
 logger = logging.getLogger(__name__)
 UTC = dt.timezone.utc

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import sqlite3
 
-from cdc.adapters.base import _runs
+from cdc.adapters._sql.target import _runs
 
 
 def _statements(rng: random.Random, count: int) -> list[tuple]:

@@ -28,7 +28,7 @@ from cdc.changes import Batch, Change, Position
 from cdc.errors import SchemaError, SourceError
 
 from .._timestamp import TimestampCapture
-from ..base import SqlSource
+from .._sql import SqlSource
 from . import rows, sql, statements, types
 from ._live_binlog import _INHERITED, HEARTBEAT_SECONDS, LiveBinlog, binlog_order
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql import insert
 
-from ..base import SqlTarget
+from .._sql import SqlTarget
 from . import sql, types
 
 #: Error codes of a passing fault: lost or refused connection, server going down, lock wait, deadlock.

@@ -38,7 +38,7 @@ import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps, loads
 
-from ..base import kept_note, trigger_fault
+from .._sql import kept_note, trigger_fault
 from .source import MySQLSource
 from .sql import error_code, quote
 

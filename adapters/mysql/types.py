@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from ..base import same
+from .._sql import same
 
 UTC = dt.timezone.utc
 #: The longest VARCHAR `cdc init` declares (characters of utf8mb4 in MySQL's 65,535-byte row); longer is LONGTEXT.

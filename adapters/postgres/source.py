@@ -21,7 +21,7 @@ from cdc.changes import Batch, Change, Position
 from cdc.errors import RetryableError, SchemaError, SourceError
 
 from .._timestamp import TimestampCapture
-from ..base import SqlSource, kept_note
+from .._sql import SqlSource, kept_note
 from . import pgoutput, sql, types
 from .replication import KeepAlive, ReplicationConnection, WalStream
 

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import JSON, JSONB, insert
 from cdc import state
 from cdc.changes import dumps
 
-from ..base import SqlTarget, _identity
+from .._sql import SqlTarget, same as _identity
 from . import sql
 
 #: From this many rows on, a run goes through COPY into a staging table instead of one statement

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from cdc.changes import Batch, Change, Position, dumps, loads
 from cdc.errors import SourceError
 
-from ..base import SqlSource, kept_note
+from .._sql import SqlSource, kept_note
 from . import sql
 
 

@@ -12,7 +12,8 @@ from cdc.changes import Batch, Change, Position, dumps, loads
 from cdc.errors import SourceError
 
 from .._timestamp import TimestampCapture
-from ..base import SqlSource, TableInfo, kept_note, trigger_fault
+from ..base import TableInfo
+from .._sql import SqlSource, kept_note, trigger_fault
 from . import sql, types
 
 logger = logging.getLogger(__name__)

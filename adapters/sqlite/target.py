@@ -7,7 +7,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert
 
-from ..base import SqlTarget
+from .._sql import SqlTarget
 from . import types
 
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from cdc._transforms import EXACT, TransformError, to_decimal
 
-from ..base import same as _identity
+from .._sql import same as _identity
 
 #: A NUMERIC-affinity column keeps a number exactly only to this many significant digits.
 EXACT_DIGITS = 15
