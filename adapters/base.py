@@ -7,15 +7,15 @@ CdcError stops the pair with its message.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import sqlalchemy as sa
 
 from cdc import state
-from cdc.changes import ApplyResult, Batch, Position, Row
-from cdc.mapping import MappedChange
+from cdc.changes import Batch, Position, Row
 
 @dataclass(frozen=True)
 class TableInfo:
@@ -123,19 +123,73 @@ class Source(Protocol):
 
 
 class Target(Protocol):
-    """Writes mapped changes, audit rows and the checkpoint to one target in one transaction."""
+    """A target's dialect: statements for runs of rows, bulk loading, its state tables and the claim.
 
-    def apply(self, pair: str, mapped: list[MappedChange], *, position: Position, snapshot: dict | None,
-              on_error: str, reason: str = "change", tables: dict[str, dict | None] | None = None) -> ApplyResult:
-        """ONE transaction: rows, audit, dead letters, checkpoint (with ``snapshot`` progress and the
-        streamed ``tables``, each with its mapping identity; None keeps the stored ones). Idempotent
-        only with the checkpoint check."""
+    The transaction that writes rows, audit rows, dead letters and the checkpoint together is
+    cdc/apply's; a Target supplies its pieces. Inside that transaction a ``sa.exc.DBAPIError`` is
+    raised as it is and ``classify`` tells the core whether it means retry, one bad row, or stop.
+    """
 
-    def checkpoint(self, pair: str) -> state.Checkpoint | None: ...
+    #: The server setting that limits one statement's size, as messages name it ("" if none).
+    statement_limit_setting: str
+    #: Bytes the driver joins one executemany's rows into at most, or None (unknown).
+    driver_statement_bytes: int | None
 
-    def advance(self, pair: str, position: Position, *, snapshot: dict | None = None,
-                tables: dict[str, dict | None] | None = None) -> None:
-        """Store ``position`` (and snapshot progress, streamed tables) as the checkpoint without changes."""
+    def begin(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        """One target transaction, committed when the block ends and rolled back when it raises; a
+        ``DBAPIError`` from it is classified by ``classify`` (a failed COMMIT leaves the outcome uncertain)."""
+
+    def claim(self, pair: str) -> state.Claim:
+        """This process's claim of ``pair`` (no database access, idempotent); ClaimLostError (stop) when
+        it holds none."""
+
+    def table(self, name: str) -> sa.Table:
+        """The reflected target table, cached (idempotent); TargetError (stop) if it does not exist."""
+
+    def binding(self, column: sa.Column) -> Callable[[Any], Any] | None:
+        """How a value already checked to fit ``column`` is bound for the driver, or None when it goes
+        as it is (pure, idempotent); TransformError when it cannot be bound (one bad row)."""
+
+    def trust(self, name: str, columns: list[str]) -> None:
+        """Mark these columns' values as coming from identical source columns, so only NOT NULL is
+        checked (in memory, idempotent, never fails)."""
+
+    def trusted(self, name: str) -> frozenset[str]:
+        """The columns of ``name`` last passed to ``trust``: a new set after each call (never fails)."""
+
+    def classify(self, exc: sa.exc.DBAPIError) -> str:
+        """'row' (this row is bad: parked or stop by on_error), 'retry' (passing fault) or 'fatal' (stop)."""
+
+    def statement_limit(self, conn: sa.Connection) -> int | None:
+        """The most bytes one statement may carry on ``conn``, or None: no limit a row can reach
+        (idempotent; no error of its own)."""
+
+    def statement_size(self, row: dict, exact: bool = False) -> int:
+        """Bytes ``row``'s values take in one statement (``exact`` False: a quick upper bound); pure,
+        needed only where ``statement_limit`` gives a limit."""
+
+    def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
+        """Upsert (``op`` 'upsert') or delete (by ``key``) these rows of table ``name`` on ``conn``, in
+        order, a later image of a key winning; idempotent. DBAPIError as raised (see ``classify``)."""
+
+    def write_audit(self, conn: sa.Connection, rows: list[dict]) -> None:
+        """Append these audit rows on ``conn`` (not idempotent: the transaction's checkpoint makes it
+        once). DBAPIError as raised (see ``classify``)."""
+
+    def write_dead_letters(self, conn: sa.Connection, rows: list[dict]) -> None:
+        """Append these dead letters on ``conn`` (not idempotent: the transaction's checkpoint makes it
+        once). DBAPIError as raised (see ``classify``)."""
+
+    def bulk_load(self, conn: sa.Connection, table: str, columns: list[str], key: tuple[str, ...],
+                  copy_out: Callable, *, direct: bool = False, fmt: str = "binary") -> tuple[int, list | None]:
+        """Only on a target that bulk-loads (COPY): load one snapshot chunk that ``copy_out(write)``
+        writes as COPY data in ``fmt`` into ``table`` on ``conn`` (``direct``: straight in, the table
+        was empty; else upserted, so idempotent); returns the rows and the last key. DBAPIError as
+        raised: 'row' means copy the chunk row by row instead."""
+
+    def checkpoint(self, pair: str) -> state.Checkpoint | None:
+        """The pair's checkpoint, or None (read-only, idempotent); a database error is raised as it is,
+        for the caller to retry or stop."""
 
     def set_generation(self, pair: str, generation: str | None) -> None:
         """Record the capture installation the pair's checkpoint belongs to, once (a checkpoint that has

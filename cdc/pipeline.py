@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
-from . import registry, values
+from . import apply, registry, values
 from ._typecheck import check_types
 from .changes import ApplyResult, Batch, dumps
 from .config import Connection, Pair
@@ -343,7 +343,8 @@ class PairRunner:
             snapshot, tables = self._to_commit()
             if not checkpoint.tables_recorded or checkpoint.tables != tables \
                     or dumps(checkpoint.snapshot) != dumps(snapshot) or dumps(checkpoint.position) != dumps(position):
-                self._retrying(lambda: self.target.advance(self.pair.name, position, snapshot=snapshot, tables=tables))
+                self._retrying(lambda: apply.advance(self.target, self.pair.name, position, snapshot=snapshot,
+                                                     tables=tables))
         return position
 
     def _require_capture(self) -> None:
@@ -533,7 +534,7 @@ class PairRunner:
         the same column types, or a source that makes the target's COPY text itself (copy_compatible)."""
         if table not in self._bulk:
             self._bulk[table] = False
-            capable = hasattr(self.source, "copy_out") and hasattr(self.target, "bulk_snapshot")
+            capable = hasattr(self.source, "copy_out") and hasattr(self.target, "bulk_load")
             if capable and mapping.is_identity and self.target.exists(mapping.target):
                 have = self.target.column_types(mapping.target)
                 if self.source.engine.dialect.name == self.target.engine.dialect.name:
@@ -560,8 +561,8 @@ class PairRunner:
             stored[:] = [self._to_commit()]
             return stored[0]
 
-        count = self._retrying(lambda: self.target.bulk_snapshot(
-            self.pair.name, table, mapping.target, mapping.target_columns, mapping.target_key,
+        count = self._retrying(lambda: apply.bulk_snapshot(
+            self.target, self.pair.name, table, mapping.target, mapping.target_columns, mapping.target_key,
             lambda write: self._copy_out(table, mapping, after, chunk, write),
             position, finish, direct=progress.get("direct", False), fmt=getattr(self.source, "copy_format", "binary")))
         self._settle(stored[0][1])
@@ -613,7 +614,7 @@ class PairRunner:
                 # checkpoint up with them, then let the source release them (never before: a source
                 # released past the checkpoint would mean changes lost, see verify_checkpoint).
                 to, (snapshot, tables) = read.position, self._to_commit()
-                self._retrying(lambda: self.target.advance(self.pair.name, to, snapshot=snapshot, tables=tables))
+                self._retrying(lambda: apply.advance(self.target, self.pair.name, to, snapshot=snapshot, tables=tables))
                 self._retrying(lambda: self.source.acknowledge(to))
                 position, moved = to, True
             if not read.changes:
@@ -643,8 +644,8 @@ class PairRunner:
             if attempts and read.complete and self._committed(read.position, snapshot, tables):
                 return ApplyResult(0, 0)  # the connection broke after COMMIT: never apply twice
             attempts.append(1)
-            return self.target.apply_parts(self.pair.name, parts, position=lambda: read.position, snapshot=snapshot,
-                                           on_error=self.pair.on_error, tables=tables)
+            return apply.apply_parts(self.target, self.pair.name, parts, position=lambda: read.position,
+                                     snapshot=snapshot, on_error=self.pair.on_error, tables=tables)
 
         return self._retrying(attempt)
 
@@ -656,8 +657,8 @@ class PairRunner:
             if attempts and self._committed(position, snapshot, tables):
                 return ApplyResult(0, 0)  # the connection broke after COMMIT: never apply twice
             attempts.append(1)
-            return self.target.apply(self.pair.name, mapped, position=position, snapshot=snapshot,
-                                     on_error=self.pair.on_error, reason=reason, tables=tables)
+            return apply.apply(self.target, self.pair.name, mapped, position=position, snapshot=snapshot,
+                               on_error=self.pair.on_error, reason=reason, tables=tables)
 
         return self._retrying(attempt)
 

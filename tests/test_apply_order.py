@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import sqlite3
 
-from cdc.adapters._sql.target import _runs
+from cdc.apply._writes import _runs, writes_for
 
 
 def _statements(rng: random.Random, count: int) -> list[tuple]:
@@ -53,16 +53,17 @@ def test_a_target_table_with_a_unique_index_keeps_the_order_changes_came_in(tmp_
         conn.execute("CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES plain(id))")
         conn.execute("INSERT INTO coded VALUES (1, 'x')")
     target = adapter.target(f"sqlite:///{db}")
+    writes = writes_for(target)
     try:
-        assert target.free_order(["plain"])
-        assert not target.free_order(["plain", "coded"])
-        assert not target.free_order(["child"])
+        assert writes.free_order(["plain"])
+        assert not writes.free_order(["plain", "coded"])
+        assert not writes.free_order(["child"])
         table = "coded"
         statements = [("upsert", table, ("id",), {"id": 5, "code": "a"}), ("delete", table, ("id",), {"id": 1}),
                       ("upsert", table, ("id",), {"id": 2, "code": "x"})]
         assert len(_runs(statements)) == 2  # what a table free of such constraints gets
         with target.engine.begin() as conn:
-            target._write(conn, [(op, "coded", key, params) for op, _, key, params in statements])
+            writes.write(conn, [(op, "coded", key, params) for op, _, key, params in statements])
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT * FROM coded ORDER BY id").fetchall() == [(2, "x"), (5, "a")]
     finally:
@@ -96,7 +97,7 @@ def test_postgresql_writes_a_short_run_as_one_statement_of_many_rows_with_every_
                 ("delete", [{"id": 2, "part": "x"}, {"id": 3, "part": "x"}, {"id": 2, "part": "y"}])]
         writes = []
         for op, params in runs:
-            prepared = [target._prepare(_op(op, p)) for p in params]
+            prepared = [writes_for(target).prepare(_op(op, p)) for p in params]
             writes.append((op, [p for _, _, _, p in prepared]))
         with target.engine.begin() as conn:
             for op, params in writes:
@@ -110,7 +111,7 @@ def test_postgresql_writes_a_short_run_as_one_statement_of_many_rows_with_every_
         limit = pg_target.MAX_PARAMETERS
         pg_target.MAX_PARAMETERS = 3 * 7 - 1  # two rows of seven columns per statement
         try:
-            params = [target._prepare(_op("upsert", row(i, str(i))))[3] for i in range(20, 27)]
+            params = [writes_for(target).prepare(_op("upsert", row(i, str(i))))[3] for i in range(20, 27)]
             with target.engine.begin() as conn:
                 target.write_run(conn, "upsert", "a%b", ("id", "part"), params)
         finally:

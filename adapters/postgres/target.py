@@ -1,4 +1,4 @@
-"""PostgreSQL as a target: upserts and deletes, bulk-loaded with COPY for large runs; one transaction."""
+"""PostgreSQL as a target: upserts and deletes, bulk-loaded with COPY for large runs and snapshot chunks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from psycopg.types.json import Json, Jsonb
 from sqlalchemy.dialects.postgresql import JSON, JSONB, insert
 
 from cdc import state
-from cdc.changes import dumps
 
 from .._sql import SqlTarget, same as _identity
 from . import sql
@@ -66,7 +65,7 @@ class PostgresTarget(SqlTarget):
             return super().write_run(conn, op, name, key, params)
         if op == "upsert":
             # The last image of a key wins (a run's upserts all carry the same columns, and no other
-            # change of the row comes between them: see base._runs); ON CONFLICT may not touch one
+            # change of the row comes between them: see cdc/apply/_writes.py); ON CONFLICT may not touch one
             # row twice in a statement.
             params = _last_per_key(params, key)
         columns = list(params[0]) if op == "upsert" else list(key)
@@ -80,7 +79,7 @@ class PostgresTarget(SqlTarget):
                              else sql.delete_keys(name, key, len(rows)))
                 conn.exec_driver_sql(statement, tuple([v for row in rows for v in map(row.__getitem__, columns)]))
             return
-        trusted = self.__dict__.get("_trusted", {}).get(name, set())
+        trusted = self.trusted(name)
         oids = self._binary_oids(conn, name, columns) if trusted >= set(columns) else None
         if op == "upsert" and name in self.__dict__.get("_direct", ()):
             # A snapshot chunk into a table that was empty: straight in, no staging, no upsert.
@@ -106,39 +105,29 @@ class PostgresTarget(SqlTarget):
         with self.engine.connect() as conn:
             return dict(conn.exec_driver_sql(sql.COLUMN_TYPES, {"table": sql.quote(table)}).all())
 
-    def bulk_snapshot(self, pair: str, source_table: str, table: str, columns: list[str], key: tuple[str, ...],
-                      copy_out: Callable, position: Any, finish: Callable, direct: bool = False,
-                      fmt: str = "binary") -> int:
+    def bulk_load(self, conn: sa.Connection, table: str, columns: list[str], key: tuple[str, ...],
+                  copy_out: Callable, *, direct: bool = False, fmt: str = "binary") -> tuple[int, list | None]:
         """One snapshot chunk as COPY data: binary from a PostgreSQL source with identical column types,
         or text (``fmt``) made by another kind of source for exactly these column types.
 
-        ONE transaction: the rows, one audit row, the checkpoint. ``direct``: the table was empty
-        when the snapshot began and chunks are disjoint, so COPY goes straight into it; otherwise
-        into a staging table and upserted from there. ``finish(count, last_key)`` returns the
-        snapshot progress and the streamed tables to store with the checkpoint.
+        ``direct``: the table was empty when the snapshot began and chunks are disjoint, so COPY goes
+        straight into it; otherwise into a staging table and upserted from there. Returns the rows
+        copied and the last key among them (None when none).
         """
         stage = table if direct else f"_cdc_stage_snapshot_{table}"[:63]
-        with self.checkpointing(pair) as (conn, write_checkpoint):
-            if not direct:
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sql.quote(stage)}")
-                conn.exec_driver_sql(sql.stage(stage, table, columns))
-            cursor = conn.connection.driver_connection.cursor()
-            statement = sql.copy_in_binary(stage, columns) if fmt == "binary" else sql.copy_into(stage, columns)
-            with _as_sqlalchemy_errors(statement):
-                with cursor.copy(statement) as into:
-                    copy_out(into.write)
-            count = cursor.rowcount
-            last = list(conn.exec_driver_sql(sql.edge_key(stage, key, last=True)).one()) if count else None
-            if count and not direct:
-                conn.exec_driver_sql(sql.upsert_from(table, stage, columns, key))
-            self.write_audit(conn, [{
-                "pair": pair, "source_table": source_table, "target_table": table, "op": "snapshot",
-                "reason": "snapshot", "key": dumps(last or []), "before": None,
-                "after": dumps({"rows": count, "last_key": last}), "source_position": None,
-                "source_txid": None, "committed_at": None, "applied_at": state._store.now()}])
-            snapshot, tables = finish(count, last)
-            write_checkpoint(position, snapshot, 0, tables=tables)
-        return count
+        if not direct:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sql.quote(stage)}")
+            conn.exec_driver_sql(sql.stage(stage, table, columns))
+        cursor = conn.connection.driver_connection.cursor()
+        statement = sql.copy_in_binary(stage, columns) if fmt == "binary" else sql.copy_into(stage, columns)
+        with _as_sqlalchemy_errors(statement):
+            with cursor.copy(statement) as into:
+                copy_out(into.write)
+        count = cursor.rowcount
+        last = list(conn.exec_driver_sql(sql.edge_key(stage, key, last=True)).one()) if count else None
+        if count and not direct:
+            conn.exec_driver_sql(sql.upsert_from(table, stage, columns, key))
+        return count, last
 
     def _binary_oids(self, conn: sa.Connection, table: str, columns: list[str]) -> list[int] | None:
         """The OIDs to dump ``columns`` of ``table`` with in a binary COPY, or None: COPY as text."""

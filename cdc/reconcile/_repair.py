@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import sqlalchemy as sa
 
 from .. import registry, state
+from ..apply import apply
 from ..changes import Change
 from ..config import Pair
 from ..errors import CdcError
@@ -193,8 +194,8 @@ def apply_repair(pair: Pair, plan: RepairPlan, target: Any) -> int:
         by_target = {m.target: m for m in mappings.values()}
         mapped = [MappedChange(op.change, by_target[op.table], [op]) for op in plan.ops]
         target.prepare_tables(by_target)
-        result = target.apply(pair.name, mapped, position=None, snapshot=None, on_error=pair.on_error,
-                              reason="repair")
+        result = apply(target, pair.name, mapped, position=None, snapshot=None, on_error=pair.on_error,
+                       reason="repair")
         return result.applied
     finally:
         source.close()

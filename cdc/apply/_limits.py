@@ -1,11 +1,10 @@
-"""Statements under a target's size limit (MySQL/MariaDB's max_allowed_packet).
+"""Statements under a target's size limit (MySQL/MariaDB's max_allowed_packet): refuse, fit, split."""
 
-A server drops the connection on a statement larger than its limit, which looks like a passing
-fault and would be retried for ever. So, before anything is sent: a row larger than the limit is
-refused by name (parked, or the pair stops, by its on_error); an audit row or dead letter that
-would be too large keeps its largest values as their length and SHA-256 only (the fact of the
-change is never lost); and a run of rows is split into statements under the limit.
-"""
+# A server drops the connection on a statement larger than its limit, which looks like a passing
+# fault and would be retried for ever. So, before anything is sent: a row larger than the limit is
+# refused by name (parked, or the pair stops, by its on_error); an audit row or dead letter that
+# would be too large keeps its largest values as their length and SHA-256 only (the fact of the
+# change is never lost); and a run of rows is split into statements under the limit.
 
 from __future__ import annotations
 
