@@ -307,7 +307,7 @@ class SqlTarget(KeyedReads):
 
     def _run_statement(self, op: str, name: str, key: tuple[str, ...], columns: tuple[str, ...]) -> sa.Executable:
         """The upsert or delete statement of a run, built once per table, key and columns: runs are
-        short where the target keeps source order (see ``free_order``), and building (and cache-keying)
+        short where the target keeps source order (see cdc/apply/_writes.py), and building (and cache-keying)
         the statement anew for each run cost more than executing it."""
         cache = self.__dict__.setdefault("_run_statements", {})
         if (op, name, key, columns) not in cache:
