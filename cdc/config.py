@@ -403,7 +403,7 @@ def _raise_cycle(cycle: list[tuple[tuple, Pair, TableSpec]]) -> None:
 
 
 def _check_shared(group: list[tuple[Pair, TableSpec]]) -> None:
-    (first, first_spec), (second, second_spec) = group[0], group[1]
+    (first, first_spec), (second, _) = group[0], group[1]
     table = f"target table {first_spec.target} (connection {first.target.name})"
     writers = " and ".join(f"pair {p.name} table {s.source}" for p, s in group)
     where = "; ".join(f"pair {p.name}: {s.origin}" for p, s in group)
