@@ -33,8 +33,9 @@ A repair holds the pair's claim from before the comparison to its last write, so
 while `cdc run` streams the pair (see ``_repair``).
 
 Modules: ``cdc.canonical`` (a value's canonical text), ``_canonical`` (row texts, digests, buckets),
-``_side`` (one side's fingerprints and reads), ``_compare`` (one pair), ``_keys`` (differing keys on both sides, how their rows differ),
-``_repair``, ``_report`` (the report's data, recorded in cdc_reconcile_runs; cdc.reports shapes it).
+``_side`` (one side's fingerprints and reads), ``_compare`` (one pair), ``_keys`` (differing keys on
+both sides, how their rows differ), ``_repair``, ``_report`` (the report's data, recorded in
+cdc_reconcile_runs; cdc.reports shapes it).
 """
 
 from ._canonical import canonical

@@ -1,4 +1,4 @@
-"""Row and key texts, digests and buckets over the values' canonical texts (cdc.canonical), as both sides compute them."""
+"""Row and key texts, digests and buckets, built from the values' canonical texts (cdc.canonical)."""
 
 from __future__ import annotations
 

@@ -250,7 +250,8 @@ def _html_repair(repair: dict, locale: str) -> list[str]:
                     f"<td>{html.escape(key_text(tuple(step['key']), locale))}</td><td>{html.escape(source)}</td></tr>")
     for kept in repair.get("kept", []):
         rows.append(f'<tr class="extra"><td>keep</td><td>{html.escape(kept["table"])}</td>'
-                    f"<td>{html.escape(key_text(tuple(kept['key']), locale))}</td><td>{html.escape(kept['why'])}</td></tr>")
+                    f"<td>{html.escape(key_text(tuple(kept['key']), locale))}</td>"
+                    f"<td>{html.escape(kept['why'])}</td></tr>")
     title = ("Retting (plan)" if nb else "Repair (plan)") if repair.get("dry_run") else ("Retting" if nb else "Repair")
     heads = ["Operasjon", "Tabell", "Nøkkel", "Kilderad / grunn"] if nb else ["Op", "Table", "Key", "Source row / why"]
     summary = (f"<p>{repair['upserts']} upsert, {repair['deletes']} delete"
