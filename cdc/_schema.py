@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, mod
 from pydantic_core import PydanticCustomError
 
 from ._yaml import Document
-from .errors import ConfigError
 
 Model = TypeVar("Model", bound=BaseModel)
 

@@ -32,9 +32,10 @@ table, key and column.
 A repair holds the pair's claim from before the comparison to its last write, so it never writes
 while `cdc run` streams the pair (see ``_repair``).
 
-Modules: ``_canonical`` (canonical texts, digests, buckets), ``_side`` (one side's fingerprints and
-reads), ``_compare`` (one pair), ``_keys`` (differing keys on both sides, how their rows differ),
-``_repair``, ``_report`` (the report, as JSON, recorded in cdc_reconcile_runs).
+Modules: ``cdc.canonical`` (a value's canonical text), ``_canonical`` (row texts, digests, buckets),
+``_side`` (one side's fingerprints and reads), ``_compare`` (one pair), ``_keys`` (differing keys on
+both sides, how their rows differ), ``_repair``, ``_report`` (the report's data, recorded in
+cdc_reconcile_runs; cdc.reports shapes it).
 """
 
 from ._canonical import canonical

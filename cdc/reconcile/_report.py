@@ -1,4 +1,4 @@
-"""The reconciliation report: per table counts, the differing rows, control totals; as JSON; recorded."""
+"""The reconciliation report's data: per table counts, the differing rows, control totals; recorded."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .. import registry, state
 from ..changes import dumps
 from ..config import Pair
 from ..errors import StateError
+from ..reports import reconcile_dict as as_dict
 from ._canonical import exact_sum
 
 logger = logging.getLogger(__name__)
@@ -117,31 +118,3 @@ def record(pair: Pair, report: ReconcileReport) -> int | None:
                 "report": dumps(as_dict(report))})
     finally:
         target.close()
-
-
-def as_dict(report: ReconcileReport) -> dict:
-    """The report as plain JSON-able data (values as the change model encodes them)."""
-    return {
-        "pair": report.pair, "equal": report.equal, "started_at": report.started_at.isoformat(),
-        "finished_at": report.finished_at.isoformat() if report.finished_at else None,
-        "checkpoint": report.checkpoint, "pending": report.pending, "limit": report.limit, "repair": report.repair,
-        "run_id": report.run_id, "provenance": report.provenance.as_dict() if report.provenance else None,
-        "tables": [{
-            "source_table": t.source_table, "target_table": t.target_table, "equal": t.equal,
-            "source_rows": t.source_rows, "target_rows": t.target_rows, "missing": t.missing, "extra": t.extra,
-            "different": t.different, "settled": t.settled, "unmappable": t.unmappable, "methods": t.methods,
-            "counted_from_fingerprints": t.counted_from_fingerprints,
-            "seconds": round(t.seconds, 3), "totals": t.totals, "totals_sum": t.totals_sum,
-            "rows": [_row_dict(r) for r in t.rows],
-        } for t in report.tables],
-    }
-
-
-def _row_dict(row: RowDifference) -> dict:
-    result = {"kind": row.kind, "key": list(row.key),
-              "columns": {c: {"source": s, "target": v} for c, (s, v) in row.columns.items()}}
-    if row.kind == "unmappable":
-        result.update(column=row.column, error=row.error)
-    if row.note:
-        result["note"] = row.note
-    return result

@@ -6,6 +6,8 @@ import html
 from decimal import Decimal
 from typing import Any
 
+from ._provenance import html_provenance
+
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2em;color:#1b1f24;max-width:80em}
 h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:2em}
@@ -63,3 +65,9 @@ def page(title: str, meta: str, body: str, after: str, locale: str) -> str:
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
             f'<h1>{html.escape(title)}</h1><div class="meta">{meta}</div><!--body-->{body}<!--/body-->{after}'
             f"<script>{SORT}</script></body></html>\n")
+
+
+def html_page(title: str, meta: str, body: list[str], provenance: Any, locale: str) -> str:
+    """A report's page: ``body`` joined, then its provenance block with the SHA-256 of that body."""
+    content = "".join(body)
+    return page(title, meta, content, html_provenance(provenance, content, locale), locale)
