@@ -7,6 +7,7 @@ one MariaDB server for the whole session, a fresh database on them for each side
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
@@ -67,6 +68,20 @@ class Pair:
         """A new row with ordinary values and the next key."""
         key, self.next_id = self.next_id, self.next_id + 1
         return (key, f"{key}.25", None, None, note, b"\x01", True)
+
+    def streamed(self) -> list[tuple[str, list]]:
+        """(op, key) of every streamed change the target audited: in apply order; for a polling mode,
+        which cannot tell an insert from an update and applies in (time, key) order, as sorted upserts."""
+        found = [(op, json.loads(key)) for op, key, *_ in self.target.audit()]
+        return found if self.case.every_change else self.as_polled(found)
+
+    def expected(self, changes: list[tuple[str, list]]) -> list[tuple[str, list]]:
+        """What ``streamed()`` must be for source ``changes`` (op, key) made in this order."""
+        return changes if self.case.every_change else self.as_polled(changes)
+
+    @staticmethod
+    def as_polled(changes):
+        return sorted(("upsert" if op != "delete" else op, key) for op, key in changes)
 
     def assert_target_equals_source(self) -> None:
         """Row by row, value by value: the target holds exactly the source's live rows."""

@@ -115,7 +115,7 @@ class Database:
                 cursor.execute("SET time_zone = '+00:00'")
                 out = []
                 for statement, params in statements:
-                    cursor.execute(statement, params)
+                    cursor.execute(statement, tuple(_mysql_value(v) for v in params) if params else None)
                     out.append(list(cursor.fetchall()) if cursor.description else [])
             conn.commit()
             return out
@@ -129,6 +129,14 @@ def _sqlite_value(value):
         return str(value)
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value.isoformat()
+    return value
+
+
+def _mysql_value(value):
+    """A parameter as MySQL takes it: PyMySQL drops a datetime's zone, so send the UTC wall clock
+    (the session's time_zone is UTC)."""
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
     return value
 
 

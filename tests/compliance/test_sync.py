@@ -15,26 +15,6 @@ every_pair = pytest.mark.parametrize("target_kind", TARGETS)
 every_source = pytest.mark.parametrize("case", SOURCES, ids=SOURCE_IDS)
 
 
-def audited(pair) -> list[tuple[str, list]]:
-    """(op, key) of every streamed change the target audited, in apply order."""
-    return [(op, json.loads(key)) for op, key, *_ in pair.target.audit()]
-
-
-def expected_audit(pair, changes: list[tuple[str, list]]) -> list[tuple[str, list]]:
-    """What the audit must hold for ``changes``: a polling mode sees upserts, not inserts apart from
-    updates, and applies them in (time, key) order, not statement order."""
-    if pair.case.every_change:
-        return changes
-    return sorted(("upsert" if op != "delete" else op, key) for op, key in changes)
-
-
-def seen_audit(pair) -> list[tuple[str, list]]:
-    found = audited(pair)
-    if pair.case.every_change:
-        return found
-    return sorted(("upsert" if op != "delete" else op, key) for op, key in found)
-
-
 @every_source
 @every_pair
 def test_snapshot_copies_existing_rows_once(make_pair, case, target_kind):
@@ -47,7 +27,7 @@ def test_snapshot_copies_existing_rows_once(make_pair, case, target_kind):
     chunks = [json.loads(after) for _, _, _, after, _, _ in pair.target.audit("op = 'snapshot'")]
     assert sum(chunk["rows"] for chunk in chunks) == 5, chunks
     assert "0 changes applied" in pair.ok("run", "--once")  # nothing read twice
-    assert audited(pair) == []
+    assert pair.streamed() == []
 
 
 @every_source
@@ -62,14 +42,14 @@ def test_stream_applies_inserts_updates_deletes_once(make_pair, case, target_kin
                              pair.delete(2)])
     pair.ok("run", "--once")
     changes = [("insert", [5]), ("insert", [6]), ("update", [1]), ("delete", [2])]
-    assert seen_audit(pair) == expected_audit(pair, changes)
+    assert pair.streamed() == pair.expected(changes)
     pair.assert_target_equals_source()
     pair.source.transaction([pair.update(5, "-3.50", "Åse")])
     pair.source.transaction([pair.update(3, "0.01", "")])
     pair.source.transaction([pair.delete(6)])
     pair.ok("run", "--once")
     changes += [("update", [5]), ("update", [3]), ("delete", [6])]
-    assert seen_audit(pair) == expected_audit(pair, changes)
+    assert pair.streamed() == pair.expected(changes)
     pair.assert_target_equals_source()
     assert [row[0] for row in pair.target.rows()] == [1, 3, 4, 5]
 
