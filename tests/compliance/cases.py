@@ -1,0 +1,51 @@
+"""The cases the suite runs: every source adapter x capture mode, every target adapter.
+
+A new adapter joins the suite by adding its capture modes to ``SOURCES`` and its name to
+``TARGETS`` (and its statements to ``databases.DIALECTS``); nothing else in the suite names a
+database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source adapter in one capture mode, and what that mode can do by design."""
+
+    kind: str
+    capture: str
+    transactions: bool = True      # reads whole source transactions (timestamp polling has none)
+    hard_deletes: bool = True      # sees DELETE (timestamp polling sees a soft-delete column only)
+    every_change: bool = True      # one change per statement (polling sees row versions: two updates
+                                   # between polls are one)
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}-{self.capture}"
+
+    @property
+    def pair_options(self) -> str:
+        """The pair's capture lines as a user writes them."""
+        lines = f"capture: {self.capture}\n"
+        if self.capture == "timestamp":
+            lines += "timestamp: {column: updated_at, soft_delete: deleted, overlap_seconds: 30}\n"
+        return lines
+
+
+POLLING = dict(transactions=False, hard_deletes=False, every_change=False)
+
+SOURCES = [
+    Source("sqlite", "trigger"),
+    Source("sqlite", "timestamp", **POLLING),
+    Source("postgresql", "trigger"),
+    Source("postgresql", "logical"),
+    Source("postgresql", "timestamp", **POLLING),
+    Source("mysql", "trigger"),
+    Source("mysql", "binlog"),
+    Source("mysql", "timestamp", **POLLING),
+]
+TARGETS = ["sqlite", "postgresql", "mysql"]
+
+SOURCE_IDS = [s.id for s in SOURCES]
