@@ -16,7 +16,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 from cdc.changes import Batch, Change
 from cdc.errors import SourceError
 
-from . import rows, sql, statements
+from . import _rows, _statements, sql
 
 if TYPE_CHECKING:
     from .binlog import BinlogSource
@@ -82,7 +82,7 @@ class Transactions:
     def _query(self, event: QueryEvent) -> None:
         text = _query(event)
         if text.startswith(("XA START", "XA BEGIN")):  # MySQL logs it; MariaDB flags the GTID event
-            self.xa = statements.xa_id(_text(event)) or f"(GTID {self.gtid})"
+            self.xa = _statements.xa_id(_text(event)) or f"(GTID {self.gtid})"
             return
         if text.startswith(("ALTER TABLE", "DROP TABLE", "RENAME TABLE", "TRUNCATE")):
             # Drop the cached reflection: the next row event is checked against the new shape.
@@ -92,7 +92,7 @@ class Transactions:
         database = (self.source.engine.url.database or "").lower()
         if schema.lower() != database and not self._may_name_ours(text):
             return
-        found = statements.effect(_text(event), schema)
+        found = _statements.effect(_text(event), schema)
         if found is None:
             return
         touched = self._captured(found.tables)
@@ -122,7 +122,7 @@ class Transactions:
         lowered = {f.lower() for f in found}
         return [t for t in tables if t.lower() in lowered]
 
-    def _captured(self, names: list[statements.Name]) -> list[str]:
+    def _captured(self, names: list[_statements.Name]) -> list[str]:
         """The pair's tables among ``names`` (a database's "*": all of them), in the pair's spelling."""
         database = (self.source.engine.url.database or "").lower()
         ours = {t.lower(): t for t in self.source.keys}
@@ -162,9 +162,9 @@ class Transactions:
 def _images(event: Any, op: str) -> Iterator[tuple[dict | None, dict | None]]:
     """(before, after) of each row: the fast decoder where it handles every column type, else
     mysql-replication's own decoding (whose None for a zero date or an empty SET is undone)."""
-    decoder = rows.decoder_for(event.table_map[event.table_id])
+    decoder = _rows.decoder_for(event.table_map[event.table_id])
     if decoder is not None and event.event_type not in _PARTIAL:
-        yield from rows.decode(event, decoder)
+        yield from _rows.decode(event, decoder)
         return
     for row in event.rows:
         if op == "update":
@@ -211,6 +211,6 @@ def _mariadb_xa(event: Any) -> str | None:
         if event.flags & _FL_GROUP_COMMIT_ID:
             event.packet.read(8)
         format_id, gtrid_length, bqual_length = struct.unpack("<IBB", event.packet.read(6))
-        return statements.xa_text(format_id, event.packet.read(gtrid_length), event.packet.read(bqual_length))
+        return _statements.xa_text(format_id, event.packet.read(gtrid_length), event.packet.read(bqual_length))
     except (struct.error, ValueError):
         return f"(GTID {event.gtid})"

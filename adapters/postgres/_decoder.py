@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from cdc.changes import Batch, Change
 from cdc.errors import SourceError
 
-from . import pgoutput
+from . import _pgoutput
 
 if TYPE_CHECKING:
     from .logical import LogicalSource
@@ -31,7 +31,7 @@ class Decoder:
 
     def __init__(self, source: LogicalSource):
         self.source, self.conn = source, None
-        self.relations: dict[int, tuple[pgoutput.Relation, list]] = {}
+        self.relations: dict[int, tuple[_pgoutput.Relation, list]] = {}
         self.pending: list[Change] = []
         self.skip, self.inside, self.xid, self.committed, self.lsn = False, False, None, None, 0
         self.after, self.part_size, self.passed = 0, 1, False
@@ -44,8 +44,8 @@ class Decoder:
     def feed(self, data: bytes) -> Batch | None:
         if self.skip and data[0] in _ROW_MESSAGES:
             return None  # a row of a transaction the target already has: not even decoded
-        message = pgoutput.decode(data, self._parsers)
-        if isinstance(message, pgoutput.Relation):
+        message = _pgoutput.decode(data, self._parsers)
+        if isinstance(message, _pgoutput.Relation):
             self.relations[message.oid] = (message, self.source._check_relation(message))
             return None
         kind = message.kind
@@ -77,7 +77,7 @@ class Decoder:
                               "removed by `cdc reconcile CONFIG --repair`)")
         return None
 
-    def _change(self, message: Any, relation: pgoutput.Relation) -> Change:
+    def _change(self, message: Any, relation: _pgoutput.Relation) -> Change:
         """The row message as a Change of the transaction being read; columns pgoutput did not send
         (unchanged TOAST values, generated columns) are filled in."""
         table, columns, keys = relation.name, relation.columns, self.source.keys[relation.name]
@@ -87,10 +87,10 @@ class Decoder:
             old = {k: old[k] for k in keys}
         generated = [c for c in self.source._generated(table) if c not in columns]
         if new is not None and generated:  # not sent by pgoutput: read like an unchanged TOAST value
-            new.update({c: pgoutput.UNCHANGED for c in generated})
+            new.update({c: _pgoutput.UNCHANGED for c in generated})
             if old is not None:
                 old = {c: v for c, v in old.items() if c not in generated}
-        if new is not None and (generated or pgoutput.UNCHANGED in message.new):
+        if new is not None and (generated or _pgoutput.UNCHANGED in message.new):
             new = self._fill_unchanged(table, new, old)
         image = new if new is not None else old
         key = tuple([image[k] for k in keys])
@@ -98,9 +98,9 @@ class Decoder:
 
     def _fill_unchanged(self, table: str, new: dict, old: dict | None) -> dict:
         """Values an update did not touch (TOAST): from the old image, else read from the table."""
-        missing = [c for c, v in new.items() if v is pgoutput.UNCHANGED and not (old and c in old
-                                                                                  and old[c] is not pgoutput.UNCHANGED)]
-        filled = {c: (old[c] if v is pgoutput.UNCHANGED else v) for c, v in new.items() if c not in missing}
+        missing = [c for c, v in new.items() if v is _pgoutput.UNCHANGED and not (old and c in old
+                                                                                  and old[c] is not _pgoutput.UNCHANGED)]
+        filled = {c: (old[c] if v is _pgoutput.UNCHANGED else v) for c, v in new.items() if c not in missing}
         if missing:
             keys = self.source.keys[table]
             plain = sa.table(table, *[sa.column(c) for c in (*missing, *keys)])

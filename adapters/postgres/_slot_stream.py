@@ -13,7 +13,7 @@ from cdc.errors import RetryableError
 
 from . import sql
 from ._decoder import Decoder
-from .replication import KeepAlive, WalStream
+from ._replication import KeepAlive, WalStream
 
 #: A read takes what the stream has ready for at most this long: many small source transactions
 #: go to the target in one transaction, and a light load still reaches it within a moment.

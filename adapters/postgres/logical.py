@@ -19,10 +19,10 @@ from cdc.changes import Batch, Position
 from cdc.errors import RetryableError, SchemaError, SourceError
 
 from .._sql import SqlSource, kept_note
-from . import _logical_doctor, pgoutput, sql, types
+from . import _logical_doctor, _pgoutput, sql, types
 from ._decoder import Decoder
 from ._slot_stream import Live
-from .replication import ReplicationConnection, WalStream
+from ._replication import ReplicationConnection, WalStream
 
 logger = logging.getLogger(__name__)
 #: A slot's walsender whose client has said nothing for this long serves a run that lost the pair.
@@ -321,7 +321,7 @@ class LogicalSource(SqlSource):
         self._end_stream()
         super().close()
 
-    def _check_relation(self, relation: pgoutput.Relation) -> list:
+    def _check_relation(self, relation: _pgoutput.Relation) -> list:
         """Parsers for the relation's columns; SchemaError if a column the pair reads is gone.
 
         A table the pair no longer copies (removed from its tables, publication not yet changed)

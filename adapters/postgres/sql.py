@@ -270,3 +270,18 @@ REPEATABLE_READ = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
 def set_snapshot(name: str) -> str:
     """Read as of the snapshot a replication slot exported (``name`` comes from the server, never a user)."""
     return f"SET TRANSACTION SNAPSHOT '{name}'"
+#: Session settings of a replication connection: the walsender formats values with them (pgoutput
+#: sends text), so they are what types.py reads.
+REPLICATION_SESSION = ["SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'iso_8601'",
+                       "SET extra_float_digits = 3", "SET bytea_output = 'hex'"]
+
+
+def create_replication_slot(slot: str) -> str:
+    """The replication command that creates the pair's slot and exports the snapshot it starts at."""
+    return f"CREATE_REPLICATION_SLOT {quote(slot)} LOGICAL pgoutput EXPORT_SNAPSHOT"
+
+
+def start_replication(slot: str, publication: str, start: int) -> str:
+    """The replication command that streams the slot from the LSN ``start`` (pgoutput, protocol 1)."""
+    return (f"START_REPLICATION SLOT {quote(slot)} LOGICAL {lsn_text(start)} "
+            f"(proto_version '1', publication_names '{quote(publication)}')")
