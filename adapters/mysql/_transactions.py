@@ -1,5 +1,4 @@
-"""Binlog events -> parts of transactions: row events grouped by transaction, statements that
-change captured tables without row events refused (capture `binlog`)."""
+"""Binlog events -> parts of whole transactions; a statement that changes captured rows unseen stops the pair."""
 
 from __future__ import annotations
 

@@ -330,7 +330,6 @@ class BinlogSource(MySQLSource):
         return cache[table]
 
 
-
 #: Events that may follow the end of a transaction: the next one's start, or a file's end.
 _TRANSACTION_STARTS = {"Gtid", "Anonymous_Gtid", "Query", "Rotate", "Stop", "Binlog_checkpoint", "Gtid_list",
                        "Previous_gtids", "Format_desc"}
