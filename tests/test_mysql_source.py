@@ -514,7 +514,7 @@ def stopped(ws, *needles: str) -> str:
     ("WITH c AS (SELECT 1) UPDATE t JOIN c SET t.v = 1", ("UPDATE", [("shop", "t"), ("shop", "c")])),
     ("BEGIN", None), ("XA END X'78',X'',1", None), ("GRANT SELECT ON t TO u", None)])
 def test_statements_name_the_tables_they_change(statement, effect):
-    from cdc.adapters.mysql.statements import effect as read
+    from cdc.adapters.mysql._statements import effect as read
 
     found = read(statement, "shop")
     assert (found if found is None else (found.action, [tuple(n) for n in found.tables])) == effect

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .fingerprint import MySQLFingerprints
-from .source import BinlogSource, TimestampSource
+from .binlog import BinlogSource
+from .source import TimestampSource
 from .sql import engine
 from .target import MySQLTarget
 from .trigger import TriggerSource

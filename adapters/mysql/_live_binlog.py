@@ -120,7 +120,7 @@ class LiveBinlog:
     """A reader process on one replica connection from ``start``, and the reads that take its parts.
 
     ``open_reader(start, connect)``: a blocking BinLogStreamReader from ``start`` that connects with
-    ``connect``; ``decoder()``: a fresh _Transactions (parts of at most ``size`` changes);
+    ``connect``; ``decoder()``: a fresh Transactions (parts of at most ``size`` changes);
     ``forked()``: called first in the reader process (the source's own connections are the
     parent's: it takes new ones). The binlog is read and decoded in a process of its own, forked
     from this one: decoding row events in Python takes most of a core under an OLTP load, and in a

@@ -136,3 +136,33 @@ def copy_text_query(table: str, expressions: list[str], key: tuple[str, ...], af
     line = "CONCAT_WS('\\t', " + ", ".join(f"IFNULL({e}, '\\\\N')" for e in expressions) + ")"
     where = f" WHERE ({keys}) > ({', '.join(['%s'] * len(key))})" if after else ""
     return f"SELECT {line} FROM {quote(table)}{where} ORDER BY {keys} LIMIT {int(limit)}"
+
+
+# -- capture `binlog` and `timestamp` (binlog.py, _transactions.py, source.py) ----------------------
+BINLOG_SETTINGS = ("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image', "
+                   "'binlog_row_metadata')")
+GRANTS = "SHOW GRANTS"
+MASTER_STATUS = "SHOW MASTER STATUS"
+BINARY_LOGS = "SHOW BINARY LOGS"
+#: The server a binlog belongs to: MySQL's server_uuid, MariaDB's server_id.
+SERVER_IDENTITY = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('server_uuid', 'server_id')"
+#: MariaDB's GTID state at a binlog file and position (NULL when it cannot read the binlog up to there).
+GTID_STATE_AT = "SELECT BINLOG_GTID_POS(%(file)s, %(pos)s)"
+REPEATABLE_READ = "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+CONSISTENT_SNAPSHOT = "START TRANSACTION WITH CONSISTENT SNAPSHOT"
+#: MariaDB: the binlog position a consistent-snapshot transaction sees (binlog_snapshot_file/position).
+SNAPSHOT_STATUS = "SHOW STATUS LIKE 'binlog_snapshot_%%'"
+READ_LOCK = "FLUSH TABLES WITH READ LOCK"
+UNLOCK_TABLES = "UNLOCK TABLES"
+#: Of ``:names`` (tables of the pair's database), the views and the tables with triggers.
+VIEWS_OR_TRIGGERED = ("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                      "AND TABLE_TYPE = 'VIEW' AND TABLE_NAME IN :names UNION SELECT EVENT_OBJECT_TABLE FROM "
+                      "information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE IN :names")
+#: The server's clock as epoch seconds (NOW() is a DATETIME, which the driver reads in source_timezone).
+SOURCE_CLOCK = "SELECT UNIX_TIMESTAMP(NOW(6))"
+
+
+def event_at(position: int) -> str:
+    """The first binlog event at ``position`` of the file %(file)s (SHOW BINLOG EVENTS takes no
+    parameter for the position: it is written in as an integer)."""
+    return f"SHOW BINLOG EVENTS IN %(file)s FROM {int(position)} LIMIT 1"

@@ -7,7 +7,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from .fingerprint import PostgresFingerprints
-from .source import LogicalSource, TimestampSource
+from .logical import LogicalSource
+from .source import TimestampSource
 from .target import PostgresTarget
 from .trigger import TriggerSource
 

@@ -248,3 +248,40 @@ TRIGGER_ENABLED = {"D": "is disabled", "O": "does not fire in sessions with sess
 
 def drop_trigger(table: str) -> list[str]:
     return [f"DROP TRIGGER IF EXISTS {name} ON {quote(table)}" for name in (TRIGGER, TRUNCATE_TRIGGER)]
+
+
+# -- capture `logical`: checks, doctor and the exported snapshot (logical.py, _logical_doctor.py) --
+WAL_LEVEL = "SHOW wal_level"
+SLOTS_IN_USE = "SELECT (SELECT count(*) FROM pg_replication_slots), current_setting('max_replication_slots')::int"
+WAL_SENDERS_IN_USE = "SELECT current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)"
+MAY_REPLICATE = "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user"
+MAY_SELECT = "SELECT has_table_privilege(%(table)s, 'SELECT')"
+#: How many of a table's columns may be stored out of line (TOAST): an update that leaves them
+#: unchanged does not send them.
+TOASTABLE_COLUMNS = ("SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_type t ON "
+                     "t.oid = a.atttypid WHERE c.relname = %(table)s AND a.attnum > 0 AND NOT a.attisdropped "
+                     "AND t.typstorage <> 'p'")
+#: A table's generated columns (``table`` quoted, see quote): pgoutput does not send their values.
+GENERATED_COLUMNS = ("SELECT attname FROM pg_attribute WHERE attrelid = %(table)s::regclass AND attnum > 0 "
+                     "AND NOT attisdropped AND attgenerated <> ''")
+REPEATABLE_READ = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+
+
+def set_snapshot(name: str) -> str:
+    """Read as of the snapshot a replication slot exported (``name`` comes from the server, never a user)."""
+    return f"SET TRANSACTION SNAPSHOT '{name}'"
+#: Session settings of a replication connection: the walsender formats values with them (pgoutput
+#: sends text), so they are what types.py reads.
+REPLICATION_SESSION = ["SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'iso_8601'",
+                       "SET extra_float_digits = 3", "SET bytea_output = 'hex'"]
+
+
+def create_replication_slot(slot: str) -> str:
+    """The replication command that creates the pair's slot and exports the snapshot it starts at."""
+    return f"CREATE_REPLICATION_SLOT {quote(slot)} LOGICAL pgoutput EXPORT_SNAPSHOT"
+
+
+def start_replication(slot: str, publication: str, start: int) -> str:
+    """The replication command that streams the slot from the LSN ``start`` (pgoutput, protocol 1)."""
+    return (f"START_REPLICATION SLOT {quote(slot)} LOGICAL {lsn_text(start)} "
+            f"(proto_version '1', publication_names '{quote(publication)}')")

@@ -35,9 +35,6 @@ logger = logging.getLogger(__name__)
 STATUS_INTERVAL = 1.0
 #: Messages read in one wake-up of the reader thread are handed over together, up to this many.
 HANDOVER = 2000
-#: Session settings the walsender formats values with (pgoutput sends text): what types.py reads.
-SESSION_SETTINGS = ["SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'iso_8601'",
-                    "SET extra_float_digits = 3", "SET bytea_output = 'hex'"]
 PG_EPOCH_OFFSET = 946_684_800  # seconds from 1970-01-01 to 2000-01-01, the protocol's epoch
 _HEADER = struct.Struct(">qqq")  # XLogData: start, end of WAL, send time
 _KEEPALIVE = struct.Struct(">qqB")  # walEnd, send time, reply requested
@@ -89,8 +86,7 @@ class ReplicationConnection:
         The snapshot can be imported (SET TRANSACTION SNAPSHOT) until this connection runs
         another command or closes.
         """
-        ((_, point, snapshot, _),) = self.command(f"CREATE_REPLICATION_SLOT {sql.quote(slot)} LOGICAL pgoutput "
-                                                  "EXPORT_SNAPSHOT")
+        ((_, point, snapshot, _),) = self.command(sql.create_replication_slot(slot))
         return sql.lsn_int(point), snapshot
 
     def close(self) -> None:
@@ -119,7 +115,7 @@ class WalStream:
         self.error: BaseException | None = None
         self.connection = ReplicationConnection(url)
         try:
-            for statement in SESSION_SETTINGS:
+            for statement in sql.REPLICATION_SESSION:
                 self.connection.command(statement)
             self._start(slot, publication, start)
         except BaseException:
@@ -130,8 +126,7 @@ class WalStream:
 
     def _start(self, slot: str, publication: str, start: int) -> None:
         pgconn = self.connection.pgconn
-        statement = (f"START_REPLICATION SLOT {sql.quote(slot)} LOGICAL {sql.lsn_text(start)} "
-                     f"(proto_version '1', publication_names '{sql.quote(publication)}')")
+        statement = sql.start_replication(slot, publication, start)
         result = pgconn.exec_(statement.encode())
         if result.status != pq.ExecStatus.COPY_BOTH:
             message = result.error_message.decode(errors="replace").strip()
