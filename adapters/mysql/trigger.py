@@ -38,7 +38,7 @@ import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps, loads
 
-from .._sql import kept_note, trigger_fault
+from .._changelog import kept_note, trigger_fault
 from .source import MySQLSource
 from .sql import error_code, quote
 
