@@ -193,7 +193,8 @@ class Coverage(Consumers):
         except SourceError as exc:
             return [("fail", str(exc))]
         size = conn.execute(sa.text(f"SELECT count(*) FROM {self.changelog}")).scalar()
-        return [("warn" if size > 1_000_000 else "ok", f"changelog holds {size:,} row(s) not yet applied by every pair")]
+        level = "warn" if size > 1_000_000 else "ok"
+        return [(level, f"changelog holds {size:,} row(s) not yet applied by every pair")]
 
 
 class ChangelogCapture(Coverage):

@@ -108,7 +108,8 @@ SEAL = [f"UPDATE {EPOCH} SET n = n + 1", f"SELECT n FROM {EPOCH}"]
 def read_rows(tables: int, rest: bool) -> str:
     """Up to ? changelog rows after id ? of epochs before ? (``rest``: of epoch ?) of ``tables`` tables."""
     return (f"SELECT id, txid, tbl, op, before, after, changed_at FROM {CHANGELOG} "
-            f"WHERE id > ? AND txid {'=' if rest else '<'} ? AND tbl IN ({', '.join('?' * tables)}) ORDER BY id LIMIT ?")
+            f"WHERE id > ? AND txid {'=' if rest else '<'} ? AND tbl IN ({', '.join('?' * tables)}) "
+            "ORDER BY id LIMIT ?")
 
 
 def pending(tables: int) -> str:

@@ -121,8 +121,8 @@ class TriggerSource(ChangelogCapture, SqliteSource):
                 f"pair {self.pair}: the changelog row the checkpoint ends at ({position}) was logged at {logged} UTC, "
                 f"after the checkpoint was written ({written_at:%Y-%m-%d %H:%M:%S} UTC): the source database was "
                 "restored from an older copy and its changelog ids were handed out again, so the changes under them "
-                "would be skipped. Copy the tables again with `cdc run --resnapshot CONFIG` (rows deleted meanwhile are "
-                "then removed by `cdc reconcile CONFIG --repair`)")
+                "would be skipped. Copy the tables again with `cdc run --resnapshot CONFIG` (rows deleted meanwhile "
+                "are then removed by `cdc reconcile CONFIG --repair`)")
 
     def _require_same(self, conn: sa.Connection, after: int) -> int:
         """SourceError when, since this process verified the checkpoint, capture was installed again
