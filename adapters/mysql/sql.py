@@ -38,6 +38,114 @@ def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+# -- capture `trigger` (see trigger.py) ----------------------------------------------------
+CHANGELOG = "_cdc_changelog"
+EPOCH = "_cdc_epoch"
+CONSUMERS = "_cdc_consumers"
+OPS = {"insert": "INSERT", "update": "UPDATE", "delete": "DELETE"}
+CREATE_STATE = [
+    f"""CREATE TABLE IF NOT EXISTS {CHANGELOG} (
+        id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY,
+        epoch BIGINT NOT NULL,
+        tbl VARCHAR(64) NOT NULL,
+        op VARCHAR(6) NOT NULL,
+        `before` LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
+        `after` LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
+        changed_at DATETIME(6) NOT NULL,
+        KEY {CHANGELOG}_epoch (epoch, id)) ENGINE=InnoDB""",
+    f"CREATE TABLE IF NOT EXISTS {EPOCH} (k TINYINT PRIMARY KEY, n BIGINT NOT NULL) ENGINE=InnoDB",
+    f"INSERT IGNORE INTO {EPOCH} (k, n) VALUES (1, 1)",
+    f"""CREATE TABLE IF NOT EXISTS {CONSUMERS} (pair VARCHAR(200) PRIMARY KEY, tables TEXT NOT NULL,
+        acked BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB""",
+]
+DROP_STATE = [f"DROP TABLE IF EXISTS {t}" for t in (CHANGELOG, EPOCH, CONSUMERS)]
+COLUMNS = ("SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+           "AND TABLE_NAME = %(table)s ORDER BY ORDINAL_POSITION")
+TRIGGERS = ("SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM information_schema.TRIGGERS "
+            "WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE '\\_cdc\\_%%'")
+OLDEST_TRANSACTION = ("SELECT trx_id, trx_mysql_thread_id, TIMESTAMPDIFF(SECOND, trx_started, NOW()) "
+                      "FROM information_schema.INNODB_TRX ORDER BY trx_started LIMIT 1")
+#: The newest changelog id (ChangelogCapture.idle watches it).
+CHANGELOG_MARK = f"SELECT coalesce(max(id), 0) FROM {CHANGELOG}"
+#: Register a pair with its tables (SQLAlchemy text: binds :pair, :tables).
+REGISTER = (f"INSERT INTO {CONSUMERS} (pair, tables) VALUES (:pair, :tables) "
+            "ON DUPLICATE KEY UPDATE tables = VALUES(tables)")
+#: Raise a pair's acknowledged epoch (SQLAlchemy text: binds :position, :pair).
+ACKNOWLEDGE = f"UPDATE {CONSUMERS} SET acked = GREATEST(acked, :position) WHERE pair = :pair"
+PURGEABLE = f"SELECT min(acked) FROM {CONSUMERS}"
+#: The next rows to purge, by primary key (binds %(e)s, the epoch every pair acknowledged).
+PURGE_IDS = f"SELECT id FROM {CHANGELOG} WHERE epoch <= %(e)s ORDER BY epoch, id LIMIT 5000"
+#: The current epoch, the one writers stamp now; its row lock is what a seal takes.
+CURRENT_EPOCH = f"SELECT n FROM {EPOCH} WHERE k = 1"
+LOGGED_SINCE = f"SELECT 1 FROM {CHANGELOG} WHERE epoch >= %(e)s LIMIT 1"
+LOCK_EPOCH_NOWAIT = f"{CURRENT_EPOCH} FOR UPDATE NOWAIT"
+LOCK_EPOCH = f"{CURRENT_EPOCH} FOR UPDATE"
+NEXT_EPOCH = f"UPDATE {EPOCH} SET n = n + 1 WHERE k = 1"
+SHORT_LOCK_WAIT = "SET SESSION innodb_lock_wait_timeout = 1"
+DEFAULT_LOCK_WAIT = "SET SESSION innodb_lock_wait_timeout = DEFAULT"
+PENDING = f"SELECT count(*) FROM {CHANGELOG} WHERE epoch > %(low)s"
+UNLOCK_TABLES = "UNLOCK TABLES"
+#: Column types logged as hex, and as utf8mb4 text (and MariaDB's JSON, which is text).
+LOGGED_BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
+LOGGED_TEXT = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
+
+
+def trigger_name(table: str, op: str) -> str:
+    return f"_cdc_{op[0]}_{table}"[:64]
+
+
+def _logged(image: str, name: str, data_type: str) -> str:
+    """The SQL logging one column of NEW/OLD as JSON text, independent of the writer's session
+    (its time_zone and character set): TIMESTAMP as epoch seconds, binary as hex, text as utf8mb4."""
+    value = f"{image}.{quote(name)}"
+    if data_type == "timestamp":
+        return f"CAST(UNIX_TIMESTAMP({value}) AS CHAR)"
+    if data_type in LOGGED_BINARY:
+        return f"HEX({value})"
+    if data_type == "bit":
+        return f"CAST({value} + 0 AS CHAR)"
+    if data_type in LOGGED_TEXT or data_type == "json":
+        return f"CAST({value} AS CHAR CHARACTER SET utf8mb4)"  # JSON too: as its text, never nested
+    return f"CAST({value} AS CHAR)"  # numbers exact as text, dates/times ISO-like
+
+
+def trigger_body(table: str, op: str, columns: list[tuple[str, str]]) -> str:
+    def image(which: str) -> str:
+        pairs = ", ".join(f"'{name}', {_logged(which, name, kind)}" for name, kind in columns)
+        return f"JSON_OBJECT({pairs})"
+
+    before = "NULL" if op == "insert" else image("OLD")
+    after = "NULL" if op == "delete" else image("NEW")
+    return (f"BEGIN DECLARE cdc_epoch BIGINT; "
+            f"SELECT n INTO cdc_epoch FROM {EPOCH} WHERE k = 1 LOCK IN SHARE MODE; "
+            f"INSERT INTO {CHANGELOG} (epoch, tbl, op, `before`, `after`, changed_at) VALUES "
+            f"(cdc_epoch, '{table}', '{op}', {before}, {after}, UTC_TIMESTAMP(6)); END")
+
+
+def create_trigger(table: str, op: str, columns: list[tuple[str, str]], replace: bool) -> str:
+    return (f"CREATE {'OR REPLACE ' if replace else ''}TRIGGER {quote(trigger_name(table, op))} "
+            f"AFTER {OPS[op]} ON {quote(table)} FOR EACH ROW {trigger_body(table, op, columns)}")
+
+
+def drop_trigger(table: str, op: str, if_exists: bool = True) -> str:
+    return f"DROP TRIGGER {'IF EXISTS ' if if_exists else ''}{quote(trigger_name(table, op))}"
+
+
+def lock_table(table: str) -> str:
+    return f"LOCK TABLES {quote(table)} WRITE"
+
+
+def read_rows(tables: int) -> str:
+    """The changelog rows of epochs in (%(low)s, %(high)s] of ``tables`` tables %(t0)s, %(t1)s, ..."""
+    return (f"SELECT id, epoch AS txid, tbl, op, `before`, `after`, changed_at FROM {CHANGELOG} "
+            f"WHERE epoch > %(low)s AND epoch <= %(high)s AND tbl IN ({', '.join(f'%(t{i})s' for i in range(tables))}) "
+            "ORDER BY epoch, id")
+
+
+def purge(ids: list[int]) -> str:
+    return f"DELETE FROM {CHANGELOG} WHERE id IN ({', '.join(map(str, ids))})"
+
+
 @sa.event.listens_for(sa.Table, "column_reflect")
 def _unescaped_name(inspector, table: sa.Table, column_info: dict) -> None:
     """A reflected MySQL/MariaDB column's name as the server has it: SQLAlchemy's MySQL reflection

@@ -221,7 +221,22 @@ OLDEST_TRANSACTION = ("SELECT pid, usename, backend_xid::text AS xid, "
                       "WHERE backend_xid IS NOT NULL ORDER BY age(backend_xid) DESC LIMIT 1")
 PENDING = (f"SELECT count(*) FROM {CHANGELOG} WHERE txid >= %(low)s::text::xid8 "
            f"AND NOT pg_visible_in_snapshot(txid, %(done)s::pg_snapshot) AND tbl = ANY(%(tables)s)")
-
+#: Moves with every changelog id handed out (ChangelogCapture.idle watches it).
+CHANGELOG_MARK = f"SELECT last_value FROM {CHANGELOG}_id_seq"
+#: Register a pair with its tables (SQLAlchemy text: binds :pair, :tables).
+REGISTER = (f"INSERT INTO {CONSUMERS} (pair, tables) VALUES (:pair, :tables) "
+            "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables")
+#: Raise a pair's acknowledged horizon (SQLAlchemy text: binds :position, :pair).
+ACKNOWLEDGE = f"UPDATE {CONSUMERS} SET acked = greatest(acked, :position) WHERE pair = :pair"
+#: Every transaction below the horizon all pairs acknowledged is applied everywhere.
+PURGE = f"DELETE FROM {CHANGELOG} WHERE txid < (SELECT min(acked) FROM {CONSUMERS})::text::xid8"
+#: The column of the consumers table that names the database (pg_database.oid) the pair was
+#: installed in, or last copied from.
+DATABASE_COLUMN = "database_oid"
+ADD_DATABASE_COLUMN = f"ALTER TABLE {CONSUMERS} ADD COLUMN IF NOT EXISTS {DATABASE_COLUMN} bigint"
+RECORD_DATABASE = f"UPDATE {CONSUMERS} SET {DATABASE_COLUMN} = ({DATABASE_OID}) WHERE pair = %(pair)s"
+RECORD_DATABASE_ONCE = f"{RECORD_DATABASE} AND {DATABASE_COLUMN} IS NULL"
+RECORDED_DATABASE = f"SELECT {DATABASE_COLUMN}, ({DATABASE_OID}) FROM {CONSUMERS} WHERE pair = %(pair)s"
 
 def create_trigger(table: str) -> list[str]:
     """The capture trigger of ``table``, made (again) and set to fire ALWAYS: an ordinary trigger

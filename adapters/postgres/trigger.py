@@ -24,61 +24,49 @@ import datetime as dt
 import json
 import uuid
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator
 
 import sqlalchemy as sa
 
-from cdc.changes import Batch, Change, Position, dumps, loads
+from cdc.changes import Change, Position
 from cdc.errors import SourceError
 
-from .._sql import SqlSource, kept_note
+from .._changelog import ChangelogCapture
 from . import sql
 
 
-
-#: The column of the consumers table that names the database (pg_database.oid) the pair was
-#: installed in, or last copied from.
-DATABASE_COLUMN = "database_oid"
-
-
 def _records_database(conn: sa.Connection) -> bool:
-    """Whether the consumers table has DATABASE_COLUMN (`cdc install` adds it to older installations)."""
-    return DATABASE_COLUMN in {c["name"] for c in sa.inspect(conn).get_columns(sql.CONSUMERS)}
+    """Whether the consumers table has sql.DATABASE_COLUMN (`cdc install` adds it to older installations)."""
+    return sql.DATABASE_COLUMN in {c["name"] for c in sa.inspect(conn).get_columns(sql.CONSUMERS)}
 
-class TriggerSource(SqlSource):
-    """Reads the changelog the capture triggers fill; purges what every pair has applied."""
 
-    registers_tables = True
-    changelog_mark = f"SELECT last_value FROM {sql.CHANGELOG}_id_seq"  # moves with every id handed out
+class TriggerSource(ChangelogCapture):
+    """The shared changelog capture with PostgreSQL's trigger and its transaction-snapshot horizon."""
+
+    changelog = sql.CHANGELOG
+    changelog_mark = sql.CHANGELOG_MARK  # moves with every id handed out
+    create_state = sql.CREATE_TRIGGER_STATE
+    drop_state = sql.DROP_TRIGGER_STATE
+    register_sql = sql.REGISTER
+    acknowledge_sql = sql.ACKNOWLEDGE
+    purge_sql = sql.PURGE
+    triggers_noun = "trigger"
 
     # -- install -------------------------------------------------------------------
-    def prepare(self, keep: Iterable[str] = ()) -> list[str]:
-        removed = []
-        with self.engine.begin() as conn:
-            kept = self._kept(conn, keep)
-            for table in self._no_longer_captured(conn, keep):
-                for statement in sql.drop_trigger(table):
-                    conn.exec_driver_sql(statement)
-                removed.append(f"removed trigger on {table} (no longer in the pair)")
-            for statement in sql.CREATE_TRIGGER_STATE:
-                conn.exec_driver_sql(statement)
-            for table in self.keys:
-                self.describe(table)  # SchemaError if it is missing
-                for statement in sql.create_trigger(table):
-                    conn.exec_driver_sql(statement)
-            conn.exec_driver_sql(f"INSERT INTO {sql.CONSUMERS} (pair, tables) VALUES (%(pair)s, %(tables)s) "
-                                 "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables",
-                                 {"pair": self.pair, "tables": dumps(sorted({*self.keys, *kept}))})
-            self._register_generation(conn)
-            conn.exec_driver_sql(f"ALTER TABLE {sql.CONSUMERS} ADD COLUMN IF NOT EXISTS {DATABASE_COLUMN} bigint")
-            conn.exec_driver_sql(f"UPDATE {sql.CONSUMERS} SET {DATABASE_COLUMN} = ({sql.DATABASE_OID}) "
-                                 f"WHERE pair = %(pair)s AND {DATABASE_COLUMN} IS NULL", {"pair": self.pair})
-        return [f"changelog {sql.CHANGELOG}"] + [f"trigger on {t}" for t in self.keys] + removed + \
-            [kept_note(t) for t in kept]
+    def drop_triggers(self, table: str) -> list[str]:
+        return sql.drop_trigger(table)
 
-    def generation(self) -> str | None:
-        """The identity `cdc install` gave this pair's registration with the changelog."""
-        return self._registered_generation()
+    def install_triggers(self, conn: sa.Connection, tables: list[str]) -> None:
+        for table in tables:
+            self.describe(table)  # SchemaError if it is missing
+            for statement in sql.create_trigger(table):
+                conn.exec_driver_sql(statement)
+
+    def _register(self, conn: sa.Connection, kept: list[str]) -> None:
+        """The shared registration, which also names the database it was made in (see _same_database)."""
+        super()._register(conn, kept)
+        conn.exec_driver_sql(sql.ADD_DATABASE_COLUMN)
+        conn.exec_driver_sql(sql.RECORD_DATABASE_ONCE, {"pair": self.pair})
 
     def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
         """SourceError when the checkpoint's transaction-id horizon is past the next transaction id
@@ -90,25 +78,6 @@ class TriggerSource(SqlSource):
         self._position_ahead(position, newest, "the next transaction id of the source server", order=_xmax)
         self._position_behind(position or 0, self._purged_through(),
                               "the transactions every pair has acknowledged, purged from the changelog", order=_xmin)
-
-    def unprepare(self) -> list[str]:
-        removed = []
-        with self.engine.begin() as conn:
-            if not sa.inspect(conn).has_table(sql.CONSUMERS):
-                return []
-            mine = set(self.keys) | self._registered(conn).get(self.pair, set())  # tables removed from it too
-            conn.exec_driver_sql(f"DELETE FROM {sql.CONSUMERS} WHERE pair = %(pair)s", {"pair": self.pair})
-            still = {t for (tables,) in conn.exec_driver_sql(f"SELECT tables::text FROM {sql.CONSUMERS}")
-                     for t in loads(tables)}
-            for table in sorted(mine - still):
-                for statement in sql.drop_trigger(table):
-                    conn.exec_driver_sql(statement)
-                removed.append(f"trigger on {table}")
-            if not still:
-                for statement in sql.DROP_TRIGGER_STATE:
-                    conn.exec_driver_sql(statement)
-                removed.append(f"changelog {sql.CHANGELOG}")
-        return removed
 
     def trigger_faults(self, conn: sa.Connection, tables: list[str]) -> dict[str, str]:
         """The trigger must be on the table itself, call the capture function and fire ALWAYS:
@@ -124,7 +93,16 @@ class TriggerSource(SqlSource):
                 faults[table] = f"trigger {sql.TRIGGER} {sql.TRIGGER_ENABLED.get(enabled, 'is not enabled ALWAYS')}"
         return faults
 
-    # -- stream --------------------------------------------------------------------
+    def horizon_findings(self, conn: sa.Connection) -> list[tuple[str, str]]:
+        """A transaction open for long holds every later commit back: doctor names it (warn)."""
+        oldest = conn.exec_driver_sql(sql.OLDEST_TRANSACTION).first()
+        if oldest is not None and oldest.seconds > OLD_TRANSACTION_SECONDS:
+            return [("warn", f"transaction {oldest.xid} (pid {oldest.pid}, {oldest.usename}) has run for "
+                             f"{oldest.seconds:,.0f}s: nothing committed after it started is applied until it "
+                             "ends; end it or ask its owner to")]
+        return [("ok", "no long-running transaction holds capture back")]
+
+    # -- the read horizon: transaction snapshots -------------------------------------
     def current_position(self) -> Position:
         with self.engine.connect() as conn:
             self._require_installed(conn)
@@ -135,8 +113,7 @@ class TriggerSource(SqlSource):
         with self.engine.begin() as conn:
             self._require_installed(conn)
             if _records_database(conn):
-                conn.exec_driver_sql(f"UPDATE {sql.CONSUMERS} SET {DATABASE_COLUMN} = ({sql.DATABASE_OID}) "
-                                     "WHERE pair = %(pair)s", {"pair": self.pair})
+                conn.exec_driver_sql(sql.RECORD_DATABASE, {"pair": self.pair})
         return self.current_position()
 
     def _same_database(self) -> None:
@@ -148,9 +125,7 @@ class TriggerSource(SqlSource):
             self._require_installed(conn)
             if not _records_database(conn):
                 return  # installed before this check: `cdc install` records it
-            recorded, now = conn.exec_driver_sql(
-                f"SELECT {DATABASE_COLUMN}, ({sql.DATABASE_OID}) FROM {sql.CONSUMERS} WHERE pair = %(pair)s",
-                {"pair": self.pair}).one()
+            recorded, now = conn.exec_driver_sql(sql.RECORDED_DATABASE, {"pair": self.pair}).one()
         if recorded is not None and recorded != now:
             raise SourceError(
                 f"pair {self.pair}: the source database is not the one capture was installed in (database oid "
@@ -159,13 +134,9 @@ class TriggerSource(SqlSource):
                 "`cdc run --resnapshot CONFIG`, then remove what the source no longer has with "
                 "`cdc reconcile CONFIG --repair`")
 
-    def read(self, after: Position, max_changes: int) -> Batch:
-        parts = list(self.stream(after, max_changes))
-        return Batch([c for p in parts for c in p.changes], parts[-1].position)
-
-    def stream(self, after: Position, max_changes: int) -> Iterator[Batch]:
-        """The transactions committed since ``after``, whole, in parts of ``max_changes``; the read
-        stops after the whole transaction that brings it to ``max_changes`` changes (see above)."""
+    def changelog_rows(self, after: Position, max_changes: int) -> Generator[Any, None, Position]:
+        """The transactions committed since ``after``, whole; the read stops after the whole
+        transaction that brings it to ``max_changes`` changes (see above)."""
         done, window, through = _window(after)
         with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
             self._require_installed(conn)
@@ -175,20 +146,13 @@ class TriggerSource(SqlSource):
                       "tables": list(self.keys)}
             chosen = conn.exec_driver_sql(sql.NEXT_TRANSACTIONS, {**params, "limit": max_changes}).all()
             if not chosen:
-                yield Batch([], window)
-                return
-            rows = conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
+                return window
+            yield from conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
                 sql.ROWS_OF, {"txids": [t.txid for t in chosen], "lasts": [t.last for t in chosen],
                               "tables": list(self.keys)})
-            part: list[Change] = []
-            for row in rows:
-                part.append(self._change(row))
-                if len(part) >= max_changes:
-                    yield Batch(part, None, complete=False)
-                    part = []
         # The window's rest (transactions after the last one taken) is the next read's.
         rest = chosen[0].remaining > len(chosen)
-        yield Batch(part, {"done": done, "window": window, "through": chosen[-1].last} if rest else window)
+        return {"done": done, "window": window, "through": chosen[-1].last} if rest else window
 
     def format_position(self, position: Position) -> str:
         if isinstance(position, dict):
@@ -196,6 +160,21 @@ class TriggerSource(SqlSource):
             return f"snapshot {window}, after {done} up to change {through:,}"
         return f"snapshot {_snapshot(position)}" if position is not None else super().format_position(position)
 
+    def acknowledged(self, position: Position) -> Any:
+        """Every transaction below the position's xmin is applied: the changelog may let them go."""
+        return _xmin(position)
+
+    def count_pending(self, conn: sa.Connection, after: Position) -> int:
+        done, window, through = _window(after)
+        waiting = conn.exec_driver_sql(sql.PENDING, {"low": str(_xmin(done)), "done": done,
+                                                     "tables": list(self.keys)}).scalar()
+        if window is not None:  # the part of the window applied already
+            waiting -= conn.exec_driver_sql(sql.APPLIED_OF_WINDOW, {
+                "low": str(_xmin(done)), "done": done, "window": window, "through": through,
+                "tables": list(self.keys)}).scalar()
+        return waiting
+
+    # -- images ----------------------------------------------------------------------
     def _change(self, row: Any) -> Change:
         if row.op == "truncate":
             raise SourceError(
@@ -203,56 +182,14 @@ class TriggerSource(SqlSource):
                 "trigger capture: the pair stops before it. Once the table is as it should be, copy the tables again "
                 "with `cdc run --resnapshot CONFIG` (rows deleted meanwhile are then removed by "
                 "`cdc reconcile CONFIG --repair`)")
-        readers = self._json_readers(row.tbl)
-        before, after = (None if text is None else {k: readers.get(k, _same)(v) for k, v in _exact(text).items()}
-                         for text in (row.before, row.after))
-        image = after if after is not None else before
-        key = tuple(image[k] for k in self.keys[row.tbl])
-        return Change(row.op, row.tbl, key, before, after, row.changed_at, row.id, row.txid)
+        return super()._change(row)
 
-    def _json_readers(self, table: str) -> dict[str, Callable[[Any], Any]]:
-        cache = self.__dict__.setdefault("_readers", {})
-        if table not in cache:
-            info = self.describe(table)
-            cache[table] = {name: _json_reader(c) for name, c in zip(info.column_names, info.columns)}
-        return cache[table]
+    def parse_image(self, text: str) -> dict:
+        return _exact(text)
 
-    def pending(self, after: Position) -> int | None:
-        with self.engine.connect() as conn:
-            if not sa.inspect(conn).has_table(sql.CHANGELOG):
-                return None
-            done, window, through = _window(after)
-            waiting = conn.exec_driver_sql(sql.PENDING, {"low": str(_xmin(done)), "done": done,
-                                                         "tables": list(self.keys)}).scalar()
-            if window is not None:  # the part of the window applied already
-                waiting -= conn.exec_driver_sql(sql.APPLIED_OF_WINDOW, {
-                    "low": str(_xmin(done)), "done": done, "window": window, "through": through,
-                    "tables": list(self.keys)}).scalar()
-            return waiting
-
-    def acknowledge(self, position: Position) -> None:
-        """Every transaction below the position's xmin is applied: the changelog may let them go."""
-        with self.engine.begin() as conn:
-            conn.exec_driver_sql(f"UPDATE {sql.CONSUMERS} SET acked = greatest(acked, %(p)s) WHERE pair = %(pair)s",
-                                 {"p": _xmin(position), "pair": self.pair})
-            # Purge only what every pair reading this changelog has applied.
-            conn.exec_driver_sql(f"DELETE FROM {sql.CHANGELOG} WHERE txid < "
-                                 f"(SELECT min(acked) FROM {sql.CONSUMERS})::text::xid8")
-
-    def diagnose(self) -> list[tuple[str, str]]:
-        with self.engine.connect() as conn:
-            shared = self._changelog_findings(conn, sql.CHANGELOG)
-            if shared[0][0] == "fail":
-                return shared
-            found = self._trigger_findings(conn) + shared
-            oldest = conn.exec_driver_sql(sql.OLDEST_TRANSACTION).first()
-        if oldest is not None and oldest.seconds > OLD_TRANSACTION_SECONDS:
-            found.append(("warn", f"transaction {oldest.xid} (pid {oldest.pid}, {oldest.usename}) has run for "
-                                  f"{oldest.seconds:,.0f}s: nothing committed after it started is applied until it "
-                                  "ends; end it or ask its owner to"))
-        else:
-            found.append(("ok", "no long-running transaction holds capture back"))
-        return found
+    def image_readers(self, table: str) -> dict[str, Callable[[Any], Any]]:
+        info = self.describe(table)
+        return {name: _json_reader(c) for name, c in zip(info.column_names, info.columns)}
 
 
 def _window(position: Position) -> tuple[str, str | None, int]:

@@ -11,8 +11,9 @@ from sqlalchemy.engine import make_url
 from cdc.errors import SourceError
 
 from .fingerprint import SqliteFingerprints
-from .source import TimestampSource, TriggerSource
+from .source import TimestampSource
 from .target import SqliteTarget
+from .trigger import TriggerSource
 
 
 def _engine(url: str, *, immediate: bool) -> sa.Engine:

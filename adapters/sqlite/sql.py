@@ -88,3 +88,37 @@ def trigger_names(table: str) -> list[str]:
 
 def drop_triggers(table: str) -> list[str]:
     return [f"DROP TRIGGER IF EXISTS {quote(trigger_name(table, op))}" for op in TRIGGER_SUFFIX]
+
+
+# -- capture `trigger`: registration, reads and purge ------------------------------------
+#: Register a pair with its tables (SQLAlchemy text: binds :pair, :tables).
+REGISTER = (f"INSERT INTO {CONSUMERS} (pair, tables) VALUES (:pair, :tables) "
+            "ON CONFLICT (pair) DO UPDATE SET tables = excluded.tables")
+GENERATION = f"SELECT generation FROM {CONSUMERS} WHERE pair = ?"
+ACKNOWLEDGED = f"SELECT acked_id FROM {CONSUMERS} WHERE pair = ?"
+#: Raise a pair's acknowledged id (SQLAlchemy text: binds :position, :pair).
+ACKNOWLEDGE = f"UPDATE {CONSUMERS} SET acked_id = max(acked_id, :position) WHERE pair = :pair"
+PURGE = f"DELETE FROM {CHANGELOG} WHERE id <= (SELECT min(acked_id) FROM {CONSUMERS})"
+LOGGED_AT = f"SELECT changed_at FROM {CHANGELOG} WHERE id = ?"
+HELD = f"SELECT count(*) FROM {CHANGELOG} WHERE id > ? AND id <= ?"
+#: A read seals the current epoch: every writer that logs after it stamps the next one.
+SEAL = [f"UPDATE {EPOCH} SET n = n + 1", f"SELECT n FROM {EPOCH}"]
+
+
+def read_rows(tables: int, rest: bool) -> str:
+    """Up to ? changelog rows after id ? of epochs before ? (``rest``: of epoch ?) of ``tables`` tables."""
+    return (f"SELECT id, txid, tbl, op, before, after, changed_at FROM {CHANGELOG} "
+            f"WHERE id > ? AND txid {'=' if rest else '<'} ? AND tbl IN ({', '.join('?' * tables)}) "
+            "ORDER BY id LIMIT ?")
+
+
+def pending(tables: int) -> str:
+    return f"SELECT count(*) FROM {CHANGELOG} WHERE id > ? AND tbl IN ({', '.join('?' * tables)})"
+
+
+def index_list(table: str) -> str:
+    return f'PRAGMA index_list("{table}")'
+
+
+def index_info(index: str) -> str:
+    return f'PRAGMA index_info("{index}")'
