@@ -440,6 +440,10 @@ class PairRunner:
             if progress["done"]:
                 logger.info("pair %s: snapshot of %s done (%d rows)", self.pair.name, table, total)
 
+    def _copy_pending(self) -> bool:
+        """Whether a table added to the streaming pair is still to be copied."""
+        return any(not p["done"] for p in self._progress.values())
+
     def _snapshot_step(self, position: Any, result: RunResult) -> bool:
         """Chunks of a table added to the streaming pair for up to ``poll_interval`` seconds (at
         least one chunk); False when no table is left to copy.
@@ -587,9 +591,13 @@ class PairRunner:
     def _stream(self, position: Any, once: bool, result: RunResult) -> None:
         """Read, apply and acknowledge until drained (``once``) or stopped; a table added to the pair
         is copied one chunk between two reads until it streams too."""
-        moved_before = False
+        moved_before, caught_up = False, False
         while not self.stop.is_set():
-            copying = self._snapshot_step(position, result)
+            # A table added to the streaming pair is copied only once the stream has caught up with
+            # the source: its changelog or slot may still hold changes logged before this run (while
+            # it was out of the pair, before capture was taken down and set up again), and those,
+            # applied after a chunk read now, would write older rows over it for good.
+            copying = self._snapshot_step(position, result) if caught_up else self._copy_pending()
             read = _Read(position)
 
             def mapped() -> Any:
@@ -608,6 +616,7 @@ class PairRunner:
                     yield changes
 
             applied = self._apply_parts(parts, read)
+            caught_up = caught_up or not read.changes or (read.complete and read.changes < self.pair.batch_size)
             moved = False
             if not read.changes and read.complete and dumps(read.position) != dumps(position):
                 # Only transactions of other tables (a binlog), or a slot's heartbeat: keep the
