@@ -60,6 +60,7 @@ def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, T
         if unknown:
             raise ConfigError(f"tables.{spec.source}.key: source table {spec.source} has no column "
                               f"{unknown[0]!r} ({spec.origin})")
+        _require_key_kept(spec, key)
         columns = info.column_names
         if spec.columns is None and target is not None and target.exists(spec.target):
             have = target.describe(spec.target).column_names
@@ -78,6 +79,21 @@ def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, T
         check_types(mapping, info.columns, existing)
         result[spec.source] = mapping
     return result
+
+
+#: Transforms that can make two source values one (``'a'`` and ``'A '`` both ``'A'``).
+_MERGING = frozenset({"trim", "upper", "lower", "map", "null_if", "boolean", "date_from_timestamp"})
+
+
+def _require_key_kept(spec: TableSpec, key: tuple[str, ...]) -> None:
+    """ConfigError when a key column goes through a transform that can make two source keys one
+    target key: the second row would overwrite the first, and deleting either would delete both."""
+    for column in spec.columns or ():
+        merging = [name for name, _ in column.transforms if name in _MERGING]
+        if column.source in key and merging:
+            raise ConfigError(f"tables.{spec.source}.columns.{column.target}: key column {column.source} goes through "
+                              f"{', '.join(merging)}, which can give two source rows one target key (the second "
+                              f"would overwrite the first); copy key columns as they are ({column.origin})")
 
 
 def _require_stored_spelling(pair: Pair, spec: TableSpec, source: Any, target: Any) -> None:

@@ -340,3 +340,21 @@ def test_a_misspelt_column_name_gets_did_you_mean(erp):
     mapping(erp, "tables:\n  invoices:\n    columns:\n      id: id\n      amuont: amount\n")
     assert refused(erp) == ("error: tables.invoices.columns.amuont: target table invoices has no column 'amuont' "
                             "(did you mean 'amount'?) (m.yaml line 5)")
+
+
+@pytest.mark.parametrize("transforms", ["[trim, upper]", "[lower]", "[{map: {a: b}}]"])
+def test_a_key_column_through_a_transform_that_can_merge_two_keys_is_refused(erp, transforms):
+    """'a' and 'A ' would be one target row: the second overwrote the first, deleting one deleted both."""
+    erp.sql(erp.source, "CREATE TABLE codes (code TEXT PRIMARY KEY, label TEXT)")
+    mapping(erp, f"""\
+        tables:
+          codes:
+            key: [code]
+            columns:
+              code: {{from: code, transforms: {transforms}}}
+              label: label
+    """)
+    line = refused(erp)
+    assert line.startswith("error: tables.codes.columns.code: key column code goes through ") and \
+        "two source rows one target key" in line and line.endswith("(m.yaml line 5)"), line
+    assert not (erp.root / "target.db").exists()
