@@ -1,4 +1,4 @@
-"""The contracts every adapter fulfils: the Source and Target protocols and the records they share.
+"""The contracts every adapter fulfils: the Adapter, Source, Target and Fingerprints protocols and the records they share.
 
 Errors: RetryableError means "try again with back-off" (lock, lost connection);
 RowError concerns one row (parked or fatal by the pair's on_error); every other
@@ -16,6 +16,60 @@ import sqlalchemy as sa
 
 from cdc import state
 from cdc.changes import Batch, Position, Row
+
+
+
+@dataclass(frozen=True)
+class CopyRoute:
+    """Sources of ``capture`` mode write snapshot chunks as COPY data in ``format`` for ``target``
+    (an adapter name): the same kind of database (column types compared), or another whose COPY
+    text the source makes itself for the target's column types (``Source.copy_compatible``)."""
+
+    capture: str
+    target: str
+    format: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter can do: the core asks these, never an adapter's name.
+
+    ``adapter.capabilities`` is the record; every Source and Target the adapter makes carries the
+    same record as ``capabilities``.
+    """
+
+    #: The adapter's name, as its entry point is named (also the ``target`` of a CopyRoute).
+    name: str
+    #: The SQLAlchemy backend names (``make_url(url).get_backend_name()``) the adapter serves.
+    backends: tuple[str, ...]
+    #: Capture modes as a source, the default first; () for a target-only adapter.
+    capture_modes: tuple[str, ...] = ()
+    #: The SQLAlchemy ``backend+driver`` a URL without a driver gets.
+    default_driver: str = ""
+    #: Whether a column's declared type limits what it stores (so a value read from it fits a
+    #: target column that always holds that type).
+    enforces_types: bool = True
+    #: Whether date and datetime columns may hold zero dates ('0000-00-00'), checked value by value.
+    zero_dates: bool = False
+    #: The COPY formats the target's ``bulk_load`` takes; () when it does not bulk-load.
+    copy_formats: tuple[str, ...] = ()
+    #: Which of its sources make COPY data, for which targets, in which format.
+    copy_routes: tuple[CopyRoute, ...] = ()
+    #: Whether reconciliation fingerprints rows in the database (else it streams them to Python).
+    in_database_fingerprints: bool = False
+    #: How the target writes an upsert: 'on_conflict' or 'on_duplicate_key'.
+    upsert_style: str = "on_conflict"
+    #: Whether connecting creates a database that does not exist (a SQLite file): only `cdc init` may.
+    creates_database_on_connect: bool = False
+
+    def copy_format(self, capture: str, target: Capabilities) -> str | None:
+        """The COPY format a source of this adapter in ``capture`` mode writes for ``target``'s
+        bulk_load, or None: snapshot chunks then go row by row."""
+        for route in self.copy_routes:
+            if route.capture == capture and route.target == target.name and route.format in target.copy_formats:
+                return route.format
+        return None
+
 
 @dataclass(frozen=True)
 class TableInfo:
