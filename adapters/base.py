@@ -1,4 +1,4 @@
-"""The contracts every adapter fulfils: the Source and Target protocols and the records they share.
+"""The contracts every adapter fulfils: Adapter, Source, Target, Fingerprints and the records they share.
 
 Errors: RetryableError means "try again with back-off" (lock, lost connection);
 RowError concerns one row (parked or fatal by the pair's on_error); every other
@@ -17,6 +17,54 @@ import sqlalchemy as sa
 from cdc import state
 from cdc.changes import Batch, Position, Row
 
+
+@dataclass(frozen=True)
+class CopyRoute:
+    """Sources of ``capture`` mode write snapshot chunks as COPY data in ``format`` for ``target``
+    (an adapter name): the same kind of database (column types compared), or another whose COPY
+    text the source makes itself for the target's column types (``Source.copy_compatible``)."""
+
+    capture: str
+    target: str
+    format: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter can do: the core asks these, never an adapter's name. ``adapter.capabilities``
+    is the record; every Source and Target the adapter makes carries it as ``capabilities``."""
+
+    #: The adapter's name, as its entry point is named (also the ``target`` of a CopyRoute).
+    name: str
+    #: The SQLAlchemy backend names (``make_url(url).get_backend_name()``) the adapter serves.
+    backends: tuple[str, ...]
+    #: Capture modes as a source, the default first; () for a target-only adapter.
+    capture_modes: tuple[str, ...] = ()
+    #: The SQLAlchemy ``backend+driver`` a URL without a driver gets.
+    default_driver: str = ""
+    #: Whether a column's declared type limits what it stores (its values fit a type that holds it).
+    enforces_types: bool = True
+    #: Whether date and datetime columns may hold zero dates ('0000-00-00'), checked value by value.
+    zero_dates: bool = False
+    #: The COPY formats the target's ``bulk_load`` takes; () when it does not bulk-load.
+    copy_formats: tuple[str, ...] = ()
+    #: Which of its sources make COPY data, for which targets, in which format.
+    copy_routes: tuple[CopyRoute, ...] = ()
+    #: Whether reconciliation fingerprints rows in the database (else it streams them to Python).
+    in_database_fingerprints: bool = False
+    #: How the target writes an upsert: 'on_conflict' or 'on_duplicate_key'.
+    upsert_style: str = "on_conflict"
+    #: Whether connecting creates a database that does not exist (a SQLite file): only `cdc init` may.
+    creates_database_on_connect: bool = False
+
+    def copy_format(self, capture: str, target: Capabilities) -> str | None:
+        """The COPY format a ``capture`` source writes for ``target``'s bulk_load; None: row by row."""
+        for route in self.copy_routes:
+            if route.capture == capture and route.target == target.name and route.format in target.copy_formats:
+                return route.format
+        return None
+
+
 @dataclass(frozen=True)
 class TableInfo:
     """A table as reflected: its columns (SQLAlchemy Column objects) and primary key."""
@@ -30,11 +78,95 @@ class TableInfo:
         return [str(c.name) for c in self.columns]  # plain str: reflected names are str subclasses
 
 
-class Source(Protocol):
-    """Reads committed changes from one source database for one pair."""
+class Fingerprints(Protocol):
+    """SQL fragments that fingerprint rows inside one database, for reconciliation (cdc/reconcile):
+    pure and idempotent (they build SQL text) but ``usable`` and ``read_only``; SQL the database
+    rejects raises ``sa.exc.DBAPIError`` when run, and reconciliation stops with it."""
+
+    #: The digest families this database computes, the fastest first ('md5' is everywhere).
+    families: tuple[str, ...]
+
+    def read_only(self, engine: sa.Engine) -> None:
+        """Make every later transaction on ``engine`` read-only (idempotent); called by ``Reads.read_only``."""
+
+    def usable(self, conn: sa.Connection) -> bool:
+        """Whether these fingerprints give the canonical text here (e.g. a UTF-8 database); read-only."""
+
+    def canonical(self, name: str, column: sa.Column, as_type: sa.types.TypeEngine) -> str | None:
+        """SQL for column ``name``'s canonical text as ``as_type`` (the target's type), or None: none in SQL."""
+
+    def month(self, name: str, column: sa.Column) -> str | None:
+        """SQL for the YYYY-MM of date column ``name`` (control totals), or None: none in SQL."""
+
+    def part(self, text: str, prefixed: bool) -> str:
+        """One column's canonical text as a part of a row's text (``prefixed``: length-prefixed)."""
+
+    def join(self, parts: list[str]) -> str:
+        """SQL joining column parts into one row (or key) text."""
+
+    def bucket(self, key_text: str, buckets: int, family: str = "md5") -> str:
+        """SQL for the bucket (0..buckets-1) of a key text, by ``family``'s digest."""
+
+    def int_bucket(self, name: str, buckets: int) -> str:
+        """SQL for the bucket of integer key column ``name`` (its value modulo ``buckets``)."""
+
+    def digest(self, row_text: str, family: str = "md5") -> str:
+        """SQL for a row text's digest as an integer, the same number on every database."""
+
+    def total(self, digest: str) -> str:
+        """SQL summing digests exactly (no overflow) over a group."""
+
+
+class Reads(Protocol):
+    """What a source and a target share: reflection, keyed reads and reconciliation's reads; all
+    read-only and idempotent, ``sa.exc.DBAPIError``/``SchemaError`` raised as they are (retry or stop)."""
+
+    #: What the adapter that made this object can do (set by its factory).
+    capabilities: Capabilities
+    #: SQL for reconciliation fingerprints in this dialect, or None: rows are fingerprinted in Python.
+    fingerprints: Fingerprints | None
+
+    @property
+    def backend(self) -> str:
+        """The SQLAlchemy backend name of the database reached (one of ``capabilities.backends``)."""
 
     def describe(self, table: str) -> TableInfo:
-        """The table's columns and primary key; SchemaError if it does not exist."""
+        """The table's columns and primary key (cached); SchemaError if it does not exist."""
+
+    def stored_name(self, name: str) -> str | None:
+        """How the database spells a table whose name differs from ``name`` only in letter case, or None."""
+
+    def reader(self, column: sa.Column) -> Callable[[Any], Any]:
+        """How a driver value of ``column`` becomes the change model's value (pure)."""
+
+    def snapshot(self, table: str, key: tuple[str, ...], after_key: tuple | None, limit: int,
+                 where: str | None = None) -> list[Row]:
+        """Up to ``limit`` rows after ``after_key`` in key order (meeting ``where``); no long lock."""
+
+    def rows_by_keys(self, table: str, key: tuple[str, ...], keys: list[tuple]) -> list[Row]:
+        """The rows with these key values, those that exist."""
+
+    def count(self, table: str) -> int:
+        """How many rows ``table`` holds."""
+
+    def reading(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        """A connection for reads, closed when the block ends (a source may pin it to its snapshot)."""
+
+    def quote(self, name: str) -> str:
+        """``name`` as an identifier in this database's SQL (pure)."""
+
+    def sql_text(self, clause: sa.ClauseElement) -> str:
+        """The SQL text of ``clause`` in this database's dialect, its values written in (pure)."""
+
+    def read_only(self) -> None:
+        """Make every later transaction read-only (reconciliation); idempotent."""
+
+    def close(self) -> None:
+        """Release connections (idempotent)."""
+
+
+class Source(Reads, Protocol):
+    """Reads committed changes from one source database for one pair."""
 
     def watch(self, keys: dict[str, tuple[str, ...]]) -> None:
         """The tables to capture and their key columns; call before any other method but describe."""
@@ -70,9 +202,6 @@ class Source(Protocol):
         disabled; logical: not in the pair's publication); [] when it sees
         every table's changes. Read-only and idempotent (`cdc status` asks it); RetryableError
         on a passing fault."""
-
-    def snapshot(self, table: str, key: tuple[str, ...], after_key: tuple | None, limit: int) -> list[Row]:
-        """Up to ``limit`` rows after ``after_key`` in key order; short transactions, no long lock."""
 
     def read(self, after: Position, max_changes: int) -> Batch:
         """Committed changes after ``after`` in commit order, ending on a transaction boundary."""
@@ -119,10 +248,19 @@ class Source(Protocol):
         """After a read that only moved the position: whether the reader has reached the end of the
         source's log (`cdc run --once` goes on reading until it has)."""
 
-    def close(self) -> None: ...
+    # Only where ``capabilities.copy_routes`` names this source's capture mode:
+    def column_types(self, table: str) -> dict[str, str]:
+        """Column name -> type as the database writes it, to compare with a same-kind target's (read-only)."""
+
+    def copy_compatible(self, table: str, target_types: dict[str, str | None]) -> bool:
+        """Whether every column can go as COPY text into these target column types (read-only)."""
+
+    def copy_out(self, table: str, columns: list[str], key: tuple[str, ...], after_key: tuple | None, limit: int,
+                 write: Callable[[bytes], Any], target_types: dict[str, str | None] | None = None) -> None:
+        """One keyed chunk (as ``snapshot``) as COPY data into ``write``; read-only; DBAPIError as raised."""
 
 
-class Target(Protocol):
+class Target(Reads, Protocol):
     """A target's dialect: statements for runs of rows, bulk loading, its state tables and the claim.
 
     The transaction that writes rows, audit rows, dead letters and the checkpoint together is
@@ -195,4 +333,67 @@ class Target(Protocol):
         """Record the capture installation the pair's checkpoint belongs to, once (a checkpoint that has
         one keeps it; nothing without a checkpoint; idempotent); RetryableError on a passing fault."""
 
-    def close(self) -> None: ...
+    # Tables and state, each in its own transaction; a database error is raised as it is.
+    def exists(self, name: str) -> bool:
+        """Whether table ``name`` exists (read-only)."""
+
+    def column_types(self, table: str) -> dict[str, str]:
+        """Only on a target that bulk-loads: column name -> type as the database writes it (read-only)."""
+
+    def table_definition(self, name: str, columns: list[sa.Column], key: tuple[str, ...],
+                         source_dialect: str = "") -> sa.Table:
+        """The table `cdc init` would create (not created): types kept from a source of the same
+        backend (``source_dialect``), else translated; SchemaError naming a column it cannot declare."""
+
+    def create_tables(self, tables: list[sa.Table]) -> None:
+        """Create these tables (idempotent: an existing one is left as it is)."""
+
+    def init_state(self) -> tuple[str | None, str]:
+        """Create or upgrade our state tables (idempotent); (revision before, revision after)."""
+
+    def prepare_tables(self, names: Iterable[str]) -> None:
+        """Reflect these tables before any apply transaction (idempotent)."""
+
+    def is_empty(self, table: str) -> bool:
+        """Whether ``table`` holds no row (read-only)."""
+
+    def load_directly(self, table: str, on: bool) -> None:
+        """While on, upserts into ``table`` are plain inserts (disjoint chunks); in memory, idempotent."""
+
+    def forget_checkpoint(self, pair: str) -> bool:
+        """Drop the pair's checkpoint (the next run snapshots again); True if there was one; idempotent."""
+
+    def take_claim(self, pair: str, timeout: float, purpose: str = "run") -> state.Claim:
+        """Claim the pair for this process (idempotent); ClaimHeldError (stop) if a live process holds it."""
+
+    def heartbeat(self, pair: str, timeout: float) -> bool:
+        """Refresh this process's claim; False when another process holds it now (stop the pair)."""
+
+    def note_retrying(self, pair: str, error: str | None) -> None:
+        """Record in the claim that the pair retries ``error`` (None: running again); idempotent."""
+
+    def release_claim(self, pair: str, error: str | None = None) -> None:
+        """Give the pair up: stopped, or failed with ``error``; idempotent (nothing without a claim)."""
+
+    def record_failure(self, pair: str, error: str) -> None:
+        """A pair that failed before it could claim: its lease row says so (idempotent)."""
+
+    def diagnose(self) -> list[tuple[str, str]]:
+        """Findings (level ok|info|warn|fail, text with the fix) about the target's settings; read-only."""
+
+
+class Adapter(Protocol):
+    """One database kind, found by the `cdc.adapters` entry point named ``capabilities.name``. The
+    factories connect to nothing; they raise only what they tell without a connection."""
+
+    capabilities: Capabilities
+
+    def database_exists(self, connection_url: str) -> bool:
+        """False only for a missing database that connecting would create; never connects (idempotent)."""
+
+    def source(self, connection_url: str, pair: Any) -> Source:
+        """A Source for ``pair``'s capture mode reading ``connection_url``; SourceError (stop) when the
+        database cannot be a source as it stands."""
+
+    def target(self, connection_url: str) -> Target:
+        """A Target writing ``connection_url`` (never fails: a fault shows at the first member called)."""

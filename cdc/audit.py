@@ -78,16 +78,17 @@ def _key_matches(stored: list, wanted: list[str] | None) -> bool:
     return wanted is None or [str(v) for v in stored] == wanted
 
 
-def trail(engine: sa.Engine, *, pairs: list[str] | None = None, table: str | None = None, key: str | None = None,
+def trail(target: Any, *, pairs: list[str] | None = None, table: str | None = None, key: str | None = None,
           since: str | None = None, until: str | None = None, op: str | None = None,
           limit: int = 1000) -> AuditTrail:
-    """The audit entries matching the filters (the list capped at ``limit``; counts are exact)."""
+    """The audit entries in ``target``'s state tables matching the filters (the list capped at
+    ``limit``; counts are exact)."""
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
     wanted = None if key is None else [part.strip() for part in key.split(",")]
     result = AuditTrail({"pairs": pairs, "table": table, "key": key, "since": since, "until": until, "op": op},
                         limit=limit)
     log, dead = state.audit_log, state.dead_letters
-    with engine.connect() as conn:
+    with target.reading() as conn:
         state.ensure_current(conn)
         query = sa.select(log).order_by(log.c.id)
         letters = sa.select(dead).order_by(dead.c.id)
@@ -165,11 +166,11 @@ def _decimal(value: Any) -> Any:
         return value
 
 
-def checkpoints(engine: sa.Engine, pairs: list[str]) -> dict[str, Any]:
+def checkpoints(target: Any, pairs: list[str]) -> dict[str, Any]:
     """Pair -> its checkpoint as stored (the position, the snapshot in progress, changes applied,
     when it was written): what the trail is as of."""
     result = {}
-    with engine.connect() as conn:
+    with target.reading() as conn:
         for name in pairs:
             checkpoint = state.read_checkpoint(conn, name)
             result[name] = None if checkpoint is None else {

@@ -143,13 +143,13 @@ def _connection_ref(doc, keys, ref: str, connections: dict[str, Connection]) -> 
 
 
 def _capture(doc, keys, capture: str | None, source: Connection) -> str:
-    adapter = registry.adapter_for(source.url)
-    if not adapter.capture_modes:
-        raise doc.error(keys + ("source",), f"the {adapter.name} adapter cannot be a source yet (it can be a target)")
-    capture = capture or adapter.capture_modes[0]
-    if capture not in adapter.capture_modes:
-        raise doc.error(keys + ("capture",), f"capture {capture!r} is not supported by the {adapter.name} adapter "
-                        f"(supported: {', '.join(adapter.capture_modes)})")
+    can = registry.adapter_for(source.url).capabilities
+    if not can.capture_modes:
+        raise doc.error(keys + ("source",), f"the {can.name} adapter cannot be a source yet (it can be a target)")
+    capture = capture or can.capture_modes[0]
+    if capture not in can.capture_modes:
+        raise doc.error(keys + ("capture",), f"capture {capture!r} is not supported by the {can.name} adapter "
+                        f"(supported: {', '.join(can.capture_modes)})")
     return capture
 
 

@@ -112,7 +112,7 @@ def _require_stored_spelling(pair: Pair, spec: TableSpec, source: Any, target: A
 
 def open_source(pair: Pair, target: Any = None) -> tuple[Any, dict[str, TableMapping]]:
     """(source, mappings) for a pair, the mappings checked against the source schema."""
-    source = registry.adapter_for(pair.source.url).source(pair)
+    source = registry.adapter_for(pair.source.url).source(pair.source.url, pair)
     try:
         mappings = resolve_mappings(pair, source, target)
     except Exception:
@@ -130,7 +130,7 @@ def open_target(connection: Connection, *, create: bool = False) -> Any:
     and leaves no empty file behind for a later command to mistake for a real target.
     """
     adapter = registry.adapter_for(connection.url)
-    if not create and adapter.creates_database_on_connect and not adapter.database_exists(connection.url):
+    if not create and adapter.capabilities.creates_database_on_connect and not adapter.database_exists(connection.url):
         raise TargetError(f"target database {make_url(connection.url).database} does not exist (connection "
                           f"{connection.name}): `cdc init CONFIG` creates it; or correct the path in the config")
     return adapter.target(connection.url)
@@ -234,7 +234,7 @@ class PairRunner:
         for table, mapping in self.mappings.items():
             if self._bulk_ok(table, mapping) and table not in self._copy_types:  # same kind, same types
                 self.target.trust(mapping.target, mapping.target_columns)
-            elif getattr(self.source, "enforces_types", False) and self.target.exists(mapping.target):
+            elif self.source.capabilities.enforces_types and self.target.exists(mapping.target):
                 self.target.trust(mapping.target, self._always_fit(table, mapping))
 
     def _always_fit(self, table: str, mapping: TableMapping) -> list[str]:
@@ -242,7 +242,7 @@ class PairRunner:
         source = {c.name: c for c in self.source.describe(table).columns}
         target = {c.name: c for c in self.target.table(mapping.target).columns}
         # A source whose date columns may hold zero dates ('0000-00-00', MySQL) has them checked.
-        dates = (sa.Date, sa.DateTime) if getattr(self.source, "zero_dates", False) else ()
+        dates = (sa.Date, sa.DateTime) if self.source.capabilities.zero_dates else ()
         return [name for name, origin, transforms in mapping.column_specs()
                 if origin in source and name in target and not transforms
                 and not isinstance(source[origin].type, dates)
@@ -554,16 +554,21 @@ class PairRunner:
         the same column types, or a source that makes the target's COPY text itself (copy_compatible)."""
         if table not in self._bulk:
             self._bulk[table] = False
-            capable = hasattr(self.source, "copy_out") and hasattr(self.target, "bulk_load")
+            mine, theirs = self.source.capabilities, self.target.capabilities
+            capable = self._copy_format() is not None
             if capable and mapping.is_identity and self.target.exists(mapping.target):
                 have = self.target.column_types(mapping.target)
-                if self.source.engine.dialect.name == self.target.engine.dialect.name:
+                if mine.name == theirs.name:
                     wanted = {c: t for c, t in self.source.column_types(table).items() if c in mapping.target_columns}
                     self._bulk[table] = all(have.get(c) == t for c, t in wanted.items())
-                elif getattr(self.source, "copy_target", None) == self.target.engine.dialect.name:
+                else:
                     self._copy_types[table] = {c: have.get(c) for c in mapping.target_columns}
                     self._bulk[table] = self.source.copy_compatible(table, self._copy_types[table])
         return self._bulk[table]
+
+    def _copy_format(self) -> str | None:
+        """The COPY format this pair's source writes for its target's bulk_load, or None (row by row)."""
+        return self.source.capabilities.copy_format(self.pair.capture, self.target.capabilities)
 
     def _bulk_chunk(self, table: str, mapping: TableMapping, position: Any, progress: dict) -> int:
         after = self._decode_key(table, mapping, progress["after"])
@@ -584,7 +589,7 @@ class PairRunner:
         count = self._retrying(lambda: apply.bulk_snapshot(
             self.target, self.pair.name, table, mapping.target, mapping.target_columns, mapping.target_key,
             lambda write: self._copy_out(table, mapping, after, chunk, write),
-            position, finish, direct=progress.get("direct", False), fmt=getattr(self.source, "copy_format", "binary")))
+            position, finish, direct=progress.get("direct", False), fmt=self._copy_format()))
         self._settle(stored[0][1])
         return count
 

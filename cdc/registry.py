@@ -1,10 +1,14 @@
-"""Find adapters through the `cdc.adapters` entry-point group; the core reaches adapters only here."""
+"""Find adapters through the `cdc.adapters` entry-point group; the core reaches adapters only here.
+
+Policy: two entry points with one name, or two adapters serving one backend, are a ConfigError
+naming both, never a silent choice of whichever the environment lists first.
+"""
 
 from __future__ import annotations
 
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Iterable
 
 from sqlalchemy.engine import make_url
 
@@ -13,26 +17,42 @@ from .errors import ConfigError
 GROUP = "cdc.adapters"
 
 
+def index(entries: Iterable[Any]) -> dict[str, Any]:
+    """Backend name -> adapter for these entry points (objects with ``name``, ``value`` and
+    ``load()``); ConfigError naming both entry points when two share a name or a backend."""
+    named: dict[str, Any] = {}
+    serving: dict[str, Any] = {}
+    found: dict[str, Any] = {}
+    for entry in entries:
+        if entry.name in named:
+            raise ConfigError(f"two cdc-sync adapters are named {entry.name!r}: {_spelt(named[entry.name])} "
+                              f"and {_spelt(entry)}; uninstall one of them")
+        named[entry.name] = entry
+        adapter = entry.load()
+        for backend in adapter.capabilities.backends:
+            if backend in serving:
+                raise ConfigError(f"two cdc-sync adapters serve {backend!r} databases: {_spelt(serving[backend])} "
+                                  f"and {_spelt(entry)}; uninstall one of them")
+            serving[backend], found[backend] = entry, adapter
+    return found
+
+
+def _spelt(entry: Any) -> str:
+    """An entry point as pyproject.toml spells it: ``name = module:object``."""
+    return f"{entry.name} = {entry.value}"
+
+
 @cache
 def adapters() -> dict[str, Any]:
     """Every installed adapter, keyed by the SQLAlchemy backend names it serves."""
-    found: dict[str, Any] = {}
-    for entry in entry_points(group=GROUP):
-        adapter = entry.load()
-        for backend in adapter.backends:
-            found.setdefault(backend, adapter)
-    return found
+    return index(entry_points(group=GROUP))
 
 
 @cache
 def _named(backend: str) -> Any:
     """The adapter whose entry point is named after ``backend`` and serves it, loaded alone (each
     adapter loads its drivers: a SQLite pair need not wait for psycopg and PyMySQL); else None."""
-    for entry in entry_points(group=GROUP, name=backend):
-        adapter = entry.load()
-        if backend in adapter.backends:
-            return adapter
-    return None
+    return index(entry_points(group=GROUP, name=backend)).get(backend)
 
 
 def adapter_for(url: str) -> Any:

@@ -117,6 +117,23 @@ class KeyedReads:
         """The connection snapshot chunks are read on (a source may pin it to a snapshot)."""
         return self.engine.connect()
 
+    @property
+    def backend(self) -> str:
+        """The SQLAlchemy backend name of the database reached (one of the adapter's backends)."""
+        return self.engine.dialect.name
+
+    def quote(self, name: str) -> str:
+        """``name`` as an identifier in this database's SQL, quoted where it needs quoting."""
+        return self.engine.dialect.identifier_preparer.quote(name)
+
+    def sql_text(self, clause: sa.ClauseElement) -> str:
+        """The SQL text of ``clause`` in this database's dialect, its values written in."""
+        return str(clause.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
+
+    def read_only(self) -> None:
+        """Make every later transaction read-only, as this adapter's fingerprints know how."""
+        self.fingerprints.read_only(self.engine)
+
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar()

@@ -107,6 +107,10 @@ class SqlTarget(KeyedReads):
                 raise TargetError(f"target table {name} does not exist: run `cdc init CONFIG` to create it") from None
         return self._tables[name]
 
+    def diagnose(self) -> list[tuple[str, str]]:
+        """Findings about the target's settings: none unless a dialect has some to check."""
+        return []
+
     def exists(self, name: str) -> bool:
         return sa.inspect(self.engine).has_table(name)
 

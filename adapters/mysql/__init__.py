@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .capabilities import CAPABILITIES
 from .fingerprint import MySQLFingerprints
 from .binlog import BinlogSource
 from .source import TimestampSource
@@ -15,15 +16,14 @@ from .trigger import TriggerSource
 class MySQLAdapter:
     """Capabilities and factories of the MySQL/MariaDB adapter (driver: PyMySQL)."""
 
-    name = "mysql"
-    backends = ("mysql", "mariadb")
-    capture_modes = ("binlog", "trigger", "timestamp")
-    supports_in_db_checksum = True
-    upsert_style = "on_duplicate_key"
-    creates_database_on_connect = False
+    capabilities = CAPABILITIES
 
-    def source(self, pair: Any) -> BinlogSource | TriggerSource | TimestampSource:
-        made = engine(pair.source.url, pair.source_timezone)
+    def database_exists(self, connection_url: str) -> bool:
+        """Always True: connecting never creates a MySQL database (a missing one fails to connect)."""
+        return True
+
+    def source(self, connection_url: str, pair: Any) -> BinlogSource | TriggerSource | TimestampSource:
+        made = engine(connection_url, pair.source_timezone)
         if pair.capture == "timestamp":
             source = TimestampSource(made, pair.name, pair.timestamp, pair.source_timezone)
         elif pair.capture == "trigger":
@@ -31,11 +31,13 @@ class MySQLAdapter:
         else:
             source = BinlogSource(made, pair.name, pair.source_timezone)
         source.fingerprints = MySQLFingerprints(pair.source_timezone)
+        source.capabilities = CAPABILITIES
         return source
 
-    def target(self, url: str) -> MySQLTarget:
-        made = MySQLTarget(engine(url))
+    def target(self, connection_url: str) -> MySQLTarget:
+        made = MySQLTarget(engine(connection_url))
         made.fingerprints = MySQLFingerprints()
+        made.capabilities = CAPABILITIES
         return made
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .capabilities import CAPABILITIES
 from .fingerprint import PostgresFingerprints
 from .logical import LogicalSource
 from .source import TimestampSource
@@ -16,15 +17,14 @@ from .trigger import TriggerSource
 class PostgresAdapter:
     """Capabilities and factories of the PostgreSQL adapter (driver: psycopg 3)."""
 
-    name = "postgresql"
-    backends = ("postgresql",)
-    capture_modes = ("logical", "trigger", "timestamp")
-    supports_in_db_checksum = True
-    upsert_style = "on_conflict"
-    creates_database_on_connect = False
+    capabilities = CAPABILITIES
 
-    def source(self, pair: Any) -> LogicalSource | TriggerSource | TimestampSource:
-        engine = sa.create_engine(pair.source.url, pool_pre_ping=True)
+    def database_exists(self, connection_url: str) -> bool:
+        """Always True: connecting never creates a PostgreSQL database (a missing one fails to connect)."""
+        return True
+
+    def source(self, connection_url: str, pair: Any) -> LogicalSource | TriggerSource | TimestampSource:
+        engine = sa.create_engine(connection_url, pool_pre_ping=True)
         if pair.capture == "timestamp":
             made = TimestampSource(engine, pair.name, pair.timestamp, pair.source_timezone)
         elif pair.capture == "trigger":
@@ -32,11 +32,13 @@ class PostgresAdapter:
         else:
             made = LogicalSource(engine, pair.name)
         made.fingerprints = PostgresFingerprints()
+        made.capabilities = CAPABILITIES
         return made
 
-    def target(self, url: str) -> PostgresTarget:
-        made = PostgresTarget(sa.create_engine(url, pool_pre_ping=True))
+    def target(self, connection_url: str) -> PostgresTarget:
+        made = PostgresTarget(sa.create_engine(connection_url, pool_pre_ping=True))
         made.fingerprints = PostgresFingerprints()
+        made.capabilities = CAPABILITIES
         return made
 
 

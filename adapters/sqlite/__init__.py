@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 
 from cdc.errors import SourceError
 
+from .capabilities import CAPABILITIES
 from .fingerprint import SqliteFingerprints
 from .source import TimestampSource
 from .target import SqliteTarget
@@ -33,7 +34,9 @@ def _engine(url: str, *, immediate: bool) -> sa.Engine:
 
 
 def _fingerprinted(reads: Any) -> Any:
-    """Give a source or target the SQLite fingerprint functions on each of its connections."""
+    """Give a source or target the SQLite fingerprint functions on each of its connections (and the
+    adapter's capabilities)."""
+    reads.capabilities = CAPABILITIES
     reads.fingerprints = SqliteFingerprints(reads)
     sa.event.listen(reads.engine, "connect", lambda dbapi_connection, record:
                     reads.fingerprints.register(dbapi_connection))
@@ -43,30 +46,26 @@ def _fingerprinted(reads: Any) -> Any:
 class SqliteAdapter:
     """Capabilities and factories of the SQLite adapter."""
 
-    name = "sqlite"
-    backends = ("sqlite",)
-    capture_modes = ("trigger", "timestamp")
-    supports_in_db_checksum = True  # through registered functions
-    upsert_style = "on_conflict"
-    creates_database_on_connect = True  # a missing file is created by the first connection
+    capabilities = CAPABILITIES
 
-    def database_exists(self, url: str) -> bool:
-        database = make_url(url).database
+    def database_exists(self, connection_url: str) -> bool:
+        """Whether the file exists (an in-memory database always does); never creates it."""
+        database = make_url(connection_url).database
         return not database or database == ":memory:" or os.path.exists(database)
 
-    def source(self, pair: Any):
+    def source(self, connection_url: str, pair: Any):
         """A Source for the pair's capture mode; SourceError if the database file is missing."""
-        if not self.database_exists(pair.source.url):
-            raise SourceError(f"source database {make_url(pair.source.url).database} does not exist "
+        if not self.database_exists(connection_url):
+            raise SourceError(f"source database {make_url(connection_url).database} does not exist "
                               f"(connection {pair.source.name})")
-        engine = _engine(pair.source.url, immediate=False)
+        engine = _engine(connection_url, immediate=False)
         if pair.capture == "timestamp":
             return _fingerprinted(TimestampSource(engine, pair.name, pair.timestamp, pair.source_timezone))
         return _fingerprinted(TriggerSource(engine, pair.name))
 
-    def target(self, url: str) -> SqliteTarget:
+    def target(self, connection_url: str) -> SqliteTarget:
         """A Target; the database file is created on first write (by `cdc init`)."""
-        return _fingerprinted(SqliteTarget(_engine(url, immediate=True)))
+        return _fingerprinted(SqliteTarget(_engine(connection_url, immediate=True)))
 
 
 adapter = SqliteAdapter()

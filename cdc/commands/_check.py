@@ -41,7 +41,7 @@ def check(config_path: str, pair: str | None = None) -> Report:
                 exists = target.exists(mapping.target)
                 report.add(f"  {_table_line(name, mapping)}"
                            f"{'' if exists else '  [target table missing: cdc init creates it]'}")
-            with target.engine.connect() as conn:
+            with target.reading() as conn:
                 try:
                     state.ensure_current(conn)
                     report.add("  state tables: current")
@@ -56,7 +56,7 @@ def check(config_path: str, pair: str | None = None) -> Report:
 def _would_create(url: str) -> bool:
     """Whether connecting to ``url`` would create a database that does not exist yet."""
     adapter = registry.adapter_for(url)
-    return adapter.creates_database_on_connect and not adapter.database_exists(url)
+    return adapter.capabilities.creates_database_on_connect and not adapter.database_exists(url)
 
 
 def _check_without_target(p: Pair, report: Report) -> None:
@@ -87,7 +87,7 @@ def doctor(config_path: str, pair: str | None = None) -> tuple[Report, bool]:
         except TargetError as exc:  # the source's checks still run: they tell what else to fix
             target, findings = None, [("fail", str(exc))]
         else:
-            findings = target.diagnose() if hasattr(target, "diagnose") else []
+            findings = target.diagnose()
         try:
             for level, text in source.diagnose() + findings:
                 healthy = healthy and level != "fail"

@@ -81,7 +81,7 @@ def _init_plan(p: Pair) -> dict[str, tuple[sa.Table | None, str]]:
                 continue
             columns = schema.target_columns(mapping, source.describe(name).columns)
             tables[mapping.target] = (target.table_definition(mapping.target, columns, mapping.target_key,
-                                                              source.engine.dialect.name), key)
+                                                              source.backend), key)
         return tables
     finally:
         source.close()

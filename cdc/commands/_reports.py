@@ -82,8 +82,8 @@ def audit(config_path: str, pair: str | None = None, **filters):
         names = [p.name for p in pairs]
         target = open_target(pairs[0].target)
         try:
-            trails.append(audit_module.trail(target.engine, pairs=names, **filters))
-            as_of.update(audit_module.checkpoints(target.engine, names))
+            trails.append(audit_module.trail(target, pairs=names, **filters))
+            as_of.update(audit_module.checkpoints(target, names))
         finally:
             target.close()
     found = audit_module.merged(trails)

@@ -69,7 +69,7 @@ def _target_status(p: Pair, row: dict) -> Any:
         row.update(state="failed", error=f"target cannot be read: {exc}")
         return None
     try:
-        with target.engine.connect() as conn:
+        with target.reading() as conn:
             state.ensure_current(conn)
             checkpoint = state.read_checkpoint(conn, p.name)
             holder = state.read_holder(conn, p.name)

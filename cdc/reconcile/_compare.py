@@ -65,12 +65,10 @@ def read_only(reads: Any) -> None:
     know how (PostgreSQL SET TRANSACTION READ ONLY, MySQL/MariaDB START TRANSACTION READ ONLY, SQLite
     an authorizer that refuses writes). Reconciliation only reads; so a --where that would write
     (advance a sequence, call a function that inserts) fails instead."""
-    prints = reads.fingerprints
-    if prints is None:
-        logger.warning("%s has no read-only statement: reconcile reads in ordinary transactions",
-                       reads.engine.dialect.name)
+    if reads.fingerprints is None:
+        logger.warning("%s has no read-only statement: reconcile reads in ordinary transactions", reads.backend)
         return
-    prints.read_only(reads.engine)
+    reads.read_only()
 
 
 def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str | None, limit: int,
@@ -79,7 +77,7 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
     columns = target_columns(target, mapping)
     if where:
         check_where(where, mapping, source.describe(mapping.source).column_names,
-                    target.describe(mapping.target).column_names, {source.engine.dialect.name, target.engine.dialect.name})
+                    target.describe(mapping.target).column_names, {source.backend, target.backend})
     mine = Side(source, mapping.source, mapping.source_key, columns, where, mapping)
     theirs = Side(target, mapping.target, mapping.target_key, columns, _own_rows(target, mapping, where))
     try:
@@ -178,7 +176,7 @@ def _own_rows(target: Any, mapping: TableMapping, where: str | None) -> str | No
     if not constants:
         return where
     condition = sa.and_(*(sa.column(column) == sa.literal(value) for column, value in constants.items()))
-    own = str(condition.compile(dialect=target.engine.dialect, compile_kwargs={"literal_binds": True}))
+    own = target.sql_text(condition)
     return f"({where}) AND {own}" if where else own
 
 

@@ -103,7 +103,7 @@ def record(pair: Pair, report: ReconcileReport) -> int | None:
     """Store the run in the target's ``cdc_reconcile_runs``; its id (None before `cdc init`)."""
     target = registry.adapter_for(pair.target.url).target(pair.target.url)
     try:
-        with target.engine.begin() as conn:
+        with target.begin() as conn:
             try:
                 state.ensure_current(conn)
             except StateError as exc:  # a target cdc does not manage (yet) can still be compared

@@ -75,12 +75,12 @@ class Side:
         """(key text SQL, row text SQL), or None when Python must read the rows."""
         prints, names = self.reads.fingerprints, self._names()
         if prints is None:
-            self.why = f"no SQL fingerprints for {self.reads.engine.dialect.name}"
+            self.why = f"no SQL fingerprints for {self.reads.backend}"
             return None
         if names is None:
             self.why = "the mapping transforms or filters rows"
             return None
-        with self.reads.engine.connect() as conn:
+        with self.reads.reading() as conn:
             if not prints.usable(conn):
                 self.why = "the database encoding is not UTF-8"
                 return None
@@ -105,7 +105,7 @@ class Side:
         query = sa.select(sa.func.count()).select_from(sa.table(self.table))
         if self.where:  # in parentheses, as every later read puts it: a --where that breaks them fails here
             query = query.where(sa.text(f"({self.where})"))
-        with self.reads.engine.connect() as conn:
+        with self.reads.reading() as conn:
             try:
                 return conn.execute(query).scalar()
             except sa.exc.DBAPIError as exc:
@@ -115,7 +115,7 @@ class Side:
                                   f"{str(exc.orig).strip().splitlines()[0]}") from None
 
     def _from(self) -> str:
-        quote = self.reads.engine.dialect.identifier_preparer.quote
+        quote = self.reads.quote
         return f"FROM {quote(self.table)}" + (f" WHERE ({self.where})" if self.where else "")
 
     # Python: every row, mapped and fingerprinted.
@@ -218,7 +218,7 @@ class Side:
             key_text, row_text = self.sql
             query = (f"SELECT {self.bucket_of(buckets)} AS b, count(*), "
                      f"{prints.total(prints.digest(row_text, self.family))} {self._from()} GROUP BY 1")
-            with self.reads.engine.connect() as conn:
+            with self.reads.reading() as conn:
                 found = {int(b): (int(n), int(s)) for b, n, s in conn.exec_driver_sql(query)}
             return found, sum(n for n, _ in found.values())
         rows = 0
@@ -236,14 +236,14 @@ class Side:
         if self.sql:
             prints = self.reads.fingerprints
             key_text, row_text = self.sql
-            quote = self.reads.engine.dialect.identifier_preparer.quote
+            quote = self.reads.quote
             keys = ", ".join(quote(k) for k in self.key)
             bucket = self.bucket_of(buckets)
             where = f"{bucket} IN ({', '.join(str(int(b)) for b in sorted(wanted))})"
             query = (f"SELECT {key_text}, {prints.digest(row_text, self.family)}, {keys} {self._from()}"
                      f"{' AND ' if self.where else ' WHERE '}{where}")
             readers = [self.reads.reader(column) for column in self.key_columns]
-            with self.reads.engine.connect() as conn:
+            with self.reads.reading() as conn:
                 return {text: (int(digest), tuple(r(v) for r, v in zip(readers, rest)))
                         for text, digest, *rest in conn.exec_driver_sql(query)}
         return {key_text: (digest, side_key) for _, key_text, digest, side_key in self._scan(wanted.__contains__,
@@ -256,11 +256,11 @@ class Side:
         mine = dict(zip(info.column_names, info.columns))
         month = self.reads.fingerprints.month(names[date], mine[names[date]]) if names else None
         if month is not None:
-            prints, quote = self.reads.fingerprints, self.reads.engine.dialect.identifier_preparer.quote
+            prints, quote = self.reads.fingerprints, self.reads.quote
             account_text = prints.canonical(names[account], mine[names[account]], self.target_columns[account].type)
             query = (f"SELECT {account_text}, {month}, count(*), sum({quote(names[amount])}) {self._from()} "
                      "GROUP BY 1, 2")
-            with self.reads.engine.connect() as conn:
+            with self.reads.reading() as conn:
                 return {(a, p): (int(n), Decimal(total or 0)) for a, p, n, total in conn.exec_driver_sql(query)}
         found: dict[tuple[str, str], list] = {}
         for rows in self._chunks(self.where):
@@ -315,7 +315,7 @@ class Side:
         if self.where:
             query = query.where(sa.text(f"({self.where})"))
         readers = [(name, self.reads.reader(column)) for name, column in zip(info.column_names, info.columns)]
-        with self.reads.engine.connect() as conn:
+        with self.reads.reading() as conn:
             for raw in conn.execution_options(stream_results=True).execute(query):
                 row = dict(zip(info.column_names, raw))
                 side_key = tuple(row[k] for k in self.key)
