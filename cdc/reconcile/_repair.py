@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import sqlalchemy as sa
 
-from .. import registry, state
+from .. import state
 from ..apply import apply
 from ..changes import Change
 from ..config import Pair

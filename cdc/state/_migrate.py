@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from ..errors import StateError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 VERSION_TABLE = "cdc_alembic_version"  # not "alembic_version": the user's own alembic may own that
 #: The newest migration's revision. Every command checks the state tables are at it; reading the

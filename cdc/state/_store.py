@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..changes import dumps, loads
+from ..changes import loads
 from ._tables import audit_log, checkpoints, dead_letters, reconcile_runs
 
 
