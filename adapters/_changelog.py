@@ -227,6 +227,10 @@ class ChangelogCapture(Coverage):
         """The statements dropping the capture triggers of ``table`` (idempotent)."""
         raise NotImplementedError
 
+    def lock_captured(self, conn: sa.Connection, tables: list[str]) -> None:
+        """Lock the tables whose triggers install or uninstall changes, before the changelog (the
+        application's writes lock a table, then the changelog: the other order deadlocks with them)."""
+
     def install_triggers(self, conn: sa.Connection, tables: list[str]) -> None:
         """Make (again) the capture triggers of ``tables``; SchemaError for a missing table."""
         raise NotImplementedError
@@ -267,9 +271,10 @@ class ChangelogCapture(Coverage):
     # -- install ------------------------------------------------------------------------
     def prepare(self, keep: Iterable[str] = ()) -> list[str]:
         with self._session() as conn:
-            kept = self._kept(conn, keep)
+            kept, gone = self._kept(conn, keep), self._no_longer_captured(conn, keep)
+            self.lock_captured(conn, list(self.keys) + gone)
             removed = [f"removed {self.triggers_noun} on {table} (no longer in the pair)"
-                       for table in self._take_down(conn, self._no_longer_captured(conn, keep))]
+                       for table in self._take_down(conn, gone)]
             for statement in self.create_state:
                 conn.exec_driver_sql(statement)
             self._commit(conn)
@@ -285,6 +290,7 @@ class ChangelogCapture(Coverage):
                 return []
             mine = set(self.keys) | self._registered(conn).get(self.pair, set())  # tables removed from it too
             still = self._unregister(conn)
+            self.lock_captured(conn, sorted(mine - still))
             removed = [f"{self.triggers_noun} on {table}" for table in self._take_down(conn, sorted(mine - still))]
             if not still:
                 for statement in self.drop_state:

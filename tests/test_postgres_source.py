@@ -627,3 +627,43 @@ def test_a_slot_made_again_while_the_run_streamed_stops_it(pg_to_pg):
         assert "`cdc run --resnapshot CONFIG`" in str(err.value)
     finally:
         logical.close()
+
+
+def test_install_next_to_the_applications_writers_fails_none_of_their_transactions(pg_to_pg):
+    """`cdc install` again (idempotent, after adding a table) while the application writes: it took the
+    changelog's lock before the tables', the writers' triggers the other way round, and PostgreSQL
+    aborted an application transaction as a deadlock (or the install, with exit 1)."""
+    ws, source, target = pg_to_pg
+    execute(source, "INSERT INTO entries SELECT g, 1500, 1.00, 'NOK', 'm', now() FROM generate_series(1, 10) g;"
+                    "INSERT INTO parties SELECT 'P' || g, 1, 'n' FROM generate_series(1, 10) g")
+    logical_pair(ws, source, target, "p")
+    ws.config.write_text(ws.config.read_text().replace("capture: logical", "capture: trigger"))
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    stop, errors, done = threading.Event(), [], []
+
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        with psycopg.connect(source, autocommit=True) as conn:
+            while not stop.is_set():
+                try:
+                    conn.execute("UPDATE entries SET amount = amount + 1 WHERE id = %s", (rng.randint(1, 10),))
+                    conn.execute("UPDATE parties SET name = name || 'x' WHERE code = %s", (f"P{rng.randint(1, 10)}",))
+                    done.append(1)
+                except psycopg.Error as exc:
+                    errors.append(str(exc))
+
+    writers = [threading.Thread(target=write, args=(seed,)) for seed in range(4)]
+    for writer in writers:
+        writer.start()
+    try:
+        installs = [ws.cdc("install", str(ws.config)) for _ in range(6)]
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    assert [r.returncode for r in installs] == [0] * 6, [r.stderr for r in installs if r.returncode]
+    assert not errors and done, errors[:3]
+    cdc_ok(ws, "run", "--once")
+    assert rows(source, "entries", "id") == rows(target, "entries", "id")
+    assert rows(source, "parties", "code") == rows(target, "parties", "code")

@@ -300,3 +300,15 @@ def start_replication(slot: str, publication: str, start: int) -> str:
     """The replication command that streams the slot from the LSN ``start`` (pgoutput, protocol 1)."""
     return (f"START_REPLICATION SLOT {quote(slot)} LOGICAL {lsn_text(start)} "
             f"(proto_version '1', publication_names '{quote(publication)}')")
+
+
+# -- install next to the application's writers ------------------------------------------------
+#: A lock install waits for longer than this gives up (and install tries again): it never holds
+#: its locks long enough for an application transaction waiting on them to reach deadlock_timeout.
+INSTALL_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '300ms'"
+EXISTING_TABLES = "SELECT name FROM unnest(%(tables)s::text[]) AS name WHERE to_regclass(quote_ident(name)) IS NOT NULL"
+
+
+def lock_tables(tables: list[str]) -> str:
+    """Lock ``tables`` as CREATE/DROP TRIGGER will, in one statement, before the changelog is touched."""
+    return f"LOCK TABLE {', '.join(quote(t) for t in tables)} IN SHARE ROW EXCLUSIVE MODE"

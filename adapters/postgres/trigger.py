@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
+import time
 import uuid
 from decimal import Decimal
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Iterable
 
 import sqlalchemy as sa
 
@@ -33,6 +35,29 @@ from cdc.errors import SourceError
 
 from .._changelog import ChangelogCapture
 from . import sql
+
+
+#: How long install or uninstall keeps trying to lock tables the application keeps busy.
+LOCK_PATIENCE = 60.0
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _retry_locks(step: Callable[[], list[str]], what: str, tables: Iterable[str]) -> list[str]:
+    """Run ``step`` (one transaction) again, after a short random pause, while a lock it needs is
+    held by the application (each try gives up after the lock timeout and rolls back everything)."""
+    deadline, pause = time.monotonic() + LOCK_PATIENCE, 0.05
+    while True:
+        try:
+            return step()
+        except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            if time.monotonic() > deadline:
+                raise SourceError(f"cdc {what} could not lock table(s) {', '.join(sorted(tables))} for "
+                                  f"{LOCK_PATIENCE:.0f} s: the application keeps them busy; nothing was "
+                                  "changed, try again") from None
+        time.sleep(random.uniform(pause / 2, pause))
+        pause = min(pause * 2, 1.0)
 
 
 def _records_database(conn: sa.Connection) -> bool:
@@ -53,6 +78,18 @@ class TriggerSource(ChangelogCapture):
     triggers_noun = "trigger"
 
     # -- install -------------------------------------------------------------------
+    def prepare(self, keep: Iterable[str] = ()) -> list[str]:
+        return _retry_locks(lambda: super(TriggerSource, self).prepare(keep), "install", self.keys)
+
+    def unprepare(self) -> list[str]:
+        return _retry_locks(super().unprepare, "uninstall", self.keys)
+
+    def lock_captured(self, conn: sa.Connection, tables: list[str]) -> None:
+        conn.exec_driver_sql(sql.INSTALL_LOCK_TIMEOUT)
+        present = [row[0] for row in conn.exec_driver_sql(sql.EXISTING_TABLES, {"tables": tables})]
+        if present:
+            conn.exec_driver_sql(sql.lock_tables(present))
+
     def drop_triggers(self, table: str) -> list[str]:
         return sql.drop_trigger(table)
 
