@@ -274,3 +274,10 @@ def event_at(position: int) -> str:
     """The first binlog event at ``position`` of the file %(file)s (SHOW BINLOG EVENTS takes no
     parameter for the position: it is written in as an integer)."""
     return f"SHOW BINLOG EVENTS IN %(file)s FROM {int(position)} LIMIT 1"
+
+
+# -- target tables -----------------------------------------------------------------------------
+#: Binary, NO PAD collations for text key columns, best first (MariaDB, then MySQL 8).
+KEY_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
+NO_PAD_BINARY_COLLATIONS = ("SELECT COLLATION_NAME FROM information_schema.COLLATIONS "
+                            "WHERE COLLATION_NAME IN ('utf8mb4_nopad_bin', 'utf8mb4_0900_bin')")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import pymysql.cursors
@@ -42,11 +43,22 @@ class MySQLTarget(SqlTarget):
             binary = isinstance(kind, sa.LargeBinary)
             if kind.length is None or kind.length > types.LONGEST_VARCHAR:
                 if key:
-                    return mysql.VARBINARY(255) if binary else mysql.VARCHAR(255)
+                    return mysql.VARBINARY(255) if binary else mysql.VARCHAR(255, collation=self.key_collation)
                 return mysql.LONGBLOB() if binary else mysql.LONGTEXT()
             if binary:
                 return mysql.VARBINARY(kind.length)
+            if key:
+                return mysql.VARCHAR(kind.length, collation=self.key_collation)
         return kind
+
+    @functools.cached_property
+    def key_collation(self) -> str:
+        """The collation of text key columns `cdc init` makes: binary and NO PAD, so keys that differ
+        only in letter case or trailing spaces stay two rows (the server's default collation would
+        make 'a', 'A' and 'a ' one row: the second overwriting the first)."""
+        with self.engine.connect() as conn:
+            have = {row[0] for row in conn.exec_driver_sql(sql.NO_PAD_BINARY_COLLATIONS)}
+        return next((name for name in sql.KEY_COLLATIONS if name in have), "utf8mb4_bin")
 
     def writer(self, column: sa.Column) -> Callable[[Any], Any]:
         return types.writer(column)
