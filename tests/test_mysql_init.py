@@ -146,3 +146,21 @@ def test_text_keys_differing_in_case_or_trailing_spaces_stay_rows_of_their_own_i
     target = sorted((code, label) for code, label in mexec(mysql_url, "SELECT code, label FROM codes"))
     assert target == [("a", "LOWER"), ("a ", "space"), ("b", "b")]
     assert "EQUAL" in cdc_ok(ws, "reconcile")
+
+
+def test_unsigned_integers_get_a_postgresql_column_that_holds_their_whole_range(ws, mysql_url, pg_url):
+    """BIGINT UNSIGNED became bigint: the pair then stopped for ever on values over 2^63 - 1."""
+    mexec(mysql_url, "CREATE TABLE u (id INT PRIMARY KEY, big BIGINT UNSIGNED, mid INT UNSIGNED, "
+                     "small SMALLINT UNSIGNED, tiny TINYINT UNSIGNED)")
+    mexec(mysql_url, "INSERT INTO u VALUES (1, 18446744073709551615, 4294967295, 65535, 255)")
+    config(ws, mysql_url, pg_url, "[u]", "binlog")
+    cdc_ok(ws, "init")
+    columns = pexec(pg_url, "SELECT column_name, data_type, numeric_precision FROM information_schema.columns "
+                            "WHERE table_name = 'u' ORDER BY ordinal_position")
+    assert [(c, t) for c, t, _ in columns] == [("id", "integer"), ("big", "numeric"), ("mid", "bigint"),
+                                               ("small", "integer"), ("tiny", "integer")]
+    assert "snapshot 1 rows" in cdc_ok(ws, "run", "--once")
+    mexec(mysql_url, "INSERT INTO u VALUES (2, 9223372036854775808, 2147483648, 0, 0)")
+    cdc_ok(ws, "run", "--once")
+    assert pexec(pg_url, "SELECT id, big, mid, small, tiny FROM u ORDER BY id") == [
+        (1, 18446744073709551615, 4294967295, 65535, 255), (2, 9223372036854775808, 2147483648, 0, 0)]

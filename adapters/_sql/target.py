@@ -187,6 +187,10 @@ class SqlTarget(KeyedReads):
             return sa.SmallInteger()
         if isinstance(kind, mysql.BIT):  # read as an unsigned integer of up to 64 bits
             return sa.BigInteger() if (kind.length or 1) < 64 else sa.Numeric(20, 0)
+        if isinstance(kind, sa.Integer) and getattr(kind, "unsigned", False):
+            # An unsigned column holds values up to twice its signed range: the next size up.
+            return sa.Numeric(20, 0) if isinstance(kind, sa.BigInteger) else \
+                sa.BigInteger() if isinstance(kind, mysql.INTEGER) else sa.Integer()
         try:
             generic = kind.as_generic()
         except NotImplementedError:
