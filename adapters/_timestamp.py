@@ -67,7 +67,8 @@ class TimestampCapture(StampedSource):
         found = []
         for table in self.keys:
             found.append(("ok", f"{table}: timestamp column {self.options.column} present"))
-            found += self._table_findings(table) + self._repeated_hour_findings(table)
+            found += self._table_findings(table) + self._repeated_hour_findings(table) + \
+                self._shared_counter_findings(table)
         return found + [("info", "timestamp capture does not see hard deletes; use a soft-delete column or reconcile")]
 
     def warnings(self) -> list[tuple[str, str]]:
@@ -97,6 +98,21 @@ class TimestampCapture(StampedSource):
         return [("warn", f"{table}: {column} has no zone and {self.source_zone} puts clocks back once a year: rows "
                          f"written in the repeated hour are missed unless timestamp.overlap_seconds is at least 3600 "
                          f"(or {column} holds instants: timestamptz, MySQL TIMESTAMP)")]
+
+    def _shared_counter_findings(self, table: str) -> list[tuple[str, str]]:
+        """A warning when counter values repeat: a per-row version number (1, 2, 3 on every row) is
+        no table-wide counter, and a change that leaves a row's counter below the highest one read
+        is never seen (a counter per transaction repeats too, rightly: hence a warning, not a failure)."""
+        if self._unit(table) != "counter":
+            return []
+        plain = sa.table(table, sa.column(self.options.column))
+        with self.engine.connect() as conn:
+            shared = conn.execute(sa.select(sa.func.count(plain.c[0]) - sa.func.count(plain.c[0].distinct()))).scalar()
+        if not shared:
+            return []
+        return [("warn", f"{table}: {shared} row(s) share their {self.options.column} value with another row. A "
+                         "counter must grow across the whole table (a sequence, a row version the database hands "
+                         "out): a change whose counter is not above every counter read before is never captured")]
 
     def _null_findings(self, conn: sa.Connection, table: str) -> list[tuple[str, str]]:
         """A failure naming the count of rows whose change time is NULL: polling never sees them."""

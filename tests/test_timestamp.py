@@ -259,7 +259,12 @@ def test_a_version_counter_has_no_clock(ws):
     assert "0 changes applied" in run(ws)
     mark = json.loads(ws.query(ws.target, "SELECT position FROM cdc_checkpoints")[0][0])["orders"]
     assert mark["ts"] == 5000000000001, mark
-    assert "ahead of the source's clock" not in ws.cdc("doctor", str(ws.config)).stdout
+    doctor = ws.cdc("doctor", str(ws.config)).stdout
+    assert "ahead of the source's clock" not in doctor
+    # Rows 1 and 2 share 5000000000001: a per-row version number would look so, and lose changes.
+    assert "[WARN] orders: 1 row(s) share their version value with another row" in doctor, doctor
+    ws.sql(ws.source, "UPDATE orders SET version = 5000000000002 WHERE id = 2")
+    assert "share their version value" not in ws.cdc("doctor", str(ws.config)).stdout
 
 
 # -- SQLite text stamps compared as instants (finding 4b) --------------------------------------
