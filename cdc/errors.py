@@ -54,5 +54,6 @@ class RowError(CdcError):
 
 def first_line(exc: BaseException) -> str:
     """An error as one line for a log or a status field: a row error names table, key and column."""
-    text = exc.describe() if isinstance(exc, RowError) else str(exc)
+    orig = getattr(exc, "orig", None)  # a driver's error wrapped by SQLAlchemy: its own words, not the wrapper's
+    text = exc.describe() if isinstance(exc, RowError) else str(orig if isinstance(orig, Exception) else exc)
     return (text.splitlines() or [type(exc).__name__])[0]

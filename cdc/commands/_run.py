@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..config import Pair, load_config
+from ..config import Pair, load_config, mask_url
 from ..errors import CdcError, RowError, first_line
 from ..pipeline import PairRunner, RunResult, open_target
 
@@ -70,7 +70,9 @@ def run(config_path: str, pair: str | None = None, *, once: bool = False, progre
     outcomes = _each_pair(chosen, one, concurrently=not once)
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     if failures:
-        raise failures[0] if isinstance(failures[0], CdcError) else CdcError(str(failures[0]))
+        first = failures[0]
+        raise first if isinstance(first, CdcError) else \
+            CdcError(f"pair {chosen[outcomes.index(first)].name}: {mask_url(first_line(first))}")
     return outcomes
 
 
