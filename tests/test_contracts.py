@@ -15,7 +15,7 @@ from cdc.errors import ConfigError
 
 CORE = Path(__file__).resolve().parent.parent / "cdc"
 #: The core modules that hold adapter objects (elsewhere ``source``/``target`` are config or columns).
-SCANNED = ["pipeline.py", "audit.py", "commands", "reconcile", "apply"]
+SCANNED = ["pipeline.py", "_opening.py", "_planning.py", "_copying.py", "_streaming.py", "audit.py", "commands", "reconcile", "apply"]
 #: Variables named like an adapter object that hold something else: (module, function) -> names.
 NOT_ADAPTERS = {("apply/_writes.py", "prepare"): {"source"}}  # the row's values (a dict)
 #: Name -> protocol of the object it holds.
