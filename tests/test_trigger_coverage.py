@@ -141,3 +141,20 @@ def test_an_added_table_without_its_triggers_is_not_copied(ws):
     cdc_ok(ws, "install")
     assert "snapshot 20 rows" in cdc_ok(ws, "run", "--once").stdout
     assert same(source, target, "accounts")
+
+
+@pytest.mark.parametrize("capture", ["trigger", "timestamp"])
+def test_doctor_warns_of_a_sqlite_source_whose_readers_hold_off_the_applications_writes(ws, capture):
+    """In a rollback-journal database a reading cdc (a copy, a reconcile, a paused run) made the
+    application's commits fail with 'database is locked'; WAL lets them go on."""
+    source, target = str(ws.root / "source.db"), str(ws.root / "target.db")
+    synced_pair(ws, source, target, "trigger", ["entries"])
+    if capture == "timestamp":
+        execute(source, "ALTER TABLE entries ADD COLUMN changed TEXT")
+        ws.config.write_text(ws.config.read_text().replace("capture: trigger", "capture: timestamp\n"
+                                                           "    timestamp: {column: changed}"))
+    doctor = ws.cdc("doctor", str(ws.config))
+    assert "[WARN] journal_mode is delete: while cdc reads the database" in doctor.stdout, doctor.stdout
+    execute(source, "PRAGMA journal_mode=WAL")
+    doctor = ws.cdc("doctor", str(ws.config))
+    assert "journal_mode is wal" in doctor.stdout and "journal_mode is delete" not in doctor.stdout, doctor.stdout

@@ -24,6 +24,18 @@ class SqliteSource(SqlSource):
     def reader(self, column: sa.Column) -> Callable[[Any], Any]:
         return types.reader(column)
 
+    def database_findings(self) -> list[tuple[str, str]]:
+        """A warning when the database keeps a rollback journal: then a reader (a snapshot, a
+        reconcile, a paused cdc process) holds off the application's commits, which fail with
+        'database is locked' once their busy timeout (none by default) runs out."""
+        with self.engine.connect() as conn:
+            mode = str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower()
+        if mode == "wal":
+            return [("ok", "journal_mode is wal: cdc's reads do not hold off the application's writes")]
+        return [("warn", f"journal_mode is {mode}: while cdc reads the database (a copy, a reconcile) the "
+                         "application's commits wait for it, and fail with 'database is locked' unless they set a "
+                         "busy timeout; switch to WAL once: sqlite3 FILE 'PRAGMA journal_mode=WAL'")]
+
     def describe(self, table: str) -> TableInfo:
         info = super().describe(table)
         for column in info.columns:
@@ -49,6 +61,9 @@ class TimestampSource(TimestampCapture, SqliteSource):
         super().__init__(engine, pair, options, source_zone)
         sa.event.listen(engine, "connect", lambda dbapi_connection, record: dbapi_connection.create_function(
             sql.INSTANT_FUNCTION, 1, self._text_instant, deterministic=True))
+
+    def diagnose(self) -> list[tuple[str, str]]:
+        return super().diagnose() + self.database_findings()
 
     def wall_clock(self, column: sa.Column) -> bool:
         """Never: whatever the declared type, the stored text is compared as the instant it names."""

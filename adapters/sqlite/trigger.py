@@ -47,6 +47,8 @@ def _utc(text: str) -> dt.datetime:
 class TriggerSource(ChangelogCapture, SqliteSource):
     """The shared changelog capture with SQLite's triggers, epochs and checks of the changelog ids."""
 
+    database_findings = SqliteSource.database_findings  # before the shared capture's none
+
     changelog = sql.CHANGELOG
     changelog_mark = sql.NEWEST_ID
     create_state = sql.CREATE_STATE
