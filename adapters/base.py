@@ -34,35 +34,31 @@ class Capabilities:
     """What an adapter can do: the core asks these, never an adapter's name. ``adapter.capabilities``
     is the record; every Source and Target the adapter makes carries it as ``capabilities``."""
 
-    #: The adapter's name, as its entry point is named (also the ``target`` of a CopyRoute).
-    name: str
-    #: The SQLAlchemy backend names (``make_url(url).get_backend_name()``) the adapter serves.
-    backends: tuple[str, ...]
-    #: Capture modes as a source, the default first; () for a target-only adapter.
-    capture_modes: tuple[str, ...] = ()
-    #: The SQLAlchemy ``backend+driver`` a URL without a driver gets.
-    default_driver: str = ""
+    name: str  #: The adapter's name, as its entry point is named (also the ``target`` of a CopyRoute).
+    backends: tuple[str, ...]  #: The SQLAlchemy backend names (``URL.get_backend_name()``) it serves.
+    capture_modes: tuple[str, ...] = ()  #: Capture modes as a source, the default first; () if target only.
+    default_driver: str = ""  #: The SQLAlchemy ``backend+driver`` a URL without a driver gets.
+    schemes: tuple[str, ...] = ()  #: URL schemes besides ``backends`` meaning this database (``postgres://``).
     #: Whether a column's declared type limits what it stores (its values fit a type that holds it).
     enforces_types: bool = True
-    #: Whether date and datetime columns may hold zero dates ('0000-00-00'), checked value by value.
-    zero_dates: bool = False
-    #: The COPY formats the target's ``bulk_load`` takes; () when it does not bulk-load.
-    copy_formats: tuple[str, ...] = ()
-    #: Which of its sources make COPY data, for which targets, in which format.
-    copy_routes: tuple[CopyRoute, ...] = ()
+    zero_dates: bool = False  #: Whether date columns may hold zero dates ('0000-00-00'), checked per value.
+    copy_formats: tuple[str, ...] = ()  #: The COPY formats the target's ``bulk_load`` takes; () if none.
+    copy_routes: tuple[CopyRoute, ...] = ()  #: Which of its sources make COPY data, for which targets, how.
     #: Whether reconciliation fingerprints rows in the database (else it streams them to Python).
     in_database_fingerprints: bool = False
-    #: How the target writes an upsert: 'on_conflict' or 'on_duplicate_key'.
-    upsert_style: str = "on_conflict"
+    upsert_style: str = "on_conflict"  #: How the target writes an upsert: 'on_conflict' or 'on_duplicate_key'.
     #: Whether connecting creates a database that does not exist (a SQLite file): only `cdc init` may.
     creates_database_on_connect: bool = False
+    database_is_file: bool = False  #: The URL's database is a file path (relative: to the config's folder).
+    takes_sslmode: bool = False  #: A connection given as fields may set libpq's ``sslmode`` (else: options).
+    sqlglot_dialect: str = ""  #: sqlglot's name for the SQL, to read a --where ("": sqlglot's default).
+    #: SQL for the server's current UTC time, which judges claims ("": no server, this machine's clock).
+    server_clock: str = ""
 
     def copy_format(self, capture: str, target: Capabilities) -> str | None:
         """The COPY format a ``capture`` source writes for ``target``'s bulk_load; None: row by row."""
-        for route in self.copy_routes:
-            if route.capture == capture and route.target == target.name and route.format in target.copy_formats:
-                return route.format
-        return None
+        return next((route.format for route in self.copy_routes if route.capture == capture
+                     and route.target == target.name and route.format in target.copy_formats), None)
 
 
 @dataclass(frozen=True)
@@ -390,6 +386,10 @@ class Adapter(Protocol):
 
     def database_exists(self, connection_url: str) -> bool:
         """False only for a missing database that connecting would create; never connects (idempotent)."""
+
+    def identity(self, connection_url: str) -> tuple:
+        """What identifies the database ``connection_url`` reaches however the URL is spelt (user, password,
+        driver aside): equal for URLs that may reach one database. Never connects; ConfigError if unreadable."""
 
     def source(self, connection_url: str, pair: Any) -> Source:
         """A Source for ``pair``'s capture mode reading ``connection_url``; SourceError (stop) when the

@@ -16,9 +16,6 @@ from ._schema import Strict, checked, choice, did_you_mean, fail, validate
 from .errors import ConfigError
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-# A plain scheme means our default driver, as a DBA would expect.
-_DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
-                    "mysql": "mysql+pymysql", "mariadb": "mysql+pymysql"}
 
 mask_url = _secrets.mask_url
 
@@ -41,10 +38,23 @@ class Connection:
 
 def load_url(text: str) -> str:
     """A URL as a DBA writes it, with our default driver for a plain scheme."""
-    url = make_url(text)
-    if url.drivername in _DEFAULT_DRIVERS:
-        url = url.set(drivername=_DEFAULT_DRIVERS[url.drivername])
-    return url.render_as_string(hide_password=False)
+    return _with_default_driver(make_url(text)).render_as_string(hide_password=False)
+
+
+def _with_default_driver(url: sa.URL) -> sa.URL:
+    """A URL whose scheme names no driver (``postgresql://``, ``mariadb://``) gets the default driver
+    of the adapter the scheme means (``capabilities.default_driver``), as a DBA would expect; one that
+    names a driver, or a scheme no adapter claims (refused by the caller), is left as it is."""
+    if "+" in url.drivername:
+        return url
+    adapter = registry.for_scheme(url.drivername)
+    return url if adapter is None else url.set(drivername=adapter.capabilities.default_driver)
+
+
+def _capabilities(driver: str) -> Any:
+    """The capabilities of the adapter a connection's ``driver:`` field means, or None (refused later)."""
+    adapter = registry.for_scheme(driver.split("+")[0])
+    return None if adapter is None else adapter.capabilities
 
 
 def _port(value: Any) -> int:
@@ -125,23 +135,23 @@ def connection(doc: _yaml.Document, name: str, raw: Any) -> Connection:
 
 
 def _url_from_fields(doc: _yaml.Document, keys: tuple, fields: _Connection) -> str:
-    backend = fields.driver.split("+")[0]
-    if backend == "sqlite":
+    capabilities = _capabilities(fields.driver)
+    if capabilities is not None and capabilities.database_is_file:
         given = [k for k in ("host", "port", "user", "password", "password_file", "sslmode") if getattr(fields, k)]
         if given:
             raise doc.error(keys + (given[0],), "a SQLite connection takes only database: <file>")
     query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.options.items()}
     if fields.sslmode is not None:
-        if backend not in ("postgresql", "postgres"):
+        if capabilities is None or not capabilities.takes_sslmode:
             raise doc.error(keys + ("sslmode",), "sslmode is PostgreSQL's setting; give this driver's TLS settings "
                                                  "in options: {..}")
         query["sslmode"] = fields.sslmode
     password = fields.password
     if fields.password_file is not None:
         password = _read_password(doc, keys + ("password_file",), fields.password_file)
-    url = sa.URL.create(_DEFAULT_DRIVERS.get(fields.driver, fields.driver), username=fields.user, password=password,
+    url = sa.URL.create(fields.driver, username=fields.user, password=password,
                         host=fields.host, port=fields.port, database=fields.database, query=query)
-    return url.render_as_string(hide_password=False)
+    return _with_default_driver(url).render_as_string(hide_password=False)
 
 
 def _read_password(doc: _yaml.Document, keys: tuple, file: str) -> str:
@@ -176,14 +186,13 @@ def _normalise_url(doc: _yaml.Document, keys: tuple, text: str, written: str) ->
         raise doc.error(keys, f"{mask_url(written)!r} is not a database URL (in a password written into the URL, "
                               "write @ : / % # ? & as %40 %3A %2F %25 %23 %3F %26, or give it as ${VAR} or as "
                               "password: in connection fields)") from None
-    if url.drivername in _DEFAULT_DRIVERS:
-        url = url.set(drivername=_DEFAULT_DRIVERS[url.drivername])
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        if not os.path.isabs(url.database):
-            # Relative SQLite paths are relative to the config file, not the shell.
-            url = url.set(database=str((doc.path.parent / url.database).resolve()))
+    url = _with_default_driver(url)
     try:
-        registry.adapter_for(url.render_as_string(hide_password=False))
+        adapter = registry.adapter_for(url.render_as_string(hide_password=False))
     except ConfigError as exc:
         raise doc.error(keys, f"{exc}{did_you_mean(url.get_backend_name(), registry.adapters())}") from None
+    if adapter.capabilities.database_is_file and url.database and url.database != ":memory:":
+        if not os.path.isabs(url.database):
+            # Relative file paths are relative to the config file, not the shell.
+            url = url.set(database=str((doc.path.parent / url.database).resolve()))
     return url.render_as_string(hide_password=False)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from . import registry
 from .errors import ConfigError
 from .mapping import TableMapping
 
-#: SQLAlchemy dialect name -> sqlglot dialect name.
-_DIALECTS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
 _LITERALS = ("STRING", "NUMBER", "NATIONAL_STRING", "BIT_STRING", "HEX_STRING", "BYTE_STRING", "RAW_STRING",
              "HEREDOC_STRING")  # sqlglot TokenType names (sqlglot is imported when a --where is read)
 
@@ -25,8 +24,9 @@ _LITERALS = ("STRING", "NUMBER", "NATIONAL_STRING", "BIT_STRING", "HEX_STRING", 
 def check_where(where: str, mapping: TableMapping, source_columns: Iterable[str], target_columns: Iterable[str],
                 dialects: set[str]) -> None:
     """ConfigError (exit 2) unless ``where`` is one condition (no comment, no ``;``) and every column it
-    names is copied as it is by ``mapping``. A condition the database cannot read is refused (exit 2) by
-    the first read that uses it (see Side.count)."""
+    names is copied as it is by ``mapping``; ``dialects``: the two sides' SQLAlchemy backend names, read
+    in the sqlglot dialect their adapters name (``capabilities.sqlglot_dialect``). A condition the
+    database cannot read is refused (exit 2) by the first read that uses it (see Side.count)."""
     copied = {target.lower() for target, source, transforms in mapping.column_specs()
               if source == target and not transforms}
     known = {c.lower(): c for c in [*source_columns, *target_columns]}
@@ -51,7 +51,7 @@ def _words(where: str, dialects: set[str]) -> set[str]:
 
     literals = {TokenType[name] for name in _LITERALS}
     words: set[str] = set()
-    for name in sorted({_DIALECTS.get(d, "") for d in dialects}):
+    for name in sorted({registry.for_backend(d).capabilities.sqlglot_dialect for d in dialects}):
         try:
             tokens = sqlglot.Dialect.get_or_raise(name or None).tokenize(where)
         except SqlglotError as exc:

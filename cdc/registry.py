@@ -57,7 +57,14 @@ def _named(backend: str) -> Any:
 
 def adapter_for(url: str) -> Any:
     """The adapter for a database URL; ConfigError if none is installed for its kind."""
-    backend = make_url(url).get_backend_name()
+    return for_backend(make_url(url).get_backend_name())
+
+
+@cache
+def for_backend(backend: str) -> Any:
+    """The adapter serving SQLAlchemy backend ``backend`` (e.g. a connection's ``dialect.name``): the
+    one whose entry point is named after it, loaded alone, else any installed one that serves it;
+    ConfigError if none is installed for its kind."""
     named = _named(backend)
     if named is not None:
         return named
@@ -65,3 +72,15 @@ def adapter_for(url: str) -> Any:
     if backend not in known:
         raise ConfigError(f"no cdc-sync adapter for {backend!r} databases (installed: {', '.join(sorted(known)) or 'none'})")
     return known[backend]
+
+
+@cache
+def for_scheme(scheme: str) -> Any | None:
+    """The adapter a URL scheme without a driver means (a backend it serves, or one of its
+    ``capabilities.schemes`` such as ``postgres``), or None when no installed adapter claims it.
+    A scheme that names no entry point (``mariadb``, ``postgres``) loads every adapter to find it."""
+    named = _named(scheme)
+    if named is not None:
+        return named
+    return next((a for a in adapters().values() if scheme in a.capabilities.backends + a.capabilities.schemes), None)
+

@@ -141,3 +141,72 @@ def test_two_adapters_with_one_name_are_an_error():
 def test_two_adapters_for_one_backend_are_an_error():
     with pytest.raises(ConfigError, match=r"serve 'mysql'.*mysql = m:adapter.*maria = x:adapter"):
         registry.index([_entry("mysql", ("mysql",), "m:adapter"), _entry("maria", ("mariadb", "mysql"), "x:adapter")])
+
+
+#: Where cdc/ may still decide by a database's name, and why.
+NAMED_ON_PURPOSE = {
+    "state/migrations",  # alembic runs each revision, as written then, on the dialect SQLAlchemy hands it
+}
+
+
+def _database_names() -> set[str]:
+    names: set[str] = set()
+    for adapter in registry.adapters().values():
+        names |= {adapter.capabilities.name, *adapter.capabilities.backends, *adapter.capabilities.schemes}
+    return names
+
+
+def _decided_by(tree: ast.AST, names: set[str]):
+    """(line, name) for every database name compared with (``==``, ``in``) or used as a dict key."""
+    def named(node: ast.AST | None):
+        if isinstance(node, ast.Constant) and node.value in names:
+            yield node.lineno, node.value
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            for element in node.elts:
+                yield from named(element)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in (node.left, *node.comparators):
+                yield from named(side)
+        elif isinstance(node, ast.Dict):
+            for key in node.keys:
+                yield from named(key)
+
+
+def test_the_core_decides_by_no_database_name():
+    names = _database_names()
+    found = [f"{path.relative_to(CORE)}:{line} {name!r}" for path in sorted(CORE.rglob("*.py"))
+             if not any(path.relative_to(CORE).as_posix().startswith(p) for p in NAMED_ON_PURPOSE)
+             for line, name in _decided_by(ast.parse(path.read_text()), names)]
+    assert not found, "ask a capability (adapters/base.py Capabilities) instead:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("written, loaded", [
+    ("postgresql://h/d", "postgresql+psycopg://h/d"), ("postgres://h/d", "postgresql+psycopg://h/d"),
+    ("mysql://h/d", "mysql+pymysql://h/d"), ("mariadb://h/d", "mysql+pymysql://h/d"),
+    ("postgresql+psycopg2://h/d", "postgresql+psycopg2://h/d"), ("sqlite:///x.db", "sqlite:///x.db"),
+])
+def test_a_plain_scheme_gets_its_adapters_default_driver(written, loaded):
+    from cdc.config import load_url
+
+    assert load_url(written) == loaded
+
+
+def test_a_scheme_no_adapter_claims_is_left_to_the_registry_to_refuse():
+    assert registry.for_scheme("oracle") is None
+    with pytest.raises(ConfigError, match="no cdc-sync adapter for 'oracle'"):
+        registry.adapter_for("oracle://h/d")
+
+
+def test_every_adapter_names_its_sql_for_sqlglot_and_identifies_its_urls(tmp_path):
+    import sqlglot
+
+    from cdc._identity import database_identity
+
+    for adapter in {id(a): a for a in registry.adapters().values()}.values():
+        sqlglot.Dialect.get_or_raise(adapter.capabilities.sqlglot_dialect or None)
+    assert database_identity("mysql://u@127.0.0.1/shop") == database_identity("mariadb://v:pw@localhost:3306/shop")
+    assert database_identity("postgresql://h:5433/d") != database_identity("postgresql://h:5434/d")
+    (tmp_path / "x.db").touch()
+    assert database_identity(f"sqlite:///{tmp_path}/x.db") == database_identity(f"sqlite:///{tmp_path}/./x.db")

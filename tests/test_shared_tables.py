@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from cdc._identity import case_insensitive
+from cdc.adapters.sqlite.identity import case_insensitive
 from cdc.config import load_config
 
 SCHEMA = "CREATE TABLE invoices (id INTEGER PRIMARY KEY, status TEXT NOT NULL, amount NUMERIC(10,2) NOT NULL);"

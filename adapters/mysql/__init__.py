@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .capabilities import CAPABILITIES
+from .identity import identity as database_identity
 from .fingerprint import MySQLFingerprints
 from .binlog import BinlogSource
 from .source import TimestampSource
@@ -21,6 +22,10 @@ class MySQLAdapter:
     def database_exists(self, connection_url: str) -> bool:
         """Always True: connecting never creates a MySQL database (a missing one fails to connect)."""
         return True
+
+    def identity(self, connection_url: str) -> tuple:
+        """(host, port, database) as PyMySQL connects (see identity.py)."""
+        return database_identity(connection_url)
 
     def source(self, connection_url: str, pair: Any) -> BinlogSource | TriggerSource | TimestampSource:
         made = engine(connection_url, pair.source_timezone)

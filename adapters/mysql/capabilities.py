@@ -12,4 +12,6 @@ CAPABILITIES = Capabilities(
     copy_routes=tuple(CopyRoute(mode, "postgresql", "text") for mode in ("binlog", "trigger", "timestamp")),
     in_database_fingerprints=True,
     upsert_style="on_duplicate_key",
+    sqlglot_dialect="mysql",
+    server_clock="UTC_TIMESTAMP(6)",
 )

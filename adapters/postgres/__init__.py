@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .capabilities import CAPABILITIES
+from .identity import identity as database_identity
 from .fingerprint import PostgresFingerprints
 from .logical import LogicalSource
 from .source import TimestampSource
@@ -22,6 +23,10 @@ class PostgresAdapter:
     def database_exists(self, connection_url: str) -> bool:
         """Always True: connecting never creates a PostgreSQL database (a missing one fails to connect)."""
         return True
+
+    def identity(self, connection_url: str) -> tuple:
+        """(host, port, database) as libpq connects (see identity.py)."""
+        return database_identity(connection_url)
 
     def source(self, connection_url: str, pair: Any) -> LogicalSource | TriggerSource | TimestampSource:
         engine = sa.create_engine(connection_url, pool_pre_ping=True)

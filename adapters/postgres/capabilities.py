@@ -12,4 +12,8 @@ CAPABILITIES = Capabilities(
     copy_routes=(CopyRoute("logical", "postgresql", "binary"),),
     in_database_fingerprints=True,
     upsert_style="on_conflict",
+    schemes=("postgres",),  # the scheme libpq also accepts
+    takes_sslmode=True,
+    sqlglot_dialect="postgres",
+    server_clock="clock_timestamp()",  # not now(): the transaction's start, which may be long ago
 )

@@ -11,6 +11,7 @@ from sqlalchemy.engine import make_url
 from cdc.errors import SourceError
 
 from .capabilities import CAPABILITIES
+from .identity import identity as database_identity
 from .fingerprint import SqliteFingerprints
 from .source import TimestampSource
 from .target import SqliteTarget
@@ -52,6 +53,10 @@ class SqliteAdapter:
         """Whether the file exists (an in-memory database always does); never creates it."""
         database = make_url(connection_url).database
         return not database or database == ":memory:" or os.path.exists(database)
+
+    def identity(self, connection_url: str) -> tuple:
+        """The database file, however its path is spelt (see identity.py)."""
+        return database_identity(connection_url)
 
     def source(self, connection_url: str, pair: Any):
         """A Source for the pair's capture mode; SourceError if the database file is missing."""

@@ -11,4 +11,7 @@ CAPABILITIES = Capabilities(
     in_database_fingerprints=True,  # through functions registered on each connection
     upsert_style="on_conflict",
     creates_database_on_connect=True,  # a missing file is created by the first connection
+    database_is_file=True,
+    sqlglot_dialect="sqlite",
+    # server_clock: none, SQLite has no server (its claims are judged by this machine's clock)
 )

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from ..changes import dumps, loads
 from ..errors import CdcError, StateError
-from ._store import aware, db_now, now
+from ._store import aware, db_now, now, server_clock
 from ._tables import checkpoints, leases
 
 
@@ -272,13 +272,9 @@ def set_state(conn: sa.Connection, claim: Claim, retrying: str | None) -> None:
 
 def _clock(conn: sa.Connection) -> Any:
     """The database's current time as an SQL expression (no extra round trip), or this machine's
-    for SQLite, which has no server."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        return sa.func.clock_timestamp()
-    if dialect in ("mysql", "mariadb"):
-        return sa.func.utc_timestamp(6)
-    return now()
+    for a database without a server (SQLite)."""
+    clock = server_clock(conn)
+    return now() if clock is None else clock
 
 
 def committed(claim: Claim, texts: tuple[str, str | None]) -> None:

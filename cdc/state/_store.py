@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .. import registry
 from ..changes import loads
 from ._tables import audit_log, checkpoints, dead_letters, reconcile_runs
 
@@ -40,15 +41,18 @@ def now() -> dt.datetime:
 def db_now(conn: sa.Connection) -> dt.datetime:
     """The database server's clock (aware UTC), for times that processes on different machines
     compare (claim heartbeats): a machine whose clock runs ahead must not see a live holder as
-    expired. SQLite has no server: its clock is this machine's."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        value = conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
-    elif dialect in ("mysql", "mariadb"):
-        value = conn.execute(sa.text("SELECT UTC_TIMESTAMP(6)")).scalar()
-    else:
+    expired. A database without a server (SQLite) has this machine's clock."""
+    clock = server_clock(conn)
+    if clock is None:
         return now()
-    return aware(value).astimezone(dt.timezone.utc)
+    return aware(conn.execute(sa.select(clock)).scalar()).astimezone(dt.timezone.utc)
+
+
+def server_clock(conn: sa.Connection) -> sa.ColumnElement | None:
+    """The server's current UTC time as an SQL expression, as the target's adapter writes it
+    (``capabilities.server_clock``), or None when the database has no server."""
+    clock = registry.for_backend(conn.dialect.name).capabilities.server_clock
+    return sa.literal_column(clock) if clock else None
 
 
 def read_checkpoint(conn: sa.Connection, pair: str) -> Checkpoint | None:
