@@ -1,9 +1,7 @@
 """The contracts every adapter fulfils: Adapter, Source, Target, Fingerprints and the records they share.
 
-Errors: RetryableError means "try again with back-off" (lock, lost connection);
-RowError concerns one row (parked or fatal by the pair's on_error); every other
-CdcError stops the pair with its message.
-"""
+Errors: RetryableError means "try again with back-off" (lock, lost connection); RowError concerns one row
+(parked or fatal by the pair's on_error); every other CdcError stops the pair with its message."""
 
 from __future__ import annotations
 
@@ -324,6 +322,9 @@ class Target(Reads, Protocol):
     def checkpoint(self, pair: str) -> state.Checkpoint | None:
         """The pair's checkpoint, or None (read-only, idempotent); a database error is raised as it is,
         for the caller to retry or stop."""
+
+    def other_writers(self, pair: str) -> dict[str, list[tuple[str, bool]]]:
+        """Per target table, the other pairs whose checkpoints here write it, and whether each marks it shared."""
 
     def set_generation(self, pair: str, generation: str | None) -> None:
         """Record the capture installation the pair's checkpoint belongs to, once (a checkpoint that has

@@ -8,7 +8,7 @@ from typing import Any
 from . import apply
 from ._opening import OLD_ROWS, capture_gap
 from .changes import dumps
-from .errors import SourceError
+from .errors import ConfigError, SourceError
 from .mapping import identity_change
 
 logger = logging.getLogger("cdc.pipeline")  # the name `cdc run` prints with every line
@@ -30,6 +30,7 @@ class _Planning:
         and the checkpoint says so at once, so a table added back later is copied again rather
         than trusted.
         """
+        self._require_sole_writer()
         self._identities = {t: m.identity() for t, m in self.mappings.items()}
         copied = checkpoint.tables if checkpoint is not None else {}
         stored = (checkpoint.snapshot or {}).get("tables", {}) if checkpoint is not None else {}
@@ -61,6 +62,24 @@ class _Planning:
                 self._retrying(lambda: apply.advance(self.target, self.pair.name, position, snapshot=snapshot,
                                                      tables=tables))
         return position
+
+    def _require_sole_writer(self) -> None:
+        """ConfigError when another pair's checkpoint in this target writes one of this pair's target
+        tables (a pair of another config file: one config's pairs are checked against each other
+        when it is loaded) and the two do not both mark it shared: each would overwrite and delete
+        the other's rows, and which rows survived would depend on the order they ran in."""
+        writers = self.target.other_writers(self.pair.name)
+        for mapping in self.mappings.values():
+            clash = [other for other, shared in writers.get(mapping.target, ())
+                     if not (shared and mapping.spec.shared)]
+            if clash:
+                raise ConfigError(
+                    f"pair {self.pair.name}: target table {mapping.target} is also written by pair "
+                    f"{', '.join(sorted(set(clash)))} (its checkpoint in {self.pair.target.name} says so): two pairs "
+                    "writing one table overwrite and delete each other's rows. Mark the table `shared: true` with a "
+                    "constant key column in both mappings (README: Shared target tables), or write another table; "
+                    f"if pair {clash[0]} no longer runs, remove its checkpoint: DELETE FROM cdc_checkpoints WHERE "
+                    f"pair = '{clash[0]}' in the target ({mapping.spec.origin})")
 
     def _require_capture(self) -> None:
         """SourceError (the words of `cdc status`) when capture no longer covers a streamed table:

@@ -84,8 +84,11 @@ class TableMapping:
         columns = {target: [source, [list(t) for t in transforms]]
                    for target, source, transforms in sorted(self.column_specs(), key=lambda c: c[0])}
         filters = [[f.column, f.op, f.value] for f in self.spec.filters]
-        return {"target": self.target, "columns": _digest(columns), "filter": _digest(filters),
-                "key": _digest([self.source_key, self.target_key]), "zone": self.source_zone}
+        identity = {"target": self.target, "columns": _digest(columns), "filter": _digest(filters),
+                    "key": _digest([self.source_key, self.target_key]), "zone": self.source_zone}
+        if self.spec.shared:  # read by pairs of other configs writing the same target table
+            identity["shared"] = True
+        return identity
 
     def column_specs(self) -> list[tuple[str, str | None, tuple[tuple[str, Any], ...]]]:
         """(target column, source column or None, transforms as (name, argument)) in target order."""

@@ -162,6 +162,38 @@ def test_shared_table_with_distinct_constants_keeps_every_pairs_rows_in_any_orde
     assert ledger("ALL") == source and ledger("SENT") == [r for r in source if r[1] != "draft"]
 
 
+def test_pairs_of_two_config_files_writing_one_table_are_refused_unless_both_share_it(erp):
+    """Each config alone is fine, so `check` cannot see it; the target's checkpoints can: the second
+    pair to run stops (exit 2) naming the first, instead of overwriting and deleting its rows."""
+    mapping_file(erp, "all.yaml", "tables:\n  invoices:\n    target: fakturaer\n")
+    mapping_file(erp, "sent.yaml", "tables:\n  invoices:\n    target: fakturaer\n    filter:\n"
+                                   "      - {column: status, op: '!=', value: draft}\n")
+    other = erp.root / "other.yaml"
+    config(erp, "all: {source: erp, target: ledger, mapping: all.yaml}\n")
+    other.write_text(erp.config.read_text().replace("all: {", "sent: {").replace("all.yaml", "sent.yaml"))
+    for path in (erp.config, other):
+        for command in ("init", "install"):
+            assert erp.cdc(command, str(path)).returncode == 0
+    assert erp.cdc("run", "--once", str(erp.config)).returncode == 0
+    refused = erp.cdc("run", "--once", str(other))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.startswith("error: pair sent: target table fakturaer is also written by pair all (its "
+                                     "checkpoint in ledger says so)"), refused.stderr
+    assert "DELETE FROM cdc_checkpoints WHERE pair = 'all'" in refused.stderr
+    assert erp.query(erp.target, "SELECT count(*) FROM fakturaer") == [(10,)]  # nothing of sent's written
+    assert erp.cdc("status", str(other)).returncode == 1
+    # Both marked shared, each with its own constant: both run.
+    mapping_file(erp, "all.yaml", SHARED.format(source="ALL", filter=""))
+    mapping_file(erp, "sent.yaml", SHARED.format(source="SENT", filter=""))
+    erp.sql(erp.target, "DROP TABLE fakturaer; DELETE FROM cdc_checkpoints")
+    for path in (erp.config, other):
+        for command in ("init", "run"):
+            result = erp.cdc(command, *(["--once"] if command == "run" else []), str(path))
+            assert result.returncode == 0, result.stderr
+    assert erp.query(erp.target, "SELECT kilde, count(*) FROM fakturaer GROUP BY kilde ORDER BY kilde") == \
+        [("ALL", 10), ("SENT", 10)]
+
+
 # -- one database, many spellings ----------------------------------------------------------------
 def sqlite_spellings(root):
     """Other URLs of target.db: each reaches the same file (or, before it exists, the same path)."""

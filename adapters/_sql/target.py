@@ -208,6 +208,11 @@ class SqlTarget(KeyedReads):
             state.ensure_current(conn)
             return state.read_checkpoint(conn, pair)
 
+    def other_writers(self, pair: str) -> dict[str, list[tuple[str, bool]]]:
+        with self.engine.connect() as conn:
+            state.ensure_current(conn)
+            return state.other_writers(conn, pair)
+
     def is_empty(self, table: str) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.exists().select_from(sa.table(table)))).scalar() is False

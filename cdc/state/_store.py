@@ -71,6 +71,24 @@ def read_checkpoint(conn: sa.Connection, pair: str) -> Checkpoint | None:
                       tables_recorded=False)
 
 
+def other_writers(conn: sa.Connection, pair: str) -> dict[str, list[tuple[str, bool]]]:
+    """Per target table, the other pairs whose checkpoints in this database stream or copy into
+    it, each with whether its mapping marks the table shared (tables recorded by name only, or
+    before identities named their target, are not known and not listed)."""
+    found: dict[str, list[tuple[str, bool]]] = {}
+    rows = conn.execute(sa.select(checkpoints.c.pair, checkpoints.c.tables, checkpoints.c.snapshot)
+                        .where(checkpoints.c.pair != pair))
+    for other, tables, snapshot in rows:
+        streamed = loads(tables) if tables else {}
+        copying = ((loads(snapshot) or {}).get("tables") or {}) if snapshot else {}
+        identities = [*(streamed.values() if isinstance(streamed, dict) else ()),
+                      *(p.get("mapping") for p in copying.values() if isinstance(p, dict))]
+        for identity in identities:
+            if isinstance(identity, dict) and identity.get("target"):
+                found.setdefault(identity["target"], []).append((other, bool(identity.get("shared"))))
+    return found
+
+
 def _snapshotted_tables(conn: sa.Connection, pair: str) -> dict[str, dict | None]:
     """The streamed tables of a checkpoint written before 0003 recorded them: those with a snapshot
     audit row. A table not found (one empty at its snapshot, or a pruned audit log) is copied again,
