@@ -40,3 +40,10 @@ def test_the_core_imports_no_adapter():
     offenders = [f"{path.relative_to(ROOT)}: {name}" for path in (ROOT / "cdc").rglob("*.py")
                  for name in _imports(path) if name.startswith("cdc.adapters")]
     assert not offenders, offenders
+
+
+def test_no_module_is_over_400_lines():
+    """Modules split by concept (STYLE.md): a module past 400 lines is doing more than one thing."""
+    long = {str(path.relative_to(ROOT)): n for folder in (ROOT / "cdc", ROOT / "adapters")
+            for path in folder.rglob("*.py") if (n := len(path.read_text().splitlines())) > 400}
+    assert not long, long
