@@ -8,6 +8,8 @@ comes first; with ``--key`` the list is that row's whole history, oldest first.
 
 from __future__ import annotations
 
+import csv
+
 import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
@@ -78,13 +80,21 @@ def _key_matches(stored: list, wanted: list[str] | None) -> bool:
     return wanted is None or [str(v) for v in stored] == wanted
 
 
+def _key_values(key: str) -> list[str]:
+    """``--key`` as values: comma-separated, each trimmed; a value holding a comma or spaces of its
+    own is written in double quotes, as in CSV (``--key '"Berg, Ola",7'``)."""
+    if '"' in key:
+        return next(csv.reader([key], skipinitialspace=True))
+    return [part.strip() for part in key.split(",")]
+
+
 def trail(target: Any, *, pairs: list[str] | None = None, table: str | None = None, key: str | None = None,
           since: str | None = None, until: str | None = None, op: str | None = None,
           limit: int = 1000) -> AuditTrail:
     """The audit entries in ``target``'s state tables matching the filters (the list capped at
     ``limit``; counts are exact)."""
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
-    wanted = None if key is None else [part.strip() for part in key.split(",")]
+    wanted = None if key is None else _key_values(key)
     result = AuditTrail({"pairs": pairs, "table": table, "key": key, "since": since, "until": until, "op": op},
                         limit=limit)
     log, dead = state.audit_log, state.dead_letters

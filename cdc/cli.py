@@ -250,7 +250,8 @@ def reconcile(config: str, pair: str | None, table: str | None, where: str | Non
 @CONFIG
 @PAIR
 @click.option("--table", metavar="TABLE", help="Only this table (source or target name).")
-@click.option("--key", metavar="VALUES", help="Only this row (key values, comma-separated): its whole history.")
+@click.option("--key", metavar="VALUES", help="Only this row (key values, comma-separated; a value with a comma "
+                                               "in double quotes): its whole history.")
 @click.option("--since", metavar="WHEN", help="From this date or date-time (ISO, UTC unless an offset is given).")
 @click.option("--until", metavar="WHEN", help="Before this date or date-time.")
 @click.option("--op", type=click.Choice(["insert", "update", "delete", "snapshot"]), help="Only this operation.")

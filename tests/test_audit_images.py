@@ -108,3 +108,19 @@ def test_an_old_image_a_transform_now_refuses_is_recorded_not_fatal():
     assert "$error" in image["belop"] and "3.005" in image["belop"]["$error"]
     assert mapping.image({"id": 7, "amount": Decimal("3.5"), "email": EMAIL}) == {"nr": 7, "belop": Decimal("3.50")}
     assert mapping.read_columns() == {"id", "amount", "status"}
+
+
+def test_audit_key_with_a_comma_in_a_value_is_written_in_double_quotes(ws):
+    """A text key holding a comma ('Berg, Ola') was split in two and found nothing, exit 0."""
+    ws.sql(ws.source, "CREATE TABLE people (name TEXT NOT NULL, no INTEGER NOT NULL, note TEXT, "
+                      "PRIMARY KEY (name, no)); INSERT INTO people VALUES ('Berg, Ola', 7, 'a'), ('Berg', 7, 'b')")
+    ws.write_config("source: src\ntarget: dst\ntables: [people]")
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    ws.sql(ws.source, "UPDATE people SET note = 'c' WHERE name = 'Berg, Ola'")
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    trail = ws.cdc("audit", str(ws.config), "--table", "people", "--key", '"Berg, Ola",7', "--format", "json")
+    entries = json.loads(trail.stdout)["entries"]
+    assert [(e["op"], e["key"]) for e in entries] == [("snapshot", ["Berg, Ola", 7]), ("update", ["Berg, Ola", 7])], \
+        trail.stdout
