@@ -183,3 +183,20 @@ def _downgrade(db, revision: str) -> None:
         config.attributes["connection"] = conn
         command.downgrade(config, revision)
     engine.dispose()
+
+
+def test_a_sqlite_real_in_a_numeric_column_is_copied_as_the_triggers_log_it(ws):
+    """0.1 + 0.2 stored in NUMERIC(12,2) is the REAL 0.30000000000000004: the copy parked it (more than
+    2 decimals) while the triggers logged 0.3 and the stream applied it, one value, two rules."""
+    ws.sql(ws.source, "CREATE TABLE inv (id INTEGER PRIMARY KEY, total NUMERIC(12,2) NOT NULL);"
+                      "INSERT INTO inv VALUES (1, 0.1 + 0.2)")
+    ws.write_config("source: src\ntarget: dst\ntables: [inv]\non_error: park")
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert "snapshot 1 rows" in result.stdout and "parked" not in result.stdout, result.stdout + result.stderr
+    assert ws.query(ws.target, "SELECT id, CAST(total AS TEXT) FROM inv") == [(1, "0.3")]
+    assert ws.query(ws.target, "SELECT count(*) FROM cdc_dead_letters") == [(0,)]
+    ws.sql(ws.source, "UPDATE inv SET total = 0.1 + 0.2 + 1 WHERE id = 1")
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    assert ws.query(ws.target, "SELECT id, CAST(total AS TEXT) FROM inv") == [(1, "1.3")]

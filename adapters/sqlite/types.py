@@ -55,9 +55,12 @@ def writer(column: sa.Column) -> Callable[[Any], Any]:
 
 
 def _read_decimal(value: Any, pad: Decimal | None) -> Decimal | None:
+    """A stored number as an exact Decimal. A REAL holds 15 significant digits exactly (SQLite prints
+    and logs it so: the capture triggers' JSON has 0.1 + 0.2 as 0.3); digits past them are the
+    float's noise, so a copy reads it as a change logged by the triggers does."""
     if value is None:
         return None
-    number = to_decimal(value)
+    number = to_decimal(format(value, f".{EXACT_DIGITS}g") if isinstance(value, float) else value)
     if pad is not None and number.is_finite() and number.as_tuple().exponent > pad.as_tuple().exponent:
         number = number.quantize(pad, context=EXACT)  # only pads zeros: 0.1 -> 0.10
     return number
