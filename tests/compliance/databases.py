@@ -7,6 +7,7 @@ as a bool (SQLite and MySQL store 0/1), bytes as bytes. Anything else is compare
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import sqlite3
@@ -70,6 +71,27 @@ class Database:
         if self.kind == "postgresql":
             return self._postgresql(statements)
         return self._mysql(statements)
+
+    @contextlib.contextmanager
+    def watching(self, statement: str):
+        """A function giving the first value ``statement`` returns now, on one connection kept open
+        (autocommit) for the block: a test polls progress without a connection per look."""
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30, isolation_level=None)
+        elif self.kind == "postgresql":
+            conn = psycopg.connect(self.url, autocommit=True)
+        else:
+            parts = sa.engine.make_url(self.url)
+            conn = pymysql.connect(host=parts.host, port=parts.port, user=parts.username, autocommit=True,
+                                   password=parts.password or "", database=parts.database)
+        try:
+            def look():
+                cursor = conn.cursor()
+                cursor.execute(statement)
+                return cursor.fetchone()[0]
+            yield look
+        finally:
+            conn.close()
 
     def rows(self, where: str = "") -> list[tuple]:
         """The items table in key order, as canonical values."""
