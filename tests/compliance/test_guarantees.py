@@ -40,6 +40,16 @@ def test_a_source_transaction_is_applied_whole_in_one_target_transaction(make_pa
     audit = pair.target.audit()
     assert Counter(op for op, *_ in audit) == {"insert": 10, "update": 4}
     assert len({txid for *_, txid in audit}) == 1 and audit[0][-1], "the changes carry one source transaction"
+    # Two more committed between two reads, the second again longer than a batch: each whole.
+    pair.source.transaction([pair.update(5, "5.55", "alene")])
+    pair.source.transaction([pair.delete(key) for key in range(6, 13)])
+    pair.ok("run", "--once")
+    # xmin: the target transaction that wrote an audit row. A capture that numbers epochs rather than
+    # transactions (SQLite and MySQL trigger capture) may give both one source_txid: never two to one.
+    written_by = pair.target.execute("SELECT source_txid, op, xmin::text FROM cdc_audit_log WHERE op <> 'snapshot'")
+    assert all(len({x for t, _, x in written_by if t == txid}) == 1 for txid, _, _ in written_by), written_by
+    deletes = [x for _, op, x in written_by if op == "delete"]
+    assert len(deletes) == 7 and len(set(deletes)) == 1, f"a transaction of 7 deletes was split: {written_by}"
     pair.assert_target_equals_source()
 
 
