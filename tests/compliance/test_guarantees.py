@@ -1,9 +1,11 @@
-"""The guarantees, each source case into PostgreSQL: a transaction applied whole, exactly-once
-across SIGKILL, park vs stop, drift found and repaired, capture installed again.
+"""The guarantees, each source case into PostgreSQL: a transaction applied whole, a snapshot resumed
+after SIGKILL, exactly-once across SIGKILL while streaming, park vs stop, drift found and repaired,
+capture installed again.
 
 Each runs against one target because what it checks belongs to the source side (its positions,
 its installation) or to the core's apply path, which every target shares; the targets' own
-differences are the cheap scenarios' cross product (test_sync.py).
+differences are the cheap scenarios' cross product (test_sync.py), and park vs stop, where how a
+target refuses a row is its own, runs into every target from one cheap source too.
 """
 
 from __future__ import annotations
