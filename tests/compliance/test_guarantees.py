@@ -55,10 +55,13 @@ def test_a_source_transaction_is_applied_whole_in_one_target_transaction(make_pa
     pair.assert_target_equals_source()
 
 
-def random_changes(pair, rng: random.Random, transactions: int, log: list) -> None:
-    """Small source transactions of inserts, updates and deletes; ``log`` gets each change's (op, key)."""
+def random_changes(pair, rng: random.Random, transactions: int, log: list, enough=lambda: True) -> None:
+    """Small source transactions of inserts, updates and deletes, up to ``transactions`` of them and at
+    least 20, until ``enough()``; ``log`` gets each change's (op, key)."""
     live = [row[0] for row in pair.source.live_rows()]
-    for _ in range(transactions):
+    for made in range(transactions):
+        if made >= 20 and enough():
+            break
         statements, keys = [], set()
         for _ in range(rng.randint(1, 3)):
             roll = rng.random()
@@ -86,11 +89,11 @@ def random_changes(pair, rng: random.Random, transactions: int, log: list) -> No
 APPLIED = "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'"
 
 
-def kill_while_streaming(pair, busy, rng: random.Random, kills: int = 3) -> list[int]:
+def kill_while_streaming(pair, busy, rng: random.Random, applied_at_kills: list[int], kills: int = 3) -> None:
     """Start `cdc run` and SIGKILL it after it has applied a few more changes (on observed progress,
-    not a timer), again and again while ``busy()`` and at least ``kills`` times; the changes applied
-    at each kill. A run that finds nothing more to apply once ``busy()`` is over is killed after 1 s."""
-    applied_at_kills: list[int] = []
+    not a timer), again and again while ``busy()`` and at least ``kills`` times; appends the changes
+    applied at each kill. A run that finds nothing more to apply once ``busy()`` is over is killed
+    after 1 s."""
     with pair.target.watching(APPLIED) as applied:
         while busy() or len(applied_at_kills) < kills:
             run, wanted, idle_since = pair.start("run"), applied() + rng.randint(1, 6), None
@@ -101,7 +104,11 @@ def kill_while_streaming(pair, busy, rng: random.Random, kills: int = 3) -> list
                 time.sleep(0.002)
             run.kill()
             applied_at_kills.append(applied())
-    return applied_at_kills
+
+
+def landed(applied_at_kills: list[int]) -> int:
+    """How many kills hit a run that had applied changes (not one idle or still starting)."""
+    return sum(later > earlier for earlier, later in zip([0] + applied_at_kills, applied_at_kills))
 
 
 @every_source
@@ -111,13 +118,14 @@ def test_sigkill_while_streaming_loses_and_doubles_nothing(make_pair, case):
     pair.setup(batch_size=3, poll_interval=0.05)
     pair.ok("run", "--once")  # the snapshot first: every later change must be audited exactly once
     log: list = []
-    writer = threading.Thread(target=random_changes, args=(pair, random.Random(5), 40, log))
+    at_kills: list[int] = []  # the source changes while three kills land, however slow the machine
+    writer = threading.Thread(target=random_changes,
+                              args=(pair, random.Random(5), 150, log, lambda: landed(at_kills) >= 3))
     writer.start()
-    at_kills = kill_while_streaming(pair, writer.is_alive, random.Random(12))
+    kill_while_streaming(pair, writer.is_alive, random.Random(12), at_kills)
     writer.join()
     pair.ok("run", "--once")
-    landed = sum(later > earlier for earlier, later in zip([0] + at_kills, at_kills))
-    assert landed >= 3, f"the kills must land while changes are applied: applied at each kill {at_kills}"
+    assert landed(at_kills) >= 3, f"the kills must land while changes are applied: applied at each kill {at_kills}"
     pair.assert_target_equals_source()
     audit = pair.target.audit()
     if case.every_change:
