@@ -1,4 +1,4 @@
-"""SQLite -> PostgreSQL: exact types, random workload, SIGKILL and a target restart, bad connection."""
+"""SQLite -> PostgreSQL: exact types, random workload, a target restart, bad connection (SIGKILL: tests/compliance)."""
 
 from __future__ import annotations
 
@@ -90,25 +90,6 @@ def test_exact_types_and_random_changes_into_postgresql(ws, pg_url):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'").scalar() == changes
     engine.dispose()
-
-
-def test_sigkill_while_applying_into_postgresql(ws, pg_url):
-    pg_pair(ws, pg_url, batch_size=7, poll_interval=0.05)
-    workload.run(ws.source, 500, seed=21)
-    # The snapshot first, so every kill lands in streaming however slowly a busy machine starts `cdc run`
-    # (kills during a snapshot: tests/test_kill.py).
-    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
-    done, changes = threading.Event(), []
-    writer = threading.Thread(target=lambda: (changes.append(workload.run(ws.source, 3000, seed=22, pause=0.008)),
-                                              done.set()))
-    writer.start()
-    ws.kill_while(lambda: not done.is_set(), 3, 0.6, 1.5)
-    writer.join()
-    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
-    assert_equal(ws, pg_url)
-    positions = audited_positions(pg_url)
-    assert positions, "no change was streamed"
-    assert positions == list(range(positions[0], 500 + changes[0] + 1)), "a change was lost or applied twice"
 
 
 def test_wrong_password_and_unreachable_host_are_clear_and_masked(ws, pg_server):

@@ -48,14 +48,6 @@ def test_rows_sharing_or_trailing_the_watermark_are_not_missed(ws):
     assert ws.rows(ws.target, "products") == ws.rows(ws.source, "products")
 
 
-def test_soft_delete_deletes_in_the_target(ws):
-    timestamp_pair(ws)
-    ws.sql(ws.source, "UPDATE products SET deleted = 1, updated_at = '2024-05-02 08:00:00' WHERE sku = 'A-2'")
-    run(ws)
-    assert [r[0] for r in ws.rows(ws.target, "products")] == ["A-1"]
-    assert ws.query(ws.target, "SELECT op, key FROM cdc_audit_log WHERE op != 'snapshot'") == [("delete", '["A-2"]')]
-
-
 def test_missing_timestamp_column_is_a_clear_error(ws):
     ws.sql(ws.source, "CREATE TABLE products (sku TEXT PRIMARY KEY, changed TEXT)")
     ws.write_config("source: src\ntarget: dst\ncapture: timestamp\ntables: [products]\ntimestamp: {column: updated_at}")

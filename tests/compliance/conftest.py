@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
+import cli_fork
 from compliance.cases import Source
 from compliance.databases import Database
 
@@ -42,6 +47,11 @@ class Pair:
         assert result.returncode == 0, f"cdc {' '.join(args)}: {result.stdout}{result.stderr}"
         return result.stdout
 
+    def start(self, *args: str) -> "Running":
+        """`cdc ARGS CONFIG` started and left running, for a test to SIGKILL (forked as ``cdc`` is: see
+        tests/cli_fork.py; a kill here waits on observed progress, so start-up time does not matter)."""
+        return Running([*args, str(self.ws.config)], self.ws.root)
+
     def setup(self, **options) -> None:
         """Config, `cdc init`, `cdc install`."""
         self.write_config(**options)
@@ -53,6 +63,16 @@ class Pair:
         """The statement inserting ``row`` (id, amount, at, day, note, raw, flag), stamped now."""
         return (f"INSERT INTO items (id, amount, at, day, note, raw, flag, updated_at, deleted) "
                 f"VALUES (%s, %s, %s, %s, %s, %s, %s, {self.source.now}, %s)", (*row, False))
+
+    def insert_many(self, rows: list[tuple], per_statement: int = 200) -> list[tuple[str, object]]:
+        """The statements inserting ``rows`` as ``insert`` does, ``per_statement`` rows to a statement."""
+        statements = []
+        for at in range(0, len(rows), per_statement):
+            part = rows[at:at + per_statement]
+            values = ", ".join([f"(%s, %s, %s, %s, %s, %s, %s, {self.source.now}, %s)"] * len(part))
+            statements.append((f"INSERT INTO items (id, amount, at, day, note, raw, flag, updated_at, deleted) "
+                               f"VALUES {values}", tuple(v for row in part for v in (*row, False))))
+        return statements
 
     def update(self, key: int, amount, note: str) -> tuple[str, object]:
         return (f"UPDATE items SET amount = %s, note = %s, updated_at = {self.source.now} WHERE id = %s",
@@ -87,6 +107,33 @@ class Pair:
         """Row by row, value by value: the target holds exactly the source's live rows."""
         source, target = self.source.live_rows(), self.target.rows()
         assert target == source, f"target differs from source:\n source {source}\n target {target}"
+
+
+class Running:
+    """A `cdc` process running in the background: ``alive()`` and ``kill()`` (SIGKILL, then reaped)."""
+
+    def __init__(self, args: list[str], cwd):
+        if os.environ.get("CDC_TEST_CLI") == "subprocess":
+            self._popen = subprocess.Popen([sys.executable, "-m", "cdc", *args], cwd=cwd,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return
+        self._popen, self._outputs = None, tempfile.TemporaryDirectory(prefix="cdc-run-")
+        out, err = (os.path.join(self._outputs.name, name) for name in ("stdout", "stderr"))
+        self._process = cli_fork._fork_context().Process(target=cli_fork._child,
+                                                         args=(args, str(cwd), dict(os.environ), out, err))
+        self._process.start()
+
+    def alive(self) -> bool:
+        return self._popen.poll() is None if self._popen else self._process.is_alive()
+
+    def kill(self) -> None:
+        if self._popen:
+            self._popen.kill()
+            self._popen.wait()
+            return
+        self._process.kill()
+        self._process.join()
+        self._outputs.cleanup()
 
 
 @pytest.fixture

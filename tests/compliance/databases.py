@@ -7,6 +7,7 @@ as a bool (SQLite and MySQL store 0/1), bytes as bytes. Anything else is compare
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import sqlite3
@@ -28,17 +29,22 @@ DIALECTS = {
     "sqlite": dict(
         ddl="CREATE TABLE items (id INTEGER PRIMARY KEY, amount {amount}, at DATETIME, day DATE, note {note}, "
             "raw BLOB, flag BOOLEAN, updated_at DATETIME NOT NULL, deleted BOOLEAN NOT NULL DEFAULT 0)",
-        now="strftime('%Y-%m-%d %H:%M:%f', 'now')", amount={"source": "TEXT", "target": "TEXT"}),
+        now="strftime('%Y-%m-%d %H:%M:%f', 'now')", amount={"source": "TEXT", "target": "TEXT"},
+        # No ALTER COLUMN: the table is made again with the wider type, as a DBA does in SQLite.
+        widen_note=["CREATE TABLE items_wide AS SELECT * FROM items", "DROP TABLE items",
+                    "{ddl}", "INSERT INTO items SELECT * FROM items_wide", "DROP TABLE items_wide"]),
     "postgresql": dict(
         ddl="CREATE TABLE items (id BIGINT PRIMARY KEY, amount {amount}, at TIMESTAMPTZ, day DATE, "
             "note {note}, raw BYTEA, flag BOOLEAN, updated_at TIMESTAMPTZ NOT NULL, "
             "deleted BOOLEAN NOT NULL DEFAULT false)",
-        now="now()", amount={"source": "NUMERIC(30,10)", "target": "NUMERIC(30,10)"}),
+        now="now()", amount={"source": "NUMERIC(30,10)", "target": "NUMERIC(30,10)"},
+        widen_note=["ALTER TABLE items ALTER COLUMN note TYPE TEXT"]),
     "mysql": dict(
         ddl="CREATE TABLE items (id BIGINT PRIMARY KEY, amount {amount}, at TIMESTAMP(6) NULL, day DATE, "
             "note {note}, raw BLOB, flag BOOLEAN, updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), "
             "deleted BOOLEAN NOT NULL DEFAULT false) ENGINE=InnoDB",
-        now="NOW(6)", amount={"source": "DECIMAL(30,10)", "target": "DECIMAL(30,10)"}),
+        now="NOW(6)", amount={"source": "DECIMAL(30,10)", "target": "DECIMAL(30,10)"},
+        widen_note=["ALTER TABLE items MODIFY note TEXT"]),
 }
 
 
@@ -59,6 +65,12 @@ class Database:
         dialect = DIALECTS[self.kind]
         self.execute(dialect["ddl"].format(amount=dialect["amount"][role], note=note))
 
+    def widen_note(self) -> None:
+        """The DBA's fix for a note column too short for a row: the column made TEXT, rows kept."""
+        dialect = DIALECTS[self.kind]
+        ddl = dialect["ddl"].format(amount=dialect["amount"]["target"], note="TEXT")
+        self.transaction([(statement.format(ddl=ddl), None) for statement in dialect["widen_note"]])
+
     def execute(self, statement: str, params=None) -> list:
         """One statement in its own transaction; the rows it returns."""
         return self.transaction([(statement, params)])[0]
@@ -70,6 +82,27 @@ class Database:
         if self.kind == "postgresql":
             return self._postgresql(statements)
         return self._mysql(statements)
+
+    @contextlib.contextmanager
+    def watching(self, statement: str):
+        """A function giving the first value ``statement`` returns now, on one connection kept open
+        (autocommit) for the block: a test polls progress without a connection per look."""
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30, isolation_level=None)
+        elif self.kind == "postgresql":
+            conn = psycopg.connect(self.url, autocommit=True)
+        else:
+            parts = sa.engine.make_url(self.url)
+            conn = pymysql.connect(host=parts.host, port=parts.port, user=parts.username, autocommit=True,
+                                   password=parts.password or "", database=parts.database)
+        try:
+            def look():
+                cursor = conn.cursor()
+                cursor.execute(statement)
+                return cursor.fetchone()[0]
+            yield look
+        finally:
+            conn.close()
 
     def rows(self, where: str = "") -> list[tuple]:
         """The items table in key order, as canonical values."""

@@ -77,4 +77,7 @@ def test_exact_types_survive_snapshot_and_stream(make_pair, case, target_kind):
                          *TYPED[0][5:])), canonical(TYPED[1]), canonical(TYPED[2])]
     assert [row[:7] for row in pair.source.rows()] == wanted  # the source holds them exactly
     assert [row[:7] for row in pair.target.rows()] == wanted, "a value was altered on the way"
+    # The audit log keeps the streamed images exactly too: the amount as exact text, never a float.
+    after = [json.loads(after) for _, key, _, after, _, _ in pair.target.audit() if json.loads(key) == [1]][-1]
+    assert Decimal(str(after["amount"])) == wanted[0][1] and after["note"] == wanted[0][4], after
     pair.assert_target_equals_source()
