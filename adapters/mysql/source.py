@@ -52,6 +52,11 @@ class MySQLSource(SqlSource):
             found.append(expression)
         return found
 
+    def column_types(self, table: str) -> dict[str, str]:
+        """Column name -> type as MySQL writes it (``COLUMN_TYPE``: ``decimal(12,2)``, ``int unsigned``)."""
+        with self.engine.connect() as conn:
+            return {r[0]: r[2] for r in conn.exec_driver_sql(sql.COPY_COLUMNS, {"table": table})}
+
     def copy_out(self, table: str, columns: list[str], key: tuple[str, ...], after_key: tuple | None, limit: int,
                  write, target_types: dict[str, str | None] | None = None) -> None:
         """One keyed chunk as PostgreSQL COPY text, each line made by the server: PyMySQL decodes one

@@ -127,9 +127,14 @@ class LogicalSource(SqlSource):
         with self.engine.connect() as conn:
             return dict(conn.exec_driver_sql(sql.COLUMN_TYPES, {"table": sql.quote(table)}).all())
 
+    def copy_compatible(self, table: str, target_types: dict[str, str | None]) -> bool:
+        """Whether binary COPY data fits these target column types: only the very same types."""
+        return all(target_types.get(c) == t for c, t in self.column_types(table).items() if c in target_types)
+
     def copy_out(self, table: str, columns: list[str], key: tuple[str, ...], after_key: tuple | None,
-                 limit: int, write) -> None:
-        """Stream one keyed chunk as binary COPY data into ``write`` (no Python value per row)."""
+                 limit: int, write, target_types: dict[str, str | None] | None = None) -> None:
+        """Stream one keyed chunk as binary COPY data into ``write`` (no Python value per row);
+        ``target_types`` play no part: binary COPY goes only into the very same types."""
         with self.reading() as conn:
             cursor = conn.connection.driver_connection.cursor()
             statement = sql.copy_out(table, columns, key, after_key is not None, limit)
