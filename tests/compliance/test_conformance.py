@@ -153,6 +153,8 @@ def test_every_object_an_adapter_makes_implements_its_protocols(name, adapter, t
         try:
             gaps += [f"{label}: {gap}" for gap in missing(made, protocol, required(protocol, caps, mode))]
             assert made.capabilities is caps, f"{label} does not carry its adapter's capabilities"
+            # The core finds a connection's capabilities by its SQLAlchemy dialect's name.
+            assert made.backend in caps.backends, f"{label}: dialect {made.backend} is not one of {caps.backends}"
             if made.fingerprints is not None:
                 gaps += [f"{label} fingerprints: {gap}" for gap in
                          missing(made.fingerprints, base.Fingerprints, members(base.Fingerprints))]
