@@ -184,18 +184,15 @@ class Source(Reads, Protocol):
         """Release what begin_snapshot holds (idempotent)."""
 
     def join_stream(self, position: Position, tables: list[str]) -> Position:
-        """The stream position from which ``tables`` (watched, but not yet copied: the first
-        snapshot, or tables added to a streaming pair) are captured too: their changes after the
-        returned position are streamed, so a snapshot of them read after this call, with those
-        changes applied over it, gives their current rows. Idempotent; SourceError naming
-        `cdc install CONFIG` when capture does not cover them yet (nothing may be copied then)."""
+        """The stream position from which ``tables`` (watched, not yet copied: the first snapshot, or tables
+        added to a streaming pair) are captured too: a snapshot read after this call, with their changes after
+        it applied over it, gives their current rows. Idempotent; SourceError naming `cdc install CONFIG`
+        when capture does not cover them yet (nothing may be copied then)."""
 
     def uncaptured(self, tables: list[str]) -> list[str]:
-        """The ones of ``tables`` whose changes capture does not see (trigger capture: not
-        registered by `cdc install`, or a capture trigger missing, attached to another table or
-        disabled; logical: not in the pair's publication); [] when it sees
-        every table's changes. Read-only and idempotent (`cdc status` asks it); RetryableError
-        on a passing fault."""
+        """The ones of ``tables`` whose changes capture does not see (trigger capture: not registered by
+        `cdc install`, or a trigger missing, on another table or disabled; logical: not in the publication);
+        [] when it sees them all. Read-only, idempotent; RetryableError on a passing fault."""
 
     def read(self, after: Position, max_changes: int) -> Batch:
         """Committed changes after ``after`` in commit order, ending on a transaction boundary."""
@@ -213,10 +210,9 @@ class Source(Reads, Protocol):
         """Release what the target has committed up to ``position`` (idempotent)."""
 
     def generation(self) -> str | None:
-        """The identity of the capture installation this source reads, which `cdc install` makes anew
-        whenever it re-creates the changelog or slot (None when the mode installs nothing that could be
-        re-created, e.g. timestamp polling); read-only and idempotent; SourceError if capture is not
-        installed, RetryableError on a passing fault."""
+        """The identity of the capture installation this source reads, made anew whenever `cdc install`
+        re-creates the changelog or slot (None: the mode installs nothing, e.g. timestamp polling);
+        read-only, idempotent; SourceError if capture is not installed, RetryableError on a passing fault."""
 
     def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
         """SourceError naming the fix (`cdc run --resnapshot CONFIG`) when ``position`` cannot be a
@@ -257,10 +253,8 @@ class Source(Reads, Protocol):
 class Target(Reads, Protocol):
     """A target's dialect: statements for runs of rows, bulk loading, its state tables and the claim.
 
-    The transaction that writes rows, audit rows, dead letters and the checkpoint together is
-    cdc/apply's; a Target supplies its pieces. Inside that transaction a ``sa.exc.DBAPIError`` is
-    raised as it is and ``classify`` tells the core whether it means retry, one bad row, or stop.
-    """
+    The transaction writing rows, audit rows, dead letters and the checkpoint together is cdc/apply's; inside
+    it a ``sa.exc.DBAPIError`` is raised as it is and ``classify`` says: retry, one bad row, or stop."""
 
     #: The server setting that limits one statement's size, as messages name it ("" if none).
     statement_limit_setting: str
@@ -356,6 +350,12 @@ class Target(Reads, Protocol):
 
     def load_directly(self, table: str, on: bool) -> None:
         """While on, upserts into ``table`` are plain inserts (disjoint chunks); in memory, idempotent."""
+
+    def forget_tables(self, pair: str, tables: list[str]) -> None:
+        """Under this process's claim, drop ``tables`` from the checkpoint (copied again); ClaimLostError stops."""
+
+    def forget_old_rows(self, pair: str, tables: list[str], mark: str) -> None:
+        """Under this process's claim, clear ``mark`` of ``tables`` (a repair made them equal); ClaimLostError stops."""
 
     def forget_checkpoint(self, pair: str) -> bool:
         """Drop the pair's checkpoint (the next run snapshots again); True if there was one; idempotent."""

@@ -63,8 +63,8 @@ def _copy_again(p: Pair, target: Any, made: set[str], report: Report) -> None:
         return
     from .. import reconcile as reconcile_module
 
-    with reconcile_module.claimed(p) as holding:
-        holding.forget_tables(p.name, tables)
+    with reconcile_module.claimed(p) as target:
+        target.forget_tables(p.name, tables)
     report.add(f"  pair {p.name}: the next `cdc run` copies {', '.join(tables)} again (its target table is new)")
 
 

@@ -35,7 +35,7 @@ def reconcile(config_path: str, pair: str | None = None, *, table: str | None = 
 
     chosen = _one_pair(config_path, pair)
     holding = reconcile_module.claimed(chosen, wait=wait) if repair and not dry_run else contextlib.nullcontext()
-    with holding as claim_target:
+    with holding as target:
         report = _compare(config_path, chosen, table=table, where=where, limit=limit, settle=settle,
                           repair=repair, dry_run=dry_run, progress=progress)
         if repair and not report.equal:
@@ -44,9 +44,9 @@ def reconcile(config_path: str, pair: str | None = None, *, table: str | None = 
                              "deletes": sum(op.op == "delete" for op in plan.ops), "kept": plan.kept[:limit],
                              "plan": plan.describe(limit)}
             if not dry_run:
-                report.repair["applied"] = reconcile_module.apply_repair(chosen, plan, claim_target)
+                report.repair["applied"] = reconcile_module.apply_repair(chosen, plan, target)
         if repair and not dry_run and where is None:  # whole tables compared and made equal
-            claim_target.forget_old_rows(chosen.name, [t.source_table for t in report.tables], OLD_ROWS)
+            target.forget_old_rows(chosen.name, [t.source_table for t in report.tables], OLD_ROWS)
     report.run_id = reconcile_module.record(chosen, report)
     return report
 
