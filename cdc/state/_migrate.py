@@ -39,7 +39,13 @@ def _versions(conn: sa.Connection) -> tuple[str | None, str]:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    try:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    except KeyError:  # alembic keeps one implementation per dialect name
+        raise StateError(f"alembic, which makes cdc-sync's state tables, knows no {conn.dialect.name!r} databases: "
+                         "its adapter must register one (a subclass of alembic.ddl.impl.DefaultImpl with "
+                         f"__dialect__ = {conn.dialect.name!r})") from None
+    current = context.get_current_revision()
     head = ScriptDirectory.from_config(_config()).get_current_head()
     return current, head
 
