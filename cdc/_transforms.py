@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+
 import datetime as dt
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .errors import TransformError  # re-exported: the core's modules import it from here
+
 Transform = Callable[[Any], Any]
 #: Quantizing must never run out of digits: PostgreSQL numerics hold up to 131,072 of them.
 EXACT = Context(prec=200_000)
-
-
-class TransformError(ValueError):
-    """A value the transform cannot convert; the row is parked or stops the pair."""
 
 
 def to_decimal(value: Any) -> Decimal:

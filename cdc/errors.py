@@ -52,6 +52,10 @@ class RowError(CdcError):
         return f"{where}: {self}"
 
 
+class TransformError(ValueError):
+    """A value the transform (or a target's writer) cannot convert; the row is parked or stops the pair."""
+
+
 def first_line(exc: BaseException) -> str:
     """An error as one line for a log or a status field: a row error names table, key and column."""
     orig = getattr(exc, "orig", None)  # a driver's error wrapped by SQLAlchemy: its own words, not the wrapper's

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from cdc._transforms import TransformError
+from cdc.errors import TransformError
 from cdc.changes import Row
 from cdc.errors import SchemaError
 

@@ -57,7 +57,7 @@ class SqliteFingerprints:
 
     def canonical(self, name: str, column: sa.Column, as_type: sa.types.TypeEngine) -> str | None:
         from cdc import values
-        from cdc._transforms import TransformError
+        from cdc.errors import TransformError
         from cdc.canonical import canonical
 
         read = self.reads.reader(column)

@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from cdc._transforms import EXACT, TransformError, to_decimal
+from cdc._transforms import EXACT, to_decimal
+from cdc.errors import TransformError
 
 from .._sql import same as _identity
 
