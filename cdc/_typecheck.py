@@ -13,9 +13,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import _transforms
+from . import _transforms, values
 from ._schema import did_you_mean
-from .errors import ConfigError
+from .errors import ConfigError, TransformError
 from .mapping import ColumnSpec, FilterSpec, TableMapping
 
 #: Which kinds of value a target column of each kind takes (text takes any).
@@ -84,6 +84,7 @@ def _fits_target(where: str, column: ColumnSpec, produced: str | None, target: s
                           f"({column.origin})")
     if not column.transforms:
         return  # a value copied as it is meets the per-value fit check
+    _known_values_fit(where, column, target)
     declared = target.columns[column.target].type
     wanted = kind_of(declared)
     takes = _TARGET_TAKES.get(wanted)
@@ -95,6 +96,21 @@ def _fits_target(where: str, column: ColumnSpec, produced: str | None, target: s
     if wanted == "integer" and produced == "number" and scale:
         raise ConfigError(f"{where}: {{decimal: {scale}}} gives {scale} decimals, but target column "
                           f"{target.name}.{column.target} is {declared} ({column.origin})")
+
+
+def _known_values_fit(where: str, column: ColumnSpec, target: sa.Table) -> None:
+    """A constant, or a value a map gives, is known before any row moves: one the target column cannot
+    hold would fail (or park) every row, so it is refused here with the column's own fit check."""
+    name, arg = column.transforms[-1]
+    known = [arg] if name == "constant" else list(arg.values()) if name == "map" and isinstance(arg, dict) else []
+    fit = values.fitter(target.columns[column.target])
+    for value in known:
+        try:
+            fit(value)
+        except TransformError as exc:
+            raise ConfigError(f"{where}: {_name(column.transforms[-1])} gives {value!r}, which target column "
+                              f"{target.name}.{column.target} ({target.columns[column.target].type}) cannot hold: "
+                              f"{exc} ({column.origin})") from None
 
 
 def _comparable(where: str, condition: FilterSpec, source: sa.Column | None, table: str) -> None:

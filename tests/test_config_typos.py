@@ -358,3 +358,22 @@ def test_a_key_column_through_a_transform_that_can_merge_two_keys_is_refused(erp
     assert line.startswith("error: tables.codes.columns.code: key column code goes through ") and \
         "two source rows one target key" in line and line.endswith("(m.yaml line 5)"), line
     assert not (erp.root / "target.db").exists()
+
+
+@pytest.mark.parametrize("column, says", [
+    ("amount: {constant: abc}", "{constant: abc} gives 'abc', which target column invoices.amount"),
+    ("status: {from: status, transforms: [{map: {open: åpen, draft: utkast-som-er-for-langt}}]}",
+     "map gives 'utkast-som-er-for-langt', which target column invoices.status"),
+])
+def test_a_constant_or_mapped_value_the_target_column_cannot_hold_is_refused_at_check(erp, column, says):
+    """Known before any row moves: it failed (or parked) every row at run, after `check` said OK."""
+    erp.sql(erp.target, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount INTEGER, status VARCHAR(10))")
+    mapping(erp, f"""\
+        tables:
+          invoices:
+            columns:
+              id: id
+              {column}
+    """)
+    line = refused(erp)
+    assert says in line and line.endswith("(m.yaml line 5)"), line
