@@ -243,7 +243,8 @@ def test_sigkill_under_four_busy_writers_loses_and_doubles_nothing(request, ws, 
         if process is not None and process.poll() is None:
             process.kill()
     assert_same_rows_and_one_audit_row_per_change(source, target, writers, per_transaction)
-    assert writers.changes() > checkpoints[-1] > checkpoints[0], \
+    # Meaningful only if kills landed mid-load (the last may come once all is applied: a fast catch-up).
+    assert sum(0 < c < writers.changes() for c in checkpoints) >= 3, \
         f"the kills must land while the load is applied: checkpoints {checkpoints}, {writers.changes()} changes"
 
 
