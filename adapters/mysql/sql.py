@@ -35,7 +35,19 @@ CASCADING_FOREIGN_KEYS = (
 
 
 def quote(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
+    """A name quoted for SQL text PyMySQL formats with parameters, as it does every statement
+    SQLAlchemy's exec_driver_sql hands it (an empty set too): a % in the name is doubled."""
+    return "`" + name.replace("`", "``").replace("%", "%%") + "`"
+
+
+def literal(text: str) -> str:
+    """A string literal for SQL text PyMySQL formats (see quote): quotes, backslashes and % escaped."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "''").replace("%", "%%") + "'"
+
+
+def as_stored(statement: str) -> str:
+    """Driver SQL without parameter markers (a trigger body) as the server keeps it: % once more."""
+    return statement.replace("%%", "%")
 
 
 # -- capture `trigger` (see trigger.py) ----------------------------------------------------
@@ -111,7 +123,7 @@ def _logged(image: str, name: str, data_type: str) -> str:
 
 def trigger_body(table: str, op: str, columns: list[tuple[str, str]]) -> str:
     def image(which: str) -> str:
-        pairs = ", ".join(f"'{name}', {_logged(which, name, kind)}" for name, kind in columns)
+        pairs = ", ".join(f"{literal(name)}, {_logged(which, name, kind)}" for name, kind in columns)
         return f"JSON_OBJECT({pairs})"
 
     before = "NULL" if op == "insert" else image("OLD")
@@ -119,7 +131,7 @@ def trigger_body(table: str, op: str, columns: list[tuple[str, str]]) -> str:
     return (f"BEGIN DECLARE cdc_epoch BIGINT; "
             f"SELECT n INTO cdc_epoch FROM {EPOCH} WHERE k = 1 LOCK IN SHARE MODE; "
             f"INSERT INTO {CHANGELOG} (epoch, tbl, op, `before`, `after`, changed_at) VALUES "
-            f"(cdc_epoch, '{table}', '{op}', {before}, {after}, UTC_TIMESTAMP(6)); END")
+            f"(cdc_epoch, {literal(table)}, '{op}', {before}, {after}, UTC_TIMESTAMP(6)); END")
 
 
 def create_trigger(table: str, op: str, columns: list[tuple[str, str]], replace: bool) -> str:

@@ -158,7 +158,7 @@ class TriggerSource(ChangelogCapture, MySQLSource):
         for table in self.keys:
             columns = self._columns(conn, table)
             stale = [op for op in sql.OPS if " ".join(bodies.get((table, sql.trigger_name(table, op)), "").split())
-                     != " ".join(sql.trigger_body(table, op, columns).split())]
+                     != " ".join(sql.as_stored(sql.trigger_body(table, op, columns)).split())]
             found.append(("fail", f"{table}: capture trigger(s) for {', '.join(stale)} missing or made for "
                                   "other columns (table altered?): run `cdc install CONFIG` again")
                          if stale else ("ok", f"{table}: capture triggers installed, matching its columns"))

@@ -125,7 +125,7 @@ class LogicalSource(SqlSource):
     def column_types(self, table: str) -> dict[str, str]:
         """Column name -> PostgreSQL type as format_type writes it (for the COPY fast path)."""
         with self.engine.connect() as conn:
-            return dict(conn.exec_driver_sql(sql.COLUMN_TYPES, {"table": sql.quote(table)}).all())
+            return dict(conn.exec_driver_sql(sql.COLUMN_TYPES, {"table": sql.quoted_name(table)}).all())
 
     def copy_compatible(self, table: str, target_types: dict[str, str | None]) -> bool:
         """Whether binary COPY data fits these target column types: only the very same types."""
@@ -354,7 +354,7 @@ class LogicalSource(SqlSource):
         if table not in cache:
             with self.engine.connect() as conn:
                 cache[table] = frozenset(conn.exec_driver_sql(sql.GENERATED_COLUMNS,
-                                                              {"table": sql.quote(table)}).scalars())
+                                                              {"table": sql.quoted_name(table)}).scalars())
         return cache[table]
 
     def pending(self, after: Position) -> str | None:

@@ -47,6 +47,15 @@ def object_name(pair: str) -> str:
 
 
 def quote(name: str) -> str:
+    """A name quoted for SQL text the driver reads for parameter markers, as it reads every
+    statement SQLAlchemy's exec_driver_sql hands it (with parameters or an empty set): a % in the
+    name is doubled, so it is no marker. Raw-cursor statements (COPY) are given parameters too."""
+    return quoted_name(name).replace("%", "%%")
+
+
+def quoted_name(name: str) -> str:
+    """A name quoted as PostgreSQL reads it, for a parameter value (``%(table)s::regclass``) or a
+    replication command (which no driver reads for markers)."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -95,7 +104,8 @@ def stage(name: str, table: str, columns: list[str]) -> str:
 
 
 def copy_into(table: str, columns: list[str]) -> str:
-    return f"COPY {quote(table)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+    """Run on the raw cursor without parameters: names as PostgreSQL reads them (no % doubled)."""
+    return f"COPY {quoted_name(table)} ({', '.join(quoted_name(c) for c in columns)}) FROM STDIN"
 
 
 def upsert_from(table: str, stage_name: str, columns: list[str], key: tuple[str, ...]) -> str:
@@ -111,24 +121,19 @@ def upsert_values(table: str, columns: tuple[str, ...], key: tuple[str, ...], ro
     """An upsert of ``rows`` rows as one statement, positional parameters row after row (each row's
     values are coerced to the columns' types as in a one-row INSERT)."""
     row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    names = ", ".join(_plain(quote(c)) for c in columns)
-    updates = ", ".join(f"{_plain(quote(c))} = EXCLUDED.{_plain(quote(c))}" for c in columns if c not in key)
+    names = ", ".join(quote(c) for c in columns)
+    updates = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in columns if c not in key)
     action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-    return (f"INSERT INTO {_plain(quote(table))} ({names}) VALUES {', '.join([row] * rows)} "
-            f"ON CONFLICT ({', '.join(_plain(quote(k)) for k in key)}) {action}")
+    return (f"INSERT INTO {quote(table)} ({names}) VALUES {', '.join([row] * rows)} "
+            f"ON CONFLICT ({', '.join(quote(k) for k in key)}) {action}")
 
 
 @functools.lru_cache(maxsize=256)
 def delete_keys(table: str, key: tuple[str, ...], rows: int) -> str:
     """A delete of ``rows`` key values as one statement, positional parameters key after key."""
     row = "(" + ", ".join(["%s"] * len(key)) + ")"
-    return (f"DELETE FROM {_plain(quote(table))} WHERE ({', '.join(_plain(quote(k)) for k in key)}) "
+    return (f"DELETE FROM {quote(table)} WHERE ({', '.join(quote(k) for k in key)}) "
             f"IN ({', '.join([row] * rows)})")
-
-
-def _plain(text: str) -> str:
-    """A name inside a statement with %s parameters: a % in it is no placeholder."""
-    return text.replace("%", "%%")
 
 
 def delete_using(table: str, stage_name: str, key: tuple[str, ...]) -> str:
@@ -143,16 +148,19 @@ COLUMN_TYPES = ("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attrib
 
 
 def copy_out(table: str, columns: list[str], key: tuple[str, ...], after: bool, limit: int) -> str:
-    """COPY of one keyed chunk in binary; ``after``: the statement takes the previous last key as %s params."""
-    names = ", ".join(quote(c) for c in columns)
-    keys = ", ".join(quote(k) for k in key)
+    """COPY of one keyed chunk in binary; ``after``: the statement takes the previous last key as %s
+    params (the driver then reads it for markers: names with % doubled), else it takes none."""
+    name = quote if after else quoted_name
+    names = ", ".join(name(c) for c in columns)
+    keys = ", ".join(name(k) for k in key)
     where = f" WHERE ({keys}) > ({', '.join(['%s'] * len(key))})" if after else ""
-    return (f"COPY (SELECT {names} FROM {quote(table)}{where} ORDER BY {keys} LIMIT {int(limit)}) "
+    return (f"COPY (SELECT {names} FROM {name(table)}{where} ORDER BY {keys} LIMIT {int(limit)}) "
             "TO STDOUT (FORMAT binary)")
 
 
 def copy_in_binary(table: str, columns: list[str]) -> str:
-    return f"COPY {quote(table)} ({', '.join(quote(c) for c in columns)}) FROM STDIN (FORMAT binary)"
+    """Run on the raw cursor without parameters (see copy_into)."""
+    return f"COPY {quoted_name(table)} ({', '.join(quoted_name(c) for c in columns)}) FROM STDIN (FORMAT binary)"
 
 
 def edge_key(stage_name: str, key: tuple[str, ...], last: bool) -> str:
@@ -293,13 +301,13 @@ REPLICATION_SESSION = ["SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SE
 
 def create_replication_slot(slot: str) -> str:
     """The replication command that creates the pair's slot and exports the snapshot it starts at."""
-    return f"CREATE_REPLICATION_SLOT {quote(slot)} LOGICAL pgoutput EXPORT_SNAPSHOT"
+    return f"CREATE_REPLICATION_SLOT {quoted_name(slot)} LOGICAL pgoutput EXPORT_SNAPSHOT"
 
 
 def start_replication(slot: str, publication: str, start: int) -> str:
     """The replication command that streams the slot from the LSN ``start`` (pgoutput, protocol 1)."""
-    return (f"START_REPLICATION SLOT {quote(slot)} LOGICAL {lsn_text(start)} "
-            f"(proto_version '1', publication_names '{quote(publication)}')")
+    return (f"START_REPLICATION SLOT {quoted_name(slot)} LOGICAL {lsn_text(start)} "
+            f"(proto_version '1', publication_names '{quoted_name(publication)}')")
 
 
 # -- install next to the application's writers ------------------------------------------------

@@ -103,7 +103,7 @@ class PostgresTarget(SqlTarget):
 
     def column_types(self, table: str) -> dict[str, str]:
         with self.engine.connect() as conn:
-            return dict(conn.exec_driver_sql(sql.COLUMN_TYPES, {"table": sql.quote(table)}).all())
+            return dict(conn.exec_driver_sql(sql.COLUMN_TYPES, {"table": sql.quoted_name(table)}).all())
 
     def bulk_load(self, conn: sa.Connection, table: str, columns: list[str], key: tuple[str, ...],
                   copy_out: Callable, *, direct: bool = False, fmt: str = "binary") -> tuple[int, list | None]:
@@ -133,7 +133,7 @@ class PostgresTarget(SqlTarget):
         """The OIDs to dump ``columns`` of ``table`` with in a binary COPY, or None: COPY as text."""
         cache = self.__dict__.setdefault("_oids", {})
         if table not in cache:
-            cache[table] = dict(conn.exec_driver_sql(sql.COLUMN_OIDS, {"table": sql.quote(table)}).all())
+            cache[table] = dict(conn.exec_driver_sql(sql.COLUMN_OIDS, {"table": sql.quoted_name(table)}).all())
         oids = [_BINARY_COPY.get(cache[table].get(c)) for c in columns]
         return None if None in oids else oids
 
