@@ -51,19 +51,20 @@ def kill_all(*processes) -> None:
 
 
 def pause_outside_a_write(process: subprocess.Popen, db) -> None:
-    """SIGSTOP ``process`` at a moment it holds no write lock on the SQLite file ``db``: a process
-    paused inside a write transaction blocks every other writer of the file until it resumes
-    (SQLite's own rule, a VM paused there too), so no other process could take the pair meanwhile."""
+    """SIGSTOP ``process`` at a moment it holds no lock on the SQLite file ``db``: a process paused
+    inside a transaction, even a read (its shared lock holds off every commit of a rollback-journal
+    database), blocks every other writer of the file until it resumes (SQLite's own rule, a VM paused
+    there too), so no other process could take the pair meanwhile."""
     import sqlite3
 
     for _ in range(200):
         os.kill(process.pid, signal.SIGSTOP)
         conn = sqlite3.connect(db, timeout=0.2, isolation_level=None)
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN EXCLUSIVE")  # granted only while no other connection holds any lock
             conn.execute("ROLLBACK")
             return
-        except sqlite3.OperationalError:  # it holds the lock: let it finish and try again
+        except sqlite3.OperationalError:  # it holds a lock: let it finish and try again
             os.kill(process.pid, signal.SIGCONT)
             time.sleep(0.05)
         finally:
