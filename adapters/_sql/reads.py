@@ -7,7 +7,6 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from cdc.errors import TransformError
 from cdc.changes import Row
 from cdc.errors import SchemaError
 
@@ -20,19 +19,6 @@ def same(value: Any) -> Any:
 
 
 _identity = same
-
-
-def _nullable_only(column: sa.Column) -> Callable[[Any], Any]:
-    """The fit check of a column whose values come from an identical column: only NOT NULL remains."""
-    if column.nullable or column.primary_key:
-        return _identity
-
-    def check(value: Any) -> Any:
-        if value is None:
-            raise TransformError("NULL in a NOT NULL column")
-        return value
-
-    return check
 
 
 class KeyedReads:

@@ -10,18 +10,14 @@ from typing import Any, Callable
 from ..audit import AuditEntry, AuditTrail
 from ..changes import dumps
 from ._html import cell, html_page, table
-from ._provenance import json_with_provenance, with_provenance_lines
+from ._provenance import rendered
 from ._values import key_text, moment, number, printable, raw, shown
 
 
 def audit_report(found: AuditTrail, fmt: str, locale: str = "en") -> str:
-    if fmt == "json":
-        return json_with_provenance(audit_dict(found), found.provenance)
-    if fmt == "csv":
-        return with_provenance_lines(_audit_csv(found), found.provenance, locale, "# ")
-    if fmt == "html":
-        return _audit_html(found, locale)
-    return with_provenance_lines(_audit_text(found, locale), found.provenance, locale, "")
+    return rendered(fmt, found.provenance, locale, as_dict=lambda: audit_dict(found),
+                    csv_body=lambda: _audit_csv(found), html_page=lambda: _audit_html(found, locale),
+                    text_body=lambda: _audit_text(found, locale))
 
 
 def audit_dict(found: AuditTrail) -> dict:

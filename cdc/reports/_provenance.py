@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Any
+from typing import Any, Callable
 
 from ..provenance import sha256
 from ._values import moment, plain
@@ -49,3 +49,16 @@ def html_provenance(provenance: Any, body: str, locale: str) -> str:
                    for n, v in fields)
     return (f'<h2>{"Opphav" if nb else "Provenance"}</h2><table class="provenance">{rows}</table>'
             f'<p class="meta">{"SHA-256 av siden mellom &lt;!--body--&gt; og &lt;!--/body--&gt;" if nb else "SHA-256 of the page between &lt;!--body--&gt; and &lt;!--/body--&gt;"}</p>')
+
+
+def rendered(fmt: str, provenance: Any, locale: str, *, as_dict: Callable[[], dict], csv_body: Callable[[], str],
+             html_page: Callable[[], str], text_body: Callable[[], str]) -> str:
+    """A report in ``fmt`` with its provenance: JSON with a provenance object, CSV and text with
+    provenance lines (CSV's as # comments), HTML as the page the report builds itself."""
+    if fmt == "json":
+        return json_with_provenance(as_dict(), provenance)
+    if fmt == "csv":
+        return with_provenance_lines(csv_body(), provenance, locale, "# ")
+    if fmt == "html":
+        return html_page()
+    return with_provenance_lines(text_body(), provenance, locale, "")

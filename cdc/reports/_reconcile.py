@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ._html import cell, html_page, table
-from ._provenance import json_with_provenance, with_provenance_lines
+from ._provenance import rendered
 from ._values import key_text, moment, number, printable, raw, shown
 
 if TYPE_CHECKING:  # cdc.reconcile records its runs with reconcile_dict: no import back at run time
@@ -18,13 +18,9 @@ if TYPE_CHECKING:  # cdc.reconcile records its runs with reconcile_dict: no impo
 
 
 def reconcile_report(report: ReconcileReport, fmt: str, locale: str = "en") -> str:
-    if fmt == "json":
-        return json_with_provenance(reconcile_dict(report), report.provenance)
-    if fmt == "csv":
-        return with_provenance_lines(_reconcile_csv(report), report.provenance, locale, "# ")
-    if fmt == "html":
-        return _reconcile_html(report, locale)
-    return with_provenance_lines(_reconcile_text(report, locale), report.provenance, locale, "")
+    return rendered(fmt, report.provenance, locale, as_dict=lambda: reconcile_dict(report),
+                    csv_body=lambda: _reconcile_csv(report), html_page=lambda: _reconcile_html(report, locale),
+                    text_body=lambda: _reconcile_text(report, locale))
 
 
 def reconcile_dict(report: ReconcileReport) -> dict:

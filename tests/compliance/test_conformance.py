@@ -22,12 +22,6 @@ OPTIONAL_WHEN = {
     "copy_routes": lambda caps, mode: any(route.capture == mode for route in caps.copy_routes),
     "bulk-loads": lambda caps, mode: bool(caps.copy_formats),
 }
-#: Gaps known today, reported, each shown as an expected failure until it is closed (then this fails
-#: as stale). base.py marks the three COPY members of a Source optional together, but the core calls
-#: ``column_types`` only on a route to the same kind of database and ``copy_compatible`` (and
-#: ``copy_out(..., target_types)``) only on a route to another kind, and each adapter implements
-#: only the half its routes use.
-KNOWN_GAPS: dict[str, list[str]] = {}  # none: every adapter implements what the protocols declare
 
 
 def members(protocol: type) -> dict[str, str]:
@@ -162,10 +156,4 @@ def test_every_object_an_adapter_makes_implements_its_protocols(name, adapter, t
                 gaps.append(f"{label}: capabilities say in-database fingerprints, but it has none")
         finally:
             made.close()
-    known = KNOWN_GAPS.get(name, [])
-    unexpected = [gap for gap in gaps if not any(gap.startswith(k) for k in known)]
-    assert not unexpected, "\n".join(unexpected)
-    stale = [k for k in known if not any(gap.startswith(k) for gap in gaps)]
-    assert not stale, f"closed since: remove from KNOWN_GAPS: {stale}"
-    if known:
-        pytest.xfail("known contract gaps (see KNOWN_GAPS): " + "; ".join(known))
+    assert not gaps, "\n".join(gaps)
