@@ -295,16 +295,17 @@ class Target(Reads, Protocol):
         needed only where ``statement_limit`` gives a limit."""
 
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
-        """Upsert (``op`` 'upsert') or delete (by ``key``) these rows of table ``name`` on ``conn``, in
-        order, a later image of a key winning; idempotent. DBAPIError as raised (see ``classify``)."""
+        """Upsert (``op`` 'upsert'; idempotent), insert (``op`` 'insert': a key that exists is an error) or
+        delete (by ``key``) these rows of table ``name`` on ``conn``, in order. DBAPIError as raised."""
+
+    def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple]) -> list[dict]:
+        """The rows of table ``name`` whose ``key`` columns hold one of ``keys``, in few statements (read-only)."""
 
     def write_audit(self, conn: sa.Connection, rows: list[dict]) -> None:
-        """Append these audit rows on ``conn`` (not idempotent: the transaction's checkpoint makes it
-        once). DBAPIError as raised (see ``classify``)."""
+        """Append these audit rows on ``conn`` (once: by the transaction's checkpoint). DBAPIError as raised."""
 
     def write_dead_letters(self, conn: sa.Connection, rows: list[dict]) -> None:
-        """Append these dead letters on ``conn`` (not idempotent: the transaction's checkpoint makes it
-        once). DBAPIError as raised (see ``classify``)."""
+        """Append these dead letters on ``conn`` (once: by the transaction's checkpoint). DBAPIError as raised."""
 
     def bulk_load(self, conn: sa.Connection, table: str, columns: list[str], key: tuple[str, ...],
                   copy_out: Callable, *, direct: bool = False, fmt: str = "binary") -> tuple[int, list | None]:
@@ -324,7 +325,6 @@ class Target(Reads, Protocol):
         """Record the capture installation the pair's checkpoint belongs to, once (a checkpoint that has
         one keeps it; nothing without a checkpoint; idempotent); RetryableError on a passing fault."""
 
-    # Tables and state, each in its own transaction; a database error is raised as it is.
     def exists(self, name: str) -> bool:
         """Whether table ``name`` exists (read-only)."""
 

@@ -34,6 +34,33 @@ class FilterSpec:
 
 
 @dataclass(frozen=True)
+class LedgerSpec:
+    """`mode: ledger`: the target table is an append-only journal (see cdc/ledger.py)."""
+
+    amounts: tuple[str, ...]  #: target columns negated in a reversal
+    sequence: str = "entry_no"  #: target column numbering a source key's entries 1, 2, ...; in the target key
+    reverses: str = "reverses"  #: target column: in a reversal, the sequence number of the entry it reverses
+    entry_date: str | None = None  #: target column dating an entry (closed periods read it)
+
+
+@dataclass(frozen=True)
+class BalanceSpec:
+    """`balance:`: one voucher's postings in one source transaction must sum to zero."""
+
+    group_by: str  #: target column naming the voucher
+    amount: str | None = None  #: signed amount column, or
+    debit: str | None = None  #: debit and credit columns (debit - credit sums to zero)
+    credit: str | None = None
+
+
+#: Conflict policies: what wins when the target row changed since this pair last wrote it.
+CONFLICT_POLICIES = ("source_wins", "target_wins", "newest_wins", "manual")
+#: What becomes of an update whose target row is missing, and of a delete whose row is missing.
+UPDATE_MISSING, DELETE_MISSING = ("insert", "skip", "conflict"), ("skip", "conflict")
+MODES = ("upsert", "ledger")
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """How one source table maps to one target table, before it is checked against a schema."""
 
@@ -50,6 +77,17 @@ class TableSpec:
     shared: bool = False
     #: Target columns holding a constant that are part of the target key, after the source key.
     key_constants: tuple[str, ...] = ()
+    # -- how changes are decided (cdc/apply/_decide.py); None: the pair's setting ----------------
+    conflict: str | None = None  #: one of CONFLICT_POLICIES
+    newest: str | None = None  #: newest_wins: the timestamp target column compared on both sides
+    update_missing: str = "insert"  #: an update whose target row is missing: insert | skip | conflict
+    delete_missing: str = "skip"  #: a delete whose target row is missing: skip | conflict
+    detect: bool | None = None  #: compare target rows with what this pair last wrote (conflicts)
+    hold: bool | None = None  #: later changes to a parked or conflicted key wait behind it
+    ledger: LedgerSpec | None = None  #: `mode: ledger`
+    balance: BalanceSpec | None = None
+    period: str | None = None  #: target date column closed periods are judged by (default ledger.entry_date)
+    closed_before: Any = None  #: a date: changes to rows dated before it are parked for review
 
 
 @dataclass(frozen=True)
@@ -138,14 +176,73 @@ class _ControlTotals(Strict):
     amount: str
 
 
+def _conflict(item: Any) -> tuple[str, str | None]:
+    if isinstance(item, dict) and len(item) == 1 and "newest_wins" in item:
+        column = item["newest_wins"]
+        if not isinstance(column, str) or not column:
+            raise ValueError("newest_wins names the timestamp column compared on both sides: {newest_wins: updated_at}")
+        return "newest_wins", column
+    if item == "newest_wins":
+        raise ValueError("newest_wins needs the column it compares: {newest_wins: updated_at}")
+    if item not in CONFLICT_POLICIES:
+        raise ValueError(f"unknown conflict policy {item!r}{did_you_mean(item, CONFLICT_POLICIES)} (known: source_wins, "
+                         "target_wins, {newest_wins: <column>}, manual)")
+    return item, None
+
+
+#: A conflict policy as written: a name, or {newest_wins: column}; read as (policy, column or None).
+Conflict = Annotated[tuple[str, Any], checked(_conflict)]
+
+
+class _Ledger(Strict):
+    shape: ClassVar[str] = "ledger needs {amounts: [amount columns], sequence: .., reverses: .., entry_date: ..}"
+    amounts: ColumnNames
+    sequence: str = "entry_no"
+    reverses: str = "reverses"
+    entry_date: str | None = None
+
+
+class _Balance(Strict):
+    shape: ClassVar[str] = "balance is {group_by: voucher column, amount: column} or {group_by: .., debit: .., credit: ..}"
+    group_by: str
+    amount: str | None = None
+    debit: str | None = None
+    credit: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "_Balance":
+        if (self.amount is None) == (self.debit is None and self.credit is None):
+            raise fail("give either amount: <signed amount column> or debit: and credit: columns, not both")
+        if self.amount is None and (self.debit is None or self.credit is None):
+            raise fail("debit and credit go together: give both columns")
+        return self
+
+
 class _Table(Strict):
-    shape: ClassVar[str] = "must be a mapping (target, key, columns, filter, control_totals, shared)"
+    shape: ClassVar[str] = ("must be a mapping (target, key, columns, filter, control_totals, shared, conflict, "
+                            "mode, ledger, balance, period)")
     target: str | None = None
     key: ColumnNames | None = None
     columns: Annotated[dict[str, _Column], Field(min_length=1)] | None = None
     filter: list[_Filter] = []
     control_totals: _ControlTotals | None = None
     shared: StrictBool = False
+    conflict: Conflict | None = None
+    update_missing: choice(*UPDATE_MISSING) = "insert"
+    delete_missing: choice(*DELETE_MISSING) = "skip"
+    mode: choice(*MODES) = "upsert"
+    ledger: _Ledger | None = None
+    balance: _Balance | None = None
+    period: str | None = None
+
+    @model_validator(mode="after")
+    def _ledger_with_mode(self) -> "_Table":
+        if (self.mode == "ledger") != (self.ledger is not None):
+            raise fail("mode: ledger needs ledger: {amounts: [..]} (and ledger: is only read with mode: ledger)",
+                       "ledger" if self.mode == "ledger" else "mode")
+        if self.ledger is not None and self.conflict is not None:
+            raise fail("a ledger table takes no conflict policy: its posted entries are never changed", "conflict")
+        return self
 
     @classmethod
     def prepare(cls, data: Any) -> Any:
@@ -182,7 +279,12 @@ def _table(doc: _yaml.Document, name: str, model: _Table) -> TableSpec:
         key=tuple(k for k in key if k not in constants) or None,
         columns=columns, filters=filters, origin=doc.where(keys),
         control_totals=(totals.account, totals.date, totals.amount) if totals else None,
-        shared=model.shared, key_constants=tuple(k for k in key if k in constants))
+        shared=model.shared, key_constants=tuple(k for k in key if k in constants),
+        conflict=model.conflict[0] if model.conflict else None, newest=model.conflict[1] if model.conflict else None,
+        update_missing=model.update_missing, delete_missing=model.delete_missing,
+        ledger=LedgerSpec(tuple(model.ledger.amounts), model.ledger.sequence, model.ledger.reverses,
+                          model.ledger.entry_date) if model.ledger else None,
+        balance=BalanceSpec(**model.balance.model_dump()) if model.balance else None, period=model.period)
 
 
 def _column(doc: _yaml.Document, keys: tuple, target: str, model: _Column) -> ColumnSpec:

@@ -64,10 +64,13 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """What one target transaction committed: changes applied, changes parked as dead letters."""
+    """What one target transaction committed: changes applied, changes parked as dead letters (held
+    ones included), updates skipped (no mapped column changed), and conflicts met (whatever the policy)."""
 
     applied: int
     parked: int
+    skipped: int = 0
+    conflicts: int = 0
 
 
 def _default(value: Any) -> Any:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from . import _yaml, registry
 from ._connections import SSL_MODES, Connection, connection, load_url, mask_url
 from ._identity import database_identity
-from ._schema import PositiveNumber, PositiveWhole, Strict, TimeZone, choice, did_you_mean, validate
+from ._mapping_file import Conflict
+from ._schema import PositiveNumber, PositiveWhole, Strict, TimeZone, checked, choice, did_you_mean, validate
 from .errors import ConfigError
 from .mapping import MappingSpec, TableSpec, identity_spec, load_mapping
 
@@ -53,6 +56,11 @@ class Pair:
     source_timezone: str = "UTC"
     timestamp: TimestampOptions | None = None
     claim_timeout: float = 30.0  # seconds without a heartbeat after which another process may take the pair
+    conflict: str = "source_wins"  # the tables' conflict policy where the mapping names none
+    newest: str | None = None  # newest_wins: the column compared
+    detect_conflicts: bool = True  # compare target rows with what this pair last wrote
+    hold_parked_keys: bool = True  # later changes to a parked or conflicted key wait behind it
+    closed_before: dt.date | None = None  # changes to rows dated before it are parked for review
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,10 @@ class _Pair(Strict):
     source_timezone: TimeZone = "UTC"
     timestamp: _Timestamp | None = None
     claim_timeout: PositiveNumber = 30.0
+    conflict: Conflict = ("source_wins", None)
+    detect_conflicts: StrictBool = True
+    hold_parked_keys: StrictBool = True
+    closed_before: Annotated[dt.date, checked(_date)] | None = None
 
 
 class _ConfigFile(Strict):
@@ -127,12 +139,42 @@ def _pair(doc: _yaml.Document, name: str, model: _Pair, connections: dict[str, C
     source = _connection_ref(doc, keys + ("source",), model.source, connections)
     target = _connection_ref(doc, keys + ("target",), model.target, connections)
     capture = _capture(doc, keys, model.capture, source)
+    mapping = _with_pair_rules(doc, keys, _mapping(doc, keys, model), model)
     return Pair(
-        name=name, source=source, target=target, capture=capture, mapping=_mapping(doc, keys, model),
+        name=name, source=source, target=target, capture=capture, mapping=mapping,
         batch_size=model.batch_size, snapshot_chunk=model.snapshot_chunk, poll_interval=model.poll_interval,
         on_error=model.on_error, source_timezone=model.source_timezone,
         timestamp=_timestamp(doc, keys, model.timestamp, capture), claim_timeout=model.claim_timeout,
+        conflict=model.conflict[0], newest=model.conflict[1], detect_conflicts=model.detect_conflicts,
+        hold_parked_keys=model.hold_parked_keys, closed_before=model.closed_before,
     )
+
+
+def _with_pair_rules(doc, keys, mapping: MappingSpec, model: _Pair) -> MappingSpec:
+    """Each table spec with the pair's conflict policy, detection, holding and closed period where
+    the mapping sets none: after this a table spec holds every rule its changes are decided by."""
+    tables = {}
+    for name, spec in mapping.tables.items():
+        inherits = spec.conflict is None
+        period = spec.period or (spec.ledger.entry_date if spec.ledger else None)
+        tables[name] = dataclasses.replace(
+            spec, conflict=model.conflict[0] if inherits and spec.ledger is None else spec.conflict,
+            newest=model.conflict[1] if inherits and spec.ledger is None else spec.newest,
+            detect=model.detect_conflicts, hold=model.hold_parked_keys, period=period,
+            closed_before=model.closed_before)
+    if model.closed_before is not None and not any(spec.period for spec in tables.values()):
+        raise doc.error(keys + ("closed_before",), "no table of the pair names the date column closed periods are "
+                        "judged by: give a table period: <target date column> (or ledger.entry_date) in the mapping")
+    return dataclasses.replace(mapping, tables=tables)
+
+
+def _date(value: Any) -> dt.date:
+    if isinstance(value, dt.datetime) or not isinstance(value, (dt.date, str)):
+        raise ValueError(f"{value!r} is not a date such as 2026-01-01")
+    try:
+        return value if isinstance(value, dt.date) else dt.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date such as 2026-01-01") from None
 
 
 def _connection_ref(doc, keys, ref: str, connections: dict[str, Connection]) -> Connection:

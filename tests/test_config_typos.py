@@ -226,7 +226,8 @@ UNKNOWN_KEYS = [
      "tables.invoices.control_totals.amuont", 3, "(did you mean 'amount'?)"),
     ("m.yaml", "tables:\n  invoices:\n    sharde: true\n", "tables.invoices.sharde", 3, "(did you mean 'shared'?)"),
     ("m.yaml", "tables:\n  invoices:\n    comment: hello\n", "tables.invoices.comment", 3,
-     "(expected one of columns, control_totals, filter, key, shared, target)"),
+     "(expected one of balance, columns, conflict, control_totals, delete_missing, filter, key, ledger, mode, "
+     "period, shared, target, update_missing)"),
 ]
 
 

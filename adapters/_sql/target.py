@@ -312,11 +312,23 @@ class SqlTarget(KeyedReads):
                 self.statement_table(name)
 
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
-        """One run of upserts or deletes on one table as one executemany (a dialect may bulk-load)."""
-        if op == "upsert":
+        """One run of upserts, inserts or deletes on one table as one executemany (a dialect may bulk-load)."""
+        if op in ("upsert", "insert"):
             conn.execute(self._run_statement(op, name, key, tuple(params[0])), params)
         else:
             conn.execute(self._run_statement(op, name, key, ()), [{f"k_{k}": p[k] for k in key} for p in params])
+
+    def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple]) -> list[dict]:
+        """The rows whose key is one of ``keys``: one SELECT per 500 keys (a row-value IN for a compound key)."""
+        table = self.table(name)
+        columns = [table.c[k] for k in key]
+        rows: list[dict] = []
+        for start in range(0, len(keys), READ_KEYS):
+            part = keys[start:start + READ_KEYS]
+            where = (columns[0].in_([k[0] for k in part]) if len(columns) == 1
+                     else sa.tuple_(*columns).in_([tuple(k) for k in part]))
+            rows.extend(dict(r._mapping) for r in conn.execute(sa.select(table).where(where)))
+        return rows
 
     def _run_statement(self, op: str, name: str, key: tuple[str, ...], columns: tuple[str, ...]) -> sa.Executable:
         """The upsert or delete statement of a run, built once per table, key and columns: runs are
@@ -327,12 +339,16 @@ class SqlTarget(KeyedReads):
             table = self.statement_table(name)
             if op == "upsert":
                 statement = self.upsert(table, key, list(columns))
+            elif op == "insert":
+                statement = table.insert()
             else:
                 statement = table.delete().where(sa.and_(*[table.c[k] == sa.bindparam(f"k_{k}") for k in key]))
             cache[(op, name, key, columns)] = statement
         return cache[(op, name, key, columns)]
 
 
+#: Keys one read_rows statement asks for (SQLite allows 32,766 bound values in a statement).
+READ_KEYS = 500
 #: Seconds a claim waits for a holder's open transaction before it counts as held.
 CLAIM_LOCK_WAIT = 5.0
 _NONE: frozenset[str] = frozenset()

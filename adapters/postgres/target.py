@@ -61,8 +61,13 @@ class PostgresTarget(SqlTarget):
         return super().classify(exc)
 
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
-        if len(params) == 1:
+        if len(params) == 1 or (op == "insert" and len(params) < COPY_FROM):
             return super().write_run(conn, op, name, key, params)
+        if op == "insert":  # new rows only (a ledger's entries): straight in, a key that exists fails
+            columns = list(params[0])
+            oids = self._binary_oids(conn, name, columns) if self.trusted(name) >= set(columns) else None
+            self._copy(conn, name, columns, map(_values_of(columns), params), oids)
+            return
         if op == "upsert":
             # The last image of a key wins (a run's upserts all carry the same columns, and no other
             # change of the row comes between them: see cdc/apply/_writes.py); ON CONFLICT may not touch one

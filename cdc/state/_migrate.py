@@ -16,7 +16,7 @@ VERSION_TABLE = "cdc_alembic_version"  # not "alembic_version": the user's own a
 #: The newest migration's revision. Every command checks the state tables are at it; reading the
 #: version row with a plain SELECT spares them loading alembic (a third of the CLI's start-up).
 #: tests/test_config.py checks it is alembic's head of migrations/versions.
-HEAD = "0003"
+HEAD = "0004"
 _version = sa.Table(VERSION_TABLE, sa.MetaData(), sa.Column("version_num", sa.String(32), primary_key=True))
 
 

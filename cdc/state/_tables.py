@@ -38,6 +38,10 @@ audit_log = sa.Table(
     sa.Column("source_txid", sa.String(100)),
     sa.Column("committed_at", Stamp),
     sa.Column("applied_at", Stamp, nullable=False),
+    # None (applied) | applied | conflict | skipped | parked | held | retried | discarded | resolved
+    sa.Column("decision", sa.String(16)),
+    sa.Column("policy", sa.String(64)),  # the conflict policy or rule that decided
+    sa.Column("detail", Long),  # why, in words
 )
 
 dead_letters = sa.Table(
@@ -52,9 +56,15 @@ dead_letters = sa.Table(
     sa.Column("error", Long, nullable=False),
     sa.Column("column_name", sa.String(200)),
     sa.Column("source_position", sa.Text),
+    # parked | held (waits behind blocked_by) | retried | discarded | resolved
     sa.Column("status", sa.String(16), nullable=False, server_default="parked"),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("resolved_at", Stamp),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="error"),  # error | balance | closed | held
+    sa.Column("blocked_by", sa.String(64)),  # "dead letter 7", "conflict 3"
+    sa.Column("source_txid", sa.String(100)),
+    sa.Column("note", Long),  # a discard's reason; what resolved it
+    sa.Index("ix_cdc_dead_letters_open", "pair", "status"),
 )
 
 conflicts = sa.Table(
@@ -66,9 +76,23 @@ conflicts = sa.Table(
     sa.Column("change", Long, nullable=False),
     sa.Column("target_row", Long),
     sa.Column("policy", sa.String(32), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, server_default="open"),
+    sa.Column("status", sa.String(16), nullable=False, server_default="open"),  # open | resolved
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("resolved_at", Stamp),
+    sa.Column("source_table", sa.String(200)),
+    sa.Column("source_key", sa.Text),  # JSON: the source key later changes are held by
+    sa.Column("source_position", sa.Text),
+    sa.Column("resolution", sa.String(16)),  # source | target
+    sa.Column("note", Long),
+    sa.Index("ix_cdc_conflicts_open", "pair", "status"),
+)
+
+row_hashes = sa.Table(
+    "cdc_row_hashes", metadata,
+    sa.Column("pair", sa.String(200), primary_key=True),
+    sa.Column("target_table", sa.String(200), primary_key=True),
+    sa.Column("key_digest", sa.String(64), primary_key=True),  # SHA-256 of the target key as JSON
+    sa.Column("row_hash", sa.String(64), nullable=False),  # SHA-256 of the row this pair last wrote
 )
 
 leases = sa.Table(
