@@ -298,8 +298,10 @@ class Target(Reads, Protocol):
         """Upsert (``op`` 'upsert'; idempotent), insert (``op`` 'insert': a key that exists is an error) or
         delete (by ``key``) these rows of table ``name`` on ``conn``, in order. DBAPIError as raised."""
 
-    def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple]) -> list[dict]:
-        """The rows of table ``name`` whose ``key`` columns hold one of ``keys``, in few statements (read-only)."""
+    def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple],
+                  latest: str | None = None) -> list[dict]:
+        """The rows of table ``name`` whose ``key`` columns hold one of ``keys``, in few statements (read-only);
+        ``latest``: only each key's row with the highest value of that column (a ledger's newest entry)."""
 
     def write_audit(self, conn: sa.Connection, rows: list[dict]) -> None:
         """Append these audit rows on ``conn`` (once: by the transaction's checkpoint). DBAPIError as raised."""

@@ -44,7 +44,8 @@ def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, T
         columns = info.column_names
         if spec.columns is None and target is not None and target.exists(spec.target):
             have = target.describe(spec.target).column_names
-            gone = [c for c in have if c not in columns]
+            own = (spec.ledger.sequence, spec.ledger.reverses) if spec.ledger else ()  # a journal's own columns
+            gone = [c for c in have if c not in columns and c not in own]
             if gone:
                 raise SchemaError(f"source table {spec.source} has no column {gone[0]!r}, which target table "
                                   f"{spec.target} has: dropped or renamed at the source? The pair stops; to go on "

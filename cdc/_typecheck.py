@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import _transforms, values
+from . import _transforms, schema, values
 from ._schema import did_you_mean
 from .errors import ConfigError, TransformError
 from .mapping import ColumnSpec, FilterSpec, TableMapping
@@ -53,6 +53,9 @@ def check_types(mapping: TableMapping, source_columns: list[sa.Column], target: 
             _fits_target(where, column, produced, target)
     for index, condition in enumerate(spec.filters):
         _comparable(f"tables.{spec.source}.filter.{index}", condition, source.get(condition.column), spec.source)
+    problem = schema.ledger_problem(mapping, target)
+    if problem:
+        raise ConfigError(f"tables.{spec.source}.ledger: {problem} ({spec.origin})")
     if target is not None:
         _key_is_unique(mapping, target)
 
@@ -136,7 +139,13 @@ def _comparable(where: str, condition: FilterSpec, source: sa.Column | None, tab
 def _key_is_unique(mapping: TableMapping, target: sa.Table) -> None:
     """An upsert finds its row by the key: the target table must have exactly that key as its
     primary key or a unique index (else PostgreSQL and SQLite refuse the upsert, and MySQL would
-    update whichever row another unique index matches)."""
+    update whichever row another unique index matches). A ledger's journal is keyed by the target
+    key and its sequence column instead, and must have both of its own columns (see cdc/ledger.py)."""
+    if mapping.spec.ledger is not None:
+        problem = schema.ledger_problem(mapping, target)
+        if problem:
+            raise ConfigError(f"tables.{mapping.source}: {problem} ({mapping.spec.origin})")
+        return
     wanted = set(mapping.target_key)
     unique = [{c.name for c in target.primary_key.columns}]
     unique += [{c.name for c in index.columns} for index in target.indexes if index.unique]

@@ -65,8 +65,10 @@ class TableMapping:
                               f"{spec.target} ({spec.origin})")
         self._column_set = frozenset(self.target_columns)
         self._filters = [(f.column, FILTER_OPS[f.op], f.value) for f in spec.filters]
-        #: Every row copied as it is: same column names, no transform, no filter.
-        self.is_identity = not self._filters and all(c.source == c.target and not c.transforms for c in specs)
+        #: Every row copied as it is: same column names, no transform, no filter (never a ledger's
+        #: entries, which add their sequence: a snapshot of one goes row by row, as entries).
+        self.is_identity = (not self._filters and spec.ledger is None
+                            and all(c.source == c.target and not c.transforms for c in specs))
 
     @property
     def key_constants(self) -> dict[str, Any]:
@@ -80,12 +82,15 @@ class TableMapping:
         transforms), the filter and the key. A table whose identity changed since its copy (see
         identity_change) is copied again: rows written under the old mapping are not what the new
         one writes, and a new target table has none of them. The pair's source_timezone counts too:
-        zone-less timestamps are read in it, so the rows hold other instants under another zone."""
+        zone-less timestamps are read in it, so the rows hold other instants under another zone.
+        The mode counts: a journal of entries (`mode: ledger`, with its columns) is not a table of
+        rows, so a table switched from one to the other is copied again into its new target."""
         columns = {target: [source, [list(t) for t in transforms]]
                    for target, source, transforms in sorted(self.column_specs(), key=lambda c: c[0])}
         filters = [[f.column, f.op, f.value] for f in self.spec.filters]
         identity = {"target": self.target, "columns": _digest(columns), "filter": _digest(filters),
-                    "key": _digest([self.source_key, self.target_key]), "zone": self.source_zone}
+                    "key": _digest([self.source_key, self.target_key]), "zone": self.source_zone,
+                    "mode": _mode(self.spec)}
         if self.spec.shared:  # read by pairs of other configs writing the same target table
             identity["shared"] = True
         return identity
@@ -186,7 +191,10 @@ class TableMapping:
 
 
 #: What each part of a mapping identity covers, as `cdc run` and `cdc status` name a change of it.
-_IDENTITY_PARTS = {"columns": "its columns or their transforms", "filter": "its filter", "key": "its key"}
+_IDENTITY_PARTS = {"columns": "its columns or their transforms", "filter": "its filter", "key": "its key",
+                   "mode": "its mode (upsert, or ledger and its columns)"}
+#: What an identity recorded before a part existed had for it (every table was upserted before ledger mode).
+_IDENTITY_DEFAULTS = {"mode": "upsert"}
 
 
 def identity_change(stored: dict | None, current: dict) -> str | None:
@@ -200,8 +208,17 @@ def identity_change(stored: dict | None, current: dict) -> str | None:
         return f"its target changed from {stored['target']} to {current['target']}"
     if stored.get("zone") not in (None, current["zone"]):
         return f"the pair's source_timezone changed from {stored['zone']} to {current['zone']}"
-    changed = [text for part, text in _IDENTITY_PARTS.items() if stored.get(part) not in (None, current[part])]
+    changed = [text for part, text in _IDENTITY_PARTS.items()
+               if stored.get(part, _IDENTITY_DEFAULTS.get(part)) not in (None, current[part])]
     return f"{' and '.join(changed)} changed" if changed else None
+
+
+def _mode(spec: TableSpec) -> str:
+    """``upsert``, or ``ledger:`` and a digest of the ledger's columns (amounts, sequence, reverses, date)."""
+    ledger = spec.ledger
+    if ledger is None:
+        return "upsert"
+    return "ledger:" + _digest([list(ledger.amounts), ledger.sequence, ledger.reverses, ledger.entry_date])
 
 
 def _digest(value: Any) -> str:
@@ -216,6 +233,7 @@ class MappedChange:
     mapping: TableMapping
     ops: list[TargetOp] = field(default_factory=list)
     error: RowError | None = None
+    note: tuple | None = None
 
 
 def map_changes(changes: list[Change], mappings: dict[str, TableMapping]) -> list[MappedChange]:

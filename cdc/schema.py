@@ -11,8 +11,45 @@ import sqlalchemy as sa
 from .mapping import TableMapping
 
 
+def target_key(mapping: TableMapping) -> tuple[str, ...]:
+    """The target table's primary key: the mapping's target key; a ledger's entries are numbered
+    within it by the sequence column (see cdc/ledger.py)."""
+    ledger = mapping.spec.ledger
+    return tuple(mapping.target_key) + ((ledger.sequence,) if ledger is not None else ())
+
+
+def ledger_problem(mapping: TableMapping, table: sa.Table | None) -> str | None:
+    """Why ``mapping``'s ledger cannot work (an amount or date column it does not fill, a column of
+    its own the mapping fills too; an existing target ``table`` lacking a column, or keyed otherwise),
+    said with the fix; None when it can, or the table is no ledger."""
+    ledger = mapping.spec.ledger
+    if ledger is None:
+        return None
+    mapped = mapping.target_columns
+    unmapped = [c for c in (*ledger.amounts, ledger.entry_date) if c is not None and c not in mapped]
+    if unmapped:
+        return f"{unmapped[0]!r} is not a column the mapping writes to {mapping.target} (it writes {', '.join(mapped)})"
+    filled = [c for c in (ledger.sequence, ledger.reverses) if c in mapped]
+    if filled or ledger.sequence == ledger.reverses:
+        return (f"the ledger's sequence and reverses columns are its own: they must differ, and the mapping must not "
+                f"fill them ({(filled or [ledger.sequence])[0]})")
+    if table is None:
+        return None
+    missing = [c for c in (ledger.sequence, ledger.reverses) if c not in table.columns]
+    if missing:
+        return (f"target table {table.name} is a ledger (mode: ledger) but lacks column(s) {', '.join(missing)}: add "
+                f"{ledger.sequence} BIGINT NOT NULL (in the primary key) and {ledger.reverses} BIGINT NULL, or drop "
+                "the table and run `cdc init CONFIG`")
+    key = tuple(c.name for c in table.primary_key.columns)
+    if set(key) != set(target_key(mapping)):
+        return (f"target table {table.name} is a ledger (mode: ledger) but its primary key is ({', '.join(key) or 'none'}), "
+                f"not ({', '.join(target_key(mapping))}): each key's entries are numbered by {ledger.sequence}")
+    return None
+
+
 def target_columns(mapping: TableMapping, source_columns: list[sa.Column]) -> list[sa.Column]:
-    """The target table's columns: source types, changed where a transform changes the type."""
+    """The target table's columns: source types, changed where a transform changes the type; a
+    ledger's sequence (BIGINT NOT NULL, in the key) and reverses (BIGINT NULL) columns after them."""
     by_name = {c.name: c for c in source_columns}
     result = []
     for spec_target, spec_source, transforms in mapping.column_specs():
@@ -22,6 +59,10 @@ def target_columns(mapping: TableMapping, source_columns: list[sa.Column]) -> li
         for name, arg in transforms:
             kind = _after_transform(name, arg, kind)
         result.append(sa.Column(spec_target, kind, nullable=nullable))
+    ledger = mapping.spec.ledger
+    if ledger is not None:
+        result += [sa.Column(ledger.sequence, sa.BigInteger(), nullable=False),
+                   sa.Column(ledger.reverses, sa.BigInteger(), nullable=True)]
     return result
 
 

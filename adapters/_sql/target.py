@@ -318,16 +318,22 @@ class SqlTarget(KeyedReads):
         else:
             conn.execute(self._run_statement(op, name, key, ()), [{f"k_{k}": p[k] for k in key} for p in params])
 
-    def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple]) -> list[dict]:
-        """The rows whose key is one of ``keys``: one SELECT per 500 keys (a row-value IN for a compound key)."""
+    def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple],
+                  latest: str | None = None) -> list[dict]:
+        """The rows whose key is one of ``keys``: one SELECT per 500 keys (a row-value IN for a compound
+        key). ``latest``: only the row with the highest value of that column per key (a ledger's
+        newest entry), found by a grouped subquery the table's primary key index serves."""
         table = self.table(name)
-        columns = [table.c[k] for k in key]
         rows: list[dict] = []
         for start in range(0, len(keys), READ_KEYS):
             part = keys[start:start + READ_KEYS]
-            where = (columns[0].in_([k[0] for k in part]) if len(columns) == 1
-                     else sa.tuple_(*columns).in_([tuple(k) for k in part]))
-            rows.extend(dict(r._mapping) for r in conn.execute(sa.select(table).where(where)))
+            query = sa.select(table).where(_key_in(table, key, part))
+            if latest is not None:
+                newest = (sa.select(*[table.c[k] for k in key], sa.func.max(table.c[latest]).label("newest"))
+                          .where(_key_in(table, key, part)).group_by(*[table.c[k] for k in key]).subquery())
+                query = sa.select(table).join(newest, sa.and_(
+                    *[table.c[k] == newest.c[k] for k in key], table.c[latest] == newest.c.newest))
+            rows.extend(dict(r._mapping) for r in conn.execute(query))
         return rows
 
     def _run_statement(self, op: str, name: str, key: tuple[str, ...], columns: tuple[str, ...]) -> sa.Executable:
@@ -345,6 +351,14 @@ class SqlTarget(KeyedReads):
                 statement = table.delete().where(sa.and_(*[table.c[k] == sa.bindparam(f"k_{k}") for k in key]))
             cache[(op, name, key, columns)] = statement
         return cache[(op, name, key, columns)]
+
+
+def _key_in(table: sa.Table, key: tuple[str, ...], keys: list[tuple]) -> sa.ColumnElement:
+    """``key`` is one of ``keys``: IN for one column, a row-value IN for a compound key."""
+    columns = [table.c[k] for k in key]
+    if len(columns) == 1:
+        return columns[0].in_([k[0] for k in keys])
+    return sa.tuple_(*columns).in_([tuple(k) for k in keys])
 
 
 #: Keys one read_rows statement asks for (SQLite allows 32,766 bound values in a statement).

@@ -86,8 +86,8 @@ class Writes:
         RowError (naming the column) for a value that does not fit, SchemaError for a column the
         target table lacks."""
         writers, trivial = self._column_writers(op.table)
-        source = op.row if op.op == "upsert" else dict(zip(op.key_columns, op.key))
-        if trivial is not None and op.op == "upsert" and source.keys() <= trivial[0]:
+        source = op.row if op.op != "delete" else dict(zip(op.key_columns, op.key))  # upsert or insert: the row
+        if trivial is not None and op.op != "delete" and source.keys() <= trivial[0]:
             for name in trivial[1]:
                 if source.get(name) is None:
                     raise RowError("NULL in a NOT NULL column", table=op.table, key=op.key, column=name)

@@ -75,12 +75,12 @@ def _init_plan(p: Pair) -> dict[str, tuple[sa.Table | None, str]]:
     try:
         tables: dict[str, tuple[sa.Table | None, str]] = {}
         for name, mapping in mappings.items():
-            key = ", ".join(mapping.target_key)
+            key = ", ".join(schema.target_key(mapping))
             if target.exists(mapping.target):
                 tables[mapping.target] = (None, key)
                 continue
             columns = schema.target_columns(mapping, source.describe(name).columns)
-            tables[mapping.target] = (target.table_definition(mapping.target, columns, mapping.target_key,
+            tables[mapping.target] = (target.table_definition(mapping.target, columns, schema.target_key(mapping),
                                                               source.backend), key)
         return tables
     finally:

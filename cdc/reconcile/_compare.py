@@ -49,6 +49,7 @@ def reconcile(pair: Pair, *, table: str | None = None, where: str | None = None,
         if table is not None and not chosen:
             raise ConfigError(f"pair {pair.name} has no table {table!r} (tables: "
                               f"{', '.join(m.source for m in mappings.values())})")
+        _refuse_ledgers(pair, chosen, table)
         say = progress or (lambda text: None)
         for mapping in chosen:
             report.tables.append(_compare_table(source, target, mapping, where, limit, settle,
@@ -58,6 +59,20 @@ def reconcile(pair: Pair, *, table: str | None = None, where: str | None = None,
         target.close()
     report.finished_at = state._store.now()
     return report
+
+
+def _refuse_ledgers(pair: Pair, chosen: list[TableMapping], table: str | None) -> None:
+    """ConfigError for a ledger table (mode: ledger): its target holds entries and reversals, many
+    rows per source key, which a row-by-row comparison would call differences and a repair would
+    "fix" with UPDATEs and DELETEs of posted entries. Until reconcile compares current entries,
+    it refuses such a table rather than report nonsense."""
+    ledgers = [m for m in chosen if m.spec.ledger is not None]
+    if not ledgers:
+        return
+    others = [m.source for m in chosen if m.spec.ledger is None]
+    hint = f"; compare the others one at a time with --table ({', '.join(others)})" if others and table is None else ""
+    raise ConfigError(f"pair {pair.name}: table {ledgers[0].source} -> {ledgers[0].target} is a ledger (mode: ledger): "
+                      f"reconcile does not compare journals of entries yet{hint} ({ledgers[0].spec.origin})")
 
 
 def read_only(reads: Any) -> None:
