@@ -1,11 +1,14 @@
 """PostgreSQL -> PostgreSQL: snapshot and streaming rows/s next to COPY and native logical replication.
 
-Run: python bench/postgres_bench.py [--rows 1000000]
+Run: python bench/postgres_bench.py [--rows 1000000] [--ledger]
 Starts two throw-away PostgreSQL servers (tests/pgserver.py) unless CDC_BENCH_SOURCE_URL and
 CDC_BENCH_TARGET_URL name two empty databases. Baselines, in the same run on the same servers:
   snapshot  - COPY (SELECT ...) TO STDOUT piped into COPY ... FROM STDIN by psycopg
   streaming - PostgreSQL's own logical replication (CREATE PUBLICATION / CREATE SUBSCRIPTION),
               timed from the source COMMIT of one UPDATE of every row until the target has it
+--ledger also streams one more UPDATE of every row into a journal in ledger mode (`mode: ledger`:
+each row becomes a reversal and a new entry, 2 journal rows per change) from the same source,
+printed beside the streaming apply in upsert mode above it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import os
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,10 +77,47 @@ def native_replication(source: str, target: str, rows: int) -> float:
     return seconds
 
 
+LEDGER_MAPPING = """\
+tables:
+  ledger:
+    target: journal
+    mode: ledger
+    ledger: {amounts: [amount], sequence: entry_no, reverses: reverses, entry_date: booked_at}
+"""
+JOURNAL_CHECK = "SELECT count(*), sum(amount) FROM journal"
+
+
+def timed_ledger(source: str, target: str, rows: int) -> float:
+    """Seconds of streaming one UPDATE of every row into a journal in ledger mode by `cdc run --once`
+    in this process (after its snapshot: one entry per row); checks the journal after it: 3 rows
+    per source row, summing to the source's amounts."""
+    from cdc import commands
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.yaml"
+        (Path(tmp) / "ledger.yaml").write_text(LEDGER_MAPPING, encoding="utf-8")
+        config.write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  journal:\n"
+                          "    source: src\n    target: dst\n    capture: logical\n    mapping: ledger.yaml\n"
+                          "    batch_size: 20000\n    snapshot_chunk: 50000\n", encoding="utf-8")
+        commands.init(str(config))
+        commands.install(str(config))
+        commands.run(str(config), once=True)
+        sql(source, "UPDATE ledger SET amount = amount + 1, memo = memo || ' l'")
+        start = time.perf_counter()
+        commands.run(str(config), once=True)
+        seconds = time.perf_counter() - start
+        commands.uninstall(str(config))
+    (count, total), ((expected,),) = sql(target, JOURNAL_CHECK)[0], sql(source, "SELECT sum(amount) FROM ledger")
+    assert (count, total) == (3 * rows, expected), f"the journal holds {count} rows summing to {total}"
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    rows = parser.parse_args().rows
+    parser.add_argument("--ledger", action="store_true", help="also stream the UPDATE into a journal in ledger mode")
+    arguments = parser.parse_args()
+    rows = arguments.rows
     clusters = []
     if os.environ.get("CDC_BENCH_SOURCE_URL"):
         source, target = os.environ["CDC_BENCH_SOURCE_URL"], os.environ["CDC_BENCH_TARGET_URL"]
@@ -90,6 +131,9 @@ def main() -> None:
         source, target = clusters[0].url("bench"), clusters[1].url("bench")
     native_target = target.rsplit("/", 1)[0] + "/native"
     sql(target, "CREATE DATABASE native")
+    journal_target = target.rsplit("/", 1)[0] + "/journal"
+    if arguments.ledger:
+        sql(target, "CREATE DATABASE journal")
     try:
         sql(source, TABLE)
         sql(source, FILL, (rows,))
@@ -101,6 +145,7 @@ def main() -> None:
         snapshot_seconds, stream_seconds = timed_pair(
             source, target, "logical", lambda: sql(source, CHECK) == sql(target, CHECK),
             lambda: sql(source, "UPDATE ledger SET amount = amount + 1, memo = memo || ' c'"))
+        ledger_seconds = timed_ledger(source, journal_target, rows) if arguments.ledger else None
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     finally:
         for cluster in clusters:
@@ -109,7 +154,9 @@ def main() -> None:
                 rows, [("baseline COPY TO STDOUT | COPY FROM STDIN", copy_seconds, None),
                        ("cdc initial snapshot", snapshot_seconds, copy_seconds),
                        ("baseline native logical replication (UPDATE)", native_seconds, None),
-                       ("cdc streaming apply (UPDATE of every row)", stream_seconds, native_seconds)], peak)
+                       ("cdc streaming apply (UPDATE of every row)", stream_seconds, native_seconds)]
+                + ([("cdc ledger mode, same UPDATE (2 journal rows each)", ledger_seconds, stream_seconds)]
+                   if ledger_seconds else []), peak)
 
 
 if __name__ == "__main__":

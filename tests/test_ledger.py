@@ -21,7 +21,7 @@ from cdc import ledger
 from cdc.apply._writes import writes_for
 from cdc.changes import Change
 from cdc.config import load_config
-from cdc.mapping import map_changes
+from cdc.mapping import identity_change, map_changes
 from cdc.pipeline import open_pair
 from conftest import LEDGER_SCHEMA
 
@@ -321,3 +321,56 @@ def test_sigkill_midway_leaves_exactly_one_entry_per_change(ws):
     assert result.returncode == 0, result.stderr
     assert applied == sorted(applied) and 0 < applied[len(applied) // 2] < 6000, f"kills missed the stream: {applied}"
     assert_ledger(ws, book)
+
+
+# -- set-up, checks and the commands that must not treat a journal as a table of rows --------------
+def test_init_makes_the_journal_and_check_refuses_one_that_cannot_hold_entries(ws):
+    journal_pair(ws)
+    columns = {row[1]: (row[2], row[3], row[5]) for row in ws.query(ws.target, "PRAGMA table_info(journal)")}
+    assert columns["entry_no"] == ("BIGINT", 1, 2) and columns["reverses"] == ("BIGINT", 0, 0)
+    assert columns["id"][2] == 1  # the key: (id, entry_no)
+    ws.sql(ws.target, "DROP TABLE journal; CREATE TABLE journal (id INTEGER PRIMARY KEY, account INTEGER, "
+                      "amount NUMERIC(18,2), currency CHAR(3), memo TEXT, booked_at DATETIME, entry_no BIGINT)")
+    for command in ("check", "run"):
+        result = ws.cdc(command, *(["--once"] if command == "run" else []), str(ws.config))
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert ("target table journal is a ledger (mode: ledger) but lacks column(s) reverses" in result.stderr
+                and "ledger.yaml line 2" in result.stderr and len(result.stderr.strip().splitlines()) == 1), result.stderr
+    ws.sql(ws.target, "ALTER TABLE journal ADD COLUMN reverses BIGINT")
+    result = ws.cdc("check", str(ws.config))
+    assert result.returncode != 0 and "its primary key is (id), not (id, entry_no)" in result.stderr, result.stderr
+
+
+def test_a_ledger_amount_the_mapping_does_not_write_is_refused_with_file_and_line(ws):
+    ws.sql(ws.source, LEDGER_SCHEMA)
+    (ws.root / "ledger.yaml").write_text(MAPPING.replace("amounts: [amount]", "amounts: [amuont]"), encoding="utf-8")
+    ws.write_config("source: src\ntarget: dst\ncapture: trigger\nmapping: ledger.yaml")
+    result = ws.cdc("init", str(ws.config))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    tables = ws.query(ws.target, "SELECT name FROM sqlite_master") if ws.target.exists() else []
+    assert ("journal",) not in tables, "init created the table anyway"
+    assert "tables.entries.ledger: 'amuont' is not a column the mapping writes to journal" in result.stderr
+    assert "ledger.yaml line 2" in result.stderr
+
+
+def test_reconcile_refuses_a_ledger_table_in_one_line(ws):
+    journal_pair(ws)
+    result = ws.cdc("reconcile", str(ws.config))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("error: pair p: table entries -> journal is a ledger (mode: ledger): reconcile "
+                                     "does not compare journals of entries yet (ledger.yaml line 2)")
+
+
+def test_switching_a_table_to_ledger_mode_changes_its_identity(ws):
+    journal_pair(ws)
+    pair = load_config(ws.config).pairs["p"]
+    source, target, mappings = open_pair(pair)
+    source.close()
+    target.close()
+    now = mappings["entries"].identity()
+    upserted = {**now, "mode": "upsert"}
+    before_modes = {k: v for k, v in upserted.items() if k != "mode"}  # recorded before modes existed
+    for stored in (upserted, before_modes):
+        assert identity_change(stored, now) == "its mode (upsert, or ledger and its columns) changed"
+    assert identity_change(now, now) is None
+    assert identity_change(before_modes, upserted) is None  # an old identity was an upserted table

@@ -322,17 +322,26 @@ class SqlTarget(KeyedReads):
                   latest: str | None = None) -> list[dict]:
         """The rows whose key is one of ``keys``: one SELECT per 500 keys (a row-value IN for a compound
         key). ``latest``: only the row with the highest value of that column per key (a ledger's
-        newest entry), found by a grouped subquery the table's primary key index serves."""
+        newest entry, see ``newest_rows``)."""
         table = self.table(name)
+        if latest is not None:
+            return self.newest_rows(conn, table, key, keys, latest)
         rows: list[dict] = []
         for start in range(0, len(keys), READ_KEYS):
-            part = keys[start:start + READ_KEYS]
-            query = sa.select(table).where(_key_in(table, key, part))
-            if latest is not None:
-                newest = (sa.select(*[table.c[k] for k in key], sa.func.max(table.c[latest]).label("newest"))
-                          .where(_key_in(table, key, part)).group_by(*[table.c[k] for k in key]).subquery())
-                query = sa.select(table).join(newest, sa.and_(
-                    *[table.c[k] == newest.c[k] for k in key], table.c[latest] == newest.c.newest))
+            query = sa.select(table).where(_key_in(table, key, keys[start:start + READ_KEYS]))
+            rows.extend(dict(r._mapping) for r in conn.execute(query))
+        return rows
+
+    def newest_rows(self, conn: sa.Connection, table: sa.Table, key: tuple[str, ...], keys: list[tuple],
+                    latest: str) -> list[dict]:
+        """Per key of ``keys``, its row with the highest ``latest``: a correlated MAX that the primary
+        key's index answers per key, one SELECT per 500 keys (a dialect with LATERAL may do better)."""
+        newer = table.alias("newer")
+        newest = sa.select(sa.func.max(newer.c[latest])).where(*[newer.c[k] == table.c[k] for k in key])
+        rows: list[dict] = []
+        for start in range(0, len(keys), READ_KEYS):
+            query = sa.select(table).where(_key_in(table, key, keys[start:start + READ_KEYS]),
+                                           table.c[latest] == newest.scalar_subquery())
             rows.extend(dict(r._mapping) for r in conn.execute(query))
         return rows
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import psycopg
 import sqlalchemy as sa
 from psycopg.types.json import Json, Jsonb
-from sqlalchemy.dialects.postgresql import JSON, JSONB, insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB, insert
 
 from cdc import state
 
@@ -98,6 +98,22 @@ class PostgresTarget(SqlTarget):
         self._copy(conn, stage, columns, map(_values_of(columns), params), oids)
         statement = sql.upsert_from(name, stage, columns, key) if op == "upsert" else sql.delete_using(name, stage, key)
         conn.exec_driver_sql(statement)
+
+    def newest_rows(self, conn: sa.Connection, table: sa.Table, key: tuple[str, ...], keys: list[tuple],
+                    latest: str) -> list[dict]:
+        """One statement for all ``keys``, passed as arrays: each key joined LATERAL to its last row
+        (ORDER BY ``latest`` DESC LIMIT 1), which PostgreSQL finds by walking the primary key's index
+        backwards, even in a table it has no statistics for yet (a journal a snapshot just filled),
+        where an IN list made it scan the whole table once per statement."""
+        cache = self.__dict__.setdefault("_newest", {})
+        if (table.name, key, latest) not in cache:
+            arrays = [sa.bindparam(f"k_{k}", type_=ARRAY(table.c[k].type)) for k in key]
+            wanted = sa.func.unnest(*arrays).table_valued(*key).render_derived(name="wanted")
+            newest = (sa.select(table).where(*[table.c[k] == wanted.c[k] for k in key])
+                      .order_by(table.c[latest].desc()).limit(1).lateral("newest"))
+            cache[(table.name, key, latest)] = sa.select(newest).select_from(wanted).join(newest, sa.true())
+        params = {f"k_{k}": [row[i] for row in keys] for i, k in enumerate(key)}
+        return [dict(r._mapping) for r in conn.execute(cache[(table.name, key, latest)], params)]
 
     def write_audit(self, conn: sa.Connection, rows: list[dict]) -> None:
         if len(rows) < COPY_FROM:
