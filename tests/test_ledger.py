@@ -291,9 +291,12 @@ def test_ten_thousand_random_changes_post_entries_and_reversals_only(ws, target_
     try:
         with engine.connect() as conn:
             audited = conn.exec_driver_sql("SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'").scalar()
+            said = conn.exec_driver_sql("SELECT decision, policy, detail FROM cdc_audit_log WHERE op = 'update' "
+                                        "ORDER BY id").first()
     finally:
         engine.dispose()
     assert audited == 10_000  # one audit row per source change
+    assert said[:2] == ("applied", "ledger") and said[2].startswith("reversal of entry "), said
 
 
 def test_sigkill_midway_leaves_exactly_one_entry_per_change(ws):

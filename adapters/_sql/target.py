@@ -329,7 +329,7 @@ class SqlTarget(KeyedReads):
         rows: list[dict] = []
         for start in range(0, len(keys), READ_KEYS):
             query = sa.select(table).where(_key_in(table, key, keys[start:start + READ_KEYS]))
-            rows.extend(dict(r._mapping) for r in conn.execute(query))
+            rows.extend(plain_rows(table, conn.execute(query)))
         return rows
 
     def newest_rows(self, conn: sa.Connection, table: sa.Table, key: tuple[str, ...], keys: list[tuple],
@@ -342,7 +342,7 @@ class SqlTarget(KeyedReads):
         for start in range(0, len(keys), READ_KEYS):
             query = sa.select(table).where(_key_in(table, key, keys[start:start + READ_KEYS]),
                                            table.c[latest] == newest.scalar_subquery())
-            rows.extend(dict(r._mapping) for r in conn.execute(query))
+            rows.extend(plain_rows(table, conn.execute(query)))
         return rows
 
     def _run_statement(self, op: str, name: str, key: tuple[str, ...], columns: tuple[str, ...]) -> sa.Executable:
@@ -368,6 +368,12 @@ def _key_in(table: sa.Table, key: tuple[str, ...], keys: list[tuple]) -> sa.Colu
     if len(columns) == 1:
         return columns[0].in_([k[0] for k in keys])
     return sa.tuple_(*columns).in_([tuple(k) for k in keys])
+
+
+def plain_rows(table: sa.Table, result: Iterable) -> list[dict]:
+    """Rows of ``table`` as dicts keyed by plain str names (a reflected name is a str subclass)."""
+    names = [str(c.name) for c in table.columns]
+    return [dict(zip(names, row)) for row in result]
 
 
 #: Keys one read_rows statement asks for (SQLite allows 32,766 bound values in a statement).

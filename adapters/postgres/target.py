@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB, insert
 from cdc import state
 
 from .._sql import SqlTarget, same as _identity
+from .._sql.target import plain_rows
 from . import sql
 
 #: From this many rows on, a run goes through COPY into a staging table instead of one statement
@@ -113,7 +114,7 @@ class PostgresTarget(SqlTarget):
                       .order_by(table.c[latest].desc()).limit(1).lateral("newest"))
             cache[(table.name, key, latest)] = sa.select(newest).select_from(wanted).join(newest, sa.true())
         params = {f"k_{k}": [row[i] for row in keys] for i, k in enumerate(key)}
-        return [dict(r._mapping) for r in conn.execute(cache[(table.name, key, latest)], params)]
+        return plain_rows(table, conn.execute(cache[(table.name, key, latest)], params))
 
     def write_audit(self, conn: sa.Connection, rows: list[dict]) -> None:
         if len(rows) < COPY_FROM:
