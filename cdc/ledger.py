@@ -41,7 +41,7 @@ class _Key:
     current: Row | None  #: its current entry (None: none, or reversed)
 
 
-def plain_columns(spec: Any) -> tuple[str, str]:
+def _own_columns(spec: Any) -> tuple[str, str]:
     """The two target columns a ledger table has that its mapping does not fill: (sequence, reverses)."""
     return spec.ledger.sequence, spec.ledger.reverses
 
@@ -52,7 +52,8 @@ def entries(target: Any, conn: Any, items: list[MappedChange]) -> None:
     current entries of all their keys first, one statement per target table. Errors of the read
     are raised as the target raises them (the caller's transaction decides). Whether the target
     table can hold a journal was checked when the pair was opened (schema.ledger_problem)."""
-    ledgers = [item for item in items if item.error is None and item.mapping.spec.ledger is not None]
+    ledgers = [item for item in items  # a change the mapping filtered out has no ops, and stays silent
+               if item.ops and item.error is None and item.mapping.spec.ledger is not None]
     if not ledgers:
         return
     known = _current_entries(target, conn, ledgers)
@@ -63,7 +64,7 @@ def entries(target: Any, conn: Any, items: list[MappedChange]) -> None:
             written += ops
             said.append(text)
         item.ops = written
-        item.note = ("applied" if written else "skipped", "ledger", "; ".join(said) or "nothing to write", None)
+        item.note = ("applied" if written else "skipped", "ledger", "; ".join(said), None)
 
 
 def _current_entries(target: Any, conn: Any, ledgers: list[MappedChange]) -> dict[tuple, _Key]:
@@ -71,7 +72,7 @@ def _current_entries(target: Any, conn: Any, ledgers: list[MappedChange]) -> dic
     wanted: dict[tuple[str, tuple[str, ...], str], set] = {}
     reverses: dict[str, str] = {}
     for item in ledgers:
-        sequence, reverses[item.mapping.target] = plain_columns(item.mapping.spec)
+        sequence, reverses[item.mapping.target] = _own_columns(item.mapping.spec)
         for op in item.ops:
             wanted.setdefault((op.table, op.key_columns, sequence), set()).add(op.key)
     known: dict[tuple, _Key] = {}

@@ -16,6 +16,7 @@ from ..mapping import TableMapping
 from ..pipeline import open_pair
 from .._where import check_where
 from ._canonical import EXACT_HALF_UP
+from ._journal import current_entries, journal_columns, unbalanced
 from ._keys import paired, row_differences
 from ._report import ReconcileReport, RowDifference, TableReport
 from ._side import Side, both
@@ -49,7 +50,6 @@ def reconcile(pair: Pair, *, table: str | None = None, where: str | None = None,
         if table is not None and not chosen:
             raise ConfigError(f"pair {pair.name} has no table {table!r} (tables: "
                               f"{', '.join(m.source for m in mappings.values())})")
-        _refuse_ledgers(pair, chosen, table)
         say = progress or (lambda text: None)
         for mapping in chosen:
             report.tables.append(_compare_table(source, target, mapping, where, limit, settle,
@@ -59,20 +59,6 @@ def reconcile(pair: Pair, *, table: str | None = None, where: str | None = None,
         target.close()
     report.finished_at = state._store.now()
     return report
-
-
-def _refuse_ledgers(pair: Pair, chosen: list[TableMapping], table: str | None) -> None:
-    """ConfigError for a ledger table (mode: ledger): its target holds entries and reversals, many
-    rows per source key, which a row-by-row comparison would call differences and a repair would
-    "fix" with UPDATEs and DELETEs of posted entries. Until reconcile compares current entries,
-    it refuses such a table rather than report nonsense."""
-    ledgers = [m for m in chosen if m.spec.ledger is not None]
-    if not ledgers:
-        return
-    others = [m.source for m in chosen if m.spec.ledger is None]
-    hint = f"; compare the others one at a time with --table ({', '.join(others)})" if others and table is None else ""
-    raise ConfigError(f"pair {pair.name}: table {ledgers[0].source} -> {ledgers[0].target} is a ledger (mode: ledger): "
-                      f"reconcile does not compare journals of entries yet{hint} ({ledgers[0].spec.origin})")
 
 
 def read_only(reads: Any) -> None:
@@ -94,7 +80,8 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
         check_where(where, mapping, source.describe(mapping.source).column_names,
                     target.describe(mapping.target).column_names, {source.backend, target.backend})
     mine = Side(source, mapping.source, mapping.source_key, columns, where, mapping)
-    theirs = Side(target, mapping.target, mapping.target_key, columns, _own_rows(target, mapping, where))
+    theirs = Side(target, mapping.target, mapping.target_key, columns, _own_rows(target, mapping, where),
+                  journal=journal_columns(mapping))
     try:
         result = _compare(mine, theirs, mapping, limit, settle, say)
     except (ArithmeticError, ValueError, TypeError, sa.exc.DBAPIError) as exc:
@@ -102,6 +89,8 @@ def _compare_table(source: Any, target: Any, mapping: TableMapping, where: str |
         if located is None:
             raise
         raise located from exc
+    if mapping.spec.ledger is not None:
+        unbalanced(target, mapping, result, limit)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -186,12 +175,16 @@ def _compare_rows(result: TableReport, mine: Side, theirs: Side, pairs: dict[str
 
 def _own_rows(target: Any, mapping: TableMapping, where: str | None) -> str | None:
     """The target rows ``mapping`` writes: in a shared table only those with its key constants,
-    so another pair's rows are neither reported as extra nor deleted by a repair."""
+    so another pair's rows are neither reported as extra nor deleted by a repair; in a journal
+    only the current entries."""
     constants = mapping.key_constants
-    if not constants:
+    conditions = [target.sql_text(sa.and_(*(sa.column(c) == sa.literal(v) for c, v in constants.items())))
+                  ] if constants else []
+    if mapping.spec.ledger is not None:
+        conditions.append(current_entries(target, mapping))
+    if not conditions:
         return where
-    condition = sa.and_(*(sa.column(column) == sa.literal(value) for column, value in constants.items()))
-    own = target.sql_text(condition)
+    own = " AND ".join(conditions)
     return f"({where}) AND {own}" if where else own
 
 

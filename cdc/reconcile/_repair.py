@@ -29,6 +29,7 @@ from ..mapping import MappedChange, TableMapping, TargetOp
 from ..pipeline import open_pair, open_source, open_target
 from ._canonical import canonical
 from ._compare import read_only, target_columns
+from ._journal import journal_columns
 from ._keys import paired
 from ._report import ReconcileReport, TableReport
 from ._side import Side, both
@@ -81,7 +82,7 @@ def repair_plan(pair: Pair, report: ReconcileReport) -> RepairPlan:
 def _plan_table(source: Any, target: Any, mapping: TableMapping, table: TableReport, plan: RepairPlan) -> None:
     columns = target_columns(target, mapping)
     mine = Side(source, mapping.source, mapping.source_key, columns, None, mapping)
-    theirs = Side(target, mapping.target, mapping.target_key, columns, None)
+    theirs = Side(target, mapping.target, mapping.target_key, columns, None, journal=journal_columns(mapping))
     pairs = dict(table.keys)
     # A key the source had no row for is looked up again now, as the comparison did.
     pairs.update(paired(mine, theirs, {text: (None, t) for text, (s, t) in pairs.items() if s is None}))

@@ -32,8 +32,10 @@ class Side:
     """Fingerprints of one side's table: the source as mapped, or the target."""
 
     def __init__(self, reads: Any, table: str, key: tuple[str, ...], target_columns: dict[str, sa.Column],
-                 where: str | None, mapping: TableMapping | None = None):
+                 where: str | None, mapping: TableMapping | None = None, journal: tuple[str, str] | None = None):
         self.reads, self.table, self.key, self.where, self.mapping = reads, table, key, where, mapping
+        #: A ledger's journal: its (sequence, reverses) columns; a key's row is its current entry (see rows).
+        self.journal = journal
         self.target_columns = target_columns  # target name -> target column, in target order
         #: Source rows the mapping refuses, by side key (the first MAX_FAILURES_KEPT; the count is exact).
         self.failures: dict[tuple, RowError] = {}
@@ -282,10 +284,15 @@ class Side:
         return canonical(mapped[account], self.target_columns[account]), period
 
     def rows(self, keys: list[tuple]) -> dict[tuple, dict]:
-        """Key id (see ``key_id``) -> the row, for the keys that exist (read by key, never with --where)."""
+        """Key id (see ``key_id``) -> the row, for the keys that exist (read by key, never with --where);
+        of a journal, each key's current entry: its newest row, when that is no reversal."""
         found = {}
         for row in self.reads.rows_by_keys(self.table, self.key, keys):
-            found[self.key_id(tuple(row[k] for k in self.key))] = row
+            key_id = self.key_id(tuple(row[k] for k in self.key))
+            if self.journal is None or key_id not in found or row[self.journal[0]] > found[key_id][self.journal[0]]:
+                found[key_id] = row
+        if self.journal is not None:  # a key whose newest row is a reversal has no current entry
+            found = {key_id: row for key_id, row in found.items() if row[self.journal[1]] is None}
         return found
 
     def key_id(self, side_key: tuple) -> tuple:
