@@ -29,6 +29,9 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
     op = item.ops[-1]
     read, found = rows.current(op)
     new = op.row if op.op == "upsert" else None
+    if new is not None and spec.row_hashes and not repair and rows.stored_hash(op) == rows.row_hash(item, new):
+        decided.skipped += 1  # no mapped column changed since this pair wrote the row (capture timestamp)
+        return False
     if not read or rows.same(item, found, new):
         rows.wrote(item)
         return True
