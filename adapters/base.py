@@ -266,8 +266,7 @@ class Target(Reads, Protocol):
         ``DBAPIError`` from it is classified by ``classify`` (a failed COMMIT leaves the outcome uncertain)."""
 
     def claim(self, pair: str) -> state.Claim:
-        """This process's claim of ``pair`` (no database access, idempotent); ClaimLostError (stop) when
-        it holds none."""
+        """This process's claim of ``pair`` (no database access, idempotent); ClaimLostError (stop) if none."""
 
     def table(self, name: str) -> sa.Table:
         """The reflected target table, cached (idempotent); TargetError (stop) if it does not exist."""
@@ -300,8 +299,7 @@ class Target(Reads, Protocol):
 
     def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple],
                   latest: str | None = None) -> list[dict]:
-        """The rows of table ``name`` whose ``key`` columns hold one of ``keys``, in few statements (read-only);
-        ``latest``: only each key's row with the highest value of that column (a ledger's newest entry)."""
+        """Rows of ``name`` whose ``key`` holds one of ``keys`` (read-only); ``latest``: each key's newest by it."""
 
     def write_audit(self, conn: sa.Connection, rows: list[dict]) -> None:
         """Append these audit rows on ``conn`` (once: by the transaction's checkpoint). DBAPIError as raised."""

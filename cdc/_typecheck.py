@@ -140,11 +140,8 @@ def _key_is_unique(mapping: TableMapping, target: sa.Table) -> None:
     """An upsert finds its row by the key: the target table must have exactly that key as its
     primary key or a unique index (else PostgreSQL and SQLite refuse the upsert, and MySQL would
     update whichever row another unique index matches). A ledger's journal is keyed by the target
-    key and its sequence column instead, and must have both of its own columns (see cdc/ledger.py)."""
+    key and its sequence column instead (checked by schema.ledger_problem)."""
     if mapping.spec.ledger is not None:
-        problem = schema.ledger_problem(mapping, target)
-        if problem:
-            raise ConfigError(f"tables.{mapping.source}: {problem} ({mapping.spec.origin})")
         return
     wanted = set(mapping.target_key)
     unique = [{c.name for c in target.primary_key.columns}]

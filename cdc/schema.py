@@ -42,8 +42,8 @@ def ledger_problem(mapping: TableMapping, table: sa.Table | None) -> str | None:
                 "the table and run `cdc init CONFIG`")
     key = tuple(c.name for c in table.primary_key.columns)
     if set(key) != set(target_key(mapping)):
-        return (f"target table {table.name} is a ledger (mode: ledger) but its primary key is ({', '.join(key) or 'none'}), "
-                f"not ({', '.join(target_key(mapping))}): each key's entries are numbered by {ledger.sequence}")
+        return (f"target table {table.name} is a ledger (mode: ledger) but its primary key is "
+                f"({', '.join(key) or 'none'}), not ({', '.join(target_key(mapping))}): each key's entries are numbered by {ledger.sequence}")
     return None
 
 

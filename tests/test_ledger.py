@@ -349,8 +349,8 @@ def test_init_makes_the_journal_and_check_refuses_one_that_cannot_hold_entries(w
     for command in ("check", "run"):
         result = ws.cdc(command, *(["--once"] if command == "run" else []), str(ws.config))
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-        assert ("target table journal is a ledger (mode: ledger) but lacks column(s) reverses" in result.stderr
-                and "ledger.yaml line 2" in result.stderr and len(result.stderr.strip().splitlines()) == 1), result.stderr
+        assert "target table journal is a ledger (mode: ledger) but lacks column(s) reverses" in result.stderr
+        assert "ledger.yaml line 2" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     ws.sql(ws.target, "ALTER TABLE journal ADD COLUMN reverses BIGINT")
     result = ws.cdc("check", str(ws.config))
     assert result.returncode != 0 and "its primary key is (id), not (id, entry_no)" in result.stderr, result.stderr
@@ -381,7 +381,8 @@ def test_reconcile_compares_current_entries_and_repairs_with_entries_only(ws, ta
     book.journal[extra] = []
     last = {key: book.journal[key][-1][0] for key in (changed, reversed_, lone)}
     posted = [  # by hand: a correction (reversal and a wrong entry), a reversal, an entry, one posted twice
-        (changed, last[changed] + 1, str(-book.rows[changed]), last[changed]), (changed, last[changed] + 2, "99.99", None),
+        (changed, last[changed] + 1, str(-book.rows[changed]), last[changed]),
+        (changed, last[changed] + 2, "99.99", None),
         (reversed_, last[reversed_] + 1, str(-book.rows[reversed_]), last[reversed_]),
         (extra, 1, "5.00", None)]
     engine = target_engine(ws, target_url)

@@ -29,7 +29,8 @@ def audit_rows(pair: str, done: list[MappedChange], reason: str, now: Any) -> li
         decision, policy, detail, found = item.note or (_DECISIONS.get(reason, "applied"), None, None, None)
         if found is not None:  # the target row as it was found: what the change really replaced
             before = {c: found.get(c) for c in item.mapping.target_columns}
-        rows.append(audit_row(pair, change.table, item.mapping.target, change.op, reason, dumps(item.ops[-1].key if item.ops else list(change.key)),
+        key = item.ops[-1].key if item.ops else list(change.key)
+        rows.append(audit_row(pair, change.table, item.mapping.target, change.op, reason, dumps(key),
                               _json(before), _json(after), now, position_text, txid_text, change.committed_at,
                               decision, policy, detail))
     return rows

@@ -289,7 +289,8 @@ class Side:
         found = {}
         for row in self.reads.rows_by_keys(self.table, self.key, keys):
             key_id = self.key_id(tuple(row[k] for k in self.key))
-            if self.journal is None or key_id not in found or row[self.journal[0]] > found[key_id][self.journal[0]]:
+            kept = found.get(key_id)
+            if self.journal is None or kept is None or row[self.journal[0]] > kept[self.journal[0]]:
                 found[key_id] = row
         if self.journal is not None:  # a key whose newest row is a reversal has no current entry
             found = {key_id: row for key_id, row in found.items() if row[self.journal[1]] is None}
