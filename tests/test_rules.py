@@ -138,7 +138,8 @@ def test_a_voucher_balances_per_source_transaction_not_across_them():
                    ins(9, row(3, 5, "60")), ins(9, row(4, 5, "-60")))
     rejected = unbalanced(items, nothing_known)
     assert keys(rejected) == [1, 2]
-    assert "voucher 5 in source transaction 7 does not balance: postings sum to 100.00 (expected 0)" in str(rejected[0][1])
+    assert ("voucher 5 in source transaction 7 does not balance: postings sum to 100.00 (expected 0)"
+            in str(rejected[0][1]))
     assert "postings sum to -100.00 (expected 0)" in str(rejected[1][1])
 
 
@@ -166,7 +167,8 @@ def test_one_posting_changed_or_deleted_alone_unbalances_its_voucher():
     a, b = row(1, 5, "-100"), row(2, 5, "100")
     rejected = unbalanced(mapped(SIGNED, upd(1, a, dict(a, amount=Decimal("-99.99"))), dele(2, b)), before_image)
     assert keys(rejected) == [1, 2]
-    assert "voucher 5 in source transaction 1 does not balance: postings sum to 0.01 (expected 0)" in str(rejected[0][1])
+    assert ("voucher 5 in source transaction 1 does not balance: postings sum to 0.01 (expected 0)"
+            in str(rejected[0][1]))
     assert "postings sum to -100.00 (expected 0)" in str(rejected[1][1])
 
 
@@ -174,7 +176,8 @@ def test_a_posting_moved_to_another_voucher_counts_in_both():
     a = row(1, 5, "100")
     rejected = unbalanced(mapped(SIGNED, upd(1, a, dict(a, voucher=6))), before_image)
     assert keys(rejected) == [1]
-    assert str(rejected[0][1]).startswith("voucher 5 in source transaction 1 does not balance: postings sum to -100.00 (expected 0)")
+    assert str(rejected[0][1]).startswith("voucher 5 in source transaction 1 does not balance: postings sum to "
+                                          "-100.00 (expected 0)")
     # Moved together with its counter-posting, both vouchers balance.
     b = row(2, 5, "-100")
     assert unbalanced(mapped(SIGNED, upd(1, a, dict(a, voucher=6)), upd(1, b, dict(b, voucher=6))),
@@ -193,8 +196,8 @@ def test_a_second_change_to_a_row_counts_from_the_first_ones_after_row():
     """Insert and update of one posting in one transaction: the update's before is the insert's
     after, whatever the target row was before the part (none here)."""
     a, b = row(1, 5, "100"), row(2, 5, "-30")
-    items = mapped(SIGNED, ins(1, a), ins(1, b), Change("update", "postings", (2,), None, dict(b, amount=Decimal("-100")),
-                                                        txid=1))
+    items = mapped(SIGNED, ins(1, a), ins(1, b),
+                   Change("update", "postings", (2,), None, dict(b, amount=Decimal("-100")), txid=1))
     assert unbalanced(items, nothing_known) == []
 
 
@@ -204,7 +207,8 @@ def test_debit_and_credit_columns_balance_as_debit_minus_credit():
                    ins(2, row(4, 6, debit=Decimal("10"))), ins(2, row(5, 6, credit=Decimal("9.99"))))
     rejected = unbalanced(items, nothing_known)
     assert keys(rejected) == [4, 5]
-    assert "voucher 6 in source transaction 2 does not balance: postings sum to 0.01 (expected 0)" in str(rejected[0][1])
+    assert ("voucher 6 in source transaction 2 does not balance: postings sum to 0.01 (expected 0)"
+            in str(rejected[0][1]))
     assert rejected[0][1].column == "debet"
 
 
@@ -230,7 +234,8 @@ def test_tables_without_balance_are_not_checked():
 # -- the mapping names columns it writes ---------------------------------------------------------
 @pytest.mark.parametrize("rules, key, column, hint", [
     ("balance: {group_by: bilag, amount: belopp}", "balance.amount", "belopp", "(did you mean 'belop'?)"),
-    ("balance: {group_by: voucher, amount: belop}", "balance.group_by", "voucher", "(it writes id, bilag, belop, dato)"),
+    ("balance: {group_by: voucher, amount: belop}", "balance.group_by", "voucher",
+     "(it writes id, bilag, belop, dato)"),
     ("balance: {group_by: bilag, debit: debet, credit: belop}", "balance.debit", "debet", ""),
     ("period: date", "period", "date", "(did you mean 'dato'?)"),
     ("mode: ledger\n    ledger: {amounts: [belop], entry_date: bokfort}", "ledger.entry_date", "bokfort", ""),
