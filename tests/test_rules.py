@@ -4,11 +4,13 @@ code, and the mapping check of the columns these rules name."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import datetime as dt
 import textwrap
 from decimal import Decimal
 
 import pytest
+import sqlalchemy as sa
 
 from cdc.apply._rules import closed, unbalanced
 from cdc.changes import Change
@@ -261,3 +263,159 @@ def test_rule_columns_the_mapping_writes_are_accepted():
     spec = dataclasses.replace(DATED.spec, balance=BalanceSpec("bilag", debit="debet", credit="kredit"),
                                ledger=LedgerSpec(("belop",), entry_date="dato"))
     assert TableMapping(spec, SOURCE_COLUMNS, ("id",), "UTC").spec.period == "dato"
+
+
+# -- end to end: `cdc run` from a SQLite trigger source into SQLite and PostgreSQL targets --------
+SOURCE_SCHEMA = """CREATE TABLE postings (id INTEGER PRIMARY KEY, voucher INTEGER NOT NULL, account INTEGER NOT NULL,
+    amount NUMERIC(12,2) NOT NULL, posted DATE NOT NULL, memo TEXT);"""
+MAPPING = """\
+tables:
+  postings:
+    target: posteringer
+    columns: {id: id, bilag: voucher, konto: account, belop: amount, dato: posted, tekst: memo}
+    balance: {group_by: bilag, amount: belop}
+    period: dato
+"""
+
+
+class Ledger:
+    """A pair from the SQLite source's postings into a ledger (SQLite or PostgreSQL), read back as
+    plain values so both sides compare."""
+
+    def __init__(self, ws, url: str):
+        self.ws, self.url = ws, url
+        self.engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+
+    def setup(self, on_error: str, batch_size: int = 1000) -> None:
+        self.ws.sql(self.ws.source, SOURCE_SCHEMA)
+        (self.ws.root / "map.yaml").write_text(MAPPING, encoding="utf-8")
+        self.ws.config.write_text(
+            f"connections:\n  src: sqlite:///source.db\n  dst: {self.url}\npairs:\n  p:\n    source: src\n"
+            f"    target: dst\n    capture: trigger\n    mapping: map.yaml\n    on_error: {on_error}\n"
+            f"    batch_size: {batch_size}\n    closed_before: 2026-01-01\n", encoding="utf-8")
+        for command in ("init", "install"):
+            self.ok(command)
+        self.ok("run", "--once")  # the (empty) snapshot
+
+    def ok(self, *args: str) -> str:
+        result = self.ws.cdc(args[0], *args[1:], str(self.ws.config))
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def source(self, *statements: str) -> None:
+        """Statements run in ONE source transaction."""
+        self.ws.sql(self.ws.source, ";\n".join(statements))
+
+    def target_rows(self) -> list[tuple]:
+        with self.engine.connect() as conn:
+            return [_plain(row) for row in conn.exec_driver_sql("SELECT * FROM posteringer ORDER BY id")]
+
+    def source_rows(self, where: str = "1 = 1") -> list[tuple]:
+        return [_plain(row) for row in self.ws.query(self.ws.source, f"SELECT * FROM postings WHERE {where} ORDER BY id")]
+
+    def letters(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(sa.text(
+                "SELECT id, op, key, kind, status, error, column_name, blocked_by, source_txid "
+                "FROM cdc_dead_letters ORDER BY id"))]
+
+
+def _plain(row) -> tuple:
+    """Dates as ISO text and numbers as normalised Decimals: SQLite keeps both as it was given them."""
+    return tuple(v.isoformat() if isinstance(v, dt.date) else
+                 Decimal(repr(v) if isinstance(v, float) else v).normalize() if isinstance(v, (Decimal, float)) else v
+                 for v in row)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_pair(request, ws):
+    url = "sqlite:///" + str(ws.target) if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    pair = Ledger(ws, url)
+    yield pair
+    pair.engine.dispose()
+
+
+def _insert(id, voucher, amount, posted="2026-02-01", memo="") -> str:
+    return f"INSERT INTO postings VALUES ({id}, {voucher}, 1920, '{amount}', '{posted}', '{memo}')"
+
+
+def test_unbalanced_vouchers_and_closed_periods_are_parked_and_the_rest_applied(ledger_pair):
+    """One source transaction with an unbalanced voucher (1042) and a balanced one (1043); a later
+    balanced voucher (1044); a voucher dated in the closed period (1045); then changes to a
+    parked key (held behind its dead letter) and to an applied one (applied)."""
+    pair = ledger_pair
+    pair.setup("park")
+    pair.source(_insert(1, 1042, "-1000.00"), _insert(2, 1042, "850.00"), _insert(3, 1042, "300.00"),
+                _insert(4, 1043, "-20.00"), _insert(5, 1043, "20.00"))
+    pair.source(_insert(6, 1044, "-500.00"), _insert(7, 1044, "500.00"))
+    pair.source(_insert(8, 1045, "-75.00", "2025-12-31"), _insert(9, 1045, "75.00", "2025-12-31"))
+    pair.source("UPDATE postings SET memo = 'checked' WHERE id IN (1, 4)")
+    out = pair.ok("run", "--once")
+    assert "5 changes applied" in out and "6 parked" in out, out
+    assert pair.target_rows() == pair.source_rows("id IN (4, 5, 6, 7)")  # row by row, memo 'checked' on 4
+    letters = pair.letters()
+    assert [(json.loads(l["key"]), l["kind"], l["status"], l["op"]) for l in letters] == [
+        ([1], "balance", "parked", "insert"), ([2], "balance", "parked", "insert"),
+        ([3], "balance", "parked", "insert"), ([8], "closed", "parked", "insert"),
+        ([9], "closed", "parked", "insert"), ([1], "held", "held", "update")]
+    txid = letters[0]["source_txid"]
+    assert txid and {l["source_txid"] for l in letters[:3]} == {txid}
+    for letter in letters[:3]:
+        assert letter["error"] == (f"voucher 1042 in source transaction {txid} does not balance: postings sum to "
+                                   "150.00 (expected 0): the whole voucher is parked; fix the source, then "
+                                   "`cdc dead-letters retry`")
+        assert letter["column_name"] == "belop"
+    for letter in letters[3:5]:
+        assert letter["error"].startswith("posting dated 2025-12-31 is in a closed period (closed_before 2026-01-01)")
+        assert letter["column_name"] == "dato"
+    assert letters[5]["blocked_by"] == f"dead letter {letters[0]['id']}"
+    status = json.loads(pair.ws.cdc("status", "--json", str(pair.ws.config)).stdout)
+    assert status[0]["dead_letters"] >= 5 and status[0]["healthy"] is False
+    # Nothing moves on a second run: the parked changes stay parked, once.
+    pair.ok("run", "--once")
+    assert len(pair.letters()) == 6 and pair.target_rows() == pair.source_rows("id IN (4, 5, 6, 7)")
+
+
+@pytest.mark.parametrize("bad", ["balance", "closed"])
+def test_with_stop_the_pair_stops_before_the_failing_transaction_with_nothing_half_applied(ledger_pair, bad):
+    pair = ledger_pair
+    pair.setup("stop")
+    pair.source(_insert(1, 7, "-10.00"), _insert(2, 7, "10.00"))
+    pair.ok("run", "--once")
+    before = pair.target_rows()
+    assert before == pair.source_rows()
+    if bad == "balance":
+        pair.source(_insert(3, 8, "-10.00"), _insert(4, 8, "10.00"), _insert(5, 9, "99.99"), _insert(6, 9, "-100.00"))
+        expected = "voucher 9 in source transaction"
+    else:
+        pair.source(_insert(3, 8, "-10.00"), _insert(4, 8, "10.00"), "UPDATE postings SET posted = '2025-06-30' "
+                    "WHERE id = 2")
+        expected = "posting dated 2025-06-30 is in a closed period"
+    pair.source(_insert(10, 10, "-1.00"), _insert(11, 10, "1.00"))
+    for _ in range(2):  # stops again, at once, on the next run
+        result = pair.ws.cdc("run", "--once", str(pair.ws.config))
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+        assert "table posteringer key [" in result.stderr and expected in result.stderr, result.stderr
+        assert pair.target_rows() == before and pair.letters() == []
+
+
+def test_a_balanced_voucher_larger_than_a_batch_is_applied_whole(ws):
+    """batch_size 2: the transaction's five postings reach the target in parts of two, in one
+    target transaction; voucher 5's three postings balance only together."""
+    pair = Ledger(ws, "sqlite:///" + str(ws.target))
+    pair.setup("park", batch_size=2)
+    pair.source(_insert(1, 5, "-100.00"), _insert(2, 5, "60.00"), _insert(3, 5, "40.00"),
+                _insert(4, 6, "-1.00"), _insert(5, 6, "1.00"))
+    pair.ok("run", "--once")
+    assert pair.letters() == [] and pair.target_rows() == pair.source_rows()
+    pair.engine.dispose()
+
+
+def test_check_names_a_rule_column_the_mapping_does_not_write(ws):
+    ws.sql(ws.source, SOURCE_SCHEMA)
+    (ws.root / "map.yaml").write_text(MAPPING.replace("amount: belop}", "amount: amount}"), encoding="utf-8")
+    ws.write_config("source: src\ntarget: dst\ncapture: trigger\nmapping: map.yaml\nclosed_before: 2026-01-01")
+    result = ws.cdc("check", str(ws.config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert ("tables.postings.balance.amount: 'amount' is not a target column the mapping writes to posteringer "
+            "(it writes id, bilag, konto, belop, dato, tekst) (map.yaml line 2)") in result.stderr, result.stderr
