@@ -56,13 +56,14 @@ def _closed_error(item: MappedChange, before_of: BeforeOf, column: str, closed_b
             continue
         day = _day(row[column])
         if day is None:
-            return _row_error(item, column, f"period column {column} holds {row[column]!r}{which}, not a date: cannot "
-                                            f"tell whether it is in a closed period (closed_before {closed_before}); "
-                                            f"map a date column as period, {_THEN_RETRY}")
+            return _row_error(item, column, "closed",
+                              f"period column {column} holds {row[column]!r}{which}, not a date: cannot tell whether "
+                              f"it is in a closed period (closed_before {closed_before}); map a date column as "
+                              f"period, {_THEN_RETRY}")
         if day < closed_before:
-            return _row_error(item, column, f"posting dated {day}{which} is in a closed period (closed_before "
-                                            f"{closed_before}): parked for review; fix the source or move "
-                                            f"closed_before, {_THEN_RETRY}")
+            return _row_error(item, column, "closed",
+                              f"posting dated {day}{which} is in a closed period (closed_before {closed_before}): "
+                              f"parked for review; fix the source or move closed_before, {_THEN_RETRY}")
     return None
 
 
@@ -192,9 +193,10 @@ def _balance_error(item: MappedChange, voucher: _Voucher) -> RowError:
         why = f"cannot be checked: {voucher.problem}"
     else:
         why = f"does not balance: postings sum to {voucher.delta:f} (expected 0)"
-    return _row_error(item, column, f"voucher {voucher.name} in {voucher.transaction} {why}: the whole voucher is "
-                                    f"parked; fix the source, {_THEN_RETRY}")
+    return _row_error(item, column, "balance", f"voucher {voucher.name} in {voucher.transaction} {why}: the whole "
+                                               f"voucher is parked; fix the source, {_THEN_RETRY}")
 
 
-def _row_error(item: MappedChange, column: str, message: str) -> RowError:
-    return RowError(message, table=item.mapping.target, key=item.change.key, column=column)
+def _row_error(item: MappedChange, column: str, kind: str, message: str) -> RowError:
+    """The error a change is parked with: ``kind`` is the dead letter's (closed, balance)."""
+    return RowError(message, table=item.mapping.target, key=item.change.key, column=column, kind=kind)
