@@ -215,19 +215,12 @@ def test_debit_and_credit_columns_balance_as_debit_minus_credit():
     assert rejected[0][1].column == "debet"
 
 
-def test_an_amount_that_is_not_a_number_or_a_posting_that_cannot_be_mapped_parks_its_voucher():
+def test_an_amount_that_is_not_a_number_parks_its_voucher():
     items = mapped(SPLIT, ins(1, row(1, 5, debit="lots")), ins(1, row(2, 5, credit=Decimal("1"))))
     rejected = unbalanced(items, nothing_known)
     assert keys(rejected) == [1, 2]
     assert str(rejected[0][1]).startswith("voucher 5 in source transaction 1 cannot be checked: posting [1] has "
                                           "debet 'lots', not a number: the whole voucher is parked")
-    # belop takes {decimal: 2}: 1.005 cannot be mapped; the item carries its own error and its
-    # voucher's other postings are parked with it.
-    items = mapped(SIGNED, ins(1, row(1, 5, "1.005")), ins(1, row(2, 5, "-1.00")), ins(1, row(3, 6, "0")))
-    assert items[0].error is not None
-    rejected = unbalanced(items, nothing_known)
-    assert keys(rejected) == [2]
-    assert "cannot be checked: posting [1] could not be mapped (" in str(rejected[0][1])
 
 
 def test_tables_without_balance_are_not_checked():
@@ -443,3 +436,19 @@ def test_a_posting_whose_key_changes_keeps_its_voucher_balanced(ledger_pair):
     pair.source("UPDATE postings SET id = 20 WHERE id = 1")
     pair.ok("run", "--once")
     assert pair.letters() == [] and pair.target_rows() == pair.source_rows()
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: cdc/apply/_decide.py _by_rules passes the same changes to "
+                   "closed() and unbalanced(), so a posting parked for its closed period still counts in its "
+                   "voucher's sum and the rest of the voucher is applied alone; fix: pass unbalanced() the "
+                   "changes closed() did not park")
+def test_a_voucher_with_one_posting_in_a_closed_period_is_parked_whole(ledger_pair):
+    pair = ledger_pair
+    pair.setup("park")
+    pair.source(_insert(8, 1045, "-75.00", "2025-12-31"), _insert(9, 1045, "75.00", "2026-01-02"),
+                _insert(10, 1046, "-5.00"), _insert(11, 1046, "5.00"))
+    pair.ok("run", "--once")
+    assert [(json.loads(l["key"]), l["kind"]) for l in pair.letters()] == [([8], "closed"), ([9], "balance")]
+    assert "voucher 1045 in source transaction" in pair.letters()[1]["error"]
+    assert "postings sum to 75.00 (expected 0)" in pair.letters()[1]["error"]
+    assert pair.target_rows() == pair.source_rows("voucher = 1046")

@@ -101,17 +101,17 @@ def unbalanced(items: list[MappedChange], before_of: BeforeOf) -> Rejected:
     sum over its changes of the amount after (0 for a delete) minus the amount before (the row
     ``before_of`` gives, 0 without one). A second change to a row in the same call counts from
     the first one's after row. A posting moved to another voucher counts in both. A voucher
-    whose sum moves, or whose sum cannot be known (an amount that is not a number, a posting
-    that could not be mapped), returns ALL its changes: it is parked whole, never half-applied.
-    Exact Decimal arithmetic (a float amount counts as the number it prints as)."""
+    whose sum moves, or whose sum cannot be known (an amount that is not a number), returns ALL
+    its changes: it is parked whole, never half-applied. Exact Decimal arithmetic (a float
+    amount counts as the number it prints as). Pass only changes that may be written: a posting
+    parked for another reason (held, not mappable, in a closed period) is then missing from its
+    voucher's sum, so the rest of the voucher it moved is parked too; a change that carries a
+    mapping error or writes nothing is left out here."""
     vouchers: dict[tuple, _Voucher] = {}
     rows: dict[tuple, Row | None] = {}  # (target table, key) -> its row after the changes so far
     for item in items:
         if item.mapping.spec.balance is not None and item.error is None and item.ops:
             _count(item, before_of, vouchers, rows)
-    for item in items:
-        if item.mapping.spec.balance is not None and item.error is not None:
-            _spoil(item, vouchers)
     parked: dict[int, tuple[MappedChange, RowError]] = {}
     for voucher in vouchers.values():
         if voucher.problem is None and voucher.delta == 0:
@@ -137,18 +137,6 @@ def _count(item: MappedChange, before_of: BeforeOf, vouchers: dict[tuple, _Vouch
             voucher.delta += sign * _amount(item.mapping.spec.balance, row)
         except (InvalidOperation, TypeError, ValueError) as exc:
             voucher.problem = voucher.problem or f"posting {list(item.change.key)} has {exc}"
-
-
-def _spoil(item: MappedChange, vouchers: dict[tuple, _Voucher]) -> None:
-    """A posting that could not be mapped leaves its voucher's sum unknown: the voucher (when its
-    name can still be read from the change) is parked with it."""
-    image = item.mapping.image(item.change.image, item.change.key)
-    name = image.get(item.mapping.spec.balance.group_by)
-    if isinstance(name, dict):  # the voucher column itself failed: its voucher is unknown
-        return
-    voucher = vouchers.get((_transaction(item), item.mapping.target, name))
-    if voucher is not None:
-        voucher.problem = voucher.problem or f"posting {list(item.change.key)} could not be mapped ({item.error})"
 
 
 def _voucher_of(item: MappedChange, row: Row, vouchers: dict[tuple, _Voucher]) -> _Voucher:
