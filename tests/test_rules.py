@@ -348,6 +348,10 @@ def test_unbalanced_vouchers_and_closed_periods_are_parked_and_the_rest_applied(
     assert pair.target_rows() == pair.source_rows("id IN (4, 5, 6, 7)")  # row by row
     status = json.loads(pair.ws.cdc("status", "--json", str(pair.ws.config)).stdout)
     assert status[0]["dead_letters"] == 5 and status[0]["healthy"] is False
+    audit = json.loads(pair.ok("audit", "--format", "json"))  # how many were parked, and why
+    parked = {s["kind"]: s["count"] for s in audit["summary"] if "parked" in s["kind"]}
+    assert parked == {"insert (parked: balance)": 3, "insert (parked: closed)": 2}, audit["summary"]
+    assert sum("is in a closed period" in (e.get("detail") or "") for e in audit["entries"]) == 2, audit["entries"]
     pair.source("UPDATE postings SET memo = 'checked' WHERE id IN (1, 4)")
     out = pair.ok("run", "--once")
     assert "1 changes applied in 1 target transactions, 1 parked in dead letters" in out, out
