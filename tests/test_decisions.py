@@ -32,6 +32,9 @@ def pair(ws):
             assert ws.cdc(command, str(ws.config)).returncode == 0
         ws.sql(ws.source, "INSERT INTO invoices VALUES (1, 10000, 'a'), (2, 500, 'b'), (1000, 7, 'c')")
         run(ws)
+        # new rows into an untouched target: plainly applied, no conflict
+        assert ws.query(ws.target, "SELECT key, decision FROM cdc_audit_log WHERE op <> 'snapshot' ORDER BY id") == [
+            ("[1]", "applied"), ("[2]", "applied"), ("[1000]", "applied")]
 
     return make
 
