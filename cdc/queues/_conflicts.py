@@ -92,9 +92,10 @@ def _take_source(target: Any, pair: Pair, source: Any, mappings: dict, conflict:
 
 def _keep_target(target: Any, pair: Pair, mappings: dict, conflict: Conflict):
     """``first(conn)`` of the release: the audit row of the kept target row, the conflict resolved."""
+    read = _target_row_reader(target, mappings, conflict)  # reflected now: not inside the write transaction
 
     def first(conn: sa.Connection) -> None:
-        row = _target_row(target, conn, mappings, conflict)
+        row = read(conn)
         write_audit(target, conn, [audit_row(
             pair.name, conflict.source_table or conflict.target_table, conflict.target_table,
             conflict.change.get("op", "update"), "resolve", conflict.key, row, row,
@@ -105,17 +106,22 @@ def _keep_target(target: Any, pair: Pair, mappings: dict, conflict: Conflict):
     return first
 
 
-def _target_row(target: Any, conn: sa.Connection, mappings: dict, conflict: Conflict) -> dict | None:
-    """The target row of the conflict's key as it is now (as the conflict found it when unreadable)."""
+def _target_row_reader(target: Any, mappings: dict, conflict: Conflict):
+    """``read(conn)``: the target row of the conflict's key as it is now (as the conflict found it
+    when the mapping or the table is gone)."""
     from ..reconcile._keys import converted
 
     mapping = mappings.get(conflict.source_table)
     if mapping is None or not target.exists(conflict.target_table):
-        return conflict.target_row
+        return lambda conn: conflict.target_row
     table = target.table(conflict.target_table)
     key = converted(tuple(conflict.key), [table.c[k] for k in mapping.target_key])
-    rows = target.read_rows(conn, conflict.target_table, mapping.target_key, [key]) if key is not None else []
-    return {c: rows[0][c] for c in mapping.target_columns} if rows else None
+
+    def read(conn: sa.Connection) -> dict | None:
+        rows = target.read_rows(conn, conflict.target_table, mapping.target_key, [key]) if key is not None else []
+        return {c: rows[0][c] for c in mapping.target_columns} if rows else None
+
+    return read
 
 
 def _resolved(conn: sa.Connection, conflict: Conflict, resolution: str, note: str) -> None:
