@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import sqlalchemy as sa
 
 SOURCE = "CREATE TABLE entries (id INTEGER PRIMARY KEY, amount NUMERIC(12,2) NOT NULL, memo TEXT)"
 #: The target refuses amounts of 1000 and more: what the user fixes by rebuilding it without the CHECK.
@@ -131,7 +132,10 @@ def test_a_retry_the_target_still_refuses_stays_parked_and_changes_nothing(ws):
     letters = _letters(ws)
     assert [(d["id"], d["status"]) for d in letters][0] == (head, "parked") and len(letters) == 3
     assert "refused again" in letters[0]["note"] and before == [(0,)]
-    assert _audit(ws, "reason = 'retry'") == [("retry", "parked", "error", letters[0]["error"], "[1]")]
+    blocked = _cdc(ws, "dead-letters", "retry", str(ws.config), str(letters[1]["id"]))
+    assert blocked.returncode == 1 and f"waits behind dead letter {head} of the same key" in blocked.stdout
+    detail = f"retry of dead letter {head} refused: {letters[0]['error']}"
+    assert _audit(ws, "reason = 'retry'") == [("retry", "parked", "error", detail, "[1]")]
 
 
 def test_retry_after_the_target_is_fixed_applies_the_source_row_and_supersedes_the_held(ws):
@@ -305,3 +309,57 @@ def test_an_unbalanced_voucher_is_retried_whole_after_the_source_is_fixed(ws):
     assert f"with its voucher's dead letters {letters[1]['id']}" in result.stdout
     assert _entries(ws, ws.target) == _entries(ws, ws.source)
     assert _letters(ws) == []
+
+
+def _pg(url: str, statement: str) -> None:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
+def _pg_setup(ws, pg_url: str, rules: str = "", seed: str = "") -> None:
+    """A SQLite source (with a timestamp column) into PostgreSQL, whose table refuses amounts of 1000+."""
+    ws.sql(ws.source, "CREATE TABLE entries (id INTEGER PRIMARY KEY, amount NUMERIC(12,2) NOT NULL, memo TEXT, "
+                      "booked_at DATETIME);" + seed)
+    _pg(pg_url, "CREATE TABLE entries (id integer PRIMARY KEY, amount numeric(12,2) NOT NULL CONSTRAINT small "
+                "CHECK (amount < 1000), memo text, booked_at timestamp)")
+    ws.write_config("\n".join(["source: src", "target: ledger", "capture: trigger", "tables: [entries]",
+                               "on_error: park", rules]), extra_connections=f"  ledger: {pg_url}\n")
+    for command in ("init", "install"):
+        _ok(ws, command, str(ws.config))
+    _ok(ws, "run", "--once", str(ws.config))
+
+
+def test_on_postgresql_retry_and_discard_make_the_target_equal_the_source(ws, pg_url):
+    _pg_setup(ws, pg_url)
+    ws.sql(ws.source, "INSERT INTO entries VALUES (1, 5000, 'big', '2026-01-05 10:00:00'), "
+                      "(2, 10, 'small', '2026-01-06 11:00:00'), (3, 7000, 'æøå', '2026-01-07 12:30:00.25')")
+    _ok(ws, "run", "--once", str(ws.config))
+    ws.sql(ws.source, "UPDATE entries SET memo = 'later' WHERE id = 1; UPDATE entries SET amount = 70 WHERE id = 3")
+    _ok(ws, "run", "--once", str(ws.config))
+    first, third = [d["id"] for d in _letters(ws, "--status", "parked")]
+    assert _cdc(ws, "dead-letters", "retry", str(ws.config), str(first)).returncode == 1  # still refused
+    result = _ok(ws, "dead-letters", "discard", str(ws.config), str(third), "--reason", "entered by hand")
+    assert "1 held change(s) behind it released: 1 applied" in result.stdout
+    _pg(pg_url, "ALTER TABLE entries DROP CONSTRAINT small")  # the user fixes the target
+    _ok(ws, "dead-letters", "retry", str(ws.config), "--all")
+    assert _letters(ws) == []
+    assert _cdc(ws, "reconcile", str(ws.config), "--settle", "0").returncode == 0  # row by row, value by value
+    assert _cdc(ws, "status", str(ws.config)).returncode == 0
+
+
+def test_on_postgresql_a_manual_conflict_resolved_taking_the_source(ws, pg_url):
+    _pg_setup(ws, pg_url, rules=MANUAL, seed="INSERT INTO entries VALUES (1, 100, 'a', '2026-02-01 08:00:00')")
+    _pg(pg_url, "UPDATE entries SET memo = 'edited in the ledger' WHERE id = 1")
+    ws.sql(ws.source, "UPDATE entries SET amount = 110 WHERE id = 1")
+    _ok(ws, "run", "--once", str(ws.config))
+    ws.sql(ws.source, "UPDATE entries SET booked_at = '2026-02-02 09:15:00' WHERE id = 1")
+    _ok(ws, "run", "--once", str(ws.config))
+    (found,) = json.loads(_ok(ws, "conflicts", "list", str(ws.config), "--json").stdout)
+    assert [d["status"] for d in _letters(ws)] == ["held"]
+    _ok(ws, "conflicts", "resolve", str(ws.config), str(found["id"]), "--take", "source")
+    assert _letters(ws) == [] and json.loads(_ok(ws, "conflicts", "list", str(ws.config), "--json").stdout) == []
+    assert _cdc(ws, "reconcile", str(ws.config), "--settle", "0").returncode == 0

@@ -46,7 +46,7 @@ def _dead_letters(friendly: Callable) -> click.Group:
         if as_json:
             return _json([letter.as_dict() for letter in found])
         for letter in found:
-            behind = f" behind {letter.blocked_by}" if letter.blocked_by else ""
+            behind = f" behind {letter.blocked_by}" if letter.blocked_by and letter.status == "held" else ""
             click.echo(f"{letter.id:>6}  {letter.pair}  {letter.source_table} -> {letter.target_table} "
                        f"{_key(letter.key)}  {letter.op}  {letter.kind}  {letter.status}{behind}  "
                        f"{_short(letter.error)}  {_when(letter.created_at)}")

@@ -163,7 +163,8 @@ def _still_parked(target: Any, pair: Pair, group: list[Letter], refused: list[tu
                         note=f"retried at {now.isoformat()}: refused again")
             rows.append(audit_row(pair.name, letter.source_table, letter.target_table, letter.op, "retry",
                                   letter.key, None, None, position=letter.source_position, txid=letter.source_txid,
-                                  decision="parked", policy=error.kind, detail=str(error)))
+                                  decision="parked", policy=error.kind,
+                                  detail=f"retry of dead letter {letter.id} refused: {error}"))
         write_audit(target, conn, rows)
     head, error = refused[0]
     return Outcome(group[0].id, "parked", f"dead letter {group[0].id} refused again, still parked: "
