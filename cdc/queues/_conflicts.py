@@ -38,8 +38,8 @@ def resolve_conflict(pair: Pair, number: int, take: str, wait: bool) -> Outcome:
         try:
             with target.reading() as conn:
                 conflict = read_conflicts(conn, [pair.name], statuses=None, ids=[number])[0]
-                held = [h for h in read_letters(conn, [pair.name], table=conflict.source_table, statuses=("held",))
-                        if h.key_text == conflict.key_text]
+                held = read_letters(conn, [pair.name], statuses=("held",),
+                                    key=(conflict.source_table, conflict.key_text))
             why = f"released: conflict {number} was resolved"
             if conflict.status != "open":
                 if not held:

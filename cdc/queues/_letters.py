@@ -83,8 +83,8 @@ def _retry_one(target: Any, pair: Pair, source: Any, mappings: dict[str, TableMa
                            "retry, discard or resolve that first", [number])
         group = _voucher(conn, pair, mappings, letter) if letter.kind == "balance" else [letter]
         keys = {(g.source_table, g.key_text) for g in group}
-        held = [h for h in read_letters(conn, [pair.name], statuses=("held",))
-                if (h.source_table, h.key_text) in keys and h.id not in {g.id for g in group}]
+        held = [h for key in sorted(keys) for h in read_letters(conn, [pair.name], statuses=("held",), key=key)
+                if h.id not in {g.id for g in group}]
     ids = [g.id for g in group]
     changes, refused = [], []
     for member in group:
@@ -179,11 +179,10 @@ def _named(group: list[Letter], error: RowError) -> Letter:
 
 def blocker(conn: sa.Connection, pair: str, letter: Letter) -> str | None:
     """What ``letter`` still waits behind: an open conflict of its key, or an earlier open letter of it."""
-    for conflict in read_conflicts(conn, [pair], table=letter.source_table):
-        if conflict.key_text == letter.key_text:
-            return f"conflict {conflict.id}"
-    earlier = [o for o in read_letters(conn, [pair], table=letter.source_table)
-               if o.key_text == letter.key_text and o.id < letter.id]
+    key = (letter.source_table, letter.key_text)
+    for conflict in read_conflicts(conn, [pair], key=key):
+        return f"conflict {conflict.id}"
+    earlier = [o for o in read_letters(conn, [pair], key=key) if o.id < letter.id]
     return f"dead letter {earlier[0].id}" if earlier else None
 
 
@@ -214,8 +213,9 @@ def discard_letter(pair: Pair, number: int, reason: str, wait: bool) -> Outcome:
                 if letter.status not in OPEN_LETTERS:
                     raise ConfigError(f"dead letter {number} is {letter.status} already: nothing to discard")
                 head = blocker(conn, pair.name, letter) is None
-                held = [h for h in read_letters(conn, [pair.name], table=letter.source_table, statuses=("held",))
-                        if head and h.key_text == letter.key_text and h.id > letter.id]
+                held = [h for h in read_letters(conn, [pair.name], statuses=("held",), key=(letter.source_table,
+                                                                                            letter.key_text))
+                        if head and h.id > letter.id]
 
             def first(conn: sa.Connection) -> None:
                 set_letters(conn, [number], status="discarded", resolved_at=state._store.now(), note=reason)

@@ -116,13 +116,16 @@ def conflict_of(row: Any) -> Conflict:
 
 
 def read_letters(conn: sa.Connection, pairs: list[str], *, table: str | None = None,
-                 statuses: tuple[str, ...] | None = OPEN_LETTERS, ids: list[int] | None = None) -> list[Letter]:
+                 statuses: tuple[str, ...] | None = OPEN_LETTERS, ids: list[int] | None = None,
+                 key: tuple[str, str] | None = None) -> list[Letter]:
     """The dead letters of ``pairs`` in id order: of ``table`` (source or target name), with one of
-    ``statuses`` (None: any), or these ``ids``."""
+    ``statuses`` (None: any), these ``ids``, or of one ``key`` (source table, key as stored)."""
     letters = state.dead_letters
     query = sa.select(letters).where(letters.c.pair.in_(pairs)).order_by(letters.c.id)
     if table is not None:
         query = query.where(sa.or_(letters.c.source_table == table, letters.c.target_table == table))
+    if key is not None:
+        query = query.where(letters.c.source_table == key[0], letters.c.key == key[1])
     if statuses is not None:
         query = query.where(letters.c.status.in_(statuses))
     if ids is not None:
@@ -131,12 +134,15 @@ def read_letters(conn: sa.Connection, pairs: list[str], *, table: str | None = N
 
 
 def read_conflicts(conn: sa.Connection, pairs: list[str], *, table: str | None = None,
-                   statuses: tuple[str, ...] | None = ("open",), ids: list[int] | None = None) -> list[Conflict]:
+                   statuses: tuple[str, ...] | None = ("open",), ids: list[int] | None = None,
+                   key: tuple[str, str] | None = None) -> list[Conflict]:
     """The conflicts of ``pairs`` in id order, filtered as read_letters filters letters."""
     conflicts = state.conflicts
     query = sa.select(conflicts).where(conflicts.c.pair.in_(pairs)).order_by(conflicts.c.id)
     if table is not None:
         query = query.where(sa.or_(conflicts.c.source_table == table, conflicts.c.target_table == table))
+    if key is not None:
+        query = query.where(conflicts.c.source_table == key[0], conflicts.c.source_key == key[1])
     if statuses is not None:
         query = query.where(conflicts.c.status.in_(statuses))
     if ids is not None:
