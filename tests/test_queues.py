@@ -171,6 +171,8 @@ def test_retry_of_a_row_the_source_deleted_meanwhile_deletes_nothing_and_closes_
     assert "nothing to apply" in result.stdout
     assert _entries(ws, ws.target) == _entries(ws, ws.source) == [(2, "10", "small")]
     assert _letters(ws) == []
+    (detail,), = ws.query(ws.target, "SELECT detail FROM cdc_audit_log WHERE reason = 'retry'")
+    assert detail.startswith("retried: nothing to apply")
 
 
 def test_discard_is_audited_and_releases_the_held_changes_in_order(ws):
@@ -363,3 +365,17 @@ def test_on_postgresql_a_manual_conflict_resolved_taking_the_source(ws, pg_url):
     _ok(ws, "conflicts", "resolve", str(ws.config), str(found["id"]), "--take", "source")
     assert _letters(ws) == [] and json.loads(_ok(ws, "conflicts", "list", str(ws.config), "--json").stdout) == []
     assert _cdc(ws, "reconcile", str(ws.config), "--settle", "0").returncode == 0
+
+
+def test_retry_deletes_the_target_row_when_the_source_no_longer_has_it(ws):
+    _setup(ws, seed="INSERT INTO entries VALUES (5, 10, 'kept')")
+    ws.sql(ws.source, "UPDATE entries SET amount = 5000 WHERE id = 5")  # refused: parked
+    _ok(ws, "run", "--once", str(ws.config))
+    ws.sql(ws.source, "DELETE FROM entries WHERE id = 5")  # held behind it
+    _ok(ws, "run", "--once", str(ws.config))
+    head, held = [d["id"] for d in _letters(ws)]
+    assert _entries(ws, ws.target) == [(5, "10", "kept")]
+    _ok(ws, "dead-letters", "retry", str(ws.config), str(head))
+    assert _entries(ws, ws.target) == _entries(ws, ws.source) == []
+    assert _audit(ws, "reason = 'retry'") == [("retry", "retried", None, None, "[5]")]
+    assert [d["status"] for d in _letters(ws, "--status", "all")] == ["retried", "resolved"]

@@ -106,8 +106,12 @@ def _retry_one(target: Any, pair: Pair, source: Any, mappings: dict[str, TableMa
         now = state._store.now()
         note = ("retried: the source's current row was applied" if not opened else
                 f"retried: the source's current row met a target row changed by someone else: conflict {opened[0][0]}")
-        set_letters(conn, ids, status="retried", resolved_at=now, note=note if changes else
-                    "retried: nothing to apply, the target already holds the source's current row")
+        if not changes:  # audited all the same: the letter is closed by this retry
+            note = "retried: nothing to apply, the target already holds the source's current row"
+            write_audit(target, conn, [audit_row(pair.name, g.source_table, g.target_table, g.op, "retry", g.key,
+                                                 None, None, position=None, txid="retry", decision="retried",
+                                                 policy=None, detail=note) for g in group])
+        set_letters(conn, ids, status="retried", resolved_at=now, note=note)
         set_letters(conn, [h.id for h in held], status="resolved", resolved_at=now,
                     note=f"superseded by the retry of dead letter {letter.id} (the source's current row)")
 
