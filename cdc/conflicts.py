@@ -106,8 +106,7 @@ def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row 
         item.note = ("conflict", policy, f"{detail}; the target row was kept", found)
     else:
         item.note = ("conflict", "manual", f"{detail}; parked: `cdc conflicts resolve` decides", found)
-        decided.conflicts.append((item, found))
-        ctx.holds.park(item, "a conflict opened in the same transaction", True)
+        ctx.holds.park(item, f"conflict {ctx.open_conflict(item, found)}", True)
     decided.unwritten.append(item)
     return False
 

@@ -99,7 +99,8 @@ class TargetRows:
         if expected is None:
             return "the target already has a row with this key"
         columns = self.target.table(item.mapping.target).c
-        differ = [f"{c}: target {found.get(c)!r}, expected {expected.get(c)!r}" for c in item.mapping.target_columns
+        differ = [f"{c}: target {_shown(found.get(c))}, expected {_shown(expected.get(c))}"
+                  for c in item.mapping.target_columns
                   if c in columns and canonical(found.get(c), columns[c]) != canonical(expected.get(c), columns[c])]
         return "; ".join(differ) or "the target row differs"
 
@@ -111,6 +112,10 @@ class TargetRows:
                 return row
         before = item.change.before
         return None if before is None else item.mapping.image(before, item.change.key)
+
+
+def _shown(value: Any) -> str:
+    return "NULL" if value is None else repr(value) if isinstance(value, str) else str(value)
 
 
 def key_digest(key: tuple) -> str:
