@@ -379,3 +379,20 @@ def test_retry_deletes_the_target_row_when_the_source_no_longer_has_it(ws):
     assert _entries(ws, ws.target) == _entries(ws, ws.source) == []
     assert _audit(ws, "reason = 'retry'") == [("retry", "retried", None, None, "[5]")]
     assert [d["status"] for d in _letters(ws, "--status", "all")] == ["retried", "resolved"]
+
+
+def test_a_released_change_that_conflicts_again_holds_the_later_ones_behind_the_new_conflict(ws):
+    number = _conflicted(ws)
+    ws.sql(ws.source, "UPDATE entries SET memo = 'third' WHERE id = 1")  # a second change held behind it
+    _ok(ws, "run", "--once", str(ws.config))
+    assert len(_letters(ws)) == 2
+    _ok(ws, "conflicts", "resolve", str(ws.config), str(number), "--take", "target")
+    (again,) = json.loads(_ok(ws, "conflicts", "list", str(ws.config), "--json").stdout)
+    (waiting,) = _letters(ws)
+    assert (waiting["status"], waiting["blocked_by"]) == ("held", f"conflict {again['id']}")
+    notes = [d["note"] for d in _letters(ws, "--status", "retried")]
+    assert notes == [f"released: conflict {number} was resolved; became conflict {again['id']}",
+                     f"released: conflict {number} was resolved; parked again as dead letter {waiting['id']}"]
+    assert _entries(ws, ws.target)[0] == (1, "99", "a")  # the kept row: nothing applied over the new conflict
+    _ok(ws, "conflicts", "resolve", str(ws.config), str(again["id"]), "--take", "source")
+    assert _entries(ws, ws.target) == _entries(ws, ws.source) and _letters(ws) == []

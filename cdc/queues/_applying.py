@@ -107,11 +107,11 @@ class Marks:
                             .order_by(letters.c.id))
         return [letter_of(row) for row in rows]
 
-    def new_conflicts(self, conn: sa.Connection) -> list[tuple[int, str, str]]:
-        """(id, source table, source key text) of each conflict opened since."""
+    def new_conflicts(self, conn: sa.Connection) -> list[tuple[int, str, str, str]]:
+        """(id, source table, source key text, source position text) of each conflict opened since."""
         conflicts = state.conflicts
         return [tuple(r) for r in conn.execute(
-            sa.select(conflicts.c.id, conflicts.c.source_table, conflicts.c.source_key)
+            sa.select(conflicts.c.id, conflicts.c.source_table, conflicts.c.source_key, conflicts.c.source_position)
             .where(conflicts.c.pair == self.pair, conflicts.c.id > self.conflict).order_by(conflicts.c.id))]
 
 
@@ -169,25 +169,20 @@ def release(target: Any, pair: Pair, source: Any, mappings: dict[str, TableMappi
 
 
 def _mark_released(conn: sa.Connection, held: list[Letter], marks: Marks, why: str, outcome: dict) -> None:
-    """Each released letter ``retried``, noting whether it was applied or parked again (the last
-    ones of a key, in order, when its key has new dead letters) or became a new conflict."""
-    parked_again: dict[tuple, list[int]] = {}
+    """Each released letter ``retried``, noting what became of its change: parked again (a new dead
+    letter), a new conflict, or released (applied, or decided otherwise: its audit row says). A new
+    letter or conflict is told to be this change's by its key and source position."""
+    found: dict[tuple, list[str]] = {}
     for letter in marks.new_letters(conn):
-        parked_again.setdefault((letter.source_table, letter.key_text), []).append(letter.id)
-    opened = {(table, key): number for number, table, key in marks.new_conflicts(conn)}
-    by_key: dict[tuple, list[Letter]] = {}
-    for letter in held:
-        by_key.setdefault((letter.source_table, letter.key_text), []).append(letter)
+        found.setdefault((letter.source_table, letter.key_text, dumps(letter.change.get("position"))),
+                         []).append(f"parked again as dead letter {letter.id}")
+    for number, table, key, position in marks.new_conflicts(conn):
+        found.setdefault((table, key, position), []).append(f"became conflict {number}")
     now = state._store.now()
-    for key, letters in by_key.items():
-        again = parked_again.get(key, [])
-        cut = len(letters) - len(again)
-        for index, letter in enumerate(letters):
-            if index >= cut:
-                note, outcome["parked"] = (f"{why}; parked again as dead letter {again[index - cut]}",
-                                           outcome.get("parked", 0) + 1)
-            elif key in opened and index == cut - 1:
-                note, outcome["conflicts"] = f"{why}; became conflict {opened[key]}", outcome.get("conflicts", 0) + 1
-            else:
-                note = f"{why}; released through the normal path (its audit row says what was decided)"
-            set_letters(conn, [letter.id], status="retried", resolved_at=now, note=note)
+    for letter in held:
+        became = found.get((letter.source_table, letter.key_text, dumps(letter.change.get("position"))))
+        what = became.pop(0) if became else "released through the normal path (its audit row says what was decided)"
+        kind = "parked" if what.startswith("parked") else "conflicts" if what.startswith("became") else None
+        if kind:
+            outcome[kind] = outcome.get(kind, 0) + 1
+        set_letters(conn, [letter.id], status="retried", resolved_at=now, note=f"{why}; {what}")
