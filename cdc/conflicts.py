@@ -29,6 +29,9 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
     op = item.ops[-1]
     read, found = rows.current(op)
     new = op.row if op.op == "upsert" else None
+    if new is not None and spec.row_hashes and not repair and rows.stored_hash(op) == rows.row_hash(item, new):
+        decided.skipped += 1  # no mapped column changed since this pair wrote the row (capture timestamp)
+        return False
     if not read or rows.same(item, found, new):
         rows.wrote(item)
         return True
@@ -54,7 +57,8 @@ def _expected(item: MappedChange, rows: Any, op: Any) -> Any:
     change, mapping = item.change, item.mapping
     if change.op == "insert":
         return None
-    if change.before is not None and change.before.keys() >= mapping.read_columns():
+    # Under capture timestamp a delete's "before" is the soft-deleted row as it is now: only the hash tells.
+    if not mapping.spec.row_hashes and change.before is not None and change.before.keys() >= mapping.read_columns():
         return mapping.image(change.before, change.key) if mapping.passes(change.before) else None
     stored = rows.stored_hash(op)
     if stored is None:
@@ -85,6 +89,10 @@ def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row 
     repair = ctx.reason == "repair"
     if policy == "source_wins":
         if repair:  # a repair under source_wins is what it always was: the target made equal
+            rows.wrote(item)
+            return True
+        if ctx.reason == "resolve":  # a person took the source's side of a manual conflict
+            item.note = ("resolved", "manual: source", f"{detail}; the source's change was applied", found)
             rows.wrote(item)
             return True
         decided.conflicted += 1

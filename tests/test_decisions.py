@@ -128,3 +128,31 @@ def test_a_parked_change_holds_its_key_and_other_keys_flow_on(ws, pair):
     assert letters == [("[1]", "parked", "error"), ("[1]", "held", "held")]
     decisions = [d for _, _, d, _, _, _ in audit(ws)]
     assert decisions.count("parked") == 1 and decisions.count("held") == 1
+
+
+def test_under_capture_timestamp_an_edit_in_the_target_is_found_by_the_row_hash(ws):
+    """No before image: the hash of the row this pair last wrote tells an edit in the target (and
+    target_wins keeps it), and a row touched without a change to its mapped columns is skipped."""
+    ws.sql(ws.source, "CREATE TABLE products (id INTEGER PRIMARY KEY, price NUMERIC(10,2), updated_at TEXT)")
+    (ws.root / "m.yaml").write_text("tables:\n  products:\n    conflict: target_wins\n"
+                                    "    columns: {id: id, price: price}\n", encoding="utf-8")
+    ws.write_config("source: src\ntarget: dst\ncapture: timestamp\nmapping: m.yaml\n"
+                    "timestamp: {column: updated_at, overlap_seconds: 30}")
+    assert ws.cdc("init", str(ws.config)).returncode == 0
+    ws.sql(ws.source, "INSERT INTO products VALUES (1, 10, '2026-01-01 10:00:00'), (2, 20, '2026-01-01 10:00:00')")
+    run(ws)  # the snapshot: no hashes yet
+    ws.sql(ws.source, "UPDATE products SET price = 11, updated_at = '2026-01-01 10:00:01' WHERE id IN (1, 2)")
+    run(ws)  # written by the stream: hashes stored
+    assert ws.query(ws.target, "SELECT count(*) FROM cdc_row_hashes")[0][0] == 2
+    ws.sql(ws.target, "UPDATE products SET price = 99 WHERE id = 1")  # the person's edit
+    mark = last_audit_id(ws)
+    ws.sql(ws.source, "UPDATE products SET price = 12, updated_at = '2026-01-01 10:00:02' WHERE id IN (1, 2)")
+    run(ws)
+    assert {i: str(p) for i, p in ws.query(ws.target, "SELECT id, price FROM products")} in (
+        {1: "99", 2: "12"}, {1: "99.00", 2: "12.00"})
+    decisions = [(k, d, p) for k, _, d, p, _, _ in audit(ws, mark)]
+    assert decisions == [("[1]", "conflict", "target_wins"), ("[2]", "applied", None)]
+    mark = last_audit_id(ws)
+    ws.sql(ws.source, "UPDATE products SET updated_at = '2026-01-01 10:00:03' WHERE id = 2")  # touched only
+    result = run(ws)
+    assert audit(ws, mark) == [] and "1 skipped" in result.stdout, result.stdout
