@@ -269,7 +269,7 @@ def test_conflicts_list_show_and_resolve_taking_the_source(ws):
     assert [(c["status"], c["resolution"]) for c in found] == [("resolved", "source")]
     assert _letters(ws) == [] and _cdc(ws, "status", str(ws.config)).returncode == 0
     resolved = _audit(ws, "reason = 'resolve'")
-    assert [(r[1], r[2]) for r in resolved][0] == ("conflict", "source_wins")
+    assert [(r[1], r[2]) for r in resolved][0] == ("resolved", "manual: source")
     again = _cdc(ws, "conflicts", "resolve", str(ws.config), str(number), "--take", "target")
     assert again.returncode == 2 and "resolved already" in again.stderr
 
@@ -415,3 +415,17 @@ def test_a_voucher_fixed_by_a_posting_added_later_is_retried_with_it(ws):
     _ok(ws, "dead-letters", "retry", str(ws.config), str(letters[0]["id"]))
     assert _entries(ws, ws.target) == _entries(ws, ws.source) == [(1, "100", "V1"), (2, "-90", "V1"), (5, "-10", "V1")]
     assert _letters(ws) == []
+
+
+def test_a_retry_over_a_target_row_someone_changed_meanwhile_is_a_conflict(ws):
+    _setup(ws, rules=MANUAL, seed="INSERT INTO entries VALUES (1, 10, 'a')")
+    ws.sql(ws.source, "UPDATE entries SET amount = 5000 WHERE id = 1")  # refused: parked
+    _ok(ws, "run", "--once", str(ws.config))
+    (letter,) = _letters(ws)
+    ws.sql(ws.target, RELAXED + "UPDATE entries SET memo = 'by hand' WHERE id = 1")  # fixed, and edited
+    result = _ok(ws, "dead-letters", "retry", str(ws.config), str(letter["id"]))
+    (found,) = json.loads(_ok(ws, "conflicts", "list", str(ws.config), "--json").stdout)
+    assert f"conflict {found['id']}" in result.stdout and _letters(ws) == []
+    assert _entries(ws, ws.target) == [(1, "10", "by hand")]  # not overwritten unseen
+    _ok(ws, "conflicts", "resolve", str(ws.config), str(found["id"]), "--take", "source")
+    assert _entries(ws, ws.target) == _entries(ws, ws.source) == [(1, "5000", "a")]

@@ -72,20 +72,10 @@ def retry_letters(pair: Pair, letters: list[Letter], wait: bool) -> list[Outcome
 
 
 def _retry_one(target: Any, pair: Pair, source: Any, mappings: dict[str, TableMapping], number: int) -> Outcome:
-    with target.reading() as conn:
-        letter = read_letters(conn, [pair.name], statuses=None, ids=[number])[0]  # as it is now, under the claim
-        if letter.status not in OPEN_LETTERS:
-            return Outcome(number, letter.status, f"dead letter {number} is {letter.status} already: nothing to do",
-                           [number])
-        ahead = blocker(conn, pair.name, letter)
-        if ahead is not None:
-            return Outcome(number, letter.status, f"dead letter {number} waits behind {ahead} of the same key: "
-                           "retry, discard or resolve that first", [number])
-        group = _voucher(conn, pair, mappings, letter) if letter.kind == "balance" else [letter]
-        keys = {(g.source_table, g.key_text) for g in group}
-        held = [h for key in sorted(keys) for h in read_letters(conn, [pair.name], statuses=("held",), key=key)
-                if h.id not in {g.id for g in group}]
-    ids = [g.id for g in group]
+    queue = _queue(target, pair, mappings, number)
+    if isinstance(queue, Outcome):
+        return queue
+    letter, group, held = queue
     changes, refused = [], []
     for member in group:
         built = _current(target, pair, source, mapping_of(pair, mappings, member.source_table), member)
@@ -95,63 +85,109 @@ def _retry_one(target: Any, pair: Pair, source: Any, mappings: dict[str, TableMa
             changes += built
     if refused:
         return _still_parked(target, pair, group, refused)
-    mapped = map_changes(changes, mappings)
-    marks = Marks(target, pair.name)
-
-    def finish(conn: sa.Connection) -> None:
-        again = marks.new_letters(conn)
-        if again:
-            raise _ParkedAgain(again[0])
-        opened = marks.new_conflicts(conn)
-        now = state._store.now()
-        note = ("retried: the source's current row was applied" if not opened else
-                f"retried: the source's current row met a target row changed by someone else: conflict {opened[0][0]}")
-        if not changes:  # audited all the same: the letter is closed by this retry
-            note = "retried: nothing to apply, the target already holds the source's current row"
-            write_audit(target, conn, [audit_row(pair.name, g.source_table, g.target_table, g.op, "retry", g.key,
-                                                 None, None, position=None, txid="retry", decision="retried",
-                                                 policy=None, detail=note) for g in group])
-        set_letters(conn, ids, status="retried", resolved_at=now, note=note)
-        set_letters(conn, [h.id for h in held], status="resolved", resolved_at=now,
-                    note=f"superseded by the retry of dead letter {letter.id} (the source's current row)")
-
+    opened: dict[str, int] = {}
+    finish = _finisher(target, pair, group, held, bool(changes), Marks(target, pair.name), opened)
     try:
-        apply(target, pair.name, mapped, position=None, snapshot=None, on_error="stop", reason="retry",
-              holds=False, finish=finish)
+        apply(target, pair.name, map_changes(changes, mappings), position=None, snapshot=None, on_error="stop",
+              reason="retry", holds=False, finish=finish)
     except RowError as exc:
         return _still_parked(target, pair, group, [(_named(group, exc), exc)])
     except _ParkedAgain as again:
         error = RowError(again.letter.error, table=letter.source_table, key=tuple(letter.key),
                          kind=again.letter.kind if again.letter.kind != "held" else letter.kind)
         return _still_parked(target, pair, group, [(letter, error)])
+    ids = [g.id for g in group]
     what = f"{len(changes)} change(s) from the source's current rows applied" if changes else \
         "nothing to apply: the target already holds the source's current row"
+    if opened:
+        what = (f"the source's current row met a target row someone else changed: conflict {opened['id']} "
+                f"(`cdc conflicts resolve CONFIG {opened['id']} --take source|target`)")
     also = f"; {len(held)} held change(s) behind it superseded" if held else ""
     members = f" with its voucher's dead letters {', '.join(map(str, ids[1:]))}" if len(ids) > 1 else ""
     return Outcome(letter.id, "retried", f"dead letter {letter.id}{members} retried: {what}{also}",
                    ids + [h.id for h in held])
 
 
+def _queue(target: Any, pair: Pair, mappings: dict[str, TableMapping],
+           number: int) -> tuple[Letter, list[Letter], list[Letter]] | Outcome:
+    """(the letter as it is now, under the claim; the letters retried with it; the held letters of
+    their keys), or the Outcome saying why it is not retried (closed already, or not the head)."""
+    with target.reading() as conn:
+        letter = read_letters(conn, [pair.name], statuses=None, ids=[number])[0]
+        if letter.status not in OPEN_LETTERS:
+            return Outcome(number, letter.status, f"dead letter {number} is {letter.status} already: nothing to do",
+                           [number])
+        ahead = blocker(conn, pair.name, letter)
+        if ahead is not None:
+            return Outcome(number, letter.status, f"dead letter {number} waits behind {ahead} of the same key: "
+                           "retry, discard or resolve that first", [number])
+        group = _voucher(conn, pair, mappings, letter) if letter.kind == "balance" else [letter]
+        ids = {g.id for g in group}
+        keys = sorted({(g.source_table, g.key_text) for g in group})
+        held = [h for key in keys for h in read_letters(conn, [pair.name], statuses=("held",), key=key)
+                if h.id not in ids]
+    return letter, group, held
+
+
+def _finisher(target: Any, pair: Pair, group: list[Letter], held: list[Letter], changed: bool, marks: Marks,
+              opened: dict):
+    """``finish(conn)`` of a retry's apply: _ParkedAgain (the transaction rolls back) when the apply
+    parked the change again; else the group ``retried`` (audited here when there was nothing to
+    apply) and the held letters of their keys ``resolved``; a conflict the retry opened goes into
+    ``opened``."""
+
+    def finish(conn: sa.Connection) -> None:
+        again = marks.new_letters(conn)
+        if again:
+            raise _ParkedAgain(again[0])
+        conflicts = marks.new_conflicts(conn)
+        now = state._store.now()
+        note = "retried: the source's current row was applied"
+        if conflicts:
+            opened["id"] = conflicts[0][0]
+            note = f"retried: the source's current row met a target row someone else changed: conflict {opened['id']}"
+        if not changed:  # audited all the same: the letter is closed by this retry
+            note = "retried: nothing to apply, the target already holds the source's current row"
+            write_audit(target, conn, [audit_row(pair.name, g.source_table, g.target_table, g.op, "retry", g.key,
+                                                 None, None, position=None, txid="retry", decision="retried",
+                                                 policy=None, detail=note) for g in group])
+        set_letters(conn, [g.id for g in group], status="retried", resolved_at=now, note=note)
+        set_letters(conn, [h.id for h in held], status="resolved", resolved_at=now,
+                    note=f"superseded by the retry of dead letter {group[0].id} (the source's current row)")
+
+    return finish
+
+
 def _current(target: Any, pair: Pair, source: Any, mapping: TableMapping, letter: Letter) -> list[Change] | str:
     """The changes that make the letter's key what the source has now (read as a repair reads it):
     an upsert of the current row, a delete when the source has no row with the key, none when the
-    target holds it already; or why the key cannot be applied (a row the mapping cannot map)."""
+    target holds it already; or why the key cannot be applied (a row the mapping cannot map).
+
+    Their before image is the letter's: the row as the pair last wrote it (nothing of the key was
+    written since: later changes waited behind the letter), so a target row someone else changed
+    meanwhile is a conflict, decided by the table's policy, not overwritten unseen."""
     from ..reconcile import RepairPlan, plan_source_keys
 
     plan = RepairPlan()
-    typed = revived({"op": "delete", "key": letter.key}, source, mapping).change.key
-    plan_source_keys(source, target, mapping, [typed], plan, "retry")
+    stored = revived(letter.change, source, mapping).change
+    before = stored.before if stored.before is not None and not _omits(stored.before) else None
+    plan_source_keys(source, target, mapping, [stored.key], plan, "retry")
     if plan.kept:
         return f"the source's current row: {plan.kept[0]['why']}"
     now = state._store.now()
     changes = []
     for op, read in zip(plan.ops, plan.sources):
         if read is None:
-            changes.append(Change("delete", mapping.source, typed, None, None, now, None, "retry"))
+            changes.append(Change("delete", mapping.source, stored.key, before, None, now, None, "retry"))
         else:
-            kind = "update" if op.change.before is not None else "insert"
-            changes.append(Change(kind, mapping.source, read[1], None, read[2], now, None, "retry"))
+            kind = "update" if before is not None or op.change.before is not None else "insert"
+            changes.append(Change(kind, mapping.source, read[1], before, read[2], now, None, "retry"))
     return changes
+
+
+def _omits(row: dict) -> bool:
+    """Whether the stored image kept a value only as its length and SHA-256 (too large to store)."""
+    return any(isinstance(v, dict) and "$omitted" in v for v in row.values())
 
 
 def _still_parked(target: Any, pair: Pair, group: list[Letter], refused: list[tuple[Letter, RowError]]) -> Outcome:
