@@ -36,10 +36,13 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
         rows.wrote(item)
         return True
     if repair:  # a repair expects nothing: any row it would change is the target's own
-        return found is None or _conflict(item, ctx, rows, decided, found, rows.differences(item, found, new))
+        if found is None:
+            rows.wrote(item)
+            return True
+        return _conflict(item, ctx, rows, decided, found, rows.differences(item, found, new))
     expected = _expected(item, rows, op)
-    if expected is _UNKNOWN or (expected is not None and expected is not _CHANGED and rows.same(item, found, expected)):
-        rows.wrote(item)
+    if expected is _UNKNOWN or (expected is not _CHANGED and rows.same(item, found, expected)):
+        rows.wrote(item)  # as this pair left it (or nothing tells otherwise)
         return True
     if found is None and expected is not None:
         return _missing(item, ctx, rows, decided, op)
