@@ -171,7 +171,7 @@ def _current(target: Any, pair: Pair, source: Any, mapping: TableMapping, letter
     plan = RepairPlan()
     stored = revived(letter.change, source, mapping).change
     before = stored.before if stored.before is not None and not _omits(stored.before) else None
-    plan_source_keys(source, target, mapping, [stored.key], plan, "retry")
+    plan_source_keys(source, target, mapping, [stored.key], plan)
     if plan.kept:
         return f"the source's current row: {plan.kept[0]['why']}"
     now = state._store.now()

@@ -83,20 +83,19 @@ def _plan_table(source: Any, target: Any, mapping: TableMapping, table: TableRep
     pairs = dict(table.keys)
     # A key the source had no row for is looked up again now, as the comparison did.
     pairs.update(paired(mine, theirs, {text: (None, t) for text, (s, t) in pairs.items() if s is None}))
-    _plan_pairs(mine, theirs, mapping, pairs, plan, "repair")
+    _plan_pairs(mine, theirs, mapping, pairs, plan)
 
 
-def plan_source_keys(source: Any, target: Any, mapping: TableMapping, keys: list[tuple], plan: RepairPlan,
-                     txid: str) -> None:
+def plan_source_keys(source: Any, target: Any, mapping: TableMapping, keys: list[tuple], plan: RepairPlan) -> None:
     """Plan, as a repair would, the keys of these source rows (a dead letter's retry): upsert each
     as the source has it now, delete its target row when the source has no row with the key, and
-    nothing where the target already holds the source's row. ``txid`` marks the changes built."""
+    nothing where the target already holds the source's row."""
     mine, theirs = _sides(source, target, mapping)
     found = {}
     for key in keys:
         converted_key = converted(tuple(key), mine.key_columns)
         found[dumps(list(key))] = (converted_key if converted_key is not None else tuple(key), None)
-    _plan_pairs(mine, theirs, mapping, paired(mine, theirs, found), plan, txid)
+    _plan_pairs(mine, theirs, mapping, paired(mine, theirs, found), plan)
 
 
 def _sides(source: Any, target: Any, mapping: TableMapping) -> tuple[Side, Side]:
@@ -105,8 +104,7 @@ def _sides(source: Any, target: Any, mapping: TableMapping) -> tuple[Side, Side]
             Side(target, mapping.target, mapping.target_key, columns, None))
 
 
-def _plan_pairs(mine: Side, theirs: Side, mapping: TableMapping, pairs: dict[str, tuple], plan: RepairPlan,
-                txid: str) -> None:
+def _plan_pairs(mine: Side, theirs: Side, mapping: TableMapping, pairs: dict[str, tuple], plan: RepairPlan) -> None:
     """Plan each (source key, target key): both read now, by key."""
     columns = mine.target_columns
     present, held = both(lambda: mine.rows([s for s, _ in pairs.values() if s is not None]),
@@ -118,7 +116,7 @@ def _plan_pairs(mine: Side, theirs: Side, mapping: TableMapping, pairs: dict[str
         before = theirs.normalised(held_row) if held_row is not None else None
         if row is None:
             if before is not None:
-                change = Change("delete", mapping.source, target_key, before, None, now, None, txid)
+                change = Change("delete", mapping.source, target_key, before, None, now, None, "repair")
                 plan.ops.append(TargetOp("delete", mapping.target, mapping.target_key, target_key, None, change))
                 plan.sources.append(None)
             continue
@@ -130,12 +128,11 @@ def _plan_pairs(mine: Side, theirs: Side, mapping: TableMapping, pairs: dict[str
                 plan.kept.append({"table": mapping.target, "key": list(target_key),
                                   "why": f"the source has this key ({why}); not deleted"})
             continue
-        _plan_upsert(plan, mine, mapping, columns, source_key, row, image.row, before, now, txid)
+        _plan_upsert(plan, mine, mapping, columns, source_key, row, image.row, before, now)
 
 
 def _plan_upsert(plan: RepairPlan, mine: Side, mapping: TableMapping, columns: dict[str, sa.Column],
-                 source_key: tuple, row: dict, mapped: dict, before: dict | None, now: dt.datetime,
-                 txid: str = "repair") -> None:
+                 source_key: tuple, row: dict, mapped: dict, before: dict | None, now: dt.datetime) -> None:
     """Upsert the source's row unless the target already holds it (it settled meanwhile)."""
     if before is not None:
         same = {c for c, v in before.items() if canonical(v, columns[c]) == canonical(mapped[c], columns[c])}
@@ -146,7 +143,7 @@ def _plan_upsert(plan: RepairPlan, mine: Side, mapping: TableMapping, columns: d
         before = {c: mapped[c] if c in same else v for c, v in before.items()}
     key = tuple(mapped[k] for k in mapping.target_key)
     change = Change("update" if before is not None else "insert", mapping.source, source_key, before, mapped, now,
-                    None, txid)
+                    None, "repair")
     plan.ops.append(TargetOp("upsert", mapping.target, mapping.target_key, key, mapped, change))
     plan.sources.append((mapping.source, source_key, _read_by_mapping(mapping, row)))
 
