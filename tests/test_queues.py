@@ -5,7 +5,6 @@ behind it, and the commands make the target equal to the source with an audit ro
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time

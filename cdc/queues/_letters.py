@@ -206,7 +206,7 @@ def _still_parked(target: Any, pair: Pair, group: list[Letter], refused: list[tu
                                   decision="parked", policy=error.kind,
                                   detail=f"retry of dead letter {letter.id} refused: {error}"))
         write_audit(target, conn, rows)
-    head, error = refused[0]
+    error = refused[0][1]
     return Outcome(group[0].id, "parked", f"dead letter {group[0].id} refused again, still parked: "
                    f"{error.describe()}", [g.id for g in group])
 

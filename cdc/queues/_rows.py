@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import state
-from ..changes import loads
+from ..changes import dumps, loads
 from ..config import Pair, load_config
 from ..errors import ConfigError
 from ..pipeline import open_target
@@ -92,8 +92,6 @@ class Conflict:
 
 
 def _key_text(key: list) -> str:
-    from ..changes import dumps
-
     return dumps(list(key))
 
 
