@@ -236,18 +236,6 @@ def test_retry_waits_for_or_refuses_a_running_pair(ws):
 
 MANUAL = "conflict: manual"
 
-#: Known gaps in the decision step (cdc/apply), which `cdc conflicts resolve` needs; strict, so each
-#: fails the suite once fixed and its mark comes off.
-RESOLVE_PASSES_ITS_CONFLICT = pytest.mark.xfail(strict=True, reason=(
-    "the apply of `cdc conflicts resolve` (reason resolve) is held behind the very conflict it resolves: open "
-    "conflicts always hold their key. Fix in cdc/apply: Holds.load skips open conflicts when reason is resolve "
-    "(the only changes in that apply are the conflict's own and those held behind it)"))
-NEW_CONFLICT_HOLDS = pytest.mark.xfail(strict=True, reason=(
-    "in an apply with holds=False (a release), a change that opens a conflict does not hold the later changes of "
-    "its key: Holds.park keeps the loaded letter blocker (setdefault), which holds=False ignores, so they conflict "
-    "again instead of waiting. Fix in cdc/apply/_holds.py: a conflict opened in the transaction replaces the blocker "
-    "(this test needs the resolve fix above too)"))
-
 
 def _conflicted(ws) -> int:
     """A person edits target row 1, then the source changes it: a manual conflict, and a later change
@@ -264,7 +252,6 @@ def _conflicted(ws) -> int:
     return found[0]["id"]
 
 
-@RESOLVE_PASSES_ITS_CONFLICT
 def test_conflicts_list_show_and_resolve_taking_the_source(ws):
     number = _conflicted(ws)
     assert ws.query(ws.target, "SELECT amount FROM entries WHERE id = 2") == [(25,)]  # other keys flow on
@@ -286,7 +273,6 @@ def test_conflicts_list_show_and_resolve_taking_the_source(ws):
     assert again.returncode == 2 and "resolved already" in again.stderr
 
 
-@RESOLVE_PASSES_ITS_CONFLICT
 def test_resolve_taking_the_target_keeps_its_row_and_audits_it(ws):
     number = _conflicted(ws)
     result = _ok(ws, "conflicts", "resolve", str(ws.config), str(number), "--take", "target")
@@ -370,7 +356,6 @@ def test_on_postgresql_retry_and_discard_make_the_target_equal_the_source(ws, pg
     assert _cdc(ws, "status", str(ws.config)).returncode == 0
 
 
-@RESOLVE_PASSES_ITS_CONFLICT
 def test_on_postgresql_a_manual_conflict_resolved_taking_the_source(ws, pg_url):
     _pg_setup(ws, pg_url, rules=MANUAL, seed="INSERT INTO entries VALUES (1, 100, 'a', '2026-02-01 08:00:00')")
     _pg(pg_url, "UPDATE entries SET memo = 'edited in the ledger' WHERE id = 1")
@@ -399,7 +384,6 @@ def test_retry_deletes_the_target_row_when_the_source_no_longer_has_it(ws):
     assert [d["status"] for d in _letters(ws, "--status", "all")] == ["retried", "resolved"]
 
 
-@NEW_CONFLICT_HOLDS
 def test_a_released_change_that_conflicts_again_holds_the_later_ones_behind_the_new_conflict(ws):
     number = _conflicted(ws)
     ws.sql(ws.source, "UPDATE entries SET memo = 'third' WHERE id = 1")  # a second change held behind it
@@ -432,7 +416,6 @@ def test_a_voucher_fixed_by_a_posting_added_later_is_retried_with_it(ws):
     assert _letters(ws) == []
 
 
-@RESOLVE_PASSES_ITS_CONFLICT
 def test_a_retry_over_a_target_row_someone_changed_meanwhile_is_a_conflict(ws):
     _setup(ws, rules=MANUAL, seed="INSERT INTO entries VALUES (1, 10, 'a')")
     ws.sql(ws.source, "UPDATE entries SET amount = 5000 WHERE id = 1")  # refused: parked
