@@ -115,6 +115,9 @@ def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row 
                      f"{detail}; the target row is newer ({target_time} > {source_time}): kept", found)
     elif policy == "target_wins":
         item.note = ("conflict", policy, f"{detail}; the target row was kept", found)
+    elif repair:  # a repair's images are target rows, not a change `cdc conflicts resolve` could apply
+        item.note = ("conflict", "manual", f"{detail}; a repair leaves it to a person (policy manual): not written",
+                     found)
     else:
         item.note = ("conflict", "manual", f"{detail}; parked: `cdc conflicts resolve` decides", found)
         ctx.holds.park(item, f"conflict {ctx.open_conflict(item, found)}", True)

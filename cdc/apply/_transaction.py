@@ -116,7 +116,7 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
             # fenced first, so a repair that lost the pair to a run writes nothing, and a run
             # taking the pair waits for this transaction.
             state.claims.fence(conn, target.claim(pair))
-        context = Context(pair, reason, policy, holds, Holds() if reason == "snapshot" else Holds.load(conn, pair),
+        context = Context(pair, reason, policy, holds, Holds() if reason == "snapshot" else Holds.load(conn, pair, reason != "resolve"),
                           conn)
         committed_at = None
         limit = target.statement_limit(conn)
