@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import sqlalchemy as sa
 
 SOURCE = "CREATE TABLE entries (id INTEGER PRIMARY KEY, amount NUMERIC(12,2) NOT NULL, memo TEXT)"
@@ -296,7 +295,6 @@ tables:
 
 
 def test_an_unbalanced_voucher_is_retried_whole_after_the_source_is_fixed(ws):
-    pytest.importorskip("cdc.apply._rules", reason="voucher balance (cdc/apply/_rules.py) has not landed yet")
     _setup(ws, mapping=BALANCED, target="")
     ws.sql(ws.source, "INSERT INTO entries VALUES (1, 100, 'V1'); INSERT INTO entries VALUES (2, -90, 'V1');"
                       "INSERT INTO entries VALUES (3, 5, 'V2'); INSERT INTO entries VALUES (4, -5, 'V2')")
@@ -402,7 +400,6 @@ def test_a_released_change_that_conflicts_again_holds_the_later_ones_behind_the_
 
 
 def test_a_voucher_fixed_by_a_posting_added_later_is_retried_with_it(ws):
-    pytest.importorskip("cdc.apply._rules", reason="voucher balance (cdc/apply/_rules.py) has not landed yet")
     _setup(ws, mapping=BALANCED, target="")
     ws.sql(ws.source, "INSERT INTO entries VALUES (1, 100, 'V1'); INSERT INTO entries VALUES (2, -90, 'V1')")
     _ok(ws, "run", "--once", str(ws.config))

@@ -403,9 +403,6 @@ def test_with_stop_the_pair_stops_before_the_failing_transaction_with_nothing_ha
         assert pair.target_rows() == before and pair.letters() == []
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: cdc/apply/_transaction.py decides each part of a batch on its "
-                   "own, so the rules see a source transaction larger than batch_size in pieces and park a "
-                   "balanced voucher split across parts; fix: decide the balance of a transaction's parts together")
 def test_a_balanced_voucher_larger_than_a_batch_is_applied_whole(ws):
     """batch_size 2: the transaction's five postings reach the target in parts of two, in one
     target transaction; voucher 5's three postings balance only together."""
@@ -428,9 +425,6 @@ def test_check_names_a_rule_column_the_mapping_does_not_write(ws):
             "(it writes id, bilag, konto, belop, dato, tekst) (map.yaml line 2)") in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: TargetRows.before_of (cdc/apply/_target_rows.py) reads the row "
-                   "at the change's last op, the new key, so a renumbered posting seems to add its amount; fix: "
-                   "read item.ops[0], the row the change replaces (this test passes with it)")
 def test_a_posting_whose_key_changes_keeps_its_voucher_balanced(ledger_pair):
     """A renumbered posting (its key changes: the old row deleted, the new one written) moves no
     amount: its voucher still balances and the change is applied."""
@@ -488,11 +482,6 @@ def test_after_the_source_is_fixed_retry_applies_the_unbalanced_voucher_whole(le
     assert pair.target_rows() == pair.source_rows("voucher <> 1045")
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: cdc/queues/_letters.py retries a closed-period letter alone "
-                   "(only kind balance is retried with its voucher), so one posting of a balanced voucher is "
-                   "parked again as unbalanced; fix: retry a balance table's open letters (balance and closed) "
-                   "of one voucher together, by voucher only (passes so: SQLite's txid is a read epoch, and "
-                   "grouping by it drags the unfixed voucher 1042 along)")
 def test_after_the_source_is_fixed_retry_applies_the_closed_voucher(ledger_pair):
     """The closed voucher's date is moved into an open period at the source; retrying one of its
     postings applies the source's current rows of both (a voucher balances only whole)."""

@@ -6,9 +6,9 @@ have fixed the source row, the target table or the mapping since), builds an ups
 delete when the source no longer has the key, and applies it through the normal audited path in
 ONE transaction with the letter marked ``retried`` and the later changes of its key held behind it
 marked ``resolved`` (the source's current row supersedes them). A retry the target refuses again
-changes nothing but the letter's error: it stays parked. A letter of kind ``balance`` is retried
-with its whole voucher: the open balance letters of its table sharing its source transaction or
-its voucher (a voucher fixed by a posting added in a later transaction is retried with it).
+changes nothing but the letter's error: it stays parked. A letter of kind ``balance`` or ``closed``
+(of a table with ``balance``) is retried with its whole voucher: the open such letters of its
+table in that voucher (a voucher fixed by a posting added in a later transaction is retried with it).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _queue(target: Any, pair: Pair, mappings: dict[str, TableMapping],
         if ahead is not None:
             return Outcome(number, letter.status, f"dead letter {number} waits behind {ahead} of the same key: "
                            "retry, discard or resolve that first", [number])
-        group = _voucher(conn, pair, mappings, letter) if letter.kind == "balance" else [letter]
+        group = _voucher(conn, pair, mappings, letter) if letter.kind in _VOUCHER_KINDS else [letter]
         ids = {g.id for g in group}
         keys = sorted({(g.source_table, g.key_text) for g in group})
         held = [h for key in keys for h in read_letters(conn, [pair.name], statuses=("held",), key=key)
@@ -226,10 +226,18 @@ def blocker(conn: sa.Connection, pair: str, letter: Letter) -> str | None:
     return f"dead letter {earlier[0].id}" if earlier else None
 
 
+#: Letters of a balance table that are retried with their whole voucher: an unbalanced one, and a
+#: posting parked for a closed period (without it, the rest of its voucher did not balance).
+_VOUCHER_KINDS = ("balance", "closed")
+
+
 def _voucher(conn: sa.Connection, pair: Pair, mappings: dict[str, TableMapping], letter: Letter) -> list[Letter]:
-    """The open balance letters of the letter's table that share its source transaction or voucher."""
+    """The open balance and closed-period letters of the letter's table that share its voucher (by
+    voucher only: SQLite trigger capture's txid is a read epoch that other vouchers share too)."""
     mapping = mapping_of(pair, mappings, letter.source_table)
     column = mapping.spec.balance.group_by if mapping.spec.balance is not None else None
+    if column is None:
+        return [letter]
 
     def voucher(one: Letter) -> Any:
         image = one.change.get("after") or one.change.get("before")
@@ -237,9 +245,8 @@ def _voucher(conn: sa.Connection, pair: Pair, mappings: dict[str, TableMapping],
 
     mine = voucher(letter)
     return [o for o in read_letters(conn, [pair.name], table=letter.source_table, statuses=("parked",))
-            if o.kind == "balance" and o.source_table == letter.source_table
-            and (o.id == letter.id or (o.source_txid is not None and o.source_txid == letter.source_txid)
-                 or (mine is not None and voucher(o) == mine))]
+            if o.kind in _VOUCHER_KINDS and o.source_table == letter.source_table
+            and (o.id == letter.id or (mine is not None and voucher(o) == mine))]
 
 
 def discard_letter(pair: Pair, number: int, reason: str, wait: bool) -> Outcome:
