@@ -48,11 +48,19 @@ class AuditEntry:
     def kind(self) -> str:
         """The op, with the reason and decision where they are not the plain case: ``update (conflict:
         target_wins)``, ``insert (repair)``."""
-        notes = [n for n in (None if self.reason in ("change", self.op) else self.reason,
-                             None if self.decision == "applied" else self.decision) if n]
-        if self.policy and self.decision != "applied":
-            notes[-1] += f": {self.policy}"
+        notes = [n for n in (None if self.reason in ("change", self.op) else self.reason, self._decided()) if n]
         return f"{self.op} ({', '.join(notes)})" if notes else self.op
+
+    @property
+    def decided(self) -> str:
+        """The op with the decision where it is not applied: ``update (conflict: target_wins)``."""
+        decided = self._decided()
+        return f"{self.op} ({decided})" if decided else self.op
+
+    def _decided(self) -> str | None:
+        if self.decision == "applied":
+            return None
+        return f"{self.decision}: {self.policy}" if self.policy else self.decision
 
     @property
     def changed(self) -> dict[str, tuple[Any, Any]]:

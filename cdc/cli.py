@@ -193,7 +193,9 @@ def _print_status(row: dict) -> None:
     click.echo(f"  pending     {pending}")
     click.echo(f"  lag         {lag}")
     click.echo(f"  applied     {row['changes_applied']} changes, last at {row['last_applied_at'] or '-'}")
-    click.echo(f"  dead letters {row['dead_letters']}{' parked (`cdc audit CONFIG` lists them)' if row['dead_letters'] else ''}")
+    letters, conflicts = row["dead_letters"], row["conflicts"]
+    click.echo(f"  dead letters {letters}{' parked or held (`cdc dead-letters list CONFIG`)' if letters else ''}")
+    click.echo(f"  conflicts   {conflicts}{' open (`cdc conflicts list CONFIG`)' if conflicts else ''}")
     for table, phase in row["tables"].items():
         click.echo(f"  table {table}: {_table_phase_text(phase)}")
     for warning in row["warnings"]:
@@ -299,3 +301,6 @@ def demo(directory: Path, target: str | None) -> None:
 
     if not demo_module.run_demo(directory, echo=click.echo, target=target):
         sys.exit(1)
+
+
+commands.register_queues(main, _friendly)  # `cdc dead-letters ...` and `cdc conflicts ...` (cdc/commands/_queues.py)

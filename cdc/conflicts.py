@@ -36,10 +36,13 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
         rows.wrote(item)
         return True
     if repair:  # a repair expects nothing: any row it would change is the target's own
-        return found is None or _conflict(item, ctx, rows, decided, found, rows.differences(item, found, new))
+        if found is None:
+            rows.wrote(item)
+            return True
+        return _conflict(item, ctx, rows, decided, found, rows.differences(item, found, new))
     expected = _expected(item, rows, op)
-    if expected is _UNKNOWN or (expected is not None and expected is not _CHANGED and rows.same(item, found, expected)):
-        rows.wrote(item)
+    if expected is _UNKNOWN or (expected is not _CHANGED and rows.same(item, found, expected)):
+        rows.wrote(item)  # as this pair left it (or nothing tells otherwise)
         return True
     if found is None and expected is not None:
         return _missing(item, ctx, rows, decided, op)
@@ -112,6 +115,9 @@ def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row 
                      f"{detail}; the target row is newer ({target_time} > {source_time}): kept", found)
     elif policy == "target_wins":
         item.note = ("conflict", policy, f"{detail}; the target row was kept", found)
+    elif repair:  # a repair's images are target rows, not a change `cdc conflicts resolve` could apply
+        item.note = ("conflict", "manual", f"{detail}; a repair leaves it to a person (policy manual): not written",
+                     found)
     else:
         item.note = ("conflict", "manual", f"{detail}; parked: `cdc conflicts resolve` decides", found)
         ctx.holds.park(item, f"conflict {ctx.open_conflict(item, found)}", True)

@@ -63,12 +63,28 @@ class TableMapping:
         if unknown:
             raise ConfigError(f"tables.{spec.source}.control_totals: {unknown[0]!r} is not a target column of "
                               f"{spec.target} ({spec.origin})")
+        self._check_rule_columns(spec)
         self._column_set = frozenset(self.target_columns)
         self._filters = [(f.column, FILTER_OPS[f.op], f.value) for f in spec.filters]
         #: Every row copied as it is: same column names, no transform, no filter (never a ledger's
         #: entries, which add their sequence: a snapshot of one goes row by row, as entries).
         self.is_identity = (not self._filters and spec.ledger is None
                             and all(c.source == c.target and not c.transforms for c in specs))
+
+    def _check_rule_columns(self, spec: TableSpec) -> None:
+        """The columns balance, period and ledger.entry_date name must be target columns the mapping
+        writes: the rules read them from the mapped rows, where a misspelt name would read NULL
+        (every voucher balanced, no posting dated) and pass everything unchecked."""
+        named = [(f"balance.{part}", getattr(spec.balance, part)) for part in ("group_by", "amount", "debit", "credit")
+                 if spec.balance is not None and getattr(spec.balance, part) is not None]
+        entry_date = spec.ledger.entry_date if spec.ledger is not None else None
+        named += [("ledger.entry_date", entry_date)] if entry_date is not None else []
+        named += [("period", spec.period)] if spec.period is not None and spec.period != entry_date else []
+        for key, column in named:
+            if column not in self.target_columns:
+                hint = did_you_mean(column, self.target_columns) or f" (it writes {', '.join(self.target_columns)})"
+                raise ConfigError(f"tables.{spec.source}.{key}: {column!r} is not a target column the mapping "
+                                  f"writes to {spec.target}{hint} ({spec.origin})")
 
     @property
     def key_constants(self) -> dict[str, Any]:

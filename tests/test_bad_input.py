@@ -128,8 +128,8 @@ def test_row_the_database_rejects_is_parked_alone(ws):
         ("[2]", "the target refused the row: CHECK constraint failed: account BETWEEN 1000 AND 9999")]
     # The audit trail shows the parked change with its error, beside the applied ones.
     trail = ws.cdc("audit", str(ws.config), "--table", "entries", "--key", "2").stdout
-    assert "entries (2)  insert [parked]" in trail and "error: the target refused the row: CHECK" in trail
-    assert "entries              insert (parked)" in ws.cdc("audit", str(ws.config)).stdout
+    assert "entries (2)  insert (parked) [snapshot]" in trail and "(the target refused the row: CHECK" in trail
+    assert "entries              insert (snapshot, parked)" in ws.cdc("audit", str(ws.config)).stdout
 
 
 def test_init_is_idempotent_and_refuses_a_newer_state_schema(ws):

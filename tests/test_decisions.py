@@ -30,8 +30,12 @@ def pair(ws):
         ws.write_config(f"source: src\ntarget: dst\ncapture: trigger\nmapping: m.yaml\non_error: {on_error}")
         for command in ("init", "install"):
             assert ws.cdc(command, str(ws.config)).returncode == 0
+        run(ws)  # the snapshot of the empty table
         ws.sql(ws.source, "INSERT INTO invoices VALUES (1, 10000, 'a'), (2, 500, 'b'), (1000, 7, 'c')")
         run(ws)
+        # new rows into an untouched target: plainly applied, no conflict
+        assert ws.query(ws.target, "SELECT key, decision FROM cdc_audit_log WHERE op <> 'snapshot' ORDER BY id") == [
+            ("[1]", "applied"), ("[2]", "applied"), ("[1000]", "applied")]
 
     return make
 

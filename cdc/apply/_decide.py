@@ -105,8 +105,11 @@ def _by_rules(ctx: Context, live: list[MappedChange], rows: TargetRows, park: Pa
         return live
     from . import _rules  # only pairs with bookkeeping rules need them
 
-    refused = {id(item): error for item, error in
-               _rules.closed(live, rows.before_of) + _rules.unbalanced(live, rows.before_of)}
+    refused = {id(item): error for item, error in _rules.closed(live, rows.before_of)}
+    # A voucher is weighed without its postings parked already: one posting in a closed period
+    # leaves the rest unbalanced, so the whole voucher is parked.
+    rest = [item for item in live if id(item) not in refused]
+    refused.update((id(item), error) for item, error in _rules.unbalanced(rest, rows.before_of))
     kept = []
     for item in live:
         blocker = ctx.holds.blocker(item, not ctx.holds_on)

@@ -31,7 +31,9 @@ class Holds:
     letters: dict[HoldKey, list[int]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, conn: Any, pair: str) -> Holds:
+    def load(cls, conn: Any, pair: str, conflicts_hold: bool = True) -> Holds:
+        """The open letters and (unless not ``conflicts_hold``: a resolve carries its conflict's own
+        change) open conflicts of ``pair``."""
         holds = cls()
         letters, conflicts = state.dead_letters, state.conflicts
         rows = conn.execute(sa.select(letters.c.id, letters.c.source_table, letters.c.key)
@@ -42,7 +44,7 @@ class Holds:
             holds.blockers.setdefault((table, key), (f"dead letter {id_}", False))
         rows = conn.execute(sa.select(conflicts.c.id, conflicts.c.source_table, conflicts.c.source_key)
                             .where(conflicts.c.pair == pair, conflicts.c.status == "open").order_by(conflicts.c.id))
-        for id_, table, key in rows:
+        for id_, table, key in rows if conflicts_hold else ():
             holds.blockers[(table, key)] = (f"conflict {id_}", True)
         return holds
 
@@ -58,8 +60,12 @@ class Holds:
         return None
 
     def park(self, item: MappedChange, text: str, is_conflict: bool = False) -> None:
-        """From now on in this transaction, later changes of ``item``'s key wait behind ``text``."""
-        self.blockers.setdefault(hold_key(item), (text, is_conflict))
+        """From now on in this transaction, later changes of ``item``'s key wait behind ``text`` (a
+        conflict opened now holds them even where parked letters hold nothing back)."""
+        if is_conflict:
+            self.blockers[hold_key(item)] = (text, True)
+        else:
+            self.blockers.setdefault(hold_key(item), (text, False))
 
     def resolved_by(self, items: list[MappedChange]) -> list[int]:
         """The open letters of keys these written changes made right (each id once)."""

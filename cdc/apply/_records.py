@@ -52,7 +52,7 @@ def parked_audit_rows(pair: str, parked: list, reason: str, now: Any) -> list[di
         rows.append(audit_row(pair, change.table, mapping.target, change.op, reason, dumps(list(change.key)),
                               _json(images[0]), _json(images[1]), now, dumps(change.position),
                               None if change.txid is None else str(change.txid), change.committed_at,
-                              decision, error.kind, str(error)))
+                              decision, None if error.kind == "error" else error.kind, str(error)))
     return rows
 
 

@@ -115,9 +115,10 @@ class TargetRows:
         return "; ".join(differ) or "the target row differs"
 
     def before_of(self, item: MappedChange) -> Row | None:
-        """The row ``item`` changes as the target has it (read), else its mapped before image."""
+        """The row ``item`` changes as the target has it (read: at its first op, the old key of a
+        key that moves), else its mapped before image."""
         if item.ops:
-            read, row = self.current(item.ops[-1])
+            read, row = self.current(item.ops[0])
             if read:
                 return row
         before = item.change.before

@@ -116,12 +116,12 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
             # fenced first, so a repair that lost the pair to a run writes nothing, and a run
             # taking the pair waits for this transaction.
             state.claims.fence(conn, target.claim(pair))
-        context = Context(pair, reason, policy, holds, Holds() if reason == "snapshot" else Holds.load(conn, pair),
-                          conn)
+        context = Context(pair, reason, policy, holds,
+                          Holds() if reason == "snapshot" else Holds.load(conn, pair, reason != "resolve"), conn)
         committed_at = None
         limit = target.statement_limit(conn)
-        for mapped in parts:
-            seen += len(mapped)
+
+        def one(mapped: list[MappedChange]) -> None:
             parked: list = []
             decided = decide(conn, target, context, mapped, lambda item, error: reject(item, error, parked))
             done, refused = writes.write_part(conn, decided.write, isolate, reject, limit)
@@ -131,7 +131,21 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
             for name, count in (("applied", len(done)), ("parked", len(parked)), ("skipped", decided.skipped),
                                 ("conflicts", decided.conflicted)):
                 counts[name] += count
+
+        # A voucher is weighed whole: the changes of tables with `balance` wait for the transaction's
+        # last part (a source transaction larger than batch_size comes in parts), then go together.
+        weighed: list[MappedChange] = []
+        for mapped in parts:
+            seen += len(mapped)
+            if reason != "snapshot" and any(m.mapping.spec.balance is not None for m in mapped):
+                weighed += [m for m in mapped if m.mapping.spec.balance is not None]
+                mapped = [m for m in mapped if m.mapping.spec.balance is None]
+            one(mapped)
             committed_at = next((m.change.committed_at for m in reversed(mapped) if m.change.committed_at),
+                                committed_at)
+        if weighed:
+            one(weighed)
+            committed_at = next((m.change.committed_at for m in reversed(weighed) if m.change.committed_at),
                                 committed_at)
         if finish is not None:
             finish(conn)

@@ -16,9 +16,10 @@ from ..pipeline import OLD_ROWS, capture_gap, missing_targets, open_pair, open_t
 
 def status(config_path: str, pair: str | None = None) -> list[dict]:
     """Per pair: whether it runs (where) or failed (why), phase, checkpoint, changes pending, lag in
-    seconds, changes applied, last applied time, parked dead letters, the source's warnings (rows
-    capture cannot vouch for), and ``healthy``: False when the pair failed, has parked changes, its
-    source cannot be read, or a warning says changes may be missing (level fail)."""
+    seconds, changes applied, last applied time, open dead letters (parked and held) and open
+    conflicts, the source's warnings (rows capture cannot vouch for), and ``healthy``: False when the
+    pair failed, has open dead letters or conflicts, its source cannot be read, or a warning says
+    changes may be missing (level fail)."""
     config = load_config(config_path)
     return [_pair_status(p) for p in config.select(pair)]
 
@@ -28,7 +29,7 @@ def _pair_status(p: Pair) -> dict:
                            "capture": p.capture, "phase": "not started", "state": "not running", "holder": None,
                            "error": None, "checkpoint": None, "checkpoint_text": None, "pending": None,
                            "lag_seconds": None, "changes_applied": 0, "last_applied_at": None, "dead_letters": 0,
-                           "tables": {}, "warnings": []}
+                           "conflicts": 0, "tables": {}, "warnings": []}
     checkpoint = _target_status(p, row)
     if checkpoint is not None:
         try:
@@ -56,7 +57,8 @@ def _pair_status(p: Pair) -> dict:
             caught_up = row["pending"] == 0 or str(row["pending"]).startswith("0 ")
             lag = 0.0 if caught_up else (state._store.now() - checkpoint.source_committed_at).total_seconds()
             row["lag_seconds"] = round(max(lag, 0.0), 3)
-    row["healthy"] = (row["state"] not in ("failed", "retrying") and not row["dead_letters"] and row["error"] is None
+    row["healthy"] = (row["state"] not in ("failed", "retrying") and not row["dead_letters"] and not row["conflicts"]
+                      and row["error"] is None
                       and all(w["level"] != "fail" for w in row["warnings"]))
     return row
 
@@ -75,7 +77,9 @@ def _target_status(p: Pair, row: dict) -> Any:
             holder = state.read_holder(conn, p.name)
             clock = state._store.db_now(conn)
             row["dead_letters"] = conn.execute(sa.select(sa.func.count()).select_from(state.dead_letters).where(
-                state.dead_letters.c.pair == p.name, state.dead_letters.c.status == "parked")).scalar()
+                state.dead_letters.c.pair == p.name, state.dead_letters.c.status.in_(("parked", "held")))).scalar()
+            row["conflicts"] = conn.execute(sa.select(sa.func.count()).select_from(state.conflicts).where(
+                state.conflicts.c.pair == p.name, state.conflicts.c.status == "open")).scalar()
     except (CdcError, sa.exc.SQLAlchemyError) as exc:
         row.update(state="failed", error=f"target cannot be read: {first_line(exc)}")
         return None

@@ -40,8 +40,8 @@ cdc_reconcile_runs; cdc.reports shapes it).
 
 from ._canonical import canonical
 from ._compare import read_only, reconcile
-from ._repair import RepairPlan, apply_repair, claimed, repair_plan
+from ._repair import RepairPlan, apply_repair, claimed, plan_source_keys, repair_plan
 from ._report import ReconcileReport, RowDifference, TableReport, as_dict, record
 
 __all__ = ["RepairPlan", "ReconcileReport", "RowDifference", "TableReport", "apply_repair", "as_dict", "canonical",
-           "claimed", "read_only", "reconcile", "record", "repair_plan"]
+           "claimed", "plan_source_keys", "read_only", "reconcile", "record", "repair_plan"]

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from .. import state
 from ..apply import apply
-from ..changes import Change
+from ..changes import Change, dumps
 from ..config import Pair
 from ..errors import CdcError
 from ..mapping import MappedChange, TableMapping, TargetOp
@@ -30,7 +30,7 @@ from ..pipeline import open_pair, open_source, open_target
 from ._canonical import canonical
 from ._compare import read_only, target_columns
 from ._journal import journal_columns
-from ._keys import paired
+from ._keys import converted, paired
 from ._report import ReconcileReport, TableReport
 from ._side import Side, both
 
@@ -80,12 +80,34 @@ def repair_plan(pair: Pair, report: ReconcileReport) -> RepairPlan:
 
 
 def _plan_table(source: Any, target: Any, mapping: TableMapping, table: TableReport, plan: RepairPlan) -> None:
-    columns = target_columns(target, mapping)
-    mine = Side(source, mapping.source, mapping.source_key, columns, None, mapping)
-    theirs = Side(target, mapping.target, mapping.target_key, columns, None, journal=journal_columns(mapping))
+    mine, theirs = _sides(source, target, mapping)
     pairs = dict(table.keys)
     # A key the source had no row for is looked up again now, as the comparison did.
     pairs.update(paired(mine, theirs, {text: (None, t) for text, (s, t) in pairs.items() if s is None}))
+    _plan_pairs(mine, theirs, mapping, pairs, plan)
+
+
+def plan_source_keys(source: Any, target: Any, mapping: TableMapping, keys: list[tuple], plan: RepairPlan) -> None:
+    """Plan, as a repair would, the keys of these source rows (a dead letter's retry): upsert each
+    as the source has it now, delete its target row when the source has no row with the key, and
+    nothing where the target already holds the source's row."""
+    mine, theirs = _sides(source, target, mapping)
+    found = {}
+    for key in keys:
+        converted_key = converted(tuple(key), mine.key_columns)
+        found[dumps(list(key))] = (converted_key if converted_key is not None else tuple(key), None)
+    _plan_pairs(mine, theirs, mapping, paired(mine, theirs, found), plan)
+
+
+def _sides(source: Any, target: Any, mapping: TableMapping) -> tuple[Side, Side]:
+    columns = target_columns(target, mapping)
+    return (Side(source, mapping.source, mapping.source_key, columns, None, mapping),
+            Side(target, mapping.target, mapping.target_key, columns, None, journal=journal_columns(mapping)))
+
+
+def _plan_pairs(mine: Side, theirs: Side, mapping: TableMapping, pairs: dict[str, tuple], plan: RepairPlan) -> None:
+    """Plan each (source key, target key): both read now, by key."""
+    columns = mine.target_columns
     present, held = both(lambda: mine.rows([s for s, _ in pairs.values() if s is not None]),
                           lambda: theirs.rows([t for _, t in pairs.values() if t is not None]))
     now = state._store.now()

@@ -53,7 +53,7 @@ def _audit_text(found: AuditTrail, locale: str) -> str:
         where = f" at {printable(str(e.position))}" if e.position not in (None, "") else ""
         txid = f" txid {printable(str(e.txid))}" if e.txid else ""
         why = f"  ({printable(e.error)})" if e.error else ""
-        out.append(f"  {moment(e.at, locale)}  {e.pair}  {e.target_table} ({key_text(tuple(e.key), locale)})  {e.kind} "
+        out.append(f"  {moment(e.at, locale)}  {e.pair}  {e.target_table} ({key_text(tuple(e.key), locale)})  {e.decided} "
                    f"[{e.reason}]{where}{txid}  {_changes(e, lambda v: shown(v, locale))}{why}")
     return "\n".join(out) + "\n"
 
@@ -83,7 +83,7 @@ def _audit_html(found: AuditTrail, locale: str) -> str:
         changed = html.escape(_changes(e, lambda v: shown(v, locale))) + (f"<br><mark>{html.escape(e.error)}</mark>" if e.error else "")
         rows.append(f'<tr class="{css}"><td>{moment(e.at, locale)}</td><td>{html.escape(e.pair)}</td>'
                     f"<td>{html.escape(e.target_table)}</td><td>{html.escape(', '.join(map(str, e.key)))}</td>"
-                    f"<td>{html.escape(e.kind)}</td><td>{html.escape(e.reason)}</td>"
+                    f"<td>{html.escape(e.decided)}</td><td>{html.escape(e.reason)}</td>"
                     f"<td>{html.escape(dumps(e.position) if e.position is not None else '')}</td><td>{changed}</td></tr>")
     heads = (["Tid (norsk tid)", "Par", "Tabell", "Nøkkel", "Operasjon", "Årsak", "Kildeposisjon", "Endret"] if nb else
              ["Time (UTC)", "Pair", "Table", "Key", "Op", "Reason", "Source position", "Changed"])
