@@ -56,7 +56,8 @@ class Writes:
         refused: set = set()  # keys a change of which the target refused: their later changes wait
         for item, statements in prepared:
             key = (item.change.table, item.change.key)
-            if key in refused and item.mapping.spec.hold is not False:
+            # A journal's later entries are numbered on top of the refused one: they always wait.
+            if key in refused and (item.mapping.spec.hold is not False or item.mapping.spec.ledger is not None):
                 reject(item, RowError("waits behind an earlier change of the same key that the target refused in "
                                       "this transaction (order per key is kept)", kind="held",
                                       blocked_by="a dead letter of the same transaction"), parked)
