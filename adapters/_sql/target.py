@@ -320,15 +320,17 @@ class SqlTarget(KeyedReads):
 
     def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple],
                   latest: str | None = None) -> list[dict]:
-        """The rows whose key is one of ``keys``: one SELECT per 500 keys (a row-value IN for a compound
-        key). ``latest``: only the row with the highest value of that column per key (a ledger's
+        """The rows whose key is one of ``keys``, locked until the transaction ends: one SELECT per 500
+        keys (a row-value IN for a compound key). ``latest``: only the row with the highest value of that column per key (a ledger's
         newest entry, see ``newest_rows``)."""
         table = self.table(name)
         if latest is not None:
             return self.newest_rows(conn, table, key, keys, latest)
         rows: list[dict] = []
         for start in range(0, len(keys), READ_KEYS):
-            query = sa.select(table).where(_key_in(table, key, keys[start:start + READ_KEYS]))
+            # Locked (FOR UPDATE; SQLite locks the database when the transaction writes): a person's
+            # edit committed between this read and the write would otherwise be overwritten unseen.
+            query = sa.select(table).where(_key_in(table, key, keys[start:start + READ_KEYS])).with_for_update()
             rows.extend(plain_rows(table, conn.execute(query)))
         return rows
 

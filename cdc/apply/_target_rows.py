@@ -7,8 +7,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import state
+from .. import state, values
 from ..canonical import canonical
+from ..errors import TransformError
 from ..changes import Row, dumps
 from ..mapping import MappedChange, TargetOp
 
@@ -24,6 +25,7 @@ class TargetRows:
     def __init__(self, conn: Any, target: Any, pair: str, items: list[MappedChange]):
         self.target, self.pair = target, pair
         self._plain: dict[tuple, tuple] = {}
+        self._fitters: dict[sa.Column, Any] = {}
         self._rows: dict[tuple[str, KeyText], Row | None] = {}
         self._stored: dict[tuple[str, str], str] = {}
         #: Per target table: key digest -> hash of the row written, or None (deleted): stored with the part.
@@ -88,19 +90,33 @@ class TargetRows:
         if row is None:
             return None
         columns = self.target.table(item.mapping.target).c
-        texts = [canonical(row.get(c), columns[c]) for c in item.mapping.target_columns if c in columns]
+        texts = [self.text(row.get(c), columns[c]) for c in item.mapping.target_columns if c in columns]
         return hashlib.sha256(dumps(texts).encode()).hexdigest()
 
     def same(self, item: MappedChange, a: Row | None, b: Row | None) -> bool:
-        """Whether two rows agree on every column the mapping writes (canonical values compared)."""
+        """Whether two rows agree on every column the mapping writes (values as the target column
+        holds them, by canonical text, where they are not plainly equal)."""
         if a is None or b is None:
             return a is b
         columns = self.target.table(item.mapping.target).c
         for c in item.mapping.target_columns:
             x, y = a.get(c), b.get(c)
-            if (x != y or type(x) is not type(y)) and c in columns and canonical(x, columns[c]) != canonical(y, columns[c]):
+            if (x != y or type(x) is not type(y)) and c in columns and self.text(x, columns[c]) != self.text(y, columns[c]):
                 return False
         return True
+
+    def text(self, value: Any, column: sa.Column) -> str | None:
+        """The canonical text of ``value`` as ``column`` holds it: fitted first (the text '2.25' of a
+        source that has no decimals is the 2.2500000000 a NUMERIC(20,10) column holds), as it is
+        when it does not fit."""
+        fit = self._fitters.get(column)
+        if fit is None:
+            fit = self._fitters[column] = values.fitter(column)
+        try:
+            value = fit(value)
+        except (TransformError, TypeError, ValueError):
+            pass
+        return canonical(value, column)
 
     def differences(self, item: MappedChange, found: Row | None, expected: Row | None) -> str:
         """In words, where the target row differs from what was expected there."""
@@ -111,7 +127,7 @@ class TargetRows:
         columns = self.target.table(item.mapping.target).c
         differ = [f"{c}: target {_shown(found.get(c))}, expected {_shown(expected.get(c))}"
                   for c in item.mapping.target_columns
-                  if c in columns and canonical(found.get(c), columns[c]) != canonical(expected.get(c), columns[c])]
+                  if c in columns and self.text(found.get(c), columns[c]) != self.text(expected.get(c), columns[c])]
         return "; ".join(differ) or "the target row differs"
 
     def before_of(self, item: MappedChange) -> Row | None:
