@@ -88,6 +88,9 @@ class TableSpec:
     balance: BalanceSpec | None = None
     period: str | None = None  #: target date column closed periods are judged by (default ledger.entry_date)
     closed_before: Any = None  #: a date: changes to rows dated before it are parked for review
+    #: Keep a hash of each row written (cdc_row_hashes): conflicts are found by it where the capture
+    #: gives no before image (capture timestamp).
+    row_hashes: bool = False
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ def _pair(doc: _yaml.Document, name: str, model: _Pair, connections: dict[str, C
     source = _connection_ref(doc, keys + ("source",), model.source, connections)
     target = _connection_ref(doc, keys + ("target",), model.target, connections)
     capture = _capture(doc, keys, model.capture, source)
-    mapping = _with_pair_rules(doc, keys, _mapping(doc, keys, model), model)
+    mapping = _with_pair_rules(doc, keys, _mapping(doc, keys, model), model, capture)
     return Pair(
         name=name, source=source, target=target, capture=capture, mapping=mapping,
         batch_size=model.batch_size, snapshot_chunk=model.snapshot_chunk, poll_interval=model.poll_interval,
@@ -150,7 +150,7 @@ def _pair(doc: _yaml.Document, name: str, model: _Pair, connections: dict[str, C
     )
 
 
-def _with_pair_rules(doc, keys, mapping: MappingSpec, model: _Pair) -> MappingSpec:
+def _with_pair_rules(doc, keys, mapping: MappingSpec, model: _Pair, capture: str) -> MappingSpec:
     """Each table spec with the pair's conflict policy, detection, holding and closed period where
     the mapping sets none: after this a table spec holds every rule its changes are decided by."""
     tables = {}
@@ -161,7 +161,7 @@ def _with_pair_rules(doc, keys, mapping: MappingSpec, model: _Pair) -> MappingSp
             spec, conflict=model.conflict[0] if inherits and spec.ledger is None else spec.conflict,
             newest=model.conflict[1] if inherits and spec.ledger is None else spec.newest,
             detect=model.detect_conflicts, hold=model.hold_parked_keys, period=period,
-            closed_before=model.closed_before)
+            closed_before=model.closed_before, row_hashes=model.detect_conflicts and capture == "timestamp")
     if model.closed_before is not None and not any(spec.period for spec in tables.values()):
         raise doc.error(keys + ("closed_before",), "no table of the pair names the date column closed periods are "
                         "judged by: give a table period: <target date column> (or ledger.entry_date) in the mapping")

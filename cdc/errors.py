@@ -39,11 +39,16 @@ class RowError(CdcError):
     Attributes name the table, key and column so the message points at the row.
     """
 
-    def __init__(self, message: str, *, table: str = "", key: tuple = (), column: str | None = None):
+    def __init__(self, message: str, *, table: str = "", key: tuple = (), column: str | None = None,
+                 kind: str = "error", blocked_by: str | None = None):
         super().__init__(message)
         self.table = table
         self.key = key
         self.column = column
+        #: What parked it: error (the target or mapping refused it), balance, closed (period) or held
+        #: (it waits behind ``blocked_by``, an earlier parked change or open conflict of its key).
+        self.kind = kind
+        self.blocked_by = blocked_by
 
     def describe(self) -> str:
         where = f"table {self.table} key {list(self.key)}"

@@ -216,6 +216,9 @@ class MappedChange:
     mapping: TableMapping
     ops: list[TargetOp] = field(default_factory=list)
     error: RowError | None = None
+    #: What the decision step decided, for the change's audit row: (decision, policy, detail, the
+    #: target row found before it, or None); None: applied as mapped.
+    note: tuple | None = None
 
 
 def map_changes(changes: list[Change], mappings: dict[str, TableMapping]) -> list[MappedChange]:

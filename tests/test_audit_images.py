@@ -56,7 +56,9 @@ def test_audit_images_are_the_mapped_target_rows(ws):
         ("update", {"kundenr": 2, "navn": "PER", "poststed": "Bergen"},
          {"kundenr": 2, "navn": "PER", "poststed": "Bergen"}),
         ("insert", None, {"kundenr": 3, "navn": "KNUT", "poststed": "Tromsø"}),
-        ("delete", {"kundenr": 3, "navn": "KNUT", "poststed": "Tromsø"}, None)]
+        ("delete", {"kundenr": 3, "navn": "KNUT", "poststed": "Tromsø"}, None),
+        # parked (the name is too long for its column): audited as parked, through the mapping too
+        ("insert", None, {"kundenr": 4, "navn": "BARTHOLOMEUS OLSEN", "poststed": "Bodø"})]
     # The dead letter keeps what the mapping reads (to apply it again), not the e-mail address.
     (change,) = [json.loads(c) for (c,) in ws.query(ws.target, "SELECT change FROM cdc_dead_letters")]
     assert change["after"] == {"id": 4, "name": "Bartholomeus Olsen", "city": "Bodø", "status": "active"}

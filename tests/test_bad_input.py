@@ -136,12 +136,12 @@ def test_init_is_idempotent_and_refuses_a_newer_state_schema(ws):
     ws.sql(ws.source, "CREATE TABLE entries (id INTEGER PRIMARY KEY, amount NUMERIC(18,2))")
     ws.write_config("source: src\ntarget: dst\ntables: [entries]")
     first = ws.cdc("init", str(ws.config))
-    assert "state tables created at version 0003" in first.stdout and "entries: created" in first.stdout
+    assert "state tables created at version 0004" in first.stdout and "entries: created" in first.stdout
     second = ws.cdc("init", str(ws.config))
-    assert "already at version 0003" in second.stdout and "entries: exists, left as it is" in second.stdout
+    assert "already at version 0004" in second.stdout and "entries: exists, left as it is" in second.stdout
     # A target made by the first release (0001) is upgraded in place: its checkpoints stay.
     _downgrade(ws.target, "0001")
-    assert "state tables upgraded 0001 -> version 0003" in ws.cdc("init", str(ws.config)).stdout
+    assert "state tables upgraded 0001 -> version 0004" in ws.cdc("init", str(ws.config)).stdout
     assert ws.query(ws.target, "SELECT count(*) FROM cdc_reconcile_runs") == [(0,)]
     conn = sqlite3.connect(ws.target)
     with conn:

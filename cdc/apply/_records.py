@@ -26,19 +26,44 @@ def audit_rows(pair: str, done: list[MappedChange], reason: str, now: Any) -> li
             position, txid = change.position, change.txid
             position_text, txid_text = dumps(position), None if txid is None else str(txid)
         before, after = _audit_images(item, reason)
+        decision, policy, detail, found = item.note or (_DECISIONS.get(reason, "applied"), None, None, None)
+        if found is not None:  # the target row as it was found: what the change really replaced
+            before = {c: found.get(c) for c in item.mapping.target_columns}
         rows.append(audit_row(pair, change.table, item.mapping.target, change.op, reason, dumps(item.ops[-1].key),
-                              _json(before), _json(after), now, position_text, txid_text, change.committed_at))
+                              _json(before), _json(after), now, position_text, txid_text, change.committed_at,
+                              decision, policy, detail))
+    return rows
+
+
+#: The decision an audit row of a change applied as mapped records, per reason.
+_DECISIONS = {"retry": "retried"}
+
+
+def parked_audit_rows(pair: str, parked: list, reason: str, now: Any) -> list[dict]:
+    """One audit row per change parked (decision parked, or held behind an earlier one of its key),
+    with the kind of refusal as its policy and the error as its detail."""
+    rows = []
+    for item, error in parked:
+        change, mapping = item.change, item.mapping
+        images = [image if image is None or reason == "repair" else mapping.image(image, change.key)
+                  for image in (change.before, change.after)]
+        decision = "held" if error.kind == "held" else "parked"
+        rows.append(audit_row(pair, change.table, mapping.target, change.op, reason, dumps(list(change.key)),
+                              _json(images[0]), _json(images[1]), now, dumps(change.position),
+                              None if change.txid is None else str(change.txid), change.committed_at,
+                              decision, error.kind, str(error)))
     return rows
 
 
 def audit_row(pair: str, source_table: str, target_table: str, op: str, reason: str, key: str,
               before: str | None, after: str | None, now: Any, position: str | None = None,
-              txid: str | None = None, committed_at: Any = None) -> dict:
+              txid: str | None = None, committed_at: Any = None, decision: str = "applied",
+              policy: str | None = None, detail: str | None = None) -> dict:
     """The one shape of a row of cdc_audit_log (images and key already encoded as JSON)."""
     return {
         "pair": pair, "source_table": source_table, "target_table": target_table, "op": op, "reason": reason,
         "key": key, "before": before, "after": after, "source_position": position, "source_txid": txid,
-        "committed_at": committed_at, "applied_at": now,
+        "committed_at": committed_at, "applied_at": now, "decision": decision, "policy": policy, "detail": detail,
     }
 
 
@@ -73,19 +98,39 @@ def _audit_images(item: MappedChange, reason: str) -> tuple[Row | None, Row | No
 
 
 def dead_letter(pair: str, item: MappedChange, error: RowError, now: Any, reason: str = "change") -> dict:
-    """The dead letter of a change the target refused: the change as the source gave it, with the
-    source columns the mapping reads (all it needs to be mapped and applied again; a column the
-    mapping does not copy stays out of the target database). A repair's images are target rows."""
+    """The dead letter of a change that did not reach the target: its change (see change_record),
+    why (``error``: its kind, and what a held change waits behind), held or parked."""
     change = item.change
-    read = None if reason == "repair" else item.mapping.read_columns()
     return {
         "pair": pair, "source_table": change.table, "target_table": item.mapping.target, "op": change.op,
         "key": dumps(list(change.key)), "error": str(error), "column_name": error.column,
-        "change": dumps({"op": change.op, "table": change.table, "key": list(change.key),
-                         "before": _only(change.before, read), "after": _only(change.after, read),
-                         "position": change.position, "txid": change.txid}),
-        "source_position": dumps(change.position), "created_at": now,
+        "change": change_record(item, reason), "source_position": dumps(change.position), "created_at": now,
+        "kind": error.kind, "blocked_by": error.blocked_by, "status": "held" if error.kind == "held" else "parked",
+        "source_txid": None if change.txid is None else str(change.txid),
     }
+
+
+def change_record(item: MappedChange, reason: str = "change") -> str:
+    """A change as dead letters and conflicts keep it (JSON): as the source gave it, with the source
+    columns the mapping reads (all it needs to be mapped and applied again; a column the mapping
+    does not copy stays out of the target database). A repair's images are target rows."""
+    change = item.change
+    read = None if reason == "repair" else item.mapping.read_columns()
+    return dumps({"op": change.op, "table": change.table, "key": list(change.key),
+                  "before": _only(change.before, read), "after": _only(change.after, read),
+                  "position": change.position, "txid": change.txid})
+
+
+def conflict_rows(pair: str, found: list, now: Any) -> list[dict]:
+    """The cdc_conflicts rows of changes parked for a person to decide: (change, target row found)."""
+    rows = []
+    for item, row in found:
+        change, op = item.change, item.ops[-1]
+        rows.append({"pair": pair, "target_table": op.table, "key": dumps(list(op.key)),
+                     "change": change_record(item), "target_row": _json(row), "policy": "manual", "status": "open",
+                     "created_at": now, "source_table": change.table, "source_key": dumps(list(change.key)),
+                     "source_position": dumps(change.position)})
+    return rows
 
 
 def write_records(target: Any, conn: Any, audit: list[dict], letters: list[dict], limit: int | None) -> None:

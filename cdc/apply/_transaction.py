@@ -8,10 +8,13 @@ from typing import Any, Callable, Iterable, Iterator
 import sqlalchemy as sa
 
 from .. import state
-from ..changes import ApplyResult, Position
+from ..changes import ApplyResult, Position, dumps
 from ..errors import RetryableError, RowError, TargetError
 from ..mapping import MappedChange
-from ._records import audit_rows, dead_letter, snapshot_row, write_records
+from ._decide import Context, decide
+from ._holds import Holds, mark_resolved
+from ._records import audit_rows, conflict_rows, dead_letter, parked_audit_rows, snapshot_row, write_records
+from ._target_rows import store_hashes
 from ._writes import writes_for
 
 #: ``write(position, snapshot, applied, committed_at=None, tables=None)``: the checkpoint of a transaction.
@@ -45,35 +48,45 @@ def checkpointing(target: Any, pair: str | None) -> Iterator[tuple[Any, WriteChe
         state.claims.committed(claim, written[-1])
 
 
+#: Reasons that move no checkpoint: they hold the pair's claim while they write (see _transaction).
+NO_CHECKPOINT = ("repair", "retry", "resolve")
+
+
 def apply(target: Any, pair: str, mapped: list[MappedChange], *, position: Position, snapshot: dict | None,
-          on_error: str, reason: str = "change", tables: dict[str, dict | None] | None = None) -> ApplyResult:
+          on_error: str, reason: str = "change", tables: dict[str, dict | None] | None = None,
+          policy: str | None = None, holds: bool = True, finish: Callable[[Any], None] | None = None) -> ApplyResult:
     """Write rows, audit, dead letters and checkpoint in ONE transaction (see apply_parts)."""
     return apply_parts(target, pair, lambda: [mapped], position=lambda: position, snapshot=snapshot,
-                       on_error=on_error, reason=reason, tables=tables)
+                       on_error=on_error, reason=reason, tables=tables, policy=policy, holds=holds, finish=finish)
 
 
 def apply_parts(target: Any, pair: str, parts: Callable[[], Iterable[list[MappedChange]]], *,
                 position: Callable[[], Position], snapshot: dict | None, on_error: str,
-                reason: str = "change", tables: dict[str, dict | None] | None = None) -> ApplyResult:
-    """Write parts of a batch one after another into ONE transaction, then the checkpoint.
+                reason: str = "change", tables: dict[str, dict | None] | None = None, policy: str | None = None,
+                holds: bool = True, finish: Callable[[Any], None] | None = None) -> ApplyResult:
+    """Decide, then write parts of a batch one after another into ONE transaction, then the checkpoint.
 
     ``parts()`` yields the batch in parts (a large source transaction need not fit in memory);
     ``position()`` is read after the last part. When no part holds a change, nothing is written.
-    A row the database rejects makes the whole batch roll back and run again from ``parts()``
-    one change per savepoint, so the bad change is parked (or stops the pair) alone. The
-    checkpoint stores ``snapshot`` (progress of tables being copied) and ``tables`` (the streamed
-    ones with their mapping identities; None keeps the stored ones). ``reason`` ``repair``: the
-    claim is checked first and no checkpoint is written. Idempotent only with the checkpoint
-    check. RetryableError: a passing fault, nothing committed; TargetError, RowError (``on_error``
-    stop) and ClaimLostError stop the pair.
+    Each part is decided first (cdc/apply/_decide.py: holds, skips, rules, conflicts, ledger). A row
+    the database rejects makes the whole batch roll back and run again from ``parts()`` one change
+    per savepoint, so the bad change is parked (or stops the pair) alone. The checkpoint stores
+    ``snapshot`` (progress of tables being copied) and ``tables`` (the streamed ones with their
+    mapping identities; None keeps the stored ones). ``reason`` repair, retry or resolve: the claim
+    is checked first and no checkpoint is written. ``policy`` decides every conflict (None: each
+    table's own); ``holds`` False: parked changes hold no key back (a retry carries the head of its
+    key's queue); ``finish(conn)`` runs in the transaction after the writes. Idempotent only with
+    the checkpoint check. RetryableError: a passing fault, nothing committed; TargetError, RowError
+    (``on_error`` stop) and ClaimLostError stop the pair.
     """
+    options = (position, snapshot, on_error, reason, tables, policy, holds, finish)
     try:
-        return _transaction(target, pair, parts(), position, snapshot, on_error, reason, False, tables)
+        return _transaction(target, pair, parts(), *options, isolate=False)
     except sa.exc.DBAPIError as exc:
         if target.classify(exc) != "row":
             raise _translate(target, exc) from None
     try:
-        return _transaction(target, pair, parts(), position, snapshot, on_error, reason, True, tables)
+        return _transaction(target, pair, parts(), *options, isolate=True)
     except sa.exc.DBAPIError as exc:
         raise _translate(target, exc) from None
 
@@ -84,38 +97,64 @@ def _translate(target: Any, exc: sa.exc.DBAPIError) -> Exception:
 
 
 def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], position: Callable[[], Position],
-                 snapshot: dict | None, on_error: str, reason: str, isolate: bool,
-                 tables: dict[str, dict | None] | None) -> ApplyResult:
-    applied = parked_count = seen = 0
+                 snapshot: dict | None, on_error: str, reason: str, tables: dict[str, dict | None] | None,
+                 policy: str | None, holds: bool, finish: Callable[[Any], None] | None, *,
+                 isolate: bool) -> ApplyResult:
+    counts = {"applied": 0, "parked": 0, "skipped": 0, "conflicts": 0}
+    seen = 0
     writes = writes_for(target)
 
     def reject(item: MappedChange, error: RowError, parked: list) -> None:
         error.table, error.key = error.table or item.mapping.target, error.key or item.change.key
-        if on_error == "stop":
+        if on_error == "stop" and error.kind != "held":
             raise error
         parked.append((item, error))
 
     with checkpointing(target, pair) as (conn, write_checkpoint):
-        if reason == "repair":
+        if reason in NO_CHECKPOINT:
             # A repair moves no checkpoint but holds the pair's claim (see cdc/state/_claims.py):
             # fenced first, so a repair that lost the pair to a run writes nothing, and a run
             # taking the pair waits for this transaction.
             state.claims.fence(conn, target.claim(pair))
+        context = Context(pair, reason, policy, holds,
+                          Holds() if reason == "snapshot" else Holds.load(conn, pair))
         committed_at = None
         limit = target.statement_limit(conn)
         for mapped in parts:
             seen += len(mapped)
-            done, parked = writes.write_part(conn, mapped, isolate, reject, limit)
-            now = state._store.now()
-            write_records(target, conn, audit_rows(pair, done, reason, now),
-                          [dead_letter(pair, item, error, now, reason) for item, error in parked], limit)
-            applied, parked_count = applied + len(done), parked_count + len(parked)
+            parked: list = []
+            decided = decide(conn, target, context, mapped, lambda item, error: reject(item, error, parked))
+            done, refused = writes.write_part(conn, decided.write, isolate, reject, limit)
+            parked += refused
+            _record(target, conn, pair, reason, context, decided, done, parked, limit)
+            for name, count in (("applied", len(done)), ("parked", len(parked)), ("skipped", decided.skipped),
+                                ("conflicts", decided.conflicted)):
+                counts[name] += count
             committed_at = next((m.change.committed_at for m in reversed(mapped) if m.change.committed_at),
                                 committed_at)
-        if (seen or reason == "snapshot") and reason != "repair":
-            write_checkpoint(position(), snapshot, applied if reason != "snapshot" else 0, committed_at,
+        if finish is not None:
+            finish(conn)
+        if (seen or reason == "snapshot") and reason not in NO_CHECKPOINT:
+            write_checkpoint(position(), snapshot, counts["applied"] if reason != "snapshot" else 0, committed_at,
                              tables=tables)
-    return ApplyResult(applied, parked_count)
+    return ApplyResult(**counts)
+
+
+def _record(target: Any, conn: Any, pair: str, reason: str, context: Context, decided: Any,
+            done: list[MappedChange], parked: list, limit: int | None) -> None:
+    """A part's records: audit rows of what was written, decided or parked, dead letters, conflicts,
+    row hashes, and the dead letters of keys the written changes made right."""
+    now = state._store.now()
+    audit = audit_rows(pair, done + decided.unwritten, reason, now) + parked_audit_rows(pair, parked, reason, now)
+    write_records(target, conn, audit, [dead_letter(pair, item, error, now, reason) for item, error in parked], limit)
+    if decided.conflicts:
+        conn.execute(state.conflicts.insert(), conflict_rows(pair, decided.conflicts, now))
+    if decided.hashes:
+        store_hashes(conn, pair, decided.hashes)
+    if reason != "snapshot":
+        resolved = context.holds.resolved_by(done)
+        where = done[-1].change.position if done else None
+        mark_resolved(conn, resolved, f"made right by a later {reason} (source position {dumps(where)}) at {now}", now)
 
 
 def advance(target: Any, pair: str, position: Position, *, snapshot: dict | None = None,

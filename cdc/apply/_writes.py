@@ -53,7 +53,14 @@ class Writes:
             self.write(conn, [s for _, statements in prepared for s in statements], limit)
             return [item for item, _ in prepared], parked
         done: list[MappedChange] = []
+        refused: set = set()  # keys a change of which the target refused: their later changes wait
         for item, statements in prepared:
+            key = (item.change.table, item.change.key)
+            if key in refused and item.mapping.spec.hold is not False:
+                reject(item, RowError("waits behind an earlier change of the same key that the target refused in "
+                                      "this transaction (order per key is kept)", kind="held",
+                                      blocked_by="a dead letter of the same transaction"), parked)
+                continue
             try:
                 with conn.begin_nested():
                     self.write(conn, statements, limit)
@@ -61,6 +68,7 @@ class Writes:
             except sa.exc.DBAPIError as exc:
                 if self.target.classify(exc) != "row":
                     raise
+                refused.add(key)
                 reject(item, RowError(f"the target refused the row: {str(exc.orig).strip()}"), parked)
         return done, parked
 

@@ -1,0 +1,145 @@
+"""The decision step: which changes of a part reach the target, and how.
+
+In order, per change: a key held behind an open dead letter or conflict waits (parked as held);
+a change the mapping refused is parked; an update that changed no mapped column is skipped;
+then, with the target rows read set-wise (one statement per table and part): changes to closed
+periods and unbalanced vouchers are parked; a ledger table's changes become journal entries
+(cdc/ledger.py); every other change is compared with the target row, and a target row that
+changed since this pair last wrote it is a conflict, decided by the table's policy (cdc/conflicts.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .. import conflicts
+from ..errors import RowError
+from ..mapping import MappedChange
+from ._holds import Holds
+from ._target_rows import TargetRows
+
+#: Called with a change that does not reach the target and why: parked, or the pair stops (on_error).
+Park = Callable[[MappedChange, RowError], None]
+
+
+@dataclass
+class Context:
+    """What one apply transaction decides by: why it runs, a policy that overrides every table's,
+    whether parked changes hold their keys, and what holds which key."""
+
+    pair: str
+    reason: str
+    policy: str | None = None
+    holds_on: bool = True
+    holds: Holds = field(default_factory=Holds)
+
+
+@dataclass
+class Decided:
+    """A part decided: the changes to write (ops possibly rewritten), those decided and audited but
+    not written, conflicts to record, row hashes to store, and counts."""
+
+    write: list[MappedChange] = field(default_factory=list)
+    unwritten: list[MappedChange] = field(default_factory=list)
+    conflicts: list[dict] = field(default_factory=list)
+    hashes: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    skipped: int = 0
+    conflicted: int = 0
+
+
+def decide(conn: Any, target: Any, ctx: Context, mapped: list[MappedChange], park: Park) -> Decided:
+    """Decide one part (see the module docstring); ``park`` takes what is parked (or raises to stop)."""
+    decided = Decided()
+    if ctx.reason == "snapshot":  # a copy decides nothing but how a journal takes its rows
+        _ledger(target, conn, [i for i in mapped if i.ops and i.mapping.spec.ledger is not None])
+        decided.write = mapped
+        return decided
+    live = _unheld(ctx, mapped, park, decided)
+    rows = TargetRows(conn, target, ctx.pair, [i for i in live if _reads_target(i, ctx)])
+    live = _by_rules(ctx, live, rows, park)
+    _ledger(target, conn, [i for i in live if i.mapping.spec.ledger is not None])
+    for item in live:
+        if item.mapping.spec.ledger is not None or conflicts.decide(item, ctx, rows, decided):
+            decided.write.append(item)
+    decided.hashes = rows.hashes
+    return decided
+
+
+def _unheld(ctx: Context, mapped: list[MappedChange], park: Park, decided: Decided) -> list[MappedChange]:
+    """The changes whose keys nothing holds, that mapped, and that change a mapped column."""
+    live = []
+    ignore_letters = not ctx.holds_on or ctx.reason == "repair"
+    for item in mapped:
+        blocker = ctx.holds.blocker(item, ignore_letters)
+        if blocker is not None:
+            if ctx.reason == "repair":  # a repair leaves a key with an open conflict to its resolution
+                decided.skipped += 1
+                continue
+            _park(ctx, item, park, RowError(
+                f"waits behind {blocker} of the same key (order per key is kept): it is applied when that is "
+                "retried, discarded or resolved", kind="held", blocked_by=blocker))
+        elif item.error is not None:
+            _park(ctx, item, park, item.error)
+        elif _unchanged(item):
+            decided.skipped += 1
+        else:
+            live.append(item)
+    return live
+
+
+def _by_rules(ctx: Context, live: list[MappedChange], rows: TargetRows, park: Park) -> list[MappedChange]:
+    """``live`` without the changes to closed periods and unbalanced vouchers, parked (and the later
+    changes of their keys, held)."""
+    specs = {id(i.mapping): i.mapping.spec for i in live}
+    if not any(s.closed_before is not None or s.balance is not None for s in specs.values()):
+        return live
+    from . import _rules  # only pairs with bookkeeping rules need them
+
+    refused = {id(item): error for item, error in
+               _rules.closed(live, rows.before_of) + _rules.unbalanced(live, rows.before_of)}
+    kept = []
+    for item in live:
+        blocker = ctx.holds.blocker(item, not ctx.holds_on)
+        if id(item) in refused:
+            _park(ctx, item, park, refused[id(item)])
+        elif blocker is not None:
+            _park(ctx, item, park, RowError(f"waits behind {blocker} of the same key (order per key is kept)",
+                                            kind="held", blocked_by=blocker))
+        else:
+            kept.append(item)
+    return kept
+
+
+def _park(ctx: Context, item: MappedChange, park: Park, error: RowError) -> None:
+    park(item, error)
+    ctx.holds.park(item, "a change of the same key parked in the same transaction")
+
+
+def _unchanged(item: MappedChange) -> bool:
+    """Whether an update changed no column the mapping copies: its before image, mapped, is the row
+    it writes (only where the capture gives a whole before image)."""
+    change, ops = item.change, item.ops
+    if change.op != "update" or change.before is None or len(ops) != 1 or ops[0].op != "upsert":
+        return False
+    mapping = item.mapping
+    if not change.before.keys() >= mapping.read_columns() or not mapping.passes(change.before):
+        return False
+    try:
+        return mapping.map_row(change.before, change.key) == ops[0].row
+    except RowError:
+        return False
+
+
+def _reads_target(item: MappedChange, ctx: Context) -> bool:
+    spec = item.mapping.spec
+    if not item.ops or spec.ledger is not None:
+        return False
+    return bool(spec.detect or ctx.reason == "repair" or spec.balance or spec.closed_before)
+
+
+def _ledger(target: Any, conn: Any, items: list[MappedChange]) -> None:
+    if items:
+        from .. import ledger  # only pairs with journals need it
+
+        ledger.entries(target, conn, items)

@@ -1,0 +1,130 @@
+"""The target rows a part's changes touch, read set-wise, and what this pair last wrote to them."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import sqlalchemy as sa
+
+from .. import state
+from ..canonical import canonical
+from ..changes import Row, dumps
+from ..mapping import MappedChange, TargetOp
+
+#: A row's key as read back and as mapped, told apart by canonical text (an int and a Decimal of one value agree).
+KeyText = tuple
+
+
+class TargetRows:
+    """The rows, read once per part (one statement per table and 500 keys), then kept current as
+    the part's changes are decided; and for tables kept by row hash, the hashes stored for them
+    and those to store."""
+
+    def __init__(self, conn: Any, target: Any, pair: str, items: list[MappedChange]):
+        self.target, self.pair = target, pair
+        self._rows: dict[tuple[str, KeyText], Row | None] = {}
+        self._stored: dict[tuple[str, str], str] = {}
+        #: Per target table: key digest -> hash of the row written, or None (deleted): stored with the part.
+        self.hashes: dict[str, dict[str, str | None]] = {}
+        wanted: dict[tuple[str, tuple[str, ...]], dict[KeyText, tuple]] = {}
+        hashed: dict[str, set[str]] = {}
+        for item in items:
+            for op in item.ops:
+                wanted.setdefault((op.table, op.key_columns), {})[self.key_text(op.table, op.key_columns, op.key)] = op.key
+                if item.mapping.spec.row_hashes:
+                    hashed.setdefault(op.table, set()).add(key_digest(op.key))
+        for (name, key), keys in wanted.items():
+            for text in keys:
+                self._rows[(name, text)] = None
+            for row in target.read_rows(conn, name, key, list(keys.values())):
+                self._rows[(name, self.key_text(name, key, tuple([row[k] for k in key])))] = row
+        for name, digests in hashed.items():
+            self._read_hashes(conn, name, sorted(digests))
+
+    def _read_hashes(self, conn: Any, name: str, digests: list[str]) -> None:
+        table = state.row_hashes
+        for start in range(0, len(digests), 500):
+            rows = conn.execute(sa.select(table.c.key_digest, table.c.row_hash).where(
+                table.c.pair == self.pair, table.c.target_table == name,
+                table.c.key_digest.in_(digests[start:start + 500])))
+            self._stored.update({(name, digest): row_hash for digest, row_hash in rows})
+
+    def key_text(self, name: str, key: tuple[str, ...], values: tuple) -> KeyText:
+        columns = self.target.table(name).c
+        return tuple([canonical(v, columns[k]) for k, v in zip(key, values)])
+
+    def current(self, op: TargetOp) -> tuple[bool, Row | None]:
+        """(whether the row was read, the row as it stands now in this part: None if there is none)."""
+        where = (op.table, self.key_text(op.table, op.key_columns, op.key))
+        return where in self._rows, self._rows.get(where)
+
+    def wrote(self, item: MappedChange) -> None:
+        """``item``'s ops are written: later changes of its keys in this part see its rows."""
+        for op in item.ops:
+            row = op.row if op.op in ("upsert", "insert") else None
+            where = (op.table, self.key_text(op.table, op.key_columns, op.key))
+            if where in self._rows:
+                self._rows[where] = row
+            if item.mapping.spec.row_hashes:
+                digest = key_digest(op.key)
+                written = None if row is None else self.row_hash(item, row)
+                self.hashes.setdefault(op.table, {})[digest] = written
+                self._stored[(op.table, digest)] = written
+
+    def stored_hash(self, op: TargetOp) -> str | None:
+        """The hash of the row this pair last wrote with ``op``'s key, or None: none known."""
+        return self._stored.get((op.table, key_digest(op.key)))
+
+    def row_hash(self, item: MappedChange, row: Row | None) -> str | None:
+        """SHA-256 of the canonical texts of the mapping's columns of ``row`` (None: no row)."""
+        if row is None:
+            return None
+        columns = self.target.table(item.mapping.target).c
+        texts = [canonical(row.get(c), columns[c]) for c in item.mapping.target_columns if c in columns]
+        return hashlib.sha256(dumps(texts).encode()).hexdigest()
+
+    def same(self, item: MappedChange, a: Row | None, b: Row | None) -> bool:
+        """Whether two rows agree on every column the mapping writes (canonical values compared)."""
+        if a is None or b is None:
+            return a is b
+        columns = self.target.table(item.mapping.target).c
+        return all(canonical(a.get(c), columns[c]) == canonical(b.get(c), columns[c])
+                   for c in item.mapping.target_columns if c in columns)
+
+    def differences(self, item: MappedChange, found: Row | None, expected: Row | None) -> str:
+        """In words, where the target row differs from what was expected there."""
+        if found is None:
+            return "the target row is missing"
+        if expected is None:
+            return "the target already has a row with this key"
+        columns = self.target.table(item.mapping.target).c
+        differ = [f"{c}: target {found.get(c)!r}, expected {expected.get(c)!r}" for c in item.mapping.target_columns
+                  if c in columns and canonical(found.get(c), columns[c]) != canonical(expected.get(c), columns[c])]
+        return "; ".join(differ) or "the target row differs"
+
+    def before_of(self, item: MappedChange) -> Row | None:
+        """The row ``item`` changes as the target has it (read), else its mapped before image."""
+        if item.ops:
+            read, row = self.current(item.ops[-1])
+            if read:
+                return row
+        before = item.change.before
+        return None if before is None else item.mapping.image(before, item.change.key)
+
+
+def key_digest(key: tuple) -> str:
+    return hashlib.sha256(dumps(list(key)).encode()).hexdigest()
+
+
+def store_hashes(conn: Any, pair: str, hashes: dict[str, dict[str, str | None]]) -> None:
+    """Replace the stored row hashes of these keys (a None: the row is gone, its hash too)."""
+    table = state.row_hashes
+    for name, by_digest in hashes.items():
+        digests = sorted(by_digest)
+        for start in range(0, len(digests), 500):
+            conn.execute(table.delete().where(table.c.pair == pair, table.c.target_table == name,
+                                              table.c.key_digest.in_(digests[start:start + 500])))
+        rows = [{"pair": pair, "target_table": name, "key_digest": d, "row_hash": h} for d, h in by_digest.items() if h]
+        if rows:
+            conn.execute(table.insert(), rows)

@@ -1,0 +1,127 @@
+"""Conflict policies: a target row that changed since this pair last wrote it, and what wins.
+
+What this pair last wrote is the change's before image, mapped (trigger, binlog, and logical with
+REPLICA IDENTITY FULL), or else the hash of the row it wrote, kept in cdc_row_hashes (capture
+timestamp). A target row equal to the change's new row is no conflict (already so). Every
+conflict gets an audit row, whatever the policy: the target row as it was found is its before image.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from .changes import Row
+from .mapping import MappedChange
+
+#: What a missing target row means, per op: (the table setting, its default action).
+_MISSING = {"upsert": "update_missing", "delete": "delete_missing"}
+
+
+def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
+    """Whether ``item`` is written; sets its note, and records what was decided in ``decided``
+    (``ctx``, ``rows``, ``decided``: the apply's Context, TargetRows and Decided)."""
+    spec = item.mapping.spec
+    repair = ctx.reason == "repair"
+    if not item.ops or not (spec.detect or repair):
+        rows.wrote(item)
+        return True
+    op = item.ops[-1]
+    read, found = rows.current(op)
+    new = op.row if op.op == "upsert" else None
+    if not read or rows.same(item, found, new):
+        rows.wrote(item)
+        return True
+    if repair:  # a repair expects nothing: any row it would change is the target's own
+        return found is None or _conflict(item, ctx, rows, decided, found, rows.differences(item, found, new))
+    expected = _expected(item, rows, op)
+    if expected is _UNKNOWN or (expected is not None and expected is not _CHANGED and rows.same(item, found, expected)):
+        rows.wrote(item)
+        return True
+    if found is None and expected is not None:
+        return _missing(item, ctx, rows, decided, op)
+    detail = ("the target row changed since this pair wrote it (its row hash differs)" if expected is _CHANGED
+              else rows.differences(item, found, expected))
+    return _conflict(item, ctx, rows, decided, found, detail)
+
+
+_UNKNOWN, _CHANGED = object(), object()
+
+
+def _expected(item: MappedChange, rows: Any, op: Any) -> Any:
+    """The row this pair last wrote with ``op``'s key (None: no row); _UNKNOWN when nothing tells;
+    by row hash, the row found itself when its hash is the one stored, else _CHANGED."""
+    change, mapping = item.change, item.mapping
+    if change.op == "insert":
+        return None
+    if change.before is not None and change.before.keys() >= mapping.read_columns():
+        return mapping.image(change.before, change.key) if mapping.passes(change.before) else None
+    stored = rows.stored_hash(op)
+    if stored is None:
+        return _UNKNOWN
+    _, found = rows.current(op)
+    return found if rows.row_hash(item, found) == stored else _CHANGED
+
+
+def _missing(item: MappedChange, ctx: Any, rows: Any, decided: Any, op: Any) -> bool:
+    """An update or delete whose target row is gone: the table's update_missing / delete_missing."""
+    setting = _MISSING[op.op]
+    action = getattr(item.mapping.spec, setting)
+    if action == "conflict":
+        return _conflict(item, ctx, rows, decided, None, "the target row is missing")
+    if action == "insert":
+        item.note = ("applied", f"{setting}: insert", "the target row was missing: inserted", None)
+        rows.wrote(item)
+        return True
+    item.note = ("skipped", f"{setting}: skip", "the target row was missing: nothing to "
+                 + ("update" if op.op == "upsert" else "delete"), None)
+    decided.unwritten.append(item)
+    return False
+
+
+def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row | None, detail: str) -> bool:
+    spec = item.mapping.spec
+    policy = ctx.policy or spec.conflict or "source_wins"
+    repair = ctx.reason == "repair"
+    if policy == "source_wins":
+        if repair:  # a repair under source_wins is what it always was: the target made equal
+            rows.wrote(item)
+            return True
+        decided.conflicted += 1
+        item.note = ("conflict", policy, f"{detail}; the source's change was applied", found)
+        rows.wrote(item)
+        return True
+    decided.conflicted += 1
+    if policy == "newest_wins":
+        source_time, target_time = _times(item, found, spec.newest)
+        if target_time is None or (source_time is not None and source_time >= target_time):
+            item.note = ("conflict", f"newest_wins: {spec.newest}",
+                         f"{detail}; the source's change is as new or newer ({source_time} >= {target_time}): applied",
+                         found)
+            rows.wrote(item)
+            return True
+        item.note = ("conflict", f"newest_wins: {spec.newest}",
+                     f"{detail}; the target row is newer ({target_time} > {source_time}): kept", found)
+    elif policy == "target_wins":
+        item.note = ("conflict", policy, f"{detail}; the target row was kept", found)
+    else:
+        item.note = ("conflict", "manual", f"{detail}; parked: `cdc conflicts resolve` decides", found)
+        decided.conflicts.append((item, found))
+        ctx.holds.park(item, "a conflict opened in the same transaction", True)
+    decided.unwritten.append(item)
+    return False
+
+
+def _times(item: MappedChange, found: Row | None, column: str) -> tuple[Any, Any]:
+    """(the source's time, the target row's time) of a newest_wins conflict, comparable."""
+    op = item.ops[-1]
+    source = op.row.get(column) if op.row is not None else item.change.committed_at
+    return _instant(source), _instant(None if found is None else found.get(column))
+
+
+def _instant(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    return value
