@@ -390,7 +390,8 @@ def test_manual_resolve_take_source_applies_the_change_and_releases_the_held_one
     source, target, model, writers = random_rounds(ws, "manual", seed)
     assert model.open
     for (conflict,) in target.execute("SELECT id FROM cdc_conflicts WHERE status = 'open' ORDER BY id"):
-        ok(ws, "conflicts", "resolve", str(conflict), "--take", "source")
+        result = ws.cdc("conflicts", "resolve", str(ws.config), str(conflict), "--take", "source")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
     want = {key: row for key, row in model.target.items() if key not in model.open}
     want.update({key: mapped(writers.rows[key]) for key in model.open if key in writers.rows})
     assert target_rows(target) == want
