@@ -110,6 +110,8 @@ class Writers:
         self.reserved = list(range(500, 530))  # keys the person may insert first
         self.person_first: list[int] = []  # keys the person inserted that the source has not
         self.lock = threading.Lock()  # the two writers share the logs when they run at once
+        self.recent: list[int] = []  # keys the source changed last
+        self.hot = False  # the person edits mostly what the source changes now (the race is likelier)
 
     def note(self, who: str) -> str:
         self.notes += 1
@@ -139,6 +141,8 @@ class Writers:
     def person_edit(self) -> None:
         """One edit of the target in its own transaction: update, delete or insert a row."""
         keys, pick = sorted(self.model.target), self.rng.random()
+        if self.hot and self.rng.random() < 0.7:
+            keys = [k for k in self.recent if k in self.model.target] or keys
         if pick < 0.6 and keys:
             key = self.rng.choice(keys)
             # newer, older or as new as the source's next stamps: newest_wins goes both ways
@@ -198,6 +202,7 @@ class Writers:
         return self._insert("acct", key, row), ("insert", key, None, mapped(row))
 
     def _update(self, key: int, **values):
+        self.recent = [*self.recent[-4:], key]
         before = self.rows[key]
         after = self.rows[key] = {**before, **values}
         sets = ", ".join(f"{column} = %s" for column in values)
@@ -463,6 +468,7 @@ def test_two_writers_at_once_each_policy(ws, pg_url, policy):
     writers = Writers(random.Random(list(POLICIES).index(policy)), source, Person("postgresql", pg_url), model,
                       deletes=policy != "newest_wins")
     writers.seed(40)
+    writers.hot = True
     ok(ws, "run", "--once")
     target.execute(HISTORY)
     run = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
@@ -542,3 +548,35 @@ def check_held(target: Database) -> None:
     assert opened and held, "no open conflict with a change held behind it: the test proves nothing"
     for key, blocked_by in held:
         assert blocked_by == f"conflict {opened.get(json.loads(key)[0])}", (key, blocked_by, opened)
+
+
+@pytest.mark.parametrize("policy", ["target_wins", "source_wins"])
+def test_an_edit_committed_while_the_pair_writes_its_row_is_decided_not_lost(ws, pg_url, policy):
+    """The race between the two writers, made certain: a person's transaction has changed row 1 and not
+    yet committed when `cdc run` reads the target rows. The pair must decide on the row as it will be
+    when its write lands (lock it: SELECT ... FOR UPDATE, or a write that compares), not on the row
+    before the person's commit, which would overwrite a committed edit without a conflict."""
+    import psycopg
+
+    target = Database("postgresql", pg_url)
+    source = make_pair(ws, target, policy)
+    source.execute("INSERT INTO acct VALUES (1, '1.00', 'kilde', '2026-01-01 10:00:00', '')")
+    ok(ws, "run", "--once")
+    source.execute("UPDATE acct SET note = 'kilde endret' WHERE id = 1")
+    with psycopg.connect(pg_url, application_name="person") as person, \
+            psycopg.connect(pg_url, autocommit=True) as watch:
+        person.execute("UPDATE acct SET note = 'retta' WHERE id = 1")  # not committed yet
+        run = subprocess.Popen([sys.executable, "-m", "cdc", "run", "--once", str(ws.config)], cwd=ws.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+                                "datname = current_database()").fetchone()[0]:
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.05)
+        person.commit()  # while the pair waits for the row
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, out + err
+    (row,) = audit(target)
+    assert (row["decision"], row["before"]["note"]) == ("conflict", "retta"), row
+    want = "retta" if policy == "target_wins" else "kilde endret"
+    assert target_rows(target)[1]["note"] == want
