@@ -1,9 +1,11 @@
-"""`cdc audit`: the trail of what was applied, parked, retried, discarded and repaired.
+"""`cdc audit`: the trail of what was applied, decided, parked, retried, discarded and repaired.
 
-Reads the target's ``cdc_audit_log`` (every applied change, snapshot chunk and repair, with the
-source position and transaction, before and after images) and ``cdc_dead_letters`` (changes the
-target refused: parked, then retried or discarded). A summary (counts per table, kind and day)
-comes first; with ``--key`` the list is that row's whole history, oldest first.
+Reads the target's ``cdc_audit_log``: one row per decision (a change applied, a conflict and how
+its policy decided it, a change parked or held, retried, discarded; a snapshot chunk; a repair),
+with the source position and transaction, before and after images, the policy and why. A summary
+(counts per table, kind and day) comes first; with ``--key`` the list is that row's whole
+history, oldest first. (Dead letters parked before state version 0004 have no audit row: `cdc
+dead-letters list` shows them.)
 """
 
 from __future__ import annotations
@@ -31,14 +33,34 @@ class AuditEntry:
     source_table: str
     target_table: str
     op: str
-    reason: str  # change | snapshot | repair | parked | retried | discarded
+    reason: str  # change | snapshot | repair | retry | resolve
     key: list
     before: dict | None
     after: dict | None
     position: Any = None
     txid: str | None = None
     committed_at: dt.datetime | None = None
-    error: str | None = None
+    error: str | None = None  # why, for a decision other than applied (the audit row's detail)
+    decision: str = "applied"  # applied | conflict | skipped | parked | held | retried | discarded | resolved
+    policy: str | None = None  # the conflict policy or rule that decided
+
+    @property
+    def kind(self) -> str:
+        """The op, with the reason and decision where they are not the plain case: ``update (conflict:
+        target_wins)``, ``insert (repair)``."""
+        notes = [n for n in (None if self.reason in ("change", self.op) else self.reason, self._decided()) if n]
+        return f"{self.op} ({', '.join(notes)})" if notes else self.op
+
+    @property
+    def decided(self) -> str:
+        """The op with the decision where it is not applied: ``update (conflict: target_wins)``."""
+        decided = self._decided()
+        return f"{self.op} ({decided})" if decided else self.op
+
+    def _decided(self) -> str | None:
+        if self.decision == "applied":
+            return None
+        return f"{self.decision}: {self.policy}" if self.policy else self.decision
 
     @property
     def changed(self) -> dict[str, tuple[Any, Any]]:
@@ -97,25 +119,22 @@ def trail(target: Any, *, pairs: list[str] | None = None, table: str | None = No
     wanted = None if key is None else _key_values(key)
     result = AuditTrail({"pairs": pairs, "table": table, "key": key, "since": since, "until": until, "op": op},
                         limit=limit)
-    log, dead = state.audit_log, state.dead_letters
+    log = state.audit_log
     with target.reading() as conn:
         state.ensure_current(conn)
         query = sa.select(log).order_by(log.c.id)
-        letters = sa.select(dead).order_by(dead.c.id)
         if pairs is not None:
-            query, letters = query.where(log.c.pair.in_(pairs)), letters.where(dead.c.pair.in_(pairs))
+            query = query.where(log.c.pair.in_(pairs))
         if op is not None:
-            query, letters = query.where(log.c.op == op), letters.where(dead.c.op == op)
+            query = query.where(log.c.op == op)
         if table is not None:
             query = query.where(sa.or_(log.c.target_table == table, log.c.source_table == table))
-            letters = letters.where(sa.or_(dead.c.target_table == table, dead.c.source_table == table))
         if start is not None:
-            query, letters = query.where(log.c.applied_at >= start), letters.where(dead.c.created_at >= start)
+            query = query.where(log.c.applied_at >= start)
         if end is not None:
-            query, letters = query.where(log.c.applied_at < end), letters.where(dead.c.created_at < end)
+            query = query.where(log.c.applied_at < end)
         for part in wanted or []:
             query = query.where(log.c.key.contains(part, autoescape=True))
-            letters = letters.where(dead.c.key.contains(part, autoescape=True))
         entries = []
         typed = _Images(conn)
         for row in conn.execution_options(stream_results=True).execute(query):
@@ -125,19 +144,11 @@ def trail(target: Any, *, pairs: list[str] | None = None, table: str | None = No
             entries.append(AuditEntry(row.id, _aware(row.applied_at), row.pair, row.source_table, row.target_table,
                                       row.op, row.reason, stored, typed(row.target_table, loads(row.before)),
                                       typed(row.target_table, loads(row.after)), loads(row.source_position),
-                                      row.source_txid, _aware(row.committed_at)))
-        for row in conn.execute(letters):
-            stored = loads(row.key)
-            if not _key_matches(stored, wanted):
-                continue
-            change = loads(row.change) or {}
-            entries.append(AuditEntry(row.id, _aware(row.created_at), row.pair, row.source_table, row.target_table,
-                                      row.op, row.status, stored, change.get("before"), change.get("after"),
-                                      loads(row.source_position), None, None, row.error))
+                                      row.source_txid, _aware(row.committed_at), row.detail,
+                                      row.decision or "applied", row.policy))
     entries.sort(key=lambda e: (e.at, e.id))
     for entry in entries:
-        kind = entry.op if entry.reason in ("change", entry.op) else f"{entry.op} ({entry.reason})"
-        result.summary[(entry.target_table, kind, entry.at.date().isoformat())] += 1
+        result.summary[(entry.target_table, entry.kind, entry.at.date().isoformat())] += 1
     result.total = len(entries)
     result.entries = entries[:limit] if key is not None else entries[-limit:]
     return result

@@ -151,9 +151,12 @@ def run(config: str, pair: str | None, once: bool, resnapshot: bool, wait: bool)
     """Sync the pairs: initial snapshot, then stream changes (until SIGTERM unless --once)."""
     results = commands.run(config, pair, once=once, progress=sys.stderr.isatty(), resnapshot=resnapshot, wait=wait)
     for r in results:
-        parked = f", {r.parked} parked in dead letters" if r.parked else ""
+        more = "".join(text for count, text in (
+            (r.parked, f", {r.parked} parked in dead letters"),
+            (r.skipped, f", {r.skipped} skipped (no mapped column changed)"),
+            (r.conflicts, f", {r.conflicts} conflicts (see `cdc audit`)")) if count)
         snap = f"snapshot {r.snapshot_rows} rows, " if r.tables_snapshotted else ""
-        click.echo(f"pair {r.pair}: {snap}{r.applied} changes applied in {r.batches} target transactions{parked}")
+        click.echo(f"pair {r.pair}: {snap}{r.applied} changes applied in {r.batches} target transactions{more}")
 
 
 @main.command()

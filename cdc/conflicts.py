@@ -29,14 +29,20 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
     op = item.ops[-1]
     read, found = rows.current(op)
     new = op.row if op.op == "upsert" else None
+    if new is not None and spec.row_hashes and not repair and rows.stored_hash(op) == rows.row_hash(item, new):
+        decided.skipped += 1  # no mapped column changed since this pair wrote the row (capture timestamp)
+        return False
     if not read or rows.same(item, found, new):
         rows.wrote(item)
         return True
     if repair:  # a repair expects nothing: any row it would change is the target's own
-        return found is None or _conflict(item, ctx, rows, decided, found, rows.differences(item, found, new))
+        if found is None:
+            rows.wrote(item)
+            return True
+        return _conflict(item, ctx, rows, decided, found, rows.differences(item, found, new))
     expected = _expected(item, rows, op)
-    if expected is _UNKNOWN or (expected is not None and expected is not _CHANGED and rows.same(item, found, expected)):
-        rows.wrote(item)
+    if expected is _UNKNOWN or (expected is not _CHANGED and rows.same(item, found, expected)):
+        rows.wrote(item)  # as this pair left it (or nothing tells otherwise)
         return True
     if found is None and expected is not None:
         return _missing(item, ctx, rows, decided, op)
@@ -54,7 +60,8 @@ def _expected(item: MappedChange, rows: Any, op: Any) -> Any:
     change, mapping = item.change, item.mapping
     if change.op == "insert":
         return None
-    if change.before is not None and change.before.keys() >= mapping.read_columns():
+    # Under capture timestamp a delete's "before" is the soft-deleted row as it is now: only the hash tells.
+    if not mapping.spec.row_hashes and change.before is not None and change.before.keys() >= mapping.read_columns():
         return mapping.image(change.before, change.key) if mapping.passes(change.before) else None
     stored = rows.stored_hash(op)
     if stored is None:
@@ -87,6 +94,10 @@ def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row 
         if repair:  # a repair under source_wins is what it always was: the target made equal
             rows.wrote(item)
             return True
+        if ctx.reason == "resolve":  # a person took the source's side of a manual conflict
+            item.note = ("resolved", "manual: source", f"{detail}; the source's change was applied", found)
+            rows.wrote(item)
+            return True
         decided.conflicted += 1
         item.note = ("conflict", policy, f"{detail}; the source's change was applied", found)
         rows.wrote(item)
@@ -106,8 +117,7 @@ def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row 
         item.note = ("conflict", policy, f"{detail}; the target row was kept", found)
     else:
         item.note = ("conflict", "manual", f"{detail}; parked: `cdc conflicts resolve` decides", found)
-        decided.conflicts.append((item, found))
-        ctx.holds.park(item, "a conflict opened in the same transaction", True)
+        ctx.holds.park(item, f"conflict {ctx.open_conflict(item, found)}", True)
     decided.unwritten.append(item)
     return False
 

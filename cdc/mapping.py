@@ -142,8 +142,7 @@ class TableMapping:
 
     def read_columns(self) -> frozenset[str]:
         """The source columns the mapping reads (columns, filters, key): all a change needs to be mapped again."""
-        return frozenset([c.source for c in self._specs if c.source is not None] +
-                         [f.column for f in self.spec.filters] + list(self.source_key))
+        return self._needed
 
     def target_key_of(self, key: tuple) -> tuple:
         """The target key for a source key (key columns go through their transforms too)."""

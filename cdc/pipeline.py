@@ -37,6 +37,8 @@ class RunResult:
     applied: int = 0
     parked: int = 0
     batches: int = 0
+    skipped: int = 0  # updates that changed no mapped column: nothing written
+    conflicts: int = 0  # target rows changed since this pair wrote them, whatever the policy decided
     tables_snapshotted: list[str] = field(default_factory=list)
 
 
@@ -199,6 +201,8 @@ class PairRunner(_Planning, _Copying):
             self._retrying(lambda: self.source.acknowledge(position))
             result.applied += applied.applied
             result.parked += applied.parked
+            result.skipped += applied.skipped
+            result.conflicts += applied.conflicts
             result.batches += 1
             logger.debug("pair %s: applied %d changes up to %s", self.pair.name, applied.applied, dumps(position))
 

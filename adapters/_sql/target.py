@@ -327,7 +327,8 @@ class SqlTarget(KeyedReads):
             part = keys[start:start + READ_KEYS]
             where = (columns[0].in_([k[0] for k in part]) if len(columns) == 1
                      else sa.tuple_(*columns).in_([tuple(k) for k in part]))
-            rows.extend(dict(r._mapping) for r in conn.execute(sa.select(table).where(where)))
+            names = [str(c.name) for c in table.columns]  # plain str: a reflected name is a str subclass
+            rows.extend(dict(zip(names, r)) for r in conn.execute(sa.select(table).where(where)))
         return rows
 
     def _run_statement(self, op: str, name: str, key: tuple[str, ...], columns: tuple[str, ...]) -> sa.Executable:

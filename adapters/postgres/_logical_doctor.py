@@ -64,6 +64,10 @@ def _table(source: LogicalSource, conn: sa.Connection, table: str) -> list[Findi
                               f"ALTER TABLE {table} REPLICA IDENTITY FULL (and name its key in a mapping)"))
     else:
         found.append(("ok", f"{table}: REPLICA IDENTITY {named}"))
+    if identity != "f":
+        found.append(("info", f"{table}: updates carry no before image under REPLICA IDENTITY {named}, so an edit "
+                              "made in the target is not found as a conflict and an update of unmapped columns "
+                              f"only is written anyway: ALTER TABLE {table} REPLICA IDENTITY FULL if that matters"))
     toastable = conn.exec_driver_sql(sql.TOASTABLE_COLUMNS, {"table": table}).scalar()
     if toastable and identity != "f":
         found.append(("info", f"{table}: {toastable} column(s) may be TOASTed; an update that leaves them "

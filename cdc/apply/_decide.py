@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import conflicts
+from .. import conflicts, state
 from ..errors import RowError
 from ..mapping import MappedChange
 from ._holds import Holds
+from ._records import conflict_rows
 from ._target_rows import TargetRows
 
 #: Called with a change that does not reach the target and why: parked, or the pair stops (on_error).
@@ -33,16 +34,21 @@ class Context:
     policy: str | None = None
     holds_on: bool = True
     holds: Holds = field(default_factory=Holds)
+    conn: Any = None
+
+    def open_conflict(self, item: MappedChange, found: dict | None) -> int:
+        """Record a conflict for a person to decide, now (its id names what later changes wait behind)."""
+        (row,) = conflict_rows(self.pair, [(item, found)], state._store.now())
+        return self.conn.execute(state.conflicts.insert().values(**row)).inserted_primary_key[0]
 
 
 @dataclass
 class Decided:
     """A part decided: the changes to write (ops possibly rewritten), those decided and audited but
-    not written, conflicts to record, row hashes to store, and counts."""
+    not written, row hashes to store, and counts."""
 
     write: list[MappedChange] = field(default_factory=list)
     unwritten: list[MappedChange] = field(default_factory=list)
-    conflicts: list[dict] = field(default_factory=list)
     hashes: dict[str, dict[str, str | None]] = field(default_factory=dict)
     skipped: int = 0
     conflicted: int = 0
@@ -60,7 +66,10 @@ def decide(conn: Any, target: Any, ctx: Context, mapped: list[MappedChange], par
     live = _by_rules(ctx, live, rows, park)
     _ledger(target, conn, [i for i in live if i.mapping.spec.ledger is not None])
     for item in live:
-        if item.mapping.spec.ledger is not None or conflicts.decide(item, ctx, rows, decided):
+        blocker = ctx.holds.blocker(item, True)  # a conflict opened by an earlier change of this part
+        if blocker is not None:
+            _park(ctx, item, park, _held(blocker))
+        elif item.mapping.spec.ledger is not None or conflicts.decide(item, ctx, rows, decided):
             decided.write.append(item)
     decided.hashes = rows.hashes
     return decided
@@ -76,9 +85,7 @@ def _unheld(ctx: Context, mapped: list[MappedChange], park: Park, decided: Decid
             if ctx.reason == "repair":  # a repair leaves a key with an open conflict to its resolution
                 decided.skipped += 1
                 continue
-            _park(ctx, item, park, RowError(
-                f"waits behind {blocker} of the same key (order per key is kept): it is applied when that is "
-                "retried, discarded or resolved", kind="held", blocked_by=blocker))
+            _park(ctx, item, park, _held(blocker))
         elif item.error is not None:
             _park(ctx, item, park, item.error)
         elif _unchanged(item):
@@ -104,11 +111,15 @@ def _by_rules(ctx: Context, live: list[MappedChange], rows: TargetRows, park: Pa
         if id(item) in refused:
             _park(ctx, item, park, refused[id(item)])
         elif blocker is not None:
-            _park(ctx, item, park, RowError(f"waits behind {blocker} of the same key (order per key is kept)",
-                                            kind="held", blocked_by=blocker))
+            _park(ctx, item, park, _held(blocker))
         else:
             kept.append(item)
     return kept
+
+
+def _held(blocker: str) -> RowError:
+    return RowError(f"waits behind {blocker} of the same key (order per key is kept): it is applied when that is "
+                    "retried, discarded or resolved", kind="held", blocked_by=blocker)
 
 
 def _park(ctx: Context, item: MappedChange, park: Park, error: RowError) -> None:

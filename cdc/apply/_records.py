@@ -36,7 +36,7 @@ def audit_rows(pair: str, done: list[MappedChange], reason: str, now: Any) -> li
 
 
 #: The decision an audit row of a change applied as mapped records, per reason.
-_DECISIONS = {"retry": "retried"}
+_DECISIONS = {"retry": "retried", "resolve": "resolved"}
 
 
 def parked_audit_rows(pair: str, parked: list, reason: str, now: Any) -> list[dict]:

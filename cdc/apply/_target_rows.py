@@ -23,6 +23,7 @@ class TargetRows:
 
     def __init__(self, conn: Any, target: Any, pair: str, items: list[MappedChange]):
         self.target, self.pair = target, pair
+        self._plain: dict[tuple, tuple] = {}
         self._rows: dict[tuple[str, KeyText], Row | None] = {}
         self._stored: dict[tuple[str, str], str] = {}
         #: Per target table: key digest -> hash of the row written, or None (deleted): stored with the part.
@@ -51,8 +52,14 @@ class TargetRows:
             self._stored.update({(name, digest): row_hash for digest, row_hash in rows})
 
     def key_text(self, name: str, key: tuple[str, ...], values: tuple) -> KeyText:
-        columns = self.target.table(name).c
-        return tuple([canonical(v, columns[k]) for k, v in zip(key, values)])
+        """The key as it is told apart: an int or a text in an integer or (variable) text column as
+        it is, anything else by its canonical text."""
+        plain = self._plain.get((name, key))
+        if plain is None:
+            columns = self.target.table(name).c
+            plain = self._plain[(name, key)] = tuple([(columns[k], _plain_type(columns[k].type)) for k in key])
+        return tuple([v if kind is not None and type(v) is kind else canonical(v, column)
+                      for (column, kind), v in zip(plain, values)])
 
     def current(self, op: TargetOp) -> tuple[bool, Row | None]:
         """(whether the row was read, the row as it stands now in this part: None if there is none)."""
@@ -89,8 +96,11 @@ class TargetRows:
         if a is None or b is None:
             return a is b
         columns = self.target.table(item.mapping.target).c
-        return all(canonical(a.get(c), columns[c]) == canonical(b.get(c), columns[c])
-                   for c in item.mapping.target_columns if c in columns)
+        for c in item.mapping.target_columns:
+            x, y = a.get(c), b.get(c)
+            if (x != y or type(x) is not type(y)) and c in columns and canonical(x, columns[c]) != canonical(y, columns[c]):
+                return False
+        return True
 
     def differences(self, item: MappedChange, found: Row | None, expected: Row | None) -> str:
         """In words, where the target row differs from what was expected there."""
@@ -99,7 +109,8 @@ class TargetRows:
         if expected is None:
             return "the target already has a row with this key"
         columns = self.target.table(item.mapping.target).c
-        differ = [f"{c}: target {found.get(c)!r}, expected {expected.get(c)!r}" for c in item.mapping.target_columns
+        differ = [f"{c}: target {_shown(found.get(c))}, expected {_shown(expected.get(c))}"
+                  for c in item.mapping.target_columns
                   if c in columns and canonical(found.get(c), columns[c]) != canonical(expected.get(c), columns[c])]
         return "; ".join(differ) or "the target row differs"
 
@@ -111,6 +122,19 @@ class TargetRows:
                 return row
         before = item.change.before
         return None if before is None else item.mapping.image(before, item.change.key)
+
+
+def _plain_type(kind: sa.types.TypeEngine) -> type | None:
+    """int or str when a value of that type in such a column is its own canonical text."""
+    if isinstance(kind, sa.Integer):
+        return int
+    if isinstance(kind, sa.String) and not isinstance(kind, sa.CHAR):
+        return str
+    return None
+
+
+def _shown(value: Any) -> str:
+    return "NULL" if value is None else repr(value) if isinstance(value, str) else str(value)
 
 
 def key_digest(key: tuple) -> str:

@@ -13,7 +13,7 @@ from ..errors import RetryableError, RowError, TargetError
 from ..mapping import MappedChange
 from ._decide import Context, decide
 from ._holds import Holds, mark_resolved
-from ._records import audit_rows, conflict_rows, dead_letter, parked_audit_rows, snapshot_row, write_records
+from ._records import audit_rows, dead_letter, parked_audit_rows, snapshot_row, write_records
 from ._target_rows import store_hashes
 from ._writes import writes_for
 
@@ -116,8 +116,8 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
             # fenced first, so a repair that lost the pair to a run writes nothing, and a run
             # taking the pair waits for this transaction.
             state.claims.fence(conn, target.claim(pair))
-        context = Context(pair, reason, policy, holds,
-                          Holds() if reason == "snapshot" else Holds.load(conn, pair))
+        context = Context(pair, reason, policy, holds, Holds() if reason == "snapshot" else Holds.load(conn, pair),
+                          conn)
         committed_at = None
         limit = target.statement_limit(conn)
         for mapped in parts:
@@ -126,7 +126,8 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
             decided = decide(conn, target, context, mapped, lambda item, error: reject(item, error, parked))
             done, refused = writes.write_part(conn, decided.write, isolate, reject, limit)
             parked += refused
-            _record(target, conn, pair, reason, context, decided, done, parked, limit)
+            _record(target, conn, pair, reason, context, decided, done, _in_order(mapped, done + decided.unwritten),
+                    parked, limit)
             for name, count in (("applied", len(done)), ("parked", len(parked)), ("skipped", decided.skipped),
                                 ("conflicts", decided.conflicted)):
                 counts[name] += count
@@ -140,15 +141,19 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
     return ApplyResult(**counts)
 
 
-def _record(target: Any, conn: Any, pair: str, reason: str, context: Context, decided: Any,
-            done: list[MappedChange], parked: list, limit: int | None) -> None:
+def _in_order(mapped: list[MappedChange], items: list[MappedChange]) -> list[MappedChange]:
+    """``items`` in the order their changes came (the audit trail's order)."""
+    order = {id(item): i for i, item in enumerate(mapped)}
+    return sorted(items, key=lambda item: order[id(item)])
+
+
+def _record(target: Any, conn: Any, pair: str, reason: str, context: Context, decided: Any, done: list[MappedChange],
+            decided_items: list[MappedChange], parked: list, limit: int | None) -> None:
     """A part's records: audit rows of what was written, decided or parked, dead letters, conflicts,
     row hashes, and the dead letters of keys the written changes made right."""
     now = state._store.now()
-    audit = audit_rows(pair, done + decided.unwritten, reason, now) + parked_audit_rows(pair, parked, reason, now)
+    audit = audit_rows(pair, decided_items, reason, now) + parked_audit_rows(pair, parked, reason, now)
     write_records(target, conn, audit, [dead_letter(pair, item, error, now, reason) for item, error in parked], limit)
-    if decided.conflicts:
-        conn.execute(state.conflicts.insert(), conflict_rows(pair, decided.conflicts, now))
     if decided.hashes:
         store_hashes(conn, pair, decided.hashes)
     if reason != "snapshot":

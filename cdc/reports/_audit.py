@@ -27,7 +27,8 @@ def audit_dict(found: AuditTrail) -> dict:
         "entries": [{"id": e.id, "at": e.at.isoformat(), "pair": e.pair, "source_table": e.source_table,
                      "target_table": e.target_table, "op": e.op, "reason": e.reason, "key": e.key,
                      "before": e.before, "after": e.after, "source_position": e.position, "source_txid": e.txid,
-                     "committed_at": e.committed_at.isoformat() if e.committed_at else None, "error": e.error}
+                     "committed_at": e.committed_at.isoformat() if e.committed_at else None, "decision": e.decision,
+                     "policy": e.policy, "detail": e.error}
                     for e in found.entries],
     }
 
@@ -51,8 +52,8 @@ def _audit_text(found: AuditTrail, locale: str) -> str:
     for e in found.entries:
         where = f" at {printable(str(e.position))}" if e.position not in (None, "") else ""
         txid = f" txid {printable(str(e.txid))}" if e.txid else ""
-        why = f" error: {printable(e.error)}" if e.error else ""
-        out.append(f"  {moment(e.at, locale)}  {e.pair}  {e.target_table} ({key_text(tuple(e.key), locale)})  {e.op} "
+        why = f"  ({printable(e.error)})" if e.error else ""
+        out.append(f"  {moment(e.at, locale)}  {e.pair}  {e.target_table} ({key_text(tuple(e.key), locale)})  {e.decided} "
                    f"[{e.reason}]{where}{txid}  {_changes(e, lambda v: shown(v, locale))}{why}")
     return "\n".join(out) + "\n"
 
@@ -60,11 +61,11 @@ def _audit_text(found: AuditTrail, locale: str) -> str:
 def _audit_csv(found: AuditTrail) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["id", "at", "pair", "source_table", "target_table", "op", "reason", "key", "source_position",
-                     "source_txid", "committed_at", "changes", "error"])
+    writer.writerow(["id", "at", "pair", "source_table", "target_table", "op", "reason", "decision", "policy", "key",
+                     "source_position", "source_txid", "committed_at", "changes", "detail"])
     for e in found.entries:
-        writer.writerow([e.id, e.at.isoformat(), e.pair, e.source_table, e.target_table, e.op, e.reason,
-                         ", ".join(map(str, e.key)), dumps(e.position), e.txid or "",
+        writer.writerow([e.id, e.at.isoformat(), e.pair, e.source_table, e.target_table, e.op, e.reason, e.decision,
+                         e.policy or "", ", ".join(map(str, e.key)), dumps(e.position), e.txid or "",
                          e.committed_at.isoformat() if e.committed_at else "", _changes(e, raw), e.error or ""])
     return buffer.getvalue()
 
@@ -77,11 +78,12 @@ def _audit_html(found: AuditTrail, locale: str) -> str:
          "</tr>" for (t, kind, day), count in sorted(found.summary.items())])]
     rows = []
     for e in found.entries:
-        css = "missing" if e.reason in ("parked", "discarded") else "extra" if e.reason == "repair" else ""
+        css = ("missing" if e.decision in ("parked", "held", "discarded") else
+               "extra" if e.reason == "repair" or e.decision == "conflict" else "")
         changed = html.escape(_changes(e, lambda v: shown(v, locale))) + (f"<br><mark>{html.escape(e.error)}</mark>" if e.error else "")
         rows.append(f'<tr class="{css}"><td>{moment(e.at, locale)}</td><td>{html.escape(e.pair)}</td>'
                     f"<td>{html.escape(e.target_table)}</td><td>{html.escape(', '.join(map(str, e.key)))}</td>"
-                    f"<td>{html.escape(e.op)}</td><td>{html.escape(e.reason)}</td>"
+                    f"<td>{html.escape(e.decided)}</td><td>{html.escape(e.reason)}</td>"
                     f"<td>{html.escape(dumps(e.position) if e.position is not None else '')}</td><td>{changed}</td></tr>")
     heads = (["Tid (norsk tid)", "Par", "Tabell", "Nøkkel", "Operasjon", "Årsak", "Kildeposisjon", "Endret"] if nb else
              ["Time (UTC)", "Pair", "Table", "Key", "Op", "Reason", "Source position", "Changed"])

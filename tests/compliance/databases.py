@@ -112,7 +112,7 @@ class Database:
         """The rows a target must hold: those not soft-deleted."""
         return [row for row in self.rows() if not row[-1]]
 
-    def audit(self, where: str = "op <> 'snapshot'") -> list[tuple]:
+    def audit(self, where: str = "op <> 'snapshot' AND decision NOT IN ('parked', 'held')") -> list[tuple]:
         """The pair's audit rows (op, key, reason, after, source_position, source_txid) in apply order."""
         return [tuple(r) for r in self.execute(
             "SELECT op, " + self.quote("key") + ", reason, " + self.quote("after") +

@@ -1,0 +1,162 @@
+"""The decision step, as the issue's accountant met it: unmapped-only updates skipped, edits in the
+target found as conflicts (audited with the row the change really replaced), manual conflicts and
+parked changes holding their key while other keys flow on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+MAPPING = """\
+tables:
+  invoices:
+    target: ledger
+    conflict: {policy}
+    columns:
+      id: id
+      amount: amount
+"""
+
+
+@pytest.fixture
+def pair(ws):
+    """SQLite trigger source -> SQLite target; ``pair(policy, on_error)`` writes the config."""
+    ws.sql(ws.source, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount NUMERIC(12,2), note TEXT)")
+    ws.sql(ws.target, "CREATE TABLE ledger (id INTEGER PRIMARY KEY, amount NUMERIC(12,2) CHECK (amount < 1000000))")
+
+    def make(policy: str = "source_wins", on_error: str = "park") -> None:
+        (ws.root / "m.yaml").write_text(MAPPING.format(policy=policy), encoding="utf-8")
+        ws.write_config(f"source: src\ntarget: dst\ncapture: trigger\nmapping: m.yaml\non_error: {on_error}")
+        for command in ("init", "install"):
+            assert ws.cdc(command, str(ws.config)).returncode == 0
+        run(ws)  # the snapshot of the empty table
+        ws.sql(ws.source, "INSERT INTO invoices VALUES (1, 10000, 'a'), (2, 500, 'b'), (1000, 7, 'c')")
+        run(ws)
+        # new rows into an untouched target: plainly applied, no conflict
+        assert ws.query(ws.target, "SELECT key, decision FROM cdc_audit_log WHERE op <> 'snapshot' ORDER BY id") == [
+            ("[1]", "applied"), ("[2]", "applied"), ("[1000]", "applied")]
+
+    return make
+
+
+def run(ws, code: int = 0):
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == code, result.stdout + result.stderr
+    return result
+
+
+def audit(ws, since: int = 0) -> list[tuple]:
+    return ws.query(ws.target, "SELECT key, op, decision, policy, before, after FROM cdc_audit_log "
+                               "WHERE op <> 'snapshot' AND id > ? ORDER BY id", since)
+
+
+def last_audit_id(ws) -> int:
+    return ws.query(ws.target, "SELECT coalesce(max(id), 0) FROM cdc_audit_log")[0][0]
+
+
+def amounts(ws) -> dict:
+    return {i: str(a) for i, a in ws.query(ws.target, "SELECT id, amount FROM ledger")}
+
+
+def test_an_update_of_an_unmapped_column_neither_writes_nor_undoes_the_accountants_correction(ws, pair):
+    pair()
+    ws.sql(ws.target, "UPDATE ledger SET amount = 9999 WHERE id = 1")  # the accountant's correction
+    mark = last_audit_id(ws)
+    ws.sql(ws.source, "UPDATE invoices SET note = 'only the note' WHERE id = 1")
+    result = run(ws)
+    assert amounts(ws)[1] in ("9999", "9999.00")
+    assert audit(ws, mark) == []  # not a change to the target: no audit row
+    assert "1 skipped" in result.stdout, result.stdout
+
+
+def test_source_wins_applies_and_audits_the_target_row_it_replaced(ws, pair):
+    pair("source_wins")
+    ws.sql(ws.target, "UPDATE ledger SET amount = 9999 WHERE id = 1")
+    mark = last_audit_id(ws)
+    ws.sql(ws.source, "UPDATE invoices SET amount = 10001 WHERE id = 1")
+    run(ws)
+    assert amounts(ws)[1] in ("10001", "10001.00")
+    ((key, op, decision, policy, before, after),) = audit(ws, mark)
+    assert (key, op, decision, policy) == ("[1]", "update", "conflict", "source_wins")
+    assert json.loads(before)["amount"] in ("9999", "9999.00", 9999)  # the row it really replaced
+    assert json.loads(after)["amount"] in ("10001", "10001.00")
+
+
+def test_target_wins_keeps_the_edit_and_says_so(ws, pair):
+    pair("target_wins")
+    ws.sql(ws.target, "UPDATE ledger SET amount = 9999 WHERE id = 1")
+    mark = last_audit_id(ws)
+    ws.sql(ws.source, "UPDATE invoices SET amount = 10001 WHERE id = 1; UPDATE invoices SET amount = 501 WHERE id = 2")
+    run(ws)
+    assert amounts(ws)[1] in ("9999", "9999.00") and amounts(ws)[2] in ("501", "501.00")
+    rows = audit(ws, mark)
+    assert [(k, d, p) for k, _, d, p, _, _ in rows] == [("[1]", "conflict", "target_wins"), ("[2]", "applied", None)]
+
+
+def test_a_row_a_person_inserted_is_a_conflict_not_a_silent_overwrite(ws, pair):
+    pair("target_wins")
+    ws.sql(ws.target, "INSERT INTO ledger VALUES (2000, 42)")
+    mark = last_audit_id(ws)
+    ws.sql(ws.source, "INSERT INTO invoices VALUES (2000, 77, 'x')")
+    run(ws)
+    assert amounts(ws)[2000] in ("42", "42.00")
+    ((key, op, decision, policy, before, _),) = audit(ws, mark)
+    assert (op, decision, policy) == ("insert", "conflict", "target_wins")
+    assert json.loads(before)["amount"] in ("42", "42.00", 42)  # not NULL: the row that was there
+
+
+def test_manual_parks_the_conflict_and_holds_later_changes_of_its_key_only(ws, pair):
+    pair("manual")
+    ws.sql(ws.target, "UPDATE ledger SET amount = 9999 WHERE id = 1")
+    ws.sql(ws.source, "UPDATE invoices SET amount = 10001 WHERE id = 1")
+    ws.sql(ws.source, "UPDATE invoices SET amount = 10002 WHERE id = 1; UPDATE invoices SET amount = 502 WHERE id = 2")
+    run(ws)
+    run(ws)  # again: the conflict still holds its key
+    ws.sql(ws.source, "UPDATE invoices SET amount = 10003 WHERE id = 1")
+    run(ws)
+    assert amounts(ws)[1] in ("9999", "9999.00") and amounts(ws)[2] in ("502", "502.00")
+    ((status, policy, source_key),) = ws.query(ws.target, "SELECT status, policy, source_key FROM cdc_conflicts")
+    assert (status, policy, json.loads(source_key)) == ("open", "manual", [1])
+    held = ws.query(ws.target, "SELECT key, status, kind, blocked_by FROM cdc_dead_letters ORDER BY id")
+    assert held == [("[1]", "held", "held", "conflict 1")] * 2
+
+
+def test_a_parked_change_holds_its_key_and_other_keys_flow_on(ws, pair):
+    pair("source_wins", on_error="park")
+    ws.sql(ws.source, "UPDATE invoices SET amount = 2000000 WHERE id = 1")  # the CHECK refuses it
+    ws.sql(ws.source, "UPDATE invoices SET amount = 11 WHERE id = 1; UPDATE invoices SET amount = 503 WHERE id = 2")
+    run(ws)
+    assert amounts(ws)[1] in ("10000", "10000.00") and amounts(ws)[2] in ("503", "503.00")
+    letters = ws.query(ws.target, "SELECT key, status, kind FROM cdc_dead_letters ORDER BY id")
+    assert letters == [("[1]", "parked", "error"), ("[1]", "held", "held")]
+    decisions = [d for _, _, d, _, _, _ in audit(ws)]
+    assert decisions.count("parked") == 1 and decisions.count("held") == 1
+
+
+def test_under_capture_timestamp_an_edit_in_the_target_is_found_by_the_row_hash(ws):
+    """No before image: the hash of the row this pair last wrote tells an edit in the target (and
+    target_wins keeps it), and a row touched without a change to its mapped columns is skipped."""
+    ws.sql(ws.source, "CREATE TABLE products (id INTEGER PRIMARY KEY, price NUMERIC(10,2), updated_at TEXT)")
+    (ws.root / "m.yaml").write_text("tables:\n  products:\n    conflict: target_wins\n"
+                                    "    columns: {id: id, price: price}\n", encoding="utf-8")
+    ws.write_config("source: src\ntarget: dst\ncapture: timestamp\nmapping: m.yaml\n"
+                    "timestamp: {column: updated_at, overlap_seconds: 30}")
+    assert ws.cdc("init", str(ws.config)).returncode == 0
+    ws.sql(ws.source, "INSERT INTO products VALUES (1, 10, '2026-01-01 10:00:00'), (2, 20, '2026-01-01 10:00:00')")
+    run(ws)  # the snapshot: no hashes yet
+    ws.sql(ws.source, "UPDATE products SET price = 11, updated_at = '2026-01-01 10:00:01' WHERE id IN (1, 2)")
+    run(ws)  # written by the stream: hashes stored
+    assert ws.query(ws.target, "SELECT count(*) FROM cdc_row_hashes")[0][0] == 2
+    ws.sql(ws.target, "UPDATE products SET price = 99 WHERE id = 1")  # the person's edit
+    mark = last_audit_id(ws)
+    ws.sql(ws.source, "UPDATE products SET price = 12, updated_at = '2026-01-01 10:00:02' WHERE id IN (1, 2)")
+    run(ws)
+    assert {i: str(p) for i, p in ws.query(ws.target, "SELECT id, price FROM products")} in (
+        {1: "99", 2: "12"}, {1: "99.00", 2: "12.00"})
+    decisions = [(k, d, p) for k, _, d, p, _, _ in audit(ws, mark)]
+    assert decisions == [("[1]", "conflict", "target_wins"), ("[2]", "applied", None)]
+    mark = last_audit_id(ws)
+    ws.sql(ws.source, "UPDATE products SET updated_at = '2026-01-01 10:00:03' WHERE id = 2")  # touched only
+    result = run(ws)
+    assert audit(ws, mark) == [] and "1 skipped" in result.stdout, result.stdout
