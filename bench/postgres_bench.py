@@ -1,6 +1,6 @@
 """PostgreSQL -> PostgreSQL: snapshot and streaming rows/s next to COPY and native logical replication.
 
-Run: python bench/postgres_bench.py [--rows 1000000] [--detect on|off|both]
+Run: python bench/postgres_bench.py [--rows 1000000] [--detect on|off|both] [--replica-identity-full]
 Starts two throw-away PostgreSQL servers (tests/pgserver.py) unless CDC_BENCH_SOURCE_URL and
 CDC_BENCH_TARGET_URL name two empty databases. Baselines, in the same run on the same servers:
   snapshot  - COPY (SELECT ...) TO STDOUT piped into COPY ... FROM STDIN by psycopg
@@ -9,7 +9,9 @@ CDC_BENCH_TARGET_URL name two empty databases. Baselines, in the same run on the
 --detect off: the pair says `detect_conflicts: false` (no target row read or compared before a write);
 --detect both: the cdc pair twice, detection on and then off, each into a fresh target database, and
 the streaming throughput with detection as a share of that without (issue 13 asks >= 80%). The
-conflict policy is source_wins, the default, in every run.
+conflict policy is source_wins, the default, in every run. pgoutput sends a whole before image only
+with REPLICA IDENTITY FULL (without it detection has nothing to compare an update with: README,
+Decisions); --replica-identity-full sets it on the source table for every run, native ones included.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--detect", choices=("on", "off", "both"), default="on",
                         help="conflict detection of the cdc pair; both: on, then off, side by side (default on)")
+    parser.add_argument("--replica-identity-full", action="store_true",
+                        help="ALTER TABLE ledger REPLICA IDENTITY FULL on the source (whole before images)")
     args = parser.parse_args()
     rows, detections = args.rows, {"on": [True], "off": [False], "both": [True, False]}[args.detect]
     clusters = []
@@ -145,6 +149,8 @@ def main() -> None:
         sql(source, TABLE)
         sql(source, FILL, (rows,))
         sql(source, "VACUUM ANALYZE ledger")
+        if args.replica_identity_full:
+            sql(source, "ALTER TABLE ledger REPLICA IDENTITY FULL")
         for url in (target, native_target):
             sql(url, TABLE)
         copy_seconds = copy_pipe(source, native_target)
