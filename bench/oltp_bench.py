@@ -1,7 +1,7 @@
 """Many small transactions from several sessions: `cdc run` as a service beside native replication.
 
 Run: python bench/oltp_bench.py [--seconds 30] [--only pg|mysql] [--modes native,logical,trigger,binlog]
-                                [--kill N] [--scale 5] [--bulk-rows N] [--profile DIR]
+                                [--kill N] [--scale 5] [--bulk-rows N] [--profile DIR] [--detect on|off|both]
 Starts throw-away servers (tests/pgserver.py, tests/mysqlserver.py) and prints one table.
 
 PostgreSQL -> PostgreSQL: `pgbench -i -s SCALE`, then `ALTER TABLE pgbench_history ADD COLUMN id
@@ -43,6 +43,11 @@ Columns:
 With --kill N the cdc process is SIGKILLed N times (spread evenly over the load, each once the running
 process has applied a change since its start, so on a slow machine a late one falls into the catch-up)
 and restarted at once; the kills' checkpoint positions are printed under the table.
+With --detect off the pairs say `detect_conflicts: false` (no target row is read or compared before a
+write; the conflict policy is source_wins, the default, either way); --detect both runs every cdc run
+twice, detection on and then off, on fresh databases, and prints under the table what detection costs:
+its changes/s, bulk rows/s and CPU per change as a share of the same run without it (issue 13 asks
+>= 80%).
 With --profile DIR py-spy records each cdc process for 10 s during the load (pip install py-spy);
 the top frames are printed after the table.
 """
@@ -83,6 +88,20 @@ class Bench:
         self.rows: list[Row] = []
         self.profiles: list[tuple[str, Path]] = []
         self.failed = False
+        self.detect = True  # this run's detect_conflicts
+
+    def named(self, name: str) -> str:
+        """A run's name, with its detection when the bench compares both."""
+        if self.args.detect != "both":
+            return name
+        return f"{name} (detect {'on' if self.detect else 'off'})"
+
+    def detections(self) -> list[bool]:
+        """detect_conflicts of each cdc run: on first, so that a warmer cache favours detection off."""
+        return {"on": [True], "off": [False], "both": [True, False]}[self.args.detect]
+
+    def database(self, name: str) -> str:
+        return name if self.detect else f"{name}_off"
 
     def config(self, name: str, source: str, target: str, capture: str, tables: list[str], stamped: str,
                stamped_columns: list[str]) -> Path:
@@ -93,7 +112,8 @@ class Bench:
                            + f"  {stamped}:\n    columns: {{{', '.join(f'{c}: {c}' for c in stamped_columns)}}}\n")
         path = self.work / f"{name}.yaml"
         path.write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  bench:\n    source: src\n"
-                        f"    target: dst\n    capture: {capture}\n    mapping: {mapping.name}\n")
+                        f"    target: dst\n    capture: {capture}\n    mapping: {mapping.name}\n"
+                        + ("" if self.detect else "    detect_conflicts: false\n"))
         return path
 
     def cdc(self, *args: str) -> None:
@@ -236,8 +256,8 @@ def native_run(bench: Bench, source_cluster, target_cluster) -> Row:
 
 
 def cdc_pg_run(bench: Bench, source_cluster, target_cluster, capture: str) -> list[Row]:
-    database = f"cdc_{capture}"
-    progress(f"PostgreSQL cdc run, capture: {capture}: pgbench -i")
+    database = bench.database(f"cdc_{capture}")
+    progress(f"PostgreSQL {bench.named(f'cdc run, capture: {capture}')}: pgbench -i")
     source = fresh_pgbench(source_cluster, database, bench.args.scale)
     pg(target_cluster.url(), f"DROP DATABASE IF EXISTS {database}")
     pg(target_cluster.url(), f"CREATE DATABASE {database}")
@@ -259,7 +279,7 @@ def cdc_pg_run(bench: Bench, source_cluster, target_cluster, capture: str) -> li
     lag, during = _oltp.audit_lag(target, window)
     changes = pg(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0]
     zone = pg(source, "SHOW TimeZone")[0][0]
-    row = Row(f"cdc {capture}", tps, changes, during / bench.args.seconds, lag,
+    row = Row(bench.named(f"cdc {capture}"), tps, changes, during / bench.args.seconds, lag,
               stamp_lag(target, "pgbench_history", "mtime", zone, window), catch_up,
               (cpu - cpu_start) / changes * 10000 if changes else None, rss, service.kills)
     rows = [row]
@@ -313,7 +333,7 @@ def bulk_row(bench: Bench, service: Service, capture: str, rows: int, cpu_start:
     if seconds is None:
         bench.failed = True
     progress(f"  bulk applied in {seconds} s")
-    return Row(f"bulk UPDATE {rows:,} rows, cdc {capture}", None, rows, rows / seconds if seconds else None,
+    return Row(bench.named(f"bulk UPDATE {rows:,} rows, cdc {capture}"), None, rows, rows / seconds if seconds else None,
                catch_up=seconds, cpu_per_10k=(cpu - cpu_start) / rows * 10000, rss_mib=rss,
                check="" if seconds else f"NOT APPLIED in {bench.args.catch_up_timeout:.0f} s")
 
@@ -327,7 +347,9 @@ def postgres_section(bench: Bench, modes: list[str]) -> None:
             if mode == "native":
                 bench.rows.append(native_run(bench, *clusters))
             else:
-                bench.rows.extend(cdc_pg_run(bench, *clusters, mode))
+                for detect in bench.detections():
+                    bench.detect = detect
+                    bench.rows.extend(cdc_pg_run(bench, *clusters, mode))
     finally:
         for cluster in clusters:
             cluster.remove()
@@ -389,9 +411,9 @@ def sysbench_load(bench: Bench, port: int, database: str, stop: threading.Event,
 
 
 def cdc_mysql_run(bench: Bench, mariadb, target_cluster, capture: str) -> list[Row]:
-    database = f"sb_{capture}"
+    database = bench.database(f"sb_{capture}")
     size = bench.args.table_size
-    progress(f"MariaDB cdc run, capture: {capture}: sysbench prepare")
+    progress(f"MariaDB {bench.named(f'cdc run, capture: {capture}')}: sysbench prepare")
     my(mariadb.port, "", f"DROP DATABASE IF EXISTS {database}")
     my(mariadb.port, "", f"CREATE DATABASE {database}")
     sysbench(mariadb.port, database, size, "prepare")
@@ -421,7 +443,7 @@ def cdc_mysql_run(bench: Bench, mariadb, target_cluster, capture: str) -> list[R
     cpu, rss = service.usage()
     lag, during = _oltp.audit_lag(target, window)
     changes = pg(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0]
-    row = Row(f"cdc {capture}", tps, changes, during / bench.args.seconds, lag,
+    row = Row(bench.named(f"cdc {capture}"), tps, changes, during / bench.args.seconds, lag,
               stamp_lag(target, "bench_marker", "sent_at", "UTC", window), catch_up,
               (cpu - cpu_start) / changes * 10000 if changes else None, rss, service.kills)
     progress(f"  caught up after {catch_up} s; changes {changes:,}")
@@ -484,10 +506,28 @@ def mysql_section(bench: Bench, modes: list[str]) -> None:
     mariadb, cluster = LocalMariaDB(), LocalCluster({"max_wal_size": "4GB"})
     try:
         for mode in modes:
-            bench.rows.extend(cdc_mysql_run(bench, mariadb, cluster, mode))
+            for detect in bench.detections():
+                bench.detect = detect
+                bench.rows.extend(cdc_mysql_run(bench, mariadb, cluster, mode))
     finally:
         mariadb.remove()
         cluster.remove()
+
+
+def detection_cost(rows: list[Row]) -> list[str]:
+    """Per run measured with detection on and off: on's throughput as a share of off's (changes/s of the
+    load, rows/s of the bulk UPDATE) and off's CPU per change as a share of on's (issue 13: >= 80%)."""
+    lines = ["conflict detection on vs off (source_wins; >= 80% required):"]
+    named = {r.run: r for r in rows}
+    for on in [r for r in rows if r.run.endswith("(detect on)")]:
+        off = named.get(on.run.replace("(detect on)", "(detect off)"))
+        if off is None or not on.rate or not off.rate:
+            continue
+        cpu = f", CPU per change {off.cpu_per_10k / on.cpu_per_10k:.0%}" if on.cpu_per_10k and off.cpu_per_10k else ""
+        what = "rows/s" if on.run.startswith("bulk") else "changes/s"
+        lines.append(f"  {on.run.removesuffix(' (detect on)')}: {what} {on.rate:,.0f} vs {off.rate:,.0f} = "
+                     f"{on.rate / off.rate:.0%}{cpu}")
+    return lines
 
 
 def main() -> None:
@@ -503,6 +543,9 @@ def main() -> None:
     parser.add_argument("--catch-up-timeout", type=float, default=300,
                         help="seconds to wait for the target to catch up after a load (default 300)")
     parser.add_argument("--profile", metavar="DIR", help="py-spy record each cdc process for 10 s during the load")
+    parser.add_argument("--detect", choices=("on", "off", "both"), default="on",
+                        help="conflict detection (detect_conflicts) of the cdc runs; both: each run twice, side by "
+                             "side, and what detection costs (default on)")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - {"native", "logical", "trigger", "binlog"}
@@ -524,6 +567,8 @@ def main() -> None:
                  f"--threads=4 --tables={SB_TABLES} --table-size={args.table_size}; MariaDB has no native "
                  "baseline)")
         _oltp.print_table(title, bench.rows, args.catch_up_timeout)
+        if args.detect == "both":
+            print("\n".join(detection_cost(bench.rows)))
         for name, path in bench.profiles:
             print(f"\npy-spy profile of cdc run, {name} ({path}):")
             print("\n".join(_oltp.summarize_profile(path)))
