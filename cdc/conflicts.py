@@ -32,17 +32,19 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
     if new is not None and spec.row_hashes and not repair and rows.stored_hash(op) == rows.row_hash(item, new):
         decided.skipped += 1  # no mapped column changed since this pair wrote the row (capture timestamp)
         return False
-    if not read or rows.same(item, found, new):
+    if not read:
         rows.wrote(item)
         return True
     if repair:  # a repair expects nothing: any row it would change is the target's own
-        if found is None:
+        if found is None or rows.same(item, found, new):
             rows.wrote(item)
             return True
         return _conflict(item, ctx, rows, decided, found, rows.differences(item, found, new))
     expected = _expected(item, rows, op)
-    if expected is _UNKNOWN or (expected is not _CHANGED and rows.same(item, found, expected)):
-        rows.wrote(item)  # as this pair left it (or nothing tells otherwise)
+    # As this pair left it (the common case, asked first), nothing tells otherwise, or already so.
+    if expected is _UNKNOWN or (expected is not _CHANGED and rows.same(item, found, expected)) \
+            or rows.same(item, found, new):
+        rows.wrote(item)
         return True
     if found is None and expected is not None:
         return _missing(item, ctx, rows, decided, op)

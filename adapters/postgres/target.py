@@ -100,6 +100,22 @@ class PostgresTarget(SqlTarget):
         statement = sql.upsert_from(name, stage, columns, key) if op == "upsert" else sql.delete_using(name, stage, key)
         conn.exec_driver_sql(statement)
 
+    def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple],
+                  latest: str | None = None) -> list[dict]:
+        """One statement for all ``keys``, passed as arrays and joined to the table (locked FOR UPDATE),
+        where 500 keys a statement cost a plan and a round trip each."""
+        if latest is not None or len(keys) <= 1:
+            return super().read_rows(conn, name, key, keys, latest)
+        table = self.table(name)
+        cache = self.__dict__.setdefault("_keyed", {})
+        if (name, key) not in cache:
+            arrays = [sa.bindparam(f"k_{k}", type_=ARRAY(table.c[k].type)) for k in key]
+            wanted = sa.func.unnest(*arrays).table_valued(*key).render_derived(name="wanted")
+            cache[(name, key)] = (sa.select(table).join(wanted, sa.and_(*[table.c[k] == wanted.c[k] for k in key]))
+                                  .with_for_update(of=table))
+        params = {f"k_{k}": [row[i] for row in keys] for i, k in enumerate(key)}
+        return plain_rows(table, conn.execute(cache[(name, key)], params))
+
     def newest_rows(self, conn: sa.Connection, table: sa.Table, key: tuple[str, ...], keys: list[tuple],
                     latest: str) -> list[dict]:
         """One statement for all ``keys``, passed as arrays: each key joined LATERAL to its last row

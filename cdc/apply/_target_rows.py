@@ -25,6 +25,8 @@ class TargetRows:
     def __init__(self, conn: Any, target: Any, pair: str, items: list[MappedChange]):
         self.target, self.pair = target, pair
         self._plain: dict[tuple, tuple] = {}
+        self._where: tuple = ()  # the last op ``current`` looked up, and where its row is kept
+        self._where_of: Any = None
         self._fitters: dict[sa.Column, Any] = {}
         self._rows: dict[tuple[str, KeyText], Row | None] = {}
         self._stored: dict[tuple[str, str], str] = {}
@@ -60,19 +62,22 @@ class TargetRows:
         if plain is None:
             columns = self.target.table(name).c
             plain = self._plain[(name, key)] = tuple([(columns[k], _plain_type(columns[k].type)) for k in key])
+        if len(plain) == 1 and type(values[0]) is plain[0][1]:
+            return values  # the common key: one integer or text column
         return tuple([v if kind is not None and type(v) is kind else canonical(v, column)
                       for (column, kind), v in zip(plain, values)])
 
     def current(self, op: TargetOp) -> tuple[bool, Row | None]:
         """(whether the row was read, the row as it stands now in this part: None if there is none)."""
-        where = (op.table, self.key_text(op.table, op.key_columns, op.key))
+        where = self._where = (op.table, self.key_text(op.table, op.key_columns, op.key))
+        self._where_of = op
         return where in self._rows, self._rows.get(where)
 
     def wrote(self, item: MappedChange) -> None:
         """``item``'s ops are written: later changes of its keys in this part see its rows."""
         for op in item.ops:
             row = op.row if op.op in ("upsert", "insert") else None
-            where = (op.table, self.key_text(op.table, op.key_columns, op.key))
+            where = self._where if op is self._where_of else (op.table, self.key_text(op.table, op.key_columns, op.key))
             if where in self._rows:
                 self._rows[where] = row
             if item.mapping.spec.row_hashes:
