@@ -43,7 +43,7 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
     expected = _expected(item, rows, op)
     # As this pair left it (the common case, asked first), nothing tells otherwise, or already so.
     if expected is _UNKNOWN or (expected is not _CHANGED and rows.same(item, found, expected)) \
-            or rows.same(item, found, new):
+            or (found is not None and rows.same(item, found, new)) or _left_so(item, rows, op, found, expected):
         rows.wrote(item)
         return True
     if found is None and expected is not None:
@@ -54,6 +54,16 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
 
 
 _UNKNOWN, _CHANGED = object(), object()
+
+
+def _left_so(item: MappedChange, rows: Any, op: Any, found: Row | None, expected: Any) -> bool:
+    """Whether the target row is as this pair left it although the before image says otherwise: an
+    earlier change of the key was parked or discarded, so the target never got the row the before
+    image shows (the hash of the row it did get is kept for such keys: see divergences)."""
+    if expected is _CHANGED or item.mapping.spec.row_hashes or found is None:
+        return False
+    stored = rows.divergent_hash(op)
+    return stored is not None and rows.row_hash(item, found) == stored
 
 
 def _expected(item: MappedChange, rows: Any, op: Any) -> Any:

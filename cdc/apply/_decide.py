@@ -49,7 +49,7 @@ class Decided:
 
     write: list[MappedChange] = field(default_factory=list)
     unwritten: list[MappedChange] = field(default_factory=list)
-    hashes: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    hashes: dict[tuple, str | None] = field(default_factory=dict)  # see TargetRows.hashes
     skipped: int = 0
     conflicted: int = 0
 

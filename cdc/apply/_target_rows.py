@@ -28,10 +28,13 @@ class TargetRows:
         self._where: tuple = ()  # the last op ``current`` looked up, and where its row is kept
         self._where_of: Any = None
         self._fitters: dict[sa.Column, Any] = {}
+        self._divergent: set[tuple[str, str]] = set()
         self._rows: dict[tuple[str, KeyText], Row | None] = {}
         self._stored: dict[tuple[str, str], str] = {}
-        #: Per target table: key digest -> hash of the row written, or None (deleted): stored with the part.
-        self.hashes: dict[str, dict[str, str | None]] = {}
+        #: (id of the change, target table, key digest) -> hash of the row written, or None (deleted):
+        #: stored with the part for the changes the target took.
+        self.hashes: dict[tuple, str | None] = {}
+        self.conn = conn
         wanted: dict[tuple[str, tuple[str, ...]], dict[KeyText, tuple]] = {}
         hashed: dict[str, set[str]] = {}
         for item in items:
@@ -54,6 +57,13 @@ class TargetRows:
                 table.c.pair == self.pair, table.c.target_table == name,
                 table.c.key_digest.in_(digests[start:start + 500])))
             self._stored.update({(name, digest): row_hash for digest, row_hash in rows})
+
+    @classmethod
+    def hashing(cls, target: Any) -> TargetRows:
+        """An instance that reads nothing: for row_hash and text only."""
+        rows = cls.__new__(cls)
+        rows.target, rows._fitters = target, {}
+        return rows
 
     def key_text(self, name: str, key: tuple[str, ...], values: tuple) -> KeyText:
         """The key as it is told apart: an int or a text in an integer or (variable) text column as
@@ -80,15 +90,31 @@ class TargetRows:
             where = self._where if op is self._where_of else (op.table, self.key_text(op.table, op.key_columns, op.key))
             if where in self._rows:
                 self._rows[where] = row
+            digest = None
             if item.mapping.spec.row_hashes:
                 digest = key_digest(op.key)
                 written = None if row is None else self.row_hash(item, row)
-                self.hashes.setdefault(op.table, {})[digest] = written
+                self.hashes[(id(item), op.table, digest)] = written
                 self._stored[(op.table, digest)] = written
+            if (op.table, digest or key_digest(op.key)) in self._divergent:
+                self.hashes[(id(item), op.table, digest or key_digest(op.key))] = None  # back in step
 
     def stored_hash(self, op: TargetOp) -> str | None:
         """The hash of the row this pair last wrote with ``op``'s key, or None: none known."""
         return self._stored.get((op.table, key_digest(op.key)))
+
+    def divergent_hash(self, op: TargetOp) -> str | None:
+        """For a key whose changes did not all reach the target (parked, discarded), the hash of the
+        row this pair last left there (see divergences), read on demand (such keys are few)."""
+        where = (op.table, key_digest(op.key))
+        if where not in self._stored:
+            table = state.row_hashes
+            self._stored[where] = self.conn.execute(sa.select(table.c.row_hash).where(
+                table.c.pair == self.pair, table.c.target_table == where[0],
+                table.c.key_digest == where[1])).scalar()
+        if self._stored[where] is not None:
+            self._divergent.add(where)
+        return self._stored[where]
 
     def row_hash(self, item: MappedChange, row: Row | None) -> str | None:
         """SHA-256 of the canonical texts of the mapping's columns of ``row`` (None: no row)."""
@@ -163,10 +189,30 @@ def key_digest(key: tuple) -> str:
     return hashlib.sha256(dumps(list(key)).encode()).hexdigest()
 
 
-def store_hashes(conn: Any, pair: str, hashes: dict[str, dict[str, str | None]]) -> None:
-    """Replace the stored row hashes of these keys (a None: the row is gone, its hash too)."""
+def divergences(target: Any, parked: list) -> dict[tuple[str, str], str]:
+    """For changes parked for a reason of their own (not held), whose before image is whole: the
+    hash of that before image, mapped: the row this pair last left on the target. Their key's
+    later changes carry before images the target never got; compared by this hash instead, they
+    are not taken for a person's edit (a capture without before images keeps its hashes anyway)."""
+    found = {}
+    for item, error in parked:
+        change, mapping = item.change, item.mapping
+        if error.kind == "held" or mapping.spec.row_hashes or not item.ops or change.before is None \
+                or not change.before.keys() >= mapping.read_columns():
+            continue
+        rows = TargetRows.hashing(target)
+        found.setdefault((item.ops[0].table, key_digest(item.ops[0].key)),
+                         rows.row_hash(item, mapping.image(change.before, change.key)))
+    return found
+
+
+def store_hashes(conn: Any, pair: str, hashes: dict[tuple[str, str], str | None]) -> None:
+    """Replace the stored row hashes of these (target table, key digest)s (None: drop the hash)."""
     table = state.row_hashes
-    for name, by_digest in hashes.items():
+    by_table: dict[str, dict[str, str | None]] = {}
+    for (name, digest), row_hash in hashes.items():
+        by_table.setdefault(name, {})[digest] = row_hash
+    for name, by_digest in by_table.items():
         digests = sorted(by_digest)
         for start in range(0, len(digests), 500):
             conn.execute(table.delete().where(table.c.pair == pair, table.c.target_table == name,

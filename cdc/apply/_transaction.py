@@ -14,7 +14,7 @@ from ..mapping import MappedChange
 from ._decide import Context, decide
 from ._holds import Holds, mark_resolved
 from ._records import audit_rows, dead_letter, parked_audit_rows, snapshot_row, write_records
-from ._target_rows import store_hashes
+from ._target_rows import divergences, store_hashes
 from ._writes import writes_for
 
 #: ``write(position, snapshot, applied, committed_at=None, tables=None)``: the checkpoint of a transaction.
@@ -125,6 +125,8 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
             parked: list = []
             decided = decide(conn, target, context, mapped, lambda item, error: reject(item, error, parked))
             done, refused = writes.write_part(conn, decided.write, isolate, reject, limit)
+            for item, _ in refused:  # the target refused it: later parts' changes of its key wait too
+                context.holds.park(item, "a change of the same key the target refused in this transaction")
             parked += refused
             _record(target, conn, pair, reason, context, decided, done, _in_order(mapped, done + decided.unwritten),
                     parked, limit)
@@ -168,8 +170,12 @@ def _record(target: Any, conn: Any, pair: str, reason: str, context: Context, de
     now = state._store.now()
     audit = audit_rows(pair, decided_items, reason, now) + parked_audit_rows(pair, parked, reason, now)
     write_records(target, conn, audit, [dead_letter(pair, item, error, now, reason) for item, error in parked], limit)
-    if decided.hashes:
-        store_hashes(conn, pair, decided.hashes)
+    written = {id(item) for item in done}
+    hashes = {(name, digest): row_hash for (item_id, name, digest), row_hash in decided.hashes.items()
+              if item_id in written}
+    hashes.update(divergences(target, parked))
+    if hashes:
+        store_hashes(conn, pair, hashes)
     if reason != "snapshot":
         resolved = context.holds.resolved_by(done)
         where = done[-1].change.position if done else None
