@@ -96,7 +96,10 @@ class _Converter:
             return self._collection(node, keys)
         if node.tag == _FLOAT_TAG and re.fullmatch(r"[-+]?[0-9_.]+([eE][-+]?[0-9]+)?", node.value):
             return Decimal(node.value.replace("_", ""))
-        return self.loader.construct_object(node, deep=True)
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except ValueError as exc:  # a date YAML recognises by its shape that does not exist: 2026-13-01
+            raise self.doc.error(keys, f"{node.value!r} is not a valid value ({exc})") from None
 
     def _collection(self, node: yaml.MappingNode | yaml.SequenceNode, keys: tuple) -> Any:
         """A mapping or list, marked open while its items are converted: an alias to it from inside

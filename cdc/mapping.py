@@ -72,14 +72,15 @@ class TableMapping:
                             and all(c.source == c.target and not c.transforms for c in specs))
 
     def _check_rule_columns(self, spec: TableSpec) -> None:
-        """The columns balance, period and ledger.entry_date name must be target columns the mapping
-        writes: the rules read them from the mapped rows, where a misspelt name would read NULL
-        (every voucher balanced, no posting dated) and pass everything unchecked."""
+        """The columns balance, period, ledger.entry_date and newest_wins name must be target columns
+        the mapping writes: the rules read them from the mapped rows, where a misspelt name would read
+        NULL (every voucher balanced, no posting dated, every conflict a tie) and pass everything."""
         named = [(f"balance.{part}", getattr(spec.balance, part)) for part in ("group_by", "amount", "debit", "credit")
                  if spec.balance is not None and getattr(spec.balance, part) is not None]
         entry_date = spec.ledger.entry_date if spec.ledger is not None else None
         named += [("ledger.entry_date", entry_date)] if entry_date is not None else []
         named += [("period", spec.period)] if spec.period is not None and spec.period != entry_date else []
+        named += [("conflict.newest_wins", spec.newest)] if spec.newest is not None else []
         for key, column in named:
             if column not in self.target_columns:
                 hint = did_you_mean(column, self.target_columns) or f" (it writes {', '.join(self.target_columns)})"

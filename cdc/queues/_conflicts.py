@@ -38,14 +38,17 @@ def resolve_conflict(pair: Pair, number: int, take: str, wait: bool) -> Outcome:
         try:
             with target.reading() as conn:
                 conflict = read_conflicts(conn, [pair.name], statuses=None, ids=[number])[0]
-                held = read_letters(conn, [pair.name], statuses=("held",),
-                                    key=(conflict.source_table, conflict.key_text))
+                # only those waiting behind THIS conflict: a released change that conflicted again
+                # holds the later ones behind a conflict of its own
+                held = [h for h in read_letters(conn, [pair.name], statuses=("held",),
+                                                key=(conflict.source_table, conflict.key_text))
+                        if h.blocked_by == f"conflict {number}"]
             why = f"released: conflict {number} was resolved"
             if conflict.status != "open":
                 if not held:
                     raise ConfigError(f"conflict {number} is resolved already (took the {conflict.resolution})")
                 done = release(target, pair, source, mappings, held, why, reason="resolve")
-                return _outcome(conflict, f"conflict {number} was resolved already; its", held, done)
+                return _outcome(conflict, f"conflict {number} was resolved already", held, done)
             if take == "source":
                 _take_source(target, pair, source, mappings, conflict, held)
                 done = release(target, pair, source, mappings, held, why, reason="resolve")
