@@ -10,7 +10,7 @@ from typing import Any, Callable, ContextManager, Generator, Iterable, Iterator
 import sqlalchemy as sa
 
 from cdc.changes import Batch, Change, Position, dumps, loads
-from cdc.errors import SourceError
+from cdc.errors import SourceError, TransformError
 
 from ._sql import SqlSource, kept_note
 
@@ -383,4 +383,17 @@ class ChangelogCapture(Coverage):
 
 
 def _decoded(image: dict, readers: dict[str, Callable[[Any], Any]]) -> dict:
-    return {name: readers[name](value) if name in readers else value for name, value in image.items()}
+    """The logged image with its values read as their columns' types; a value its reader refuses
+    (the text 'abc' SQLite keeps in a NUMERIC column) stays as it was logged, for the target's fit
+    check to refuse by table, key and column: that change is parked, the pair goes on."""
+    try:
+        return {name: readers[name](value) if name in readers else value for name, value in image.items()}
+    except TransformError:
+        return {name: _read_or_keep(readers.get(name), value) for name, value in image.items()}
+
+
+def _read_or_keep(reader: Callable[[Any], Any] | None, value: Any) -> Any:
+    try:
+        return value if reader is None else reader(value)
+    except TransformError:
+        return value

@@ -8,6 +8,7 @@ return as dead letters (kind 'closed' and 'balance') and writes the rest.
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
@@ -54,7 +55,7 @@ def _closed_error(item: MappedChange, before_of: BeforeOf, column: str, closed_b
     for row, which in images:
         if row is None or row.get(column) is None:
             continue
-        day = _day(row[column])
+        day = _day(row[column], item.mapping.source_zone)
         if day is None:
             return _row_error(item, column, "closed",
                               f"period column {column} holds {row[column]!r}{which}, not a date: cannot tell whether "
@@ -67,10 +68,11 @@ def _closed_error(item: MappedChange, before_of: BeforeOf, column: str, closed_b
     return None
 
 
-def _day(value: Any) -> dt.date | None:
-    """The date a period value stands for (a datetime: its own date; ISO text as a date), or None."""
+def _day(value: Any, zone: str = "UTC") -> dt.date | None:
+    """The date a period value stands for (a datetime: its own date, a time-zoned one in the pair's
+    source_timezone, where the books are kept; ISO text as a date), or None."""
     if isinstance(value, dt.datetime):
-        return value.date()
+        return (value.astimezone(ZoneInfo(zone)) if value.tzinfo is not None else value).date()
     if isinstance(value, dt.date):
         return value
     if isinstance(value, str):
