@@ -160,3 +160,82 @@ def test_under_capture_timestamp_an_edit_in_the_target_is_found_by_the_row_hash(
     ws.sql(ws.source, "UPDATE products SET updated_at = '2026-01-01 10:00:03' WHERE id = 2")  # touched only
     result = run(ws)
     assert audit(ws, mark) == [] and "1 skipped" in result.stdout, result.stdout
+
+
+# -- what the hostile review found -------------------------------------------------------------
+def test_after_a_discarded_change_the_next_one_is_no_false_conflict(ws, pair):
+    """The target never got the discarded row, so the next change's before image is not the target
+    row: that is the pair's doing, not a person's edit (target_wins would have kept a stale row)."""
+    pair("target_wins")
+    ws.sql(ws.source, "UPDATE invoices SET amount = 2000000 WHERE id = 1")  # the CHECK refuses it
+    run(ws)
+    assert ws.cdc("dead-letters", "discard", str(ws.config), "1", "--reason", "typo").returncode == 0
+    mark = last_audit_id(ws)
+    ws.sql(ws.source, "UPDATE invoices SET amount = 150 WHERE id = 1")
+    run(ws)
+    assert amounts(ws)[1] in ("150", "150.00")
+    assert [(k, d) for k, _, d, _, _, _ in audit(ws, mark)] == [("[1]", "applied")]
+
+
+def test_a_refused_change_holds_its_key_in_the_parts_after_it(ws, pair):
+    """batch_size 1: each change is a part of one target transaction; the one after a refused
+    change of the same key waits behind it, it is not applied over it as a 'conflict'."""
+    pair("source_wins")
+    ws.write_config("source: src\ntarget: dst\ncapture: trigger\nmapping: m.yaml\non_error: park\nbatch_size: 1")
+    ws.sql(ws.source, "UPDATE invoices SET amount = 2000000 WHERE id = 1")
+    ws.sql(ws.source, "UPDATE invoices SET amount = 7 WHERE id = 1")
+    run(ws)
+    assert amounts(ws)[1] in ("10000", "10000.00")
+    assert ws.query(ws.target, "SELECT key, status FROM cdc_dead_letters ORDER BY id") == [("[1]", "parked"),
+                                                                                          ("[1]", "held")]
+    assert ws.query(ws.target, "SELECT count(*) FROM cdc_audit_log WHERE decision = 'conflict'") == [(0,)]
+
+
+@pytest.mark.parametrize("setting, decision", [("skip", "skipped"), ("conflict", "conflict")])
+def test_a_delete_whose_target_row_is_gone_follows_delete_missing(ws, pair, setting, decision):
+    pair("target_wins")
+    text = (ws.root / "m.yaml").read_text(encoding="utf-8")
+    (ws.root / "m.yaml").write_text(text.replace("    conflict:", f"    delete_missing: {setting}\n    conflict:"),
+                                    encoding="utf-8")
+    ws.sql(ws.target, "DELETE FROM ledger WHERE id = 2")  # a person deleted it
+    mark = last_audit_id(ws)
+    ws.sql(ws.source, "DELETE FROM invoices WHERE id = 2")
+    run(ws)
+    assert [(k, op, d) for k, op, d, _, _, _ in audit(ws, mark)] == [("[2]", "delete", decision)]
+
+
+def test_a_value_the_source_cannot_read_is_parked_by_the_target_not_a_stop(ws, pair):
+    pair("source_wins")
+    ws.sql(ws.source, "INSERT INTO invoices VALUES (5, 'abc', 'x'), (6, 60, 'y')")  # SQLite keeps the text
+    result = run(ws)
+    assert "1 parked" in result.stdout, result.stdout
+    assert amounts(ws)[6] in ("60", "60.00") and 5 not in amounts(ws)
+    ((key, column),) = ws.query(ws.target, "SELECT key, column_name FROM cdc_dead_letters")
+    assert (key, column) == ("[5]", "amount")
+
+
+def test_resolving_a_conflict_twice_is_refused_and_releases_nothing(ws, pair):
+    pair("manual")
+    ws.sql(ws.target, "UPDATE ledger SET amount = 9999 WHERE id = 1")
+    ws.sql(ws.source, "UPDATE invoices SET amount = 10001 WHERE id = 1")
+    run(ws)
+    assert ws.cdc("conflicts", "resolve", str(ws.config), "1", "--take", "target").returncode == 0
+    ws.sql(ws.source, "UPDATE invoices SET amount = 10002 WHERE id = 1")
+    run(ws)  # the person's row stands, so this is a new conflict (2)
+    again = ws.cdc("conflicts", "resolve", str(ws.config), "1", "--take", "target")
+    assert again.returncode == 2 and "resolved already" in again.stderr, again.stdout + again.stderr
+    assert ws.query(ws.target, "SELECT id, status FROM cdc_conflicts ORDER BY id") == [(1, "resolved"), (2, "open")]
+
+
+@pytest.mark.parametrize("mapping, pair_line, message", [
+    ("    conflict: {newest_wins: updatd_at}\n", "",
+     "tables.invoices.conflict.newest_wins: 'updatd_at' is not a target column the mapping writes to ledger"),
+    ("", "closed_before: 2026-02-30\n", "pairs.p.closed_before: '2026-02-30' is not a valid value (day is out of range"),
+])
+def test_new_keys_typed_wrong_are_one_line_errors(ws, mapping, pair_line, message):
+    ws.sql(ws.source, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount NUMERIC(12,2), updated_at TEXT)")
+    (ws.root / "m.yaml").write_text("tables:\n  invoices:\n    target: ledger\n" + mapping + "    period: updated_at\n",
+                                    encoding="utf-8")
+    ws.write_config("source: src\ntarget: dst\nmapping: m.yaml\n" + pair_line)
+    result = ws.cdc("check", str(ws.config))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
