@@ -63,7 +63,7 @@ def decide(conn: Any, target: Any, ctx: Context, mapped: list[MappedChange], par
         return decided
     live = _unheld(ctx, mapped, park, decided)
     rows = TargetRows(conn, target, ctx.pair, [i for i in live if _reads_target(i, ctx)])
-    live = _by_rules(ctx, live, rows, park)
+    live = _by_rules(ctx, live, rows, park, decided)
     _ledger(target, conn, [i for i in live if i.mapping.spec.ledger is not None])
     for item in live:
         blocker = ctx.holds.blocker(item, True)  # a conflict opened by an earlier change of this part
@@ -97,7 +97,8 @@ def _unheld(ctx: Context, mapped: list[MappedChange], park: Park, decided: Decid
     return live
 
 
-def _by_rules(ctx: Context, live: list[MappedChange], rows: TargetRows, park: Park) -> list[MappedChange]:
+def _by_rules(ctx: Context, live: list[MappedChange], rows: TargetRows, park: Park,
+              decided: Decided) -> list[MappedChange]:
     """``live`` without the changes to closed periods and unbalanced vouchers, parked (and the later
     changes of their keys, held)."""
     specs = {id(i.mapping): i.mapping.spec for i in live}
@@ -113,7 +114,9 @@ def _by_rules(ctx: Context, live: list[MappedChange], rows: TargetRows, park: Pa
     kept = []
     for item in live:
         blocker = ctx.holds.blocker(item, not ctx.holds_on)
-        if id(item) in refused:
+        if id(item) in refused and ctx.reason == "repair":
+            decided.skipped += 1  # a repair parks nothing: the rule's dead letter (if any) stays the one
+        elif id(item) in refused:
             _park(ctx, item, park, refused[id(item)])
         elif blocker is not None:
             _park(ctx, item, park, _held(blocker))

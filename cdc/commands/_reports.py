@@ -44,7 +44,9 @@ def reconcile(config_path: str, pair: str | None = None, *, table: str | None = 
                              "deletes": sum(op.op == "delete" for op in plan.ops), "kept": plan.kept[:limit],
                              "plan": plan.describe(limit)}
             if not dry_run:
-                report.repair["applied"] = reconcile_module.apply_repair(chosen, plan, target)
+                done = reconcile_module.apply_repair(chosen, plan, target)
+                report.repair.update(applied=done.applied, parked=done.parked,
+                                     left=len(plan.ops) - done.applied - done.parked)
         if repair and not dry_run and where is None:  # whole tables compared and made equal
             target.forget_old_rows(chosen.name, [t.source_table for t in report.tables], OLD_ROWS)
     report.run_id = reconcile_module.record(chosen, report)

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from .. import state
 from ..apply import apply
-from ..changes import Change, dumps
+from ..changes import ApplyResult, Change, dumps
 from ..config import Pair
 from ..errors import CdcError
 from ..mapping import MappedChange, TableMapping, TargetOp
@@ -205,20 +205,19 @@ def _keep_up(target: Any, pair: Pair, stop: threading.Event) -> None:
             logger.debug("pair %s: repair claim heartbeat failed: %s", pair.name, exc)
 
 
-def apply_repair(pair: Pair, plan: RepairPlan, target: Any) -> int:
+def apply_repair(pair: Pair, plan: RepairPlan, target: Any) -> ApplyResult:
     """Apply the plan through the normal apply path (audited with reason ``repair``) on ``target``,
     which holds the pair's claim (see ``claimed``): the write is fenced by it, so a repair that lost
-    the pair writes nothing (ClaimLostError). The pair's checkpoint is not touched. Returns the
-    operations applied."""
+    the pair writes nothing (ClaimLostError). The pair's checkpoint is not touched. Returns what the
+    apply did: the operations written, parked, and those the tables' policies left alone."""
     if not plan.ops:
-        return 0
+        return ApplyResult(0, 0)
     source, mappings = open_source(pair, target)
     try:
         by_target = {m.target: m for m in mappings.values()}
         mapped = [MappedChange(op.change, by_target[op.table], [op]) for op in plan.ops]
         target.prepare_tables(by_target)
-        result = apply(target, pair.name, mapped, position=None, snapshot=None, on_error=pair.on_error,
-                       reason="repair")
-        return result.applied
+        return apply(target, pair.name, mapped, position=None, snapshot=None, on_error=pair.on_error,
+                     reason="repair")
     finally:
         source.close()

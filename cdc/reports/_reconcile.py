@@ -128,6 +128,10 @@ def _repair_lines(repair: dict, locale: str) -> list[str]:
     verb = "would apply" if repair.get("dry_run") else "applied"
     kept = f"; {len(repair['kept'])} target row(s) kept (the source has their key)" if repair.get("kept") else ""
     out = [f"repair {verb} {repair['upserts']} upsert(s) and {repair['deletes']} delete(s){kept}"]
+    if not repair.get("dry_run") and "applied" in repair and (repair.get("parked") or repair.get("left")):
+        out[0] = (f"repair planned {repair['upserts']} upsert(s) and {repair['deletes']} delete(s){kept}: "
+                  f"{repair['applied']} written, {repair['parked']} parked in dead letters, {repair['left']} left as "
+                  "they are by the tables' conflict policies or held keys (see `cdc audit`)")
     for step in repair.get("plan", []):
         key = key_text(tuple(step["key"]), locale)
         if step["op"] == "upsert":
