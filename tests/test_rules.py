@@ -25,9 +25,9 @@ COLUMNS = (ColumnSpec("id", "id"), ColumnSpec("bilag", "voucher"), ColumnSpec("k
 CLOSED_BEFORE = dt.date(2026, 1, 1)
 
 
-def table(**rules) -> TableMapping:
+def table(zone: str = "UTC", **rules) -> TableMapping:
     spec = TableSpec("postings", "posteringer", None, COLUMNS, (FilterSpec("status", "!=", "draft"),), **rules)
-    return TableMapping(spec, SOURCE_COLUMNS, ("id",), "UTC")
+    return TableMapping(spec, SOURCE_COLUMNS, ("id",), zone)
 
 
 SIGNED = table(balance=BalanceSpec("bilag", amount="belop"))
@@ -97,12 +97,14 @@ def test_changing_or_deleting_a_posting_of_a_closed_period_is_parked_too():
     assert closed(mapped(DATED, Change("update", "postings", (1,), None, new)), nothing_known) == []
 
 
-def test_a_timestamp_counts_by_its_own_date_never_shifted_through_utc():
-    oslo = dt.timezone(dt.timedelta(hours=1))
-    early = dt.datetime(2026, 1, 1, 0, 30, tzinfo=oslo)  # 2025-12-31 23:30 in UTC: still January in Oslo
-    late = dt.datetime(2025, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
-    items = mapped(DATED, ins(1, row(1, posted=early)), ins(1, row(2, posted=late)),
-                   ins(1, row(3, posted="2025-12-30")))
+def test_a_timestamp_counts_by_its_date_where_the_books_are_kept():
+    """A time-zoned value is dated in the pair's source_timezone (a logical source sends UTC), a
+    zone-less one as it is."""
+    oslo = table("Europe/Oslo", period="dato", closed_before=CLOSED_BEFORE)
+    early = dt.datetime(2025, 12, 31, 23, 30, tzinfo=dt.timezone.utc)  # 00:30 on 1 January in Oslo
+    late = dt.datetime(2025, 12, 31, 22, 59, 59, tzinfo=dt.timezone.utc)  # 23:59:59 on 31 December in Oslo
+    items = mapped(oslo, ins(1, row(1, posted=early)), ins(1, row(2, posted=late)),
+                   ins(1, row(3, posted="2025-12-30")), ins(1, row(4, posted=dt.datetime(2026, 1, 1, 0, 0))))
     rejected = closed(items, nothing_known)
     assert keys(rejected) == [2, 3]
     assert "posting dated 2025-12-31 is in a closed period" in str(rejected[0][1])
