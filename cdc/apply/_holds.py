@@ -51,6 +51,8 @@ class Holds:
     def blocker(self, item: MappedChange, ignore_letters: bool) -> str | None:
         """What ``item`` must wait behind, or None: a conflict always holds its key; a parked change
         holds it where the table's ``hold`` says so, unless ``ignore_letters`` (a retry, a repair)."""
+        if not self.blockers:  # the common case: nothing is held
+            return None
         found = self.blockers.get(hold_key(item))
         if found is None:
             return None
@@ -70,6 +72,8 @@ class Holds:
     def resolved_by(self, items: list[MappedChange]) -> list[int]:
         """The open letters of keys these written changes made right (each id once)."""
         ids: list[int] = []
+        if not self.letters:
+            return ids
         for item in items:
             ids.extend(self.letters.pop(hold_key(item), ()))
         return ids

@@ -96,7 +96,7 @@ class TargetRows:
                 written = None if row is None else self.row_hash(item, row)
                 self.hashes[(id(item), op.table, digest)] = written
                 self._stored[(op.table, digest)] = written
-            if (op.table, digest or key_digest(op.key)) in self._divergent:
+            if self._divergent and (op.table, digest or key_digest(op.key)) in self._divergent:
                 self.hashes[(id(item), op.table, digest or key_digest(op.key))] = None  # back in step
 
     def stored_hash(self, op: TargetOp) -> str | None:
