@@ -19,17 +19,17 @@ def print_table(title: str, rows: int, measures: list[tuple[str, float, float | 
     print(f"peak RSS of the process cdc ran in: {peak_mib:,.0f} MiB")
 
 
-def timed_pair(source: str, target: str, capture: str, same: Callable[[], bool], update: Callable[[], None]
-               ) -> tuple[float, float]:
+def timed_pair(source: str, target: str, capture: str, same: Callable[[], bool], update: Callable[[], None],
+               options: str = "") -> tuple[float, float]:
     """Seconds of a pair's initial snapshot and of streaming ``update()``, each by `cdc run --once`
-    in this process; ``same()`` must hold after each."""
+    in this process; ``same()`` must hold after each. ``options``: more pair keys, one per line."""
     from cdc import commands
 
     with tempfile.TemporaryDirectory() as tmp:
         config = str(Path(tmp) / "config.yaml")
         Path(config).write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  bench:\n"
                                 f"    source: src\n    target: dst\n    capture: {capture}\n    tables: [ledger]\n"
-                                "    batch_size: 20000\n    snapshot_chunk: 50000\n")
+                                "    batch_size: 20000\n    snapshot_chunk: 50000\n" + options)
         commands.init(config)
         commands.install(config)
         start = time.perf_counter()

@@ -31,7 +31,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _report import print_table  # noqa: E402
+from _report import print_table, timed_pair  # noqa: E402
 
 TABLE = ("CREATE TABLE ledger (id BIGINT PRIMARY KEY, account INT NOT NULL, amount NUMERIC(18,2) NOT NULL, "
          "currency CHAR(3) NOT NULL, booked_at TIMESTAMPTZ NOT NULL, memo TEXT)")
@@ -118,33 +118,6 @@ def timed_ledger(source: str, target: str, rows: int) -> float:
     return seconds
 
 
-def timed_pair(source: str, target: str, detect: bool, same, update) -> tuple[float, float]:
-    """Seconds of a logical pair's initial snapshot and of streaming ``update()``, each by `cdc run
-    --once` in this process, with ``detect_conflicts`` as given; ``same()`` must hold after each (as
-    _report.timed_pair, which writes no pair options)."""
-    from cdc import commands
-
-    with tempfile.TemporaryDirectory() as tmp:
-        config = str(Path(tmp) / "config.yaml")
-        Path(config).write_text(f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  bench:\n"
-                                "    source: src\n    target: dst\n    capture: logical\n    tables: [ledger]\n"
-                                "    batch_size: 20000\n    snapshot_chunk: 50000\n"
-                                f"    detect_conflicts: {'true' if detect else 'false'}\n")
-        commands.init(config)
-        commands.install(config)
-        start = time.perf_counter()
-        commands.run(config, once=True)
-        snapshot = time.perf_counter() - start
-        assert same(), "the snapshot differs from the source"
-        update()
-        start = time.perf_counter()
-        commands.run(config, once=True)
-        stream = time.perf_counter() - start
-        assert same(), "the streamed update differs from the source"
-        commands.uninstall(config)
-    return snapshot, stream
-
-
 def cdc_runs(source: str, target: str, detections: list[bool]) -> list[tuple[bool, float, float]]:
     """(detect, snapshot seconds, streaming seconds) of one pair per detection setting, each into a
     fresh database beside ``target`` (the first into ``target`` itself)."""
@@ -154,9 +127,10 @@ def cdc_runs(source: str, target: str, detections: list[bool]) -> list[tuple[boo
         if number:
             sql(target, f"CREATE DATABASE bench_{number}")
             sql(into, TABLE)
-        runs.append((detect, *timed_pair(source, into, detect, lambda: sql(source, CHECK) == sql(into, CHECK),
+        runs.append((detect, *timed_pair(source, into, "logical", lambda: sql(source, CHECK) == sql(into, CHECK),
                                          lambda: sql(source, "UPDATE ledger SET amount = amount + 1, "
-                                                             "memo = memo || ' c'"))))
+                                                             "memo = memo || ' c'"),
+                                         f"    detect_conflicts: {'true' if detect else 'false'}\n")))
     return runs
 
 
