@@ -8,6 +8,7 @@ must show it, and `cdc run --once --resnapshot` must make the target equal to th
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -299,9 +300,17 @@ def test_mariadb_binlog_generation_is_the_server(ws, own_mariadb, pg_url):
 
 # -- A checkpoint behind what the source has released (a target restored from a backup) ----
 def sqlite_backup(path):
-    """Copy the SQLite target file now; the returned function puts that copy back."""
+    """Copy the SQLite file now; the returned function puts that copy back in one step (a copy
+    written over the live file in place can be read half-written by a running pair, which then
+    stops on a table without capture instead of on the restore)."""
     saved = path.read_bytes()
-    return lambda: path.write_bytes(saved)
+
+    def restore():
+        staged = path.with_name(path.name + ".restore")
+        staged.write_bytes(saved)
+        os.replace(staged, path)
+
+    return restore
 
 
 def pg_backup(ws, url: str):
@@ -661,10 +670,11 @@ def start_streaming(ws) -> subprocess.Popen:
     return run
 
 
-@pytest.mark.parametrize("what", ["restored from an older copy", "installed again"])
+@pytest.mark.parametrize("what", ["restored from an older copy", "installed again", "removed"])
 def test_sqlite_source_changed_under_a_running_pair_stops_it(ws, sqlite_pair, what):
     """The service itself stops at its next read (exit 1), instead of skipping the changes under reused
-    ids or streaming from another installation."""
+    ids, streaming from another installation, or reading on from a file no longer at its path (its
+    pooled connection still had the old file open)."""
     source, target = synced_products(ws, sqlite_pair)
     restore = sqlite_backup(ws.source)
     run = start_streaming(ws)
@@ -674,6 +684,9 @@ def test_sqlite_source_changed_under_a_running_pair_stops_it(ws, sqlite_pair, wh
         if what == "installed again":
             cdc_ok(ws, "uninstall")
             cdc_ok(ws, "install")
+        elif what == "removed":
+            time.sleep(1)
+            ws.source.rename(ws.source.with_name("moved-away.db"))
         else:
             time.sleep(1)  # applied by the service
             restore()
@@ -685,11 +698,14 @@ def test_sqlite_source_changed_under_a_running_pair_stops_it(ws, sqlite_pair, wh
     if what == "installed again":  # read between the two commands: capture not installed, which stops it too
         assert "capture was installed again while the pair ran" in stderr and "cdc run --resnapshot" in stderr \
             or "capture is not installed for pair gen" in stderr, stderr
+    elif what == "removed":
+        assert f"database file {ws.source} was removed while cdc-sync had it open" in stderr, stderr
     else:
         assert "the newest changelog id the source has issued (the database was restored from an older copy?)" \
             in stderr and "cdc run --resnapshot" in stderr, stderr
     assert "Traceback" not in stderr
-    assert ws.cdc("status", str(ws.config)).returncode == 1
+    if what != "removed":
+        assert ws.cdc("status", str(ws.config)).returncode == 1
 
 
 def test_postgresql_trigger_source_restored_from_a_dump_stops_the_pair(ws, pg_databases):
