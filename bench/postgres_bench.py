@@ -1,6 +1,7 @@
 """PostgreSQL -> PostgreSQL: snapshot and streaming rows/s next to COPY and native logical replication.
 
-Run: python bench/postgres_bench.py [--rows 1000000] [--detect on|off|both] [--replica-identity-full] [--ledger]
+Run: python bench/postgres_bench.py [--rows 1000000] [--detect on|off|both] [--repeat N] [--replica-identity-full]
+     [--ledger]
 Starts two throw-away PostgreSQL servers (tests/pgserver.py) unless CDC_BENCH_SOURCE_URL and
 CDC_BENCH_TARGET_URL name two empty databases. Baselines, in the same run on the same servers:
   snapshot  - COPY (SELECT ...) TO STDOUT piped into COPY ... FROM STDIN by psycopg
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -118,9 +120,21 @@ def timed_ledger(source: str, target: str, rows: int) -> float:
     return seconds
 
 
-def cdc_runs(source: str, target: str, detections: list[bool]) -> list[tuple[bool, float, float]]:
+def cdc_runs(source: str, target: str, detections: list[bool], repeat: int = 1) -> list[tuple[bool, float, float]]:
     """(detect, snapshot seconds, streaming seconds) of one pair per detection setting, each into a
-    fresh database beside ``target`` (the first into ``target`` itself)."""
+    fresh database beside ``target`` (the first into ``target`` itself). ``repeat``: each setting that
+    many times, in turns whose order alternates (on, off, off, on, ...), and per setting the median
+    of its runs: a shared machine's slow minute then falls on both sides, not on one."""
+    order = [d for turn in range(repeat) for d in (detections if turn % 2 == 0 else detections[::-1])]
+    timed = {d: [] for d in detections}
+    for detect, snapshot, stream in _cdc_runs(source, target, order):
+        timed[detect].append((snapshot, stream))
+        print(f"  detect {'on' if detect else 'off'}: streaming {stream:.2f} s", flush=True)
+    return [(d, statistics.median(s for s, _ in timed[d]), statistics.median(t for _, t in timed[d]))
+            for d in detections]
+
+
+def _cdc_runs(source: str, target: str, detections: list[bool]) -> list[tuple[bool, float, float]]:
     runs = []
     for number, detect in enumerate(detections):
         into = target if number == 0 else target.rsplit("/", 1)[0] + f"/bench_{number}"
@@ -142,6 +156,9 @@ def main() -> None:
     parser.add_argument("--replica-identity-full", action="store_true",
                         help="ALTER TABLE ledger REPLICA IDENTITY FULL on the source (whole before images)")
     parser.add_argument("--ledger", action="store_true", help="also stream the UPDATE into a journal in ledger mode")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the cdc pair this many times per detection setting, in alternating order, "
+                             "and report the medians (default 1)")
     args = parser.parse_args()
     rows, detections = args.rows, {"on": [True], "off": [False], "both": [True, False]}[args.detect]
     clusters = []
@@ -170,7 +187,7 @@ def main() -> None:
             sql(url, TABLE)
         copy_seconds = copy_pipe(source, native_target)
         native_seconds = native_replication(source, native_target, rows)
-        runs = cdc_runs(source, target, detections)
+        runs = cdc_runs(source, target, detections, args.repeat)
         ledger_seconds = timed_ledger(source, journal_target, rows) if args.ledger else None
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     finally:

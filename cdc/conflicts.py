@@ -74,7 +74,7 @@ def _expected(item: MappedChange, rows: Any, op: Any) -> Any:
         return None
     # Under capture timestamp a delete's "before" is the soft-deleted row as it is now: only the hash tells.
     if not mapping.spec.row_hashes and change.before is not None and change.before.keys() >= mapping.read_columns():
-        return mapping.image(change.before, change.key) if mapping.passes(change.before) else None
+        return item.before_image() if mapping.passes(change.before) else None
     stored = rows.stored_hash(op)
     if stored is None:
         return _UNKNOWN

@@ -241,6 +241,9 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(dumps(value).encode()).hexdigest()[:16]
 
 
+_UNMAPPED = object()
+
+
 @dataclass(slots=True)
 class MappedChange:
     """One source change and the target operations it became (or the error that stopped it)."""
@@ -252,6 +255,15 @@ class MappedChange:
     #: What the decision step decided, for the change's audit row: (decision, policy, detail, the
     #: target row found before it, or None); None: applied as mapped.
     note: tuple | None = None
+    _before: Any = field(default=_UNMAPPED, repr=False, compare=False)
+
+    def before_image(self) -> Row | None:
+        """The change's before image as the target columns it maps to (``mapping.image``: never
+        fails), None without one; mapped once (item 0, conflict detection and the audit row ask)."""
+        if self._before is _UNMAPPED:
+            before = self.change.before
+            self._before = None if before is None else self.mapping.image(before, self.change.key)
+        return self._before
 
 
 def map_changes(changes: list[Change], mappings: dict[str, TableMapping]) -> list[MappedChange]:

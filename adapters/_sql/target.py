@@ -372,10 +372,11 @@ def _key_in(table: sa.Table, key: tuple[str, ...], keys: list[tuple]) -> sa.Colu
     return sa.tuple_(*columns).in_([tuple(k) for k in keys])
 
 
-def plain_rows(table: sa.Table, result: Iterable) -> list[dict]:
-    """Rows of ``table`` as dicts keyed by plain str names (a reflected name is a str subclass)."""
+def plain_rows(table: sa.Table, result: sa.CursorResult) -> list[dict]:
+    """Rows of ``table`` as dicts keyed by plain str names (a reflected name is a str subclass);
+    fetched all at once (iterating a result fetches row by row)."""
     names = [str(c.name) for c in table.columns]
-    return [dict(zip(names, row)) for row in result]
+    return [dict(zip(names, row)) for row in result.fetchall()]
 
 
 #: Keys one read_rows statement asks for (SQLite allows 32,766 bound values in a statement).

@@ -102,8 +102,11 @@ class PostgresTarget(SqlTarget):
 
     def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple],
                   latest: str | None = None) -> list[dict]:
-        """One statement for all ``keys``, passed as arrays and joined to the table (locked FOR UPDATE),
-        where 500 keys a statement cost a plan and a round trip each."""
+        """One statement for all ``keys``, passed as arrays, each key joined LATERAL to its row (locked
+        FOR UPDATE), where 500 keys a statement cost a plan and a round trip each. LATERAL ... LIMIT 1
+        makes it one primary-key lookup per key whatever the statistics say: a plain join to a table
+        a snapshot has just filled (not analyzed yet) was planned as a hash join over the whole
+        table, once per part (a 1,000,000-row table read 50 times to stream one UPDATE of it)."""
         if latest is not None or len(keys) <= 1:
             return super().read_rows(conn, name, key, keys, latest)
         table = self.table(name)
@@ -111,8 +114,9 @@ class PostgresTarget(SqlTarget):
         if (name, key) not in cache:
             arrays = [sa.bindparam(f"k_{k}", type_=ARRAY(table.c[k].type)) for k in key]
             wanted = sa.func.unnest(*arrays).table_valued(*key).render_derived(name="wanted")
-            cache[(name, key)] = (sa.select(table).join(wanted, sa.and_(*[table.c[k] == wanted.c[k] for k in key]))
-                                  .with_for_update(of=table))
+            found = (sa.select(table).where(*[table.c[k] == wanted.c[k] for k in key]).limit(1)
+                     .with_for_update(of=table).lateral("found"))
+            cache[(name, key)] = sa.select(found).select_from(wanted).join(found, sa.true())
         params = {f"k_{k}": [row[i] for row in keys] for i, k in enumerate(key)}
         return plain_rows(table, conn.execute(cache[(name, key)], params))
 

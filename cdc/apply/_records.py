@@ -95,7 +95,7 @@ def _audit_images(item: MappedChange, reason: str) -> tuple[Row | None, Row | No
     last = item.ops[-1] if item.ops else None
     after = last.row if last is not None and last.op == "upsert" else (
         None if change.after is None else item.mapping.image(change.after, change.key))
-    return (None if change.before is None else item.mapping.image(change.before, change.key)), after
+    return item.before_image(), after
 
 
 def dead_letter(pair: str, item: MappedChange, error: RowError, now: Any, reason: str = "change") -> dict:

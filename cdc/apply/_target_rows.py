@@ -25,11 +25,12 @@ class TargetRows:
     def __init__(self, conn: Any, target: Any, pair: str, items: list[MappedChange]):
         self.target, self.pair = target, pair
         self._plain: dict[tuple, tuple] = {}
-        self._where: tuple = ()  # the last op ``current`` looked up, and where its row is kept
+        self._where: KeyText = ()  # the key text of the last op ``current`` looked up
         self._where_of: Any = None
         self._fitters: dict[sa.Column, Any] = {}
         self._divergent: set[tuple[str, str]] = set()
-        self._rows: dict[tuple[str, KeyText], Row | None] = {}
+        #: target table -> key text -> the row as it stands in this part (None: none), for the keys read.
+        self._tables: dict[str, dict[KeyText, Row | None]] = {}
         self._stored: dict[tuple[str, str], str] = {}
         #: (id of the change, target table, key digest) -> hash of the row written, or None (deleted):
         #: stored with the part for the changes the target took.
@@ -38,15 +39,26 @@ class TargetRows:
         wanted: dict[tuple[str, tuple[str, ...]], dict[KeyText, tuple]] = {}
         hashed: dict[str, set[str]] = {}
         for item in items:
+            by_hash = item.mapping.spec.row_hashes
             for op in item.ops:
-                wanted.setdefault((op.table, op.key_columns), {})[self.key_text(op.table, op.key_columns, op.key)] = op.key
-                if item.mapping.spec.row_hashes:
+                keys = wanted.get((op.table, op.key_columns))
+                if keys is None:
+                    keys = wanted[(op.table, op.key_columns)] = {}
+                keys[self.key_text(op.table, op.key_columns, op.key)] = op.key
+                if by_hash:
                     hashed.setdefault(op.table, set()).add(key_digest(op.key))
         for (name, key), keys in wanted.items():
-            for text in keys:
-                self._rows[(name, text)] = None
-            for row in target.read_rows(conn, name, key, list(keys.values())):
-                self._rows[(name, self.key_text(name, key, tuple([row[k] for k in key])))] = row
+            found = self._tables.setdefault(name, {})
+            found.update(dict.fromkeys(keys))
+            read = target.read_rows(conn, name, key, list(keys.values()))
+            if len(key) == 1:  # the common key: its text is the value itself where it is plain
+                (column,), kind = key, self._plain_of(name, key)[0][1]
+                for row in read:
+                    value = row[column]
+                    found[(value,) if type(value) is kind else self.key_text(name, key, (value,))] = row
+            else:
+                for row in read:
+                    found[self.key_text(name, key, tuple([row[k] for k in key]))] = row
         for name, digests in hashed.items():
             self._read_hashes(conn, name, sorted(digests))
 
@@ -68,28 +80,38 @@ class TargetRows:
     def key_text(self, name: str, key: tuple[str, ...], values: tuple) -> KeyText:
         """The key as it is told apart: an int or a text in an integer or (variable) text column as
         it is, anything else by its canonical text."""
-        plain = self._plain.get((name, key))
-        if plain is None:
-            columns = self.target.table(name).c
-            plain = self._plain[(name, key)] = tuple([(columns[k], _plain_type(columns[k].type)) for k in key])
+        plain = self._plain.get((name, key)) or self._plain_of(name, key)
         if len(plain) == 1 and type(values[0]) is plain[0][1]:
             return values  # the common key: one integer or text column
         return tuple([v if kind is not None and type(v) is kind else canonical(v, column)
                       for (column, kind), v in zip(plain, values)])
 
+    def _plain_of(self, name: str, key: tuple[str, ...]) -> tuple:
+        """Per key column of ``name``: (the column, int or str where a value of that type is its own text)."""
+        columns = self.target.table(name).c
+        plain = self._plain[(name, key)] = tuple([(columns[k], _plain_type(columns[k].type)) for k in key])
+        return plain
+
     def current(self, op: TargetOp) -> tuple[bool, Row | None]:
         """(whether the row was read, the row as it stands now in this part: None if there is none)."""
-        where = self._where = (op.table, self.key_text(op.table, op.key_columns, op.key))
+        where = self._where = self.key_text(op.table, op.key_columns, op.key)
         self._where_of = op
-        return where in self._rows, self._rows.get(where)
+        found = self._tables.get(op.table)
+        if found is None or where not in found:
+            return False, None
+        return True, found[where]
 
     def wrote(self, item: MappedChange) -> None:
         """``item``'s ops are written: later changes of its keys in this part see its rows."""
         for op in item.ops:
+            found = self._tables.get(op.table)
+            if found is not None:
+                where = self._where if op is self._where_of else self.key_text(op.table, op.key_columns, op.key)
+                if where in found:
+                    found[where] = op.row if op.op == "upsert" or op.op == "insert" else None
+            if not item.mapping.spec.row_hashes and not self._divergent:
+                continue
             row = op.row if op.op in ("upsert", "insert") else None
-            where = self._where if op is self._where_of else (op.table, self.key_text(op.table, op.key_columns, op.key))
-            if where in self._rows:
-                self._rows[where] = row
             digest = None
             if item.mapping.spec.row_hashes:
                 digest = key_digest(op.key)
@@ -129,8 +151,13 @@ class TargetRows:
         holds them, by canonical text, where they are not plainly equal)."""
         if a is None or b is None:
             return a is b
+        if a == b:
+            return True  # the common case, asked at C speed: a target row of just the mapped columns, equal
+        names = item.mapping.target_columns
+        if list(map(a.get, names)) == list(map(b.get, names)):
+            return True  # equal values: equal as the column holds them
         columns = self.target.table(item.mapping.target).c
-        for c in item.mapping.target_columns:
+        for c in names:
             x, y = a.get(c), b.get(c)
             if (x != y or type(x) is not type(y)) and c in columns and self.text(x, columns[c]) != self.text(y, columns[c]):
                 return False
@@ -168,8 +195,7 @@ class TargetRows:
             read, row = self.current(item.ops[0])
             if read:
                 return row
-        before = item.change.before
-        return None if before is None else item.mapping.image(before, item.change.key)
+        return item.before_image()
 
 
 def _plain_type(kind: sa.types.TypeEngine) -> type | None:
@@ -202,7 +228,7 @@ def divergences(target: Any, parked: list) -> dict[tuple[str, str], str]:
             continue
         rows = TargetRows.hashing(target)
         found.setdefault((item.ops[0].table, key_digest(item.ops[0].key)),
-                         rows.row_hash(item, mapping.image(change.before, change.key)))
+                         rows.row_hash(item, item.before_image()))
     return found
 
 
