@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from .changes import Row
 from .mapping import MappedChange
@@ -22,12 +23,24 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
     """Whether ``item`` is written; sets its note, and records what was decided in ``decided``
     (``ctx``, ``rows``, ``decided``: the apply's Context, TargetRows and Decided)."""
     spec = item.mapping.spec
-    repair = ctx.reason == "repair"
-    if not item.ops or not (spec.detect or repair):
+    if not item.ops or not (spec.detect or ctx.reason == "repair"):
         rows.wrote(item)
         return True
     op = item.ops[-1]
+    if op.op == "insert":  # decided before, in a transaction that ran again: an upsert as mapped
+        op = item.ops[-1] = op._replace(op="upsert")
     read, found = rows.current(op)
+    written = _decide(item, ctx, rows, decided, op, read, found)
+    if written and read and found is None and op.op == "upsert":
+        # A row read as missing is inserted, not upserted: should someone insert that key between the
+        # read and the write, the INSERT fails, the transaction runs again, and its read finds the row.
+        item.ops[-1] = op._replace(op="insert")
+    return written
+
+
+def _decide(item: MappedChange, ctx: Any, rows: Any, decided: Any, op: Any, read: bool, found: Row | None) -> bool:
+    spec = item.mapping.spec
+    repair = ctx.reason == "repair"
     new = op.row if op.op == "upsert" else None
     if new is not None and spec.row_hashes and not repair and rows.stored_hash(op) == rows.row_hash(item, new):
         decided.skipped += 1  # no mapped column changed since this pair wrote the row (capture timestamp)
@@ -141,12 +154,20 @@ def _times(item: MappedChange, found: Row | None, column: str) -> tuple[Any, Any
     """(the source's time, the target row's time) of a newest_wins conflict, comparable."""
     op = item.ops[-1]
     source = op.row.get(column) if op.row is not None else item.change.committed_at
-    return _instant(source), _instant(None if found is None else found.get(column))
+    target = None if found is None else found.get(column)
+    if _naive(source) and _naive(target):
+        return source, target  # both wall-clock times of one convention: compared as they are
+    zone = ZoneInfo(item.mapping.source_zone)  # a zone-less time is in the pair's source_timezone
+    return _instant(source, zone), _instant(target, zone)
 
 
-def _instant(value: Any) -> Any:
+def _naive(value: Any) -> bool:
+    return isinstance(value, dt.datetime) and value.tzinfo is None
+
+
+def _instant(value: Any, zone: dt.tzinfo) -> Any:
     if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=zone)
     if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+        return dt.datetime(value.year, value.month, value.day, tzinfo=zone)
     return value

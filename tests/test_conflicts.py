@@ -374,6 +374,25 @@ def test_newest_wins_a_tie_goes_to_the_source(ws):
     assert [(r["key"], r["decision"]) for r in audit(target)] == [(1, "conflict"), (2, "conflict")]
 
 
+def test_newest_wins_a_zone_less_source_time_is_in_the_source_timezone(ws, pg_url):
+    """A zone-less source stamp (SQLite DATETIME) against a time-zoned target row is a wall-clock time
+    in the pair's source_timezone, not UTC: 11:00 in Oslo is 10:00Z, older than a person's 10:30Z."""
+    target = Database("postgresql", pg_url)
+    target.execute("CREATE TABLE acct (id INTEGER PRIMARY KEY, amount TEXT NOT NULL, note TEXT NOT NULL, "
+                   "updated_at TIMESTAMPTZ NOT NULL)")
+    source = make_pair(ws, target, "newest_wins", source_timezone="Europe/Oslo")
+    source.execute("INSERT INTO acct VALUES (1, '1.00', 'src', '2026-01-01 10:00:00', ''), "
+                   "(2, '2.00', 'src', '2026-01-01 10:00:00', '')")
+    ok(ws, "run", "--once")
+    target.execute("UPDATE acct SET note = 'person', updated_at = '2026-01-01 10:30:00+00'")
+    source.transaction([("UPDATE acct SET note = 'src older', updated_at = '2026-01-01 11:00:00' WHERE id = 1", None),
+                        ("UPDATE acct SET note = 'src newer', updated_at = '2026-01-01 11:31:00' WHERE id = 2", None)])
+    ok(ws, "run", "--once")
+    assert {k: r["note"] for k, r in target_rows(target).items()} == {1: "person", 2: "src newer"}
+    details = {r["key"]: r["detail"] for r in audit(target, "decision = 'conflict'")}
+    assert "the target row is newer" in details[1] and "as new or newer" in details[2], details
+
+
 @pytest.mark.parametrize("seed", [7, 8])
 def test_manual_a_conflicted_key_does_not_move_and_later_changes_wait(ws, seed):
     source, target, model, writers = random_rounds(ws, "manual", seed)
@@ -580,3 +599,36 @@ def test_an_edit_committed_while_the_pair_writes_its_row_is_decided_not_lost(ws,
     assert (row["decision"], row["before"]["note"]) == ("conflict", "retta"), row
     want = "retta" if policy == "target_wins" else "kilde endret"
     assert target_rows(target)[1]["note"] == want
+
+
+@pytest.mark.parametrize("policy", ["target_wins", "source_wins"])
+def test_a_row_someone_inserts_between_the_read_and_the_write_is_a_conflict(ws, pg_url, policy, monkeypatch):
+    """The race a FOR UPDATE read cannot close: the key had no row to lock. A person inserts it right
+    after the pair read it as missing (the read is wrapped here to do so, once, on another connection,
+    committed); the pair's INSERT then fails, the transaction runs again, finds the person's row, and
+    decides it by the policy: never overwritten unseen."""
+    from cdc import commands
+    from cdc.apply import _decide
+
+    target = Database("postgresql", pg_url)
+    source = make_pair(ws, target, policy)
+    ok(ws, "run", "--once")
+    read_rows, raced = _decide.TargetRows, []
+
+    def racing(conn, target_, pair, items):
+        rows = read_rows(conn, target_, pair, items)
+        if not raced and items:
+            raced.append(True)
+            Person("postgresql", pg_url).execute(
+                "INSERT INTO acct VALUES (5, '9.99', 'person', '2026-01-01 12:00:00')")
+        return rows
+
+    monkeypatch.setattr(_decide, "TargetRows", racing)
+    source.execute("INSERT INTO acct VALUES (5, '5.00', 'src', '2026-01-01 10:00:00', '')")
+    monkeypatch.chdir(ws.root)
+    (result,) = commands.run(str(ws.config), once=True)
+    assert raced and result.conflicts == 1, result
+    want = "person" if policy == "target_wins" else "src"
+    assert target_rows(target)[5]["note"] == want
+    (found,) = conflict_rows(target)
+    assert found["key"] == 5 and found["before"]["note"] == "person", found

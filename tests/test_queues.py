@@ -419,7 +419,9 @@ def test_a_retry_over_a_target_row_someone_changed_meanwhile_is_a_conflict(ws):
     _ok(ws, "run", "--once", str(ws.config))
     (letter,) = _letters(ws)
     ws.sql(ws.target, RELAXED + "UPDATE entries SET memo = 'by hand' WHERE id = 1")  # fixed, and edited
-    result = _ok(ws, "dead-letters", "retry", str(ws.config), str(letter["id"]))
+    result = ws.cdc("dead-letters", "retry", str(ws.config), str(letter["id"]))
+    # Exit 1: it left something for a person to decide, like a retry that parks the change again.
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
     (found,) = json.loads(_ok(ws, "conflicts", "list", str(ws.config), "--json").stdout)
     assert f"conflict {found['id']}" in result.stdout and _letters(ws) == []
     assert _entries(ws, ws.target) == [(1, "10", "by hand")]  # not overwritten unseen

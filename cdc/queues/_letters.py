@@ -38,10 +38,13 @@ class Outcome:
     status: str
     text: str
     letters: list[int] = field(default_factory=list)
+    #: The conflict the retried change opened (policy manual), which a person must still resolve.
+    conflict: int | None = None
 
     @property
     def failed(self) -> bool:
-        return self.status in OPEN_LETTERS
+        """Whether it left something for a person: a letter still parked, or a conflict opened."""
+        return self.status in OPEN_LETTERS or self.conflict is not None
 
 
 class _ParkedAgain(Exception):
@@ -105,7 +108,7 @@ def _retry_one(target: Any, pair: Pair, source: Any, mappings: dict[str, TableMa
     also = f"; {len(held)} held change(s) behind it superseded" if held else ""
     members = f" with its voucher's dead letters {', '.join(map(str, ids[1:]))}" if len(ids) > 1 else ""
     return Outcome(letter.id, "retried", f"dead letter {letter.id}{members} retried: {what}{also}",
-                   ids + [h.id for h in held])
+                   ids + [h.id for h in held], opened.get("id"))
 
 
 def _queue(target: Any, pair: Pair, mappings: dict[str, TableMapping],
