@@ -117,11 +117,14 @@ def upsert_from(table: str, stage_name: str, columns: list[str], key: tuple[str,
 
 
 @functools.lru_cache(maxsize=256)
-def upsert_values(table: str, columns: tuple[str, ...], key: tuple[str, ...], rows: int) -> str:
+def upsert_values(table: str, columns: tuple[str, ...], key: tuple[str, ...] | None, rows: int) -> str:
     """An upsert of ``rows`` rows as one statement, positional parameters row after row (each row's
-    values are coerced to the columns' types as in a one-row INSERT)."""
+    values are coerced to the columns' types as in a one-row INSERT); ``key`` None: a plain INSERT
+    (new rows only: a key that exists fails it)."""
     row = "(" + ", ".join(["%s"] * len(columns)) + ")"
     names = ", ".join(quote(c) for c in columns)
+    if key is None:
+        return f"INSERT INTO {quote(table)} ({names}) VALUES {', '.join([row] * rows)}"
     updates = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in columns if c not in key)
     action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
     return (f"INSERT INTO {quote(table)} ({names}) VALUES {', '.join([row] * rows)} "

@@ -62,9 +62,9 @@ class PostgresTarget(SqlTarget):
         return super().classify(exc)
 
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
-        if len(params) == 1 or (op == "insert" and len(params) < COPY_FROM):
+        if len(params) == 1:
             return super().write_run(conn, op, name, key, params)
-        if op == "insert":  # new rows only (a ledger's entries): straight in, a key that exists fails
+        if op == "insert" and len(params) >= COPY_FROM:  # new rows only: straight in, a key that exists fails
             columns = list(params[0])
             oids = self._binary_oids(conn, name, columns) if self.trusted(name) >= set(columns) else None
             self._copy(conn, name, columns, map(_values_of(columns), params), oids)
@@ -74,15 +74,15 @@ class PostgresTarget(SqlTarget):
             # change of the row comes between them: see cdc/apply/_writes.py); ON CONFLICT may not touch one
             # row twice in a statement.
             params = _last_per_key(params, key)
-        columns = list(params[0]) if op == "upsert" else list(key)
+        columns = list(params[0]) if op != "delete" else list(key)
         if len(params) < COPY_FROM:
             # One statement of many rows: the server plans it once, where an executemany runs one
             # statement per row (of an OLTP load's small runs, most of the apply's time).
             per = max(1, MAX_PARAMETERS // len(columns))
             for start in range(0, len(params), per):
                 rows = params[start:start + per]
-                statement = (sql.upsert_values(name, tuple(columns), key, len(rows)) if op == "upsert"
-                             else sql.delete_keys(name, key, len(rows)))
+                statement = (sql.upsert_values(name, tuple(columns), key if op == "upsert" else None, len(rows))
+                             if op != "delete" else sql.delete_keys(name, key, len(rows)))
                 conn.exec_driver_sql(statement, tuple([v for row in rows for v in map(row.__getitem__, columns)]))
             return
         trusted = self.trusted(name)
