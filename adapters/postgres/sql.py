@@ -131,6 +131,18 @@ def upsert_values(table: str, columns: tuple[str, ...], key: tuple[str, ...] | N
             f"ON CONFLICT ({', '.join(quote(k) for k in key)}) {action}")
 
 
+def rows_by_key(table: str, columns: list[str], key: tuple[str, ...], key_types: list[str]) -> str:
+    """The rows of ``table`` whose ``key`` is one of the keys passed as one array per key column
+    (binary parameters %(k0)b, ...: of the types ``key_types``), each key joined LATERAL to its row
+    (one primary-key lookup per key whatever the statistics say) and locked FOR UPDATE; the
+    ``columns`` in their order."""
+    arrays = ", ".join(f"%(k{i})b::{kind}[]" for i, kind in enumerate(key_types))
+    names = ", ".join(quote(k) for k in key)
+    match = " AND ".join(f"t.{quote(k)} = wanted.{quote(k)}" for k in key)
+    return (f"SELECT {', '.join('found.' + quote(c) for c in columns)} FROM unnest({arrays}) AS wanted({names}) "
+            f"CROSS JOIN LATERAL (SELECT t.* FROM {quote(table)} AS t WHERE {match} LIMIT 1 FOR UPDATE OF t) AS found")
+
+
 @functools.lru_cache(maxsize=256)
 def delete_keys(table: str, key: tuple[str, ...], rows: int) -> str:
     """A delete of ``rows`` key values as one statement, positional parameters key after key."""
