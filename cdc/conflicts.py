@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .changes import Row
-from .mapping import MappedChange
+from .mapping import NOT_WHOLE, MappedChange
 
 #: What a missing target row means, per op: (the table setting, its default action).
 _MISSING = {"upsert": "update_missing", "delete": "delete_missing"}
@@ -82,12 +82,13 @@ def _left_so(item: MappedChange, rows: Any, op: Any, found: Row | None, expected
 def _expected(item: MappedChange, rows: Any, op: Any) -> Any:
     """The row this pair last wrote with ``op``'s key (None: no row); _UNKNOWN when nothing tells;
     by row hash, the row found itself when its hash is the one stored, else _CHANGED."""
-    change, mapping = item.change, item.mapping
-    if change.op == "insert":
+    if item.change.op == "insert":
         return None
     # Under capture timestamp a delete's "before" is the soft-deleted row as it is now: only the hash tells.
-    if not mapping.spec.row_hashes and change.before is not None and change.before.keys() >= mapping.read_columns():
-        return item.before_image() if mapping.passes(change.before) else None
+    if not item.mapping.spec.row_hashes:
+        before = item.before_row()
+        if before is not NOT_WHOLE:
+            return before
     stored = rows.stored_hash(op)
     if stored is None:
         return _UNKNOWN

@@ -41,10 +41,30 @@ class PostgresAdapter:
         return made
 
     def target(self, connection_url: str) -> PostgresTarget:
-        made = PostgresTarget(sa.create_engine(connection_url, pool_pre_ping=True))
+        engine = sa.create_engine(connection_url, pool_pre_ping=True)
+        sa.event.listen(engine, "connect", _utc_spelt_utc)
+        made = PostgresTarget(engine)
         made.fingerprints = PostgresFingerprints()
         made.capabilities = CAPABILITIES
         return made
+
+
+#: Names of the zone UTC that psycopg does not take for UTC (only 'UTC' itself).
+_UTC_ALIASES = {"Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu", "Etc/GMT", "GMT",
+                "Etc/Greenwich", "Greenwich", "GMT0", "Etc/GMT0", "GMT+0", "GMT-0", "Etc/GMT+0", "Etc/GMT-0"}
+
+
+def _utc_spelt_utc(dbapi_connection: Any, record: Any) -> None:
+    """A session whose zone is UTC under another name (a server set up with 'Etc/UTC') is set to
+    'UTC' itself: the same offsets, so nothing is read or written differently, but psycopg then
+    returns timestamps with ``datetime.timezone.utc`` (for another name: a ZoneInfo), which compare
+    with the decoded source values without looking up offsets (conflict detection compares every
+    row a change touches)."""
+    if dbapi_connection.info.parameter_status("TimeZone") in _UTC_ALIASES:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute("SET TimeZone = 'UTC'")
+        dbapi_connection.autocommit = autocommit
 
 
 adapter = PostgresAdapter()

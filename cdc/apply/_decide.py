@@ -138,13 +138,11 @@ def _park(ctx: Context, item: MappedChange, park: Park, error: RowError) -> None
 def _unchanged(item: MappedChange) -> bool:
     """Whether an update changed no column the mapping copies: its before image, mapped, is the row
     it writes (only where the capture gives a whole before image)."""
-    change, ops = item.change, item.ops
-    if change.op != "update" or change.before is None or len(ops) != 1 or ops[0].op != "upsert":
+    ops = item.ops
+    if item.change.op != "update" or len(ops) != 1 or ops[0].op != "upsert":
         return False
-    mapping = item.mapping
-    if not change.before.keys() >= mapping.read_columns() or not mapping.passes(change.before):
-        return False
-    return item.before_image() == ops[0].row  # a value its transform refuses is an {"$error"}: never equal
+    before = item.before_row()  # NOT_WHOLE or None (filtered out) never equals a row
+    return before == ops[0].row  # a value its transform refuses is an {"$error"}: never equal
 
 
 def _reads_target(item: MappedChange, ctx: Context) -> bool:

@@ -103,13 +103,14 @@ class TargetRows:
 
     def wrote(self, item: MappedChange) -> None:
         """``item``'s ops are written: later changes of its keys in this part see its rows."""
+        by_hash = item.mapping.spec.row_hashes
         for op in item.ops:
             found = self._tables.get(op.table)
             if found is not None:
                 where = self._where if op is self._where_of else self.key_text(op.table, op.key_columns, op.key)
                 if where in found:
-                    found[where] = op.row if op.op == "upsert" or op.op == "insert" else None
-            if not item.mapping.spec.row_hashes and not self._divergent:
+                    found[where] = op.row  # a delete's is None
+            if not by_hash and not self._divergent:
                 continue
             row = op.row if op.op in ("upsert", "insert") else None
             digest = None
