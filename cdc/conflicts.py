@@ -39,6 +39,7 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
 
 
 def _decide(item: MappedChange, ctx: Any, rows: Any, decided: Any, op: Any, read: bool, found: Row | None) -> bool:
+    """``decide`` for a change of a table with detection (or a repair), whose last ``op`` met ``found``."""
     spec = item.mapping.spec
     repair = ctx.reason == "repair"
     new = op.row if op.op == "upsert" else None

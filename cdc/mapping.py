@@ -258,19 +258,19 @@ class MappedChange:
     #: target row found before it, or None); None: applied as mapped.
     note: tuple | None = None
     _before: Any = field(default=_UNMAPPED, repr=False, compare=False)
-    _expected: Any = field(default=_UNMAPPED, repr=False, compare=False)
+    _before_row: Any = field(default=_UNMAPPED, repr=False, compare=False)
 
     def before_row(self) -> Row | None | object:
         """The target row this change's before image says was there: the image mapped, None when
         the mapping's filter leaves it out, ``NOT_WHOLE`` when there is no image or it lacks a
         column the mapping reads (the capture gave only the key); worked out once."""
-        if self._expected is _UNMAPPED:
+        if self._before_row is _UNMAPPED:
             before, mapping = self.change.before, self.mapping
             if before is None or not before.keys() >= mapping.read_columns():
-                self._expected = NOT_WHOLE
+                self._before_row = NOT_WHOLE
             else:
-                self._expected = self.before_image() if mapping.passes(before) else None
-        return self._expected
+                self._before_row = self.before_image() if mapping.passes(before) else None
+        return self._before_row
 
     def before_image(self) -> Row | None:
         """The change's before image as the target columns it maps to (``mapping.image``: never

@@ -112,9 +112,9 @@ class TargetRows:
                     found[where] = op.row  # a delete's is None
             if not by_hash and not self._divergent:
                 continue
-            row = op.row if op.op in ("upsert", "insert") else None
+            row = op.row
             digest = None
-            if item.mapping.spec.row_hashes:
+            if by_hash:
                 digest = key_digest(op.key)
                 written = None if row is None else self.row_hash(item, row)
                 self.hashes[(id(item), op.table, digest)] = written
