@@ -29,6 +29,8 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
     op = item.ops[-1]
     if op.op == "insert":  # decided before, in a transaction that ran again: an upsert as mapped
         op = item.ops[-1] = op._replace(op="upsert")
+    if len(item.ops) == 1 and not spec.row_hashes and ctx.reason != "repair" and rows.as_left(item, op):
+        return True  # the common case, in short: the target row is the change's before image
     read, found = rows.current(op)
     written = _decide(item, ctx, rows, decided, op, read, found)
     if written and read and found is None and op.op == "upsert":

@@ -101,6 +101,20 @@ class TargetRows:
             return False, None
         return True, found[where]
 
+    def as_left(self, item: MappedChange, op: TargetOp) -> bool:
+        """For ``item``'s only ``op``, of a table kept by before images: whether its row was read and
+        stands exactly as the change's before image says (no conflict); if so, it is taken as written.
+        What ``current``, ``same`` and ``wrote`` would find, asked in one step for most of a part."""
+        found = self._tables.get(op.table)
+        if found is None or self._divergent:
+            return False
+        where = self.key_text(op.table, op.key_columns, op.key)
+        row = found.get(where)
+        if row is None or row != item.before_row():  # NOT_WHOLE never equals a row
+            return False
+        found[where] = op.row  # a delete's is None
+        return True
+
     def wrote(self, item: MappedChange) -> None:
         """``item``'s ops are written: later changes of its keys in this part see its rows."""
         by_hash = item.mapping.spec.row_hashes
