@@ -144,7 +144,8 @@ class _Copying:
         if table not in self._bulk:
             self._bulk[table] = False
             mine, theirs = self.source.capabilities, self.target.capabilities
-            capable = self._copy_format() is not None
+            # A table kept by row hash (capture timestamp) is copied as rows: the hash of each is stored.
+            capable = self._copy_format() is not None and not mapping.spec.row_hashes
             if capable and mapping.is_identity and self.target.exists(mapping.target):
                 have = self.target.column_types(mapping.target)
                 if mine.name == theirs.name:

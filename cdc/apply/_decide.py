@@ -60,6 +60,10 @@ def decide(conn: Any, target: Any, ctx: Context, mapped: list[MappedChange], par
     if ctx.reason == "snapshot":  # a copy decides nothing but how a journal takes its rows
         _ledger(target, conn, [i for i in mapped if i.ops and i.mapping.spec.ledger is not None])
         decided.write = mapped
+        # Tables kept by row hash: the hash of each row copied, so that a person's edit between the
+        # copy and the key's next change is a conflict like any later one.
+        decided.hashes = TargetRows.hashing(target).written([i for i in mapped if i.ops and i.mapping.spec.row_hashes
+                                                             and i.mapping.spec.ledger is None])
         return decided
     live = _unheld(ctx, mapped, park, decided)
     rows = TargetRows(conn, target, ctx.pair, [i for i in live if _reads_target(i, ctx)])

@@ -77,6 +77,10 @@ class TargetRows:
         rows.target, rows._fitters = target, {}
         return rows
 
+    def written(self, items: list[MappedChange]) -> dict[tuple, str | None]:
+        """The row hashes to store for ``items`` written as they are (see ``hashes``): a snapshot's."""
+        return {(id(item), op.table, key_digest(op.key)): self.row_hash(item, op.row) for item in items for op in item.ops}
+
     def key_text(self, name: str, key: tuple[str, ...], values: tuple) -> KeyText:
         """The key as it is told apart: an int or a text in an integer or (variable) text column as
         it is, anything else by its canonical text."""
