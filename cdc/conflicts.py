@@ -93,8 +93,8 @@ def _expected(item: MappedChange, rows: Any, op: Any) -> Any:
         if before is not NOT_WHOLE:
             return before
     stored = rows.stored_hash(op)
-    if stored is None:
-        return _UNKNOWN
+    if stored is None:  # a row the pair never wrote (or deleted), where it knows every row it wrote
+        return None if rows.whole(op.table) else _UNKNOWN
     _, found = rows.current(op)
     return found if rows.row_hash(item, found) == stored else _CHANGED
 

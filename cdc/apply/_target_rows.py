@@ -60,7 +60,7 @@ class TargetRows:
                 for row in read:
                     found[self.key_text(name, key, tuple([row[k] for k in key]))] = row
         for name, digests in hashed.items():
-            self._read_hashes(conn, name, sorted(digests))
+            self._read_hashes(conn, name, sorted(digests | {WHOLE}))
 
     def _read_hashes(self, conn: Any, name: str, digests: list[str]) -> None:
         table = state.row_hashes
@@ -78,8 +78,19 @@ class TargetRows:
         return rows
 
     def written(self, items: list[MappedChange]) -> dict[tuple, str | None]:
-        """The row hashes to store for ``items`` written as they are (see ``hashes``): a snapshot's."""
-        return {(id(item), op.table, key_digest(op.key)): self.row_hash(item, op.row) for item in items for op in item.ops}
+        """The row hashes to store for ``items`` written as they are (see ``hashes``): a snapshot's,
+        with the mark that the pair has the hash of every row it wrote to their tables (``whole``)."""
+        hashes: dict[tuple, str | None] = {}
+        for item in items:
+            for op in item.ops:
+                hashes[(id(item), op.table, key_digest(op.key))] = self.row_hash(item, op.row)
+                hashes[(id(item), op.table, WHOLE)] = WHOLE
+        return hashes
+
+    def whole(self, table: str) -> bool:
+        """Whether the pair has the hash of every row it wrote to ``table`` (its copy stored them, as
+        every later write does): a row there without one is not the pair's."""
+        return self._stored.get((table, WHOLE)) is not None
 
     def key_text(self, name: str, key: tuple[str, ...], values: tuple) -> KeyText:
         """The key as it is told apart: an int or a text in an integer or (variable) text column as
@@ -228,6 +239,10 @@ def _plain_type(kind: sa.types.TypeEngine) -> type | None:
 
 def _shown(value: Any) -> str:
     return "NULL" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+#: The key digest of the mark a copy leaves in cdc_row_hashes (see TargetRows.whole); never a SHA-256.
+WHOLE = "whole"
 
 
 def key_digest(key: tuple) -> str:
