@@ -194,6 +194,10 @@ class Source(Reads, Protocol):
         `cdc install`, or a trigger missing, on another table or disabled; logical: not in the publication);
         [] when it sees them all. Read-only, idempotent; RetryableError on a passing fault."""
 
+    def whole_before_images(self, table: str) -> bool:
+        """Whether every update and delete of ``table`` carries the row's whole before image (conflict
+        detection compares it with the target row; without one, the core keeps a hash per row)."""
+
     def read(self, after: Position, max_changes: int) -> Batch:
         """Committed changes after ``after`` in commit order, ending on a transaction boundary."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Iterable
 
@@ -55,6 +56,10 @@ def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, T
                 logger.warning("pair %s: source table %s has column(s) %s that target table %s lacks; they are "
                                "not copied", pair.name, spec.source, ", ".join(ignored), spec.target)
                 columns = [c for c in columns if c in have]
+        if spec.detect and not spec.row_hashes and spec.ledger is None and not source.whole_before_images(spec.source):
+            # Nothing to compare a target row with (logical capture without REPLICA IDENTITY FULL):
+            # conflicts are found by the hash of the row the pair last wrote, as under capture timestamp.
+            spec = dataclasses.replace(spec, row_hashes=True)
         mapping = TableMapping(spec, columns, tuple(key), pair.source_timezone)
         existing = target.table(spec.target) if target is not None and target.exists(spec.target) else None
         check_types(mapping, info.columns, existing)

@@ -98,6 +98,11 @@ class SqlSource(KeyedReads):
         """A capture that reads every table's changes (the binlog, timestamp polling) misses none."""
         return []
 
+    def whole_before_images(self, table: str) -> bool:
+        """Triggers and the binlog (binlog_row_image FULL) log the whole old row; timestamp capture
+        has none, which the pair's rules already say (row hashes)."""
+        return True
+
     def join_stream(self, position: Position, tables: list[str]) -> Position:
         """A capture that reads every table's changes (the binlog) needs nothing more to join."""
         return position

@@ -65,9 +65,11 @@ def _table(source: LogicalSource, conn: sa.Connection, table: str) -> list[Findi
     else:
         found.append(("ok", f"{table}: REPLICA IDENTITY {named}"))
     if identity != "f":
-        found.append(("info", f"{table}: updates carry no before image under REPLICA IDENTITY {named}, so an edit "
-                              "made in the target is not found as a conflict and an update of unmapped columns "
-                              f"only is written anyway: ALTER TABLE {table} REPLICA IDENTITY FULL if that matters"))
+        found.append(("info", f"{table}: updates carry no before image under REPLICA IDENTITY {named}, so (with "
+                              "detect_conflicts on) conflicts are found by a hash of each row written (kept in "
+                              "cdc_row_hashes; the copy goes row by row) and an update of unmapped columns only is "
+                              f"written anyway: ALTER TABLE {table} REPLICA IDENTITY FULL compares before images "
+                              "instead, at less cost"))
     toastable = conn.exec_driver_sql(sql.TOASTABLE_COLUMNS, {"table": table}).scalar()
     if toastable and identity != "f":
         found.append(("info", f"{table}: {toastable} column(s) may be TOASTed; an update that leaves them "

@@ -201,6 +201,11 @@ class LogicalSource(SqlSource):
                               "so its changes are not captured: run `cdc install CONFIG`, then `cdc run` copies it")
         return position
 
+    def whole_before_images(self, table: str) -> bool:
+        """Only REPLICA IDENTITY FULL sends the whole old row of an update or delete."""
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql(sql.REPLICA_IDENTITY, {"table": table}).scalar() == "f"
+
     def uncaptured(self, tables: list[str]) -> list[str]:
         """The tables not in the pair's publication: the slot sends none of their changes."""
         with self.engine.connect() as conn:

@@ -4,8 +4,7 @@ logical capture with REPLICA IDENTITY FULL; the row hash cdc_row_hashes keeps fo
 and audited with the target row as the person left it as its before image. The policy itself is the
 core's (tests/test_conflicts.py).
 
-What the README names as not found yet (logical capture without REPLICA IDENTITY FULL) is a strict
-xfail below: it fails as soon as it is found, so that the README and this module are brought up to date.
+Logical capture without REPLICA IDENTITY FULL has no before images either: it keeps row hashes too.
 """
 
 from __future__ import annotations
@@ -102,16 +101,14 @@ def test_under_timestamp_capture_a_row_the_person_edits_straight_after_the_snaps
     pair.assert_target_equals_source()
 
 
-UNSEEN = [case for case in SOURCES if case.capture == "logical"]
+LOGICAL = [case for case in SOURCES if case.capture == "logical"]
 
 
-@pytest.mark.xfail(strict=True, reason="README, Decisions: not found yet: logical capture without REPLICA IDENTITY "
-                                       "FULL")
-@pytest.mark.parametrize("case", UNSEEN, ids=[case.id for case in UNSEEN])
-def test_a_person_edits_a_row_straight_after_the_snapshot(make_pair, case):
-    """An accountant corrects row 1 after the copy and enters row 10 by hand before the source inserts
-    it. Both must be conflicts (issue 13: a per-row hash where the capture gives no before image); today,
-    without REPLICA IDENTITY FULL both are overwritten unaudited (`cdc doctor` says to set it)."""
+@pytest.mark.parametrize("case", LOGICAL, ids=[case.id for case in LOGICAL])
+def test_without_replica_identity_full_conflicts_are_found_by_row_hash(make_pair, case):
+    """Logical capture without REPLICA IDENTITY FULL: updates carry no before image, so the pair keeps the
+    hash of every row it writes, its copy included, as under capture timestamp. An accountant corrects
+    row 1 after the copy and enters row 10 by hand before the source inserts it: both are conflicts."""
     pair = make_pair(case, "postgresql")
     pair.source.transaction([pair.insert(pair.plain_row(f"rad {i}")) for i in range(3)])
     pair.setup()
@@ -119,11 +116,19 @@ def test_a_person_edits_a_row_straight_after_the_snapshot(make_pair, case):
     pair.target.transaction([("UPDATE items SET note = %s WHERE id = %s", ("retta av regnskap", 1)),
                              ("INSERT INTO items (id, amount, note, updated_at, deleted) VALUES (%s, %s, %s, %s, %s)",
                               (10, "10.10", "ført for hånd", dt.datetime(2026, 1, 1, tzinfo=UTC), False))])
-    pair.source.transaction([pair.update(1, "1.50", "kilde 1")])
+    pair.source.transaction([pair.update(1, "1.50", "kilde 1"), pair.update(2, "2.50", "kilde 2")])
     pair.next_id = 10
     pair.source.transaction([pair.insert(pair.plain_row("kilde 10"))])
     pair.ok("run", "--once")
-    assert {key for key, _, _ in conflicts(pair)} >= {1, 10}, decisions(pair)
+    found = conflicts(pair)
+    assert [(key, before["note"]) for key, _, before in found] == \
+        [(1, "retta av regnskap"), (10, "ført for hånd")], decisions(pair)
+    pair.assert_target_equals_source()
+    # Row 2 was the pair's own: a further change is no conflict; row 1 is the pair's again.
+    pair.source.transaction([pair.update(1, "1.75", "kilde 1 igjen"), pair.update(2, "2.75", "kilde 2 igjen")])
+    pair.ok("run", "--once")
+    assert len(conflicts(pair)) == 2, decisions(pair)
+    pair.assert_target_equals_source()
 
 
 @every_source
