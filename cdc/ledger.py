@@ -25,6 +25,7 @@ in memory. Each change's ``note`` says what was written ("reversal of entry 3, n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from .changes import Row
@@ -107,13 +108,19 @@ def _reversal(op: TargetOp, mapping: Any, key: _Key, new_row: Row | None) -> Tar
     row = dict(key.current)
     for column in spec.amounts:
         if row.get(column) is not None:
-            row[column] = -row[column]
+            row[column] = _negated(row[column])
     if spec.entry_date is not None and new_row is not None and spec.entry_date in new_row:
         row[spec.entry_date] = new_row[spec.entry_date]
     reversed_entry = key.current[spec.sequence]
     key.last, key.current = key.last + 1, None
     row[spec.sequence], row[spec.reverses] = key.last, reversed_entry
     return _insert(op, mapping, row)
+
+
+def _negated(value: Any) -> Any:
+    """-value, exactly: a Decimal's unary minus rounds to the context's 28 digits (a numeric(38,10)
+    amount lost its last digits, and the key's entries no longer summed to the source's amount)."""
+    return value.copy_negate() if isinstance(value, Decimal) else -value
 
 
 def _entry(op: TargetOp, mapping: Any, key: _Key) -> TargetOp:

@@ -222,6 +222,21 @@ def test_each_change_becomes_entries_and_the_notes_say_which(ws):
     assert [n[2] for n in notes[2]] == ["new entry 5", "reversal of entry 3, new entry 5"]
 
 
+def test_a_reversal_negates_an_amount_of_any_length_exactly(ws, pg_url):
+    """Decimal's unary minus rounds to the default context's 28 digits: a numeric(38,10) amount's
+    reversal lost its last digits, and the key's entries no longer summed to 0 after a delete."""
+    journal_pair(ws, pg_url)
+    with target_engine(ws, pg_url).begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE journal ALTER COLUMN amount TYPE numeric(38,10)")
+    big = Decimal("1234567890123456789012.3456789012")
+    wide = lambda k, a: {**row(k, "0"), "amount": a}  # noqa: E731
+    drive(ws, [[Change("insert", "entries", (1,), None, wide(1, big))],
+               [Change("update", "entries", (1,), wide(1, big), wide(1, Decimal(0)))]])
+    with target_engine(ws, pg_url).connect() as conn:
+        amounts = [a for (a,) in conn.exec_driver_sql("SELECT amount FROM journal WHERE id = 1 ORDER BY entry_no")]
+    assert amounts == [big, big.copy_negate(), 0]  # not -big: that rounds too
+
+
 def test_current_entries_are_read_in_one_statement_per_part(ws):
     journal_pair(ws)
     rng, book, state, parts = random.Random(5), Book(), {}, []

@@ -138,6 +138,18 @@ def test_an_unbalanced_voucher_is_parked_whole_with_the_imbalance():
                                                                       "balance")
 
 
+def test_a_voucher_sums_exactly_however_many_digits_its_amounts_have():
+    """Decimal's default context keeps 28 digits: 10^30 + 0.01 and -10^30 summed there give 0, and an
+    unbalanced voucher would pass unseen."""
+    big = "1" + "0" * 30
+    items = mapped(SIGNED, ins(7, row(1, 1042, big + ".01")), ins(7, row(2, 1042, "-" + big)))
+    rejected = unbalanced(items, nothing_known)
+    assert keys(rejected) == [1, 2]
+    assert "postings sum to 0.01 (expected 0)" in str(rejected[0][1])
+    split = mapped(SPLIT, ins(8, row(1, debit=Decimal(big + ".01"))), ins(8, row(2, credit=Decimal(big))))
+    assert keys(unbalanced(split, nothing_known)) == [1, 2]
+
+
 def test_a_voucher_balances_per_source_transaction_not_across_them():
     items = mapped(SIGNED, ins(7, row(1, 5, "100")), ins(8, row(2, 5, "-100")),
                    ins(9, row(3, 5, "60")), ins(9, row(4, 5, "-60")))

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
+from .._transforms import EXACT
 from ..changes import Row
 from ..errors import RowError
 from ..mapping import MappedChange
@@ -136,7 +137,8 @@ def _count(item: MappedChange, before_of: BeforeOf, vouchers: dict[tuple, _Vouch
         voucher = _voucher_of(item, row, vouchers)
         voucher.items[id(item)] = item
         try:
-            voucher.delta += sign * _amount(item.mapping.spec.balance, row)
+            amount = _amount(item.mapping.spec.balance, row)
+            voucher.delta = EXACT.add(voucher.delta, amount if sign > 0 else amount.copy_negate())
         except (InvalidOperation, TypeError, ValueError) as exc:
             voucher.problem = voucher.problem or f"posting {list(item.change.key)} has {exc}"
 
@@ -161,7 +163,8 @@ def _amount(balance: Any, row: Row) -> Decimal:
     """A posting's signed amount: the amount column, or debit - credit; NULL counts 0."""
     if balance.amount is not None:
         return _number(balance.amount, row.get(balance.amount))
-    return _number(balance.debit, row.get(balance.debit)) - _number(balance.credit, row.get(balance.credit))
+    return EXACT.subtract(_number(balance.debit, row.get(balance.debit)),
+                          _number(balance.credit, row.get(balance.credit)))
 
 
 def _number(column: str, value: Any) -> Decimal:
