@@ -58,6 +58,30 @@ def check_types(mapping: TableMapping, source_columns: list[sa.Column], target: 
         raise ConfigError(f"tables.{spec.source}.ledger: {problem} ({spec.origin})")
     if target is not None:
         _key_is_unique(mapping, target)
+    if spec.newest is not None:
+        _newest_comparable(mapping, source, target)
+
+
+#: What newest_wins can rank: times, and numbers (a version counter).
+_RANKED = ("timestamp", "date", "integer", "number")
+
+
+def _newest_comparable(mapping: TableMapping, source: dict[str, sa.Column], target: sa.Table | None) -> None:
+    """ConfigError when the newest_wins column holds text (or a type of no order): text compares
+    letter by letter, so '28.02.2026' is newer than '02.03.2026', and the wrong side would win."""
+    spec, name = mapping.spec, mapping.spec.newest
+    if target is not None and name in target.c:
+        kind, held = kind_of(target.c[name].type), f"target table {spec.target} holds it as {target.c[name].type}"
+    else:
+        (came, transforms), = [(s, t) for c, s, t in mapping.column_specs() if c == name] or [(None, ())]
+        if came not in source or transforms:
+            return  # a transform's or a constant's result: the target table's type is checked once it exists
+        kind, held = kind_of(source[came].type), f"source column {came} of {spec.source} is {source[came].type}"
+    if kind not in _RANKED:
+        raise ConfigError(f"tables.{spec.source}.conflict: newest_wins compares {name!r}, but {held}: text is "
+                          "compared letter by letter ('28.02.2026' would be newer than '02.03.2026'), so the "
+                          "wrong side could win; make it a TIMESTAMP/DATETIME (or DATE, or a version number) "
+                          f"column, or name another ({spec.origin})")
 
 
 def _name(transform: tuple[str, Any]) -> str:

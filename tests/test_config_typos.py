@@ -378,3 +378,33 @@ def test_a_constant_or_mapped_value_the_target_column_cannot_hold_is_refused_at_
     """)
     line = refused(erp)
     assert says in line and line.endswith("(m.yaml line 5)"), line
+
+
+@pytest.mark.parametrize("target_table", [None, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, navn TEXT, endret TEXT)"],
+                         ids=["before init: the source column", "the target column"])
+def test_newest_wins_on_a_text_column_is_refused(erp, target_table):
+    """Text compares letter by letter: '28.02.2026' beat the source's newer '02.03.2026', exit 0."""
+    if target_table:
+        erp.sql(erp.target, target_table)
+    mapping(erp, """\
+        tables:
+          invoices:
+            conflict: {newest_wins: endret}
+            columns:
+              id: id
+              navn: navn
+              endret: navn
+    """)
+    line = refused(erp)
+    assert "newest_wins compares 'endret'" in line and "TIMESTAMP" in line and line.endswith("(m.yaml line 2)"), line
+
+
+def test_newest_wins_on_a_datetime_or_a_version_number_passes_check(erp):
+    for column in ("issued_at", "flag"):
+        mapping(erp, f"""\
+            tables:
+              invoices:
+                conflict: {{newest_wins: {column}}}
+        """)
+        result = erp.cdc("check", str(erp.config))
+        assert result.returncode == 0, result.stderr
