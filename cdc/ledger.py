@@ -31,7 +31,7 @@ from typing import Any
 from .changes import Row
 from .mapping import MappedChange, TargetOp
 
-__all__ = ["entries"]
+__all__ = ["Journal", "entries"]
 
 
 @dataclass(slots=True)
@@ -47,17 +47,37 @@ def _own_columns(spec: Any) -> tuple[str, str]:
     return spec.ledger.sequence, spec.ledger.reverses
 
 
-def entries(target: Any, conn: Any, items: list[MappedChange]) -> None:
+class Journal:
+    """The current entries of a part's ledger keys, read once (one statement per target table):
+    what the bookkeeping rules weigh a change against, then what ``entries`` posts from."""
+
+    def __init__(self, target: Any, conn: Any, items: list[MappedChange]):
+        ledgers = _ledgers(items)
+        self.known = _current_entries(target, conn, ledgers) if ledgers else {}
+
+    def before_of(self, item: MappedChange) -> Row | None:
+        """The journal's current entry for ``item``'s key (None: none, or reversed): what the target
+        holds for it, where the change's before image may be what a retry has since replaced."""
+        key = self.known.get((item.ops[0].table, item.ops[0].key)) if item.ops else None
+        return None if key is None else key.current
+
+
+def _ledgers(items: list[MappedChange]) -> list[MappedChange]:
+    return [item for item in items  # a change the mapping filtered out has no ops, and stays silent
+            if item.ops and item.error is None and item.mapping.spec.ledger is not None]
+
+
+def entries(target: Any, conn: Any, items: list[MappedChange], journal: Journal | None = None) -> None:
     """Rewrite the ops of the ledger tables' changes among ``items`` into inserts of entries and
     reversals (see the module's policy), in order; other items are left as they are. Reads the
-    current entries of all their keys first, one statement per target table. Errors of the read
-    are raised as the target raises them (the caller's transaction decides). Whether the target
+    current entries of all their keys first, one statement per target table (or takes them from
+    ``journal``, read for the same part before anything was written). Errors of the read are
+    raised as the target raises them (the caller's transaction decides). Whether the target
     table can hold a journal was checked when the pair was opened (schema.ledger_problem)."""
-    ledgers = [item for item in items  # a change the mapping filtered out has no ops, and stays silent
-               if item.ops and item.error is None and item.mapping.spec.ledger is not None]
+    ledgers = _ledgers(items)
     if not ledgers:
         return
-    known = _current_entries(target, conn, ledgers)
+    known = journal.known if journal is not None else _current_entries(target, conn, ledgers)
     for item in ledgers:
         written, said = [], []
         for op in item.ops:

@@ -144,10 +144,14 @@ def test_under_capture_timestamp_an_edit_in_the_target_is_found_by_the_row_hash(
                     "timestamp: {column: updated_at, overlap_seconds: 30}")
     assert ws.cdc("init", str(ws.config)).returncode == 0
     ws.sql(ws.source, "INSERT INTO products VALUES (1, 10, '2026-01-01 10:00:00'), (2, 20, '2026-01-01 10:00:00')")
-    run(ws)  # the snapshot: no hashes yet
+    run(ws)  # the snapshot: it stores the hash of each row it copies, and its mark
+    hashes = "SELECT key_digest, row_hash FROM cdc_row_hashes ORDER BY key_digest"
+    copied = ws.query(ws.target, hashes)
+    assert len(copied) == 3 and ("whole", "whole") in copied
     ws.sql(ws.source, "UPDATE products SET price = 11, updated_at = '2026-01-01 10:00:01' WHERE id IN (1, 2)")
-    run(ws)  # written by the stream: hashes stored
-    assert ws.query(ws.target, "SELECT count(*) FROM cdc_row_hashes")[0][0] == 2
+    run(ws)  # written by the stream: the hashes of the rows it wrote replace the copy's
+    streamed = ws.query(ws.target, hashes)
+    assert len(streamed) == 3 and len(set(copied) - set(streamed)) == 2
     ws.sql(ws.target, "UPDATE products SET price = 99 WHERE id = 1")  # the person's edit
     mark = last_audit_id(ws)
     ws.sql(ws.source, "UPDATE products SET price = 12, updated_at = '2026-01-01 10:00:02' WHERE id IN (1, 2)")

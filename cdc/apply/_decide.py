@@ -67,8 +67,9 @@ def decide(conn: Any, target: Any, ctx: Context, mapped: list[MappedChange], par
         return decided
     live = _unheld(ctx, mapped, park, decided)
     rows = TargetRows(conn, target, ctx.pair, [i for i in live if _reads_target(i, ctx)])
-    live = _by_rules(ctx, live, rows, park, decided)
-    _ledger(target, conn, [i for i in live if i.mapping.spec.ledger is not None])
+    journal = _journal_of(target, conn, live)
+    live = _by_rules(ctx, live, rows, park, decided, journal)
+    _ledger(target, conn, [i for i in live if i.mapping.spec.ledger is not None], journal)
     for item in live:
         blocker = ctx.holds.blocker(item, True)  # a conflict opened by an earlier change of this part
         if blocker is not None:
@@ -102,19 +103,23 @@ def _unheld(ctx: Context, mapped: list[MappedChange], park: Park, decided: Decid
 
 
 def _by_rules(ctx: Context, live: list[MappedChange], rows: TargetRows, park: Park,
-              decided: Decided) -> list[MappedChange]:
+              decided: Decided, journal: Any) -> list[MappedChange]:
     """``live`` without the changes to closed periods and unbalanced vouchers, parked (and the later
-    changes of their keys, held)."""
+    changes of their keys, held). A change is weighed against the row the target holds for its key:
+    a ledger table's current entry (``journal``), else the row read, else its before image."""
     specs = {id(i.mapping): i.mapping.spec for i in live}
     if not any(s.closed_before is not None or s.balance is not None for s in specs.values()):
         return live
     from . import _rules  # only pairs with bookkeeping rules need them
 
-    refused = {id(item): error for item, error in _rules.closed(live, rows.before_of)}
+    def before_of(item: MappedChange) -> Any:
+        return journal.before_of(item) if item.mapping.spec.ledger is not None else rows.before_of(item)
+
+    refused = {id(item): error for item, error in _rules.closed(live, before_of)}
     # A voucher is weighed without its postings parked already: one posting in a closed period
     # leaves the rest unbalanced, so the whole voucher is parked.
     rest = [item for item in live if id(item) not in refused]
-    refused.update((id(item), error) for item, error in _rules.unbalanced(rest, rows.before_of))
+    refused.update((id(item), error) for item, error in _rules.unbalanced(rest, before_of))
     kept = []
     for item in live:
         blocker = ctx.holds.blocker(item, not ctx.holds_on)
@@ -165,8 +170,18 @@ def _journal(item: MappedChange, decided: Decided) -> None:
         decided.unwritten.append(item)
 
 
-def _ledger(target: Any, conn: Any, items: list[MappedChange]) -> None:
+def _journal_of(target: Any, conn: Any, live: list[MappedChange]) -> Any:
+    """The current entries of the ledger tables' keys among ``live`` (None: no ledger table)."""
+    items = [i for i in live if i.mapping.spec.ledger is not None]
+    if not items:
+        return None
+    from .. import ledger  # only pairs with journals need it
+
+    return ledger.Journal(target, conn, items)
+
+
+def _ledger(target: Any, conn: Any, items: list[MappedChange], journal: Any = None) -> None:
     if items:
         from .. import ledger  # only pairs with journals need it
 
-        ledger.entries(target, conn, items)
+        ledger.entries(target, conn, items, journal)
