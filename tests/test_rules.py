@@ -503,8 +503,18 @@ def test_after_the_source_is_fixed_retry_applies_the_closed_voucher(ledger_pair)
     _parked_then_fixed(pair, "UPDATE postings SET posted = '2026-01-05' WHERE voucher = 1045", 2)
     closed_letter = pair.letters()[3]["id"]
     result = pair.ws.cdc("dead-letters", "retry", str(pair.ws.config), str(closed_letter))
-    assert "voucher 1045 in source transaction retry does not balance" not in result.stdout, result.stdout
+    assert "does not balance" not in result.stdout, result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
     assert pair.target_rows() == pair.source_rows("voucher <> 1042")
     assert [(l["kind"], l["status"]) for l in pair.letters()[3:]] == [("closed", "retried")] * 2 + [
         ("held", "resolved")] * 2
+
+
+def test_a_voucher_a_retry_reads_unbalanced_is_named_as_the_source_rows_it_read():
+    """`cdc dead-letters retry` applies the source's current rows as one unit (txid RETRY): its message
+    names them, not a "source transaction retry" that does not exist."""
+    from cdc.apply._rules import RETRY
+
+    rejected = unbalanced(mapped(SIGNED, ins(RETRY, row(1, 1042, "-100.00")), ins(RETRY, row(2, 1042, "90.00"))),
+                          nothing_known)
+    assert "voucher 1042 in the source's current rows a retry read does not balance" in str(rejected[0][1])

@@ -84,6 +84,10 @@ def _day(value: Any, zone: str = "UTC") -> dt.date | None:
     return None
 
 
+#: The txid of the changes `cdc dead-letters retry` makes of the source's current rows (one unit).
+RETRY = "retry"
+
+
 # -- voucher balance ---------------------------------------------------------------------------
 class _Voucher:
     """One voucher's postings in one source transaction: the changes and the sum they move."""
@@ -148,7 +152,8 @@ def _voucher_of(item: MappedChange, row: Row, vouchers: dict[tuple, _Voucher]) -
     group = (_transaction(item), item.mapping.target, name)
     if group not in vouchers:
         change = item.change
-        where = (f"source transaction {change.txid}" if change.txid is not None
+        where = ("the source's current rows a retry read" if change.txid == RETRY
+                 else f"source transaction {change.txid}" if change.txid is not None
                  else f"the source transaction at position {change.position}")
         vouchers[group] = _Voucher("NULL" if name is None else str(name), where)
     return vouchers[group]

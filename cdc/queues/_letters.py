@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from .. import state
 from ..apply import apply
+from ..apply._rules import RETRY
 from ..changes import Change
 from ..config import Pair
 from ..errors import ConfigError, RowError
@@ -152,7 +153,7 @@ def _finisher(target: Any, pair: Pair, group: list[Letter], held: list[Letter], 
         if not changed:  # audited all the same: the letter is closed by this retry
             note = "retried: nothing to apply, the target already holds the source's current row"
             write_audit(target, conn, [audit_row(pair.name, g.source_table, g.target_table, g.op, "retry", g.key,
-                                                 None, None, position=None, txid="retry", decision="retried",
+                                                 None, None, position=None, txid=RETRY, decision="retried",
                                                  policy=None, detail=note) for g in group])
         set_letters(conn, [g.id for g in group], status="retried", resolved_at=now, note=note)
         set_letters(conn, [h.id for h in held], status="resolved", resolved_at=now,
@@ -181,10 +182,10 @@ def _current(target: Any, pair: Pair, source: Any, mapping: TableMapping, letter
     changes = []
     for op, read in zip(plan.ops, plan.sources):
         if read is None:
-            changes.append(Change("delete", mapping.source, stored.key, before, None, now, None, "retry"))
+            changes.append(Change("delete", mapping.source, stored.key, before, None, now, None, RETRY))
         else:
             kind = "update" if before is not None or op.change.before is not None else "insert"
-            changes.append(Change(kind, mapping.source, read[1], before, read[2], now, None, "retry"))
+            changes.append(Change(kind, mapping.source, read[1], before, read[2], now, None, RETRY))
     return changes
 
 
