@@ -6,10 +6,12 @@ import dataclasses
 import logging
 from typing import Any, Iterable
 
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from . import registry
 from ._typecheck import check_types
+from ._secrets import mask_url
 from .changes import dumps
 from .config import Connection, Pair
 from .errors import ConfigError, SchemaError, SourceError, TargetError
@@ -100,6 +102,7 @@ def open_source(pair: Pair, target: Any = None) -> tuple[Any, dict[str, TableMap
     """(source, mappings) for a pair, the mappings checked against the source schema."""
     source = registry.adapter_for(pair.source.url).source(pair.source.url, pair)
     try:
+        _reach(source, "source", pair.source, SourceError)
         mappings = resolve_mappings(pair, source, target)
     except Exception:
         source.close()
@@ -119,7 +122,28 @@ def open_target(connection: Connection, *, create: bool = False) -> Any:
     if not create and adapter.capabilities.creates_database_on_connect and not adapter.database_exists(connection.url):
         raise TargetError(f"target database {make_url(connection.url).database} does not exist (connection "
                           f"{connection.name}): `cdc init CONFIG` creates it; or correct the path in the config")
-    return adapter.target(connection.url)
+    target = adapter.target(connection.url)
+    if create and adapter.capabilities.creates_database_on_connect:
+        return target  # connecting makes the file: `cdc init` does so once the source is known to be there
+    try:
+        _reach(target, "target", connection, TargetError)
+    except TargetError:
+        target.close()
+        raise
+    return target
+
+
+def _reach(database: Any, side: str, connection: Connection, error: type) -> None:
+    """``error`` naming the connection when its database cannot be reached (the driver's words,
+    password masked): a failed connect said only "database: connection failed", not which one."""
+    try:
+        with database.reading():
+            pass
+    except sa.exc.OperationalError as exc:
+        words = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        # The connection's name, not its URL: a secret written where the host goes would show.
+        raise error(f"{side} {connection.name} cannot be reached: "
+                    f"{mask_url(words[0] if words else type(exc).__name__)}") from None
 
 
 def open_pair(pair: Pair, *, create: bool = False) -> tuple[Any, Any, dict[str, TableMapping]]:

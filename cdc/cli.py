@@ -192,7 +192,8 @@ def _print_status(row: dict) -> None:
     click.echo(f"  checkpoint  {row['checkpoint_text'] or '-'}")
     click.echo(f"  pending     {pending}")
     click.echo(f"  lag         {lag}")
-    click.echo(f"  applied     {row['changes_applied']} changes, last at {row['last_applied_at'] or '-'}")
+    click.echo(f"  applied     {row['changes_applied']} changes since the copy; "
+               f"last checkpoint {row['last_applied_at'] or '-'}")
     letters, conflicts = row["dead_letters"], row["conflicts"]
     click.echo(f"  dead letters {letters}{' parked or held (`cdc dead-letters list CONFIG`)' if letters else ''}")
     click.echo(f"  conflicts   {conflicts}{' open (`cdc conflicts list CONFIG`)' if conflicts else ''}")

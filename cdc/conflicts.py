@@ -23,6 +23,7 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
     """Whether ``item`` is written; sets its note, and records what was decided in ``decided``
     (``ctx``, ``rows``, ``decided``: the apply's Context, TargetRows and Decided)."""
     spec = item.mapping.spec
+    item.note = None  # decided anew when a transaction runs again: what its first run noted no longer holds
     if not item.ops or not (spec.detect or ctx.reason == "repair"):
         rows.wrote(item)
         return True
