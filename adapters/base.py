@@ -166,9 +166,8 @@ class Source(Reads, Protocol):
         """The tables to capture and their key columns; call before any other method but describe."""
 
     def prepare(self, keep: Iterable[str] = ()) -> list[str]:
-        """Install what capture needs (idempotent); returns what it created. ``keep``: tables no
-        longer in the pair whose capture stays, because the pair's checkpoint still streams them
-        (see cdc.commands.install): taken down, their changes would be lost if they come back."""
+        """Install what capture needs (idempotent); returns what it created. ``keep``: tables no longer in the
+        pair whose capture stays, as the checkpoint still streams them (see cdc.commands.install)."""
 
     def unprepare(self) -> list[str]:
         """Remove what prepare installed for this pair and nothing else (idempotent)."""
@@ -177,8 +176,8 @@ class Source(Reads, Protocol):
         """The position a snapshot taken now joins the stream at (no gap, no loss)."""
 
     def begin_snapshot(self) -> Position:
-        """Like current_position, for a first snapshot; a source that can make its snapshot reads
-        see exactly that position (no overlap either) holds it until end_snapshot."""
+        """Like current_position, for a first snapshot; a source whose snapshot reads can see exactly
+        that position (no overlap either) holds it until end_snapshot."""
 
     def end_snapshot(self) -> None:
         """Release what begin_snapshot holds (idempotent)."""
@@ -186,8 +185,8 @@ class Source(Reads, Protocol):
     def join_stream(self, position: Position, tables: list[str]) -> Position:
         """The stream position from which ``tables`` (watched, not yet copied: the first snapshot, or tables
         added to a streaming pair) are captured too: a snapshot read after this call, with their changes after
-        it applied over it, gives their current rows. Idempotent; SourceError naming `cdc install CONFIG`
-        when capture does not cover them yet (nothing may be copied then)."""
+        it applied over it, gives their current rows. Idempotent; SourceError naming `cdc install CONFIG` when
+        capture does not cover them yet."""
 
     def uncaptured(self, tables: list[str]) -> list[str]:
         """The ones of ``tables`` whose changes capture does not see (trigger capture: not registered by
@@ -195,8 +194,7 @@ class Source(Reads, Protocol):
         [] when it sees them all. Read-only, idempotent; RetryableError on a passing fault."""
 
     def whole_before_images(self, table: str) -> bool:
-        """Whether every update and delete of ``table`` carries the row's whole before image (conflict
-        detection compares it with the target row; without one, the core keeps a hash per row)."""
+        """Whether updates and deletes of ``table`` carry the whole old row (else conflicts go by row hash)."""
 
     def read(self, after: Position, max_changes: int) -> Batch:
         """Committed changes after ``after`` in commit order, ending on a transaction boundary."""
@@ -219,12 +217,11 @@ class Source(Reads, Protocol):
         read-only, idempotent; SourceError if capture is not installed, RetryableError on a passing fault."""
 
     def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
-        """SourceError naming the fix (`cdc run --resnapshot CONFIG`) when ``position`` cannot be a
-        position of this installation (ahead of the newest position the source has issued, or a log
-        that no longer holds it) or lies behind what the source has already released (a purged
-        changelog, a slot confirmed past it: a target restored from a backup). ``written_at``: when the
-        checkpoint was committed, for a capture that can tell a source restored from an older copy by
-        it (SQLite's changelog). Read-only and idempotent; RetryableError on a passing fault."""
+        """SourceError naming the fix (`cdc run --resnapshot CONFIG`) when ``position`` cannot be a position
+        of this installation (ahead of the newest position the source has issued, or a log that no longer
+        holds it) or lies behind what the source has already released (a purged changelog, a slot confirmed
+        past it: a target restored from a backup). ``written_at``: the checkpoint's commit time, by which
+        SQLite's changelog tells a restored source. Read-only, idempotent; RetryableError on a passing fault."""
 
     def diagnose(self) -> list[tuple[str, str]]:
         """Findings (level ok|info|warn|fail, text with the fix) about the source's settings; read-only."""
@@ -234,9 +231,8 @@ class Source(Reads, Protocol):
         fix) about rows capture cannot vouch for (fail: changes to them may be missing); read-only."""
 
     def idle(self, seconds: float, stop: Any) -> None:
-        """Wait after a read that brought nothing: until ``seconds`` have passed, ``stop`` (an Event-like
-        object with ``wait``/``is_set``) is set, or (for a capture that learns of them as they happen)
-        changes are ready to read, whichever comes first."""
+        """Wait after a read that brought nothing: until ``seconds`` have passed, ``stop`` (an Event-like object
+        with ``wait``/``is_set``) is set, or (a capture that learns of them) changes are ready to read."""
 
     def caught_up(self) -> bool:
         """After a read that only moved the position: whether the reader has reached the end of the

@@ -89,8 +89,11 @@ class TableSpec:
     period: str | None = None  #: target date column closed periods are judged by (default ledger.entry_date)
     closed_before: Any = None  #: a date: changes to rows dated before it are parked for review
     #: Keep a hash of each row written (cdc_row_hashes): conflicts are found by it where the capture
-    #: gives no before image (capture timestamp).
+    #: gives no before image (capture timestamp; logical without REPLICA IDENTITY FULL).
     row_hashes: bool = False
+    #: The capture reports rows touched with no change (capture timestamp: a new change time only):
+    #: a row whose hash is the one stored is skipped. Other captures report real changes, each audited.
+    touches: bool = False
 
 
 @dataclass(frozen=True)

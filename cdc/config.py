@@ -161,7 +161,8 @@ def _with_pair_rules(doc, keys, mapping: MappingSpec, model: _Pair, capture: str
             spec, conflict=model.conflict[0] if inherits and spec.ledger is None else spec.conflict,
             newest=model.conflict[1] if inherits and spec.ledger is None else spec.newest,
             detect=model.detect_conflicts, hold=model.hold_parked_keys, period=period,
-            closed_before=model.closed_before, row_hashes=model.detect_conflicts and capture == "timestamp")
+            closed_before=model.closed_before, row_hashes=model.detect_conflicts and capture == "timestamp",
+            touches=model.detect_conflicts and capture == "timestamp")
     if model.closed_before is not None and not any(spec.period for spec in tables.values()):
         raise doc.error(keys + ("closed_before",), "no table of the pair names the date column closed periods are "
                         "judged by: give a table period: <target date column> (or ledger.entry_date) in the mapping")

@@ -46,7 +46,7 @@ def _decide(item: MappedChange, ctx: Any, rows: Any, decided: Any, op: Any, read
     spec = item.mapping.spec
     repair = ctx.reason == "repair"
     new = op.row if op.op == "upsert" else None
-    if new is not None and spec.row_hashes and not repair and rows.stored_hash(op) == rows.row_hash(item, new):
+    if new is not None and spec.touches and not repair and rows.stored_hash(op) == rows.row_hash(item, new):
         decided.skipped += 1  # no mapped column changed since this pair wrote the row (capture timestamp)
         return False
     if not read:

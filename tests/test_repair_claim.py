@@ -222,6 +222,27 @@ def test_a_run_is_refused_while_a_repair_holds_the_pair(ws):
     assert ws.query(ws.target, "SELECT state FROM cdc_leases") == [("stopped",)]
 
 
+@pytest.mark.parametrize("purpose, doing, state_word", [
+    ("retry", "having dead letters retried", "retrying letters"),
+    ("discard", "having dead letters discarded", "discarding"),
+    ("resolve", "having a conflict resolved", "resolving")])
+def test_the_dead_letter_and_conflict_commands_hold_the_pair_under_their_own_name(ws, purpose, doing, state_word):
+    """They write under the pair's claim as a repair does; `cdc run` and `cdc status` name what holds it
+    (they said "being repaired"), and a second such command is refused naming its own --wait."""
+    _pair(ws)
+    pair = load_config(str(ws.config)).pairs["p"]
+    with reconcile.claimed(pair, purpose=purpose):
+        second = ws.cdc("run", "--once", str(ws.config))
+        status = ws.cdc("status", str(ws.config))
+        with pytest.raises(state.ClaimHeldError) as again:
+            with reconcile.claimed(pair, purpose=purpose):
+                pass
+    assert second.returncode == 3 and f"pair p is {doing} elsewhere (host" in second.stderr, second.stderr
+    assert f"streaming, {state_word}" in status.stdout, status.stdout
+    assert "nothing changed" in str(again.value) and f"`{state.claims.COMMANDS[purpose]} --wait`" in str(again.value)
+    assert ws.query(ws.target, "SELECT state FROM cdc_leases") == [("stopped",)]
+
+
 def test_a_repair_that_lost_the_pair_writes_nothing(ws):
     """A repair paused past the claim timeout loses the pair to a run; its write is fenced out whole."""
     _pair(ws, claim_timeout=1)

@@ -98,8 +98,8 @@ def _target_status(p: Pair, row: dict) -> Any:
                 row["error"] = holder.error
         elif holder.state == "failed":
             row.update(state="failed", error=holder.error)
-        elif holder.state in ("running", "repairing"):  # killed: its row still says what it was doing
-            what = "repair" if holder.state == "repairing" else "run"
+        elif holder.state in state.claims.STATES.values():  # killed: its row still says what it was doing
+            what = {v: k for k, v in state.claims.STATES.items()}[holder.state]
             row.update(state="not running", holder=f"last {what} ended without a word ({holder.describe()})")
         else:
             row.update(state="stopped")

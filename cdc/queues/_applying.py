@@ -19,26 +19,15 @@ from ..errors import ConfigError, RowError
 from ..mapping import MappedChange, TableMapping, map_changes
 from ._rows import Letter, letter_of
 
-#: What a command that holds the claim says instead of a repair's words when a run holds the pair.
-_REPAIR_WORDS = ("not repaired, since a repair must not write while the pair streams",
-                 "`cdc reconcile --repair --wait`")
-
-
 @contextlib.contextmanager
-def claimed(pair: Pair, wait: bool, command: str) -> Iterator[Any]:
-    """Hold the pair's claim for the block, as `cdc reconcile --repair` does (state ``repairing``):
-    ClaimHeldError (exit 3) naming the process that runs the pair, or with ``wait`` wait for it.
-    Yields the target holding the claim. ``command`` (``cdc dead-letters retry``) is what the
-    message tells the user to run with --wait."""
+def claimed(pair: Pair, wait: bool, purpose: str) -> Iterator[Any]:
+    """Hold the pair's claim for the block, as `cdc reconcile --repair` does (lease state per
+    ``purpose``: retry, discard or resolve, see state.claims.STATES): ClaimHeldError (exit 3)
+    naming the process that runs the pair, or with ``wait`` wait for it. Yields the target
+    holding the claim."""
     from ..reconcile import claimed as claimed_as_repair
 
-    stack = contextlib.ExitStack()
-    try:
-        target = stack.enter_context(claimed_as_repair(pair, wait=wait))
-    except state.ClaimHeldError as exc:
-        text = str(exc).replace(_REPAIR_WORDS[0], "nothing changed, since it must not write while the pair streams")
-        raise state.ClaimHeldError(text.replace(_REPAIR_WORDS[1], f"`{command} --wait`")) from None
-    with stack:
+    with claimed_as_repair(pair, wait=wait, purpose=purpose) as target:
         yield target
 
 

@@ -33,7 +33,7 @@ def resolve_conflict(pair: Pair, number: int, take: str, wait: bool) -> Outcome:
     """Resolve conflict ``number`` of ``pair`` by taking the source's change or keeping the target's row."""
     if take not in TAKES:
         raise ConfigError(f"--take {take!r}: take source or target")
-    with claimed(pair, wait, "cdc conflicts resolve") as target:
+    with claimed(pair, wait, "resolve") as target:
         source, mappings = open_source(pair, target)
         try:
             with target.reading() as conn:

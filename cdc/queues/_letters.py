@@ -60,7 +60,7 @@ class _ParkedAgain(Exception):
 def retry_letters(pair: Pair, letters: list[Letter], wait: bool) -> list[Outcome]:
     """Retry these letters of ``pair`` in id order, holding the pair's claim throughout (see module)."""
     outcomes: list[Outcome] = []
-    with claimed(pair, wait, "cdc dead-letters retry") as target:
+    with claimed(pair, wait, "retry") as target:
         source, mappings = open_source(pair, target)
         try:
             target.prepare_tables(m.target for m in mappings.values())
@@ -256,7 +256,7 @@ def _voucher(conn: sa.Connection, pair: Pair, mappings: dict[str, TableMapping],
 def discard_letter(pair: Pair, number: int, reason: str, wait: bool) -> Outcome:
     """Mark the letter discarded with ``reason`` and its audit row (decision discarded), and release
     the changes held behind it in id order, in ONE transaction (see release)."""
-    with claimed(pair, wait, "cdc dead-letters discard") as target:
+    with claimed(pair, wait, "discard") as target:
         source, mappings = open_source(pair, target)
         try:
             with target.reading() as conn:

@@ -158,8 +158,9 @@ def _read_by_mapping(mapping: TableMapping, row: dict) -> dict:
 
 
 @contextlib.contextmanager
-def claimed(pair: Pair, *, wait: bool = False) -> Iterator[Any]:
-    """Hold the pair's claim as a repair for the block; yields the target that holds it.
+def claimed(pair: Pair, *, wait: bool = False, purpose: str = "repair") -> Iterator[Any]:
+    """Hold the pair's claim as a repair (or another one-off ``purpose``: see state.claims.STATES)
+    for the block; yields the target that holds it.
 
     ClaimHeldError (exit code 3) naming the holder when a live process runs the pair, or, with
     ``wait``, waits until it stops. The claim's heartbeat is kept up meanwhile; at the end the
@@ -167,7 +168,7 @@ def claimed(pair: Pair, *, wait: bool = False) -> Iterator[Any]:
     """
     target = open_target(pair.target)  # a missing SQLite target is an error here, not a new empty file
     try:
-        _take(target, pair, wait)
+        _take(target, pair, wait, purpose)
         stop = threading.Event()
         beat = threading.Thread(target=_keep_up, args=(target, pair, stop), name=f"cdc-repair-claim-{pair.name}",
                                 daemon=True)
@@ -182,10 +183,10 @@ def claimed(pair: Pair, *, wait: bool = False) -> Iterator[Any]:
         target.close()
 
 
-def _take(target: Any, pair: Pair, wait: bool) -> None:
+def _take(target: Any, pair: Pair, wait: bool, purpose: str) -> None:
     while True:
         try:
-            target.take_claim(pair.name, pair.claim_timeout, purpose="repair")
+            target.take_claim(pair.name, pair.claim_timeout, purpose=purpose)
             return
         except state.ClaimHeldError as exc:
             if not wait:

@@ -73,8 +73,8 @@ class Holder:
 
     @property
     def doing(self) -> str:
-        """What the holder does to the pair, in words: running it or repairing it."""
-        return "being repaired" if self.state == "repairing" else "running"
+        """What the holder does to the pair, in words: running it, or the one-off command that holds it."""
+        return _DOING.get(self.state, "running")
 
     def describe(self) -> str:
         since = self.since.isoformat(timespec="seconds") if self.since else "?"
@@ -100,8 +100,15 @@ class Claim:
     restore: dict[str, Any] | None = None
 
 
-#: Lease states of a process that holds its pair (a run, or a repair: `cdc reconcile --repair`).
-RUNNING = ("running", "retrying", "repairing")
+#: The lease state of a process that holds its pair, per purpose: a run (``retrying`` while it retries
+#: a fault), and the one-off commands that write to the target under the pair's claim.
+STATES = {"run": "running", "repair": "repairing", "retry": "retrying letters", "discard": "discarding",
+          "resolve": "resolving"}
+#: Lease states of a process that holds its pair.
+RUNNING = ("retrying", *STATES.values())
+#: What a holder in each one-off command's state does to the pair, in words.
+_DOING = {"repairing": "being repaired", "retrying letters": "having dead letters retried",
+          "discarding": "having dead letters discarded", "resolving": "having a conflict resolved"}
 
 
 def _read(path: str) -> str:
@@ -155,23 +162,30 @@ def read_holder(conn: sa.Connection, pair: str) -> Holder | None:
                   row.state, row.error, aware(row.error_at))
 
 
+#: The command of each purpose, as the user runs it (the --wait hint names it).
+COMMANDS = {"run": "cdc run", "repair": "cdc reconcile --repair", "retry": "cdc dead-letters retry",
+            "discard": "cdc dead-letters discard", "resolve": "cdc conflicts resolve"}
+
+
 def held(pair: str, holder: Holder | None, purpose: str = "run", detail: str = "") -> ClaimHeldError:
-    """The error for a claim refused because ``holder`` has the pair (``purpose``: run or repair)."""
+    """The error for a claim refused because ``holder`` has the pair (``purpose``: see STATES)."""
     who = holder.describe() if holder is not None else "a process that claimed it at the same moment"
     doing = holder.doing if holder is not None else "running"
-    if purpose == "repair":
-        return ClaimHeldError(f"pair {pair} is {doing} elsewhere ({who}{detail}): not repaired, since a repair "
-                              "must not write while the pair streams. Stop that process first, or wait for it with "
-                              "`cdc reconcile --repair --wait`")
-    return ClaimHeldError(f"pair {pair} is {doing} elsewhere ({who}{detail}): not started. Stop that process "
-                          "first, or wait for it with `cdc run --wait`")
+    if purpose == "run":
+        outcome = "not started"
+    elif purpose == "repair":
+        outcome = "not repaired, since a repair must not write while the pair streams"
+    else:
+        outcome = "nothing changed, since it must not write while the pair streams"
+    return ClaimHeldError(f"pair {pair} is {doing} elsewhere ({who}{detail}): {outcome}. Stop that process first, "
+                          f"or wait for it with `{COMMANDS[purpose]} --wait`")
 
 
 def take(conn: sa.Connection, pair: str, timeout: float, purpose: str = "run") -> Claim:
     """Claim the pair in the caller's transaction; ClaimHeldError when a live process holds it.
 
-    ``purpose`` is ``run`` or ``repair`` (state ``repairing``; the row is put back as found by
-    ``release``). Compare-and-set on the token: of two processes claiming at once, one sees its
+    ``purpose`` is ``run``, or one of the one-off commands that write under the claim (``repair``,
+    ``retry``, ``discard``, ``resolve``: see STATES; the row is put back as found by ``release``). Compare-and-set on the token: of two processes claiming at once, one sees its
     UPDATE match no row and fails as if the other had held it all along.
     """
     holder = read_holder(conn, pair)
@@ -180,14 +194,14 @@ def take(conn: sa.Connection, pair: str, timeout: float, purpose: str = "run") -
         raise held(pair, holder, purpose)
     values = {"owner": _process_identity(os.getpid()), "host": socket.gethostname(), "pid": os.getpid(),
               "since": moment, "heartbeat_at": moment, "expires_at": moment + dt.timedelta(seconds=timeout),
-              "state": "repairing" if purpose == "repair" else "running", "error": None, "error_at": None}
+              "state": STATES[purpose], "error": None, "error_at": None}
     restore = None
     if holder is None:
         conn.execute(leases.insert().values(pair=pair, token=1, **values))
         token = 1
         restore = {}
     else:
-        if purpose == "repair":
+        if purpose != "run":
             row = conn.execute(sa.select(*[leases.c[c] for c in _RESTORED]).where(leases.c.pair == pair)).one()
             restore = dict(row._mapping)
         token = holder.token + 1
@@ -198,7 +212,7 @@ def take(conn: sa.Connection, pair: str, timeout: float, purpose: str = "run") -
     row = conn.execute(sa.select(checkpoints.c.position, checkpoints.c.snapshot)
                        .where(checkpoints.c.pair == pair)).first()
     return Claim(pair, token, [(row.position, row.snapshot) if row is not None else (None, None)],
-                 restore=restore if purpose == "repair" else None)
+                 restore=restore if purpose != "run" else None)
 
 
 def fence(conn: sa.Connection, claim: Claim, timeout: float | None = None) -> None:
