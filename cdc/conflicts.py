@@ -32,6 +32,9 @@ def decide(item: MappedChange, ctx: Any, rows: Any, decided: Any) -> bool:
         op = item.ops[-1] = op._replace(op="upsert")
     if len(item.ops) == 1 and not spec.row_hashes and ctx.reason != "repair" and rows.as_left(item, op):
         return True  # the common case, in short: the target row is the change's before image
+    moved = _moved_away(item, ctx, rows) if len(item.ops) > 1 and item.ops[0].op == "delete" else None
+    if moved is not None:  # a key change, whose row under the old key a person changed
+        return _conflict(item, ctx, rows, decided, *moved)
     read, found = rows.current(op)
     written = _decide(item, ctx, rows, decided, op, read, found)
     if written and read and found is None and op.op == "upsert":
@@ -65,12 +68,32 @@ def _decide(item: MappedChange, ctx: Any, rows: Any, decided: Any, op: Any, read
         return True
     if found is None and expected is not None:
         return _missing(item, ctx, rows, decided, op)
+    if expected is _CHANGED and new is not None and rows.stored_hash(op) == rows.row_hash(item, new):
+        # No mapped column changed since this pair wrote the row (an update of unmapped columns only,
+        # told without a before image): nothing to write over the person's edit, as with one.
+        decided.skipped += 1
+        return False
     detail = ("the target row changed since this pair wrote it (its row hash differs)" if expected is _CHANGED
               else rows.differences(item, found, expected))
     return _conflict(item, ctx, rows, decided, found, detail)
 
 
 _UNKNOWN, _CHANGED = object(), object()
+
+
+def _moved_away(item: MappedChange, ctx: Any, rows: Any) -> tuple[Row, str] | None:
+    """For a change that moves its row to another key (its first op deletes the old key): the row
+    under the old key and what differs, when it is not the row this pair last wrote there."""
+    first = item.ops[0]
+    read, found = rows.current(first)
+    if not read or found is None or ctx.reason == "repair":
+        return None
+    expected = _expected(item, rows, first)
+    if expected is _UNKNOWN or expected is None or (expected is not _CHANGED and rows.same(item, found, expected)):
+        return None
+    detail = ("the target row changed since this pair wrote it (its row hash differs)" if expected is _CHANGED
+              else rows.differences(item, found, expected))
+    return found, f"the row under the old key {list(first.key)}: {detail}"
 
 
 def _left_so(item: MappedChange, rows: Any, op: Any, found: Row | None, expected: Any) -> bool:

@@ -243,3 +243,18 @@ def test_new_keys_typed_wrong_are_one_line_errors(ws, mapping, pair_line, messag
     ws.write_config("source: src\ntarget: dst\nmapping: m.yaml\n" + pair_line)
     result = ws.cdc("check", str(ws.config))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("policy, kept", [("manual", True), ("target_wins", True), ("source_wins", False)])
+def test_a_key_change_over_a_row_the_accountant_corrected_is_a_conflict(ws, pair, policy, kept):
+    """The source moves row 2 to key 2002 after the accountant corrected row 2: the delete of the old key
+    would take the correction away unseen (only the new key was compared)."""
+    pair(policy)
+    ws.sql(ws.target, "UPDATE ledger SET amount = 888 WHERE id = 2")
+    mark = last_audit_id(ws)
+    ws.sql(ws.source, "UPDATE invoices SET id = 2002 WHERE id = 2")
+    run(ws)
+    ((key, op, decision, audited_policy, before, _),) = audit(ws, mark)
+    assert (op, decision) == ("update", "conflict") and audited_policy.startswith(policy), audit(ws, mark)
+    assert json.loads(before)["amount"] in ("888", "888.00", 888)  # the row as the accountant left it
+    assert (amounts(ws).get(2) in ("888", "888.00"), 2002 in amounts(ws)) == ((True, False) if kept else (False, True))
