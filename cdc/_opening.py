@@ -142,7 +142,7 @@ def _reach(database: Any, side: str, connection: Connection, error: type) -> Non
     except sa.exc.OperationalError as exc:
         words = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         # The connection's name, not its URL: a secret written where the host goes would show.
-        raise error(f"{side} {connection.name} cannot be reached: "
+        raise error(f"{side} {connection.name}: connection failed: "
                     f"{mask_url(words[0] if words else type(exc).__name__)}") from None
 
 

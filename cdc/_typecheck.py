@@ -78,10 +78,11 @@ def _newest_comparable(mapping: TableMapping, source: dict[str, sa.Column], targ
             return  # a transform's or a constant's result: the target table's type is checked once it exists
         kind, held = kind_of(source[came].type), f"source column {came} of {spec.source} is {source[came].type}"
     if kind not in _RANKED:
-        raise ConfigError(f"tables.{spec.source}.conflict: newest_wins compares {name!r}, but {held}: text is "
-                          "compared letter by letter ('28.02.2026' would be newer than '02.03.2026'), so the "
-                          "wrong side could win; make it a TIMESTAMP/DATETIME (or DATE, or a version number) "
-                          f"column, or name another ({spec.origin})")
+        why = ("text is compared letter by letter ('28.02.2026' would be newer than '02.03.2026'), so the wrong "
+               "side could win" if kind == "text" else "its values tell no time")
+        raise ConfigError(f"tables.{spec.source}.conflict: newest_wins compares {name!r}, but {held}: {why}; make "
+                          "it a TIMESTAMP/DATETIME (or DATE, or a version number) column, or name another "
+                          f"({spec.origin})")
 
 
 def _name(transform: tuple[str, Any]) -> str:

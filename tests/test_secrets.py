@@ -370,8 +370,8 @@ def test_user_and_password_from_one_variable_are_split_as_in_a_url(ws, pg_secret
 
 @pytest.mark.parametrize("value, says", [
     ("Secr3t:Pass", "error: connections.dst: 'postgresql://ledger@${PW}/regnskap' is not a database URL"),
-    ("Secr3tPassHost", "error: target dst cannot be reached: failed to resolve host '***'"),
-    ("Sx9", "error: target dst cannot be reached: failed to resolve host '***'"),
+    ("Secr3tPassHost", "error: target dst: connection failed: failed to resolve host '***'"),
+    ("Sx9", "error: target dst: connection failed: failed to resolve host '***'"),
 ])
 def test_a_secret_put_in_the_host_part_is_not_printed(ws, monkeypatch, value, says):
     """A ${PW} written where the host goes: the message names the URL as the file writes it, and a

@@ -101,7 +101,7 @@ def test_wrong_password_and_unreachable_host_are_clear_and_masked(ws, pg_server)
         result = ws.cdc("init", str(ws.config))
         assert result.returncode == 1, result.stdout
         assert "s3cret-pw" not in result.stdout + result.stderr and "Traceback" not in result.stderr
-        assert result.stderr.startswith("error: target ledger cannot be reached: "), result.stderr
+        assert result.stderr.startswith("error: target ledger: connection failed: "), result.stderr
 
 
 def test_target_server_restarted_while_streaming(ws):
