@@ -41,6 +41,12 @@ class _Planning:
         self._progress = {t: {**p, "mapping": self._identities[t]} for t, p in stored.items()
                           if t in self.mappings and t not in self._streamed and t not in remapped}
         self._require_capture()
+        hashed = sorted({m.target for m in self.mappings.values() if m.spec.row_hashes})
+        unhashed = sorted({m.target for m in self.mappings.values() if not m.spec.row_hashes} - set(hashed))
+        dropped = self._retrying(lambda: apply.settle_row_hashes(self.target, self.pair.name, hashed, unhashed))
+        if dropped:
+            logger.info("pair %s: row hashes of %s dropped: their conflicts are not found by hash now", self.pair.name,
+                        ", ".join(dropped))
         added = [t for t in self.mappings if t not in self._streamed and t not in self._progress]
         if added:
             position = self._retrying(lambda: self.source.join_stream(position, added))

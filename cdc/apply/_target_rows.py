@@ -243,6 +243,8 @@ def _shown(value: Any) -> str:
 
 #: The key digest of the mark a copy leaves in cdc_row_hashes (see TargetRows.whole); never a SHA-256.
 WHOLE = "whole"
+#: The key digest of the mark of a table kept by row hash (see settle_hashing).
+HASHING = "hashing"
 
 
 def key_digest(key: tuple) -> str:
@@ -264,6 +266,31 @@ def divergences(target: Any, parked: list) -> dict[tuple[str, str], str]:
         found.setdefault((item.ops[0].table, key_digest(item.ops[0].key)),
                          rows.row_hash(item, item.before_image()))
     return found
+
+
+def settle_hashing(conn: Any, pair: str, hashed: list[str], unhashed: list[str]) -> list[str]:
+    """Mark the ``hashed`` tables as kept by row hash (HASHING); of the ``unhashed`` ones, drop every
+    hash of those that carry the mark: they were kept by hash until now, and the pair writes them
+    without hashes from here. (An unhashed table's own hashes, kept for keys whose changes were parked,
+    see divergences, are current: they stay.) Returns the tables whose hashes were dropped."""
+    table = state.row_hashes
+    marked = set(conn.execute(sa.select(table.c.target_table).where(
+        table.c.pair == pair, table.c.key_digest == HASHING, table.c.target_table.in_(hashed + unhashed))).scalars())
+    dropped = sorted(marked & set(unhashed))
+    if dropped:
+        conn.execute(table.delete().where(table.c.pair == pair, table.c.target_table.in_(dropped)))
+    new = [{"pair": pair, "target_table": name, "key_digest": HASHING, "row_hash": HASHING}
+           for name in sorted(set(hashed) - marked)]
+    if new:
+        conn.execute(table.insert(), new)
+    return dropped
+
+
+def hashed_whole(conn: Any, pair: str, tables: list[str]) -> set[str]:
+    """Those of ``tables`` whose copy left the mark that the pair has the hash of every row it wrote."""
+    table = state.row_hashes
+    return set(conn.execute(sa.select(table.c.target_table).where(
+        table.c.pair == pair, table.c.target_table.in_(tables), table.c.key_digest == WHOLE)).scalars())
 
 
 def store_hashes(conn: Any, pair: str, hashes: dict[tuple[str, str], str | None]) -> None:

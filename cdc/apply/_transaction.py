@@ -14,7 +14,7 @@ from ..mapping import MappedChange
 from ._decide import Context, decide
 from ._holds import Holds, mark_resolved
 from ._records import audit_rows, dead_letter, parked_audit_rows, snapshot_row, write_records
-from ._target_rows import divergences, store_hashes
+from ._target_rows import divergences, settle_hashing, store_hashes
 from ._writes import writes_for
 
 #: ``write(position, snapshot, applied, committed_at=None, tables=None)``: the checkpoint of a transaction.
@@ -189,6 +189,17 @@ def advance(target: Any, pair: str, position: Position, *, snapshot: dict | None
     them (a passing fault is the caller's to retry); ClaimLostError stops the pair."""
     with checkpointing(target, pair) as (_, write):
         write(position, snapshot, 0, tables=tables)
+
+
+def settle_row_hashes(target: Any, pair: str, hashed: list[str], unhashed: list[str]) -> list[str]:
+    """At the start of a run: the tables whose conflicts are found by row hash marked so, and the
+    hashes of tables no longer found so (detection off, or a capture that now gives whole before
+    images) dropped: the pair writes those without hashes from here, so kept they would go stale,
+    and once hashing is on again would mark rows the pair wrote itself as a person's. Fenced by
+    the pair's claim; returns the tables whose hashes were dropped."""
+    with target.begin() as conn:
+        state.claims.fence(conn, target.claim(pair))
+        return settle_hashing(conn, pair, hashed, unhashed)
 
 
 def bulk_snapshot(target: Any, pair: str, source_table: str, table: str, columns: list[str], key: tuple[str, ...],

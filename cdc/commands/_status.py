@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import registry, state
+from ..apply._target_rows import hashed_whole
 from ..changes import dumps
 from ..config import Pair, load_config
 from ..errors import CdcError, SourceError, TargetError, first_line
@@ -46,6 +47,7 @@ def _pair_status(p: Pair) -> dict:
                 row["warnings"] = [{"level": level, "text": text} for level, text in source.warnings()]
                 row["warnings"] += [{"level": "warn", "text": _old_rows_text(p, mappings[t].target, t)}
                                     for t, phase in row["tables"].items() if phase.get("old_rows")]
+                row["warnings"] += _unhashed(p, target, mappings, row["tables"])
             finally:
                 source.close()
                 target.close()
@@ -157,6 +159,21 @@ def _old_rows_text(p: Pair, target: str, table: str) -> str:
     return (f"{table}: target table {target} had rows before its copy, which updates and adds rows but removes "
             f"none: rows the source deleted meanwhile may still be there. Check with `cdc reconcile CONFIG --pair "
             f"{p.name} --table {table}`; `--repair` removes them (and this warning)")
+
+
+def _unhashed(p: Pair, target: Any, mappings: dict[str, TableMapping], tables: dict[str, dict]) -> list[dict]:
+    """A warning per streamed table whose conflicts are found by row hash but whose copy stored none
+    (copied with detection off, under REPLICA IDENTITY FULL, or by an earlier version): an edit of a
+    row the pair has not written since is not found."""
+    hashed = [t for t, phase in tables.items() if phase["phase"] == "streaming" and mappings[t].spec.row_hashes]
+    if not hashed:
+        return []
+    with target.reading() as conn:
+        whole = hashed_whole(conn, p.name, [mappings[t].target for t in hashed])
+    return [{"level": "warn", "text": f"table {t}: conflicts are found by row hash, but its copy stored none (copied "
+             "with detection off, under REPLICA IDENTITY FULL or by an earlier version): a person's edit of a row "
+             f"the pair has not written since is overwritten unaudited; copy it again: `cdc run --resnapshot "
+             f"CONFIG`"} for t in hashed if mappings[t].target not in whole]
 
 
 def _table_phases(checkpoint: state.Checkpoint | None, tables: list[str]) -> dict[str, dict]:

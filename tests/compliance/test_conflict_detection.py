@@ -88,7 +88,7 @@ def test_under_timestamp_capture_a_row_the_person_edits_straight_after_the_snaps
     pair.source.transaction([pair.insert(pair.plain_row(f"rad {i}")) for i in range(3)])
     pair.setup()
     pair.ok("run", "--once")
-    assert pair.target.execute("SELECT count(*) FROM cdc_row_hashes WHERE pair = 'p' AND key_digest <> 'whole'")[0][0] == 3
+    assert pair.target.execute("SELECT count(*) FROM cdc_row_hashes WHERE pair = 'p' AND key_digest NOT IN ('whole', 'hashing')")[0][0] == 3
     pair.target.transaction([("UPDATE items SET note = %s WHERE id = %s", ("retta av regnskap", 1)),
                              ("INSERT INTO items (id, amount, note, updated_at, deleted) VALUES (%s, %s, %s, %s, %s)",
                               (10, "10.10", "ført for hånd", dt.datetime(2026, 1, 1, tzinfo=UTC), False))])
