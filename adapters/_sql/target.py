@@ -99,6 +99,10 @@ class SqlTarget(KeyedReads):
     # -- schema --------------------------------------------------------------------
     def table(self, name: str) -> sa.Table:
         """The reflected target table (cached); TargetError if it does not exist."""
+        if name not in self._tables and name in state.metadata.tables:
+            # Our own state table, known as alembic made it: never reflected (in the apply
+            # transaction that writes row hashes, reflection would wait on that transaction).
+            self._tables[name] = state.metadata.tables[name]
         if name not in self._tables:
             try:
                 self._tables[name] = sa.Table(name, sa.MetaData(), autoload_with=self.engine)

@@ -175,7 +175,7 @@ def _record(target: Any, conn: Any, pair: str, reason: str, context: Context, de
               if item_id in written}
     hashes.update(divergences(target, parked))
     if hashes:
-        store_hashes(conn, pair, hashes)
+        store_hashes(target, conn, pair, hashes)
     if reason != "snapshot":
         resolved = context.holds.resolved_by(done)
         where = done[-1].change.position if done else None
