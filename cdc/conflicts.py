@@ -73,9 +73,7 @@ def _decide(item: MappedChange, ctx: Any, rows: Any, decided: Any, op: Any, read
         # told without a before image): nothing to write over the person's edit, as with one.
         decided.skipped += 1
         return False
-    detail = ("the target row changed since this pair wrote it (its row hash differs)" if expected is _CHANGED
-              else rows.differences(item, found, expected))
-    return _conflict(item, ctx, rows, decided, found, detail)
+    return _conflict(item, ctx, rows, decided, found, _differences(item, rows, found, expected))
 
 
 _UNKNOWN, _CHANGED = object(), object()
@@ -91,9 +89,14 @@ def _moved_away(item: MappedChange, ctx: Any, rows: Any) -> tuple[Row, str] | No
     expected = _expected(item, rows, first)
     if expected is _UNKNOWN or expected is None or (expected is not _CHANGED and rows.same(item, found, expected)):
         return None
-    detail = ("the target row changed since this pair wrote it (its row hash differs)" if expected is _CHANGED
-              else rows.differences(item, found, expected))
-    return found, f"the row under the old key {list(first.key)}: {detail}"
+    return found, f"the row under the old key {list(first.key)}: {_differences(item, rows, found, expected)}"
+
+
+def _differences(item: MappedChange, rows: Any, found: Row | None, expected: Any) -> str:
+    """In words, how the target row differs from the row this pair last wrote (``expected``)."""
+    if expected is _CHANGED:
+        return "the target row changed since this pair wrote it (its row hash differs)"
+    return rows.differences(item, found, expected)
 
 
 def _left_so(item: MappedChange, rows: Any, op: Any, found: Row | None, expected: Any) -> bool:

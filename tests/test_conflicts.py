@@ -360,12 +360,18 @@ def test_newest_wins_per_key_the_newer_stamp_wins_ties_to_the_source(ws, seed):
     assert_conflicts_audited(target, model)
 
 
-def test_newest_wins_a_tie_goes_to_the_source(ws):
-    target = Database("sqlite", f"sqlite:///{ws.target}")
-    source = make_pair(ws, target, "newest_wins")
+def two_rows_copied(ws, target, **options):
+    """A newest_wins pair into ``target`` whose source rows 1 and 2 (stamped 2026-01-01 10:00) are copied."""
+    source = make_pair(ws, target, "newest_wins", **options)
     source.execute("INSERT INTO acct VALUES (1, '1.00', 'src', '2026-01-01 10:00:00', ''), "
                    "(2, '2.00', 'src', '2026-01-01 10:00:00', '')")
     ok(ws, "run", "--once")
+    return source
+
+
+def test_newest_wins_a_tie_goes_to_the_source(ws):
+    target = Database("sqlite", f"sqlite:///{ws.target}")
+    source = two_rows_copied(ws, target)
     target.execute("UPDATE acct SET note = 'person', updated_at = '2026-01-01 11:00:00'")
     source.transaction([("UPDATE acct SET note = 'src tie', updated_at = '2026-01-01 11:00:00' WHERE id = 1", None),
                         ("UPDATE acct SET note = 'src older', updated_at = '2026-01-01 10:59:59' WHERE id = 2", None)])
@@ -380,10 +386,7 @@ def test_newest_wins_a_zone_less_source_time_is_in_the_source_timezone(ws, pg_ur
     target = Database("postgresql", pg_url)
     target.execute("CREATE TABLE acct (id INTEGER PRIMARY KEY, amount TEXT NOT NULL, note TEXT NOT NULL, "
                    "updated_at TIMESTAMPTZ NOT NULL)")
-    source = make_pair(ws, target, "newest_wins", source_timezone="Europe/Oslo")
-    source.execute("INSERT INTO acct VALUES (1, '1.00', 'src', '2026-01-01 10:00:00', ''), "
-                   "(2, '2.00', 'src', '2026-01-01 10:00:00', '')")
-    ok(ws, "run", "--once")
+    source = two_rows_copied(ws, target, source_timezone="Europe/Oslo")
     target.execute("UPDATE acct SET note = 'person', updated_at = '2026-01-01 10:30:00+00'")
     source.transaction([("UPDATE acct SET note = 'src older', updated_at = '2026-01-01 11:00:00' WHERE id = 1", None),
                         ("UPDATE acct SET note = 'src newer', updated_at = '2026-01-01 11:31:00' WHERE id = 2", None)])
