@@ -8,8 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import state, values
-from ..canonical import canonical
-from ..errors import TransformError
+from ..canonical import canonical, texter
 from ..changes import Row, dumps
 from ..mapping import MappedChange, TargetOp
 
@@ -27,7 +26,8 @@ class TargetRows:
         self._plain: dict[tuple, tuple] = {}
         self._where: KeyText = ()  # the key text of the last op ``current`` looked up
         self._where_of: Any = None
-        self._fitters: dict[sa.Column, Any] = {}
+        self._fitters: dict[sa.Column, Any] = {}  # column -> its canonical text function
+        self._texts: dict[int, list] = {}  # id of a mapping -> (column, text function) per column it writes
         self._divergent: set[tuple[str, str]] = set()
         #: target table -> key text -> the row as it stands in this part (None: none), for the keys read.
         self._tables: dict[str, dict[KeyText, Row | None]] = {}
@@ -72,7 +72,7 @@ class TargetRows:
     def hashing(cls, target: Any) -> TargetRows:
         """An instance that reads nothing: for row_hash and text only."""
         rows = cls.__new__(cls)
-        rows.target, rows._fitters = target, {}
+        rows.target, rows._fitters, rows._texts = target, {}, {}
         return rows
 
     def written(self, items: list[MappedChange]) -> dict[tuple, str | None]:
@@ -170,9 +170,14 @@ class TargetRows:
         """SHA-256 of the canonical texts of the mapping's columns of ``row`` (None: no row)."""
         if row is None:
             return None
-        columns = self.target.table(item.mapping.target).c
-        texts = [self.text(row.get(c), columns[c]) for c in item.mapping.target_columns if c in columns]
-        return hashlib.sha256(dumps(texts).encode()).hexdigest()
+        mapping = item.mapping
+        texts = self._texts.get(id(mapping))
+        if texts is None:
+            columns = self.target.table(mapping.target).c
+            texts = self._texts[id(mapping)] = [(c, self._texter(columns[c])) for c in mapping.target_columns
+                                                if c in columns]
+        get = row.get
+        return hashlib.sha256(dumps([text(get(c)) for c, text in texts]).encode()).hexdigest()
 
     def same(self, item: MappedChange, a: Row | None, b: Row | None) -> bool:
         """Whether two rows agree on every column the mapping writes (values as the target column
@@ -195,14 +200,13 @@ class TargetRows:
         """The canonical text of ``value`` as ``column`` holds it: fitted first (the text '2.25' of a
         source that has no decimals is the 2.2500000000 a NUMERIC(20,10) column holds), as it is
         when it does not fit."""
-        fit = self._fitters.get(column)
-        if fit is None:
-            fit = self._fitters[column] = values.fitter(column)
-        try:
-            value = fit(value)
-        except (TransformError, TypeError, ValueError):
-            pass
-        return canonical(value, column)
+        return self._texter(column)(value)
+
+    def _texter(self, column: sa.Column) -> Any:
+        text = self._fitters.get(column)
+        if text is None:
+            text = self._fitters[column] = texter(column, values.fitter(column))
+        return text
 
     def differences(self, item: MappedChange, found: Row | None, expected: Row | None) -> str:
         """In words, where the target row differs from what was expected there."""
@@ -246,7 +250,22 @@ HASHING = "hashing"
 
 
 def key_digest(key: tuple) -> str:
+    """The key as cdc_row_hashes stores it: SHA-256 of its JSON. An int or a text key's is
+    remembered (a change's key is asked for several times on its way), others computed each time:
+    equal Decimals of different scales are one dict key but not one JSON text."""
+    if len(key) == 1 and type(key[0]) in _MEMO_TYPES:
+        digest = _digests.get(key)
+        if digest is None:
+            if len(_digests) >= _MEMO_SIZE:
+                _digests.clear()
+            digest = _digests[key] = hashlib.sha256(dumps(list(key)).encode()).hexdigest()
+        return digest
     return hashlib.sha256(dumps(list(key)).encode()).hexdigest()
+
+
+_MEMO_TYPES = (int, str)
+_MEMO_SIZE = 100_000
+_digests: dict[tuple, str] = {}
 
 
 def divergences(target: Any, parked: list) -> dict[tuple[str, str], str]:
