@@ -141,9 +141,10 @@ def _reach(database: Any, side: str, connection: Connection, error: type) -> Non
             pass
     except sa.exc.OperationalError as exc:
         words = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        said = mask_url(words[0] if words else type(exc).__name__)
+        said = said[len("connection failed: "):] if said.startswith("connection failed: ") else said  # psycopg's
         # The connection's name, not its URL: a secret written where the host goes would show.
-        raise error(f"{side} {connection.name}: connection failed: "
-                    f"{mask_url(words[0] if words else type(exc).__name__)}") from None
+        raise error(f"{side} {connection.name}: connection failed: {said}") from None
 
 
 def open_pair(pair: Pair, *, create: bool = False) -> tuple[Any, Any, dict[str, TableMapping]]:

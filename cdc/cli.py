@@ -95,7 +95,12 @@ def main(verbose: int) -> None:
 @_friendly
 def check(config: str, pair: str | None) -> None:
     """Validate CONFIG and connect to every database; change nothing."""
-    _print(commands.check(config, pair))
+    report = commands.check(config, pair)
+    _print(report)
+    if report.failures:  # every pair was checked; the first failure's exit code
+        for exc in report.failures:
+            click.echo(f"error: {exc.describe() if isinstance(exc, RowError) else exc}", err=True)
+        sys.exit(report.failures[0].exit_code)
     click.echo("config OK")
 
 

@@ -104,6 +104,38 @@ def test_wrong_password_and_unreachable_host_are_clear_and_masked(ws, pg_server)
         assert result.stderr.startswith("error: target ledger: connection failed: "), result.stderr
 
 
+def test_check_and_doctor_report_every_pair_when_one_database_cannot_be_reached(ws):
+    """An unreachable target (one pair) or source (another) is that pair's failure: the pairs
+    after it are still checked, and the command exits non-zero naming each, password masked."""
+    ws.sql(ws.source, LEDGER_SCHEMA)
+    ws.config.write_text(
+        "connections:\n"
+        "  src: sqlite:///source.db\n"
+        "  dst: sqlite:///target.db\n"
+        "  other: sqlite:///other.db\n"
+        "  ledger: postgresql://ledger:s3cret-pw@127.0.0.1:1/regnskap\n"
+        "pairs:\n"
+        "  down:\n    source: src\n    target: ledger\n    tables: [entries]\n"
+        "  gone:\n    source: ledger\n    target: other\n    capture: trigger\n    tables: [entries]\n"
+        "  up:\n    source: src\n    target: dst\n    tables: [entries]\n", encoding="utf-8")
+    assert ws.cdc("init", "--pair", "up", str(ws.config)).returncode == 0
+    check = ws.cdc("check", str(ws.config))
+    doctor = ws.cdc("doctor", str(ws.config))
+    for result in (check, doctor):
+        out = result.stdout + result.stderr
+        assert result.returncode == 1, out
+        assert "s3cret-pw" not in out and "Traceback" not in out
+        assert out.count("target ledger: connection failed: ") >= 1 and "source ledger: connection failed: " in out
+    assert "config OK" not in check.stdout
+    up = check.stdout[check.stdout.index("pair up:"):]
+    assert "entries -> entries key (id)" in up and "state tables: current" in up, check.stdout
+    assert check.stderr.startswith("error: target ledger: connection failed: "), check.stderr
+    lines = doctor.stdout.splitlines()
+    assert any(line.startswith("pair up:") for line in lines), doctor.stdout
+    assert "[FAIL] target ledger: connection failed: " in doctor.stdout
+    assert "[FAIL] source ledger: connection failed: " in doctor.stdout
+
+
 def test_target_server_restarted_while_streaming(ws):
     from pgserver import LocalCluster
 
