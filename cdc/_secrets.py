@@ -147,6 +147,13 @@ def mask_url(url) -> str:
     """The URL with its password replaced by ***; text that is no URL loses everything between
     ``://`` and the last ``@`` of each word, where a password would be."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        with _lock:
+            secrets = set(_known)
+        # A secret written where another part goes (a ${PW} as the host): that part is masked too,
+        # however short the secret (a short one is masked in other text only inside quotes).
+        hidden = {part: MASK for part in ("username", "host", "database")
+                  if getattr(parsed, part) is not None and getattr(parsed, part) in secrets}
+        return (parsed.set(**hidden) if hidden else parsed).render_as_string(hide_password=True)
     except (ArgumentError, ValueError, TypeError):
         return re.sub(r"(\w[\w+.\-]*://)\S*@", r"\1" + MASK + "@", str(url))
