@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .changes import Row
+from .errors import RowError
 from .mapping import NOT_WHOLE, MappedChange
 
 #: What a missing target row means, per op: (the table setting, its default action).
@@ -158,10 +159,13 @@ def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row 
         item.note = ("conflict", policy, f"{detail}; the source's change was applied", found)
         rows.wrote(item)
         return True
-    decided.conflicted += 1
     if policy == "newest_wins":
         source_time, target_time = _times(item, found, spec.newest)
-        if target_time is None or (source_time is not None and source_time >= target_time):
+        newer = target_time is None or (source_time is not None and _newer_or_same(source_time, target_time,
+                                                                                  spec.newest))
+    decided.conflicted += 1
+    if policy == "newest_wins":
+        if newer:
             item.note = ("conflict", f"newest_wins: {spec.newest}",
                          f"{detail}; the source's change is as new or newer ({source_time} >= {target_time}): applied",
                          found)
@@ -190,6 +194,19 @@ def _times(item: MappedChange, found: Row | None, column: str) -> tuple[Any, Any
         return source, target  # both wall-clock times of one convention: compared as they are
     zone = ZoneInfo(item.mapping.source_zone)  # a zone-less time is in the pair's source_timezone
     return _instant(source, zone), _instant(target, zone)
+
+
+def _newer_or_same(source: Any, target: Any, column: str) -> bool:
+    """Whether the source's time is at least the target row's; RowError (parked, or the pair stops)
+    where they cannot be compared (a text column of a SQLite table declared with a type of no
+    affinity to time, say) rather than a traceback that names no row."""
+    try:
+        return bool(source >= target)
+    except TypeError:
+        raise RowError(f"newest_wins cannot tell which is newer: the source's {column} is {type(source).__name__} "
+                       f"{source!r}, the target row's is {type(target).__name__} {target!r}; make the target column "
+                       "a TIMESTAMP/DATETIME of the same kind as the source's, or name another column",
+                       column=column) from None
 
 
 def _naive(value: Any) -> bool:

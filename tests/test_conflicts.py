@@ -635,3 +635,22 @@ def test_a_row_someone_inserts_between_the_read_and_the_write_is_a_conflict(ws, 
     assert target_rows(target)[5]["note"] == want
     (found,) = conflict_rows(target)
     assert found["key"] == 5 and found["before"]["note"] == "person", found
+
+
+def test_a_target_value_that_cannot_be_read_stops_the_pair_naming_the_row(ws):
+    """A person wrote a time SQLite cannot read back as one into the target's DATETIME column: the
+    pair stops before the transaction, naming table, key and column (it said only "Invalid
+    isoformat string"); nothing of it is applied, and once the value is corrected both changes are."""
+    target = Database("sqlite", f"sqlite:///{ws.target}")
+    source = two_rows_copied(ws, target)
+    target.execute("UPDATE acct SET note = 'person', updated_at = 'yesterday' WHERE id = 1")
+    source.transaction([("UPDATE acct SET note = 'new', updated_at = '2026-01-01 12:00:00' WHERE id IN (1, 2)", None)])
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: table acct key [1] column updated_at: the target row cannot be read: "), \
+        result.stderr
+    assert [note for (note,) in target.execute("SELECT note FROM acct ORDER BY id")] == ["person", "src"]
+    target.execute("UPDATE acct SET updated_at = '2026-01-01 11:00:00' WHERE id = 1")
+    ok(ws, "run", "--once")
+    assert {k: r["note"] for k, r in target_rows(target).items()} == {1: "new", 2: "new"}
+    assert [(r["key"], r["decision"]) for r in audit(target)] == [(1, "conflict"), (2, "applied")]

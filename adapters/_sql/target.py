@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from cdc import state
-from cdc.errors import SchemaError, TargetError
+from cdc.errors import RowError, SchemaError, TargetError
 
 from .reads import KeyedReads, _identity
 
@@ -335,7 +335,10 @@ class SqlTarget(KeyedReads):
             # Locked (FOR UPDATE; SQLite locks the database when the transaction writes): a person's
             # edit committed between this read and the write would otherwise be overwritten unseen.
             query = sa.select(table).where(_key_in(table, key, keys[start:start + READ_KEYS])).with_for_update()
-            rows.extend(plain_rows(table, conn.execute(query)))
+            try:
+                rows.extend(plain_rows(table, conn.execute(query)))
+            except (ValueError, TypeError) as exc:  # a value the driver cannot read as its column's type
+                raise _unreadable(conn, table, key, keys[start:start + READ_KEYS], exc) from None
         return rows
 
     def newest_rows(self, conn: sa.Connection, table: sa.Table, key: tuple[str, ...], keys: list[tuple],
@@ -374,6 +377,21 @@ def _key_in(table: sa.Table, key: tuple[str, ...], keys: list[tuple]) -> sa.Colu
     if len(columns) == 1:
         return columns[0].in_([k[0] for k in keys])
     return sa.tuple_(*columns).in_([tuple(k) for k in keys])
+
+
+def _unreadable(conn: sa.Connection, table: sa.Table, key: tuple[str, ...], keys: list[tuple],
+                exc: Exception) -> RowError:
+    """The row and column of ``keys`` whose value cannot be read as its column's type (SQLite keeps
+    whatever it is given: 'yesterday' in a DATETIME column), found one key and column at a time."""
+    for one in keys:
+        for column in table.columns:
+            try:
+                conn.execute(sa.select(column).where(_key_in(table, key, [one]))).fetchall()
+            except (ValueError, TypeError) as error:
+                return RowError(f"the target row cannot be read: {error}: a person or program wrote a value that "
+                                f"is no {column.type}; correct it in the target table, then run again",
+                                table=str(table.name), key=one, column=str(column.name))
+    return RowError(f"the target rows cannot be read: {exc}", table=str(table.name))
 
 
 def plain_rows(table: sa.Table, result: sa.CursorResult) -> list[dict]:

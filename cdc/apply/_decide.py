@@ -76,8 +76,12 @@ def decide(conn: Any, target: Any, ctx: Context, mapped: list[MappedChange], par
             _park(ctx, item, park, _held(blocker))
         elif item.mapping.spec.ledger is not None:
             _journal(item, decided)
-        elif conflicts.decide(item, ctx, rows, decided):
-            decided.write.append(item)
+        else:
+            try:
+                if conflicts.decide(item, ctx, rows, decided):
+                    decided.write.append(item)
+            except RowError as error:  # a policy that cannot decide this change (see conflicts._newer_or_same)
+                _park(ctx, item, park, error)
     decided.hashes = rows.hashes
     return decided
 
