@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from . import apply, values
+from . import apply, state, values
 from ._copying import _Copying
 from ._opening import (OLD_ROWS, capture_gap, missing_targets, open_pair, open_source, open_target,
                        resolve_mappings, verify_checkpoint)
@@ -95,6 +95,8 @@ class PairRunner(_Planning, _Copying):
                 raise TargetError(missing)
             if resnapshot and self.target.forget_checkpoint(self.pair.name):
                 logger.warning("pair %s: checkpoint dropped; copying every table again", self.pair.name)
+            if resnapshot:
+                self._still_open()
             result = self._run(once)
             if self.lost:  # the heartbeat found another process holding the pair: stop, non-zero
                 raise ClaimLostError(self.lost)
@@ -105,6 +107,18 @@ class PairRunner(_Planning, _Copying):
         heartbeat.stop()
         self._release(None)
         return result
+
+    def _still_open(self) -> None:
+        """Say what a copy leaves as it is: the pair's open dead letters and conflicts. The copy
+        writes the source's current rows over their keys, but a key deleted at the source meanwhile
+        keeps its target row (and its letter) until a repair, so none is settled here."""
+        with self.target.reading() as conn:
+            letters, conflicts = state.open_counts(conn, self.pair.name)
+        if letters or conflicts:
+            logger.warning("pair %s: %d dead letter(s) and %d conflict(s) stay open through the copy, and later "
+                           "changes of their keys wait behind them: once it is done, `cdc reconcile CONFIG --repair` "
+                           "settles the letters of keys it puts right, and `cdc dead-letters retry` (the source's "
+                           "current row) or `cdc conflicts resolve` the rest", self.pair.name, letters, conflicts)
 
     def _claim(self, wait: bool) -> None:
         while True:

@@ -159,6 +159,24 @@ def test_retry_after_the_target_is_fixed_applies_the_source_row_and_supersedes_t
     assert _letters(ws) == []
 
 
+def test_a_resnapshot_says_which_letters_stay_open_and_a_retry_then_settles_them(ws):
+    """--resnapshot copies the source's rows over parked keys but settles no letter (a key deleted at
+    the source keeps its target row until a repair): it says how many stay open and what settles them."""
+    _setup(ws)
+    _park_with_held(ws)
+    ws.sql(ws.target, RELAXED)
+    result = _ok(ws, "run", "--once", "--resnapshot", str(ws.config))
+    assert "3 dead letter(s) and 0 conflict(s) stay open through the copy" in result.stderr, result.stderr
+    assert "cdc dead-letters retry" in result.stderr
+    assert _entries(ws, ws.target) == _entries(ws, ws.source) == [(1, "5000", "fixed"), (2, "10", "small")]
+    head = _letters(ws)[0]["id"]
+    assert len(_letters(ws)) == 3
+    _ok(ws, "dead-letters", "retry", str(ws.config), str(head))
+    assert _letters(ws) == [] and _entries(ws, ws.target) == _entries(ws, ws.source)
+    again = _ok(ws, "run", "--once", "--resnapshot", str(ws.config))
+    assert "stay open" not in again.stderr, again.stderr
+
+
 def test_retry_of_a_row_the_source_deleted_meanwhile_deletes_nothing_and_closes_the_letter(ws):
     _setup(ws)
     _park_with_held(ws)

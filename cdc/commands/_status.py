@@ -78,10 +78,7 @@ def _target_status(p: Pair, row: dict) -> Any:
             checkpoint = state.read_checkpoint(conn, p.name)
             holder = state.read_holder(conn, p.name)
             clock = state._store.db_now(conn)
-            row["dead_letters"] = conn.execute(sa.select(sa.func.count()).select_from(state.dead_letters).where(
-                state.dead_letters.c.pair == p.name, state.dead_letters.c.status.in_(("parked", "held")))).scalar()
-            row["conflicts"] = conn.execute(sa.select(sa.func.count()).select_from(state.conflicts).where(
-                state.conflicts.c.pair == p.name, state.conflicts.c.status == "open")).scalar()
+            row["dead_letters"], row["conflicts"] = state.open_counts(conn, p.name)
     except (CdcError, sa.exc.SQLAlchemyError) as exc:
         row.update(state="failed", error=f"target cannot be read: {first_line(exc)}")
         return None

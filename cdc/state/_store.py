@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from .. import registry
 from ..changes import loads
-from ._tables import audit_log, checkpoints, dead_letters, reconcile_runs
+from ._tables import audit_log, checkpoints, conflicts, dead_letters, reconcile_runs
 
 
 @dataclass(frozen=True)
@@ -137,3 +137,12 @@ def write_dead_letters(conn: sa.Connection, rows: list[dict]) -> None:
 def write_reconcile_run(conn: sa.Connection, row: dict) -> int:
     """Record one reconciliation (its counts and its report as JSON); the new row's id."""
     return conn.execute(reconcile_runs.insert().values(**row)).inserted_primary_key[0]
+
+
+def open_counts(conn: sa.Connection, pair: str) -> tuple[int, int]:
+    """(dead letters parked or held, conflicts open) of ``pair``."""
+    letters = conn.execute(sa.select(sa.func.count()).select_from(dead_letters).where(
+        dead_letters.c.pair == pair, dead_letters.c.status.in_(("parked", "held")))).scalar()
+    open_ = conn.execute(sa.select(sa.func.count()).select_from(conflicts).where(
+        conflicts.c.pair == pair, conflicts.c.status == "open")).scalar()
+    return letters, open_
