@@ -205,7 +205,9 @@ def main() -> None:
                    if ledger_seconds else []), peak)
     if len(runs) > 1:
         (_, _, on), (_, _, off) = runs
-        print(f"conflict detection on vs off, streaming apply (source_wins; >= 80% required): "
+        how = ("by before images (REPLICA IDENTITY FULL)" if args.replica_identity_full else
+               "by row hashes (REPLICA IDENTITY DEFAULT sends no before image; see --replica-identity-full)")
+        print(f"conflict detection on vs off, streaming apply (source_wins; >= 80% required), conflicts found {how}: "
               f"{rows / on:,.0f} vs {rows / off:,.0f} rows/s = {off / on:.0%}")
 
 

@@ -9,9 +9,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from cdc import state
-from cdc.errors import RowError, SchemaError, TargetError
+from cdc.errors import SchemaError, TargetError
 
 from .reads import KeyedReads, _identity
+from .rows import key_in, plain_rows, unreadable
 
 
 class SqlTarget(KeyedReads):
@@ -334,11 +335,11 @@ class SqlTarget(KeyedReads):
         for start in range(0, len(keys), READ_KEYS):
             # Locked (FOR UPDATE; SQLite locks the database when the transaction writes): a person's
             # edit committed between this read and the write would otherwise be overwritten unseen.
-            query = sa.select(table).where(_key_in(table, key, keys[start:start + READ_KEYS])).with_for_update()
+            query = sa.select(table).where(key_in(table, key, keys[start:start + READ_KEYS])).with_for_update()
             try:
                 rows.extend(plain_rows(table, conn.execute(query)))
             except (ValueError, TypeError) as exc:  # a value the driver cannot read as its column's type
-                raise _unreadable(conn, table, key, keys[start:start + READ_KEYS], exc) from None
+                raise unreadable(conn, table, key, keys[start:start + READ_KEYS], exc) from None
         return rows
 
     def newest_rows(self, conn: sa.Connection, table: sa.Table, key: tuple[str, ...], keys: list[tuple],
@@ -349,7 +350,7 @@ class SqlTarget(KeyedReads):
         newest = sa.select(sa.func.max(newer.c[latest])).where(*[newer.c[k] == table.c[k] for k in key])
         rows: list[dict] = []
         for start in range(0, len(keys), READ_KEYS):
-            query = sa.select(table).where(_key_in(table, key, keys[start:start + READ_KEYS]),
+            query = sa.select(table).where(key_in(table, key, keys[start:start + READ_KEYS]),
                                            table.c[latest] == newest.scalar_subquery())
             rows.extend(plain_rows(table, conn.execute(query)))
         return rows
@@ -369,36 +370,6 @@ class SqlTarget(KeyedReads):
                 statement = table.delete().where(sa.and_(*[table.c[k] == sa.bindparam(f"k_{k}") for k in key]))
             cache[(op, name, key, columns)] = statement
         return cache[(op, name, key, columns)]
-
-
-def _key_in(table: sa.Table, key: tuple[str, ...], keys: list[tuple]) -> sa.ColumnElement:
-    """``key`` is one of ``keys``: IN for one column, a row-value IN for a compound key."""
-    columns = [table.c[k] for k in key]
-    if len(columns) == 1:
-        return columns[0].in_([k[0] for k in keys])
-    return sa.tuple_(*columns).in_([tuple(k) for k in keys])
-
-
-def _unreadable(conn: sa.Connection, table: sa.Table, key: tuple[str, ...], keys: list[tuple],
-                exc: Exception) -> RowError:
-    """The row and column of ``keys`` whose value cannot be read as its column's type (SQLite keeps
-    whatever it is given: 'yesterday' in a DATETIME column), found one key and column at a time."""
-    for one in keys:
-        for column in table.columns:
-            try:
-                conn.execute(sa.select(column).where(_key_in(table, key, [one]))).fetchall()
-            except (ValueError, TypeError) as error:
-                return RowError(f"the target row cannot be read: {error}: a person or program wrote a value that "
-                                f"is no {column.type}; correct it in the target table, then run again",
-                                table=str(table.name), key=one, column=str(column.name))
-    return RowError(f"the target rows cannot be read: {exc}", table=str(table.name))
-
-
-def plain_rows(table: sa.Table, result: sa.CursorResult) -> list[dict]:
-    """Rows of ``table`` as dicts keyed by plain str names (a reflected name is a str subclass);
-    fetched all at once (iterating a result fetches row by row)."""
-    names = [str(c.name) for c in table.columns]
-    return [dict(zip(names, row)) for row in result.fetchall()]
 
 
 #: Keys one read_rows statement asks for (SQLite allows 32,766 bound values in a statement).

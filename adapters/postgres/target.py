@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB, insert
 from cdc import state
 
 from .._sql import SqlTarget, same as _identity
-from .._sql.target import plain_rows
+from .._sql.rows import plain_rows
 from . import sql
 
 #: From this many rows on, a run goes through COPY into a staging table instead of one statement
