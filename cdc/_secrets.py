@@ -40,6 +40,8 @@ MIN_PIECE = 4
 #: Secrets and pieces at least this long are masked anywhere; shorter ones only inside quotes.
 LONG_SECRET = 8
 MASK = "***"
+#: What stands in for a URL part that is a secret until the URL is rendered (letters only: never encoded).
+_HIDDEN = "cdcsecretmasked"
 
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
 _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s/@]*@")
@@ -152,8 +154,9 @@ def mask_url(url) -> str:
             secrets = set(_known)
         # A secret written where another part goes (a ${PW} as the host): that part is masked too,
         # however short the secret (a short one is masked in other text only inside quotes).
-        hidden = {part: MASK for part in ("username", "host", "database")
+        hidden = {part: _HIDDEN for part in ("username", "host", "database")
                   if getattr(parsed, part) is not None and getattr(parsed, part) in secrets}
-        return (parsed.set(**hidden) if hidden else parsed).render_as_string(hide_password=True)
+        text = (parsed.set(**hidden) if hidden else parsed).render_as_string(hide_password=True)
+        return text.replace(_HIDDEN, MASK)  # set whole here: URL-encoded, *** would read %2A%2A%2A
     except (ArgumentError, ValueError, TypeError):
         return re.sub(r"(\w[\w+.\-]*://)\S*@", r"\1" + MASK + "@", str(url))
