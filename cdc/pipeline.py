@@ -93,10 +93,10 @@ class PairRunner(_Planning, _Copying):
             missing = missing_targets(self.pair.name, self.target, self.mappings)
             if missing:  # checked once the state tables are known to exist (the claim reads them)
                 raise TargetError(missing)
-            if resnapshot and self.target.forget_checkpoint(self.pair.name):
-                logger.warning("pair %s: checkpoint dropped; copying every table again", self.pair.name)
             if resnapshot:
                 self._still_open()
+            if resnapshot and self.target.forget_checkpoint(self.pair.name):
+                logger.warning("pair %s: checkpoint dropped; copying every table again", self.pair.name)
             result = self._run(once)
             if self.lost:  # the heartbeat found another process holding the pair: stop, non-zero
                 raise ClaimLostError(self.lost)
@@ -109,16 +109,22 @@ class PairRunner(_Planning, _Copying):
         return result
 
     def _still_open(self) -> None:
-        """Say what a copy leaves as it is: the pair's open dead letters and conflicts. The copy
+        """Before a re-copy: refuse while conflicts are open (the copy would write the source's rows
+        over keys nothing may move until a person decides); say which dead letters stay open (the copy
         writes the source's current rows over their keys, but a key deleted at the source meanwhile
-        keeps its target row (and its letter) until a repair, so none is settled here."""
+        keeps its target row, and its letter, until a repair, so none is settled here)."""
         with self.target.reading() as conn:
             letters, conflicts = state.open_counts(conn, self.pair.name)
-        if letters or conflicts:
-            logger.warning("pair %s: %d dead letter(s) and %d conflict(s) stay open through the copy, and later "
-                           "changes of their keys wait behind them: once it is done, `cdc reconcile CONFIG --repair` "
-                           "settles the letters of keys it puts right, and `cdc dead-letters retry` (the source's "
-                           "current row) or `cdc conflicts resolve` the rest", self.pair.name, letters, conflicts)
+        if conflicts:
+            raise CdcError(f"pair {self.pair.name}: {conflicts} conflict(s) are open (`cdc conflicts list CONFIG`): a "
+                           "copy would write the source's rows over keys that nothing may move until a person "
+                           "decides; resolve them first (`cdc conflicts resolve ID --take source|target`), then run "
+                           "`cdc run --resnapshot` again")
+        if letters:
+            logger.warning("pair %s: %d dead letter(s) stay open through the copy, and later changes of their keys "
+                           "wait behind them: once it is done, `cdc reconcile CONFIG --repair` settles the letters "
+                           "of keys it puts right, and `cdc dead-letters retry` (the source's current row) the rest",
+                           self.pair.name, letters)
 
     def _claim(self, wait: bool) -> None:
         while True:

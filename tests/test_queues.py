@@ -166,7 +166,7 @@ def test_a_resnapshot_says_which_letters_stay_open_and_a_retry_then_settles_them
     _park_with_held(ws)
     ws.sql(ws.target, RELAXED)
     result = _ok(ws, "run", "--once", "--resnapshot", str(ws.config))
-    assert "3 dead letter(s) and 0 conflict(s) stay open through the copy" in result.stderr, result.stderr
+    assert "3 dead letter(s) stay open through the copy" in result.stderr, result.stderr
     assert "cdc dead-letters retry" in result.stderr
     assert _entries(ws, ws.target) == _entries(ws, ws.source) == [(1, "5000", "fixed"), (2, "10", "small")]
     head = _letters(ws)[0]["id"]
@@ -267,6 +267,21 @@ def _conflicted(ws) -> int:
     found = json.loads(_ok(ws, "conflicts", "list", str(ws.config), "--json").stdout)
     assert [(c["key"], c["status"], c["policy"]) for c in found] == [([1], "open", "manual")]
     return found[0]["id"]
+
+
+def test_a_resnapshot_is_refused_while_a_conflict_is_open_and_moves_nothing(ws):
+    """A copy would write the source's row over a key with an open manual conflict: refused, naming
+    the fix; the person's row stays, and once the conflict is resolved the copy runs."""
+    number = _conflicted(ws)
+    before = _entries(ws, ws.target)
+    result = _cdc(ws, "run", "--once", "--resnapshot", str(ws.config))
+    assert result.returncode == 1 and "1 conflict(s) are open" in result.stderr, result.stderr
+    assert "cdc conflicts resolve" in result.stderr
+    assert _entries(ws, ws.target) == before != _entries(ws, ws.source)
+    assert ws.query(ws.target, "SELECT count(*) FROM cdc_checkpoints") == [(1,)]
+    _ok(ws, "conflicts", "resolve", str(ws.config), str(number), "--take", "source")
+    _ok(ws, "run", "--once", "--resnapshot", str(ws.config))
+    assert _entries(ws, ws.target) == _entries(ws, ws.source)
 
 
 def test_conflicts_list_show_and_resolve_taking_the_source(ws):
