@@ -31,7 +31,8 @@ def fitter(column: sa.Column) -> Callable[[Any], Any]:
     elif isinstance(kind, sa.String):
         check = partial(_fit_text, kind=kind)
     elif isinstance(kind, sa.DateTime):
-        check = _fit_datetime
+        digits = second_digits(kind)
+        check = _fit_datetime if digits >= 6 else partial(_fit_datetime, digits=digits)
     elif isinstance(kind, sa.Date):
         check = _fit_date
     nullable = column.nullable or column.primary_key
@@ -99,8 +100,20 @@ def _fit_text(value: Any, kind: sa.String) -> str:
     return value
 
 
-def _fit_datetime(value: Any) -> dt.datetime:
+def second_digits(kind: sa.types.TypeEngine) -> int:
+    """The fractional second digits a timestamp column keeps: PostgreSQL's ``timestamp(p)`` p (6
+    unstated); MySQL/MariaDB's ``DATETIME(fsp)`` fsp, 0 unstated (a bare DATETIME keeps none)."""
+    if hasattr(kind, "fsp"):  # MySQL's DATETIME/TIMESTAMP/TIME types
+        return kind.fsp or 0
+    precision = getattr(kind, "precision", None)
+    return 6 if precision is None else precision
+
+
+def _fit_datetime(value: Any, digits: int = 6) -> dt.datetime:
     if isinstance(value, dt.datetime):
+        if digits < 6 and value.microsecond % 10 ** (6 - digits):
+            raise TransformError(f"{value} has more than {digits} fractional second digits, which the column would "
+                                 "round; refusing to round (declare it with more, e.g. DATETIME(6) or timestamp(6))")
         return value
     if isinstance(value, dt.date):
         return dt.datetime.combine(value, dt.time())
@@ -151,7 +164,7 @@ def always_fits(source: sa.types.TypeEngine, target: sa.types.TypeEngine) -> boo
             return False  # a SET's value is several members: longer than its reflected length
         return target.length is None or (source.length is not None and source.length <= target.length)
     if isinstance(source, sa.DateTime):
-        return isinstance(target, sa.DateTime)
+        return isinstance(target, sa.DateTime) and second_digits(source) <= second_digits(target)
     if isinstance(source, sa.Date):
         return isinstance(target, sa.Date) and not isinstance(target, sa.DateTime)
     return False

@@ -164,3 +164,29 @@ def test_unsigned_integers_get_a_postgresql_column_that_holds_their_whole_range(
     cdc_ok(ws, "run", "--once")
     assert pexec(pg_url, "SELECT id, big, mid, small, tiny FROM u ORDER BY id") == [
         (1, 18446744073709551615, 4294967295, 65535, 255), (2, 9223372036854775808, 2147483648, 0, 0)]
+
+
+def test_timestamps_keep_their_microseconds_in_mariadb_and_a_column_that_would_round_refuses_them(ws, mysql_url):
+    """A bare DATETIME keeps no fraction of a second, and MariaDB rounds one away silently: `cdc init`
+    declares DATETIME(6), and a hand-made DATETIME(0) column refuses a value it would round, naming
+    the row and column, where the value used to arrive rounded with the run exiting 0."""
+    ws.sql(ws.source, "CREATE TABLE stamps (id INTEGER PRIMARY KEY, at DATETIME NOT NULL);\n"
+                      "INSERT INTO stamps VALUES (1, '2026-01-01 10:00:00.600000'), (2, '2026-01-01 10:00:01');\n"
+                      "CREATE TABLE coarse (id INTEGER PRIMARY KEY, at DATETIME NOT NULL);\n"
+                      "INSERT INTO coarse VALUES (1, '2026-01-01 10:00:00.600000')")
+    config(ws, "sqlite:///source.db", mysql_url, "[stamps]")
+    cdc_ok(ws, "init")
+    assert mexec(mysql_url, "SELECT COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                            "AND TABLE_NAME = 'stamps' AND COLUMN_NAME = 'at'") == [("datetime(6)",)]
+    cdc_ok(ws, "install")
+    cdc_ok(ws, "run", "--once")
+    assert [(i, str(at)) for i, at in mexec(mysql_url, "SELECT id, at FROM stamps ORDER BY id")] == [
+        (1, "2026-01-01 10:00:00.600000"), (2, "2026-01-01 10:00:01")]
+    mexec(mysql_url, "CREATE TABLE coarse (id INT PRIMARY KEY, at DATETIME NOT NULL)")
+    config(ws, "sqlite:///source.db", mysql_url, "[stamps, coarse]")
+    cdc_ok(ws, "install")
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "table coarse key [1] column at: 2026-01-01 10:00:00.600000 has more than 0 fractional second digits" \
+        in result.stderr, result.stderr
+    assert mexec(mysql_url, "SELECT count(*) FROM coarse") == [(0,)]

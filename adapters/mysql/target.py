@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql import insert
 
+from cdc import values
+
 from .._sql import SqlTarget
 from . import sql, types
 
@@ -39,6 +41,8 @@ class MySQLTarget(SqlTarget):
         become LONGTEXT/LONGBLOB, which hold whatever the source can (TEXT and BLOB stop at 64 KiB);
         in the primary key, where MySQL needs a length, VARCHAR(255)/VARBINARY(255)."""
         kind = super().target_type(kind, key)
+        if isinstance(kind, sa.DateTime):  # a bare DATETIME keeps no fraction of a second: it would round
+            return mysql.DATETIME(fsp=values.second_digits(kind))
         if isinstance(kind, (sa.String, sa.LargeBinary)) and not isinstance(kind, (sa.Enum, sa.JSON)):
             binary = isinstance(kind, sa.LargeBinary)
             if kind.length is None or kind.length > types.LONGEST_VARCHAR:
