@@ -167,12 +167,13 @@ def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row 
     if policy == "newest_wins":
         if newer:
             item.note = ("conflict", f"newest_wins: {spec.newest}",
-                         f"{detail}; the source's change is as new or newer ({source_time} >= {target_time}): applied",
+                         f"{detail}; the source's change is as new or newer ({_when(source_time)} >= {_when(target_time)}): "
+                         "applied",
                          found)
             rows.wrote(item)
             return True
         item.note = ("conflict", f"newest_wins: {spec.newest}",
-                     f"{detail}; the target row is newer ({target_time} > {source_time}): kept", found)
+                     f"{detail}; the target row is newer ({_when(target_time)} > {_when(source_time)}): kept", found)
     elif policy == "target_wins":
         item.note = ("conflict", policy, f"{detail}; the target row was kept", found)
     elif repair:  # a repair's images are target rows, not a change `cdc conflicts resolve` could apply
@@ -189,6 +190,9 @@ def _times(item: MappedChange, found: Row | None, column: str) -> tuple[Any, Any
     """(the source's time, the target row's time) of a newest_wins conflict, comparable."""
     op = item.ops[-1]
     source = op.row.get(column) if op.row is not None else item.change.committed_at
+    if source is None and op.row is None:  # capture timestamp: a soft delete's time is its deleted row's own
+        before = item.before_image()
+        source = None if before is None else before.get(column)
     target = None if found is None else found.get(column)
     if _naive(source) and _naive(target):
         return source, target  # both wall-clock times of one convention: compared as they are
@@ -207,6 +211,10 @@ def _newer_or_same(source: Any, target: Any, column: str) -> bool:
                        f"{source!r}, the target row's is {type(target).__name__} {target!r}; make the target column "
                        "a TIMESTAMP/DATETIME of the same kind as the source's, or name another column",
                        column=column) from None
+
+
+def _when(value: Any) -> str:
+    return "NULL" if value is None else str(value)
 
 
 def _naive(value: Any) -> bool:

@@ -439,3 +439,35 @@ def test_a_checkpoint_written_before_instants_goes_on_where_it_was(ws):
     ws.sql(ws.source, "INSERT INTO products VALUES ('A-9', 'Pinnekjøtt', '199.00', '2024-05-01T10:00:20Z', 0)")
     assert "1 changes applied" in run(ws)
     assert ws.rows(ws.target, "products") == ws.rows(ws.source, "products")
+
+
+def test_newest_wins_weighs_a_soft_delete_by_its_own_time(ws):
+    """Capture timestamp gives a soft delete no commit time: its time is the deleted row's own stamp.
+    It was compared as NULL, so a delete newer than a person's edit lost ('... > None: kept')."""
+    ws.sql(ws.source, "CREATE TABLE acct (id INTEGER PRIMARY KEY, amount NUMERIC(12,2) NOT NULL, "
+                      "changed_at DATETIME NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);"
+                      "INSERT INTO acct (id, amount, changed_at) VALUES (1, 10, '2026-01-01 00:00:00'), "
+                      "(2, 20, '2026-01-01 00:00:00'), (3, 30, '2026-01-01 00:00:00')")
+    ws.write_config("""
+        source: src
+        target: dst
+        capture: timestamp
+        tables: [acct]
+        conflict: {newest_wins: changed_at}
+        timestamp: {column: changed_at, soft_delete: deleted, overlap_seconds: 30}
+    """)
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    run(ws)
+    # A person corrects rows 1 and 2 in the ledger, stamping them 06:00.
+    ws.sql(ws.target, "UPDATE acct SET amount = 99, changed_at = '2026-01-01 06:00:00' WHERE id IN (1, 2)")
+    # The source deletes row 1 later than the correction (07:00), row 2 before it (05:00).
+    ws.sql(ws.source, "UPDATE acct SET deleted = 1, changed_at = '2026-01-01 07:00:00' WHERE id = 1;"
+                      "UPDATE acct SET deleted = 1, changed_at = '2026-01-01 05:00:00' WHERE id = 2")
+    run(ws)
+    assert [row[0] for row in ws.query(ws.target, "SELECT id FROM acct ORDER BY id")] == [2, 3]
+    details = dict(ws.query(ws.target, "SELECT key, detail FROM cdc_audit_log WHERE decision = 'conflict' "
+                                       "ORDER BY id"))
+    assert "as new or newer (2026-01-01 07:00:00 >= 2026-01-01 06:00:00): applied" in details["[1]"], details
+    assert "the target row is newer (2026-01-01 06:00:00 > 2026-01-01 05:00:00): kept" in details["[2]"], details
+    assert "None" not in "".join(details.values())
