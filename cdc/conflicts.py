@@ -148,7 +148,9 @@ def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row 
     policy = ctx.policy or spec.conflict or "source_wins"
     repair = ctx.reason == "repair"
     if policy == "source_wins":
-        if repair:  # a repair under source_wins is what it always was: the target made equal
+        if repair:  # the target made equal, over a row that differed: audited as the conflict it is
+            decided.conflicted += 1
+            item.note = ("conflict", policy, f"{detail}; a repair wrote the source's row", found)
             rows.wrote(item)
             return True
         if ctx.reason == "resolve":  # a person took the source's side of a manual conflict

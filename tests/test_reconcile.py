@@ -180,10 +180,12 @@ def test_hand_made_damage_is_found_exactly_and_repaired(ws, database, source_kin
     cent = next(k for k, cols in wanted["different"].items() if cols == ["amount"])
     history = ws.cdc("audit", config, "--table", "entries", "--key", str(cent)).stdout
     lines = [line for line in history.splitlines() if line.startswith("  20")]
-    assert len(lines) == 1 and "update [repair]" in lines[0] and "amount: " in lines[0], history
+    # The row a person changed, overwritten by the repair under source_wins: a conflict, audited so.
+    assert len(lines) == 1 and "update (conflict: source_wins) [repair]" in lines[0] and "amount: " in lines[0], history
+    assert "a repair wrote the source's row" in lines[0], history
     assert "memo" not in lines[0] and "booked_at" not in lines[0]  # only what the repair changed
     summary = json.loads(ws.cdc("audit", config, "--format", "json", "--op", "delete").stdout)["summary"]
-    assert {(s["table"], s["kind"]) for s in summary} >= {("entries", "delete (repair)")}
+    assert {(s["table"], s["kind"]) for s in summary} >= {("entries", "delete (repair, conflict: source_wins)")}
     runs = run_sql(target, "SELECT equal, missing, extra, different, repaired FROM cdc_reconcile_runs ORDER BY id")
     assert [tuple(r) for r in runs[-2:]] == [(False, 2, 1, 4, 7), (True, 0, 0, 0, None)]
 
@@ -352,4 +354,4 @@ def test_html_report_reads_well_in_chromium(ws, database):
     cdc_ok(ws, "audit", str(ws.config), "--format", "html", "--locale", "nb", "--output", str(trail))
     text = visible_text(trail, ws.root / "chromium-profile")
     assert "Revisjonsspor" in text and "Sammendrag" in text and "Endringer" in text
-    assert "entries update (repair)" in text and "amount: 1\u00a0234\u00a0567,90 -> 1\u00a0234\u00a0567,89" in text
+    assert "entries update (repair, conflict: source_wins)" in text and "amount: 1\u00a0234\u00a0567,90 -> 1\u00a0234\u00a0567,89" in text
