@@ -654,3 +654,39 @@ def test_a_target_value_that_cannot_be_read_stops_the_pair_naming_the_row(ws):
     ok(ws, "run", "--once")
     assert {k: r["note"] for k, r in target_rows(target).items()} == {1: "new", 2: "new"}
     assert [(r["key"], r["decision"]) for r in audit(target)] == [(1, "conflict"), (2, "applied")]
+
+
+@pytest.mark.parametrize("take", ["source", "target"])
+def test_manual_a_key_change_waits_behind_the_conflict_of_its_old_key(ws, take):
+    """A person corrects row 1; the source updates it (a conflict), then moves it to key 11 and
+    changes it there. The key change deletes key 1, so it waits behind that conflict (it opened a
+    second conflict of its own, and resolving the two in the wrong order brought key 1 back beside
+    11). Resolved, the held changes follow in order; every key ends as the policy says."""
+    target = Database("sqlite", f"sqlite:///{ws.target}")
+    source = make_pair(ws, target, "manual")
+    source.execute("INSERT INTO acct VALUES (1, '1.00', 'src', '2026-01-01 10:00:00', ''), "
+                   "(2, '2.00', 'src', '2026-01-01 10:00:00', '')")
+    ok(ws, "run", "--once")
+    target.execute("UPDATE acct SET amount = '9.99' WHERE id = 1")
+    source.execute("UPDATE acct SET note = 'changed' WHERE id = 1")
+    source.execute("UPDATE acct SET id = 11 WHERE id = 1")
+    source.execute("UPDATE acct SET amount = '1.50' WHERE id = 11")
+    ok(ws, "run", "--once")
+    conflicts = target.execute("SELECT id, source_key, status FROM cdc_conflicts ORDER BY id")
+    assert [(k, s) for _, k, s in conflicts] == [("[1]", "open")], conflicts
+    assert target.execute("SELECT key, status FROM cdc_dead_letters ORDER BY id") == [("[11]", "held"),
+                                                                                   ("[11]", "held")]
+    assert sorted(target_rows(target)) == [1, 2]  # nothing moved for the conflicted key
+    result = ws.cdc("conflicts", "resolve", str(ws.config), str(conflicts[0][0]), "--take", take)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    rows = target_rows(target)
+    if take == "source":
+        found = source.execute("SELECT id, amount, note, updated_at FROM acct ORDER BY id")
+        assert rows == {k: mapped({"amount": a, "note": n, "updated_at": u}) for k, a, n, u in found}
+        assert sorted(rows) == [2, 11] and rows[11]["amount"] == "1.50"
+    else:  # the person's row kept: the key change finds it under the old key, a conflict again
+        assert sorted(rows) == [1, 2] and rows[1]["amount"] == "9.99"
+        assert [s for _, _, s in target.execute("SELECT id, source_key, status FROM cdc_conflicts ORDER BY id")] \
+            == ["resolved", "open"]
+    assert target.execute("SELECT count(*) FROM cdc_dead_letters WHERE status = 'held' AND blocked_by = "
+                          f"'conflict {conflicts[0][0]}'") == [(0,)]

@@ -70,8 +70,11 @@ def decide(conn: Any, target: Any, ctx: Context, mapped: list[MappedChange], par
     journal = _journal_of(target, conn, live)
     live = _by_rules(ctx, live, rows, park, decided, journal)
     _ledger(target, conn, [i for i in live if i.mapping.spec.ledger is not None], journal)
+    ignore_letters = not ctx.holds_on or ctx.reason == "repair"
     for item in live:
-        blocker = ctx.holds.blocker(item, True)  # a conflict opened by an earlier change of this part
+        # What an earlier change of this part left: a conflict it opened, or a change held behind one
+        # (a key change holds its new key too, so the changes after it there wait as well).
+        blocker = ctx.holds.blocker(item, ignore_letters)
         if blocker is not None:
             _park(ctx, item, park, _held(blocker))
         elif item.mapping.spec.ledger is not None:

@@ -21,6 +21,21 @@ def hold_key(item: MappedChange) -> HoldKey:
     return item.change.table, dumps(list(item.change.key))
 
 
+def hold_keys(item: MappedChange) -> list[HoldKey]:
+    """The keys a change touches: its own, and for a key change (an update whose before image has
+    another key) the old one too, which it deletes: it waits behind what holds either."""
+    keys = [hold_key(item)]
+    change = item.change
+    if change.op == "update" and change.before is not None:
+        try:
+            old = item.mapping.source_key_of(change.before)
+        except KeyError:  # a before image of the key only, or none whole: no key change seen
+            return keys
+        if old != change.key:
+            keys.append((change.table, dumps(list(old))))
+    return keys
+
+
 @dataclass
 class Holds:
     """Per key, what it waits behind ("dead letter 7", "conflict 3") and whether that is a conflict
@@ -53,21 +68,23 @@ class Holds:
         holds it where the table's ``hold`` says so, unless ``ignore_letters`` (a retry, a repair)."""
         if not self.blockers:  # the common case: nothing is held
             return None
-        found = self.blockers.get(hold_key(item))
-        if found is None:
-            return None
-        text, is_conflict = found
-        if is_conflict or (item.mapping.spec.hold is not False and not ignore_letters):
-            return text
+        for key in hold_keys(item):
+            found = self.blockers.get(key)
+            if found is None:
+                continue
+            text, is_conflict = found
+            if is_conflict or (item.mapping.spec.hold is not False and not ignore_letters):
+                return text
         return None
 
     def park(self, item: MappedChange, text: str, is_conflict: bool = False) -> None:
         """From now on in this transaction, later changes of ``item``'s key wait behind ``text`` (a
         conflict opened now holds them even where parked letters hold nothing back)."""
-        if is_conflict:
-            self.blockers[hold_key(item)] = (text, True)
-        else:
-            self.blockers.setdefault(hold_key(item), (text, False))
+        for key in hold_keys(item):
+            if is_conflict:
+                self.blockers[key] = (text, True)
+            else:
+                self.blockers.setdefault(key, (text, False))
 
     def resolved_by(self, items: list[MappedChange]) -> list[int]:
         """The open letters of keys these written changes made right (each id once)."""
@@ -75,7 +92,8 @@ class Holds:
         if not self.letters:
             return ids
         for item in items:
-            ids.extend(self.letters.pop(hold_key(item), ()))
+            for key in hold_keys(item):
+                ids.extend(self.letters.pop(key, ()))
         return ids
 
 

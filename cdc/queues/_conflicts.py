@@ -38,11 +38,7 @@ def resolve_conflict(pair: Pair, number: int, take: str, wait: bool) -> Outcome:
         try:
             with target.reading() as conn:
                 conflict = read_conflicts(conn, [pair.name], statuses=None, ids=[number])[0]
-                # only those waiting behind THIS conflict: a released change that conflicted again
-                # holds the later ones behind a conflict of its own
-                held = [h for h in read_letters(conn, [pair.name], statuses=("held",),
-                                                key=(conflict.source_table, conflict.key_text))
-                        if h.blocked_by == f"conflict {number}"]
+                held = _held_behind(conn, pair, conflict)
             why = f"released: conflict {number} was resolved"
             if conflict.status != "open":
                 if not held:
@@ -59,6 +55,19 @@ def resolve_conflict(pair: Pair, number: int, take: str, wait: bool) -> Outcome:
             source.close()
     taken = "the source's change applied" if take == "source" else "the target row kept"
     return _outcome(conflict, f"conflict {number} resolved: {taken}", held, done)
+
+
+def _held_behind(conn: sa.Connection, pair: Pair, conflict: Conflict) -> list:
+    """The changes waiting behind this conflict, in id order: those it holds (a released change that
+    conflicted again holds the later ones behind a conflict of its own), and where one of them moved
+    the row to another key, the changes of that key held behind it."""
+    number, held_now = conflict.id, read_letters(conn, [pair.name], statuses=("held",))
+    held = [h for h in held_now if h.blocked_by == f"conflict {number}"]
+    moved = {(h.source_table, h.key_text): h.id for h in held
+             if (h.source_table, h.key_text) != (conflict.source_table, conflict.key_text)}
+    chosen = {h.id for h in held}
+    held += [h for h in held_now if h.id not in chosen and moved.get((h.source_table, h.key_text), h.id) < h.id]
+    return sorted(held, key=lambda h: h.id)
 
 
 def _outcome(conflict: Conflict, text: str, held: list, done: dict) -> Outcome:
