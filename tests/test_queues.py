@@ -347,6 +347,25 @@ def test_an_unbalanced_voucher_is_retried_whole_after_the_source_is_fixed(ws):
     assert _letters(ws) == []
 
 
+def test_a_voucher_the_target_refuses_a_posting_of_is_parked_whole_and_retried_whole(ws):
+    """The target refuses one posting of a balanced voucher (CHECK amount < 1000): its other posting is
+    parked with it, never applied alone (the ledger held half a voucher); other vouchers flow on; once
+    the target is fixed, retrying either letter applies the whole voucher."""
+    _setup(ws, mapping=BALANCED)
+    ws.sql(ws.source, "INSERT INTO entries VALUES (1, 1500, 'V1'); INSERT INTO entries VALUES (2, -1500, 'V1');"
+                      "INSERT INTO entries VALUES (3, 5, 'V2'); INSERT INTO entries VALUES (4, -5, 'V2')")
+    _ok(ws, "run", "--once", str(ws.config))
+    assert _entries(ws, ws.target) == [(3, "5", "V2"), (4, "-5", "V2")]
+    letters = _letters(ws)
+    assert [(d["key"], d["kind"]) for d in letters] == [([1], "error"), ([2], "balance")], letters
+    assert "its voucher's posting [1] was refused by the target" in letters[1]["error"], letters[1]
+    ws.sql(ws.target, RELAXED)  # the user fixes the target
+    result = _ok(ws, "dead-letters", "retry", str(ws.config), str(letters[1]["id"]))
+    assert f"with its voucher's dead letters {letters[0]['id']}" in result.stdout, result.stdout
+    assert _entries(ws, ws.target) == _entries(ws, ws.source)
+    assert _letters(ws) == []
+
+
 JOURNAL_BALANCED = """
 tables:
   entries:

@@ -128,6 +128,36 @@ def unbalanced(items: list[MappedChange], before_of: BeforeOf) -> Rejected:
     return [parked[id(item)] for item in items if id(item) in parked]
 
 
+def halves(written: list[MappedChange], refused: list) -> Rejected:
+    """The postings of ``written`` whose voucher (in their source transaction) lost a posting the
+    target refused (``refused``: (change, error) pairs), each with the error it is parked with:
+    written without it, the voucher would stand unbalanced in the ledger."""
+    lost: dict[tuple, tuple[MappedChange, RowError]] = {}
+    for item, error in refused:
+        if item.mapping.spec.balance is not None and error.kind != "held":
+            for group in _groups(item):
+                lost.setdefault(group, (item, error))
+    found = []
+    for item in written:
+        if item.mapping.spec.balance is None or not lost:
+            continue
+        hit = next((lost[g] for g in _groups(item) if g in lost), None)
+        if hit is not None:
+            other, why = hit
+            found.append((item, _row_error(item, item.mapping.spec.balance.group_by, "balance",
+                                           f"its voucher's posting {list(other.change.key)} was refused by the "
+                                           f"target ({why}): the whole voucher is parked, as without it the voucher "
+                                           "would not balance; retrying either letter retries the voucher")))
+    return found
+
+
+def _groups(item: MappedChange) -> set[tuple]:
+    """The (transaction, table, voucher) groups a posting's rows belong to: after and before (a moved one, both)."""
+    spec = item.mapping.spec
+    rows = [op.row for op in item.ops if op.op in _WRITES and op.row is not None] + [item.before_image()]
+    return {(_transaction(item), item.mapping.target, row.get(spec.balance.group_by)) for row in rows if row}
+
+
 def _count(item: MappedChange, before_of: BeforeOf, vouchers: dict[tuple, _Voucher], rows: dict) -> None:
     """Add one change's move of its voucher's sum (the before row's amount out, the after row's in)."""
     table, first = item.mapping.target, item.ops[0].key

@@ -124,7 +124,7 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
         def one(mapped: list[MappedChange]) -> None:
             parked: list = []
             decided = decide(conn, target, context, mapped, lambda item, error: reject(item, error, parked))
-            done, refused = writes.write_part(conn, decided.write, isolate, reject, limit)
+            done, refused = _write_vouchers_whole(conn, writes, decided.write, isolate, reject, limit)
             for item, _ in refused:  # the target refused it: later parts' changes of its key wait too
                 context.holds.park(item, "a change of the same key the target refused in this transaction")
             parked += refused
@@ -155,6 +155,28 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
             write_checkpoint(position(), snapshot, counts["applied"] if reason != "snapshot" else 0, committed_at,
                              tables=tables)
     return ApplyResult(**counts)
+
+
+def _write_vouchers_whole(conn: Any, writes: Any, items: list[MappedChange], isolate: bool, reject: Callable,
+                          limit: int | None) -> tuple[list[MappedChange], list]:
+    """``writes.write_part``, where a voucher the target refused a posting of is never written half:
+    its other postings are taken back (the part is written again without them) and parked with it."""
+    if not isolate or not any(item.mapping.spec.balance is not None for item in items):
+        return writes.write_part(conn, items, isolate, reject, limit)
+    from . import _rules  # only pairs with bookkeeping rules need them
+
+    savepoint = conn.begin_nested()
+    done, refused = writes.write_part(conn, items, isolate, reject, limit)
+    halves = _rules.halves(done, refused)
+    if not halves:
+        savepoint.commit()
+        return done, refused
+    savepoint.rollback()
+    for item, error in halves:
+        reject(item, error, refused)
+    out = {id(item) for item, _ in refused}
+    done, again = writes.write_part(conn, [item for item in items if id(item) not in out], isolate, reject, limit)
+    return done, refused + again
 
 
 def _in_order(mapped: list[MappedChange], items: list[MappedChange]) -> list[MappedChange]:

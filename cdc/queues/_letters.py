@@ -107,7 +107,8 @@ def _retry_one(target: Any, pair: Pair, source: Any, mappings: dict[str, TableMa
         what = (f"the source's current row met a target row someone else changed: conflict {opened['id']} "
                 f"(`cdc conflicts resolve CONFIG {opened['id']} --take source|target`)")
     also = f"; {len(held)} held change(s) behind it superseded" if held else ""
-    members = f" with its voucher's dead letters {', '.join(map(str, ids[1:]))}" if len(ids) > 1 else ""
+    others = ", ".join(str(i) for i in ids if i != letter.id)
+    members = f" with its voucher's dead letters {others}" if others else ""
     return Outcome(letter.id, "retried", f"dead letter {letter.id}{members} retried: {what}{also}",
                    ids + [h.id for h in held], opened.get("id"))
 
@@ -230,9 +231,10 @@ def blocker(conn: sa.Connection, pair: str, letter: Letter) -> str | None:
     return f"dead letter {earlier[0].id}" if earlier else None
 
 
-#: Letters of a balance table that are retried with their whole voucher: an unbalanced one, and a
-#: posting parked for a closed period (without it, the rest of its voucher did not balance).
-_VOUCHER_KINDS = ("balance", "closed")
+#: Letters of a balance table that are retried with their whole voucher: an unbalanced one, a
+#: posting parked for a closed period, and one the target refused (without it, the rest of its
+#: voucher did not balance, and was parked with it).
+_VOUCHER_KINDS = ("balance", "closed", "error")
 
 
 def _voucher(conn: sa.Connection, pair: Pair, mappings: dict[str, TableMapping], letter: Letter) -> list[Letter]:
