@@ -99,7 +99,9 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 
 
 def _key_matches(stored: list, wanted: list[str] | None) -> bool:
-    return wanted is None or [str(v) for v in stored] == wanted
+    """Whether a stored key is ``wanted``, or starts with it: a journal's entries are keyed by the
+    source key and entry_no, so `--key 7` lists every entry of source row 7."""
+    return wanted is None or (len(stored) >= len(wanted) and [str(v) for v in stored[:len(wanted)]] == wanted)
 
 
 def _key_values(key: str) -> list[str]:
@@ -136,7 +138,10 @@ def trail(target: Any, *, pairs: list[str] | None = None, table: str | None = No
         for part in wanted or []:
             query = query.where(log.c.key.contains(part, autoescape=True))
         entries = []
-        typed = _Images(conn)
+        # The target tables' column types, read before the rows stream: a query between two streamed
+        # rows ended MySQL's unbuffered result early, without a word (1 entry listed of 41).
+        typed = _Images(conn, conn.execute(query.with_only_columns(log.c.target_table).distinct()
+                                           .order_by(None)).scalars().all())
         for row in conn.execution_options(stream_results=True).execute(query):
             stored = loads(row.key)
             if not _key_matches(stored, wanted):
@@ -159,9 +164,11 @@ class _Images:
     makes it a float), and only the target column's type tells ``'12.50'`` the amount from
     ``'0012.50'`` the text. A column the target table no longer has stays as stored."""
 
-    def __init__(self, conn: sa.Connection):
+    def __init__(self, conn: sa.Connection, tables: list[str]):
         self.conn = conn
         self.numeric: dict[str, set[str]] = {}
+        for table in tables:
+            self._numeric(table)
 
     def __call__(self, table: str, image: dict | None) -> dict | None:
         if not image:

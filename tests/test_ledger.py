@@ -18,7 +18,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from cdc import ledger
+from cdc import ledger, state
 from cdc.apply._writes import writes_for
 from cdc.changes import Change
 from cdc.config import load_config
@@ -307,12 +307,20 @@ def test_ten_thousand_random_changes_post_entries_and_reversals_only(ws, target_
     try:
         with engine.connect() as conn:
             audited = conn.exec_driver_sql("SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'").scalar()
-            said = conn.exec_driver_sql("SELECT decision, policy, detail FROM cdc_audit_log WHERE op = 'update' "
-                                        "ORDER BY id").first()
+            log = state.audit_log  # `key` is a reserved word in MySQL: SQLAlchemy quotes it
+            said = conn.execute(sa.select(log.c.decision, log.c.policy, log.c.detail, log.c.key)
+                                .where(log.c.op == "update").order_by(log.c.id)).first()
+            source_key = json.loads(said[3])[0]
+            of_key = conn.execute(sa.select(log.c.key).where(log.c.op != "snapshot")).all()
     finally:
         engine.dispose()
     assert audited == 10_000  # one audit row per source change
     assert said[:2] == ("applied", "ledger") and said[2].startswith("reversal of entry "), said
+    # The journal's audit keys are (source key, entry_no): `--key` with the source key lists them all.
+    trail = ws.cdc("audit", str(ws.config), "--key", str(source_key), "--format", "json", "--limit", "100000")
+    assert trail.returncode == 0, trail.stderr
+    listed = json.loads(trail.stdout)["entries"]
+    assert len(listed) == sum(1 for (key,) in of_key if json.loads(key)[0] == source_key) > 0, (listed[:2], of_key[:5])
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
