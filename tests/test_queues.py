@@ -507,3 +507,17 @@ def test_a_retry_over_a_target_row_someone_changed_meanwhile_is_a_conflict(ws):
     assert _entries(ws, ws.target) == [(1, "10", "by hand")]  # not overwritten unseen
     _ok(ws, "conflicts", "resolve", str(ws.config), str(found["id"]), "--take", "source")
     assert _entries(ws, ws.target) == _entries(ws, ws.source) == [(1, "5000", "a")]
+
+
+def test_a_retry_under_target_wins_that_keeps_the_target_row_says_so(ws):
+    """Under target_wins a retry over a row a person changed keeps the person's row: the command says
+    a conflict was decided by the policy, not that the source's row was applied."""
+    _setup(ws, rules="conflict: target_wins", seed="INSERT INTO entries VALUES (1, 10, 'a')")
+    ws.sql(ws.source, "UPDATE entries SET amount = 5000 WHERE id = 1")  # refused: parked
+    _ok(ws, "run", "--once", str(ws.config))
+    (letter,) = _letters(ws)
+    ws.sql(ws.target, RELAXED + "UPDATE entries SET memo = 'by hand' WHERE id = 1")
+    result = _ok(ws, "dead-letters", "retry", str(ws.config), str(letter["id"]))
+    assert "met a target row someone else changed (1 conflict(s))" in result.stdout, result.stdout
+    assert "applied" not in result.stdout.split("retried:")[-1].split("(")[0], result.stdout
+    assert _entries(ws, ws.target) == [(1, "10", "by hand")]

@@ -92,8 +92,8 @@ def _retry_one(target: Any, pair: Pair, source: Any, mappings: dict[str, TableMa
     opened: dict[str, int] = {}
     finish = _finisher(target, pair, group, held, bool(changes), Marks(target, pair.name), opened)
     try:
-        apply(target, pair.name, map_changes(changes, mappings), position=None, snapshot=None, on_error="stop",
-              reason="retry", holds=False, finish=finish)
+        result = apply(target, pair.name, map_changes(changes, mappings), position=None, snapshot=None,
+                       on_error="stop", reason="retry", holds=False, finish=finish)
     except RowError as exc:
         return _still_parked(target, pair, group, [(_named(group, exc), exc)])
     except _ParkedAgain as again:
@@ -103,6 +103,9 @@ def _retry_one(target: Any, pair: Pair, source: Any, mappings: dict[str, TableMa
     ids = [g.id for g in group]
     what = f"{len(changes)} change(s) from the source's current rows applied" if changes else \
         "nothing to apply: the target already holds the source's current row"
+    if result.conflicts and not opened:  # decided by target_wins or newest_wins, maybe kept as it is
+        what = (f"the source's current row met a target row someone else changed ({result.conflicts} conflict(s)): "
+                "decided by the table's conflict policy, as its audit row says (`cdc audit`)")
     if opened:
         what = (f"the source's current row met a target row someone else changed: conflict {opened['id']} "
                 f"(`cdc conflicts resolve CONFIG {opened['id']} --take source|target`)")
