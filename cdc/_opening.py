@@ -62,7 +62,8 @@ def resolve_mappings(pair: Pair, source: Any, target: Any = None) -> dict[str, T
             # Nothing to compare a target row with (logical capture without REPLICA IDENTITY FULL):
             # conflicts are found by the hash of the row the pair last wrote, as under capture timestamp.
             spec = dataclasses.replace(spec, row_hashes=True)
-        mapping = TableMapping(spec, columns, tuple(key), pair.source_timezone)
+        soft_delete = pair.timestamp.soft_delete if pair.capture == "timestamp" and pair.timestamp else None
+        mapping = TableMapping(spec, columns, tuple(key), pair.source_timezone, soft_delete)
         existing = target.table(spec.target) if target is not None and target.exists(spec.target) else None
         check_types(mapping, info.columns, existing)
         result[spec.source] = mapping

@@ -150,7 +150,7 @@ def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row 
     if policy == "source_wins":
         if repair:  # the target made equal, over a row that differed: audited as the conflict it is
             decided.conflicted += 1
-            item.note = ("conflict", policy, f"{detail}; a repair wrote the source's row", found)
+            item.note = ("conflict", policy, f"{detail}; a repair made it as the source has it", found)
             rows.wrote(item)
             return True
         if ctx.reason == "resolve":  # a person took the source's side of a manual conflict

@@ -30,8 +30,12 @@ class TargetOp(NamedTuple):
 class TableMapping:
     """A table spec checked against the source schema and compiled into functions."""
 
-    def __init__(self, spec: TableSpec, source_columns: list[str], source_key: tuple[str, ...], source_zone: str):
+    def __init__(self, spec: TableSpec, source_columns: list[str], source_key: tuple[str, ...], source_zone: str,
+                 soft_delete: str | None = None):
         self.spec = spec
+        #: Capture timestamp's soft-delete column: a row with it set is deleted, so the copy leaves it
+        #: out and reconcile does not count it (a delete's before image carries it set, and deletes).
+        self.soft_delete = soft_delete if soft_delete in source_columns else None
         self.source = spec.source
         self.target = spec.target
         self.source_key = source_key
@@ -48,7 +52,8 @@ class TableMapping:
                                   f"{f.column!r}{did_you_mean(f.column, source_columns)} ({f.origin or spec.origin})")
         self._specs = specs
         self._needed = frozenset([c.source for c in specs if c.source is not None] + [f.column for f in spec.filters]
-                                 + list(source_key))  # what a change's after image must hold
+                                 + list(source_key) + ([self.soft_delete] if self.soft_delete else []))
+        # (what a change's after image must hold)
         self._columns = [(c.target, c.source, [_transforms.build(n, a, source_zone) for n, a in c.transforms])
                          for c in specs]
         by_source = {c.source: c.target for c in specs if c.source is not None}
@@ -68,7 +73,7 @@ class TableMapping:
         self._filters = [(f.column, FILTER_OPS[f.op], f.value) for f in spec.filters]
         #: Every row copied as it is: same column names, no transform, no filter (never a ledger's
         #: entries, which add their sequence: a snapshot of one goes row by row, as entries).
-        self.is_identity = (not self._filters and spec.ledger is None
+        self.is_identity = (not self._filters and spec.ledger is None and self.soft_delete is None
                             and all(c.source == c.target and not c.transforms for c in specs))
 
     def _check_rule_columns(self, spec: TableSpec) -> None:
@@ -116,8 +121,11 @@ class TableMapping:
         """(target column, source column or None, transforms as (name, argument)) in target order."""
         return [(c.target, c.source, c.transforms) for c in self._specs]
 
-    def passes(self, row: Row) -> bool:
-        """Whether a source row image passes the mapping's filters."""
+    def passes(self, row: Row, deleted_too: bool = False) -> bool:
+        """Whether a source row image passes the mapping's filters (and is not soft-deleted, unless
+        ``deleted_too``: a soft delete's before image is the row the target holds)."""
+        if self.soft_delete is not None and not deleted_too and row.get(self.soft_delete):
+            return False
         if not self._filters:
             return True
         try:
@@ -177,7 +185,7 @@ class TableMapping:
     def map_change(self, change: Change) -> list[TargetOp]:
         """The target operations for one source change, with filters and key moves applied."""
         if change.op == "delete":
-            if change.before is not None and not self.passes(change.before):
+            if change.before is not None and not self.passes(change.before, deleted_too=True):
                 return []
             return [TargetOp("delete", self.target, self.target_key, self.target_key_of(change.key), None, change)]
         after = change.after or {}
@@ -189,7 +197,7 @@ class TableMapping:
                     f"capture was made before the column was added to {self.source}. Run `cdc install CONFIG`, then "
                     "copy the table again with `cdc run --resnapshot CONFIG` (changes captured before the install "
                     "lack the column)", table=self.source, key=change.key)
-        if not self._filters or self.passes(after):
+        if (not self._filters and self.soft_delete is None) or self.passes(after):
             ops = []
             if change.before is not None:
                 old_key = self.source_key_of(change.before)

@@ -182,7 +182,7 @@ def test_hand_made_damage_is_found_exactly_and_repaired(ws, database, source_kin
     lines = [line for line in history.splitlines() if line.startswith("  20")]
     # The row a person changed, overwritten by the repair under source_wins: a conflict, audited so.
     assert len(lines) == 1 and "update (conflict: source_wins) [repair]" in lines[0] and "amount: " in lines[0], history
-    assert "a repair wrote the source's row" in lines[0], history
+    assert "a repair made it as the source has it" in lines[0], history
     assert "memo" not in lines[0] and "booked_at" not in lines[0]  # only what the repair changed
     summary = json.loads(ws.cdc("audit", config, "--format", "json", "--op", "delete").stdout)["summary"]
     assert {(s["table"], s["kind"]) for s in summary} >= {("entries", "delete (repair, conflict: source_wins)")}

@@ -471,3 +471,34 @@ def test_newest_wins_weighs_a_soft_delete_by_its_own_time(ws):
     assert "as new or newer (2026-01-01 07:00:00 >= 2026-01-01 06:00:00): applied" in details["[1]"], details
     assert "the target row is newer (2026-01-01 06:00:00 > 2026-01-01 05:00:00): kept" in details["[2]"], details
     assert "None" not in "".join(details.values())
+
+
+def test_a_soft_deleted_row_is_not_copied_not_counted_and_a_repair_deletes_it(ws):
+    """With soft_delete, a row whose flag is set is deleted: the copy left it in the target, reconcile
+    called that EQUAL, and a repair put a soft-deleted row back into the target."""
+    ws.sql(ws.source, SCHEMA + "INSERT INTO products VALUES ('A-3', 'Gone', '1.00', '2024-05-01 10:00:00', 1);")
+    ws.write_config("""
+        source: src
+        target: dst
+        capture: timestamp
+        tables: [products]
+        timestamp: {column: updated_at, soft_delete: deleted, overlap_seconds: 30}
+    """)
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    run(ws)
+    assert [r[0] for r in ws.query(ws.target, "SELECT sku FROM products ORDER BY sku")] == ["A-1", "A-2"]
+    assert ws.cdc("reconcile", str(ws.config), "--settle", "0").returncode == 0
+    # A person (or an old copy) puts the soft-deleted row into the target: reconcile finds it, a repair deletes it.
+    ws.sql(ws.target, "INSERT INTO products VALUES ('A-3', 'Gone', '1.00', '2024-05-01 10:00:00', 1)")
+    found = ws.cdc("reconcile", str(ws.config), "--settle", "0")
+    assert found.returncode == 1 and "soft-deleted (deleted set)" in found.stdout, found.stdout
+    repaired = ws.cdc("reconcile", str(ws.config), "--settle", "0", "--repair")
+    assert "1 delete(s)" in repaired.stdout, repaired.stdout
+    assert [r[0] for r in ws.query(ws.target, "SELECT sku FROM products ORDER BY sku")] == ["A-1", "A-2"]
+    # Deleting and undeleting still stream.
+    ws.sql(ws.source, "UPDATE products SET deleted = 1, updated_at = '2024-05-01 11:00:00' WHERE sku = 'A-1';"
+                      "UPDATE products SET deleted = 0, updated_at = '2024-05-01 11:00:00' WHERE sku = 'A-3'")
+    run(ws)
+    assert [r[0] for r in ws.query(ws.target, "SELECT sku FROM products ORDER BY sku")] == ["A-2", "A-3"]
+    assert ws.cdc("reconcile", str(ws.config), "--settle", "0").returncode == 0

@@ -120,7 +120,10 @@ def _difference(mine: Side, theirs: Side, source_key: tuple | None, image: Image
     if have is None:
         difference = RowDifference("missing", shown_key)
     elif want is None:
-        note = "the source has this key; the mapping's filter leaves the row out" if image is not None else None
+        deleted = mine.mapping is not None and mine.mapping.soft_delete
+        note = None if image is None else (f"the source has this key, soft-deleted ({deleted} set) or left out by the "
+                                           "mapping's filter" if deleted else
+                                           "the source has this key; the mapping's filter leaves the row out")
         difference = RowDifference("extra", shown_key, note=note)
     else:
         columns = {name: (want[name], have[name]) for name, column in mine.target_columns.items()

@@ -113,6 +113,8 @@ def _plan_pairs(mine: Side, theirs: Side, mapping: TableMapping, pairs: dict[str
     now = state._store.now()
     for source_key, target_key in pairs.values():
         row = present.get(mine.key_id(source_key)) if source_key is not None else None
+        if row is not None and mapping.soft_delete and row.get(mapping.soft_delete):
+            row = None  # soft-deleted at the source (capture timestamp): deleted in the target too
         held_row = held.get(theirs.key_id(target_key)) if target_key is not None else None
         before = theirs.normalised(held_row) if held_row is not None else None
         if row is None:

@@ -68,8 +68,9 @@ class Side:
         if self.mapping is None:
             return {name: name for name in self.target_columns}
         specs = self.mapping.column_specs()
-        if self.mapping.spec.filters or any(source is None or transforms for _, source, transforms in specs):
-            return None
+        if self.mapping.spec.filters or self.mapping.soft_delete or \
+                any(source is None or transforms for _, source, transforms in specs):
+            return None  # (soft-deleted rows are not the source's: Python leaves them out)
         by_target = {target: source for target, source, _ in specs}
         return {name: by_target[name] for name in self.target_columns}
 
