@@ -690,3 +690,27 @@ def test_manual_a_key_change_waits_behind_the_conflict_of_its_old_key(ws, take):
             == ["resolved", "open"]
     assert target.execute("SELECT count(*) FROM cdc_dead_letters WHERE status = 'held' AND blocked_by = "
                           f"'conflict {conflicts[0][0]}'") == [(0,)]
+
+
+def test_manual_a_key_swap_behind_a_conflict_is_released_whole(ws):
+    """One source transaction swaps keys 1 and 2 through 0 (1->0, 2->1, 0->2) behind a conflict on key 1:
+    resolved, every held step is applied in order (the last one was marked 'made right' unapplied,
+    and key 2 was lost)."""
+    target = Database("sqlite", f"sqlite:///{ws.target}")
+    source = make_pair(ws, target, "manual")
+    source.execute("INSERT INTO acct VALUES (1, '1.00', 'one', '2026-01-01 10:00:00', ''), "
+                   "(2, '2.00', 'two', '2026-01-01 10:00:00', '')")
+    ok(ws, "run", "--once")
+    target.execute("UPDATE acct SET amount = '9.99' WHERE id = 1")
+    source.execute("UPDATE acct SET note = 'changed' WHERE id = 1")
+    source.transaction([("UPDATE acct SET id = 0 WHERE id = 1", None), ("UPDATE acct SET id = 1 WHERE id = 2", None),
+                        ("UPDATE acct SET id = 2 WHERE id = 0", None)])
+    ok(ws, "run", "--once")
+    (conflict,) = target.execute("SELECT id FROM cdc_conflicts WHERE status = 'open'")
+    assert sorted(target_rows(target)) == [1, 2]
+    result = ws.cdc("conflicts", "resolve", str(ws.config), str(conflict[0]), "--take", "source")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    found = source.execute("SELECT id, amount, note, updated_at FROM acct ORDER BY id")
+    assert target_rows(target) == {k: mapped({"amount": a, "note": n, "updated_at": u}) for k, a, n, u in found}
+    assert target.execute("SELECT count(*) FROM cdc_dead_letters WHERE status IN ('held', 'parked')") == [(0,)]
+    assert target.execute("SELECT count(*) FROM cdc_dead_letters WHERE status = 'resolved'") == [(0,)]

@@ -91,9 +91,8 @@ class Holds:
         ids: list[int] = []
         if not self.letters:
             return ids
-        for item in items:
-            for key in hold_keys(item):
-                ids.extend(self.letters.pop(key, ()))
+        for item in items:  # its own key only: a key change's old key may have letters of changes after it
+            ids.extend(self.letters.pop(hold_key(item), ()))
         return ids
 
 

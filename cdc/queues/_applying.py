@@ -175,3 +175,33 @@ def _mark_released(conn: sa.Connection, held: list[Letter], marks: Marks, why: s
         if kind:
             outcome[kind] = outcome.get(kind, 0) + 1
         set_letters(conn, [letter.id], status="retried", resolved_at=now, note=f"{why}; {what}")
+
+
+def chained(held_now: list[Letter], chosen: list[Letter], pair: Pair, mappings: dict) -> list[Letter]:
+    """``chosen`` and, again and again, the held letters after one of them that touch a key it touches
+    (its own key, or the old key of a key change), in id order: a key change moves its row, so the
+    changes after it under either key are released with it, never left behind a change already gone."""
+    def keys_of(letter: Letter) -> set[tuple[str, str]]:
+        keys = {(letter.source_table, letter.key_text)}
+        before = letter.change.get("before")
+        mapping = mappings.get(letter.source_table)
+        if before and mapping is not None and all(c in before for c in mapping.source_key):
+            keys.add((letter.source_table, dumps([before[c] for c in mapping.source_key])))
+        return keys
+
+    out = {letter.id: letter for letter in chosen}
+    first: dict[tuple[str, str], int] = {}
+    for letter in out.values():
+        for key in keys_of(letter):
+            first[key] = min(first.get(key, letter.id), letter.id)
+    grown = True
+    while grown:
+        grown = False
+        for letter in held_now:
+            if letter.id in out or not any(first.get(key, letter.id) < letter.id for key in keys_of(letter)):
+                continue
+            out[letter.id] = letter
+            for key in keys_of(letter):
+                first[key] = min(first.get(key, letter.id), letter.id)
+            grown = True
+    return sorted(out.values(), key=lambda letter: letter.id)

@@ -22,7 +22,7 @@ from ..apply import apply
 from ..config import Pair
 from ..errors import CdcError, ConfigError, RowError
 from ..pipeline import open_source
-from ._applying import Marks, audit_row, claimed, mapping_of, release, revived, set_letters, write_audit
+from ._applying import Marks, audit_row, chained, claimed, mapping_of, release, revived, set_letters, write_audit
 from ._letters import Outcome
 from ._rows import Conflict, read_conflicts, read_letters
 
@@ -38,7 +38,7 @@ def resolve_conflict(pair: Pair, number: int, take: str, wait: bool) -> Outcome:
         try:
             with target.reading() as conn:
                 conflict = read_conflicts(conn, [pair.name], statuses=None, ids=[number])[0]
-                held = _held_behind(conn, pair, conflict)
+                held = _held_behind(conn, pair, mappings, conflict)
             why = f"released: conflict {number} was resolved"
             if conflict.status != "open":
                 if not held:
@@ -57,17 +57,12 @@ def resolve_conflict(pair: Pair, number: int, take: str, wait: bool) -> Outcome:
     return _outcome(conflict, f"conflict {number} resolved: {taken}", held, done)
 
 
-def _held_behind(conn: sa.Connection, pair: Pair, conflict: Conflict) -> list:
+def _held_behind(conn: sa.Connection, pair: Pair, mappings: dict, conflict: Conflict) -> list:
     """The changes waiting behind this conflict, in id order: those it holds (a released change that
-    conflicted again holds the later ones behind a conflict of its own), and where one of them moved
-    the row to another key, the changes of that key held behind it."""
-    number, held_now = conflict.id, read_letters(conn, [pair.name], statuses=("held",))
-    held = [h for h in held_now if h.blocked_by == f"conflict {number}"]
-    moved = {(h.source_table, h.key_text): h.id for h in held
-             if (h.source_table, h.key_text) != (conflict.source_table, conflict.key_text)}
-    chosen = {h.id for h in held}
-    held += [h for h in held_now if h.id not in chosen and moved.get((h.source_table, h.key_text), h.id) < h.id]
-    return sorted(held, key=lambda h: h.id)
+    conflicted again holds the later ones behind a conflict of its own), and the held changes after
+    them of every key they touch (a key change moves its row: see chained)."""
+    held_now = read_letters(conn, [pair.name], statuses=("held",))
+    return chained(held_now, [h for h in held_now if h.blocked_by == f"conflict {conflict.id}"], pair, mappings)
 
 
 def _outcome(conflict: Conflict, text: str, held: list, done: dict) -> Outcome:

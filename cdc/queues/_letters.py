@@ -26,7 +26,7 @@ from ..config import Pair
 from ..errors import ConfigError, RowError
 from ..mapping import TableMapping, map_changes
 from ..pipeline import open_source
-from ._applying import Marks, audit_row, claimed, mapping_of, release, revived, set_letters, write_audit
+from ._applying import Marks, audit_row, chained, claimed, mapping_of, release, revived, set_letters, write_audit
 from ._rows import OPEN_LETTERS, Letter, read_conflicts, read_letters
 
 
@@ -269,9 +269,9 @@ def discard_letter(pair: Pair, number: int, reason: str, wait: bool) -> Outcome:
                 if letter.status not in OPEN_LETTERS:
                     raise ConfigError(f"dead letter {number} is {letter.status} already: nothing to discard")
                 head = blocker(conn, pair.name, letter) is None
-                held = [h for h in read_letters(conn, [pair.name], statuses=("held",), key=(letter.source_table,
-                                                                                            letter.key_text))
-                        if head and h.id > letter.id]
+                # The held changes after it of its key (and, where one moved its row, of the key it moved to).
+                held = [h for h in chained(read_letters(conn, [pair.name], statuses=("held",)), [letter], pair,
+                                           mappings) if h.id != letter.id] if head else []
 
             def first(conn: sa.Connection) -> None:
                 set_letters(conn, [number], status="discarded", resolved_at=state._store.now(), note=reason)
