@@ -35,6 +35,8 @@ def fitter(column: sa.Column) -> Callable[[Any], Any]:
         check = _fit_datetime if digits >= 6 else partial(_fit_datetime, digits=digits)
     elif isinstance(kind, sa.Date):
         check = _fit_date
+    elif isinstance(kind, sa.Time) and second_digits(kind) < 6:
+        check = partial(_fit_time, digits=second_digits(kind))
     nullable = column.nullable or column.primary_key
 
     def fit_one(value: Any) -> Any:
@@ -121,6 +123,18 @@ def _fit_datetime(value: Any, digits: int = 6) -> dt.datetime:
         return dt.datetime.fromisoformat(str(value))
     except ValueError:
         raise TransformError(f"{value!r} is not a timestamp") from None
+
+
+def _fit_time(value: Any, digits: int) -> Any:
+    """A time of day (or MySQL's TIME as a duration) with no more fractional second digits than the
+    column keeps: it would round them (PostgreSQL's time(0) makes 23:59:59.7 the 24:00:00 it then
+    cannot read back)."""
+    micro = value.microsecond if isinstance(value, dt.time) else value.microseconds if isinstance(
+        value, dt.timedelta) else 0
+    if micro % 10 ** (6 - digits):
+        raise TransformError(f"{value} has more than {digits} fractional second digits, which the column would "
+                             "round; refusing to round (declare it with more, e.g. TIME(6) or time(6))")
+    return value
 
 
 def _fit_date(value: Any) -> dt.date:

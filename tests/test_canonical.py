@@ -61,3 +61,21 @@ def test_the_compiled_text_is_the_fitted_values_canonical_text(column):
         assert outcome(text, value) == outcome(reference, value, column), (column.type, value)
         compared += 1
     assert compared == len(VALUES) + 500
+
+
+@pytest.mark.parametrize("kind, keeps", [(postgresql.TIMESTAMP(precision=0), 0), (postgresql.TIME(precision=3), 3),
+                                         (mysql.DATETIME(), 0), (mysql.TIME(), 0), (mysql.DATETIME(fsp=6), 6),
+                                         (sa.DateTime(), 6), (sa.Time(), 6)])
+def test_a_time_column_refuses_what_it_would_round(kind, keeps):
+    """PostgreSQL's time(0)/timestamp(0) and MySQL's bare TIME/DATETIME round fractional seconds (time(0)
+    made 23:59:59.7 the 24:00:00 it cannot read back): the fit refuses such a value, never rounds."""
+    fit = values.fitter(sa.Column("x", kind))
+    whole = dt.time(23, 59, 59) if isinstance(kind, sa.Time) else dt.datetime(2026, 1, 1, 23, 59, 59)
+    fine = whole.replace(microsecond=700000 if keeps >= 1 else 0)
+    rounded = whole.replace(microsecond=123456)
+    assert fit(whole) == whole and fit(fine) == fine
+    if keeps >= 6:
+        assert fit(rounded) == rounded
+    else:
+        with pytest.raises(ValueError, match=f"more than {keeps} fractional second digits"):
+            fit(rounded)

@@ -136,6 +136,29 @@ def test_check_and_doctor_report_every_pair_when_one_database_cannot_be_reached(
     assert "[FAIL] source ledger: connection failed: " in doctor.stdout
 
 
+def test_a_target_trigger_that_raises_parks_the_row_and_the_pair_goes_on(ws, pg_url):
+    """A PostgreSQL trigger's RAISE EXCEPTION refuses the row as a constraint would: with on_error park
+    the change is parked naming table and key, and the others are applied (it stopped the pair)."""
+    pg_pair(ws, pg_url, on_error="park")
+    engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE FUNCTION no_666() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN IF NEW.amount = 666 "
+                             "THEN RAISE EXCEPTION 'amount 666 is not allowed'; END IF; RETURN NEW; END$$")
+        conn.exec_driver_sql("CREATE TRIGGER no_666 BEFORE INSERT OR UPDATE ON entries FOR EACH ROW EXECUTE FUNCTION "
+                             "no_666()")
+    ws.sql(ws.source, "INSERT INTO entries VALUES (1, 1920, 10, 'NOK', 'ok', NULL);"
+                      "INSERT INTO entries VALUES (2, 1920, 666, 'NOK', 'refused', NULL);"
+                      "INSERT INTO entries VALUES (3, 1920, 30, 'NOK', 'ok', NULL)")
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    with engine.connect() as conn:
+        ids = [r[0] for r in conn.exec_driver_sql("SELECT id FROM entries ORDER BY id")]
+        letters = conn.exec_driver_sql("SELECT key, error FROM cdc_dead_letters").all()
+    engine.dispose()
+    assert ids == [1, 3]
+    assert [k for k, _ in letters] == ["[2]"] and "amount 666 is not allowed" in letters[0][1], letters
+
+
 def test_target_server_restarted_while_streaming(ws):
     from pgserver import LocalCluster
 

@@ -43,6 +43,8 @@ class MySQLTarget(SqlTarget):
         kind = super().target_type(kind, key)
         if isinstance(kind, sa.DateTime):  # a bare DATETIME keeps no fraction of a second: it would round
             return mysql.DATETIME(fsp=values.second_digits(kind))
+        if isinstance(kind, sa.Time):  # so does a bare TIME
+            return mysql.TIME(fsp=values.second_digits(kind))
         if isinstance(kind, (sa.String, sa.LargeBinary)) and not isinstance(kind, (sa.Enum, sa.JSON)):
             binary = isinstance(kind, sa.LargeBinary)
             if kind.length is None or kind.length > types.LONGEST_VARCHAR:

@@ -59,6 +59,8 @@ class PostgresTarget(SqlTarget):
     def classify(self, exc: sa.exc.DBAPIError) -> str:
         if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
             return "retry"  # server restarted, connection lost, lock timeout: reconnect and retry
+        if getattr(exc.orig, "sqlstate", None) == "P0001":
+            return "row"  # a trigger's RAISE EXCEPTION: it refuses this row, as a constraint would
         return super().classify(exc)
 
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
