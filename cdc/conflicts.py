@@ -57,6 +57,8 @@ def _decide(item: MappedChange, ctx: Any, rows: Any, decided: Any, op: Any, read
         rows.wrote(item)
         return True
     if repair:  # a repair expects nothing: any row it would change is the target's own
+        if found is None and new is not None and spec.update_missing != "insert":
+            return _missing(item, ctx, rows, decided, op)  # a row the target lacks, as its table says
         if found is None or rows.same(item, found, new):
             rows.wrote(item)
             return True
@@ -150,7 +152,10 @@ def _conflict(item: MappedChange, ctx: Any, rows: Any, decided: Any, found: Row 
     if policy == "source_wins":
         if repair:  # the target made equal, over a row that differed: audited as the conflict it is
             decided.conflicted += 1
-            item.note = ("conflict", policy, f"{detail}; a repair made it as the source has it", found)
+            # A repair cannot tell a person's edit from a change the pair never got: it says so.
+            item.note = ("conflict", policy, f"the target row differs from the source's (a person's edit, or a change "
+                                             f"this pair never got): {detail}; a repair made it as the source has it",
+                         found)
             rows.wrote(item)
             return True
         if ctx.reason == "resolve":  # a person took the source's side of a manual conflict

@@ -714,3 +714,20 @@ def test_manual_a_key_swap_behind_a_conflict_is_released_whole(ws):
     assert target_rows(target) == {k: mapped({"amount": a, "note": n, "updated_at": u}) for k, a, n, u in found}
     assert target.execute("SELECT count(*) FROM cdc_dead_letters WHERE status IN ('held', 'parked')") == [(0,)]
     assert target.execute("SELECT count(*) FROM cdc_dead_letters WHERE status = 'resolved'") == [(0,)]
+
+
+@pytest.mark.parametrize("missing, kept", [("skip", True), ("conflict", True), ("insert", False)])
+def test_a_repair_of_a_row_a_person_deleted_follows_update_missing(ws, missing, kept):
+    """Under target_wins, a row the person deleted in the target: a repair does what the table's
+    update_missing says, as streaming does (it re-inserted it, audited as plainly applied)."""
+    target = Database("sqlite", f"sqlite:///{ws.target}")
+    source = make_pair(ws, target, "target_wins")
+    (ws.root / "mapping.yaml").write_text(MAPPING + f"    update_missing: {missing}\n", encoding="utf-8")
+    source.execute("INSERT INTO acct VALUES (1, '1.00', 'src', '2026-01-01 10:00:00', ''), "
+                   "(2, '2.00', 'src', '2026-01-01 10:00:00', '')")
+    ok(ws, "run", "--once")
+    target.execute("DELETE FROM acct WHERE id = 1")
+    ws.cdc("reconcile", str(ws.config), "--settle", "0", "--repair")
+    assert sorted(target_rows(target)) == ([2] if kept else [1, 2])
+    (row,) = audit(target, "reason = 'repair'")
+    assert row["decision"] == {"skip": "skipped", "conflict": "conflict", "insert": "applied"}[missing], row
