@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import apply
+import sqlalchemy as sa
+
+from . import apply, state
 from ._opening import OLD_ROWS, capture_gap
 from .changes import dumps
-from .errors import ConfigError, SourceError
+from .errors import CdcError, ConfigError, SourceError
 from .mapping import identity_change
 
 logger = logging.getLogger("cdc.pipeline")  # the name `cdc run` prints with every line
@@ -48,6 +50,8 @@ class _Planning:
             logger.info("pair %s: row hashes of %s dropped: their conflicts are not found by hash now", self.pair.name,
                         ", ".join(dropped))
         added = [t for t in self.mappings if t not in self._streamed and t not in self._progress]
+        if checkpoint is not None:
+            self._refuse_copy_over_conflicts(sorted(set(added) | set(remapped)))
         if added:
             position = self._retrying(lambda: self.source.join_stream(position, added))
             self._progress.update({t: {"after": None, "done": False, "rows": 0, "mapping": self._identities[t]}
@@ -97,6 +101,24 @@ class _Planning:
         gap = capture_gap(self.pair, uncovered, self._streamed)
         if gap:
             raise SourceError(gap)
+
+    def _refuse_copy_over_conflicts(self, tables: list[str]) -> None:
+        """CdcError when a table about to be copied again (added back, or its mapping changed) has an
+        open conflict: the copy would write the source's rows over keys nothing may move until a
+        person decides (as `cdc run --resnapshot` is refused)."""
+        if not tables:
+            return
+        conflicts = state.conflicts
+        with self.target.reading() as conn:
+            found = conn.execute(sa.select(conflicts.c.source_table, sa.func.count()).where(
+                conflicts.c.pair == self.pair.name, conflicts.c.status == "open",
+                conflicts.c.source_table.in_(tables)).group_by(conflicts.c.source_table)).all()
+        if found:
+            named = ", ".join(f"{table} ({count})" for table, count in sorted(found))
+            raise CdcError(f"pair {self.pair.name}: table(s) {named} would be copied again (mapping changed, or added "
+                           "back) with conflicts open (`cdc conflicts list CONFIG`): the copy would write the source's "
+                           "rows over keys that nothing may move until a person decides; resolve them first "
+                           "(`cdc conflicts resolve ID --take source|target`), then run again")
 
     def _remapped(self, copied: dict[str, dict | None], stored: dict[str, dict]) -> dict[str, str]:
         """Tables copied (or being copied) under another mapping identity than the mapping's now,

@@ -521,3 +521,22 @@ def test_a_retry_under_target_wins_that_keeps_the_target_row_says_so(ws):
     assert "met a target row someone else changed (1 conflict(s))" in result.stdout, result.stdout
     assert "applied" not in result.stdout.split("retried:")[-1].split("(")[0], result.stdout
     assert _entries(ws, ws.target) == [(1, "10", "by hand")]
+
+
+def test_a_mapping_change_that_copies_a_table_again_is_refused_while_a_conflict_is_open(ws):
+    """Changing a table's mapping copies it again; with a conflict open on it that copy would move the
+    person's row before anyone decided (as --resnapshot would): refused, nothing moves, and once the
+    conflict is resolved the copy runs."""
+    number = _conflicted(ws)
+    before = _entries(ws, ws.target)
+    (ws.root / "mapping.yaml").write_text("tables:\n  entries:\n    columns: {id: id, amount: amount, "
+                                          "memo: {from: memo, transforms: [trim]}}\n", encoding="utf-8")
+    config = ws.config.read_text().replace("tables: [entries]", "mapping: mapping.yaml")
+    ws.config.write_text(config, encoding="utf-8")
+    result = _cdc(ws, "run", "--once", str(ws.config))
+    assert result.returncode == 1 and "would be copied again" in result.stderr and "entries (1)" in result.stderr, \
+        result.stderr
+    assert _entries(ws, ws.target) == before
+    _ok(ws, "conflicts", "resolve", str(ws.config), str(number), "--take", "source")
+    _ok(ws, "run", "--once", str(ws.config))
+    assert _entries(ws, ws.target) == _entries(ws, ws.source)
