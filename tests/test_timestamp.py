@@ -502,3 +502,29 @@ def test_a_soft_deleted_row_is_not_copied_not_counted_and_a_repair_deletes_it(ws
     run(ws)
     assert [r[0] for r in ws.query(ws.target, "SELECT sku FROM products ORDER BY sku")] == ["A-2", "A-3"]
     assert ws.cdc("reconcile", str(ws.config), "--settle", "0").returncode == 0
+
+
+def test_a_repair_weighs_a_soft_deleted_rows_own_stamp_under_newest_wins(ws):
+    """A row the source soft-deleted at 07:00, entered again by a person at 08:00: a repair under
+    newest_wins keeps the person's newer row (it weighed the delete by the time the repair ran)."""
+    ws.sql(ws.source, "CREATE TABLE acct (id INTEGER PRIMARY KEY, amount NUMERIC(12,2) NOT NULL, "
+                      "changed_at DATETIME NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);"
+                      "INSERT INTO acct (id, amount, changed_at) VALUES (1, 10, '2026-01-01 00:00:00'), "
+                      "(2, 20, '2026-01-01 00:00:00')")
+    ws.write_config("""
+        source: src
+        target: dst
+        capture: timestamp
+        tables: [acct]
+        conflict: {newest_wins: changed_at}
+        timestamp: {column: changed_at, soft_delete: deleted, overlap_seconds: 30}
+    """)
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    run(ws)
+    ws.sql(ws.source, "UPDATE acct SET deleted = 1, changed_at = '2026-01-01 07:00:00' WHERE id IN (1, 2)")
+    run(ws)
+    assert ws.query(ws.target, "SELECT count(*) FROM acct") == [(0,)]
+    ws.sql(ws.target, "INSERT INTO acct VALUES (1, 11, '2026-01-01 08:00:00', 0), (2, 22, '2026-01-01 06:00:00', 0)")
+    ws.cdc("reconcile", str(ws.config), "--settle", "0", "--repair")
+    assert ws.query(ws.target, "SELECT id FROM acct ORDER BY id") == [(1,)]  # the newer one kept, the older deleted

@@ -24,7 +24,7 @@ from .. import state
 from ..apply import apply
 from ..changes import ApplyResult, Change, dumps
 from ..config import Pair
-from ..errors import CdcError
+from ..errors import CdcError, RowError
 from ..mapping import MappedChange, TableMapping, TargetOp
 from ..pipeline import open_pair, open_source, open_target
 from ._canonical import canonical
@@ -113,13 +113,15 @@ def _plan_pairs(mine: Side, theirs: Side, mapping: TableMapping, pairs: dict[str
     now = state._store.now()
     for source_key, target_key in pairs.values():
         row = present.get(mine.key_id(source_key)) if source_key is not None else None
+        when = now  # a delete's time, for newest_wins: a soft delete's is its row's own stamp
         if row is not None and mapping.soft_delete and row.get(mapping.soft_delete):
+            when = _stamp(mapping, row, source_key) or now
             row = None  # soft-deleted at the source (capture timestamp): deleted in the target too
         held_row = held.get(theirs.key_id(target_key)) if target_key is not None else None
         before = theirs.normalised(held_row) if held_row is not None else None
         if row is None:
             if before is not None:
-                change = Change("delete", mapping.source, target_key, before, None, now, None, "repair")
+                change = Change("delete", mapping.source, target_key, before, None, when, None, "repair")
                 plan.ops.append(TargetOp("delete", mapping.target, mapping.target_key, target_key, None, change))
                 plan.sources.append(None)
             continue
@@ -132,6 +134,17 @@ def _plan_pairs(mine: Side, theirs: Side, mapping: TableMapping, pairs: dict[str
                                   "why": f"the source has this key ({why}); not deleted"})
             continue
         _plan_upsert(plan, mine, mapping, columns, source_key, row, image.row, before, now)
+
+
+def _stamp(mapping: TableMapping, row: dict, source_key: tuple) -> Any:
+    """The newest_wins column of a source row as the target would hold it (None: no such column, or
+    the row cannot be mapped)."""
+    if mapping.spec.newest is None:
+        return None
+    try:
+        return mapping.map_row(row, source_key).get(mapping.spec.newest)
+    except RowError:
+        return None
 
 
 def _plan_upsert(plan: RepairPlan, mine: Side, mapping: TableMapping, columns: dict[str, sa.Column],
