@@ -81,6 +81,8 @@ def _default(value: Any) -> Any:
         return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, (tuple, set, frozenset)):
         return list(value)
+    if isinstance(value, dt.timedelta):  # MySQL's TIME, as the driver reads it: its text ('10:00:00.500000')
+        return str(value)
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 

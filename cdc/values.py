@@ -129,8 +129,14 @@ def _fit_time(value: Any, digits: int) -> Any:
     """A time of day (or MySQL's TIME as a duration) with no more fractional second digits than the
     column keeps: it would round them (PostgreSQL's time(0) makes 23:59:59.7 the 24:00:00 it then
     cannot read back)."""
-    micro = value.microsecond if isinstance(value, dt.time) else value.microseconds if isinstance(
-        value, dt.timedelta) else 0
+    seen = value
+    if isinstance(value, str):  # a time as text (SQLite's TIME): its fraction counts the same
+        try:
+            seen = dt.time.fromisoformat(value.strip())
+        except ValueError:
+            return value  # not a time of day: the database says what it makes of it
+    micro = seen.microsecond if isinstance(seen, dt.time) else seen.microseconds if isinstance(
+        seen, dt.timedelta) else 0
     if micro % 10 ** (6 - digits):
         raise TransformError(f"{value} has more than {digits} fractional second digits, which the column would "
                              "round; refusing to round (declare it with more, e.g. TIME(6) or time(6))")

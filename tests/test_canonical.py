@@ -79,3 +79,21 @@ def test_a_time_column_refuses_what_it_would_round(kind, keeps):
     else:
         with pytest.raises(ValueError, match=f"more than {keeps} fractional second digits"):
             fit(rounded)
+
+
+def test_a_time_as_text_is_held_to_its_columns_digits_too():
+    """SQLite keeps a TIME as text: '10:00:00.5' into a bare MySQL TIME (or time(0)) would be cut to
+    10:00:00 or rounded: refused the same way; text that is no time of day is left to the database."""
+    fit = values.fitter(sa.Column("x", mysql.TIME()))
+    with pytest.raises(ValueError, match="more than 0 fractional second digits"):
+        fit("10:00:00.5")
+    assert fit("10:00:00") == "10:00:00" and fit("25:00:00") == "25:00:00"
+    assert values.fitter(sa.Column("x", mysql.TIME(fsp=6)))("10:00:00.5") == "10:00:00.5"
+
+
+def test_a_mysql_time_read_as_a_duration_is_written_as_its_text_in_json():
+    """PyMySQL reads TIME as a timedelta: audit images, dead letters and reports encode it as its
+    text (reconcile stopped with 'Type is not JSON serializable: datetime.timedelta')."""
+    from cdc.changes import dumps
+
+    assert dumps({"starts": dt.timedelta(hours=10, microseconds=500000)}) == '{"starts":"10:00:00.500000"}'
