@@ -51,7 +51,7 @@ class _Planning:
                         ", ".join(dropped))
         added = [t for t in self.mappings if t not in self._streamed and t not in self._progress]
         if checkpoint is not None:
-            self._refuse_copy_over_conflicts(sorted(set(added) | set(remapped)))
+            self._refuse_copy_over_conflicts(sorted(set(added) | set(remapped)), "mapping changed, or added back")
         if added:
             position = self._retrying(lambda: self.source.join_stream(position, added))
             self._progress.update({t: {"after": None, "done": False, "rows": 0, "mapping": self._identities[t]}
@@ -102,10 +102,10 @@ class _Planning:
         if gap:
             raise SourceError(gap)
 
-    def _refuse_copy_over_conflicts(self, tables: list[str]) -> None:
-        """CdcError when a table about to be copied again (added back, or its mapping changed) has an
-        open conflict: the copy would write the source's rows over keys nothing may move until a
-        person decides (as `cdc run --resnapshot` is refused)."""
+    def _refuse_copy_over_conflicts(self, tables: list[str], why: str) -> None:
+        """CdcError when a table about to be copied again (``why``: `--resnapshot`, its mapping changed,
+        added back) has an open conflict: the copy would write the source's rows over keys nothing may
+        move until a person decides."""
         if not tables:
             return
         conflicts = state.conflicts
@@ -115,10 +115,11 @@ class _Planning:
                 conflicts.c.source_table.in_(tables)).group_by(conflicts.c.source_table)).all()
         if found:
             named = ", ".join(f"{table} ({count})" for table, count in sorted(found))
-            raise CdcError(f"pair {self.pair.name}: table(s) {named} would be copied again (mapping changed, or added "
-                           "back) with conflicts open (`cdc conflicts list CONFIG`): the copy would write the source's "
-                           "rows over keys that nothing may move until a person decides; resolve them first "
-                           "(`cdc conflicts resolve ID --take source|target`), then run again")
+            raise CdcError(f"pair {self.pair.name}: table(s) {named} would be copied again ({why}), and "
+                           f"{sum(count for _, count in found)} conflict(s) are open on them (`cdc conflicts list "
+                           "CONFIG`): the copy would write the source's rows over keys that nothing may move until a "
+                           "person decides; resolve them first (`cdc conflicts resolve ID --take source|target`), "
+                           "then run again")
 
     def _remapped(self, copied: dict[str, dict | None], stored: dict[str, dict]) -> dict[str, str]:
         """Tables copied (or being copied) under another mapping identity than the mapping's now,

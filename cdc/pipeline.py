@@ -109,17 +109,13 @@ class PairRunner(_Planning, _Copying):
         return result
 
     def _still_open(self) -> None:
-        """Before a re-copy: refuse while conflicts are open (the copy would write the source's rows
-        over keys nothing may move until a person decides); say which dead letters stay open (the copy
-        writes the source's current rows over their keys, but a key deleted at the source meanwhile
-        keeps its target row, and its letter, until a repair, so none is settled here)."""
+        """Before a re-copy: refuse while conflicts are open (see _refuse_copy_over_conflicts); say which
+        dead letters stay open (the copy writes the source's current rows over their keys, but a key
+        deleted at the source meanwhile keeps its target row, and its letter, until a repair, so none
+        is settled here)."""
+        self._refuse_copy_over_conflicts(sorted(self.mappings), "`cdc run --resnapshot`")
         with self.target.reading() as conn:
-            letters, conflicts = state.open_counts(conn, self.pair.name)
-        if conflicts:
-            raise CdcError(f"pair {self.pair.name}: {conflicts} conflict(s) are open (`cdc conflicts list CONFIG`): a "
-                           "copy would write the source's rows over keys that nothing may move until a person "
-                           "decides; resolve them first (`cdc conflicts resolve ID --take source|target`), then run "
-                           "`cdc run --resnapshot` again")
+            letters, _ = state.open_counts(conn, self.pair.name)
         if letters:
             logger.warning("pair %s: %d dead letter(s) stay open through the copy, and later changes of their keys "
                            "wait behind them: once it is done, `cdc reconcile CONFIG --repair` settles the letters "

@@ -360,9 +360,9 @@ def test_newest_wins_per_key_the_newer_stamp_wins_ties_to_the_source(ws, seed):
     assert_conflicts_audited(target, model)
 
 
-def two_rows_copied(ws, target, **options):
-    """A newest_wins pair into ``target`` whose source rows 1 and 2 (stamped 2026-01-01 10:00) are copied."""
-    source = make_pair(ws, target, "newest_wins", **options)
+def two_rows_copied(ws, target, policy: str = "newest_wins", **options):
+    """A ``policy`` pair into ``target`` whose source rows 1 and 2 (stamped 2026-01-01 10:00) are copied."""
+    source = make_pair(ws, target, policy, **options)
     source.execute("INSERT INTO acct VALUES (1, '1.00', 'src', '2026-01-01 10:00:00', ''), "
                    "(2, '2.00', 'src', '2026-01-01 10:00:00', '')")
     ok(ws, "run", "--once")
@@ -663,10 +663,7 @@ def test_manual_a_key_change_waits_behind_the_conflict_of_its_old_key(ws, take):
     second conflict of its own, and resolving the two in the wrong order brought key 1 back beside
     11). Resolved, the held changes follow in order; every key ends as the policy says."""
     target = Database("sqlite", f"sqlite:///{ws.target}")
-    source = make_pair(ws, target, "manual")
-    source.execute("INSERT INTO acct VALUES (1, '1.00', 'src', '2026-01-01 10:00:00', ''), "
-                   "(2, '2.00', 'src', '2026-01-01 10:00:00', '')")
-    ok(ws, "run", "--once")
+    source = two_rows_copied(ws, target, "manual")
     target.execute("UPDATE acct SET amount = '9.99' WHERE id = 1")
     source.execute("UPDATE acct SET note = 'changed' WHERE id = 1")
     source.execute("UPDATE acct SET id = 11 WHERE id = 1")
@@ -697,10 +694,7 @@ def test_manual_a_key_swap_behind_a_conflict_is_released_whole(ws):
     resolved, every held step is applied in order (the last one was marked 'made right' unapplied,
     and key 2 was lost)."""
     target = Database("sqlite", f"sqlite:///{ws.target}")
-    source = make_pair(ws, target, "manual")
-    source.execute("INSERT INTO acct VALUES (1, '1.00', 'one', '2026-01-01 10:00:00', ''), "
-                   "(2, '2.00', 'two', '2026-01-01 10:00:00', '')")
-    ok(ws, "run", "--once")
+    source = two_rows_copied(ws, target, "manual")
     target.execute("UPDATE acct SET amount = '9.99' WHERE id = 1")
     source.execute("UPDATE acct SET note = 'changed' WHERE id = 1")
     source.transaction([("UPDATE acct SET id = 0 WHERE id = 1", None), ("UPDATE acct SET id = 1 WHERE id = 2", None),

@@ -441,13 +441,13 @@ def test_a_checkpoint_written_before_instants_goes_on_where_it_was(ws):
     assert ws.rows(ws.target, "products") == ws.rows(ws.source, "products")
 
 
-def test_newest_wins_weighs_a_soft_delete_by_its_own_time(ws):
-    """Capture timestamp gives a soft delete no commit time: its time is the deleted row's own stamp.
-    It was compared as NULL, so a delete newer than a person's edit lost ('... > None: kept')."""
+def newest_wins_soft_delete_pair(ws, rows: int) -> None:
+    """A newest_wins pair over acct (changed_at, deleted as soft_delete) whose ``rows`` rows (amount
+    10, 20, ...; stamped 2026-01-01 00:00) are copied."""
+    values = ", ".join(f"({i}, {10 * i}, '2026-01-01 00:00:00')" for i in range(1, rows + 1))
     ws.sql(ws.source, "CREATE TABLE acct (id INTEGER PRIMARY KEY, amount NUMERIC(12,2) NOT NULL, "
                       "changed_at DATETIME NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);"
-                      "INSERT INTO acct (id, amount, changed_at) VALUES (1, 10, '2026-01-01 00:00:00'), "
-                      "(2, 20, '2026-01-01 00:00:00'), (3, 30, '2026-01-01 00:00:00')")
+                      f"INSERT INTO acct (id, amount, changed_at) VALUES {values}")
     ws.write_config("""
         source: src
         target: dst
@@ -459,6 +459,12 @@ def test_newest_wins_weighs_a_soft_delete_by_its_own_time(ws):
     for command in ("init", "install"):
         assert ws.cdc(command, str(ws.config)).returncode == 0
     run(ws)
+
+
+def test_newest_wins_weighs_a_soft_delete_by_its_own_time(ws):
+    """Capture timestamp gives a soft delete no commit time: its time is the deleted row's own stamp.
+    It was compared as NULL, so a delete newer than a person's edit lost ('... > None: kept')."""
+    newest_wins_soft_delete_pair(ws, 3)
     # A person corrects rows 1 and 2 in the ledger, stamping them 06:00.
     ws.sql(ws.target, "UPDATE acct SET amount = 99, changed_at = '2026-01-01 06:00:00' WHERE id IN (1, 2)")
     # The source deletes row 1 later than the correction (07:00), row 2 before it (05:00).
@@ -507,21 +513,7 @@ def test_a_soft_deleted_row_is_not_copied_not_counted_and_a_repair_deletes_it(ws
 def test_a_repair_weighs_a_soft_deleted_rows_own_stamp_under_newest_wins(ws):
     """A row the source soft-deleted at 07:00, entered again by a person at 08:00: a repair under
     newest_wins keeps the person's newer row (it weighed the delete by the time the repair ran)."""
-    ws.sql(ws.source, "CREATE TABLE acct (id INTEGER PRIMARY KEY, amount NUMERIC(12,2) NOT NULL, "
-                      "changed_at DATETIME NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);"
-                      "INSERT INTO acct (id, amount, changed_at) VALUES (1, 10, '2026-01-01 00:00:00'), "
-                      "(2, 20, '2026-01-01 00:00:00')")
-    ws.write_config("""
-        source: src
-        target: dst
-        capture: timestamp
-        tables: [acct]
-        conflict: {newest_wins: changed_at}
-        timestamp: {column: changed_at, soft_delete: deleted, overlap_seconds: 30}
-    """)
-    for command in ("init", "install"):
-        assert ws.cdc(command, str(ws.config)).returncode == 0
-    run(ws)
+    newest_wins_soft_delete_pair(ws, 2)
     ws.sql(ws.source, "UPDATE acct SET deleted = 1, changed_at = '2026-01-01 07:00:00' WHERE id IN (1, 2)")
     run(ws)
     assert ws.query(ws.target, "SELECT count(*) FROM acct") == [(0,)]

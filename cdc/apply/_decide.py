@@ -36,6 +36,11 @@ class Context:
     holds: Holds = field(default_factory=Holds)
     conn: Any = None
 
+    @property
+    def ignores_letters(self) -> bool:
+        """Whether parked letters hold nothing back here (holds off, or a repair): conflicts still do."""
+        return not self.holds_on or self.reason == "repair"
+
     def open_conflict(self, item: MappedChange, found: dict | None) -> int:
         """Record a conflict for a person to decide, now (its id names what later changes wait behind)."""
         (row,) = conflict_rows(self.pair, [(item, found)], state._store.now())
@@ -70,11 +75,10 @@ def decide(conn: Any, target: Any, ctx: Context, mapped: list[MappedChange], par
     journal = _journal_of(target, conn, live)
     live = _by_rules(ctx, live, rows, park, decided, journal)
     _ledger(target, conn, [i for i in live if i.mapping.spec.ledger is not None], journal)
-    ignore_letters = not ctx.holds_on or ctx.reason == "repair"
     for item in live:
         # What an earlier change of this part left: a conflict it opened, or a change held behind one
         # (a key change holds its new key too, so the changes after it there wait as well).
-        blocker = ctx.holds.blocker(item, ignore_letters)
+        blocker = ctx.holds.blocker(item, ctx.ignores_letters)
         if blocker is not None:
             _park(ctx, item, park, _held(blocker))
         elif item.mapping.spec.ledger is not None:
@@ -92,9 +96,8 @@ def decide(conn: Any, target: Any, ctx: Context, mapped: list[MappedChange], par
 def _unheld(ctx: Context, mapped: list[MappedChange], park: Park, decided: Decided) -> list[MappedChange]:
     """The changes whose keys nothing holds, that mapped, and that change a mapped column."""
     live = []
-    ignore_letters = not ctx.holds_on or ctx.reason == "repair"
     for item in mapped:
-        blocker = ctx.holds.blocker(item, ignore_letters)
+        blocker = ctx.holds.blocker(item, ctx.ignores_letters)
         if blocker is not None:
             if ctx.reason == "repair":  # a repair leaves a key with an open conflict to its resolution
                 decided.skipped += 1

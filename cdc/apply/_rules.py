@@ -138,8 +138,8 @@ def halves(written: list[MappedChange], refused: list) -> Rejected:
             for group in _groups(item):
                 lost.setdefault(group, (item, error))
     found = []
-    for item in written:
-        if item.mapping.spec.balance is None or not lost:
+    for item in written if lost else ():
+        if item.mapping.spec.balance is None:
             continue
         hit = next((lost[g] for g in _groups(item) if g in lost), None)
         if hit is not None:
