@@ -36,6 +36,7 @@ class _Copying:
                 def counted(rows: int) -> None:
                     result.snapshot_rows += rows
                     bar.update(rows)
+                    self.observer.copied(table, rows)
 
                 while not progress["done"] and not self.stop.is_set():
                     if self._bulk_ok(table, mapping):
@@ -70,6 +71,7 @@ class _Copying:
 
         def counted(rows: int) -> None:
             result.snapshot_rows += rows
+            self.observer.copied(table, rows)
 
         deadline = time.monotonic() + self.pair.poll_interval
         while not progress["done"] and not self.stop.is_set() and time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -17,6 +18,21 @@ if TYPE_CHECKING:
     from .pipeline import PairRunner
 
 logger = logging.getLogger("cdc.pipeline")  # the name `cdc run` prints with every line
+
+#: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
+GC_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Collect cycles less often while streaming.
+
+    A batch keeps hundreds of thousands of change objects alive (none in reference cycles);
+    CPython's default threshold (a collection every 700 allocations, each walking the young
+    objects and, every so often, all of them) cost a quarter of the streaming apply's time in
+    bench/postgres_bench.py. Memory stays bounded: the change model holds no cycles.
+    """
+    if gc.get_threshold()[0] < GC_THRESHOLD:
+        gc.set_threshold(GC_THRESHOLD, 20, 100)
 
 
 def _source_fault(exc: sa.exc.DBAPIError) -> CdcError:

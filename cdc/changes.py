@@ -71,6 +71,10 @@ class ApplyResult:
     parked: int
     skipped: int = 0
     conflicts: int = 0
+    #: Changes applied per source operation (insert, update, delete).
+    by_op: dict[str, int] = field(default_factory=dict)
+    #: The source commit time of the last change the transaction covered (None when unknown).
+    committed_at: Any = None
 
 
 def _default(value: Any) -> Any:

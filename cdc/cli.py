@@ -164,6 +164,36 @@ def run(config: str, pair: str | None, once: bool, resnapshot: bool, wait: bool)
         click.echo(f"pair {r.pair}: {snap}{r.applied} changes applied in {r.batches} target transactions{more}")
 
 
+def _listen_option(ctx, param, value: str | None):
+    if value is None or value == "off":
+        return value
+    from ._service_config import _listen
+
+    try:
+        return _listen(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command()
+@CONFIG
+@PAIR
+@click.option("--state", metavar="URL", help="A state database (PostgreSQL) shared by several daemons, which then "
+              "take the pairs by lease; overrides the config's daemon.state.")
+@click.option("--listen", metavar="HOST:PORT|off", callback=_listen_option,
+              help="Where /healthz and /metrics listen (default: the config's daemon.listen, 127.0.0.1:9187).")
+@click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto", show_default=True,
+              help="Log lines as JSON (auto: when stderr is not a terminal) or text.")
+@_friendly
+def daemon(config: str, pair: str | None, state: str | None, listen, log_format: str) -> None:
+    """Run every pair as a service: a worker per pair, restarted with back-off when it fails; SIGTERM
+    stops after the current batches, SIGHUP reloads CONFIG; systemd notify, /healthz, /metrics, alerts."""
+    from .daemon import configure_logging
+
+    configure_logging(click.get_current_context().find_root().params.get("verbose", 0), log_format)
+    sys.exit(commands.daemon(config, pair, state=state, listen=listen))
+
+
 @main.command()
 @CONFIG
 @PAIR

@@ -15,6 +15,7 @@ from . import _yaml, registry
 from ._connections import SSL_MODES, Connection, connection, load_url, mask_url
 from ._identity import database_identity
 from ._mapping_file import Conflict
+from ._service_config import Alert, DaemonOptions, daemon_options
 from ._schema import PositiveNumber, PositiveWhole, Strict, TimeZone, checked, choice, did_you_mean, validate
 from .errors import ConfigError
 from .mapping import MappingSpec, TableSpec, identity_spec, load_mapping
@@ -24,7 +25,8 @@ ON_ERROR = ("park", "stop")
 #: timestamp.unit: what a numeric change column counts (epoch time in a unit, or a version counter).
 STAMP_UNITS = ("seconds", "milliseconds", "microseconds", "counter")
 
-__all__ = ["CAPTURE_MODES", "ON_ERROR", "SSL_MODES", "STAMP_UNITS", "Config", "Connection", "Pair", "TimestampOptions",
+__all__ = ["Alert", "CAPTURE_MODES", "ON_ERROR", "SSL_MODES", "STAMP_UNITS", "Config", "Connection", "DaemonOptions",
+           "Pair", "TimestampOptions",
            "load_config", "load_url", "mask_url"]
 
 
@@ -70,6 +72,7 @@ class Config:
     path: Path
     connections: dict[str, Connection]
     pairs: dict[str, Pair]
+    daemon: DaemonOptions = DaemonOptions()
 
     def select(self, pair: str | None) -> list[Pair]:
         """All pairs, or the one named; an unknown name is a ConfigError."""
@@ -116,6 +119,8 @@ class _ConfigFile(Strict):
     shape: ClassVar[str] = "the config must be a mapping with 'connections' and 'pairs'"
     connections: Annotated[dict[str, Any], Field(min_length=1)]
     pairs: Annotated[dict[str, _Pair], Field(min_length=1)]
+    daemon: dict[str, Any] | None = None
+    alerts: list[Any] | None = None
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -131,7 +136,7 @@ def load_config(path: str | os.PathLike) -> Config:
     connections = {name: connection(doc, name, raw) for name, raw in model.connections.items()}
     pairs = {name: _pair(doc, name, raw, connections) for name, raw in model.pairs.items()}
     _require_disjoint_writers(pairs)
-    return Config(path, connections, pairs)
+    return Config(path, connections, pairs, daemon_options(doc, model.daemon, model.alerts))
 
 
 def _pair(doc: _yaml.Document, name: str, model: _Pair, connections: dict[str, Connection]) -> Pair:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -11,17 +12,18 @@ import sqlalchemy as sa
 
 from . import apply, state, values
 from ._copying import _Copying
+from ._observer import Observer
 from ._opening import (OLD_ROWS, capture_gap, missing_targets, open_pair, open_source, open_target,
                        resolve_mappings, verify_checkpoint)
 from ._planning import _Planning
-from ._streaming import _Heartbeat, _Read, _Stop, _first_line, _joined, _prefetched, _source_fault
+from ._streaming import tune_gc, _Heartbeat, _Read, _Stop, _first_line, _joined, _prefetched, _source_fault
 from .changes import ApplyResult, dumps
 from .config import Pair
 from .errors import CdcError, RetryableError, TargetError, first_line
 from .state import ClaimHeldError, ClaimLostError
 from .mapping import TableMapping, map_changes
 
-__all__ = ["OLD_ROWS", "PairRunner", "RunResult", "capture_gap", "missing_targets", "open_pair", "open_source",
+__all__ = ["OLD_ROWS", "PairRunner", "RunResult", "capture_gap", "record_failure", "tune_gc", "missing_targets", "open_pair", "open_source",
            "open_target", "resolve_mappings", "verify_checkpoint"]
 
 logger = logging.getLogger(__name__)
@@ -46,8 +48,9 @@ class PairRunner(_Planning, _Copying):
     """Runs one pair until drained (``once``) or until ``stop`` is set."""
 
     def __init__(self, pair: Pair, *, progress: bool = False, stop: threading.Event | None = None,
-                 max_attempts: int | None = None):
+                 max_attempts: int | None = None, observer: Observer | None = None):
         self.pair = pair
+        self.observer = observer or Observer()
         self.max_attempts = max_attempts
         self.progress = progress
         self.stop = _Stop(stop or threading.Event())
@@ -190,6 +193,7 @@ class PairRunner(_Planning, _Copying):
                 # applied: the apply thread is the one that sets the pace.
                 for part, changes in _prefetched(mapped):
                     read.add(part)
+                    self.observer.alive()
                     yield changes
 
             applied = self._apply_parts(parts, read)
@@ -203,6 +207,10 @@ class PairRunner(_Planning, _Copying):
                 self._retrying(lambda: apply.advance(self.target, self.pair.name, to, snapshot=snapshot, tables=tables))
                 self._retrying(lambda: self.source.acknowledge(to))
                 position, moved = to, True
+            if read.changes:
+                self.observer.committed(applied)
+            elif read.complete or not copying:
+                self.observer.caught_up()
             if not read.changes:
                 # A read that only moved the position ended at a part that had arrived; what comes
                 # after it may be on its way: --once ends after a read that found nothing, or a
@@ -267,10 +275,13 @@ class PairRunner(_Planning, _Copying):
                 if self.stop.is_set() or (self.max_attempts is not None and attempt >= self.max_attempts):
                     raise
                 logger.warning("pair %s: %s; retrying in %.1fs", self.pair.name, _first_line(exc), delay)
+                self.observer.retrying(_first_line(exc))
                 self._say_retrying(_first_line(exc))
-                self.stop.wait(delay)
+                self.stop.wait(delay * random.uniform(0.75, 1.25))  # jitter: pairs of one server spread out
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
+            if attempt > 1:
+                self.observer.recovered()
             if self._retrying_since is not None:
                 self._say_retrying(None)
             return outcome
@@ -285,3 +296,15 @@ class PairRunner(_Planning, _Copying):
             self._retrying_since = error
         except (sa.exc.SQLAlchemyError, CdcError) as exc:
             logger.debug("pair %s: could not record the retry: %s", self.pair.name, _first_line(exc))
+
+
+def record_failure(p: Pair, exc: BaseException) -> None:
+    """A pair that could not even start: say so in its target's state tables where they exist."""
+    try:
+        target = open_target(p.target)
+        try:
+            target.record_failure(p.name, first_line(exc))
+        finally:
+            target.close()
+    except (CdcError, sa.exc.SQLAlchemyError) as error:
+        logger.debug("pair %s: failure not recorded in the target: %s", p.name, error)

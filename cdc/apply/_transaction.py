@@ -101,6 +101,7 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
                  policy: str | None, holds: bool, finish: Callable[[Any], None] | None, *,
                  isolate: bool) -> ApplyResult:
     counts = {"applied": 0, "parked": 0, "skipped": 0, "conflicts": 0}
+    by_op: dict[str, int] = {}
     seen = 0
     writes = writes_for(target)
 
@@ -133,6 +134,8 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
             for name, count in (("applied", len(done)), ("parked", len(parked)), ("skipped", decided.skipped),
                                 ("conflicts", decided.conflicted)):
                 counts[name] += count
+            for item in done:
+                by_op[item.change.op] = by_op.get(item.change.op, 0) + 1
 
         # A voucher is weighed whole: the changes of tables with `balance` wait for the transaction's
         # last part (a source transaction larger than batch_size comes in parts), then go together.
@@ -154,7 +157,7 @@ def _transaction(target: Any, pair: str, parts: Iterable[list[MappedChange]], po
         if (seen or reason == "snapshot") and reason not in NO_CHECKPOINT:
             write_checkpoint(position(), snapshot, counts["applied"] if reason != "snapshot" else 0, committed_at,
                              tables=tables)
-    return ApplyResult(**counts)
+    return ApplyResult(**counts, by_op=by_op, committed_at=committed_at)
 
 
 def _write_vouchers_whole(conn: Any, writes: Any, items: list[MappedChange], isolate: bool, reject: Callable,

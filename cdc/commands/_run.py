@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import threading
 from typing import Any
 
-import sqlalchemy as sa
-
 from ..config import Pair, load_config, mask_url
 from ..errors import CdcError, RowError, first_line
-from ..pipeline import PairRunner, RunResult, open_target
-
-
-#: Allocations between two young-generation garbage collections while pairs run (CPython: 700).
-GC_THRESHOLD = 50_000
-
+from ..pipeline import PairRunner, RunResult, record_failure, tune_gc
 
 #: The name log lines carried before the commands were split into modules (kept: `cdc run` prints it).
 logger = logging.getLogger("cdc.commands")
 
 
-def _tune_gc() -> None:
-    """Collect cycles less often while streaming.
+def daemon(config_path: str, pair: str | None = None, *, state: str | None = None, listen: Any = None,
+           stop: threading.Event | None = None) -> int:
+    """Serve every pair (or ``pair``) as a long-running service until SIGTERM; see cdc.daemon.Daemon.
+    ``listen``: (host, port), or None for the config's ``daemon.listen``. Returns the exit code."""
+    from ..daemon import Daemon
 
-    A batch keeps hundreds of thousands of change objects alive (none in reference cycles);
-    CPython's default threshold (a collection every 700 allocations, each walking the young
-    objects and, every so often, all of them) cost a quarter of the streaming apply's time in
-    bench/postgres_bench.py. Memory stays bounded: the change model holds no cycles.
-    """
-    if gc.get_threshold()[0] < GC_THRESHOLD:
-        gc.set_threshold(GC_THRESHOLD, 20, 100)
+    kwargs = {} if listen is None else {"listen": None if listen == "off" else listen}
+    return Daemon(config_path, pair=pair, state=state, stop=stop, **kwargs).serve()
 
 
 def run(config_path: str, pair: str | None = None, *, once: bool = False, progress: bool = False,
@@ -50,14 +40,14 @@ def run(config_path: str, pair: str | None = None, *, once: bool = False, progre
     """
     config = load_config(config_path)
     stop = stop or threading.Event()
-    _tune_gc()
+    tune_gc()
     chosen = config.select(pair)
 
     def one(p: Pair) -> RunResult:
         try:
             runner = PairRunner(p, progress=progress, stop=stop, max_attempts=10 if once else None)
         except BaseException as exc:
-            _record_failure(p, exc)
+            record_failure(p, exc)
             raise
         try:
             return runner.run(once=once, resnapshot=resnapshot, wait=wait)
@@ -100,15 +90,3 @@ def _each_pair(pairs: list[Pair], work, *, concurrently: bool) -> list[Any]:
             for t in threads:
                 t.join(timeout=0.5)
     return [outcomes[p.name] for p in pairs]
-
-
-def _record_failure(p: Pair, exc: BaseException) -> None:
-    """A pair that could not even start: say so in its target's state tables where they exist."""
-    try:
-        target = open_target(p.target)
-        try:
-            target.record_failure(p.name, first_line(exc))
-        finally:
-            target.close()
-    except (CdcError, sa.exc.SQLAlchemyError) as error:
-        logger.debug("pair %s: failure not recorded in the target: %s", p.name, error)

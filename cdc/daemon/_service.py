@@ -1,0 +1,245 @@
+"""`cdc daemon`: every pair of a config, each in a worker of its own, as a long-running service."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from .. import _secrets
+from .._service_config import _password
+from ..config import Config, DaemonOptions, Pair, load_config, mask_url
+from ..errors import CdcError, first_line
+from ..pipeline import tune_gc
+from ._alerts import Alerts
+from ._health import PairHealth
+from ._http import Endpoints
+from ._members import Membership
+from ._notify import Notifier
+from ._worker import Worker
+
+logger = logging.getLogger("cdc.daemon")
+_TICK = 0.5
+#: Seconds between the INFO lines that sum up each pair's work.
+SUMMARY_EVERY = 60.0
+_UNSET: Any = object()
+
+
+class Daemon:
+    """Runs the pairs of ``config_path`` until ``stop`` is set (SIGTERM/SIGINT set it when serving from
+    the main thread; SIGHUP reloads the config).
+
+    ``state``: a shared state database URL (overrides the config's ``daemon.state``): daemons sharing
+    it take the pairs by lease (see _members). ``listen``: (host, port) or None, overriding
+    ``daemon.listen``. ``environ``: where NOTIFY_SOCKET and WATCHDOG_USEC are read (os.environ).
+    """
+
+    def __init__(self, config_path: str, *, pair: str | None = None, state: str | None = None, listen: Any = _UNSET,
+                 stop: threading.Event | None = None, environ: dict[str, str] | None = None):
+        self.config_path, self.pair_name = config_path, pair
+        self.stop = stop or threading.Event()
+        self._reload_wanted = threading.Event()
+        self.config = self._load()
+        options = self.config.daemon
+        self.options = DaemonOptions(**{**options.__dict__, "state": state or options.state,
+                                        **({} if listen is _UNSET else {"listen": listen})})
+        if state:
+            _secrets.remember(_password(state))
+        self.notifier = Notifier(environ)
+        self.alerts = Alerts(self.options.alerts)
+        self.membership = Membership(self.options.state, self.options.lease_seconds) if self.options.state else None
+        self.state_error: str | None = None
+        self.workers: dict[str, Worker] = {}
+        self.endpoints: Endpoints | None = None
+        self._stopping = False
+        self._hung: set[str] = set()
+
+    def _load(self) -> Config:
+        config = load_config(self.config_path)
+        config.select(self.pair_name)  # an unknown --pair is a ConfigError now, not at the first reload
+        return config
+
+    def _pairs(self, config: Config) -> dict[str, Pair]:
+        return {p.name: p for p in config.select(self.pair_name)}
+
+    # -- serving --------------------------------------------------------------------------------
+    def serve(self) -> int:
+        """Start every pair, report READY, supervise until stopped; 0 when every pair stopped cleanly
+        within ``daemon.stop_timeout``, 1 when one had to be left (its open transaction rolls back)."""
+        tune_gc()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+            signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+            signal.signal(signal.SIGHUP, lambda *_: self._reload_wanted.set())
+        if self.options.listen is not None:
+            self.endpoints = Endpoints(self.options.listen, self.healths, self.info)
+        self._beat()
+        for pair in self._pairs(self.config).values():
+            self._start(pair)
+        where = f"http://{self.endpoints.address[0]}:{self.endpoints.address[1]}" if self.endpoints else "nowhere"
+        logger.info("daemon started: %d pair(s) (%s); /healthz and /metrics on %s%s", len(self.workers),
+                    ", ".join(self.workers), where,
+                    f"; sharing pairs through state database {mask_url(self.options.state)}" if self.membership else "")
+        self.notifier.send(READY="1", STATUS=self.status_line())
+        try:
+            self._supervise()
+        finally:
+            code = self._shut_down()
+        return code
+
+    def _supervise(self) -> None:
+        last_beat = last_ping = last_summary = time.monotonic()
+        status = ""
+        applied = {name: 0 for name in self.workers}
+        while not self.stop.wait(_TICK):
+            moment = time.monotonic()
+            if self._reload_wanted.is_set():
+                self._reload_wanted.clear()
+                self._reload()
+            if self.membership is not None and moment - last_beat >= self.options.lease_seconds / 3:
+                self._beat()
+                last_beat = moment
+            for worker in list(self.workers.values()):
+                self.alerts.check_lag(worker.health)
+            hung = self._find_hung()
+            watchdog = self.notifier.watchdog
+            if watchdog and not hung and moment - last_ping >= watchdog / 3:
+                self.notifier.send(WATCHDOG="1")
+                last_ping = moment
+            line = self.status_line()
+            if line != status:
+                self.notifier.send(STATUS=line)
+                status = line
+            if moment - last_summary >= SUMMARY_EVERY:
+                applied = self._summarise(applied, moment - last_summary)
+                last_summary = moment
+
+    def _shut_down(self) -> int:
+        self._stopping = True
+        self.notifier.send(STOPPING="1", STATUS="stopping: finishing the current batches")
+        logger.info("stopping: each pair finishes and commits its current batch")
+        for worker in self.workers.values():
+            worker.stop()
+        deadline = time.monotonic() + self.options.stop_timeout
+        left = [name for name, worker in self.workers.items()
+                if not worker.join(max(deadline - time.monotonic(), 0.0))]
+        if self.membership is not None:
+            self.membership.leave()
+        if self.endpoints is not None:
+            self.endpoints.close()
+        self.alerts.close()
+        self.notifier.close()
+        if left:
+            logger.error("pair(s) %s did not stop within daemon.stop_timeout (%g s): their open transactions are "
+                         "rolled back by the database, nothing of them is committed; the next start goes on from "
+                         "their checkpoints", ", ".join(left), self.options.stop_timeout)
+            return 1
+        logger.info("stopped")
+        return 0
+
+    # -- pairs ----------------------------------------------------------------------------------
+    def _start(self, pair: Pair) -> None:
+        health = PairHealth(pair.name, pair.poll_interval, self.alerts.event, hung_after=self.options.hung_after)
+
+        def assigned() -> str | None:
+            return self.membership.assigned(pair.name) if self.membership is not None else None
+
+        worker = Worker(pair, health, assigned, self.options.max_backoff)
+        self.workers[pair.name] = worker
+        worker.start()
+
+    def _stop_workers(self, names: list[str]) -> None:
+        for name in names:
+            self.workers[name].stop()
+        deadline = time.monotonic() + self.options.stop_timeout
+        for name in names:
+            if not self.workers[name].join(max(deadline - time.monotonic(), 0.0)):
+                logger.error("pair %s did not stop within daemon.stop_timeout; it is left to finish", name)
+            del self.workers[name]
+
+    def _reload(self) -> None:
+        """SIGHUP: read the config again; pairs whose definition changed restart, others run on. A config
+        that does not load is refused and the old one keeps running."""
+        self.notifier.send(RELOADING="1", MONOTONIC_USEC=str(time.monotonic_ns() // 1000))
+        try:
+            config = self._load()
+        except CdcError as exc:
+            logger.error("config reload refused, the running config stays: %s", exc)
+            self.notifier.send(READY="1", STATUS=f"reload refused: {first_line(exc)}")
+            return
+        old, new = self._pairs(self.config), self._pairs(config)
+        gone = [name for name in old if name not in new]
+        changed = [name for name in old if name in new and old[name] != new[name]]
+        self._stop_workers([name for name in gone + changed if name in self.workers])
+        for name in changed + [name for name in new if name not in old]:
+            self._start(new[name])
+        if config.daemon.alerts != self.config.daemon.alerts:
+            self.alerts.close()
+            self.alerts = Alerts(config.daemon.alerts)
+        if config.daemon.listen != self.config.daemon.listen:
+            logger.warning("daemon.listen changed: it takes effect when the daemon is started again")
+        self.config = config
+        logger.info("config reloaded: %d pair(s) restarted, %d added, %d removed, %d unchanged", len(changed),
+                    len([n for n in new if n not in old]), len(gone), len(old) - len(gone) - len(changed))
+        self.notifier.send(READY="1", STATUS=self.status_line())
+
+    def _beat(self) -> None:
+        """Heartbeat in the shared state database; a pair whose assignment moved is handed over."""
+        if self.membership is None:
+            return
+        try:
+            before = list(self.membership.members)
+            members = self.membership.beat([name for name, w in self.workers.items() if w.holds])
+        except sa.exc.SQLAlchemyError as exc:
+            error = mask_url(first_line(getattr(exc, "orig", None) or exc))
+            if error != self.state_error:
+                logger.error("state database %s: %s; the pairs run on as assigned, retrying",
+                             mask_url(self.options.state), error)
+            self.state_error = error
+            return
+        if self.state_error is not None:
+            logger.info("state database reachable again")
+        self.state_error = None
+        if members != before:
+            logger.info("daemons sharing the pairs: %s", ", ".join(members))
+            for worker in self.workers.values():
+                worker.release_if_reassigned()
+
+    # -- what is reported -----------------------------------------------------------------------
+    def healths(self) -> list[PairHealth]:
+        return [worker.health for worker in list(self.workers.values())]
+
+    def info(self) -> dict[str, Any]:
+        return {"daemon": self.membership.id if self.membership else f"{os.uname().nodename}:{os.getpid()}",
+                "pid": os.getpid(), "stopping": self._stopping, "state_database_error": self.state_error,
+                "held": sum(1 for w in list(self.workers.values()) if w.holds)}
+
+    def status_line(self) -> str:
+        """systemd's STATUS=: a few words per pair."""
+        return _secrets.scrub("; ".join(h.short() for h in self.healths())) or "no pairs"
+
+    def _find_hung(self) -> list[str]:
+        hung = [h.pair for h in self.healths() if h.hung]
+        for name in set(hung) - self._hung:
+            logger.error("pair %s showed no sign of life for %g s (daemon.hung_after): a database call may hang; "
+                         "watchdog pings stop, so systemd (WatchdogSec) restarts the daemon", name,
+                         self.options.hung_after)
+        self._hung = set(hung)
+        return hung
+
+    def _summarise(self, before: dict[str, int], seconds: float) -> dict[str, int]:
+        now = {}
+        for health in self.healths():
+            total = sum(health.applied.values())
+            now[health.pair] = total
+            lag = health.lag_seconds()
+            logger.info("pair %s: %s; %d change(s) applied in the last %.0f s (%d in all)%s%s", health.pair,
+                        health.state, total - before.get(health.pair, 0), seconds, total,
+                        f"; lag {lag:.1f} s" if lag is not None else "",
+                        f"; {health.error}" if health.error else "", extra={"pair": health.pair})
+        return now
