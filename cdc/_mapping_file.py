@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar
 
@@ -20,7 +20,7 @@ class ColumnSpec:
     target: str
     source: str | None
     transforms: tuple[tuple[str, Any], ...] = ()
-    origin: str = ""
+    origin: str = field(default="", compare=False)  # where it is written: not part of what it means
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class FilterSpec:
     column: str
     op: str
     value: Any = None
-    origin: str = ""
+    origin: str = field(default="", compare=False)  # where it is written: not part of what it means
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class TableSpec:
     key: tuple[str, ...] | None = None
     columns: tuple[ColumnSpec, ...] | None = None
     filters: tuple[FilterSpec, ...] = ()
-    origin: str = ""
+    origin: str = field(default="", compare=False)  # where it is written: not part of what it means
     #: Reconciliation's trial balance: (account, date, amount) target columns, or None.
     control_totals: tuple[str, str, str] | None = None
     #: Other mappings may write the same target table (`shared: true`); the config loader then
@@ -101,7 +101,7 @@ class MappingSpec:
     """All table specs of a pair, keyed by source table."""
 
     tables: dict[str, TableSpec]
-    origin: str = ""
+    origin: str = field(default="", compare=False)  # where it is written: not part of what it means
 
 
 #: The filter operators a mapping file may use, and what each does to (row value, filter value).

@@ -98,8 +98,9 @@ def daemon_options(doc: _yaml.Document, raw: Any, alerts: Any) -> DaemonOptions:
             raise doc.error(("alerts", i), "`on:` is read as true by YAML: name the events with `events: [...]`")
         if isinstance(item, dict) and isinstance(item.get("url"), str):
             item = {**item, "url": _secrets.interpolate(item["url"], _lookup(doc, ("alerts", i, "url")))}
+        # Not remembered for scrubbing (pieces of it, such as the host, are ordinary words): the URL
+        # is only ever printed as Alert.masked().
         alert = validate(doc, _Alert, item, ("alerts", i), quote_input=False)
-        _secrets.remember(alert.url)
         made.append(Alert(alert.url, alert.events, alert.lag_seconds))
     if options.state:
         _secrets.remember(_password(options.state))

@@ -117,7 +117,8 @@ class PairHealth(Observer):
     @property
     def hung(self) -> bool:
         """No sign of life for ``hung_after`` seconds: stuck, most likely in a database call."""
-        return self.state not in ("stopped",) and self.silent_for() > self.hung_after
+        # An idle pair is silent for its poll interval on purpose.
+        return self.state != "stopped" and self.silent_for() > max(self.hung_after, 3 * self.poll_interval)
 
     @property
     def healthy(self) -> bool:

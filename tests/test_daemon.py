@@ -1,0 +1,265 @@
+"""`cdc daemon` as a service: systemd's notify protocol on a real datagram socket, /healthz and /metrics
+scraped over HTTP, SIGHUP reloads, SIGTERM stops, a hung database call stops the watchdog, alerts reach
+a real webhook."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import workload
+from test_postgres_source import cdc_ok, execute, pg_to_pg, rows  # noqa: F401
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """A `cdc daemon` process with its HTTP port, as systemd would start it."""
+
+    def __init__(self, ws, *args: str, env: dict | None = None, config: Path | None = None):
+        self.port = free_port()
+        self.log = ws.root / f"daemon-{self.port}.log"
+        command = [sys.executable, "-m", "cdc", "daemon", "--listen", f"127.0.0.1:{self.port}", *args,
+                   str(config or ws.config)]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, cwd=ws.root, stdout=subprocess.DEVNULL, stderr=log,
+                                            env={**os.environ, **(env or {})})
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def health(self) -> tuple[int, dict]:
+        code, body = self.get("/healthz")
+        return code, json.loads(body)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """A sample of /metrics, None when it has none."""
+        _, body = self.get("/metrics")
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in body.splitlines():
+            if line.startswith(f"{name}{{{wanted}}} ") or line.startswith(f"{name} ") and not labels:
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def up(self) -> bool:
+        try:
+            return self.health()[0] in (200, 503)
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
+
+    def stop(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def logged(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def received(sock: socket.socket, seconds: float) -> list[str]:
+    """The notify lines that arrive on ``sock`` within ``seconds``."""
+    lines, end = [], time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            lines += sock.recv(4096).decode().split("\n")
+        except TimeoutError:
+            break
+    return lines
+
+
+@pytest.fixture
+def services():
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.kill()
+
+
+def test_notify_protocol_health_metrics_and_a_clean_stop(ledger, services):
+    """READY=1 after start-up, STATUS= lines, WATCHDOG=1 pings every third of WatchdogSec, STOPPING=1 at
+    SIGTERM; /healthz and /metrics follow the changes; exit 0; the target equals the source."""
+    ws = ledger
+    ws.write_config("""
+        source: src
+        target: dst
+        capture: trigger
+        tables: [entries, parties]
+        batch_size: 50
+        poll_interval: 0.1
+    """)
+    workload.run(ws.source, 300, seed=1)
+    where = Path(tempfile.mkdtemp(prefix="cdc-notify-", dir="/tmp"))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(where / "notify"))
+    sock.settimeout(60)
+    service = Service(ws, env={"NOTIFY_SOCKET": str(where / "notify"), "WATCHDOG_USEC": "1500000"})
+    services.append(service)
+    messages: list[str] = []
+
+    def until(word: str) -> float:
+        while True:
+            messages.append(sock.recv(4096).decode())
+            if word in messages[-1].split("\n"):
+                return time.monotonic()
+
+    until("READY=1")
+    assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in messages), messages
+    first = until("WATCHDOG=1")
+    second = until("WATCHDOG=1")
+    assert second - first < 1.5, "a ping every third of WatchdogSec (1.5 s)"
+    wait_for(lambda: service.health()[1]["pairs"][0]["state"] == "idle", what="the snapshot to finish")
+    code, body = service.health()
+    assert code == 200 and body["healthy"] and body["pairs"][0]["pair"] == "p"
+    changes = workload.run(ws.source, 400, seed=2)
+    wait_for(lambda: ws.rows(ws.source, "entries", "id") == ws.rows(ws.target, "entries", "id"), what="catch-up")
+    applied = sum(service.metric("cdc_changes_applied_total", op=op, pair="p") or 0
+                  for op in ("insert", "update", "delete"))
+    assert applied == changes, "the metrics count every change applied once"
+    assert service.metric("cdc_replication_lag_seconds", pair="p") is not None
+    assert service.metric("cdc_pair_up", pair="p") == 1
+    assert service.metric("cdc_batches_total", pair="p") >= 1
+    assert service.get("/nothing")[0] == 404
+    assert service.stop() == 0
+    until("STOPPING=1")
+    for table, order in (("entries", "id"), ("parties", "code, region")):
+        assert ws.rows(ws.source, table, order) == ws.rows(ws.target, table, order)
+    assert ws.query(ws.target, "SELECT count(*) FROM cdc_audit_log WHERE op != 'snapshot'")[0][0] == changes
+    logged = [json.loads(line) for line in service.logged().splitlines() if line.startswith("{")]
+    assert any("daemon started" in line["message"] for line in logged), "JSON log lines when not on a terminal"
+    assert ws.query(ws.target, "SELECT state FROM cdc_leases")[0][0] == "stopped"
+    sock.close()
+
+
+def test_sighup_reloads_changed_pairs_and_refuses_a_bad_config(ledger, services):
+    ws = ledger
+    service = Service(ws)
+    services.append(service)
+    wait_for(lambda: service.up() and service.health()[1]["pairs"][0]["state"] == "idle", what="start-up")
+    # A second pair added by the reload (its own target); the first pair's definition is unchanged.
+    second = ws.root / "second.db"
+    text = ws.config.read_text() + ("  q:\n    source: src\n    target: other\n    capture: trigger\n"
+                                    "    tables: [parties]\n")
+    ws.config.write_text(text.replace("connections:\n", f"connections:\n  other: sqlite:///{second.name}\n"))
+    cdc_ok(ws, "init")
+    cdc_ok(ws, "install")
+    service.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: [p["pair"] for p in service.health()[1]["pairs"]] == ["p", "q"], what="the reload")
+    assert "config reloaded: 0 pair(s) restarted, 1 added" in service.logged()
+    # A typo: refused, and both pairs keep running.
+    ws.config.write_text(ws.config.read_text().replace("batch_size: 50", "batch_sise: 50"))
+    service.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reload refused" in service.logged(), what="the refusal")
+    assert "batch_sise" in service.logged() and "did you mean" in service.logged()
+    workload.run(ws.source, 200, seed=3)
+    wait_for(lambda: ws.rows(ws.source, "parties", "code, region") == ws.rows(second, "parties", "code, region"),
+             what="the added pair to catch up")
+    wait_for(lambda: ws.rows(ws.source, "entries", "id") == ws.rows(ws.target, "entries", "id"),
+             what="the first pair to catch up")
+    code, body = service.health()
+    assert code == 200 and {p["state"] for p in body["pairs"]} <= {"idle", "streaming"}
+    assert service.stop() == 0
+
+
+class _Webhook:
+    """A real HTTP endpoint that records the alerts POSTed to it."""
+
+    def __init__(self):
+        self.received: list[dict] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T0/secret-token-1234"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[str]:
+        return [alert["event"] for alert in self.received]
+
+
+def test_a_hung_database_call_stops_the_watchdog_and_lag_alerts_fire_once(pg_to_pg, services):
+    """A target table locked by someone else: the apply waits in the database (a real hang). /healthz says
+    so, watchdog pings stop, lag rises past the alert's threshold (one `lagging` alert); once the lock
+    goes, everything recovers (one `lag recovered`), and the target equals the source."""
+    ws, source, target = pg_to_pg
+    hook = _Webhook()
+    ws.config.write_text(
+        f"connections:\n  src: {source}\n  dst: {target}\npairs:\n  hang:\n    source: src\n    target: dst\n"
+        "    capture: logical\n    tables: [entries, parties]\n    poll_interval: 0.1\n"
+        "daemon:\n  hung_after: 3\n"
+        f"alerts:\n  - url: {hook.url}\n    events: [failed, recovered, lagging]\n    lag_seconds: 2\n",
+        encoding="utf-8")
+    for command in ("init", "install"):
+        cdc_ok(ws, command)
+    where = Path(tempfile.mkdtemp(prefix="cdc-notify-", dir="/tmp"))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(where / "notify"))
+    service = Service(ws, env={"NOTIFY_SOCKET": str(where / "notify"), "WATCHDOG_USEC": "1000000"})
+    services.append(service)
+    wait_for(lambda: service.up() and service.health()[1]["pairs"][0]["state"] == "idle", what="start-up")
+    import psycopg
+
+    locker = psycopg.connect(target)
+    locker.execute("LOCK TABLE entries IN ACCESS EXCLUSIVE MODE")
+    changes = workload.run(source, 100, seed=4)
+    wait_for(lambda: service.health()[1]["pairs"][0]["hung"], 30, "the pair to count as hung")
+    code, body = service.health()
+    assert code == 503 and not body["healthy"]
+    time.sleep(1.0)
+    received(sock, 0.5)  # what was sent before the hang was seen
+    assert "WATCHDOG=1" not in received(sock, 2.5), "no watchdog ping while a worker hangs"
+    wait_for(lambda: "lagging" in hook.events(), 30, "the lag alert")
+    assert (service.metric("cdc_replication_lag_seconds", pair="hang") or 0) > 2
+    locker.rollback()
+    locker.close()
+    wait_for(lambda: rows(source, "entries", "id") == rows(target, "entries", "id"), what="catch-up")
+    wait_for(lambda: service.health()[0] == 200, 30, "healthy again")
+    wait_for(lambda: "lag recovered" in hook.events(), 30, "the lag-recovered alert")
+    assert "WATCHDOG=1" in received(sock, 2.0), "the pings come back"
+    assert hook.events().count("lagging") == 1, hook.events()
+    assert execute(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0] == changes
+    assert all("secret-token-1234" not in json.dumps(alert) for alert in hook.received)
+    assert "secret-token-1234" not in service.logged()
+    assert service.stop() == 0
+    hook.server.shutdown()
+    sock.close()
