@@ -223,6 +223,12 @@ def mysql_server():
 
 
 @pytest.fixture
+def own_mysql_server():
+    """A MariaDB server of the test's own, which it may stop and start."""
+    yield from _server(None, "MariaDB", lambda: __import__("mysqlserver").LocalMariaDB(), lambda server: server)
+
+
+@pytest.fixture
 def mysql_databases(mysql_server):
     """A factory of fresh, empty databases on the MariaDB test server (plain mysql:// URLs), dropped after."""
     import pymysql
