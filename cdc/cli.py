@@ -220,6 +220,8 @@ def _print_status(row: dict) -> None:
     click.echo(f"pair {row['pair']} ({row['capture']}): {row['phase']}, {run_state}")
     if row["holder"]:
         click.echo(f"  process     {row['holder']}")
+    if "daemon" in row:
+        click.echo(f"  daemon      {row['daemon'] or 'none of the daemons sharing the state database runs it'}")
     if row["error"] and row["state"] != "failed":
         click.echo(f"  problem     {row['error']}")
     click.echo(f"  source      {row['source']}")

@@ -288,11 +288,12 @@ def test_three_daemons_share_the_pairs_and_a_killed_ones_pairs_move_within_the_l
     pairs = "".join(f"  {n}:\n    source: {n}_src\n    target: {n}_dst\n    capture: trigger\n"
                     "    tables: [entries, parties]\n    batch_size: 20\n    poll_interval: 0.1\n"
                     "    claim_timeout: 3\n" for n in names)
-    ws.config.write_text(f"connections:\n{connections}pairs:\n{pairs}daemon:\n  lease_seconds: 3\n", encoding="utf-8")
+    ws.config.write_text(f"connections:\n{connections}pairs:\n{pairs}daemon:\n  lease_seconds: 3\n  state: {pg_url}\n",
+                         encoding="utf-8")
     cdc_ok(ws, "init")
     cdc_ok(ws, "install")
     for _ in range(3):
-        services.append(Service(ws, "--state", pg_url))
+        services.append(Service(ws))
     targets = {n: ws.root / f"{n}-target.db" for n in names}
     pids = {s.process.pid for s in services}
 
@@ -304,6 +305,14 @@ def test_three_daemons_share_the_pairs_and_a_killed_ones_pairs_move_within_the_l
         return running and states.count("standby") == 2 * len(names)
 
     wait_for(settled, 60, "every pair to run in exactly one daemon")
+
+    def shown() -> dict:
+        result = ws.cdc("status", "--json", str(ws.config))
+        return {row["pair"]: row.get("daemon") for row in json.loads(result.stdout)}
+
+    # `cdc status` names the daemon that runs each pair: the one whose process holds the pair's claim.
+    wait_for(lambda: all(d and int(d.split(":")[1]) == _holder(targets[n])[0] for n, d in shown().items()), 30,
+             "cdc status to name each pair's daemon")
     stop, counts = threading.Event(), {}
 
     def write(name: str) -> None:

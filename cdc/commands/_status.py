@@ -22,7 +22,24 @@ def status(config_path: str, pair: str | None = None) -> list[dict]:
     pair failed, has open dead letters or conflicts, its source cannot be read, or a warning says
     changes may be missing (level fail)."""
     config = load_config(config_path)
-    return [_pair_status(p) for p in config.select(pair)]
+    rows = [_pair_status(p) for p in config.select(pair)]
+    if config.daemon.state:
+        _daemons(config.daemon.state, rows)
+    return rows
+
+
+def _daemons(url: str, rows: list[dict]) -> None:
+    """Which of the daemons sharing the state database at ``url`` runs each pair (``daemon``)."""
+    from ..daemon import list_daemons
+
+    try:
+        daemons = [d for d in list_daemons(url) if d["seconds_since_heartbeat"] <= 60]
+    except sa.exc.SQLAlchemyError as exc:
+        for row in rows:
+            row["daemon"] = f"state database cannot be read: {first_line(getattr(exc, 'orig', None) or exc)}"
+        return
+    for row in rows:
+        row["daemon"] = next((d["id"] for d in daemons if row["pair"] in (d["pairs"] or "").split(",")), None)
 
 
 def _pair_status(p: Pair) -> dict:
