@@ -44,7 +44,8 @@ class _Copying:
                     else:
                         self._row_chunks(table, mapping, position, progress, counted)
             if progress["done"]:
-                logger.info("pair %s: snapshot of %s done (%d rows)", self.pair.name, table, total)
+                logger.info("pair %s: snapshot of %s done (%d rows)", self.pair.name, table, total,
+                            extra={"pair": self.pair.name, "table": table})
 
     def _copy_pending(self) -> bool:
         """Whether a table added to the streaming pair is still to be copied."""
@@ -81,7 +82,7 @@ class _Copying:
                 self._row_chunks(table, mapping, position, progress, counted, deadline)
         if progress["done"]:
             logger.info("pair %s: snapshot of added table %s done (%d rows); it streams from now on",
-                        self.pair.name, table, progress["rows"])
+                        self.pair.name, table, progress["rows"], extra={"pair": self.pair.name, "table": table})
         return True
 
     def _bulk_or_rows(self, table: str, mapping: TableMapping, position: Any, progress: dict) -> int:

@@ -87,6 +87,8 @@ def main(verbose: int) -> None:
     if sys.stderr is not None and not isinstance(sys.stderr, _Scrubbed):
         sys.stderr = _Scrubbed(sys.stderr)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:  # alembic's INFO lines (every migration context) only at -vv
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @main.command()

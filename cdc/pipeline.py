@@ -228,7 +228,8 @@ class PairRunner(_Planning, _Copying):
             result.skipped += applied.skipped
             result.conflicts += applied.conflicts
             result.batches += 1
-            logger.debug("pair %s: applied %d changes up to %s", self.pair.name, applied.applied, dumps(position))
+            logger.debug("pair %s: applied %d changes up to %s", self.pair.name, applied.applied, dumps(position),
+                         extra={"pair": self.pair.name, "position": dumps(position)})
 
     def _apply_parts(self, parts: Callable, read: "_Read") -> Any:
         """Stream a read into one target transaction, with retries that never apply it twice; the

@@ -151,6 +151,9 @@ def test_notify_protocol_health_metrics_and_a_clean_stop(ledger, services):
     assert service.metric("cdc_replication_lag_seconds", pair="p") is not None
     assert service.metric("cdc_pair_up", pair="p") == 1
     assert service.metric("cdc_batches_total", pair="p") >= 1
+    # The source's backlog and the open dead letters, read as `cdc status` reads them (first after 2 s).
+    wait_for(lambda: service.metric("cdc_source_backlog", pair="p", unit="changes") is not None, 30, "the backlog")
+    assert service.metric("cdc_dead_letters_open", pair="p") == 0
     assert service.get("/nothing")[0] == 404
     assert service.stop() == 0
     until("STOPPING=1")
@@ -350,3 +353,50 @@ def test_three_daemons_share_the_pairs_and_a_killed_ones_pairs_move_within_the_l
     for service in services:
         if service.process.poll() is None:
             assert service.stop() == 0
+
+
+def test_alerts_for_a_failing_pair_its_recovery_and_parked_changes_are_sent_once(ledger, services):
+    """A row the target refuses under on_error stop: the pair fails and is started again with back-off
+    (one `failed` alert, however many restarts); the cause removed, it recovers (one `recovered`); under
+    on_error park a refused row sends `parked`. The webhook's token appears nowhere."""
+    ws = ledger
+    hook = _Webhook()
+    ws.sql(ws.target, "CREATE TRIGGER refuse BEFORE INSERT ON entries WHEN NEW.amount > 1000000 "
+                      "BEGIN SELECT RAISE(ABORT, 'amount over the limit'); END;")
+    base = ws.config.read_text()
+
+    def configure(on_error: str) -> None:
+        ws.config.write_text(base.replace("    batch_size: 50\n", f"    batch_size: 50\n    poll_interval: 0.1\n"
+                                                                  f"    on_error: {on_error}\n")
+                             + f"daemon:\n  max_backoff: 1\nalerts:\n  - url: {hook.url}\n", encoding="utf-8")
+
+    configure("stop")
+    service = Service(ws)
+    services.append(service)
+    wait_for(lambda: service.up() and service.health()[1]["pairs"][0]["state"] == "idle", what="start-up")
+    ws.sql(ws.source, "INSERT INTO entries VALUES (1, 1500, 2000000, 'NOK', 'stor', NULL);")
+    wait_for(lambda: "failed" in hook.events(), 30, "the failed alert")
+    wait_for(lambda: service.metric("cdc_restarts_total", pair="p") >= 2, 30, "restarts")
+    code, body = service.health()
+    assert code == 503 and "amount over the limit" in body["pairs"][0]["error"]
+    assert hook.events().count("failed") == 1, hook.events()
+    failed = next(a for a in hook.received if a["event"] == "failed")
+    assert failed["pair"] == "p" and "amount over the limit" in failed["text"]
+    ws.sql(ws.target, "DROP TRIGGER refuse;")
+    wait_for(lambda: "recovered" in hook.events(), 30, "the recovered alert")
+    wait_for(lambda: service.health()[0] == 200, 30, "healthy again")
+    assert ws.rows(ws.source, "entries", "id") == ws.rows(ws.target, "entries", "id")
+    # Parked changes: on_error park, reloaded by SIGHUP.
+    ws.sql(ws.target, "CREATE TRIGGER refuse BEFORE INSERT ON entries WHEN NEW.amount > 1000000 "
+                      "BEGIN SELECT RAISE(ABORT, 'amount over the limit'); END;")
+    configure("park")
+    service.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reloaded" in service.logged(), 30, "the reload")
+    ws.sql(ws.source, "INSERT INTO entries VALUES (2, 1500, 3000000, 'NOK', 'stor', NULL);")
+    wait_for(lambda: "parked" in hook.events(), 30, "the parked alert")
+    assert service.metric("cdc_changes_parked_total", pair="p") == 1
+    assert service.stop() == 0
+    assert hook.events().count("failed") == 1 and hook.events().count("recovered") == 1, hook.events()
+    for text in (service.logged(), json.dumps(hook.received), ws.cdc("status", str(ws.config)).stdout):
+        assert "secret-token-1234" not in text
+    hook.server.shutdown()

@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ._network import network_settings
 from .capabilities import CAPABILITIES
 from .identity import identity as database_identity
 from .fingerprint import PostgresFingerprints
@@ -29,7 +30,7 @@ class PostgresAdapter:
         return database_identity(connection_url)
 
     def source(self, connection_url: str, pair: Any) -> LogicalSource | TriggerSource | TimestampSource:
-        engine = sa.create_engine(connection_url, pool_pre_ping=True)
+        engine = sa.create_engine(connection_url, pool_pre_ping=True, connect_args=network_settings(connection_url))
         if pair.capture == "timestamp":
             made = TimestampSource(engine, pair.name, pair.timestamp, pair.source_timezone)
         elif pair.capture == "trigger":
@@ -41,7 +42,7 @@ class PostgresAdapter:
         return made
 
     def target(self, connection_url: str) -> PostgresTarget:
-        engine = sa.create_engine(connection_url, pool_pre_ping=True)
+        engine = sa.create_engine(connection_url, pool_pre_ping=True, connect_args=network_settings(connection_url))
         sa.event.listen(engine, "connect", _utc_spelt_utc)
         made = PostgresTarget(engine)
         made.fingerprints = PostgresFingerprints()

@@ -27,6 +27,7 @@ from cdc.config import mask_url
 from cdc.errors import RetryableError, SourceError
 
 from . import sql
+from ._network import network_settings
 
 logger = logging.getLogger(__name__)
 #: How often the stream tells the server how far the target has committed (it drops a replication
@@ -50,7 +51,7 @@ def replication_conninfo(url: sa.URL) -> str:
     backslashes as libpq reads them.
     """
     _, settings = url.get_dialect()().create_connect_args(url)
-    return make_conninfo("", **settings, replication="database")
+    return make_conninfo("", **{**network_settings(url), **settings}, replication="database")
 
 
 class ReplicationConnection:

@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 class _PairsCollector:
     """Prometheus metrics read from the pairs' health at each scrape (a reload adds or drops pairs)."""
 
-    def __init__(self, pairs: Callable[[], Iterable[PairHealth]], daemon: Callable[[], dict]):
-        self._pairs, self._daemon = pairs, daemon
+    def __init__(self, pairs: Callable[[], Iterable[PairHealth]], daemon: Callable[[], dict], samples: dict):
+        self._pairs, self._daemon, self._samples = pairs, daemon, samples
 
     def collect(self) -> Iterator[Metric]:
         pairs = list(self._pairs())
@@ -54,8 +54,28 @@ class _PairsCollector:
             up.add_metric([p.pair], 1 if p.healthy else 0)
             state.add_metric([p.pair, p.state], 1)
         yield from (applied, *counters.values(), lag, checkpoint, up, state)
+        yield from self._sampled([p.pair for p in pairs])
         info = self._daemon()
         yield GaugeMetricFamily("cdc_daemon_pairs_held", "Pairs this daemon runs now", value=info["held"])
+        yield GaugeMetricFamily("cdc_state_database_up", "1 when the shared state database answers (no shared "
+                                "state database: 1)", value=0 if info["state_database_error"] else 1)
+
+    def _sampled(self, names: list[str]) -> Iterator[Metric]:
+        """What the sampler last read (every 30 s; a pair whose databases it could not read has none)."""
+        backlog = GaugeMetricFamily("cdc_source_backlog", "What the source holds after the checkpoint, in the unit "
+                                    "its capture counts (changes, or bytes of WAL or binlog)", labels=["pair", "unit"])
+        letters = GaugeMetricFamily("cdc_dead_letters_open", "Open dead letters (parked and held)", labels=["pair"])
+        conflicts = GaugeMetricFamily("cdc_conflicts_open", "Open conflicts", labels=["pair"])
+        for name in names:
+            sample = self._samples.get(name)
+            if sample is None:
+                continue
+            if sample.backlog is not None:
+                backlog.add_metric([name, sample.unit], sample.backlog)
+            if sample.dead_letters is not None:
+                letters.add_metric([name], sample.dead_letters)
+                conflicts.add_metric([name], sample.conflicts)
+        yield from (backlog, letters, conflicts)
 
 
 def health(pairs: Iterable[PairHealth], daemon: dict) -> tuple[int, bytes]:
@@ -69,9 +89,9 @@ class Endpoints:
     """The HTTP server in a thread of its own."""
 
     def __init__(self, listen: tuple[str, int], pairs: Callable[[], Iterable[PairHealth]],
-                 daemon: Callable[[], dict]):
+                 daemon: Callable[[], dict], samples: dict):
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_PairsCollector(pairs, daemon))
+        registry.register(_PairsCollector(pairs, daemon, samples))
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)

@@ -17,6 +17,7 @@ from ..config import Config, DaemonOptions, Pair, load_config, mask_url
 from ..errors import CdcError, first_line
 from ..pipeline import tune_gc
 from ._alerts import Alerts
+from ._backlog import Sampler
 from ._health import PairHealth
 from ._http import Endpoints
 from ._members import Membership
@@ -56,6 +57,7 @@ class Daemon:
         self.state_error: str | None = None
         self.workers: dict[str, Worker] = {}
         self.endpoints: Endpoints | None = None
+        self.sampler: Sampler | None = None
         self._stopping = False
         self._hung: set[str] = set()
 
@@ -77,7 +79,8 @@ class Daemon:
             signal.signal(signal.SIGINT, lambda *_: self.stop.set())
             signal.signal(signal.SIGHUP, lambda *_: self._reload_wanted.set())
         if self.options.listen is not None:
-            self.endpoints = Endpoints(self.options.listen, self.healths, self.info)
+            self.sampler = Sampler(lambda: [w.pair for w in list(self.workers.values()) if w.holds])
+            self.endpoints = Endpoints(self.options.listen, self.healths, self.info, self.sampler.samples)
         self._beat()
         for pair in self._pairs(self.config).values():
             self._start(pair)
@@ -132,6 +135,8 @@ class Daemon:
             self.membership.leave()
         if self.endpoints is not None:
             self.endpoints.close()
+        if self.sampler is not None:
+            self.sampler.close()
         self.alerts.close()
         self.notifier.close()
         if left:
