@@ -400,3 +400,47 @@ def test_alerts_for_a_failing_pair_its_recovery_and_parked_changes_are_sent_once
     for text in (service.logged(), json.dumps(hook.received), ws.cdc("status", str(ws.config)).stdout):
         assert "secret-token-1234" not in text
     hook.server.shutdown()
+
+
+def test_the_state_database_going_away_leaves_each_pair_running_once(ws, own_pg_server, services):
+    """Two daemons share pairs through a state database that is then stopped: each keeps running what it
+    runs (no pair twice, none dropped), says so in /healthz and /metrics, and picks up when it returns."""
+    from conftest import LEDGER_SCHEMA
+
+    state = own_pg_server.url()
+    names = ["a", "b"]
+    for name in names:
+        ws.sql(ws.root / f"{name}-source.db", LEDGER_SCHEMA)
+    connections = "".join(f"  {n}_src: sqlite:///{n}-source.db\n  {n}_dst: sqlite:///{n}-target.db\n" for n in names)
+    pairs = "".join(f"  {n}:\n    source: {n}_src\n    target: {n}_dst\n    capture: trigger\n"
+                    "    tables: [entries, parties]\n    poll_interval: 0.1\n    claim_timeout: 3\n" for n in names)
+    ws.config.write_text(f"connections:\n{connections}pairs:\n{pairs}daemon:\n  lease_seconds: 3\n", encoding="utf-8")
+    cdc_ok(ws, "init")
+    cdc_ok(ws, "install")
+    for _ in range(2):
+        services.append(Service(ws, "--state", state))
+    targets = {n: ws.root / f"{n}-target.db" for n in names}
+
+    def holders() -> dict:
+        return {n: _holder(t) for n, t in targets.items()}
+
+    wait_for(lambda: all(h and h[1] == "running" for h in holders().values()) and all(s.up() for s in services), 60,
+             "both pairs to run")
+    before = holders()
+    own_pg_server.stop()
+    wait_for(lambda: all(s.health()[1]["state_database_error"] for s in services), 30, "the state database error")
+    assert all(s.metric("cdc_state_database_up") == 0 for s in services)
+    counts = {n: workload.run(ws.root / f"{n}-source.db", 150, seed=20 + i) for i, n in enumerate(names)}
+    for name in names:
+        wait_for(lambda: ws.rows(ws.root / f"{name}-source.db", "entries", "id") == ws.rows(targets[name], "entries", "id"),
+                 60, f"pair {name} to go on without the state database")
+    assert holders() == before, "each pair stayed where it ran"
+    assert all(s.health()[0] == 200 for s in services), "the pairs work: healthy"
+    own_pg_server.start()
+    wait_for(lambda: all(s.metric("cdc_state_database_up") == 1 for s in services), 30, "the state database back")
+    for name in names:
+        positions = [p for (p,) in ws.query(targets[name], "SELECT CAST(source_position AS INTEGER) FROM "
+                                                           "cdc_audit_log WHERE op != 'snapshot' ORDER BY 1")]
+        assert positions == list(range(1, counts[name] + 1))
+    for service in services:
+        assert service.stop() == 0
