@@ -7,10 +7,10 @@ from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from . import _secrets, _yaml
-from ._connections import _lookup
+from ._connections import _lookup, load_url
 from ._schema import PositiveNumber, Strict, checked, validate
 
 #: What an alert may be sent for: a pair fails, works again, parks changes, or lags.
@@ -55,6 +55,16 @@ def _listen(value: Any) -> tuple[str, int] | None:
     return (host.strip("[]") or "127.0.0.1", int(port))
 
 
+def state_url(value: Any) -> str:
+    """A shared state database URL, as a DBA writes it (ValueError when it is none)."""
+    try:
+        make_url(load_url(str(value))).get_dialect()
+    except (ArgumentError, NoSuchModuleError):
+        shown = _secrets.mask_url(str(value))
+        raise ValueError(f"{shown!r} is not a database URL (such as postgresql://cdc@state-db/cdc)") from None
+    return str(value)
+
+
 def _webhook(value: Any) -> str:
     parts = urlsplit(str(value))
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -81,7 +91,7 @@ class _Daemon(Strict):
     listen: Annotated[Any, checked(_listen)] = ("127.0.0.1", 9187)
     stop_timeout: PositiveNumber = 60.0
     hung_after: PositiveNumber = 600.0
-    state: str | None = None
+    state: Annotated[str, checked(state_url)] | None = None
     lease_seconds: PositiveNumber = 30.0
     max_backoff: PositiveNumber = 300.0
 

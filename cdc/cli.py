@@ -166,6 +166,15 @@ def run(config: str, pair: str | None, once: bool, resnapshot: bool, wait: bool)
         click.echo(f"pair {r.pair}: {snap}{r.applied} changes applied in {r.batches} target transactions{more}")
 
 
+def _state_option(ctx, param, value: str | None):
+    from ._service_config import state_url
+
+    try:
+        return None if value is None else state_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _listen_option(ctx, param, value: str | None):
     if value is None or value == "off":
         return value
@@ -180,7 +189,7 @@ def _listen_option(ctx, param, value: str | None):
 @main.command()
 @CONFIG
 @PAIR
-@click.option("--state", metavar="URL", help="A state database (PostgreSQL) shared by several daemons, which then "
+@click.option("--state", metavar="URL", callback=_state_option, help="A state database (PostgreSQL) shared by several daemons, which then "
               "take the pairs by lease; overrides the config's daemon.state.")
 @click.option("--listen", metavar="HOST:PORT|off", callback=_listen_option,
               help="Where /healthz and /metrics listen (default: the config's daemon.listen, 127.0.0.1:9187).")

@@ -444,3 +444,33 @@ def test_the_state_database_going_away_leaves_each_pair_running_once(ws, own_pg_
         assert positions == list(range(1, counts[name] + 1))
     for service in services:
         assert service.stop() == 0
+
+
+@pytest.mark.parametrize("section, message", [
+    ("daemon:\n  stop_timout: 5\n", "daemon.stop_timout: unknown key 'stop_timout' (did you mean 'stop_timeout'?)"),
+    ("daemon:\n  listen: localhost\n", "is not host:port (such as 127.0.0.1:9187) or off"),
+    ("daemon:\n  state: junk\n", "daemon.state: 'junk' is not a database URL"),
+    ("alerts:\n  - url: https://hooks.example/T0/secret-token-1234\n    on: [failed]\n",
+     "`on:` is read as true by YAML: name the events with `events: [...]`"),
+    ("alerts:\n  - url: https://hooks.example/T0/secret-token-1234\n    events: [failed, lagin]\n",
+     "must be a list of failed, recovered, parked, lagging"),
+    ("alerts:\n  - url: hooks.example/T0\n", "must be an http:// or https:// URL"),
+])
+def test_daemon_and_alert_settings_are_checked_with_file_and_line(ledger, section, message):
+    ws = ledger
+    ws.config.write_text(ws.config.read_text() + section, encoding="utf-8")
+    for command in ("check", "daemon"):
+        result = ws.cdc(command, str(ws.config))
+        assert result.returncode == 2 and message in result.stderr and "config.yaml line" in result.stderr, \
+            (command, result.stderr)
+        assert "secret-token-1234" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_a_clear_error(ledger):
+    ws = ledger
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = ws.cdc("daemon", "--listen", f"127.0.0.1:{port}", str(ws.config))
+    assert result.returncode == 2 and f"daemon.listen 127.0.0.1:{port}: cannot listen there" in result.stderr

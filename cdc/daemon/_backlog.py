@@ -63,9 +63,9 @@ def sample(pair: Pair) -> Sample:
 class Sampler:
     """Samples every pair ``pairs()`` names each ``every`` seconds in a thread of its own."""
 
-    def __init__(self, pairs: Callable[[], Iterable[Pair]], every: float = 30.0):
+    def __init__(self, pairs: Callable[[], Iterable[Pair]], samples: dict[str, Sample], every: float = 30.0):
         self.pairs, self.every = pairs, every
-        self.samples: dict[str, Sample] = {}
+        self.samples = samples  # filled here, read by /metrics
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cdc-sampler", daemon=True)
         self._thread.start()

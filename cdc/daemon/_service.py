@@ -79,8 +79,9 @@ class Daemon:
             signal.signal(signal.SIGINT, lambda *_: self.stop.set())
             signal.signal(signal.SIGHUP, lambda *_: self._reload_wanted.set())
         if self.options.listen is not None:
-            self.sampler = Sampler(lambda: [w.pair for w in list(self.workers.values()) if w.holds])
-            self.endpoints = Endpoints(self.options.listen, self.healths, self.info, self.sampler.samples)
+            samples: dict = {}
+            self.endpoints = Endpoints(self.options.listen, self.healths, self.info, samples)
+            self.sampler = Sampler(lambda: [w.pair for w in list(self.workers.values()) if w.holds], samples)
         self._beat()
         for pair in self._pairs(self.config).values():
             self._start(pair)
