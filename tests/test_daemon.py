@@ -337,7 +337,8 @@ def test_three_daemons_share_the_pairs_and_a_killed_ones_pairs_move_within_the_l
     wait_for(lambda: (h := _holder(targets["a"])) is not None and h[0] != victim_pid and h[1] == "running", 30,
              "another daemon to take pair a")
     moved = time.monotonic() - killed
-    assert moved < 3 + 5, f"pair a moved after {moved:.1f} s (lease 3 s)"
+    print(f"pair a moved {moved:.1f} s after its daemon was killed (lease 3 s)")
+    assert moved < 3 + 2, f"pair a moved after {moved:.1f} s (lease 3 s; the margin is for opening the pair)"
     time.sleep(2)
     stop.set()
     for writer in writers:

@@ -1,7 +1,8 @@
 """Daemons sharing pairs through a state database: who is alive, and which daemon is to run which pair.
 
 Each daemon keeps a row in ``cdc_daemons`` of the shared database, with a heartbeat by that database's
-clock; a daemon whose heartbeat is older than the lease time is gone. Each pair is assigned to one
+clock every quarter of the lease time; a daemon whose heartbeat is older than three quarters of it is
+gone, so that its pairs start elsewhere within the lease time. Each pair is assigned to one
 live daemon by rendezvous hashing (the highest hash of daemon and pair name), so the pairs spread
 over the daemons and only a gone or new daemon's share moves.
 
@@ -48,6 +49,8 @@ class Membership:
 
     def __init__(self, url: str, lease_seconds: float):
         self.lease = dt.timedelta(seconds=lease_seconds)
+        self.beat_every = lease_seconds / 4
+        self.expiry = self.lease * 3 / 4
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.engine = sa.create_engine(load_url(url), pool_pre_ping=True)
         self.members: list[str] = [self.id]
@@ -69,7 +72,7 @@ class Membership:
                                                      started_at=moment, **values))
             # Rows of daemons long gone are cleared; a recently gone one stays visible a while.
             conn.execute(daemons.delete().where(daemons.c.heartbeat_at < moment - 20 * self.lease))
-            live = conn.execute(sa.select(daemons.c.id).where(daemons.c.heartbeat_at >= moment - self.lease)).scalars()
+            live = conn.execute(sa.select(daemons.c.id).where(daemons.c.heartbeat_at >= moment - self.expiry)).scalars()
             self.members = sorted(set(live) | {self.id})
         self._joined = True
         return self.members

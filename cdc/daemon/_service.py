@@ -105,7 +105,7 @@ class Daemon:
             if self._reload_wanted.is_set():
                 self._reload_wanted.clear()
                 self._reload()
-            if self.membership is not None and moment - last_beat >= self.options.lease_seconds / 3:
+            if self.membership is not None and moment - last_beat >= self.membership.beat_every:
                 self._beat()
                 last_beat = moment
             for worker in list(self.workers.values()):
@@ -214,7 +214,7 @@ class Daemon:
         if members != before:
             logger.info("daemons sharing the pairs: %s", ", ".join(members))
             for worker in self.workers.values():
-                worker.release_if_reassigned()
+                worker.reassigned()
 
     # -- what is reported -----------------------------------------------------------------------
     def healths(self) -> list[PairHealth]:

@@ -34,6 +34,7 @@ class Worker:
     def __init__(self, pair: Pair, health: PairHealth, assigned: Assigned, max_backoff: float):
         self.pair, self.health, self.assigned, self.max_backoff = pair, health, assigned, max_backoff
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the assignment changed: look again now
         self._runner: PairRunner | None = None
         self._thread = threading.Thread(target=self._loop, name=f"pair-{pair.name}", daemon=True)
 
@@ -43,6 +44,7 @@ class Worker:
     def stop(self) -> None:
         """Stop after the current batch commits (the run releases the pair's claim)."""
         self._stop.set()
+        self._wake.set()
 
     def join(self, timeout: float) -> bool:
         self._thread.join(timeout)
@@ -53,12 +55,14 @@ class Worker:
         """Whether the pair runs here now (claimed, not waiting its turn)."""
         return self.health.state not in ("standby", "failed", "stopped", "starting")
 
-    def release_if_reassigned(self) -> None:
+    def reassigned(self) -> None:
         """Called by the daemon after the assignment changed: a pair now another daemon's is stopped
-        after its current batch (its claim released), so that daemon takes it at once."""
+        after its current batch (its claim released), so that daemon takes it at once; a pair now this
+        daemon's stops waiting in standby."""
         runner = self._runner
         if runner is not None and self.assigned() is not None:
             runner.stop.set()
+        self._wake.set()
 
     # -- the thread ------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -116,8 +120,10 @@ class Worker:
             runner.close()
 
     def _wait(self, seconds: float) -> None:
-        """Wait, showing signs of life each second (a waiting worker is not a hung one)."""
+        """Wait, showing signs of life each second (a waiting worker is not a hung one), until the time is
+        up, the worker is stopped or the assignment changed."""
         end = time.monotonic() + seconds
-        while not self._stop.is_set() and time.monotonic() < end:
+        self._wake.clear()
+        while not self._stop.is_set() and not self._wake.is_set() and time.monotonic() < end:
             self.health.alive()
-            self._stop.wait(min(1.0, max(end - time.monotonic(), 0.0)))
+            self._wake.wait(min(1.0, max(end - time.monotonic(), 0.0)))
