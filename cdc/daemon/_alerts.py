@@ -12,6 +12,7 @@ import queue
 import random
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -24,6 +25,8 @@ from ._health import PairHealth
 logger = logging.getLogger(__name__)
 #: Attempts per alert before it is given up (logged); the waits between them double from 1 s.
 ATTEMPTS = 6
+#: A pair that keeps parking changes gets one `parked` alert per this many seconds, not one per batch.
+PARKED_QUIET = 900.0
 
 
 def _text(health: PairHealth, event: str, lag: float | None = None) -> str:
@@ -46,6 +49,7 @@ class Alerts:
         self.alerts = alerts
         self._queue: queue.Queue = queue.Queue()
         self._lagging: set[tuple[int, str]] = set()
+        self._parked: dict[str, float] = {}  # when each pair's last `parked` alert went
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._send_all, name="cdc-alerts", daemon=True)
         if alerts:
@@ -53,6 +57,11 @@ class Alerts:
 
     def event(self, health: PairHealth, event: str) -> None:
         """A pair's state changed (``failed``, ``recovered``, ``parked``): alert whoever asked for it."""
+        if event == "parked":
+            now = time.monotonic()
+            if now - self._parked.get(health.pair, -PARKED_QUIET) < PARKED_QUIET:
+                return
+            self._parked[health.pair] = now
         for alert in self.alerts:
             if event in alert.events:
                 self._post(alert, health, event, _text(health, event))
