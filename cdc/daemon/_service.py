@@ -60,6 +60,7 @@ class Daemon:
         self.sampler: Sampler | None = None
         self._stopping = False
         self._hung: set[str] = set()
+        self._last_ping = 0.0
 
     def _load(self) -> Config:
         config = load_config(self.config_path)
@@ -97,7 +98,7 @@ class Daemon:
         return code
 
     def _supervise(self) -> None:
-        last_beat = last_ping = last_summary = time.monotonic()
+        last_beat = last_summary = time.monotonic()
         status = ""
         applied = {name: 0 for name in self.workers}
         while not self.stop.wait(_TICK):
@@ -110,11 +111,7 @@ class Daemon:
                 last_beat = moment
             for worker in list(self.workers.values()):
                 self.alerts.check_lag(worker.health)
-            hung = self._find_hung()
-            watchdog = self.notifier.watchdog
-            if watchdog and not hung and moment - last_ping >= watchdog / 3:
-                self.notifier.send(WATCHDOG="1")
-                last_ping = moment
+            self._ping()
             line = self.status_line()
             if line != status:
                 self.notifier.send(STATUS=line)
@@ -122,6 +119,13 @@ class Daemon:
             if moment - last_summary >= SUMMARY_EVERY:
                 applied = self._summarise(applied, moment - last_summary)
                 last_summary = moment
+
+    def _ping(self) -> None:
+        """WATCHDOG=1 every third of WatchdogSec, unless a worker hangs (then systemd restarts the daemon)."""
+        watchdog, moment = self.notifier.watchdog, time.monotonic()
+        if watchdog and not self._find_hung() and moment - self._last_ping >= watchdog / 3:
+            self.notifier.send(WATCHDOG="1")
+            self._last_ping = moment
 
     def _shut_down(self) -> int:
         self._stopping = True
@@ -164,8 +168,11 @@ class Daemon:
             self.workers[name].stop()
         deadline = time.monotonic() + self.options.stop_timeout
         for name in names:
-            if not self.workers[name].join(max(deadline - time.monotonic(), 0.0)):
-                logger.error("pair %s did not stop within daemon.stop_timeout; it is left to finish", name)
+            while not self.workers[name].join(min(_TICK, max(deadline - time.monotonic(), 0.0))):
+                self._ping()  # a reload waiting for a long batch is no hang
+                if time.monotonic() >= deadline:
+                    logger.error("pair %s did not stop within daemon.stop_timeout; it is left to finish", name)
+                    break
             del self.workers[name]
 
     def _reload(self) -> None:
