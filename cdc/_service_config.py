@@ -46,7 +46,7 @@ class DaemonOptions:
 
 
 def _listen(value: Any) -> tuple[str, int] | None:
-    if value in (None, "off", False):
+    if value is None or value is False or value == "off":
         return None
     text = str(value)
     host, _, port = text.rpartition(":")
@@ -58,10 +58,14 @@ def _listen(value: Any) -> tuple[str, int] | None:
 def state_url(value: Any) -> str:
     """A shared state database URL, as a DBA writes it (ValueError when it is none)."""
     try:
-        make_url(load_url(str(value))).get_dialect()
+        url = make_url(load_url(str(value)))
+        url.get_dialect()
     except (ArgumentError, NoSuchModuleError):
         shown = _secrets.mask_url(str(value))
         raise ValueError(f"{shown!r} is not a database URL (such as postgresql://cdc@state-db/cdc)") from None
+    if url.get_backend_name() != "postgresql":
+        raise ValueError(f"the state database shared by daemons must be PostgreSQL (not {url.get_backend_name()}): "
+                         "daemons on several machines meet there")
     return str(value)
 
 

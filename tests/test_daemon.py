@@ -304,8 +304,11 @@ def test_three_daemons_share_the_pairs_and_a_killed_ones_pairs_move_within_the_l
         holders = {n: _holder(t) for n, t in targets.items()}
         running = all(h is not None and h[1] == "running" and h[0] in pids for h in holders.values())
         # Each daemon that is to run a pair holds it, the others show it in standby.
-        states = [p["state"] for s in services if s.process.poll() is None and s.up() for p in s.health()[1]["pairs"]]
-        return running and states.count("standby") == 2 * len(names)
+        bodies = [s.health()[1] for s in services if s.process.poll() is None and s.up()]
+        states = [p["state"] for body in bodies for p in body["pairs"]]
+        # ... and every daemon sees all three (not three daemons each alone, which the claims would settle too).
+        known = len(bodies) == 3 and all(len(body["daemons"]) == 3 for body in bodies)
+        return running and known and states.count("standby") == 2 * len(names)
 
     wait_for(settled, 60, "every pair to run in exactly one daemon")
 
@@ -425,8 +428,13 @@ def test_the_state_database_going_away_leaves_each_pair_running_once(ws, own_pg_
     def holders() -> dict:
         return {n: _holder(t) for n, t in targets.items()}
 
-    wait_for(lambda: all(h and h[1] == "running" for h in holders().values()) and all(s.up() for s in services), 60,
-             "both pairs to run")
+    def settled() -> bool:  # each pair runs in the daemon it is assigned to, the other stands by
+        bodies = [s.health()[1] for s in services if s.up()]
+        states = [p["state"] for body in bodies for p in body["pairs"]]
+        return all(h and h[1] == "running" for h in holders().values()) and states.count("standby") == len(names) \
+            and len(bodies) == 2 and all(len(body["daemons"]) == 2 for body in bodies)
+
+    wait_for(settled, 60, "both pairs to run where they are assigned")
     before = holders()
     own_pg_server.stop()
     wait_for(lambda: all(s.health()[1]["state_database_error"] for s in services), 30, "the state database error")
@@ -437,6 +445,17 @@ def test_the_state_database_going_away_leaves_each_pair_running_once(ws, own_pg_
                  60, f"pair {name} to go on without the state database")
     assert holders() == before, "each pair stayed where it ran"
     assert all(s.health()[0] == 200 for s in services), "the pairs work: healthy"
+    # A daemon dies while the state database is away: its pairs start in the other (the claims decide).
+    victim = next(s for s in services if s.process.pid == before["a"][0])
+    victim.kill()
+    survivor = next(s for s in services if s is not victim)
+    wait_for(lambda: all(h and h[0] == survivor.process.pid and h[1] == "running" for h in holders().values()), 30,
+             "the dead daemon's pairs to run in the other one")
+    more = workload.run(ws.root / "a-source.db", 50, seed=30)
+    counts["a"] += more
+    wait_for(lambda: ws.rows(ws.root / "a-source.db", "entries", "id") == ws.rows(targets["a"], "entries", "id"), 60,
+             "pair a to catch up in the survivor")
+    services.remove(victim)
     own_pg_server.start()
     wait_for(lambda: all(s.metric("cdc_state_database_up") == 1 for s in services), 30, "the state database back")
     for name in names:
@@ -451,6 +470,8 @@ def test_the_state_database_going_away_leaves_each_pair_running_once(ws, own_pg_
     ("daemon:\n  stop_timout: 5\n", "daemon.stop_timout: unknown key 'stop_timout' (did you mean 'stop_timeout'?)"),
     ("daemon:\n  listen: localhost\n", "is not host:port (such as 127.0.0.1:9187) or off"),
     ("daemon:\n  state: junk\n", "daemon.state: 'junk' is not a database URL"),
+    ("daemon:\n  listen: 0\n", "'0' is not host:port"),
+    ("daemon:\n  state: sqlite:///state.db\n", "the state database shared by daemons must be PostgreSQL"),
     ("alerts:\n  - url: https://hooks.example/T0/secret-token-1234\n    on: [failed]\n",
      "`on:` is read as true by YAML: name the events with `events: [...]`"),
     ("alerts:\n  - url: https://hooks.example/T0/secret-token-1234\n    events: [failed, lagin]\n",
@@ -475,3 +496,48 @@ def test_a_port_in_use_is_a_clear_error(ledger):
         port = taken.getsockname()[1]
         result = ws.cdc("daemon", "--listen", f"127.0.0.1:{port}", str(ws.config))
     assert result.returncode == 2 and f"daemon.listen 127.0.0.1:{port}: cannot listen there" in result.stderr
+
+
+def test_a_target_that_refuses_writes_is_a_failure_not_a_standby(ws, pg_url, services):
+    """A read-only target: the run cannot even release its claim there. The pair must show failed (503, one
+    `failed` alert), never `standby` waiting for itself (200, a false `recovered`); once writable, it recovers."""
+    from conftest import LEDGER_SCHEMA
+    import psycopg
+
+    hook = _Webhook()
+    ws.sql(ws.source, LEDGER_SCHEMA)
+    ws.config.write_text(f"connections:\n  src: sqlite:///source.db\n  dst: {pg_url}\npairs:\n  p:\n    source: src\n"
+                         "    target: dst\n    capture: trigger\n    tables: [entries, parties]\n    poll_interval: 0.1\n"
+                         f"    claim_timeout: 3\ndaemon:\n  max_backoff: 1\nalerts:\n  - url: {hook.url}\n",
+                         encoding="utf-8")
+    cdc_ok(ws, "init")
+    cdc_ok(ws, "install")
+    service = Service(ws)
+    services.append(service)
+    wait_for(lambda: service.up() and service.health()[1]["pairs"][0]["state"] == "idle", what="start-up")
+    database = pg_url.rsplit("/", 1)[1]
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(pg_url, autocommit=True, options="-c default_transaction_read_only=off") as conn:
+            conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = {"on" if on else "off"}')
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                         "AND pid <> pg_backend_pid()", (database,))
+
+    read_only(True)
+    changes = workload.run(ws.source, 30, seed=5)
+    wait_for(lambda: service.health()[0] == 503, 30, "the failure to show")
+    seen = set()
+    end = time.monotonic() + 8  # past the claim timeout, when a left claim would expire
+    while time.monotonic() < end:
+        code, body = service.health()
+        seen.add((code, body["pairs"][0]["state"]))
+        time.sleep(0.2)
+    assert all(code == 503 and state in ("failed", "retrying") for code, state in seen), seen
+    assert hook.events().count("failed") == 1 and "recovered" not in hook.events(), hook.events()
+    read_only(False)
+    wait_for(lambda: service.health()[0] == 200, 60, "healthy once writable")
+    wait_for(lambda: rows(f"sqlite:///{ws.source}", "entries", "id") == rows(pg_url, "entries", "id"), 60, "catch-up")
+    assert execute(pg_url, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0] == changes
+    assert hook.events().count("recovered") == 1, hook.events()
+    assert service.stop() == 0
+    hook.server.shutdown()

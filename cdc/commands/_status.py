@@ -38,8 +38,10 @@ def _daemons(url: str, rows: list[dict]) -> None:
         for row in rows:
             row["daemon"] = f"state database cannot be read: {first_line(getattr(exc, 'orig', None) or exc)}"
         return
-    for row in rows:
-        row["daemon"] = next((d["id"] for d in daemons if row["pair"] in (d["pairs"] or "").split(",")), None)
+    for row in rows:  # the daemon whose process holds the pair's claim (or that says it runs the pair)
+        row["daemon"] = next((d["id"] for d in daemons if (d["host"], d["pid"]) == (row.get("holder_host"),
+                                                                                   row.get("holder_pid"))),
+                             next((d["id"] for d in daemons if row["pair"] in (d["pairs"] or "").split(",")), None))
 
 
 def _pair_status(p: Pair) -> dict:
@@ -109,7 +111,7 @@ def _target_status(p: Pair, row: dict) -> Any:
     row["tables"] = _table_phases(checkpoint, list(p.mapping.tables))
     if holder is not None:
         if holder.alive(p.claim_timeout, clock):
-            row.update(state=holder.state, holder=holder.describe())
+            row.update(state=holder.state, holder=holder.describe(), holder_host=holder.host, holder_pid=holder.pid)
             if holder.state == "retrying":  # a fault it keeps retrying: running, but not healthy
                 row["error"] = holder.error
         elif holder.state == "failed":

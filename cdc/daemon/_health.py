@@ -11,6 +11,8 @@ from typing import Any, Callable
 from ..changes import ApplyResult
 from .._observer import Observer
 
+#: Every state a pair's worker may be in (cdc_pair_state has one series per state).
+STATES = ("starting", "snapshotting", "streaming", "idle", "standby", "retrying", "failed", "stopped")
 #: States in which a pair counts as healthy: doing its work, or waiting for its turn on purpose.
 HEALTHY = ("starting", "snapshotting", "streaming", "idle", "standby", "stopped")
 #: A caught-up read older than this many poll intervals no longer vouches that the pair is caught up.
@@ -131,6 +133,8 @@ class PairHealth(Observer):
         now = now or _now()
         with self._lock:
             caught, committed, state = self.caught_up_at, self.source_committed_at, self.state
+        if state in ("standby", "stopped"):  # another process runs it: its lag is that one's to tell
+            return None
         fresh = dt.timedelta(seconds=max(self.poll_interval * _FRESH_POLLS, 5.0))
         if state == "idle" and caught is not None and now - caught <= fresh:
             return 0.0

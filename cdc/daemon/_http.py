@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..errors import ConfigError
-from ._health import PairHealth
+from ._health import STATES, PairHealth
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class _PairsCollector:
             if p.checkpoint_at is not None:
                 checkpoint.add_metric([p.pair], p.checkpoint_at.timestamp())
             up.add_metric([p.pair], 1 if p.healthy else 0)
-            state.add_metric([p.pair, p.state], 1)
+            for name in STATES:
+                state.add_metric([p.pair, name], 1 if p.state == name else 0)
         yield from (applied, *counters.values(), lag, checkpoint, up, state)
         yield from self._sampled([p.pair for p in pairs])
         info = self._daemon()

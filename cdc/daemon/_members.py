@@ -54,6 +54,9 @@ class Membership:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.engine = sa.create_engine(load_url(url), pool_pre_ping=True)
         self.members: list[str] = [self.id]
+        #: False while the state database cannot be read: then every daemon tries every pair, and the
+        #: pairs' claims decide (a daemon that died meanwhile must not leave its pairs unrun).
+        self.reachable = True
         self._joined = False
 
     def beat(self, pairs: list[str]) -> list[str]:
@@ -61,9 +64,13 @@ class Membership:
 
         Raises SQLAlchemy's errors when the database is away: the caller keeps the last view.
         """
+        if not self._joined:
+            try:
+                with self.engine.begin() as conn:
+                    _metadata.create_all(conn, checkfirst=True)
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+                pass  # another daemon created it at the same moment (PostgreSQL's catalog race)
         with self.engine.begin() as conn:
-            if not self._joined:
-                _metadata.create_all(conn, checkfirst=True)
             moment = db_now(conn)
             values = {"heartbeat_at": moment, "pairs": ",".join(sorted(pairs))}
             done = conn.execute(daemons.update().where(daemons.c.id == self.id).values(**values))
@@ -87,7 +94,10 @@ class Membership:
         self.engine.dispose()
 
     def assigned(self, pair: str) -> str | None:
-        """None when this daemon is to run ``pair``, else which daemon is."""
+        """None when this daemon is to run ``pair`` (or may try: the state database is away), else which
+        daemon is."""
+        if not self.reachable:
+            return None
         chosen = owner(pair, self.members)
         return None if chosen in (None, self.id) else f"assigned to daemon {chosen}"
 

@@ -191,15 +191,30 @@ class Daemon:
         self._stop_workers([name for name in gone + changed if name in self.workers])
         for name in changed + [name for name in new if name not in old]:
             self._start(new[name])
-        if config.daemon.alerts != self.config.daemon.alerts:
-            self.alerts.close()
-            self.alerts = Alerts(config.daemon.alerts)
-        if config.daemon.listen != self.config.daemon.listen:
-            logger.warning("daemon.listen changed: it takes effect when the daemon is started again")
+        self._reload_options(config.daemon)
         self.config = config
         logger.info("config reloaded: %d pair(s) restarted, %d added, %d removed, %d unchanged", len(changed),
                     len([n for n in new if n not in old]), len(gone), len(old) - len(gone) - len(changed))
         self.notifier.send(READY="1", STATUS=self.status_line())
+
+    def _reload_options(self, new: DaemonOptions) -> None:
+        """The `daemon:` and `alerts:` settings of a reloaded config: alerts, stop_timeout, hung_after and
+        max_backoff apply now; where to listen and the state database only at the next start (said)."""
+        old = self.config.daemon
+        if new.alerts != old.alerts:
+            self.alerts.close()
+            self.alerts = Alerts(new.alerts)
+            for worker in self.workers.values():
+                worker.health.on_change = self.alerts.event
+        later = [name for name in ("listen", "state", "lease_seconds") if getattr(new, name) != getattr(old, name)]
+        if later:
+            logger.warning("daemon.%s changed: %s when the daemon is started again (systemctl restart)",
+                           ", daemon.".join(later), "it takes effect" if len(later) == 1 else "they take effect")
+        self.options = DaemonOptions(**{**self.options.__dict__, "stop_timeout": new.stop_timeout,
+                                        "hung_after": new.hung_after, "max_backoff": new.max_backoff,
+                                        "alerts": new.alerts})
+        for worker in self.workers.values():
+            worker.max_backoff, worker.health.hung_after = new.max_backoff, new.hung_after
 
     def _beat(self) -> None:
         """Heartbeat in the shared state database; a pair whose assignment moved is handed over."""
@@ -211,13 +226,20 @@ class Daemon:
         except sa.exc.SQLAlchemyError as exc:
             error = mask_url(first_line(getattr(exc, "orig", None) or exc))
             if error != self.state_error:
-                logger.error("state database %s: %s; the pairs run on as assigned, retrying",
-                             mask_url(self.options.state), error)
+                logger.error("state database %s: %s; until it answers, every daemon tries every pair (their claims "
+                             "in the targets let each run in one place only), retrying", mask_url(self.options.state),
+                             error)
             self.state_error = error
+            if self.membership.reachable:
+                self.membership.reachable = False
+                for worker in self.workers.values():
+                    worker.reassigned()
             return
         if self.state_error is not None:
             logger.info("state database reachable again")
         self.state_error = None
+        if not self.membership.reachable:
+            self.membership.reachable, before = True, []
         if members != before:
             logger.info("daemons sharing the pairs: %s", ", ".join(members))
             for worker in self.workers.values():
@@ -230,6 +252,7 @@ class Daemon:
     def info(self) -> dict[str, Any]:
         return {"daemon": self.membership.id if self.membership else f"{os.uname().nodename}:{os.getpid()}",
                 "pid": os.getpid(), "stopping": self._stopping, "state_database_error": self.state_error,
+                "daemons": list(self.membership.members) if self.membership else None,
                 "held": sum(1 for w in list(self.workers.values()) if w.holds)}
 
     def status_line(self) -> str:

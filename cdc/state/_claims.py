@@ -190,7 +190,11 @@ def take(conn: sa.Connection, pair: str, timeout: float, purpose: str = "run") -
     """
     holder = read_holder(conn, pair)
     moment = db_now(conn)
-    if holder is not None and holder.alive(timeout, moment):
+    # A claim of this very process is one it could not release (its target refused the write): taken
+    # again, so that the pair fails on what the target refuses rather than wait for itself. Two runs of
+    # one pair in one process (a daemon's reload past stop_timeout) are still fenced by the token.
+    mine = holder is not None and holder.owner == _process_identity(os.getpid())
+    if holder is not None and holder.alive(timeout, moment) and not mine:
         raise held(pair, holder, purpose)
     values = {"owner": _process_identity(os.getpid()), "host": socket.gethostname(), "pid": os.getpid(),
               "since": moment, "heartbeat_at": moment, "expires_at": moment + dt.timedelta(seconds=timeout),
