@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from . import _secrets, _yaml
+from . import _secrets, _yaml, registry
 from ._connections import _lookup, load_url
 from ._schema import PositiveNumber, Strict, checked, validate
 
@@ -63,9 +63,9 @@ def state_url(value: Any) -> str:
     except (ArgumentError, NoSuchModuleError):
         shown = _secrets.mask_url(str(value))
         raise ValueError(f"{shown!r} is not a database URL (such as postgresql://cdc@state-db/cdc)") from None
-    if url.get_backend_name() != "postgresql":
-        raise ValueError(f"the state database shared by daemons must be PostgreSQL (not {url.get_backend_name()}): "
-                         "daemons on several machines meet there")
+    if registry.adapter_for(str(url)).capabilities.database_is_file:
+        raise ValueError("the state database shared by daemons must be a database server such as PostgreSQL, not "
+                         "a file: daemons on several machines meet there")
     return str(value)
 
 

@@ -471,7 +471,7 @@ def test_the_state_database_going_away_leaves_each_pair_running_once(ws, own_pg_
     ("daemon:\n  listen: localhost\n", "is not host:port (such as 127.0.0.1:9187) or off"),
     ("daemon:\n  state: junk\n", "daemon.state: 'junk' is not a database URL"),
     ("daemon:\n  listen: 0\n", "'0' is not host:port"),
-    ("daemon:\n  state: sqlite:///state.db\n", "the state database shared by daemons must be PostgreSQL"),
+    ("daemon:\n  state: sqlite:///state.db\n", "the state database shared by daemons must be a database server"),
     ("alerts:\n  - url: https://hooks.example/T0/secret-token-1234\n    on: [failed]\n",
      "`on:` is read as true by YAML: name the events with `events: [...]`"),
     ("alerts:\n  - url: https://hooks.example/T0/secret-token-1234\n    events: [failed, lagin]\n",

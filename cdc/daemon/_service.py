@@ -79,13 +79,15 @@ class Daemon:
             signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
             signal.signal(signal.SIGINT, lambda *_: self.stop.set())
             signal.signal(signal.SIGHUP, lambda *_: self._reload_wanted.set())
+        for pair in self._pairs(self.config).values():  # made first: /healthz shows every pair from the start
+            self._start(pair, run=False)
         if self.options.listen is not None:
             samples: dict = {}
             self.endpoints = Endpoints(self.options.listen, self.healths, self.info, samples)
             self.sampler = Sampler(lambda: [w.pair for w in list(self.workers.values()) if w.holds], samples)
         self._beat()
-        for pair in self._pairs(self.config).values():
-            self._start(pair)
+        for worker in self.workers.values():
+            worker.start()
         where = f"http://{self.endpoints.address[0]}:{self.endpoints.address[1]}" if self.endpoints else "nowhere"
         logger.info("daemon started: %d pair(s) (%s); /healthz and /metrics on %s%s", len(self.workers),
                     ", ".join(self.workers), where,
@@ -153,7 +155,7 @@ class Daemon:
         return 0
 
     # -- pairs ----------------------------------------------------------------------------------
-    def _start(self, pair: Pair) -> None:
+    def _start(self, pair: Pair, run: bool = True) -> None:
         health = PairHealth(pair.name, pair.poll_interval, self.alerts.event, hung_after=self.options.hung_after)
 
         def assigned() -> str | None:
@@ -161,7 +163,8 @@ class Daemon:
 
         worker = Worker(pair, health, assigned, self.options.max_backoff)
         self.workers[pair.name] = worker
-        worker.start()
+        if run:
+            worker.start()
 
     def _stop_workers(self, names: list[str]) -> None:
         for name in names:

@@ -190,10 +190,12 @@ def take(conn: sa.Connection, pair: str, timeout: float, purpose: str = "run") -
     """
     holder = read_holder(conn, pair)
     moment = db_now(conn)
-    # A claim of this very process is one it could not release (its target refused the write): taken
-    # again, so that the pair fails on what the target refuses rather than wait for itself. Two runs of
-    # one pair in one process (a daemon's reload past stop_timeout) are still fenced by the token.
-    mine = holder is not None and holder.owner == _process_identity(os.getpid())
+    # A run's claim of this very process is one it could not release (its target refused the write):
+    # a new run takes it again, so that the pair fails on what the target refuses rather than wait for
+    # itself. Two runs of one pair in one process (a daemon's reload past stop_timeout) are still fenced
+    # by the token; a one-off command's claim is never taken so.
+    mine = purpose == "run" and holder is not None and holder.state in ("running", "retrying") \
+        and holder.owner == _process_identity(os.getpid())
     if holder is not None and holder.alive(timeout, moment) and not mine:
         raise held(pair, holder, purpose)
     values = {"owner": _process_identity(os.getpid()), "host": socket.gethostname(), "pid": os.getpid(),
