@@ -498,15 +498,42 @@ def test_a_port_in_use_is_a_clear_error(ledger):
     assert result.returncode == 2 and f"daemon.listen 127.0.0.1:{port}: cannot listen there" in result.stderr
 
 
-def test_a_target_that_refuses_writes_is_a_failure_not_a_standby(ws, pg_url, services):
+@pytest.fixture(params=["postgresql", "mariadb"])
+def read_only_target(request):
+    """(target URL, read_only(on)) for a target the test may make refuse every write."""
+    if request.param == "postgresql":
+        import psycopg
+
+        url = request.getfixturevalue("pg_url")
+        database = url.rsplit("/", 1)[1]
+
+        def read_only(on: bool) -> None:
+            with psycopg.connect(url, autocommit=True, options="-c default_transaction_read_only=off") as conn:
+                conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = {"on" if on else "off"}')
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                             "AND pid <> pg_backend_pid()", (database,))
+        return url, read_only
+    from test_mysql_source import mexec
+
+    server = request.getfixturevalue("own_mysql_server")  # read_only is server-wide: a server of its own
+    root = server.url()
+    mexec(root, "CREATE DATABASE dst CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    for host in ("%", "localhost"):  # a user without SUPER, whom read_only stops
+        mexec(root, f"CREATE USER cdc@'{host}' IDENTIFIED BY 'pw'")
+        mexec(root, f"GRANT ALL ON dst.* TO cdc@'{host}'")
+    return f"mysql://cdc:pw@127.0.0.1:{server.port}/dst", \
+        lambda on: mexec(root, f"SET GLOBAL read_only = {'ON' if on else 'OFF'}")
+
+
+def test_a_target_that_refuses_writes_is_a_failure_not_a_standby(ws, read_only_target, services):
     """A read-only target: the run cannot even release its claim there. The pair must show failed (503, one
     `failed` alert), never `standby` waiting for itself (200, a false `recovered`); once writable, it recovers."""
     from conftest import LEDGER_SCHEMA
-    import psycopg
 
+    target, read_only = read_only_target
     hook = _Webhook()
     ws.sql(ws.source, LEDGER_SCHEMA)
-    ws.config.write_text(f"connections:\n  src: sqlite:///source.db\n  dst: {pg_url}\npairs:\n  p:\n    source: src\n"
+    ws.config.write_text(f"connections:\n  src: sqlite:///source.db\n  dst: {target}\npairs:\n  p:\n    source: src\n"
                          "    target: dst\n    capture: trigger\n    tables: [entries, parties]\n    poll_interval: 0.1\n"
                          f"    claim_timeout: 3\ndaemon:\n  max_backoff: 1\nalerts:\n  - url: {hook.url}\n",
                          encoding="utf-8")
@@ -515,14 +542,6 @@ def test_a_target_that_refuses_writes_is_a_failure_not_a_standby(ws, pg_url, ser
     service = Service(ws)
     services.append(service)
     wait_for(lambda: service.up() and service.health()[1]["pairs"][0]["state"] == "idle", what="start-up")
-    database = pg_url.rsplit("/", 1)[1]
-
-    def read_only(on: bool) -> None:
-        with psycopg.connect(pg_url, autocommit=True, options="-c default_transaction_read_only=off") as conn:
-            conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = {"on" if on else "off"}')
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                         "AND pid <> pg_backend_pid()", (database,))
-
     read_only(True)
     changes = workload.run(ws.source, 30, seed=5)
     wait_for(lambda: service.health()[0] == 503, 30, "the failure to show")
@@ -536,8 +555,10 @@ def test_a_target_that_refuses_writes_is_a_failure_not_a_standby(ws, pg_url, ser
     assert hook.events().count("failed") == 1 and "recovered" not in hook.events(), hook.events()
     read_only(False)
     wait_for(lambda: service.health()[0] == 200, 60, "healthy once writable")
-    wait_for(lambda: rows(f"sqlite:///{ws.source}", "entries", "id") == rows(pg_url, "entries", "id"), 60, "catch-up")
-    assert execute(pg_url, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0] == changes
+    from test_daemon_faults import query, table_rows
+
+    wait_for(lambda: table_rows(str(ws.source), "entries", "id") == table_rows(target, "entries", "id"), 60, "catch-up")
+    assert query(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0] == changes
     assert hook.events().count("recovered") == 1, hook.events()
     assert service.stop() == 0
     hook.server.shutdown()

@@ -258,6 +258,8 @@ class SqlTarget(KeyedReads):
                     holder = state.read_holder(conn, pair)
             except sa.exc.OperationalError:
                 raise exc from None
+            if not state.claims.held_by_another(holder):  # no lock wait: the target refused (read-only, ...)
+                raise
             raise state.claims.held(pair, holder, purpose, "; it is in the middle of a transaction") from None
         self.__dict__.setdefault("_claims", {})[pair] = claim
         return claim

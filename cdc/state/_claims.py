@@ -181,6 +181,12 @@ def held(pair: str, holder: Holder | None, purpose: str = "run", detail: str = "
                           f"or wait for it with `{COMMANDS[purpose]} --wait`")
 
 
+def held_by_another(holder: Holder | None) -> bool:
+    """Whether ``holder`` may be another live process (its heartbeat not judged): not this process, not
+    stopped or failed, and, where this process can see it, still there."""
+    return holder is not None and holder.owner != _process_identity(os.getpid()) and holder.alive(None, now())
+
+
 def take(conn: sa.Connection, pair: str, timeout: float, purpose: str = "run") -> Claim:
     """Claim the pair in the caller's transaction; ClaimHeldError when a live process holds it.
 
