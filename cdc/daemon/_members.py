@@ -22,7 +22,8 @@ import uuid
 
 import sqlalchemy as sa
 
-from .._connections import load_url
+from .._connections import load_url, mask_url
+from ..errors import ConfigError
 from ..state._store import aware, db_now
 
 _metadata = sa.MetaData()
@@ -52,7 +53,11 @@ class Membership:
         self.beat_every = lease_seconds / 4
         self.expiry = self.lease * 3 / 4
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.engine = sa.create_engine(load_url(url), pool_pre_ping=True)
+        try:
+            self.engine = sa.create_engine(load_url(url), pool_pre_ping=True)
+        except ImportError as exc:  # a driver that is not installed (postgresql+asyncpg://)
+            raise ConfigError(f"daemon.state {mask_url(url)}: its driver is not installed ({exc}); write "
+                              "postgresql://... for psycopg") from None
         self.members: list[str] = [self.id]
         #: False while the state database cannot be read: then every daemon tries every pair, and the
         #: pairs' claims decide (a daemon that died meanwhile must not leave its pairs unrun).
