@@ -193,6 +193,14 @@ def test_sighup_reloads_changed_pairs_and_refuses_a_bad_config(ledger, services)
              what="the first pair to catch up")
     code, body = service.health()
     assert code == 200 and {p["state"] for p in body["pairs"]} <= {"idle", "streaming"}
+    # A setting fixed for the daemon's life: said once it differs from what runs, not when it is back.
+    fixed = ws.config.read_text().replace("batch_sise: 50", "batch_size: 50")
+    for text, reloads in ((fixed + "daemon:\n  lease_seconds: 7\n", 2), (fixed, 3)):
+        ws.config.write_text(text, encoding="utf-8")
+        service.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: service.logged().count("config reloaded") == reloads, 30, "the reload")
+    warned = "daemon.lease_seconds in the config differs from what this daemon runs with"
+    assert service.logged().count(warned) == 1
     assert service.stop() == 0
 
 

@@ -49,6 +49,11 @@ class Daemon:
         options = self.config.daemon
         self.options = DaemonOptions(**{**options.__dict__, "state": state or options.state,
                                         **({} if listen is _UNSET else {"listen": listen})})
+        #: Settings fixed for the daemon's life (a reload cannot move them); those the command line gave
+        #: are not the config's to change at all.
+        self._fixed = {name: getattr(self.options, name) for name in ("listen", "state", "lease_seconds")}
+        self._overridden = {name for name, given in (("listen", listen is not _UNSET), ("state", bool(state)))
+                            if given}
         if state:
             _secrets.remember(_password(state))
         self.notifier = Notifier(environ)
@@ -209,10 +214,12 @@ class Daemon:
             self.alerts = Alerts(new.alerts)
             for worker in self.workers.values():
                 worker.health.on_change = self.alerts.event
-        later = [name for name in ("listen", "state", "lease_seconds") if getattr(new, name) != getattr(old, name)]
+        later = [name for name, running in self._fixed.items()
+                 if name not in self._overridden and getattr(new, name) != running]
         if later:
-            logger.warning("daemon.%s changed: %s when the daemon is started again (systemctl restart)",
-                           ", daemon.".join(later), "it takes effect" if len(later) == 1 else "they take effect")
+            logger.warning("daemon.%s in the config differs from what this daemon runs with: %s when the daemon is "
+                           "started again (systemctl restart)", ", daemon.".join(later),
+                           "it takes effect" if len(later) == 1 else "they take effect")
         self.options = DaemonOptions(**{**self.options.__dict__, "stop_timeout": new.stop_timeout,
                                         "hung_after": new.hung_after, "max_backoff": new.max_backoff,
                                         "alerts": new.alerts})
