@@ -16,6 +16,7 @@ from ._schema import PositiveNumber, Strict, checked, validate
 #: What an alert may be sent for: a pair fails, works again, parks changes, or lags.
 ALERT_EVENTS = ("failed", "recovered", "parked", "lagging")
 DEFAULT_LISTEN = "127.0.0.1:9187"
+_LISTEN = ("127.0.0.1", 9187)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class DaemonOptions:
     """How `cdc daemon` serves: where /healthz and /metrics listen (None: nowhere), how long a stop
     may take, when a worker counts as hung, the shared state database, and its back-off."""
 
-    listen: tuple[str, int] | None = ("127.0.0.1", 9187)
+    listen: tuple[str, int] | None = _LISTEN
     stop_timeout: float = 60.0
     hung_after: float = 600.0
     state: str | None = None
@@ -92,7 +93,7 @@ class _Alert(Strict):
 
 class _Daemon(Strict):
     shape: ClassVar[str] = "daemon must be a mapping (listen, stop_timeout, hung_after, state, lease_seconds)"
-    listen: Annotated[Any, checked(_listen)] = ("127.0.0.1", 9187)
+    listen: Annotated[Any, checked(_listen)] = _LISTEN
     stop_timeout: PositiveNumber = 60.0
     hung_after: PositiveNumber = 600.0
     state: Annotated[str, checked(state_url)] | None = None
@@ -118,9 +119,7 @@ def daemon_options(doc: _yaml.Document, raw: Any, alerts: Any) -> DaemonOptions:
         made.append(Alert(alert.url, alert.events, alert.lag_seconds))
     if options.state:
         _secrets.remember(_password(options.state))
-    return DaemonOptions(listen=options.listen, stop_timeout=options.stop_timeout, hung_after=options.hung_after,
-                         state=options.state, lease_seconds=options.lease_seconds, max_backoff=options.max_backoff,
-                         alerts=tuple(made))
+    return DaemonOptions(**options.model_dump(), alerts=tuple(made))
 
 
 def _password(url: str) -> str | None:

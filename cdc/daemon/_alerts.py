@@ -117,10 +117,8 @@ class Alerts:
         """Send what is queued for up to ``wait`` seconds, then stop."""
         if not self.alerts:
             return
-        end = threading.Event()
-        waited = 0.0
-        while not self._queue.empty() and waited < wait:
-            end.wait(0.1)
-            waited += 0.1
+        deadline = time.monotonic() + wait
+        while not self._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.1)
         self._stop.set()
         self._thread.join(timeout=1.0)

@@ -42,7 +42,6 @@ class PairHealth(Observer):
     batches: int = 0
     conflicts: int = 0
     parked: int = 0
-    skipped: int = 0
     errors: int = 0
     restarts: int = 0
     snapshot_rows: int = 0
@@ -69,7 +68,6 @@ class PairHealth(Observer):
             self.batches += 1
             self.conflicts += result.conflicts
             self.parked += result.parked
-            self.skipped += result.skipped
             self.checkpoint_at = _now()
             if result.committed_at is not None:
                 self.source_committed_at = result.committed_at

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -47,8 +48,8 @@ class Daemon:
         self._reload_wanted = threading.Event()
         self.config = self._load()
         options = self.config.daemon
-        self.options = DaemonOptions(**{**options.__dict__, "state": state or options.state,
-                                        **({} if listen is _UNSET else {"listen": listen})})
+        self.options = dataclasses.replace(options, state=state or options.state,
+                                           **({} if listen is _UNSET else {"listen": listen}))
         #: Settings fixed for the daemon's life (a reload cannot move them); those the command line gave
         #: are not the config's to change at all.
         self._fixed = {name: getattr(self.options, name) for name in ("listen", "state", "lease_seconds")}
@@ -220,9 +221,8 @@ class Daemon:
             logger.warning("daemon.%s in the config differs from what this daemon runs with: %s when the daemon is "
                            "started again (systemctl restart)", ", daemon.".join(later),
                            "it takes effect" if len(later) == 1 else "they take effect")
-        self.options = DaemonOptions(**{**self.options.__dict__, "stop_timeout": new.stop_timeout,
-                                        "hung_after": new.hung_after, "max_backoff": new.max_backoff,
-                                        "alerts": new.alerts})
+        self.options = dataclasses.replace(self.options, stop_timeout=new.stop_timeout, hung_after=new.hung_after,
+                                           max_backoff=new.max_backoff, alerts=new.alerts)
         for worker in self.workers.values():
             worker.max_backoff, worker.health.hung_after = new.max_backoff, new.hung_after
 
