@@ -37,6 +37,8 @@ class Capabilities:
     capture_modes: tuple[str, ...] = ()  #: Capture modes as a source, the default first; () if target only.
     default_driver: str = ""  #: The SQLAlchemy ``backend+driver`` a URL without a driver gets.
     schemes: tuple[str, ...] = ()  #: URL schemes besides ``backends`` meaning this database (``postgres://``).
+    #: Schemes that get no default driver: the adapter reads from the URL what it reaches (``odbc://``).
+    complete_schemes: tuple[str, ...] = ()
     #: Whether a column's declared type limits what it stores (its values fit a type that holds it).
     enforces_types: bool = True
     zero_dates: bool = False  #: Whether date columns may hold zero dates ('0000-00-00'), checked per value.

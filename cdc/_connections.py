@@ -48,7 +48,9 @@ def _with_default_driver(url: sa.URL) -> sa.URL:
     if "+" in url.drivername:
         return url
     adapter = registry.for_scheme(url.drivername)
-    return url if adapter is None else url.set(drivername=adapter.capabilities.default_driver)
+    if adapter is None or url.drivername in adapter.capabilities.complete_schemes:
+        return url
+    return url.set(drivername=adapter.capabilities.default_driver)
 
 
 def _capabilities(driver: str) -> Any:

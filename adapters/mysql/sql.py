@@ -20,7 +20,7 @@ MAX_PACKET = "cdc_max_allowed_packet"
 
 # MariaDB stores JSON as LONGTEXT with a json_valid() CHECK; MySQL has a real JSON type.
 JSON_COLUMNS = ("SELECT c.COLUMN_NAME FROM information_schema.COLUMNS c WHERE c.TABLE_SCHEMA = DATABASE() "
-                "AND c.TABLE_NAME = %(table)s AND (c.DATA_TYPE = 'json' OR EXISTS (SELECT 1 FROM "
+                "AND c.TABLE_NAME = :table AND (c.DATA_TYPE = 'json' OR EXISTS (SELECT 1 FROM "
                 "information_schema.CHECK_CONSTRAINTS k WHERE k.CONSTRAINT_SCHEMA = c.TABLE_SCHEMA AND "
                 "k.TABLE_NAME = c.TABLE_NAME AND k.CHECK_CLAUSE LIKE CONCAT('json_valid(`', c.COLUMN_NAME, '`)')))")
 
@@ -206,7 +206,7 @@ def error_code(exc: sa.exc.DBAPIError) -> int | None:
 
 def mark_json_columns(conn: sa.Connection, table: sa.Table) -> None:
     """Give MariaDB's JSON columns (LONGTEXT + CHECK json_valid) the JSON type, as MySQL's have."""
-    names = {r[0] for r in conn.exec_driver_sql(JSON_COLUMNS, {"table": table.name})}
+    names = {r[0] for r in conn.execute(sa.text(JSON_COLUMNS), {"table": table.name})}  # any driver's paramstyle
     for column in table.columns:
         if column.name in names and not isinstance(column.type, sa.JSON):
             column.type = sa.JSON()

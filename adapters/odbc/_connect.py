@@ -1,0 +1,149 @@
+"""What an ODBC URL reaches (the SQL dialect spoken, the ODBC connection string) and engines over pyodbc.
+
+URL forms (see README "ODBC and SQL Server"):
+- ``mssql+pyodbc://user:pw@host:port/db?driver=ODBC Driver 18 for SQL Server``: SQLAlchemy's own form;
+- ``odbc://user:pw@host:port/db?driver=PostgreSQL Unicode``: another driver; the dialect is read off the
+  driver's name, or given as ``dialect=postgresql|mysql|sqlite|mssql``;
+- ``odbc://user:pw@/?dsn=ERP&dialect=postgresql``: a DSN from odbc.ini;
+- ``odbc:///?odbc_connect=<url-encoded connection string>``: a whole connection string.
+Any other query setting goes into the connection string as it is (``TrustServerCertificate=yes``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from cdc.errors import ConfigError
+
+from . import sql
+
+#: The SQL dialects the adapter speaks, with the words by which a driver's name tells each.
+DIALECTS = {"postgresql": ("postgres", "psql"), "mysql": ("mariadb", "mysql"), "sqlite": ("sqlite",),
+            "mssql": ("sql server", "freetds", "tds", "mssql")}
+#: Settings each dialect's connection string gets unless the URL sets them: psqlODBC gives booleans
+#: as text and bytea as escaped text by default; MariaDB's driver must be told to speak utf8mb4.
+DRIVER_DEFAULTS = {"postgresql": {"BoolsAsChar": "0", "ByteaAsLongVarBinary": "1",
+                                  # parameters written into the statement by the driver: typed by the server as
+                                  # literals are (a prepared json_build_object(?, ..) has no type to give ?)
+                                  "UseServerSidePrepare": "0"},
+                   "mysql": {"CHARSET": "utf8mb4"}, "sqlite": {"Timeout": "30000"}, "mssql": {}}
+#: Seconds a connection attempt waits for the server (ODBC's login timeout).
+LOGIN_TIMEOUT = 10
+_OWN_KEYS = {"driver", "dsn", "odbc_connect", "dialect"}
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Where an ODBC URL leads: the dialect, the connection string, and what identifies the database."""
+
+    dialect: str
+    connection_string: str
+    server: tuple
+
+
+def reach(connection_url: str) -> Reach:
+    """The dialect and connection string of an ``odbc://`` or ``mssql+pyodbc://`` URL; ConfigError
+    (naming what to write) when the URL does not say which database it is."""
+    url = make_url(connection_url)
+    query = {k: (v[-1] if isinstance(v, tuple) else v) for k, v in url.query.items()}
+    if url.get_backend_name() == "mssql":
+        dialect = "mssql"
+    else:
+        dialect = query.get("dialect") or _guess(query)
+        if dialect not in DIALECTS:
+            raise ConfigError(f"ODBC URL {url.render_as_string(hide_password=True)}: cannot tell which database it "
+                              f"reaches ({'dialect ' + repr(dialect) if dialect else 'no dialect given'}); add "
+                              f"dialect=postgresql, mysql, sqlite or mssql to its query")
+    if "odbc_connect" in query:
+        parts = {k: v for k, v in _pairs(query["odbc_connect"])}
+        text = query["odbc_connect"].rstrip(";")
+        server = (dialect, *sorted((k.lower(), v) for k, v in parts.items() if k.lower() not in ("uid", "pwd")))
+    else:
+        settings: dict[str, str] = {}
+        if "dsn" in query:
+            settings["DSN"] = query["dsn"]
+            server = (dialect, "dsn", query["dsn"], url.database or "")
+        else:
+            if not query.get("driver"):
+                raise ConfigError(f"ODBC URL {url.render_as_string(hide_password=True)}: name the ODBC driver "
+                                  "(?driver=PostgreSQL Unicode; `odbcinst -q -d` lists the installed ones) or a DSN "
+                                  "(?dsn=NAME)")
+            settings["DRIVER"] = query["driver"]
+            server = (dialect, (url.host or "").lower(), url.port, url.database or "")
+            settings.update(_place(dialect, url))
+        if url.username:
+            settings["UID"] = url.username
+        if url.password is not None:
+            settings["PWD"] = url.password
+        for name, value in {**DRIVER_DEFAULTS[dialect], **query}.items():
+            if name not in _OWN_KEYS:
+                settings[name] = value
+        text = ";".join(f"{name}={_braced(value)}" for name, value in settings.items())
+    return Reach(dialect, text, server)
+
+
+def _guess(query: dict) -> str | None:
+    """The dialect a driver's name (or a DSN's driver, as odbc.ini names it) tells, or None."""
+    name = query.get("driver") or dict(_pairs(query.get("odbc_connect", ""))).get("DRIVER", "")
+    if not name and "dsn" in query:
+        import pyodbc
+        name = pyodbc.dataSources().get(query["dsn"], "")
+    name = name.lower()
+    return next((dialect for dialect, words in DIALECTS.items() if any(w in name for w in words)), None)
+
+
+def _place(dialect: str, url: sa.URL) -> dict[str, str]:
+    """The server, port and database settings as the dialect's drivers name them."""
+    if dialect == "sqlite":
+        return {"Database": url.database or ""}
+    found = {}
+    if url.host:
+        found["Server"] = f"{url.host},{url.port}" if dialect == "mssql" and url.port else url.host
+    if url.port and dialect != "mssql":
+        found["Port"] = str(url.port)
+    if url.database:
+        found["Database"] = url.database
+    return found
+
+
+def _braced(value: Any) -> str:
+    """A connection-string value, in braces when it holds what would end or confuse it."""
+    text = str(value)
+    if re.search(r"[;{}=\s]", text) or text != text.strip():
+        return "{" + text.replace("}", "}}") + "}"
+    return text
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """The KEY=value settings of a connection string (values in braces may hold ';')."""
+    found = []
+    for match in re.finditer(r"\s*([^=;]+?)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)\s*(?:;|$)", text):
+        value = match.group(2)
+        if value.startswith("{"):
+            value = value[1:-1].replace("}}", "}")
+        found.append((match.group(1).upper() if match.group(1).upper() in ("DRIVER", "DSN") else match.group(1),
+                      value))
+    return found
+
+
+def engine(place: Reach) -> sa.Engine:
+    """An engine over pyodbc speaking the dialect's SQL; every connection runs with the dialect's
+    session settings (UTC, strict, UTF-8), see sql.session."""
+    import pyodbc
+
+    from . import _dialects  # noqa: F401  registers postgresql+pyodbc and sqlite+pyodbc
+
+    made = sa.create_engine(f"{place.dialect}+pyodbc://", pool_pre_ping=True, pool_recycle=3600,
+                            creator=partial(pyodbc.connect, place.connection_string, timeout=LOGIN_TIMEOUT))
+
+    @sa.event.listens_for(made, "connect")
+    def _connect(dbapi_connection, record):
+        sql.session(place.dialect, dbapi_connection)
+
+    return made

@@ -1,0 +1,41 @@
+"""What the ODBC adapter can do (see adapters/base.py Capabilities): the adapter's own record describes
+SQL Server, which only it reaches; a PostgreSQL, MySQL/MariaDB or SQLite database reached through ODBC
+gets that database's record, less what needs its native driver (COPY, files it creates)."""
+
+from dataclasses import replace
+
+from ..base import Capabilities
+
+CAPABILITIES = Capabilities(
+    name="odbc",
+    backends=("odbc", "mssql"),
+    # timestamp for every dialect; rowversion and change_tracking are SQL Server's (checked per source).
+    capture_modes=("timestamp", "rowversion", "change_tracking"),
+    default_driver="mssql+pyodbc",
+    complete_schemes=("odbc",),
+    in_database_fingerprints=False,  # rows are fingerprinted in Python
+    upsert_style="merge",
+    sqlglot_dialect="tsql",
+    server_clock="SYSUTCDATETIME()",
+)
+
+#: Capture modes per dialect reached through ODBC.
+CAPTURE_MODES = {"mssql": ("timestamp", "rowversion", "change_tracking"), "postgresql": ("timestamp",),
+                 "mysql": ("timestamp",), "sqlite": ("timestamp",)}
+
+
+def for_dialect(dialect: str) -> Capabilities:
+    """The record a source or target of ``dialect`` reached through ODBC carries."""
+    if dialect == "mssql":
+        return CAPABILITIES
+    if dialect == "postgresql":
+        from ..postgres.capabilities import CAPABILITIES as native
+    elif dialect == "mysql":
+        from ..mysql.capabilities import CAPABILITIES as native
+    else:
+        from ..sqlite.capabilities import CAPABILITIES as native
+    return replace(native, name="odbc", backends=CAPABILITIES.backends, capture_modes=CAPTURE_MODES[dialect],
+                   default_driver=CAPABILITIES.default_driver, copy_formats=(), copy_routes=(),
+                   creates_database_on_connect=False, takes_sslmode=False,
+                   # SQLite's fingerprints are functions registered on pysqlite's connections.
+                   in_database_fingerprints=native.in_database_fingerprints and dialect != "sqlite")

@@ -1,0 +1,230 @@
+"""Databases reached through ODBC as sources.
+
+PostgreSQL, MySQL/MariaDB and SQLite keep their own adapter's SQL (one dialect layer per database): a
+source here is that adapter's class for the capture mode with ``OdbcReads`` in front, which reads and
+binds values as pyodbc gives and takes them. SQL Server, which only ODBC reaches, has its classes here:
+capture `timestamp`, `rowversion` and `change_tracking` (and `trigger`, trigger.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any, Callable
+
+import sqlalchemy as sa
+
+from cdc.changes import Batch, Change, Position
+from cdc.errors import SourceError
+
+from .._sql import SqlSource
+from .._timestamp import TimestampCapture
+from . import sql, types
+
+logger = logging.getLogger(__name__)
+UTC = dt.timezone.utc
+
+
+class OdbcReads:
+    """Values read and bound through pyodbc, per dialect (see types.py); put before a dialect's class."""
+
+    dialect = ""
+    source_zone = "UTC"
+
+    def reader(self, column: sa.Column) -> Callable[[Any], Any]:
+        return types.reader(self.dialect, column, self.source_zone)
+
+    def log_reader(self, column: sa.Column) -> Callable[[Any], Any]:
+        return types.reader(self.dialect, column, self.source_zone)
+
+    def bind_stamp(self, measure: float, column: sa.Column) -> Any:
+        """The dialect's bound stamp, as pyodbc must be given it (UTC wall clock; MySQL as text)."""
+        return types.writer(self.dialect, column)(super().bind_stamp(measure, column))
+
+
+class MssqlSource(OdbcReads, SqlSource):
+    """What SQL Server's capture modes share: the server's UTC clock, doctor's checks of the login."""
+
+    dialect = "mssql"
+
+    def __init__(self, engine: sa.Engine, pair: str, source_zone: str = "UTC"):
+        SqlSource.__init__(self, engine, pair)
+        self.source_zone = source_zone
+
+    def source_clock(self, conn: sa.Connection) -> dt.datetime:
+        return conn.exec_driver_sql(f"SELECT {sql.MSSQL_CLOCK}").scalar().replace(tzinfo=UTC)
+
+    def diagnose(self) -> list[tuple[str, str]]:
+        return []
+
+
+class MssqlTimestampSource(TimestampCapture, MssqlSource):
+    """Capture `timestamp` on SQL Server: a datetime2 column polled as wall-clock time in source_timezone,
+    a datetimeoffset column as instants."""
+
+    def __init__(self, engine: sa.Engine, pair: str, options: Any, source_zone: str = "UTC"):
+        TimestampCapture.__init__(self, engine, pair, options, source_zone)
+
+    def wall_clock(self, column: sa.Column) -> bool:
+        return not isinstance(column.type, sa.dialects.mssql.DATETIMEOFFSET) and \
+            isinstance(column.type, (sa.DateTime, sa.Date))
+
+
+class RowversionSource(MssqlSource):
+    """Capture `rowversion`: each table's rowversion column is a database-wide counter SQL Server raises
+    at every insert and update, so rows are read in its order from the last one applied. No clock,
+    no overlap. A read stops below MIN_ACTIVE_ROWVERSION(): a row an open transaction wrote (its
+    rowversion already issued) is not passed by before it commits. Deletes are not seen (a
+    soft-delete column is: ``timestamp.soft_delete``), as with capture `timestamp`.
+    Position: {table: last rowversion applied, as an integer}."""
+
+    def __init__(self, engine: sa.Engine, pair: str, options: Any, source_zone: str = "UTC"):
+        super().__init__(engine, pair, source_zone)
+        self.options = options
+
+    def rowversion_column(self, table: str) -> str:
+        """The table's rowversion column; SourceError naming the fix when it has none."""
+        for column in self.describe(table).columns:
+            if isinstance(column.type, (sa.dialects.mssql.TIMESTAMP, sa.dialects.mssql.ROWVERSION)):
+                return str(column.name)
+        raise SourceError(f"pair {self.pair}: table {table} has no rowversion column for capture rowversion; "
+                          f"add one: ALTER TABLE {table} ADD row_version rowversion")
+
+    def prepare(self, keep=()) -> list[str]:
+        for table in self.keys:
+            self.rowversion_column(table)
+        return []
+
+    def unprepare(self) -> list[str]:
+        return []
+
+    def current_position(self) -> Position:
+        with self.engine.connect() as conn:
+            newest = conn.exec_driver_sql(sql.DBTS).scalar()
+        return {table: int(newest) for table in self.keys}
+
+    def join_stream(self, position: Position, tables: list[str]) -> Position:
+        return {**(position or {}), **{t: v for t, v in self.current_position().items() if t in tables}}
+
+    def read(self, after: Position, max_changes: int) -> Batch:
+        position = dict(after or {})
+        changes: list[Change] = []
+        with self.engine.connect() as conn:
+            low = conn.exec_driver_sql(sql.MIN_ACTIVE_ROWVERSION).scalar()
+            for table in self.keys:
+                found, position[table] = self._poll(conn, table, position.get(table, 0), int(low),
+                                                    max_changes - len(changes))
+                changes += found
+        return Batch(changes, position)
+
+    def _poll(self, conn: sa.Connection, table: str, mark: int, below: int, limit: int) -> tuple[list[Change], int]:
+        if limit <= 0:
+            return [], mark
+        info, key = self.describe(table), self.keys[table]
+        column = self.rowversion_column(table)
+        names = [n for n in info.column_names if n != column]
+        readers = [self.reader(info.columns[info.column_names.index(n)]) for n in names]
+        rows = conn.exec_driver_sql(sql.rowversion_read(table, column, info.column_names, limit),
+                                    (mark, below)).all()
+        changes = []
+        soft = getattr(self.options, "soft_delete", None) if self.options else None
+        for version, *values in rows:
+            row = {n: read(v) for n, read, v in zip(names, readers, values)}
+            row_key = tuple(row[k] for k in key)
+            deleted = bool(soft and row.get(soft))
+            changes.append(Change("delete" if deleted else "update", table, row_key, row if deleted else None,
+                                  None if deleted else row, None, {table: int(version)}))
+            mark = int(version)
+        return changes, mark
+
+    def pending(self, after: Position) -> int | None:
+        return None
+
+    def acknowledge(self, position: Position) -> None:
+        """Nothing to release: the rows are the log."""
+
+
+class ChangeTrackingSource(MssqlSource):
+    """Capture `change_tracking`: SQL Server Change Tracking (`cdc install` enables it per table; the
+    database must have it on, see doctor). CHANGETABLE(CHANGES t, v) gives each row changed since
+    version v once, with its last operation; the row's current values are joined in. A version older
+    than CHANGE_TRACKING_MIN_VALID_VERSION has been cleaned up: the pair stops, saying to re-snapshot.
+    Position: {"version": the last version read completely}."""
+
+    def prepare(self, keep=()) -> list[str]:
+        made = []
+        with self.engine.begin() as conn:
+            tracked = {r[0] for r in conn.exec_driver_sql(sql.CT_TABLES)}
+            for table in self.keys:
+                if table not in tracked:
+                    conn.exec_driver_sql(sql.enable_change_tracking(table))
+                    made.append(f"change tracking on {table}")
+        return made
+
+    def unprepare(self) -> list[str]:
+        return []
+
+    def current_position(self) -> Position:
+        with self.engine.connect() as conn:
+            version = conn.exec_driver_sql(sql.CT_CURRENT).scalar()
+        if version is None:
+            raise SourceError(f"pair {self.pair}: Change Tracking is not enabled on the source database: "
+                              "ALTER DATABASE <db> SET CHANGE_TRACKING = ON (CHANGE_RETENTION = 7 DAYS, "
+                              "AUTO_CLEANUP = ON), then `cdc install CONFIG`")
+        return {"version": int(version)}
+
+    def join_stream(self, position: Position, tables: list[str]) -> Position:
+        return position
+
+    def check_position(self, position: Position, written_at: dt.datetime | None = None) -> None:
+        version = (position or {}).get("version")
+        if version is None:
+            return
+        with self.engine.connect() as conn:
+            for table in self.keys:
+                oldest = conn.exec_driver_sql(sql.CT_MIN_VALID, (table,)).scalar()
+                if oldest is None:
+                    raise SourceError(f"pair {self.pair}: table {table} is not tracked by Change Tracking: run "
+                                      "`cdc install CONFIG`")
+                if int(version) < int(oldest):
+                    raise SourceError(
+                        f"pair {self.pair}: table {table}: the checkpoint's Change Tracking version {version} is "
+                        f"older than the oldest the database still keeps ({oldest}): the changes in between "
+                        "were cleaned up and would be skipped. Copy the tables again with `cdc run --resnapshot "
+                        "CONFIG`, and raise CHANGE_RETENTION so it does not happen again")
+
+    def read(self, after: Position, max_changes: int) -> Batch:
+        since = int((after or {})["version"])
+        self.check_position(after)
+        with self.engine.connect() as conn:
+            upto = int(conn.exec_driver_sql(sql.CT_CURRENT).scalar())
+            changes = []
+            for table in self.keys:
+                changes += self._changes(conn, table, since, upto)
+        changes.sort(key=lambda c: c.position["version"])
+        return Batch(changes, {"version": upto})
+
+    def _changes(self, conn: sa.Connection, table: str, since: int, upto: int) -> list[Change]:
+        info, key = self.describe(table), self.keys[table]
+        readers = [self.reader(c) for c in info.columns]
+        found = []
+        rows = conn.exec_driver_sql(sql.ct_changes(table, key, info.column_names, 2**31 - 1), (since,)).all()
+        for version, op, *rest in rows:
+            if int(version) > upto:
+                continue
+            row_key = tuple(rest[:len(key)])
+            values = rest[len(key):]
+            if op == "D":  # a row changed after ``upto`` was skipped above: a 'D' here is the row's last word
+                found.append(Change("delete", table, row_key, None, None, None, {"version": int(version)}))
+                continue
+            row = {n: read(v) for n, read, v in zip(info.column_names, readers, values)}
+            # An upsert either way: a snapshot read after the version may already hold an inserted row.
+            found.append(Change("update", table, row_key, None, row, None,
+                                {"version": int(version)}))
+        return found
+
+    def pending(self, after: Position) -> int | None:
+        return None
+
+    def acknowledge(self, position: Position) -> None:
+        """Nothing to release: Change Tracking cleans up by its retention period."""

@@ -1,0 +1,124 @@
+"""Databases reached through ODBC as targets.
+
+MySQL/MariaDB and SQLite keep their own adapter's target class (its upsert, DDL and doctor) with
+``OdbcWrites`` in front; PostgreSQL through ODBC is the shared SQL target with PostgreSQL's upsert
+(its own adapter's target is built on psycopg's COPY); SQL Server is ``MssqlTarget``: MERGE ... WITH
+(HOLDLOCK), sent with pyodbc's fast_executemany.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from .._sql import SqlTarget
+from . import sql, types
+
+#: SQLSTATE classes and codes of a passing fault: connection, serialization failure or deadlock, timeout.
+RETRY_STATES = ("08", "40001", "40P01", "HYT00", "HYT01", "57P01", "57P02", "57P03", "55P03")
+#: SQLSTATE classes of one row's values being refused: data exception, integrity constraint, a trigger's RAISE.
+ROW_STATES = ("22", "23", "P0001")
+#: Words of a driver message that mean a lock wait or deadlock where the SQLSTATE is only HY000.
+RETRY_WORDS = ("lock wait timeout", "deadlock", "database is locked", "lock request time out")
+
+
+def sqlstate(exc: sa.exc.DBAPIError) -> str:
+    """The SQLSTATE pyodbc reports (its first argument), or ''."""
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], str) and len(args[0]) == 5 else ""
+
+
+class OdbcWrites:
+    """Values bound and errors classified as pyodbc gives them; put before a dialect's target class."""
+
+    dialect = ""
+    binds_own_values = True
+    #: pyodbc's executemany sends each row on its own: no statements joined.
+    driver_statement_bytes = None
+
+    def writer(self, column: sa.Column) -> Callable[[Any], Any]:
+        return types.writer(self.dialect, column)
+
+    def reader(self, column: sa.Column) -> Callable[[Any], Any]:
+        return types.reader(self.dialect, column)
+
+    def statement_limit(self, conn: sa.Connection) -> int | None:
+        return None
+
+    def classify(self, exc: sa.exc.DBAPIError) -> str:
+        state, text = sqlstate(exc), str(exc.orig).lower()
+        if exc.connection_invalidated or any(state.startswith(s) for s in RETRY_STATES) or \
+                any(word in text for word in RETRY_WORDS):
+            return "retry"
+        if any(state.startswith(s) for s in ROW_STATES):
+            return "row"
+        return SqlTarget.classify(self, exc)
+
+
+class PostgresOdbcTarget(OdbcWrites, SqlTarget):
+    """PostgreSQL through psqlODBC: INSERT ... ON CONFLICT DO UPDATE as an executemany."""
+
+    dialect = "postgresql"
+    insert_on_conflict = staticmethod(pg_insert)
+
+    def bounded_lock_wait(self, conn: sa.Connection, seconds: float) -> None:
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(seconds * 1000)}ms'")
+
+    def diagnose(self) -> list[tuple[str, str]]:
+        from ..postgres.target import PostgresTarget  # PostgreSQL's own check of synchronous_commit
+        return PostgresTarget.diagnose(self)
+
+
+class MssqlTarget(OdbcWrites, SqlTarget):
+    """SQL Server: one MERGE ... WITH (HOLDLOCK) per row, sent as one fast_executemany per run.
+
+    MERGE and not UPDATE-then-INSERT: one statement, one plan, and with HOLDLOCK the key range stays
+    locked between its match and its insert, so a concurrent writer of a new key waits instead of
+    both inserting (the known MERGE race is the one without HOLDLOCK)."""
+
+    dialect = "mssql"
+
+    def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
+        if op != "upsert":
+            return super().write_run(conn, op, name, key, params)
+        columns = list(params[0])
+        statement = sql.merge(name, key, columns)
+        conn.exec_driver_sql(statement, [tuple(row[c] for c in columns) for row in params])
+
+    def bounded_lock_wait(self, conn: sa.Connection, seconds: float) -> None:
+        conn.exec_driver_sql(f"SET LOCK_TIMEOUT {int(seconds * 1000)}")
+
+    def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple],
+                  latest: str | None = None) -> list[dict]:
+        """SQL Server has no FOR UPDATE: SQLAlchemy's mssql dialect leaves it out, and rows read in the
+        apply transaction are locked by the UPDLOCK, HOLDLOCK hints instead."""
+        table = self.table(name)
+        hinted = table.with_hint("WITH (UPDLOCK, HOLDLOCK)", dialect_name="mssql")
+        rows: list[dict] = []
+        from .._sql.rows import key_in, plain_rows
+        for start in range(0, len(keys), 500):
+            query = sa.select(hinted).where(key_in(table, key, keys[start:start + 500]))
+            rows.extend(plain_rows(table, conn.execute(query)))
+        if latest is not None:
+            newest: dict[tuple, dict] = {}
+            for row in rows:
+                k = tuple(row[c] for c in key)
+                if k not in newest or row[latest] > newest[k][latest]:
+                    newest[k] = row
+            rows = list(newest.values())
+        return rows
+
+
+def dialect_target(dialect: str) -> type:
+    """The target class for a dialect reached through ODBC."""
+    if dialect == "postgresql":
+        return PostgresOdbcTarget
+    if dialect == "mssql":
+        return MssqlTarget
+    if dialect == "mysql":
+        from ..mysql.target import MySQLTarget
+        return type("MySQLOdbcTarget", (OdbcWrites, MySQLTarget), {"dialect": "mysql", "__module__": __name__})
+    from ..sqlite.target import SqliteTarget
+    return type("SqliteOdbcTarget", (OdbcWrites, SqliteTarget), {"dialect": "sqlite", "__module__": __name__})

@@ -1,0 +1,116 @@
+"""pyodbc values <-> change-model values, per dialect.
+
+What pyodbc does on its own, and what is done here instead:
+- it binds an aware datetime without its zone (2024-01-01 12:00+02:00 is written as 12:00): every
+  aware value is bound as UTC wall-clock time, and each session runs in UTC (sql.SESSIONS);
+- it reads a PostgreSQL timestamptz or MySQL TIMESTAMP naive (in the session's UTC): given UTC back;
+- MariaDB's driver drops the fraction of a second of a bound datetime: datetimes go to MySQL/MariaDB
+  as ISO text, which keeps the microseconds;
+- it does not know SQL Server's datetimeoffset (SQL type -155): read with an output converter.
+Numerics are Decimal both ways (never float); text is Unicode.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+import uuid
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import mssql, postgresql
+
+from .._sql import same
+
+UTC = dt.timezone.utc
+#: ODBC's SQL type of SQL Server's datetimeoffset, which pyodbc reads only through a converter.
+SQL_SS_TIMESTAMPOFFSET = -155
+
+
+def reader(dialect: str, column: sa.Column, source_zone: str = "UTC") -> Callable[[Any], Any]:
+    """How pyodbc's value of ``column`` becomes the change model's value."""
+    kind = column.type
+    if dialect == "mysql":
+        from ..mysql import types as mysql_types  # MySQL's own readers: DATETIME in source_timezone, JSON, SET, BIT
+        read = mysql_types.reader(column, source_zone)
+        return _bytes_then(read) if isinstance(kind, sa.LargeBinary) else read
+    if dialect == "sqlite":
+        from ..sqlite import types as sqlite_types  # the stored text read as SQLite's adapter reads it
+        return sqlite_types.reader(column)
+    if isinstance(kind, sa.DateTime) and getattr(kind, "timezone", False):
+        return _utc  # the session runs in UTC
+    if isinstance(kind, sa.LargeBinary) or isinstance(kind, (mssql.TIMESTAMP, mssql.ROWVERSION)):
+        return _bytes
+    if isinstance(kind, (postgresql.JSON, postgresql.JSONB, sa.JSON)):
+        return lambda v: v if v is None or not isinstance(v, (str, bytes)) else orjson.loads(v)
+    if isinstance(kind, (sa.Uuid, postgresql.UUID)) and dialect == "postgresql":
+        return lambda v: v if v is None or isinstance(v, uuid.UUID) else uuid.UUID(str(v))
+    return same
+
+
+def writer(dialect: str, column: sa.Column) -> Callable[[Any], Any]:
+    """How a checked change-model value of ``column`` is bound through pyodbc."""
+    kind = column.type
+    if dialect == "sqlite":
+        from ..sqlite import types as sqlite_types  # exact numerics as text, as SQLite's adapter writes them
+        return sqlite_types.writer(column)
+    if dialect == "mssql" and isinstance(kind, mssql.DATETIMEOFFSET):
+        return _offset_text
+    if isinstance(kind, (sa.DateTime, sa.Time)) and dialect == "mysql":
+        return _mysql_text
+    if isinstance(kind, sa.JSON):
+        return lambda v: None if v is None or isinstance(v, str) else orjson.dumps(v).decode()
+    if isinstance(kind, sa.Boolean) and dialect == "mysql":
+        return lambda v: None if v is None else int(bool(v))
+    return _plain
+
+
+def _plain(value: Any) -> Any:
+    """Aware datetimes as UTC wall-clock time; UUIDs as text; the rest as it is."""
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def _mysql_text(value: Any) -> Any:
+    value = _plain(value)
+    if isinstance(value, (dt.datetime, dt.time)):
+        return value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value.isoformat()
+    return value
+
+
+def _offset_text(value: Any) -> Any:
+    """An aware datetime as datetimeoffset text (its own offset kept); a naive one as UTC."""
+    if isinstance(value, dt.datetime):
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return aware.isoformat(sep=" ")
+    return value
+
+
+def _utc(value: Any) -> Any:
+    return value.replace(tzinfo=UTC) if isinstance(value, dt.datetime) and value.tzinfo is None else value
+
+
+def _bytes(value: Any) -> Any:
+    return bytes(value) if isinstance(value, (bytearray, memoryview)) else value
+
+
+def _bytes_then(read: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return read if read is same else (lambda v: read(_bytes(v)))
+
+
+def read_datetimeoffset(raw: bytes | None) -> dt.datetime | None:
+    """SQL Server's datetimeoffset as the driver gives it (SQL_SS_TIMESTAMPOFFSET_STRUCT) -> aware datetime."""
+    if raw is None:
+        return None
+    year, month, day, hour, minute, second, nanos, off_h, off_m = struct.unpack("<6hI2h", raw)
+    zone = dt.timezone(dt.timedelta(hours=off_h, minutes=off_m))
+    return dt.datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=zone)
+
+
+def zone(name: str) -> dt.tzinfo:
+    return UTC if name == "UTC" else ZoneInfo(name)
