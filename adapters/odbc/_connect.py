@@ -27,12 +27,16 @@ from . import sql
 DIALECTS = {"postgresql": ("postgres", "psql"), "mysql": ("mariadb", "mysql"), "sqlite": ("sqlite",),
             "mssql": ("sql server", "freetds", "tds", "mssql")}
 #: Settings each dialect's connection string gets unless the URL sets them: psqlODBC gives booleans
-#: as text and bytea as escaped text by default; MariaDB's driver must be told to speak utf8mb4.
+#: as text and bytea as escaped text by default; MariaDB's driver must be told to speak utf8mb4 and
+#: to count matched rows (the claim's fence checks that its UPDATE matched one).
 DRIVER_DEFAULTS = {"postgresql": {"BoolsAsChar": "0", "ByteaAsLongVarBinary": "1",
                                   # parameters written into the statement by the driver: typed by the server as
                                   # literals are (a prepared json_build_object(?, ..) has no type to give ?)
                                   "UseServerSidePrepare": "0"},
-                   "mysql": {"CHARSET": "utf8mb4"}, "sqlite": {"Timeout": "30000"}, "mssql": {}}
+                   # OPTION=2 (found rows): an UPDATE counts the rows it matched, not those it changed.
+                   "mysql": {"CHARSET": "utf8mb4", "OPTION": "2"}, "sqlite": {"Timeout": "30000"}, "mssql": {}}
+#: The driver a mssql+pyodbc:// URL without ?driver= gets: Microsoft's (msodbcsql18).
+MSSQL_DRIVER = "ODBC Driver 18 for SQL Server"
 #: Seconds a connection attempt waits for the server (ODBC's login timeout).
 LOGIN_TIMEOUT = 10
 _OWN_KEYS = {"driver", "dsn", "odbc_connect", "dialect"}
@@ -70,6 +74,8 @@ def reach(connection_url: str) -> Reach:
             settings["DSN"] = query["dsn"]
             server = (dialect, "dsn", query["dsn"], url.database or "")
         else:
+            if dialect == "mssql":
+                query.setdefault("driver", MSSQL_DRIVER)
             if not query.get("driver"):
                 raise ConfigError(f"ODBC URL {url.render_as_string(hide_password=True)}: name the ODBC driver "
                                   "(?driver=PostgreSQL Unicode; `odbcinst -q -d` lists the installed ones) or a DSN "
@@ -137,9 +143,11 @@ def engine(place: Reach) -> sa.Engine:
     session settings (UTC, strict, UTF-8), see sql.session."""
     import pyodbc
 
-    from . import _dialects  # noqa: F401  registers postgresql+pyodbc and sqlite+pyodbc
+    from ._dialects import ENGINES  # registers the dialects SQLAlchemy does not ship
 
-    made = sa.create_engine(f"{place.dialect}+pyodbc://", pool_pre_ping=True, pool_recycle=3600,
+    # SQL Server: pyodbc sends an executemany's rows as arrays of parameters (fast_executemany).
+    options = {"fast_executemany": True} if place.dialect == "mssql" else {}
+    made = sa.create_engine(f"{ENGINES[place.dialect]}://", pool_pre_ping=True, pool_recycle=3600, **options,
                             creator=partial(pyodbc.connect, place.connection_string, timeout=LOGIN_TIMEOUT))
 
     @sa.event.listens_for(made, "connect")

@@ -4,11 +4,13 @@ pyodbc as the driver; registered as ``postgresql+pyodbc`` and ``sqlite+pyodbc`` 
 
 from __future__ import annotations
 
+import datetime
 import re
 
 from sqlalchemy import types as sqltypes, util
 from sqlalchemy.connectors.pyodbc import PyODBCConnector
 from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.mysql.pyodbc import MySQLDialect_pyodbc
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
@@ -57,13 +59,56 @@ class PGDialect_pyodbc(PyODBCConnector, PGDialect):
 
 class SQLiteDialect_pyodbc(PyODBCConnector, SQLiteDialect):
     """SQLite through the SQLite ODBC driver: date/time columns arrive as the stored text (see
-    sql.session), read as SQLite's own adapter reads them."""
+    sql.session), so SQLAlchemy's SQLite types read and write them as they do with pysqlite. The
+    driver returns no rows from a statement with RETURNING: SQLAlchemy is told it has none."""
 
     supports_statement_cache = True
-    colspecs: dict = {}  # no result processing: values are converted by adapters/odbc/types.py
-    _get_server_version_info = SQLiteDialect._get_server_version_info if hasattr(
-        SQLiteDialect, "_get_server_version_info") else PyODBCConnector._get_server_version_info
 
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        # SQLAlchemy's SQLite dialect turns these on for SQLite 3.35 and later.
+        self.insert_returning = self.update_returning = self.delete_returning = False
+        self.postfetch_lastrowid = False  # pyodbc cursors have no lastrowid
+
+    @classmethod
+    def import_dbapi(cls):
+        """pyodbc, with the SQLite library version SQLAlchemy's SQLite dialect asks its driver for
+        (the ODBC driver links the system's libsqlite3, which Python's sqlite3 module reports)."""
+        import sqlite3
+        import types
+
+        import pyodbc
+        module = types.ModuleType("pyodbc")
+        module.__dict__.update(pyodbc.__dict__)
+        module.sqlite_version_info = sqlite3.sqlite_version_info
+        return module
+
+
+class _TextDATETIME(sqltypes.DateTime):
+    """A datetime bound as ISO text: MariaDB's ODBC driver drops the fraction of a bound datetime
+    (a claim's 12:00:00.250 stored as 12:00:00 no longer matches the one this process holds)."""
+
+    def bind_processor(self, dialect):
+        def process(value):
+            if value is None or isinstance(value, str):
+                return value
+            if getattr(value, "tzinfo", None) is not None:
+                value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)  # sessions run in UTC
+            return value.isoformat(sep=" ")
+        return process
+
+
+class MySQLDialect_cdc_pyodbc(MySQLDialect_pyodbc):
+    """MySQL/MariaDB through pyodbc, datetimes bound with their microseconds."""
+
+    supports_statement_cache = True
+    colspecs = util.update_copy(MySQLDialect_pyodbc.colspecs, {sqltypes.DateTime: _TextDATETIME})
+
+
+#: The SQLAlchemy URL scheme of each dialect's engine over pyodbc.
+ENGINES = {"postgresql": "postgresql+pyodbc", "sqlite": "sqlite+pyodbc", "mysql": "mysql+cdc_pyodbc",
+           "mssql": "mssql+pyodbc"}
 
 registry.register("postgresql.pyodbc", __name__, "PGDialect_pyodbc")
+registry.register("mysql.cdc_pyodbc", __name__, "MySQLDialect_cdc_pyodbc")
 registry.register("sqlite.pyodbc", __name__, "SQLiteDialect_pyodbc")

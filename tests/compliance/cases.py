@@ -46,6 +46,20 @@ SOURCES = [
     Source("mysql", "binlog"),
     Source("mysql", "timestamp", **POLLING),
 ]
-TARGETS = ["sqlite", "postgresql", "mysql"]
+#: The databases reached through the ODBC adapter (unixODBC and the free Debian drivers), each as a
+#: source (capture timestamp, the mode every dialect has) and as a target.
+ODBC = ["odbc-postgresql", "odbc-mysql", "odbc-sqlite"]
+SOURCES += [Source(kind, "timestamp", **POLLING) for kind in ODBC]
+TARGETS = ["sqlite", "postgresql", "mysql", *ODBC]
 
 SOURCE_IDS = [s.id for s in SOURCES]
+
+#: The pairings the cheap scenarios run: every native source into every native target; each ODBC
+#: source into every native target; and into each ODBC target the native sources whose values come
+#: by three different roads (SQLite triggers' JSON, pgoutput text, binlog rows).
+NATIVE_TARGETS = [t for t in TARGETS if t not in ODBC]
+PAIRINGS = ([(s, t) for s in SOURCES if s.kind not in ODBC for t in NATIVE_TARGETS] +
+            [(s, t) for s in SOURCES if s.kind in ODBC for t in NATIVE_TARGETS] +
+            [(s, t) for s in SOURCES if s.id in ("sqlite-trigger", "postgresql-logical", "mysql-binlog")
+             for t in ODBC])
+PAIRING_IDS = [f"{s.id}-to-{t}" for s, t in PAIRINGS]

@@ -14,12 +14,22 @@ import sys
 import tempfile
 
 import pytest
+from sqlalchemy.engine import make_url
 
 import cli_fork
 from compliance.cases import Source
 from compliance.databases import Database
 
 _files = itertools.count(1)
+#: The Debian packages' ODBC drivers (odbcinst.ini names), by dialect.
+ODBC_DRIVERS = {"postgresql": "PostgreSQL Unicode", "mysql": "MariaDB Unicode", "sqlite": "SQLite3"}
+
+
+def odbc_url(native: str) -> str:
+    """The ODBC URL a user writes for the database ``native`` names (its user, host, port, database)."""
+    url = make_url(native)
+    dialect = url.get_backend_name()
+    return url.set(drivername="odbc", query={"driver": ODBC_DRIVERS[dialect]}).render_as_string(hide_password=False)
 
 
 class Pair:
@@ -138,12 +148,15 @@ class Running:
 
 @pytest.fixture
 def databases(ws, request):
-    """A factory: a fresh empty database of a kind ('sqlite', 'postgresql', 'mysql')."""
+    """A factory: a fresh empty database of a kind ('sqlite', 'postgresql', 'mysql'; 'odbc-<one of them>':
+    the same reached through its ODBC driver)."""
     def make(kind: str) -> Database:
-        if kind == "sqlite":
-            return Database(kind, f"sqlite:///{ws.root / f'db{next(_files)}.db'}")
-        factory = request.getfixturevalue("pg_databases" if kind == "postgresql" else "mysql_databases")
-        return Database(kind, factory())
+        dialect = kind.removeprefix("odbc-")
+        if dialect == "sqlite":
+            native = f"sqlite:///{ws.root / f'db{next(_files)}.db'}"
+        else:
+            native = request.getfixturevalue("pg_databases" if dialect == "postgresql" else "mysql_databases")()
+        return Database(kind, odbc_url(native) if kind.startswith("odbc-") else native, native)
 
     return make
 

@@ -49,25 +49,29 @@ DIALECTS = {
 
 
 class Database:
-    """A database of one kind at one URL (a plain URL, as a user writes it in the config)."""
+    """A database of one kind at one URL (a plain URL, as a user writes it in the config). A kind
+    ``odbc-<dialect>`` is that database reached through ODBC: ``url`` is the ODBC URL the config
+    gives cdc-sync, ``native_url`` the one the suite's own statements go by."""
 
-    def __init__(self, kind: str, url: str):
+    def __init__(self, kind: str, url: str, native_url: str | None = None):
         self.kind, self.url = kind, url
+        self.dialect = kind.removeprefix("odbc-")
+        self.native_url = native_url or url
 
     @property
     def now(self) -> str:
         """The SQL expression for the database's clock (timestamp capture never passes it)."""
-        return DIALECTS[self.kind]["now"]
+        return DIALECTS[self.dialect]["now"]
 
     def create_items(self, role: str, note: str = "TEXT") -> None:
         """Create the suite's table as a ``role`` ('source' or 'target') declares it; ``note`` the note
         column's type (a short VARCHAR makes a target refuse a long note)."""
-        dialect = DIALECTS[self.kind]
+        dialect = DIALECTS[self.dialect]
         self.execute(dialect["ddl"].format(amount=dialect["amount"][role], note=note))
 
     def widen_note(self) -> None:
         """The DBA's fix for a note column too short for a row: the column made TEXT, rows kept."""
-        dialect = DIALECTS[self.kind]
+        dialect = DIALECTS[self.dialect]
         ddl = dialect["ddl"].format(amount=dialect["amount"]["target"], note="TEXT")
         self.transaction([(statement.format(ddl=ddl), None) for statement in dialect["widen_note"]])
 
@@ -78,20 +82,20 @@ class Database:
     def transaction(self, statements: list[tuple[str, object]]) -> list[list]:
         """Statements (with %s parameters) in ONE transaction; each one's rows."""
         runners = {"sqlite": self._sqlite, "postgresql": self._postgresql, "mysql": self._mysql}
-        if self.kind not in runners:  # a new adapter adds how its driver runs one transaction here
+        if self.dialect not in runners:  # a new adapter adds how its driver runs one transaction here
             raise NotImplementedError(f"tests/compliance/databases.py: no transaction runner for {self.kind}")
-        return runners[self.kind](statements)
+        return runners[self.dialect](statements)
 
     @contextlib.contextmanager
     def watching(self, statement: str):
         """A function giving the first value ``statement`` returns now, on one connection kept open
         (autocommit) for the block: a test polls progress without a connection per look."""
-        if self.kind == "sqlite":
-            conn = sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30, isolation_level=None)
-        elif self.kind == "postgresql":
-            conn = psycopg.connect(self.url, autocommit=True)
+        if self.dialect == "sqlite":
+            conn = sqlite3.connect(self.native_url.removeprefix("sqlite:///"), timeout=30, isolation_level=None)
+        elif self.dialect == "postgresql":
+            conn = psycopg.connect(self.native_url, autocommit=True)
         else:
-            parts = sa.engine.make_url(self.url)
+            parts = sa.engine.make_url(self.native_url)
             conn = pymysql.connect(host=parts.host, port=parts.port, user=parts.username, autocommit=True,
                                    password=parts.password or "", database=parts.database)
         try:
@@ -119,10 +123,10 @@ class Database:
             f", source_position, source_txid FROM cdc_audit_log WHERE {where} ORDER BY id")]
 
     def quote(self, name: str) -> str:
-        return f"`{name}`" if self.kind == "mysql" else f'"{name}"'
+        return f"`{name}`" if self.dialect == "mysql" else f'"{name}"'
 
     def _sqlite(self, statements):
-        conn = sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30)
+        conn = sqlite3.connect(self.native_url.removeprefix("sqlite:///"), timeout=30)
         try:
             with conn:
                 return [conn.execute(s.replace("%s", "?"), tuple(_sqlite_value(v) for v in p or ())).fetchall()
@@ -131,7 +135,7 @@ class Database:
             conn.close()
 
     def _postgresql(self, statements):
-        with psycopg.connect(self.url) as conn:
+        with psycopg.connect(self.native_url) as conn:
             out = []
             for statement, params in statements:
                 cursor = conn.execute(statement, params)
@@ -139,7 +143,7 @@ class Database:
             return out
 
     def _mysql(self, statements):
-        parts = sa.engine.make_url(self.url)
+        parts = sa.engine.make_url(self.native_url)
         conn = pymysql.connect(host=parts.host, port=parts.port, user=parts.username, password=parts.password or "",
                                database=parts.database, charset="utf8mb4")
         try:

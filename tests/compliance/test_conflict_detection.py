@@ -15,11 +15,10 @@ from decimal import Decimal
 
 import pytest
 
-from compliance.cases import SOURCE_IDS, SOURCES, TARGETS
+from compliance.cases import PAIRING_IDS, PAIRINGS, SOURCES
 from compliance.databases import UTC
 
-every_pair = pytest.mark.parametrize("target_kind", TARGETS)
-every_source = pytest.mark.parametrize("case", SOURCES, ids=SOURCE_IDS)
+every_pairing = pytest.mark.parametrize("case, target_kind", PAIRINGS, ids=PAIRING_IDS)
 
 
 def conflicts(pair) -> list[tuple[int, str, dict]]:
@@ -38,8 +37,7 @@ def decisions(pair) -> list[tuple]:
     return [(op, key, decision, (detail or "")[:60]) for op, key, decision, detail in found]
 
 
-@every_source
-@every_pair
+@every_pairing
 def test_a_row_the_person_changed_is_a_conflict_and_audited_as_they_left_it(make_pair, case, target_kind):
     pair = make_pair(case, target_kind)
     pair.source.transaction([pair.insert(pair.plain_row(f"rad {i}")) for i in range(3)])
@@ -73,11 +71,10 @@ def test_a_row_the_person_changed_is_a_conflict_and_audited_as_they_left_it(make
     pair.assert_target_equals_source()
 
 
-HASHED = [case for case in SOURCES if case.capture == "timestamp"]
+HASHED = [(case, target) for case, target in PAIRINGS if case.capture == "timestamp"]
 
 
-@pytest.mark.parametrize("target_kind", TARGETS)
-@pytest.mark.parametrize("case", HASHED, ids=[case.id for case in HASHED])
+@pytest.mark.parametrize("case, target_kind", HASHED, ids=[f"{c.id}-to-{t}" for c, t in HASHED])
 def test_under_timestamp_capture_a_row_the_person_edits_straight_after_the_snapshot_is_a_conflict(
         make_pair, case, target_kind):
     """The common case in a ledger: the initial copy, then an accountant corrects row 1 and enters row 10
@@ -149,8 +146,7 @@ def test_without_replica_identity_full_an_update_of_unmapped_columns_leaves_the_
     assert conflicts(pair) == [], decisions(pair)
 
 
-@every_source
-@every_pair
+@every_pairing
 def test_with_detection_off_no_target_row_is_read_and_the_source_is_written(make_pair, case, target_kind):
     """`detect_conflicts: false`: the pair writes as before issue 13 (the source wins) and audits no
     conflict: what the benchmarks' --detect off measures."""

@@ -8,15 +8,13 @@ from decimal import Decimal
 
 import pytest
 
-from compliance.cases import SOURCE_IDS, SOURCES, TARGETS
+from compliance.cases import PAIRING_IDS, PAIRINGS
 from compliance.databases import UTC, canonical
 
-every_pair = pytest.mark.parametrize("target_kind", TARGETS)
-every_source = pytest.mark.parametrize("case", SOURCES, ids=SOURCE_IDS)
+every_pairing = pytest.mark.parametrize("case, target_kind", PAIRINGS, ids=PAIRING_IDS)
 
 
-@every_source
-@every_pair
+@every_pairing
 def test_snapshot_copies_existing_rows_once(make_pair, case, target_kind):
     pair = make_pair(case, target_kind)
     pair.source.transaction([pair.insert(pair.plain_row(f"rad {i} æøå")) for i in range(5)])
@@ -30,8 +28,7 @@ def test_snapshot_copies_existing_rows_once(make_pair, case, target_kind):
     assert pair.streamed() == []
 
 
-@every_source
-@every_pair
+@every_pairing
 def test_stream_applies_inserts_updates_deletes_once(make_pair, case, target_kind):
     pair = make_pair(case, target_kind)
     pair.source.transaction([pair.insert(pair.plain_row()) for _ in range(4)])
@@ -63,8 +60,7 @@ TYPED = [
 ]
 
 
-@every_source
-@every_pair
+@every_pairing
 def test_exact_types_survive_snapshot_and_stream(make_pair, case, target_kind):
     pair = make_pair(case, target_kind)
     pair.source.transaction([pair.insert(TYPED[0]), pair.insert(TYPED[1])])
