@@ -1,0 +1,98 @@
+"""The ODBC adapter's two checks a new user makes (issue: ODBC adapter), on real servers through the
+Debian ODBC drivers: a PostgreSQL source read through psqlODBC under 5,000 random changes and SIGKILLs,
+and a MariaDB target written through MariaDB Connector/ODBC with exact decimals and Unicode."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from decimal import Decimal
+
+import psycopg
+
+from compliance.cases import POLLING, Source
+from compliance.test_guarantees import kill_while_streaming, landed
+
+CHANGES = 5000
+
+
+def _write_changes(pair, rng: random.Random, log: list[tuple[int, str]]) -> None:
+    """CHANGES random inserts, updates and soft deletes in transactions of 1-4 changes on one connection,
+    each change's note unique (c<n>), so every row version can be told apart; ``log``: (key, note)."""
+    live = [row[0] for row in pair.source.live_rows()]
+    with psycopg.connect(pair.source.native_url) as conn:
+        while len(log) < CHANGES:
+            touched: set[int] = set()
+            with conn.transaction():
+                for _ in range(rng.randint(1, 4)):
+                    note = f"c{len(log)} æøå ☕"
+                    roll = rng.random()
+                    if roll < 0.4 or len(live) < 5:
+                        key, pair.next_id = pair.next_id, pair.next_id + 1
+                        conn.execute("INSERT INTO items (id, amount, note, updated_at, deleted) "
+                                     "VALUES (%s, %s, %s, clock_timestamp(), false)",
+                                     (key, Decimal(rng.randint(-10**12, 10**12)) / 100, note))
+                        live.append(key)
+                    else:
+                        key = rng.choice(live)
+                        if key in touched:
+                            continue
+                        deleted = roll > 0.9
+                        conn.execute("UPDATE items SET amount = %s, note = %s, deleted = %s, "
+                                     "updated_at = clock_timestamp() WHERE id = %s",
+                                     (Decimal(rng.randint(-10**12, 10**12)) / 100, note, deleted, key))
+                        if deleted:
+                            live.remove(key)
+                    touched.add(key)
+                    log.append((key, note))
+            time.sleep(rng.random() * 0.01)  # an application's pace: polls see most versions one by one
+
+
+def test_an_odbc_postgresql_source_survives_5000_random_changes_and_sigkills(make_pair):
+    case = Source("odbc-postgresql", "timestamp", **POLLING)
+    pair = make_pair(case, "postgresql")
+    pair.source.transaction(pair.insert_many([pair.plain_row(f"rad {i}") for i in range(50)]))
+    pair.setup(batch_size=100, poll_interval=0.02)
+    pair.ok("run", "--once")
+    log: list[tuple[int, str]] = []
+    writer = threading.Thread(target=_write_changes, args=(pair, random.Random(15), log))
+    writer.start()
+    at_kills: list[int] = []
+    kill_while_streaming(pair, writer.is_alive, random.Random(16), at_kills, kills=20)
+    writer.join()
+    pair.ok("run", "--once")
+    assert len(log) >= CHANGES and landed(at_kills) >= 20, f"kills while applying: {at_kills}"
+    pair.assert_target_equals_source()
+    # Polling sees row versions: each audited once, each one the source wrote, the last of every row applied.
+    audited = [(json.loads(key)[0], json.loads(after or before)["note"]) for key, before, after in pair.target.execute(
+        'SELECT "key", before, "after" FROM cdc_audit_log WHERE op <> \'snapshot\' ORDER BY id')]
+    doubled = [version for version, n in Counter(audited).items() if n > 1]
+    assert not doubled, f"row versions applied twice: {doubled[:5]}"
+    assert set(audited) <= set(log), "an audited version the source never wrote"
+    last = {key: note for key, note in log}
+    assert {(k, n) for k, n in last.items()} <= set(audited), "the last version of a row was not applied"
+    print(f"\n{len(log)} source changes, {len(audited)} row versions applied, {len(at_kills)} SIGKILLs "
+          f"({landed(at_kills)} while applying)")
+
+
+def test_an_odbc_mariadb_target_gets_a_sqlite_sources_exact_decimals_and_unicode(make_pair):
+    case = Source("sqlite", "trigger")
+    pair = make_pair(case, "odbc-mysql")
+    amounts = ["12345678901234567890.0123456789", "-0.0000000001", "0", "99999999999999999999.9999999999"]
+    notes = ["Blåbærsyltetøy æøå ÆØÅ", "Kaffe ☕ og 😀 (fire byte)", "𝄞 ǅ ﬁ ß İ", "ø" * 30000 + "☕"]  # 60,003 bytes: TEXT holds 65,535
+    pair.source.transaction([pair.insert((i + 1, a, None, None, n, b"\x00\xff", True))
+                             for i, (a, n) in enumerate(zip(amounts, notes))])
+    pair.setup()
+    pair.ok("run", "--once")  # the snapshot
+    pair.source.transaction([pair.update(1, "-12345678901234567890.0123456789", "Ærlig talt, 😀"),
+                             pair.insert((5, "0.0000000001", None, None, "Ny rad ☕", None, False))])
+    pair.ok("run", "--once")  # the stream
+    pair.assert_target_equals_source()
+    target = {row[0]: (row[1], row[4]) for row in pair.target.rows()}
+    assert target[1] == (Decimal("-12345678901234567890.0123456789"), "Ærlig talt, 😀")
+    assert target[2] == (Decimal("-1E-10"), notes[1]) and target[4][1] == notes[3]
+    assert target[5] == (Decimal("1E-10"), "Ny rad ☕")
+    assert pair.target.execute("SELECT CAST(amount AS CHAR) FROM items WHERE id = 4")[0][0] == amounts[3]
