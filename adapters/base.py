@@ -124,7 +124,8 @@ class Reads(Protocol):
 
     @property
     def backend(self) -> str:
-        """The SQLAlchemy backend name of the database reached (one of ``capabilities.backends``)."""
+        """The SQLAlchemy backend name of the SQL the database reached speaks (one of ``capabilities.backends``:
+        a PostgreSQL database reached through ODBC says 'postgresql', as its record does)."""
 
     def describe(self, table: str) -> TableInfo:
         """The table's columns and primary key (cached); SchemaError if it does not exist."""

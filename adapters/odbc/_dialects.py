@@ -10,6 +10,8 @@ import re
 from sqlalchemy import types as sqltypes, util
 from sqlalchemy.connectors.pyodbc import PyODBCConnector
 from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.mssql.base import MSTypeCompiler
+from sqlalchemy.dialects.mssql.pyodbc import MSDialect_pyodbc
 from sqlalchemy.dialects.mysql.pyodbc import MySQLDialect_pyodbc
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.base import PGDialect
@@ -105,10 +107,39 @@ class MySQLDialect_cdc_pyodbc(MySQLDialect_pyodbc):
     colspecs = util.update_copy(MySQLDialect_pyodbc.colspecs, {sqltypes.DateTime: _TextDATETIME})
 
 
+class _UnicodeTypes(MSTypeCompiler):
+    """SQL Server declarations that keep what other databases keep: text as NVARCHAR (VARCHAR holds only
+    the collation's code page: '☕' would be stored as '?'), date/times as DATETIME2 (DATETIME rounds
+    to 1/300 s), large values as (N)VARCHAR(max)/VARBINARY(max), never the deprecated TEXT and IMAGE."""
+
+    def visit_string(self, type_, **kw):
+        return self.visit_NVARCHAR(type_, **kw)
+
+    def visit_text(self, type_, **kw):
+        return self.visit_NVARCHAR(type_, **kw)
+
+    def visit_datetime(self, type_, **kw):
+        return self.visit_DATETIMEOFFSET(type_, **kw) if type_.timezone else self.visit_DATETIME2(type_, **kw)
+
+
+class MSDialect_cdc_pyodbc(MSDialect_pyodbc):
+    """SQL Server through pyodbc, declaring Unicode text and exact date/times (see _UnicodeTypes)."""
+
+    supports_statement_cache = True
+    type_compiler_cls = _UnicodeTypes
+
+    def __init__(self, **kw):
+        kw.setdefault("deprecate_large_types", True)
+        super().__init__(**kw)
+        # What DDL is compiled for before the first connection reads the server's own (2012 and later).
+        self.server_version_info = (11,)
+
+
 #: The SQLAlchemy URL scheme of each dialect's engine over pyodbc.
 ENGINES = {"postgresql": "postgresql+pyodbc", "sqlite": "sqlite+pyodbc", "mysql": "mysql+cdc_pyodbc",
-           "mssql": "mssql+pyodbc"}
+           "mssql": "mssql+cdc_pyodbc"}
 
 registry.register("postgresql.pyodbc", __name__, "PGDialect_pyodbc")
 registry.register("mysql.cdc_pyodbc", __name__, "MySQLDialect_cdc_pyodbc")
+registry.register("mssql.cdc_pyodbc", __name__, "MSDialect_cdc_pyodbc")
 registry.register("sqlite.pyodbc", __name__, "SQLiteDialect_pyodbc")

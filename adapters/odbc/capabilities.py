@@ -34,7 +34,7 @@ def for_dialect(dialect: str) -> Capabilities:
         from ..mysql.capabilities import CAPABILITIES as native
     else:
         from ..sqlite.capabilities import CAPABILITIES as native
-    return replace(native, name="odbc", backends=CAPABILITIES.backends, capture_modes=CAPTURE_MODES[dialect],
+    return replace(native, name="odbc", capture_modes=CAPTURE_MODES[dialect],
                    default_driver=CAPABILITIES.default_driver, copy_formats=(), copy_routes=(),
                    creates_database_on_connect=False, takes_sslmode=False,
                    # SQLite's fingerprints are functions registered on pysqlite's connections.

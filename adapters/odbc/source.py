@@ -55,7 +55,13 @@ class MssqlSource(OdbcReads, SqlSource):
         return conn.exec_driver_sql(f"SELECT {sql.MSSQL_CLOCK}").scalar().replace(tzinfo=UTC)
 
     def diagnose(self) -> list[tuple[str, str]]:
-        return []
+        """SQL Server's findings every capture mode shares: the login may read each table."""
+        found = []
+        with self.engine.connect() as conn:
+            for table in self.keys:
+                if conn.exec_driver_sql(sql.SELECT_PERMISSION, (table,)).scalar() != 1:
+                    found.append(("fail", f"{table}: this login may not SELECT it: GRANT SELECT ON {table} TO <login>"))
+        return found
 
 
 class MssqlTimestampSource(TimestampCapture, MssqlSource):
@@ -94,6 +100,16 @@ class RowversionSource(MssqlSource):
         for table in self.keys:
             self.rowversion_column(table)
         return []
+
+    def diagnose(self) -> list[tuple[str, str]]:
+        found = super().diagnose()
+        for table in self.keys:
+            try:
+                found.append(("ok", f"{table}: rowversion column {self.rowversion_column(table)}"))
+            except SourceError as exc:
+                found.append(("fail", str(exc)))
+        found.append(("info", "capture rowversion does not see deletes: use a soft-delete column, or reconcile"))
+        return found
 
     def unprepare(self) -> list[str]:
         return []
@@ -163,6 +179,31 @@ class ChangeTrackingSource(MssqlSource):
 
     def unprepare(self) -> list[str]:
         return []
+
+    def diagnose(self) -> list[tuple[str, str]]:
+        """Change Tracking on for the database (with its retention) and for each table, and the login's
+        VIEW CHANGE TRACKING permission on each."""
+        found = super().diagnose()
+        with self.engine.connect() as conn:
+            database = conn.exec_driver_sql(sql.CT_DATABASE).first()
+            if database is None:
+                return found + [("fail", "Change Tracking is off for the source database: ALTER DATABASE <db> SET "
+                                         "CHANGE_TRACKING = ON (CHANGE_RETENTION = 7 DAYS, AUTO_CLEANUP = ON)")]
+            period, units, cleanup = database
+            found.append(("ok", f"Change Tracking on, changes kept {period} {str(units).lower()}"
+                                f"{'' if cleanup else ' (auto cleanup off: the change tables grow)'}; a pair stopped "
+                                "longer than that must be copied again"))
+            tracked = {r[0] for r in conn.exec_driver_sql(sql.CT_TABLES)}
+            for table in self.keys:
+                if table not in tracked:
+                    found.append(("fail", f"{table}: not tracked: run `cdc install CONFIG` (ALTER TABLE {table} "
+                                          "ENABLE CHANGE_TRACKING)"))
+                elif conn.exec_driver_sql(sql.CT_PERMISSION, (table,)).scalar() != 1:
+                    found.append(("fail", f"{table}: this login lacks VIEW CHANGE TRACKING: GRANT VIEW CHANGE "
+                                          f"TRACKING ON {table} TO <login>"))
+                else:
+                    found.append(("ok", f"{table}: tracked, readable by this login"))
+        return found
 
     def current_position(self) -> Position:
         with self.engine.connect() as conn:

@@ -61,6 +61,8 @@ CT_DATABASE = ("SELECT retention_period, retention_period_units_desc, is_auto_cl
 #: The tables of the current database that Change Tracking follows.
 CT_TABLES = ("SELECT t.name FROM sys.change_tracking_tables c JOIN sys.tables t ON t.object_id = c.object_id "
              "WHERE SCHEMA_NAME(t.schema_id) = SCHEMA_NAME()")
+#: Whether this login may read a table.
+SELECT_PERMISSION = "SELECT HAS_PERMS_BY_NAME(?, 'OBJECT', 'SELECT')"
 #: Whether this login may read the change tables of a table: VIEW CHANGE TRACKING on it.
 CT_PERMISSION = "SELECT HAS_PERMS_BY_NAME(?, 'OBJECT', 'VIEW CHANGE TRACKING')"
 #: The version the database has reached, and the oldest still kept for a table.

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .._sql import SqlTarget
+from .._sql.rows import key_in, plain_rows
+from .._sql.target import READ_KEYS
 from . import sql, types
 
 #: SQLSTATE classes and codes of a passing fault: connection, serialization failure or deadlock, timeout.
@@ -92,23 +94,28 @@ class MssqlTarget(OdbcWrites, SqlTarget):
 
     def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple],
                   latest: str | None = None) -> list[dict]:
-        """SQL Server has no FOR UPDATE: SQLAlchemy's mssql dialect leaves it out, and rows read in the
-        apply transaction are locked by the UPDLOCK, HOLDLOCK hints instead."""
+        """SQL Server has no FOR UPDATE (SQLAlchemy's mssql dialect leaves it out): the rows read in the
+        apply transaction are locked by the UPDLOCK, HOLDLOCK hints instead (see ``locked_select``);
+        ``latest``: of each key the row with the highest value of that column."""
         table = self.table(name)
-        hinted = table.with_hint("WITH (UPDLOCK, HOLDLOCK)", dialect_name="mssql")
         rows: list[dict] = []
-        from .._sql.rows import key_in, plain_rows
-        for start in range(0, len(keys), 500):
-            query = sa.select(hinted).where(key_in(table, key, keys[start:start + 500]))
-            rows.extend(plain_rows(table, conn.execute(query)))
-        if latest is not None:
-            newest: dict[tuple, dict] = {}
-            for row in rows:
-                k = tuple(row[c] for c in key)
-                if k not in newest or row[latest] > newest[k][latest]:
-                    newest[k] = row
-            rows = list(newest.values())
-        return rows
+        for start in range(0, len(keys), READ_KEYS):
+            rows.extend(plain_rows(table, conn.execute(self.locked_select(table, key, keys[start:start + READ_KEYS]))))
+        if latest is None:
+            return rows
+        newest: dict[tuple, dict] = {}
+        for row in rows:
+            k = tuple(row[c] for c in key)
+            if k not in newest or row[latest] > newest[k][latest]:
+                newest[k] = row
+        return list(newest.values())
+
+    @staticmethod
+    def locked_select(table: sa.Table, key: tuple[str, ...], keys: list[tuple]) -> sa.Select:
+        """The rows of ``keys``, read with UPDLOCK (held to the end of the transaction) and HOLDLOCK (a
+        key not there yet stays not there: no one inserts it before this transaction writes it)."""
+        return sa.select(table).with_hint(table, "WITH (UPDLOCK, HOLDLOCK)", dialect_name="mssql") \
+            .where(key_in(table, key, keys))
 
 
 def dialect_target(dialect: str) -> type:

@@ -1,0 +1,278 @@
+"""SQL Server through the ODBC adapter.
+
+Two kinds of tests. Statement-level tests, which always run: the SQL the adapter sends to SQL Server,
+compiled with SQLAlchemy's mssql dialect (as the adapter's engine compiles it) or parsed by sqlglot's
+T-SQL parser, and checked clause by clause; and the values pyodbc hands over. Tests against a real
+SQL Server, which run only when CDC_TEST_MSSQL_URL names one (``mssql+pyodbc://sa:...@host:1433/master
+?driver=ODBC Driver 18 for SQL Server&TrustServerCertificate=yes``; the login must be able to create
+databases) and are reported as skipped otherwise. No Docker engine, no SQL Server here: see README.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import struct
+import uuid
+from decimal import Decimal
+from types import SimpleNamespace
+
+import pytest
+import sqlalchemy as sa
+import sqlglot
+from sqlglot import exp
+
+from cdc import state
+from cdc.adapters.odbc import _connect, adapter, sql, types
+from cdc.adapters.odbc._dialects import MSDialect_cdc_pyodbc
+from cdc.errors import ConfigError
+
+MSSQL_URL = os.environ.get("CDC_TEST_MSSQL_URL")
+needs_server = pytest.mark.skipif(not MSSQL_URL, reason="no SQL Server: set CDC_TEST_MSSQL_URL to run against one")
+
+
+def tsql(statement: str) -> exp.Expression:
+    """One statement parsed as T-SQL (a parse error fails the test)."""
+    (parsed,) = sqlglot.parse(statement, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)
+    return parsed
+
+
+def dialect() -> MSDialect_cdc_pyodbc:
+    return MSDialect_cdc_pyodbc()
+
+
+# -- the SQL ----------------------------------------------------------------------------------------------
+def test_merge_upserts_one_row_under_holdlock_by_the_key():
+    statement = sql.merge("Bilag", ("firma", "nr"), ["firma", "nr", "beløp", "tekst"])
+    parsed = tsql(statement)
+    assert isinstance(parsed, exp.Merge) and statement.endswith(";")  # MERGE must end with a semicolon
+    assert statement.startswith("MERGE [Bilag] WITH (HOLDLOCK) AS t USING (SELECT ? AS [firma], ? AS [nr], "
+                                "? AS [beløp], ? AS [tekst]) AS s ON t.[firma] = s.[firma] AND t.[nr] = s.[nr] ")
+    assert "WHEN MATCHED THEN UPDATE SET t.[beløp] = s.[beløp], t.[tekst] = s.[tekst] " in statement
+    assert "WHEN NOT MATCHED THEN INSERT ([firma], [nr], [beløp], [tekst]) VALUES (s.[firma], s.[nr], " \
+           "s.[beløp], s.[tekst]);" in statement
+    assert statement.count("?") == 4  # one parameter per column, in column order
+
+
+def test_merge_of_a_table_of_key_columns_only_inserts_what_is_missing():
+    statement = sql.merge("keys", ("id",), ["id"])
+    tsql(statement)
+    assert "WHEN MATCHED" not in statement and "WHEN NOT MATCHED THEN INSERT ([id]) VALUES (s.[id]);" in statement
+
+
+def test_names_are_bracket_quoted_with_brackets_doubled():
+    statement = sql.merge("odd]name", ("k]",), ["k]", "v"])
+    tsql(statement)
+    assert "[odd]]name]" in statement and "[k]]]" in statement
+
+
+def test_change_tracking_reads_changes_after_a_version_with_the_current_row():
+    statement = sql.ct_changes("ordre", ("id",), ["id", "sum"], 500)
+    assert "FROM CHANGETABLE(CHANGES [ordre], ?) AS ct LEFT JOIN [ordre] AS t ON t.[id] = ct.[id] " in statement
+    assert statement.startswith("SELECT TOP (500) ct.SYS_CHANGE_VERSION AS ct_version, ct.SYS_CHANGE_OPERATION ")
+    assert statement.endswith("ORDER BY ct.SYS_CHANGE_VERSION, ct.[id]")
+    # sqlglot has no CHANGETABLE: the rest must parse with a table in its place.
+    tsql(statement.replace("CHANGETABLE(CHANGES [ordre], ?)", "changes_placeholder"))
+    tsql(sql.enable_change_tracking("ordre"))
+    assert sql.CT_MIN_VALID == "SELECT CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?))"
+
+
+def test_rowversion_reads_a_range_in_rowversion_order():
+    statement = sql.rowversion_read("ordre", "rv", ["id", "rv", "sum"], 1000)
+    parsed = tsql(statement)
+    assert isinstance(parsed, exp.Select)
+    assert "[rv] > CAST(CAST(? AS BIGINT) AS BINARY(8)) AND [rv] < CAST(CAST(? AS BIGINT) AS BINARY(8))" in statement
+    assert statement.endswith("ORDER BY [rv]") and "TOP (1000)" in statement
+    for text in (sql.DBTS, sql.MIN_ACTIVE_ROWVERSION, sql.CT_CURRENT, sql.CT_DATABASE, sql.CT_TABLES,
+                 sql.SELECT_PERMISSION, sql.CT_PERMISSION, f"SELECT {sql.MSSQL_CLOCK}"):
+        tsql(text)
+
+
+def test_state_tables_keep_unicode_and_exact_times_on_sql_server():
+    compiled = {t.name: str(sa.schema.CreateTable(t).compile(dialect=dialect())) for t in state.metadata.sorted_tables}
+    text = "\n".join(compiled.values())
+    assert not re.search(r"\b(VARCHAR|TEXT|NTEXT|IMAGE|DATETIME)\b(?!2|OFFSET)", text.replace("NVARCHAR", "")), text
+    assert "[key] NVARCHAR(max) NOT NULL" in compiled["cdc_audit_log"]
+    assert "applied_at DATETIMEOFFSET NOT NULL" in compiled["cdc_audit_log"]
+    for table in state.metadata.sorted_tables:  # an index key may not be (N)VARCHAR(max)
+        for column in [*table.primary_key.columns, *(c for i in table.indexes for c in i.columns)]:
+            assert "max" not in str(column.type.compile(dialect=dialect())), (table.name, column.name)
+
+
+def test_cdc_init_declares_source_types_as_sql_server_keeps_them():
+    target = adapter.target("mssql+pyodbc://cdc:pw@127.0.0.1:9/ledger")
+    source = sa.Table("items", sa.MetaData(), sa.Column("id", sa.BigInteger, primary_key=True),
+                      sa.Column("amount", sa.Numeric(30, 10)), sa.Column("at", sa.DateTime(timezone=True)),
+                      sa.Column("local", sa.DateTime()), sa.Column("day", sa.Date), sa.Column("note", sa.Text),
+                      sa.Column("code", sa.String(20)), sa.Column("raw", sa.LargeBinary), sa.Column("flag", sa.Boolean))
+    table = target.table_definition("items", list(source.columns), ("id",), "postgresql")
+    ddl = str(sa.schema.CreateTable(table).compile(dialect=target.engine.dialect))
+    for declared in ("id BIGINT NOT NULL", "amount NUMERIC(30, 10) NULL", "at DATETIMEOFFSET NULL",
+                     "local DATETIME2 NULL", "day DATE NULL", "note NVARCHAR(max) NULL", "code NVARCHAR(20) NULL",
+                     "raw VARBINARY(max) NULL", "flag BIT NULL", "PRIMARY KEY (id)"):
+        assert declared in ddl, ddl
+    assert "IDENTITY" not in ddl  # the source's keys are written, never generated
+    target.close()
+
+
+def test_rows_read_in_the_apply_transaction_are_locked_by_hints():
+    target = adapter.target("mssql+pyodbc://cdc:pw@127.0.0.1:9/ledger")
+    table = sa.Table("items", sa.MetaData(), sa.Column("id", sa.BigInteger, primary_key=True), sa.Column("v", sa.Text))
+    text = str(target.locked_select(table, ("id",), [(1,), (2,)]).compile(dialect=target.engine.dialect))
+    assert "FROM items WITH (UPDLOCK, HOLDLOCK)" in text and "FOR UPDATE" not in text
+    target.close()
+
+
+# -- URLs and connection strings ------------------------------------------------------------------------
+def test_a_sql_server_url_becomes_the_connection_string_microsofts_driver_reads():
+    place = _connect.reach("mssql+pyodbc://sa:p%3Bw%7D@db.example:1433/erp?TrustServerCertificate=yes")
+    assert place.dialect == "mssql"
+    assert place.connection_string == ("DRIVER={ODBC Driver 18 for SQL Server};Server=db.example,1433;Database=erp;"
+                                       "UID=sa;PWD={p;w}}};TrustServerCertificate=yes")
+    assert place.server == ("mssql", "db.example", 1433, "erp")
+
+
+@pytest.mark.parametrize("url, dialect", [
+    ("odbc://u@h:5432/db?driver=PostgreSQL Unicode", "postgresql"),
+    ("odbc://u@h:3306/db?driver=MariaDB Unicode", "mysql"),
+    ("odbc:////srv/data/erp.db?driver=SQLite3", "sqlite"),
+    ("odbc://u@h/db?driver=FreeTDS", "mssql"),
+    ("odbc://u@h/db?driver=Vendor X&dialect=postgresql", "postgresql"),
+    ("odbc:///?odbc_connect=DRIVER%3D%7BMariaDB+Unicode%7D%3BServer%3Dh%3BPWD%3Dx", "mysql"),
+])
+def test_an_odbc_url_says_which_database_it_reaches(url, dialect):
+    assert _connect.reach(url).dialect == dialect
+
+
+def test_an_odbc_url_that_does_not_say_which_database_is_a_config_error_naming_the_fix():
+    with pytest.raises(ConfigError, match="add dialect=postgresql, mysql, sqlite or mssql"):
+        _connect.reach("odbc://u:secret@h/db?driver=Vendor X")
+    with pytest.raises(ConfigError, match=r"name the ODBC driver \(\?driver=") as raised:
+        _connect.reach("odbc://u:secret@h/db?dialect=postgresql")
+    assert "secret" not in str(raised.value)
+
+
+def test_a_source_of_a_capture_mode_the_dialect_lacks_is_refused_by_name():
+    pair = SimpleNamespace(name="p", capture="change_tracking", source_timezone="UTC", timestamp=None)
+    with pytest.raises(Exception, match="capture change_tracking is not available for a postgresql database"):
+        adapter.source("odbc://u@h/db?driver=PostgreSQL Unicode", pair)
+
+
+# -- values ---------------------------------------------------------------------------------------------
+def test_datetimeoffset_is_read_with_its_offset_and_written_with_it():
+    raw = struct.pack("<6hI2h", 2024, 3, 31, 22, 30, 15, 123456700, 2, 0)
+    assert types.read_datetimeoffset(raw) == dt.datetime(2024, 3, 31, 22, 30, 15, 123456,
+                                                         tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    column = sa.Column("at", sa.dialects.mssql.DATETIMEOFFSET())
+    write = types.writer("mssql", column)
+    oslo = dt.datetime(2024, 3, 31, 22, 30, 15, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert write(oslo) == "2024-03-31 22:30:15.000005+02:00"
+    assert write(dt.datetime(2024, 1, 1)) == "2024-01-01 00:00:00+00:00"  # naive: UTC
+
+
+def test_values_pyodbc_would_bind_wrong_are_bound_as_their_instant():
+    aware = dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    plain = types.writer("mssql", sa.Column("at", sa.DateTime(timezone=True)))
+    assert plain(aware) == dt.datetime(2024, 6, 1, 10, 0)  # pyodbc would drop the +02:00 and store 12:00
+    assert plain(Decimal("0.1")) == Decimal("0.1") and plain(uuid.UUID(int=1)) == str(uuid.UUID(int=1))
+    read = types.reader("mssql", sa.Column("rv", sa.dialects.mssql.ROWVERSION()))
+    assert read(bytearray(b"\x00\x01")) == b"\x00\x01"
+
+
+# -- a real SQL Server ----------------------------------------------------------------------------------
+@pytest.fixture
+def mssql_database():
+    """A fresh database on the SQL Server CDC_TEST_MSSQL_URL names, dropped afterwards."""
+    import pyodbc
+    name = f"cdc_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    place = _connect.reach(MSSQL_URL)
+    admin = pyodbc.connect(place.connection_string, autocommit=True)
+    admin.execute(f"CREATE DATABASE [{name}]")
+    admin.execute(f"ALTER DATABASE [{name}] SET CHANGE_TRACKING = ON (CHANGE_RETENTION = 1 DAYS, AUTO_CLEANUP = ON)")
+    url = sa.engine.make_url(MSSQL_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    admin.execute(f"ALTER DATABASE [{name}] SET SINGLE_USER WITH ROLLBACK IMMEDIATE")
+    admin.execute(f"DROP DATABASE [{name}]")
+
+
+def _execute(url: str, *statements):
+    import pyodbc
+    with pyodbc.connect(_connect.reach(url).connection_string, autocommit=True) as conn:
+        for statement in statements:
+            if isinstance(statement, tuple):
+                conn.execute(*statement)
+            else:
+                conn.execute(statement)
+
+
+def _config(ws, source: str, target: str, capture: str) -> None:
+    extra = "    timestamp: {column: changed_at}\n" if capture == "timestamp" else ""
+    ws.config.write_text(f"connections:\n  src: \"{source}\"\n  dst: \"{target}\"\npairs:\n  p:\n    source: src\n"
+                         f"    target: dst\n    capture: {capture}\n{extra}    tables: [bilag]\n", encoding="utf-8")
+
+
+BILAG = ("CREATE TABLE bilag (id BIGINT PRIMARY KEY, belop DECIMAL(30,10), gebyr MONEY, tekst NVARCHAR(200), "
+         "bokfort DATETIMEOFFSET(6), endret DATETIME2(6), changed_at DATETIME2(6) NOT NULL DEFAULT SYSUTCDATETIME(), "
+         "rv ROWVERSION)")
+
+
+@needs_server
+@pytest.mark.parametrize("capture", ["rowversion", "change_tracking", "timestamp"])
+def test_a_sql_server_source_feeds_a_sqlite_ledger_exactly(ws, mssql_database, capture):
+    _execute(mssql_database, BILAG, ("INSERT INTO bilag (id, belop, gebyr, tekst, bokfort, endret) VALUES "
+                                     "(?, ?, ?, ?, ?, ?)", 1, Decimal("12345678901234567890.0123456789"),
+                                     Decimal("12.3456"), "Blåbær ☕ 😀", "2024-03-31 22:30:15.123456 +02:00",
+                                     dt.datetime(2024, 3, 31, 22, 30, 15, 123456)))
+    target = f"sqlite:///{ws.root / 'ledger.db'}"
+    _config(ws, mssql_database, target, capture)
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    _execute(mssql_database, ("UPDATE bilag SET belop = ?, tekst = ?, changed_at = SYSUTCDATETIME() WHERE id = 1",
+                              Decimal("-0.0000000001"), "Ærlig ☕"),
+             ("INSERT INTO bilag (id, belop, tekst) VALUES (2, 1, N'ny')"))
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    check = ws.cdc("reconcile", str(ws.config))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "bilag" in check.stdout and "equal" in check.stdout.lower(), check.stdout
+
+
+@needs_server
+def test_a_sql_server_target_gets_exact_decimals_and_unicode_by_merge(ws, mssql_database):
+    import sqlite3
+    source = ws.root / "erp.db"
+    with sqlite3.connect(source) as conn:
+        conn.execute("CREATE TABLE bilag (id INTEGER PRIMARY KEY, belop TEXT, tekst TEXT)")
+        conn.execute("INSERT INTO bilag VALUES (1, '12345678901234567890.0123456789', 'Blåbær ☕ 😀')")
+    ws.config.write_text(f"connections:\n  src: sqlite:///{source}\n  dst: \"{mssql_database}\"\npairs:\n  p:\n"
+                         "    source: src\n    target: dst\n    tables: [bilag]\n", encoding="utf-8")
+    _execute(mssql_database, "CREATE TABLE bilag (id BIGINT PRIMARY KEY, belop DECIMAL(30,10), tekst NVARCHAR(200))")
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    with sqlite3.connect(source) as conn:
+        conn.execute("UPDATE bilag SET belop = '-0.0000000001', tekst = 'Ærlig ☕' WHERE id = 1")
+        conn.execute("INSERT INTO bilag VALUES (2, '1', 'ny')")
+    assert ws.cdc("run", "--once", str(ws.config)).returncode == 0
+    import pyodbc
+    with pyodbc.connect(_connect.reach(mssql_database).connection_string) as conn:
+        rows = conn.execute("SELECT id, belop, tekst FROM bilag ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [(1, Decimal("-0.0000000001"), "Ærlig ☕"), (2, Decimal("1"), "ny")]
+
+
+@needs_server
+def test_an_expired_change_tracking_version_stops_the_pair_saying_to_copy_again(mssql_database):
+    _execute(mssql_database, BILAG, "ALTER TABLE bilag ENABLE CHANGE_TRACKING",
+             "INSERT INTO bilag (id, belop) VALUES (1, 1)")
+    pair = SimpleNamespace(name="p", capture="change_tracking", source_timezone="UTC", timestamp=None)
+    source = adapter.source(mssql_database, pair)
+    source.watch({"bilag": ("id",)})
+    with source.engine.connect() as conn:
+        oldest = conn.exec_driver_sql(sql.CT_MIN_VALID, ("bilag",)).scalar()
+    if not oldest:
+        pytest.skip("the change tables have not been cleaned up yet: no version is expired")
+    with pytest.raises(Exception, match="cdc run --resnapshot"):
+        source.check_position({"version": int(oldest) - 1})
+    source.close()
+
