@@ -147,6 +147,8 @@ def test_an_odbc_url_says_which_database_it_reaches(url, dialect):
 
 def test_an_odbc_url_that_does_not_say_which_database_is_a_config_error_naming_the_fix():
     with pytest.raises(ConfigError, match="add dialect=postgresql, mysql, sqlite or mssql"):
+        _connect.reach("odbc://u:secret@/?dsn=NOT_IN_ODBC_INI")  # a DSN odbc.ini does not know: no driver name
+    with pytest.raises(ConfigError, match="ODBC driver 'Vendor X' is not installed on this machine"):
         _connect.reach("odbc://u:secret@h/db?driver=Vendor X")
     with pytest.raises(ConfigError, match=r"name the ODBC driver \(\?driver=") as raised:
         _connect.reach("odbc://u:secret@h/db?dialect=postgresql")

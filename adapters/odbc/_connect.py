@@ -61,6 +61,9 @@ def reach(connection_url: str) -> Reach:
     else:
         dialect = query.get("dialect") or _guess(query)
         if dialect not in DIALECTS:
+            missing = _not_installed(query.get("driver"))
+            if missing:
+                raise ConfigError(f"ODBC URL {url.render_as_string(hide_password=True)}: {missing}")
             raise ConfigError(f"ODBC URL {url.render_as_string(hide_password=True)}: cannot tell which database it "
                               f"reaches ({'dialect ' + repr(dialect) if dialect else 'no dialect given'}); add "
                               f"dialect=postgresql, mysql, sqlite or mssql to its query")
@@ -92,6 +95,19 @@ def reach(connection_url: str) -> Reach:
                 settings[name] = value
         text = ";".join(f"{name}={_braced(value)}" for name, value in settings.items())
     return Reach(dialect, text, server)
+
+
+def _not_installed(driver: str | None) -> str:
+    """"ODBC driver 'X' is not installed on this machine (installed: ...)" when ``driver`` (a name, not
+    a library path) is not among the installed ones, else ""."""
+    if not driver or "/" in driver:
+        return ""
+    import pyodbc
+    installed = pyodbc.drivers()
+    if driver in installed:
+        return ""
+    return (f"ODBC driver {driver!r} is not installed on this machine (installed: "
+            f"{', '.join(repr(d) for d in installed) or 'none'}; `odbcinst -q -d` lists them)")
 
 
 def _guess(query: dict) -> str | None:
@@ -138,6 +154,23 @@ def _pairs(text: str) -> list[tuple[str, str]]:
     return found
 
 
+def _open(pyodbc: Any, place: Reach) -> Any:
+    """A pyodbc connection; ConfigError naming the fix when the driver or DSN is not installed (SQLSTATE
+    IM002, or unixODBC's "Can't open lib"), where a connection that fails otherwise is a passing fault."""
+    try:
+        return pyodbc.connect(place.connection_string, timeout=LOGIN_TIMEOUT)
+    except pyodbc.Error as exc:
+        state, text = (exc.args[0] if exc.args else ""), str(exc)
+        if state == "IM002" or "Can't open lib" in text:
+            named = dict(_pairs(place.connection_string))
+            if "DRIVER" in named:
+                raise ConfigError(_not_installed(named["DRIVER"]) or f"ODBC driver {named['DRIVER']!r} cannot be "
+                                  f"loaded: {text}") from None
+            raise ConfigError(f"ODBC data source {named.get('DSN')!r} is not installed on this machine "
+                              "(`odbcinst -q -s` lists the data sources)") from None
+        raise
+
+
 def engine(place: Reach) -> sa.Engine:
     """An engine over pyodbc speaking the dialect's SQL; every connection runs with the dialect's
     session settings (UTC, strict, UTF-8), see sql.session."""
@@ -148,7 +181,7 @@ def engine(place: Reach) -> sa.Engine:
     # SQL Server: pyodbc sends an executemany's rows as arrays of parameters (fast_executemany).
     options = {"fast_executemany": True} if place.dialect == "mssql" else {}
     made = sa.create_engine(f"{ENGINES[place.dialect]}://", pool_pre_ping=True, pool_recycle=3600, **options,
-                            creator=partial(pyodbc.connect, place.connection_string, timeout=LOGIN_TIMEOUT))
+                            creator=partial(_open, pyodbc, place))
 
     @sa.event.listens_for(made, "connect")
     def _connect(dbapi_connection, record):

@@ -96,3 +96,20 @@ def test_an_odbc_mariadb_target_gets_a_sqlite_sources_exact_decimals_and_unicode
     assert target[2] == (Decimal("-1E-10"), notes[1]) and target[4][1] == notes[3]
     assert target[5] == (Decimal("1E-10"), "Ny rad ☕")
     assert pair.target.execute("SELECT CAST(amount AS CHAR) FROM items WHERE id = 4")[0][0] == amounts[3]
+
+
+def test_a_driver_or_dsn_not_installed_is_named_with_the_fix_and_no_password(ws):
+    for query in ("driver=Nope", "driver=Nope&dialect=postgresql", "dsn=NOPE&dialect=postgresql"):
+        ws.config.write_text(f'connections:\n  src: "odbc://u:hemmelig42@127.0.0.1:9/db?{query}"\n'
+                             f"  dst: sqlite:///{ws.root / 'ledger.db'}\npairs:\n  p:\n    source: src\n    target: dst\n"
+                             "    timestamp: {column: updated_at}\n    tables: [items]\n", encoding="utf-8")
+        result = ws.cdc("check", str(ws.config))
+        out = result.stdout + result.stderr
+        assert result.returncode == 2, out
+        what = "ODBC driver 'Nope'" if "driver" in query else "ODBC data source 'NOPE'"
+        assert f"{what} is not installed on this machine (" in out and "odbcinst -q -" in out, out
+        assert "dsn" in query or "installed: 'PostgreSQL ANSI', 'PostgreSQL Unicode'" in out, out
+        assert "hemmelig42" not in out and "Traceback" not in out, out
+    ws.config.write_text(ws.config.read_text().replace("dsn=NOPE&dialect=postgresql", "driver=/opt/vendor/libx.so"))
+    result = ws.cdc("check", str(ws.config))
+    assert result.returncode == 2 and "add dialect=postgresql, mysql, sqlite or mssql" in result.stderr, result.stderr
