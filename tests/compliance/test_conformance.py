@@ -129,7 +129,8 @@ def objects(adapter, tmp_path) -> list[tuple[str, object, type, str | None]]:
 def test_the_entry_points_find_every_adapter_of_the_suite():
     from compliance.cases import SOURCES, TARGETS
     names = {name for name, _ in adapters()}
-    assert {case.kind for case in SOURCES} | set(TARGETS) <= names, names
+    # A kind "odbc-<dialect>" is a database reached through the adapter named "odbc".
+    assert {kind.split("-")[0] for kind in {case.kind for case in SOURCES} | set(TARGETS)} <= names, names
 
 
 def test_the_optional_members_are_the_copy_members():
