@@ -37,8 +37,7 @@ class Capabilities:
     capture_modes: tuple[str, ...] = ()  #: Capture modes as a source, the default first; () if target only.
     default_driver: str = ""  #: The SQLAlchemy ``backend+driver`` a URL without a driver gets.
     schemes: tuple[str, ...] = ()  #: URL schemes besides ``backends`` meaning this database (``postgres://``).
-    #: Schemes that get no default driver: the adapter reads from the URL what it reaches (``odbc://``).
-    complete_schemes: tuple[str, ...] = ()
+    complete_schemes: tuple[str, ...] = ()  #: Schemes given no default driver (``odbc://``: the URL says all).
     #: Whether a column's declared type limits what it stores (its values fit a type that holds it).
     enforces_types: bool = True
     zero_dates: bool = False  #: Whether date columns may hold zero dates ('0000-00-00'), checked per value.
@@ -124,8 +123,7 @@ class Reads(Protocol):
 
     @property
     def backend(self) -> str:
-        """The SQLAlchemy backend name of the SQL the database reached speaks (one of ``capabilities.backends``:
-        a PostgreSQL database reached through ODBC says 'postgresql', as its record does)."""
+        """The SQLAlchemy backend name of the SQL the database speaks (one of ``capabilities.backends``)."""
 
     def describe(self, table: str) -> TableInfo:
         """The table's columns and primary key (cached); SchemaError if it does not exist."""
