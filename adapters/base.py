@@ -43,9 +43,8 @@ class Capabilities:
     zero_dates: bool = False  #: Whether date columns may hold zero dates ('0000-00-00'), checked per value.
     copy_formats: tuple[str, ...] = ()  #: The COPY formats the target's ``bulk_load`` takes; () if none.
     copy_routes: tuple[CopyRoute, ...] = ()  #: Which of its sources make COPY data, for which targets, how.
-    #: Whether reconciliation fingerprints rows in the database (else it streams them to Python).
-    in_database_fingerprints: bool = False
-    upsert_style: str = "on_conflict"  #: How the target writes an upsert: 'on_conflict' or 'on_duplicate_key'.
+    in_database_fingerprints: bool = False  #: Reconciliation fingerprints rows in the database (else in Python).
+    upsert_style: str = "on_conflict"  #: How the target upserts: 'on_conflict', 'on_duplicate_key' or 'merge'.
     #: Whether connecting creates a database that does not exist (a SQLite file): only `cdc init` may.
     creates_database_on_connect: bool = False
     database_is_file: bool = False  #: The URL's database is a file path (relative: to the config's folder).
