@@ -20,7 +20,7 @@ from ._schema import PositiveNumber, PositiveWhole, Strict, TimeZone, checked, c
 from .errors import ConfigError
 from .mapping import MappingSpec, TableSpec, identity_spec, load_mapping
 
-CAPTURE_MODES = ("trigger", "timestamp", "logical", "binlog")
+CAPTURE_MODES = ("trigger", "timestamp", "logical", "binlog", "rowversion", "change_tracking")
 ON_ERROR = ("park", "stop")
 #: timestamp.unit: what a numeric change column counts (epoch time in a unit, or a version counter).
 STAMP_UNITS = ("seconds", "milliseconds", "microseconds", "counter")
