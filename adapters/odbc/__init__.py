@@ -16,7 +16,7 @@ from ._connect import engine, reach
 from .capabilities import CAPABILITIES
 from .fingerprint import fingerprints
 from .identity import identity as database_identity
-from .source import ChangeTrackingSource, MssqlTimestampSource, OdbcReads, RowversionSource
+from .source import ChangeTrackingSource, MssqlTimestampSource, OdbcReads, RowversionSource, sqlite_timestamp_source
 from .target import dialect_target
 
 
@@ -29,10 +29,7 @@ def _timestamp_class(dialect: str) -> type:
     elif dialect == "mysql":
         from ..mysql.source import TimestampSource
     else:
-        from .._timestamp import TimestampCapture
-        from ..sqlite.source import SqliteSource
-        return type("SqliteOdbcTimestampSource", (OdbcReads, TimestampCapture, SqliteSource),
-                    {"dialect": dialect, "__module__": __name__})
+        return sqlite_timestamp_source()
     return type(f"{dialect.title()}OdbcTimestampSource", (OdbcReads, TimestampSource),
                 {"dialect": dialect, "__module__": __name__})
 

@@ -42,6 +42,41 @@ class OdbcReads:
         return types.writer(self.dialect, column)(super().bind_stamp(measure, column))
 
 
+def sqlite_timestamp_source() -> type:
+    """Capture `timestamp` on SQLite through its ODBC driver (see the class below)."""
+    from ..sqlite import sql as sqlite_sql
+    from ..sqlite.source import SqliteSource
+
+    class SqliteOdbcTimestampSource(OdbcReads, TimestampCapture, SqliteSource):
+        """SQLite keeps date/times as text, which compares as text ('T' sorts after ' ', '+02:00' after
+        '+01:00' though earlier). SQLite's own adapter reads each stamp with a Python function registered
+        on the connection; through ODBC none can be, so the instant is SQLite's julianday() of the text
+        (offsets applied, a stamp without one as UTC; millisecond resolution, the overlap and the row
+        hashes take care of equal instants), and a stamp it cannot read stops the pair by key. Zone-less
+        stamps in another source_timezone cannot be read so: refused, with the way out."""
+
+        dialect = "sqlite"
+        parses_text_stamps = True
+
+        def __init__(self, engine: sa.Engine, pair: str, options: Any, source_zone: str = "UTC"):
+            if source_zone != "UTC":
+                raise SourceError(f"pair {pair}: SQLite through ODBC reads date/times without an offset as UTC; "
+                                  f"source_timezone {source_zone} needs SQLite's own adapter: write the connection "
+                                  "as sqlite:///path/to/file.db")
+            TimestampCapture.__init__(self, engine, pair, options, source_zone)
+
+        def wall_clock(self, column: sa.Column) -> bool:
+            return False  # every stamp an instant (julianday applies the offsets)
+
+        def instant_expression(self, column: sa.ColumnElement, info: sa.Column) -> sa.ColumnElement:
+            if self.options.unit:
+                return column
+            days = sa.func.julianday(column) - sqlite_sql.UNIX_EPOCH_JULIAN_DAY
+            return sa.case((sa.func.typeof(column) == "text", days * 86400.0), else_=sa.null())
+
+    return SqliteOdbcTimestampSource
+
+
 class MssqlSource(OdbcReads, SqlSource):
     """What SQL Server's capture modes share: the server's UTC clock, doctor's checks of the login."""
 

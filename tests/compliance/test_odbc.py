@@ -113,3 +113,42 @@ def test_a_driver_or_dsn_not_installed_is_named_with_the_fix_and_no_password(ws)
     ws.config.write_text(ws.config.read_text().replace("dsn=NOPE&dialect=postgresql", "driver=/opt/vendor/libx.so"))
     result = ws.cdc("check", str(ws.config))
     assert result.returncode == 2 and "add dialect=postgresql, mysql, sqlite or mssql" in result.stderr, result.stderr
+
+
+def test_sqlite_through_odbc_polls_stamps_as_instants_not_as_text(ws):
+    """'2026-03-29 10:30:00+00:00' sorts before '2026-03-29T10:00:00Z' as text, though it is later; and
+    '09:45:00-02:00' is 11:45 UTC: read as text against the watermark it would be skipped for good."""
+    import sqlite3
+    source, ledger = ws.root / "erp.db", ws.root / "ledger.db"
+    with sqlite3.connect(source) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT, updated_at DATETIME NOT NULL)")
+        conn.execute("INSERT INTO items VALUES (1, 'først', '2026-03-29T10:00:00Z')")
+
+    def config(zone: str = "UTC") -> None:
+        ws.config.write_text(f'connections:\n  src: "odbc:///{source}?driver=SQLite3"\n  dst: sqlite:///{ledger}\n'
+                             "pairs:\n  p:\n    source: src\n    target: dst\n    capture: timestamp\n"
+                             "    timestamp: {column: updated_at, overlap_seconds: 0.001}\n"
+                             f"    source_timezone: {zone}\n    tables: [items]\n", encoding="utf-8")
+
+    def run() -> str:
+        result = ws.cdc("run", "--once", str(ws.config))
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    config()
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    run()
+    for key, stamp in ((2, "2026-03-29 10:30:00+00:00"), (3, "2026-03-29 09:45:00-02:00")):
+        with sqlite3.connect(source) as conn:
+            conn.execute("INSERT INTO items VALUES (?, 'senere', ?)", (key, stamp))
+        assert "1 changes applied" in run()
+    with sqlite3.connect(ledger) as conn:
+        assert [r[0] for r in conn.execute("SELECT id FROM items ORDER BY id")] == [1, 2, 3]
+    with sqlite3.connect(source) as conn:
+        conn.execute("INSERT INTO items VALUES (4, 'feil', 'i går')")
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode != 0 and "key [4]" in result.stderr and "'i går'" in result.stderr, result.stderr
+    config("Europe/Oslo")
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode != 0 and "write the connection as sqlite:///" in result.stderr, result.stderr

@@ -1,0 +1,223 @@
+"""The ODBC adapter beside the native drivers, on the same servers in the same process.
+
+Run: python bench/odbc_bench.py [--rows 100000] [--seconds 15] [--clients 4]
+Starts a throw-away PostgreSQL cluster and MariaDB server (tests/pgserver.py, tests/mysqlserver.py);
+needs unixODBC and the Debian ODBC drivers (odbc-postgresql, odbc-mariadb).
+
+1. Source through ODBC: a PostgreSQL table of --rows rows, capture timestamp, into PostgreSQL: the
+   snapshot and one UPDATE of every row streamed, each by `cdc run --once`; baseline: the same pair with
+   the source URL postgresql:// (psycopg).
+2. Target through ODBC: a SQLite table (capture trigger) into MariaDB and into PostgreSQL: snapshot and
+   one bulk UPDATE; baseline: each target's native driver (PyMySQL, psycopg).
+3. Many small transactions: pgbench -c CLIENTS -j 2 -T SECONDS running a script of one UPDATE of a
+   random row (updated_at = clock_timestamp()) per transaction, while `cdc run` (a subprocess, capture
+   timestamp, poll_interval 0.2) follows it through psqlODBC and, on a fresh copy, through psycopg.
+   Reported: the load's tx/s, row versions applied per second of load + catch-up, and the seconds from
+   the load's end until the target equals the source. Polling applies row versions: a row changed twice
+   between two polls is applied once, so "versions" is below the load's transactions.
+Every run ends with the target compared with the source (count and sum of amounts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pymysql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from _report import print_table, timed_pair  # noqa: E402
+
+PG_SOURCE = ("CREATE TABLE ledger (id BIGINT PRIMARY KEY, account INT NOT NULL, amount NUMERIC(18,2) NOT NULL, "
+             "currency CHAR(3) NOT NULL, booked_at TIMESTAMPTZ NOT NULL, memo TEXT, "
+             "updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())")
+PG_FILL = ("INSERT INTO ledger SELECT g, 1000 + g % 9000, ((g * 7919) % 20000000 - 10000000) / 100.0, 'NOK', "
+           "timestamptz '2024-01-01' + g * interval '1 second', 'Bilag ' || g || ' æøå' "
+           "FROM generate_series(1, {rows}) g")
+PG_TARGET = PG_SOURCE.replace(" DEFAULT clock_timestamp()", "")
+MY_TARGET = ("CREATE TABLE ledger (id BIGINT PRIMARY KEY, account INT NOT NULL, amount DECIMAL(18,2) NOT NULL, "
+             "currency CHAR(3) NOT NULL, booked_at DATETIME(6) NOT NULL, memo TEXT) ENGINE=InnoDB")
+CHECK = "SELECT count(*), sum(amount) FROM ledger"
+TIMESTAMP = "    timestamp: {column: updated_at}\n"
+
+
+def pg_sql(url: str, statement: str):
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement)
+        return cursor.fetchall() if cursor.description else None
+
+
+def my_sql(port: int, database: str | None, statement: str):
+    with pymysql.connect(host="127.0.0.1", port=port, user="root", database=database, autocommit=True) as conn:
+        with conn.cursor() as cursor:
+            cursor.execute(statement)
+            return cursor.fetchall()
+
+
+def odbc(url: str, driver: str) -> str:
+    """The ODBC URL of a native one (same user, host, port, database), quoted for the YAML config."""
+    scheme = url.split("://", 1)[1]
+    return f'"odbc://{scheme}?driver={driver}"'
+
+
+def fresh_pg(cluster, name: str, ddl: str) -> str:
+    pg_sql(cluster.url(), f"DROP DATABASE IF EXISTS {name}")
+    pg_sql(cluster.url(), f"CREATE DATABASE {name}")
+    url = cluster.url(name)
+    pg_sql(url, ddl)
+    return url
+
+
+def source_side(cluster, rows: int) -> list[tuple[str, float, float | None]]:
+    """Part 1: a PostgreSQL source read by psycopg, then by psqlODBC."""
+    measures, base = [], None
+    for label, through_odbc in (("psycopg", False), ("psqlODBC", True)):
+        source = fresh_pg(cluster, "src", PG_SOURCE)
+        pg_sql(source, PG_FILL.format(rows=rows))
+        target = fresh_pg(cluster, "dst", PG_TARGET)
+        url = odbc(source, "PostgreSQL Unicode") if through_odbc else source
+        snapshot, stream = timed_pair(
+            url, target, "timestamp", lambda: pg_sql(source, CHECK) == pg_sql(target, CHECK),
+            lambda: pg_sql(source, "UPDATE ledger SET amount = amount + 1, updated_at = clock_timestamp()"),
+            TIMESTAMP)
+        base = base or (snapshot, stream)
+        measures += [(f"source {label}: snapshot", snapshot, None if not through_odbc else base[0]),
+                     (f"source {label}: bulk UPDATE", stream, None if not through_odbc else base[1])]
+    return measures
+
+
+def target_side(cluster, mariadb, rows: int, work: Path) -> list[tuple[str, float, float | None]]:
+    """Part 2: a SQLite source into MariaDB and PostgreSQL, by their native drivers and by ODBC."""
+    measures = []
+    for kind in ("mariadb", "postgresql"):
+        base = None
+        for through_odbc in (False, True):
+            db = work / f"src-{kind}-{through_odbc}.db"
+            with sqlite3.connect(db) as conn:
+                conn.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, account INTEGER NOT NULL, amount TEXT NOT NULL, "
+                             "currency TEXT NOT NULL, booked_at TEXT NOT NULL, memo TEXT)")
+                conn.executemany("INSERT INTO ledger VALUES (?, ?, ?, 'NOK', ?, ?)",
+                                 ((i, 1000 + i % 9000, f"{(i * 7919) % 20000000 / 100 - 100000:.2f}",
+                                   f"2024-01-01 00:00:{i % 60:02d}+00:00", f"Bilag {i} æøå") for i in range(1, rows + 1)))
+            if kind == "mariadb":
+                my_sql(mariadb.port, None, "DROP DATABASE IF EXISTS dst")
+                my_sql(mariadb.port, None, "CREATE DATABASE dst")
+                my_sql(mariadb.port, "dst", MY_TARGET)
+                native = mariadb.url("dst")
+                same = (lambda db=db: _sqlite_check(db) == _decimal_check(my_sql(mariadb.port, "dst", CHECK)))
+                label, url = ("MariaDB ODBC", odbc(native, "MariaDB Unicode")) if through_odbc else ("PyMySQL", native)
+            else:
+                native = fresh_pg(cluster, "dst", PG_TARGET.replace(", updated_at TIMESTAMPTZ NOT NULL", ""))
+                same = (lambda db=db, native=native: _sqlite_check(db) == _decimal_check(pg_sql(native, CHECK)))
+                label, url = ("psqlODBC", odbc(native, "PostgreSQL Unicode")) if through_odbc else ("psycopg", native)
+            snapshot, stream = timed_pair(
+                f"sqlite:///{db}", url, "trigger", same,
+                lambda db=db: _sqlite_update(db))
+            base = base or (snapshot, stream)
+            measures += [(f"target {label}: snapshot", snapshot, base[0] if through_odbc else None),
+                         (f"target {label}: bulk UPDATE", stream, base[1] if through_odbc else None)]
+    return measures
+
+
+def _sqlite_update(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE ledger SET amount = printf('%.2f', CAST(amount AS REAL) + 1)")
+
+
+def _sqlite_check(db: Path) -> tuple:
+    with sqlite3.connect(db) as conn:
+        count = conn.execute("SELECT count(*) FROM ledger").fetchone()[0]
+        total = sum(Decimal(a) for (a,) in conn.execute("SELECT amount FROM ledger"))
+    return count, total
+
+
+def _decimal_check(found) -> tuple:
+    count, total = found[0]
+    return count, Decimal(total)
+
+
+def oltp(cluster, seconds: float, clients: int, rows: int, work: Path) -> list[str]:
+    """Part 3: pgbench's small transactions followed by `cdc run` through psycopg and through psqlODBC."""
+    pgbench = Path(cluster.bindir) / "pgbench"
+    script = work / "update.sql"
+    script.write_text(f"\\set id random(1, {rows})\nUPDATE ledger SET amount = amount + 1, "
+                      "updated_at = clock_timestamp() WHERE id = :id;\n")
+    lines = [f"{'source':<10}{'load tx/s':>11}{'versions':>10}{'applied/s':>11}{'catch-up s':>12}  check"]
+    for label, through_odbc in (("psycopg", False), ("psqlODBC", True)):
+        source = fresh_pg(cluster, "src", PG_SOURCE)
+        pg_sql(source, PG_FILL.format(rows=rows))
+        target = fresh_pg(cluster, "dst", PG_TARGET)
+        config = work / f"oltp-{label}.yaml"
+        config.write_text(f"connections:\n  src: {odbc(source, 'PostgreSQL Unicode') if through_odbc else source}\n"
+                          f"  dst: {target}\npairs:\n  bench:\n    source: src\n    target: dst\n    capture: timestamp\n"
+                          f"    tables: [ledger]\n    poll_interval: 0.2\n{TIMESTAMP}")
+        for command in ("init", "install"):
+            subprocess.run([sys.executable, "-m", "cdc", command, str(config)], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "cdc", "run", "--once", str(config)], check=True, capture_output=True)
+        before = pg_sql(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0]
+        run = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(2)  # started, caught up with nothing
+            as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+            load = subprocess.run([*as_user, str(pgbench), "-n", "-f", str(script), "-c", str(clients), "-j", "2",
+                                   "-T", str(int(seconds)), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres",
+                                   "src"], capture_output=True, text=True, check=True)
+            ended = time.perf_counter()
+            tps = float(re.search(r"tps = ([0-9.]+)", load.stdout).group(1))
+            want = pg_sql(source, CHECK)
+            while pg_sql(target, CHECK) != want:
+                if time.perf_counter() - ended > 600:
+                    raise SystemExit(f"{label}: not caught up within 10 minutes")
+                time.sleep(0.1)
+            catch_up = time.perf_counter() - ended
+        finally:
+            run.terminate()
+            run.wait(60)
+        versions = pg_sql(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0] - before
+        equal = pg_sql(source, "SELECT id, amount FROM ledger ORDER BY id") == \
+            pg_sql(target, "SELECT id, amount FROM ledger ORDER BY id")
+        lines.append(f"{label:<10}{tps:>11,.0f}{versions:>10,}{versions / (seconds + catch_up):>11,.0f}"
+                     f"{catch_up:>12.1f}  {'equal' if equal else 'DIFFERS'}")
+        if not equal:
+            raise SystemExit("\n".join(lines))
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args()
+    from mysqlserver import LocalMariaDB
+    from pgserver import LocalCluster
+
+    cluster, mariadb = LocalCluster(), LocalMariaDB()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            measures = source_side(cluster, args.rows) + target_side(cluster, mariadb, args.rows, Path(tmp))
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print_table(f"ODBC vs native drivers, {args.rows:,} rows (baseline: the native driver, same run)",
+                        args.rows, measures, peak)
+            print(f"\nMany small transactions: pgbench -c {args.clients} -T {args.seconds:g}, one UPDATE each, "
+                  f"{args.rows:,} rows; cdc run (capture timestamp) into PostgreSQL")
+            print("\n".join(oltp(cluster, args.seconds, args.clients, args.rows, Path(tmp))))
+    finally:
+        cluster.remove()
+        mariadb.remove()
+
+
+if __name__ == "__main__":
+    main()
