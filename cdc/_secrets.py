@@ -46,7 +46,7 @@ _HIDDEN = "cdcsecretmasked"
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
 _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s/@]*@")
 _PASSWORD_SETTING = re.compile(r"""(\bpass(?:word|wd)?\s*=\s*|\bpwd\s*=\s*|['"]pass(?:word|wd)?['"]\s*:\s*)"""
-                               r"""('[^'\n]*'|"[^"\n]*"|[^\s,;)}'"]+)""", re.IGNORECASE)
+                               r"""('[^'\n]*'|"[^"\n]*"|\{(?:[^}\n]|\}\})*\}|[^\s,;)}'"]+)""", re.IGNORECASE)
 
 _known: set[str] = set()
 _lock = threading.Lock()
@@ -145,6 +145,17 @@ def _mask_quoted(text: str, form: str) -> str:
     return _QUOTED.sub(lambda m: word.sub(MASK, m.group()), text)
 
 
+def _masked_setting(key: str, value, secrets: set[str]):
+    """A URL query setting with what is secret in it hidden: the whole value of a setting named like a
+    password (``?password=``) or holding a known secret, and the password settings inside a value
+    that is itself a connection string (``?odbc_connect=DRIVER=..;PWD=..``)."""
+    if isinstance(value, tuple):
+        return tuple(_masked_setting(key, v, secrets) for v in value)
+    if SECRET_NAME.search(key) or value in secrets:
+        return _HIDDEN
+    return _PASSWORD_SETTING.sub(lambda m: m.group(1) + _HIDDEN, value)
+
+
 def mask_url(url) -> str:
     """The URL with its password replaced by ***; text that is no URL loses everything between
     ``://`` and the last ``@`` of each word, where a password would be."""
@@ -154,8 +165,11 @@ def mask_url(url) -> str:
             secrets = set(_known)
         # A secret written where another part goes (a ${PW} as the host): that part is masked too,
         # however short the secret (a short one is masked in other text only inside quotes).
-        hidden = {part: _HIDDEN for part in ("username", "host", "database")
-                  if getattr(parsed, part) is not None and getattr(parsed, part) in secrets}
+        hidden: dict = {part: _HIDDEN for part in ("username", "host", "database")
+                        if getattr(parsed, part) is not None and getattr(parsed, part) in secrets}
+        query = {key: _masked_setting(key, value, secrets) for key, value in parsed.query.items()}
+        if query != dict(parsed.query):
+            hidden["query"] = query
         text = (parsed.set(**hidden) if hidden else parsed).render_as_string(hide_password=True)
         return text.replace(_HIDDEN, MASK)  # set whole here: URL-encoded, *** would read %2A%2A%2A
     except (ArgumentError, ValueError, TypeError):

@@ -40,7 +40,7 @@ def test_misspelt_capture_names_key_value_choices_and_line(ws):
     with pytest.raises(ConfigError) as err:
         load_config(write(ws, text))
     assert str(err.value) == ("pairs.erp_to_ledger.capture: 'logcal' is not one of trigger, timestamp, logical, "
-                              "binlog (did you mean 'logical'?) (config.yaml line 9)")
+                              "binlog, rowversion, change_tracking (did you mean 'logical'?) (config.yaml line 9)")
 
 
 def test_capture_mode_the_adapter_lacks(ws):
@@ -119,7 +119,7 @@ def test_cli_prints_config_errors_without_traceback_and_exits_2(ws):
     result = ws.cdc("check", str(ws.config))
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: pairs.erp_to_ledger.capture: 'logcal' is not one of trigger, timestamp, "
-                                     "logical, binlog (did you mean 'logical'?) (config.yaml line 9)")
+                                     "logical, binlog, rowversion, change_tracking (did you mean 'logical'?) (config.yaml line 9)")
     assert "Traceback" not in result.stderr
 
 

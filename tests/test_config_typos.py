@@ -242,8 +242,8 @@ def test_every_object_forbids_unknown_keys(erp, file, text, dotted, line, hint):
 
 @pytest.mark.parametrize("setting, says", [
     ("on_error: parq", "pairs.p.on_error: 'parq' is not one of park, stop (did you mean 'park'?)"),
-    ("capture: triger", "pairs.p.capture: 'triger' is not one of trigger, timestamp, logical, binlog "
-                        "(did you mean 'trigger'?)"),
+    ("capture: triger", "pairs.p.capture: 'triger' is not one of trigger, timestamp, logical, binlog, rowversion, "
+                        "change_tracking (did you mean 'trigger'?)"),
     ("source_timezone: Europe/Olso", "pairs.p.source_timezone: 'Europe/Olso' is not a time zone name"),
     ("poll_interval: soon", "pairs.p.poll_interval: 'soon' is not a positive number"),
     ("tables: invoices", "pairs.p.tables: must be a list: write [invoices]"),

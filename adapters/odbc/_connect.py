@@ -11,6 +11,7 @@ Any other query setting goes into the connection string as it is (``TrustServerC
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -56,6 +57,8 @@ def reach(connection_url: str) -> Reach:
     (naming what to write) when the URL does not say which database it is."""
     url = make_url(connection_url)
     query = {k: (v[-1] if isinstance(v, tuple) else v) for k, v in url.query.items()}
+    if query.get("driver", "").startswith("{") and query["driver"].endswith("}"):
+        query["driver"] = query["driver"][1:-1]  # written as a connection string writes it: {PostgreSQL Unicode}
     if url.get_backend_name() == "mssql":
         dialect = "mssql"
     else:
@@ -68,11 +71,13 @@ def reach(connection_url: str) -> Reach:
                               f"reaches ({'dialect ' + repr(dialect) if dialect else 'no dialect given'}); add "
                               f"dialect=postgresql, mysql, sqlite or mssql to its query")
     if "odbc_connect" in query:
-        parts = {k: v for k, v in _pairs(query["odbc_connect"])}
-        text = query["odbc_connect"].rstrip(";")
-        server = (dialect, *sorted((k.lower(), v) for k, v in parts.items() if k.lower() not in ("uid", "pwd")))
+        given = dict(_pairs(query["odbc_connect"]))
+        # The adapter's settings for the dialect, where the string does not set them (keys compare without case).
+        named = {k.lower() for k in given}
+        settings = {**given, **{k: v for k, v in DRIVER_DEFAULTS[dialect].items() if k.lower() not in named}}
+        server = (dialect, *sorted((k.lower(), v) for k, v in given.items() if k.lower() not in ("uid", "pwd")))
     else:
-        settings: dict[str, str] = {}
+        settings = {}
         if "dsn" in query:
             settings["DSN"] = query["dsn"]
             server = (dialect, "dsn", query["dsn"], url.database or "")
@@ -93,8 +98,23 @@ def reach(connection_url: str) -> Reach:
         for name, value in {**DRIVER_DEFAULTS[dialect], **query}.items():
             if name not in _OWN_KEYS:
                 settings[name] = value
-        text = ";".join(f"{name}={_braced(value)}" for name, value in settings.items())
+    _refuse_mistakes(dialect, settings, url)
+    text = ";".join(f"{name}={_braced(value)}" for name, value in settings.items())
     return Reach(dialect, text, server)
+
+
+def _refuse_mistakes(dialect: str, settings: dict[str, str], url: sa.URL) -> None:
+    """ConfigError for what would go wrong later and obscurely: psqlODBC's ANSI driver (it cannot read
+    UTF-8 text back), and a SQLite file named relative to the working directory, not the config."""
+    driver = settings.get("DRIVER", "")
+    if dialect == "postgresql" and "ansi" in driver.lower():
+        raise ConfigError(f"ODBC URL {url.render_as_string(hide_password=True)}: psqlODBC's ANSI driver ({driver}) "
+                          "cannot carry UTF-8 text; use its Unicode driver: ?driver=PostgreSQL Unicode")
+    database = next((v for k, v in settings.items() if k.lower() == "database"), "")
+    if dialect == "sqlite" and database and not os.path.isabs(database):
+        raise ConfigError(f"ODBC URL {url.render_as_string(hide_password=True)}: the SQLite file {database!r} "
+                          "would be found from whatever folder cdc runs in: write its absolute path "
+                          "(odbc:////srv/erp.db?driver=SQLite3), or use sqlite:///, which reads it from the config's folder")
 
 
 def _not_installed(driver: str | None) -> str:
@@ -157,18 +177,47 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 def _open(pyodbc: Any, place: Reach) -> Any:
     """A pyodbc connection; ConfigError naming the fix when the driver or DSN is not installed (SQLSTATE
     IM002, or unixODBC's "Can't open lib"), where a connection that fails otherwise is a passing fault."""
+    named = dict(_pairs(place.connection_string))
+    database = next((v for k, v in named.items() if k.lower() == "database"), "")
+    if place.dialect == "sqlite" and database and not os.path.exists(database):
+        # The SQLite driver would create an empty file, and the error would be a missing table.
+        raise ConfigError(f"SQLite database file {database} does not exist")
     try:
-        return pyodbc.connect(place.connection_string, timeout=LOGIN_TIMEOUT)
+        connection = pyodbc.connect(place.connection_string, timeout=LOGIN_TIMEOUT)
     except pyodbc.Error as exc:
         state, text = (exc.args[0] if exc.args else ""), str(exc)
         if state == "IM002" or "Can't open lib" in text:
-            named = dict(_pairs(place.connection_string))
             if "DRIVER" in named:
                 raise ConfigError(_not_installed(named["DRIVER"]) or f"ODBC driver {named['DRIVER']!r} cannot be "
                                   f"loaded: {text}") from None
             raise ConfigError(f"ODBC data source {named.get('DSN')!r} is not installed on this machine "
                               "(`odbcinst -q -s` lists the data sources)") from None
         raise
+    sql.check_product(place.dialect, connection)
+    return connection
+
+
+#: pyodbc errors of a lost connection or server: SQLSTATEs (or their classes), and words of the drivers'
+#: messages where the SQLSTATE is only HY000 (MariaDB's "Can't connect to server ... (2002)").
+LOST_STATES = ("08", "57P01", "57P02", "57P03", "HYT00", "HYT01")
+LOST_WORDS = ("can't connect", "lost connection", "gone away", "server closed the connection", "connection has been lost",
+              "communication link failure", "could not connect", "connection refused", "terminating connection",
+              "(2002)", "(2003)", "(2006)", "(2013)", "(2055)")
+#: pyodbc errors of a lock wait or deadlock: try the transaction again.
+BUSY_STATES = ("40001", "40P01", "55P03")
+BUSY_WORDS = ("lock wait timeout", "deadlock", "database is locked", "lock request time out", "(1205)", "(1213)")
+
+
+def fault(exc: BaseException | None) -> str | None:
+    """'lost' (the connection or the server), 'busy' (a lock wait or deadlock) or None (no passing fault)."""
+    args = getattr(exc, "args", ())
+    state = args[0] if args and isinstance(args[0], str) else ""
+    text = str(exc).lower()
+    if state.startswith(LOST_STATES) or any(word in text for word in LOST_WORDS):
+        return "lost"
+    if state.startswith(BUSY_STATES) or any(word in text for word in BUSY_WORDS):
+        return "busy"
+    return None
 
 
 def engine(place: Reach) -> sa.Engine:
@@ -186,5 +235,20 @@ def engine(place: Reach) -> sa.Engine:
     @sa.event.listens_for(made, "connect")
     def _connect(dbapi_connection, record):
         sql.session(place.dialect, dbapi_connection)
+
+    @sa.event.listens_for(made, "handle_error")
+    def _passing(context):
+        """pyodbc raises most errors as its plain Error class, a lost server or a lock wait among them,
+        where the native drivers raise OperationalError, which the core retries: give them that class
+        (and a lost connection its invalidation, so the pool does not hand it out again)."""
+        kind = fault(context.original_exception)
+        if kind is None:
+            return None
+        if kind == "lost":
+            context.is_disconnect = True
+        if isinstance(context.sqlalchemy_exception, sa.exc.OperationalError):
+            return None
+        return sa.exc.OperationalError(context.statement, context.parameters, context.original_exception,
+                                       connection_invalidated=kind == "lost")
 
     return made

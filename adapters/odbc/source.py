@@ -41,6 +41,13 @@ class OdbcReads:
         """The dialect's bound stamp, as pyodbc must be given it (UTC wall clock; MySQL as text)."""
         return types.writer(self.dialect, column)(super().bind_stamp(measure, column))
 
+    def _instant(self, table: str, unit: str, value: Any, key: tuple = ()) -> float | None:
+        """A stamp of a column that holds instants (timestamptz, MySQL TIMESTAMP) comes from pyodbc without
+        its zone, in the session's UTC: read as UTC, never as wall-clock time in source_timezone."""
+        if unit == "time" and isinstance(value, dt.datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return super()._instant(table, unit, value, key)
+
 
 def sqlite_timestamp_source() -> type:
     """Capture `timestamp` on SQLite through its ODBC driver (see the class below)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cdc.errors import ConfigError
+
 #: Every session, per dialect: timestamps with a zone read and written in UTC; MySQL/MariaDB strict
 #: (a value that does not fit is an error, never cut) and 4-byte UTF-8.
 SESSIONS = {
@@ -18,6 +20,23 @@ SESSIONS = {
 #: ODBC SQL types whose values the SQLite driver converts (dropping what it cannot read: a date
 #: '2024-02-30' becomes NULL) where cdc-sync wants the stored text: SQL_TYPE_DATE, _TIME, _TIMESTAMP.
 SQLITE_TEXT_TYPES = (91, 92, 93)
+
+
+#: ODBC's SQLGetInfo code for the name of the database product a connection reaches.
+SQL_DBMS_NAME = 17
+#: Words of each dialect's product name as drivers report it.
+PRODUCTS = {"postgresql": ("postgres",), "mysql": ("mysql", "mariadb"), "sqlite": ("sqlite",),
+            "mssql": ("sql server",)}
+
+
+def check_product(dialect: str, connection: Any) -> None:
+    """ConfigError (the connection closed) when a new pyodbc connection reaches another database than
+    the URL's dialect says: its SQL would fail in ways that name neither."""
+    product = str(connection.getinfo(SQL_DBMS_NAME) or "")
+    if not any(word in product.lower() for word in PRODUCTS[dialect]):
+        connection.close()
+        raise ConfigError(f"the ODBC connection reaches {product or 'an unknown database'}, not {dialect} as the URL "
+                          f"says: fix dialect= (postgresql, mysql, sqlite or mssql) or the driver")
 
 
 def session(dialect: str, connection: Any) -> None:

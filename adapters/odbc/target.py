@@ -13,17 +13,14 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from .._sql import SqlTarget
+from .._sql import SqlTarget, same
 from .._sql.rows import key_in, plain_rows
 from .._sql.target import READ_KEYS
 from . import sql, types
+from ._connect import fault
 
-#: SQLSTATE classes and codes of a passing fault: connection, serialization failure or deadlock, timeout.
-RETRY_STATES = ("08", "40001", "40P01", "HYT00", "HYT01", "57P01", "57P02", "57P03", "55P03")
 #: SQLSTATE classes of one row's values being refused: data exception, integrity constraint, a trigger's RAISE.
 ROW_STATES = ("22", "23", "P0001")
-#: Words of a driver message that mean a lock wait or deadlock where the SQLSTATE is only HY000.
-RETRY_WORDS = ("lock wait timeout", "deadlock", "database is locked", "lock request time out")
 
 
 def sqlstate(exc: sa.exc.DBAPIError) -> str:
@@ -49,12 +46,24 @@ class OdbcWrites:
     def statement_limit(self, conn: sa.Connection) -> int | None:
         return None
 
+    def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple],
+                  latest: str | None = None) -> list[dict]:
+        """The rows as change-model values (what pyodbc gives for a uuid, timestamptz or bytea is not:
+        read as it is, every update of such a row would look like a conflict)."""
+        rows = super().read_rows(conn, name, key, keys, latest)
+        cache = self.__dict__.setdefault("_row_readers", {})
+        if name not in cache:
+            cache[name] = [(str(c.name), read) for c in self.table(name).columns
+                           if (read := self.reader(c)) is not same]
+        for row in rows:
+            for column, read in cache[name]:
+                row[column] = read(row[column])
+        return rows
+
     def classify(self, exc: sa.exc.DBAPIError) -> str:
-        state, text = sqlstate(exc), str(exc.orig).lower()
-        if exc.connection_invalidated or any(state.startswith(s) for s in RETRY_STATES) or \
-                any(word in text for word in RETRY_WORDS):
+        if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError) or fault(exc.orig):
             return "retry"
-        if any(state.startswith(s) for s in ROW_STATES):
+        if sqlstate(exc).startswith(ROW_STATES):
             return "row"
         return SqlTarget.classify(self, exc)
 
@@ -73,14 +82,12 @@ class PostgresOdbcTarget(OdbcWrites, SqlTarget):
         return PostgresTarget.diagnose(self)
 
 
-class MssqlTarget(OdbcWrites, SqlTarget):
+class MssqlStatements(SqlTarget):
     """SQL Server: one MERGE ... WITH (HOLDLOCK) per row, sent as one fast_executemany per run.
 
     MERGE and not UPDATE-then-INSERT: one statement, one plan, and with HOLDLOCK the key range stays
     locked between its match and its insert, so a concurrent writer of a new key waits instead of
     both inserting (the known MERGE race is the one without HOLDLOCK)."""
-
-    dialect = "mssql"
 
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
         if op != "upsert":
@@ -116,6 +123,12 @@ class MssqlTarget(OdbcWrites, SqlTarget):
         key not there yet stays not there: no one inserts it before this transaction writes it)."""
         return sa.select(table).with_hint(table, "WITH (UPDLOCK, HOLDLOCK)", dialect_name="mssql") \
             .where(key_in(table, key, keys))
+
+
+class MssqlTarget(OdbcWrites, MssqlStatements):
+    """SQL Server's statements with pyodbc's values."""
+
+    dialect = "mssql"
 
 
 def dialect_target(dialect: str) -> type:

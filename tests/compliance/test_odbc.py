@@ -12,6 +12,9 @@ from collections import Counter
 from decimal import Decimal
 
 import psycopg
+import pymysql
+import pytest
+import sqlalchemy as sa
 
 from compliance.cases import POLLING, Source
 from compliance.test_guarantees import kill_while_streaming, landed
@@ -152,3 +155,164 @@ def test_sqlite_through_odbc_polls_stamps_as_instants_not_as_text(ws):
     config("Europe/Oslo")
     result = ws.cdc("run", "--once", str(ws.config))
     assert result.returncode != 0 and "write the connection as sqlite:///" in result.stderr, result.stderr
+
+
+def test_a_server_stopped_under_an_odbc_pair_is_waited_for_and_nothing_is_lost(ws, own_pg_server, own_mysql_server):
+    """psqlODBC raises a lost server as '57P01 server closed the connection', MariaDB's driver a refused
+    connection as 'HY000 Can't connect (2002)': neither is an OperationalError to SQLAlchemy, which the
+    native drivers raise and the core retries. Each server stopped for 4 s: `cdc run` waits and goes on."""
+    import subprocess
+    import sys
+
+    from compliance.conftest import odbc_url
+    from compliance.databases import Database
+
+    pg_native, my_native = own_pg_server.url(), own_mysql_server.url("")
+    mexec = pymysql.connect(host="127.0.0.1", port=own_mysql_server.port, user="root", autocommit=True)
+    mexec.cursor().execute("CREATE DATABASE ledger")
+    mexec.close()
+    source = Database("odbc-postgresql", odbc_url(pg_native), pg_native)
+    target = Database("odbc-mysql", odbc_url(my_native.rstrip("/") + "/ledger"), my_native.rstrip("/") + "/ledger")
+    source.create_items("source")
+    target.create_items("target")
+    ws.config.write_text(f'connections:\n  src: "{source.url}"\n  dst: "{target.url}"\npairs:\n  p:\n    source: src\n'
+                         "    target: dst\n    capture: timestamp\n    timestamp: {column: updated_at, soft_delete: deleted}\n"
+                         "    tables: [items]\n    poll_interval: 0.1\n", encoding="utf-8")
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0
+    next_id = iter(range(1, 1000))
+
+    def write(rows: int) -> None:
+        source.transaction([("INSERT INTO items (id, amount, note, updated_at, deleted) VALUES "
+                             "(%s, %s, %s, clock_timestamp(), false)", (i, f"{i}.5", f"rad {i} æøå"))
+                            for i in [next(next_id) for _ in range(rows)]])
+
+    def caught_up(seconds: float = 60) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if target.rows() == source.live_rows():
+                    return True
+            except Exception:  # noqa: BLE001  a server on its way up
+                pass
+            time.sleep(0.2)
+        return False
+
+    write(20)  # copied by the snapshot; the 40 written later are streamed, each once
+    run = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(ws.config)], cwd=ws.root,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert caught_up()
+        own_pg_server.stop()
+        time.sleep(4)
+        own_pg_server.start()
+        write(20)
+        assert caught_up(), "not caught up after the source's restart"
+        own_mysql_server.stop()
+        write(20)
+        time.sleep(4)
+        own_mysql_server.start()
+        assert caught_up(), "not caught up after the target's restart"
+        assert run.poll() is None, f"cdc run gave up: {run.stdout.read() if run.poll() is not None else ''}"
+    finally:
+        run.terminate()
+        out = run.communicate(timeout=60)[0]
+    assert run.returncode == 0, out
+    assert "retrying" in out, out
+    streamed = [json.loads(key)[0] for _, key, *_ in target.audit()]
+    assert sorted(streamed) == list(range(21, 61)), streamed  # each row once, none twice
+
+
+def _pair_config(ws, source: str, target: str, table: str, extra: str = "") -> None:
+    ws.config.write_text(f'connections:\n  src: "{source}"\n  dst: "{target}"\npairs:\n  p:\n    source: src\n'
+                         f"    target: dst\n    capture: timestamp\n    timestamp: {{column: updated_at, overlap_seconds: 60}}\n"
+                         f"    tables: [{table}]\n{extra}", encoding="utf-8")
+
+
+def _ok(ws, *args: str) -> str:
+    result = ws.cdc(*args, str(ws.config))
+    assert result.returncode == 0, (args, result.stdout + result.stderr)
+    return result.stdout + result.stderr
+
+
+def test_a_timestamptz_change_column_read_through_odbc_is_an_instant_whatever_the_source_timezone(ws, pg_databases):
+    """pyodbc reads timestamptz without its zone (in the session's UTC). Taken as wall-clock time in
+    source_timezone, 03:00:10 UTC written after 02:59:30 UTC on the night Oslo's clocks go forward
+    fell behind the watermark: B was never copied, with exit 0."""
+    from compliance.conftest import odbc_url
+    source, target = pg_databases(), pg_databases()
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, updated_at timestamptz NOT NULL)")
+        conn.execute("INSERT INTO t VALUES (1, 'A', '2026-03-29 02:59:30+00')")
+    _pair_config(ws, odbc_url(source), target, "t", "    source_timezone: Europe/Oslo\n")
+    _ok(ws, "init")
+    _ok(ws, "run", "--once")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("INSERT INTO t VALUES (2, 'B', '2026-03-29 03:00:10+00')")
+    _ok(ws, "run", "--once")
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [(1, "A"), (2, "B")]
+    assert "ahead of" not in _ok(ws, "doctor")
+
+
+def test_a_uuid_column_in_an_odbc_target_is_no_false_conflict(ws, pg_databases):
+    """psqlODBC reads a uuid as text: compared with the change's UUID, every update looked like a person's
+    edit, and under target_wins the source's update was dropped with exit 0."""
+    from compliance.conftest import odbc_url
+    source, target = pg_databases(), pg_databases()
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, u uuid, at timestamptz, raw bytea, amount numeric(12,2), "
+                     "updated_at timestamptz NOT NULL)")
+        conn.execute("INSERT INTO t VALUES (1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2026-01-01 12:00+02', "
+                     "'\\x00ff', 10.00, now())")
+    _pair_config(ws, source, odbc_url(target), "t", "    conflict: target_wins\n")
+    _ok(ws, "init")
+    _ok(ws, "run", "--once")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("UPDATE t SET amount = 99.99, updated_at = now()")
+    _ok(ws, "run", "--once")
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT amount FROM t").fetchone()[0] == Decimal("99.99")
+        decisions = conn.execute("SELECT reason FROM cdc_audit_log WHERE op <> 'snapshot'").fetchall()
+    assert decisions == [("change",)], decisions
+
+
+def test_a_password_in_an_odbc_connection_string_is_masked_and_the_drivers_settings_are_added(ws, pg_databases):
+    """?odbc_connect= carries a whole connection string, its PWD= too: status, check and doctor print it
+    masked; and the psqlODBC settings the adapter needs are added where the string does not set them."""
+    from urllib.parse import quote_plus
+    native = sa.engine.make_url(pg_databases())
+    with psycopg.connect(native.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute("CREATE ROLE cdc LOGIN SUPERUSER PASSWORD 'hemmelig;}42'")
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, updated_at timestamptz NOT NULL, flag boolean, raw bytea)")
+        conn.execute("INSERT INTO t VALUES (1, now(), true, '\\x00')")
+    string = (f"DRIVER={{PostgreSQL Unicode}};Server=127.0.0.1;Port={native.port};Database={native.database};"
+              "UID=cdc;PWD={hemmelig;}}42}")
+    _pair_config(ws, f"odbc:///?odbc_connect={quote_plus(string)}", f"sqlite:///{ws.root / 'ledger.db'}", "t")
+    out = _ok(ws, "init") + _ok(ws, "run", "--once") + _ok(ws, "status") + _ok(ws, "status", "--json") + \
+        _ok(ws, "check") + _ok(ws, "doctor")
+    assert "hemmelig" not in out and "PWD%3D***" in out, out
+    import sqlite3
+    with sqlite3.connect(ws.root / "ledger.db") as conn:
+        assert conn.execute("SELECT flag, raw FROM t").fetchone() == (1, b"\x00")
+
+
+@pytest.mark.parametrize("url, says", [
+    ("odbc://postgres@127.0.0.1:{port}/postgres?driver=PostgreSQL Unicode&dialect=mysql",
+     "the ODBC connection reaches PostgreSQL, not mysql as the URL says"),
+    ("odbc://postgres@127.0.0.1:{port}/postgres?driver=PostgreSQL ANSI", "use its Unicode driver"),
+    ("odbc:///erp.db?driver=SQLite3", "write its absolute path"),
+    ("odbc:////nowhere/erp.db?driver=SQLite3", "SQLite database file /nowhere/erp.db does not exist"),
+])
+def test_odbc_mistakes_are_named_with_the_fix(ws, pg_server, url, says):
+    port = sa.engine.make_url(pg_server).port
+    _pair_config(ws, url.format(port=port), f"sqlite:///{ws.root / 'ledger.db'}", "t")
+    result = ws.cdc("check", str(ws.config))
+    out = result.stdout + result.stderr
+    assert result.returncode == 2 and says in out and "Traceback" not in out, out
+
+
+def test_a_driver_written_in_braces_is_the_driver():
+    from cdc.adapters.odbc._connect import reach
+    assert reach("odbc://u@h/db?driver={PostgreSQL Unicode}").connection_string.startswith(
+        "DRIVER={PostgreSQL Unicode};")
