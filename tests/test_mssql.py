@@ -69,13 +69,22 @@ def test_names_are_bracket_quoted_with_brackets_doubled():
 
 def test_change_tracking_reads_changes_after_a_version_with_the_current_row():
     statement = sql.ct_changes("ordre", ("id",), ["id", "sum"], 500)
-    assert "FROM CHANGETABLE(CHANGES [ordre], ?) AS ct LEFT JOIN [ordre] AS t ON t.[id] = ct.[id] " in statement
+    assert "FROM CHANGETABLE(CHANGES [ordre], ?) AS ct LEFT JOIN [ordre] AS t ON t.[id] = ct.[id] " \
+           "WHERE ct.SYS_CHANGE_VERSION <= ? " in statement
+    assert "TOP" not in sql.ct_changes("ordre", ("id",), ["id", "sum"], None)
     assert statement.startswith("SELECT TOP (500) ct.SYS_CHANGE_VERSION AS ct_version, ct.SYS_CHANGE_OPERATION ")
     assert statement.endswith("ORDER BY ct.SYS_CHANGE_VERSION, ct.[id]")
     # sqlglot has no CHANGETABLE: the rest must parse with a table in its place.
     tsql(statement.replace("CHANGETABLE(CHANGES [ordre], ?)", "changes_placeholder"))
     tsql(sql.enable_change_tracking("ordre"))
     assert sql.CT_MIN_VALID == "SELECT CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?))"
+
+
+def test_a_change_tracking_read_ends_where_every_table_has_been_read_up_to():
+    from cdc.adapters.odbc.source import cut
+    assert cut(90, {"a": [5, 6], "b": [7]}, 3) == 90  # no table hit the limit: up to the current version
+    assert cut(90, {"a": [5, 6, 8], "b": [7, 9, 9]}, 3) == 8  # a stopped at 8, b at 9: both whole up to 8
+    assert cut(90, {"a": [4, 4, 4], "b": []}, 3) == 4  # one big transaction: read whole (no read stands still)
 
 
 def test_rowversion_reads_a_range_in_rowversion_order():

@@ -202,6 +202,13 @@ class RowversionSource(MssqlSource):
         """Nothing to release: the rows are the log."""
 
 
+def cut(upto: int, versions: dict[str, list[int]], limit: int) -> int:
+    """The version a Change Tracking read ends at: ``upto``, or lower where a table's read stopped at
+    ``limit`` rows (``versions``: each table's versions read, in order), at the last version that table
+    reached, which the caller then reads whole (every change up to the cut is in the read)."""
+    return min([upto, *(found[-1] for found in versions.values() if len(found) >= limit)])
+
+
 class ChangeTrackingSource(MssqlSource):
     """Capture `change_tracking`: SQL Server Change Tracking (`cdc install` enables it per table; the
     database must have it on, see doctor). CHANGETABLE(CHANGES t, v) gives each row changed since
@@ -277,34 +284,40 @@ class ChangeTrackingSource(MssqlSource):
                         "CONFIG`, and raise CHANGE_RETENTION so it does not happen again")
 
     def read(self, after: Position, max_changes: int) -> Batch:
+        """The changes after the position's version, about ``max_changes`` of them: each table's first
+        ``max_changes`` in version order, cut at the lowest version any table had to stop at (see ``cut``);
+        the rows of that very version read whole, so a read always moves on."""
         since = int((after or {})["version"])
         self.check_position(after)
         with self.engine.connect() as conn:
             upto = int(conn.exec_driver_sql(sql.CT_CURRENT).scalar())
+            read = {table: self._rows(conn, table, since, upto, max_changes) for table in self.keys}
+            upto = cut(upto, {table: [int(row[0]) for row in rows] for table, rows in read.items()}, max_changes)
             changes = []
-            for table in self.keys:
-                changes += self._changes(conn, table, since, upto)
+            for table, rows in read.items():
+                if len(rows) >= max_changes and int(rows[-1][0]) == upto:  # this version may go on past the limit
+                    rows = self._rows(conn, table, since, upto, None)
+                changes += [self._change(table, row) for row in rows if int(row[0]) <= upto]
         changes.sort(key=lambda c: c.position["version"])
         return Batch(changes, {"version": upto})
 
-    def _changes(self, conn: sa.Connection, table: str, since: int, upto: int) -> list[Change]:
+    def _rows(self, conn: sa.Connection, table: str, since: int, upto: int, limit: int | None) -> list:
+        info = self.describe(table)
+        return conn.exec_driver_sql(sql.ct_changes(table, self.keys[table], info.column_names, limit),
+                                    (since, upto)).all()
+
+    def _change(self, table: str, found: Any) -> Change:
         info, key = self.describe(table), self.keys[table]
-        readers = [self.reader(c) for c in info.columns]
-        found = []
-        rows = conn.exec_driver_sql(sql.ct_changes(table, key, info.column_names, 2**31 - 1), (since,)).all()
-        for version, op, *rest in rows:
-            if int(version) > upto:
-                continue
-            row_key = tuple(rest[:len(key)])
-            values = rest[len(key):]
-            if op == "D":  # a row changed after ``upto`` was skipped above: a 'D' here is the row's last word
-                found.append(Change("delete", table, row_key, None, None, None, {"version": int(version)}))
-                continue
-            row = {n: read(v) for n, read, v in zip(info.column_names, readers, values)}
-            # An upsert either way: a snapshot read after the version may already hold an inserted row.
-            found.append(Change("update", table, row_key, None, row, None,
-                                {"version": int(version)}))
-        return found
+        version, op, *rest = found
+        row_key, values = tuple(rest[:len(key)]), rest[len(key):]
+        if op == "D":  # a row changed again after ``upto`` is not in the read: a 'D' here is the row's last word
+            return Change("delete", table, row_key, None, None, None, {"version": int(version)})
+        readers = self.__dict__.setdefault("_readers", {})
+        if table not in readers:
+            readers[table] = [(str(c.name), self.reader(c)) for c in info.columns]
+        row = {name: read(v) for (name, read), v in zip(readers[table], values)}
+        # An upsert either way: a snapshot read after the version may already hold an inserted row.
+        return Change("update", table, row_key, None, row, None, {"version": int(version)})
 
     def pending(self, after: Position) -> int | None:
         return None

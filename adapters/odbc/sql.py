@@ -94,16 +94,19 @@ DBTS = "SELECT CAST(@@DBTS AS BIGINT)"
 MIN_ACTIVE_ROWVERSION = "SELECT CAST(MIN_ACTIVE_ROWVERSION() AS BIGINT)"
 
 
-def ct_changes(table: str, key: tuple[str, ...], columns: list[str], limit: int) -> str:
-    """The changes of ``table`` after version ? (bound), with the current row (NULL columns after a
-    delete), in version order, at most ``limit``: CHANGETABLE(CHANGES ...) LEFT JOIN the table."""
+def ct_changes(table: str, key: tuple[str, ...], columns: list[str], limit: int | None) -> str:
+    """The changes of ``table`` after version ? and up to version ? (both bound), with the current row
+    (NULL columns after a delete), in version order, at most ``limit`` (None: all):
+    CHANGETABLE(CHANGES ...) LEFT JOIN the table."""
     on = " AND ".join(f"t.{quote(k)} = ct.{quote(k)}" for k in key)
     keys = ", ".join(f"ct.{quote(k)} AS {quote('ct_' + k)}" for k in key)
     values = ", ".join(f"t.{quote(c)}" for c in columns)
     order = ", ".join(f"ct.{quote(k)}" for k in key)
-    return (f"SELECT TOP ({int(limit)}) ct.SYS_CHANGE_VERSION AS ct_version, ct.SYS_CHANGE_OPERATION AS ct_op, "
+    top = f"TOP ({int(limit)}) " if limit is not None else ""
+    return (f"SELECT {top}ct.SYS_CHANGE_VERSION AS ct_version, ct.SYS_CHANGE_OPERATION AS ct_op, "
             f"{keys}, {values} FROM CHANGETABLE(CHANGES {quote(table)}, ?) AS ct "
-            f"LEFT JOIN {quote(table)} AS t ON {on} ORDER BY ct.SYS_CHANGE_VERSION, {order}")
+            f"LEFT JOIN {quote(table)} AS t ON {on} WHERE ct.SYS_CHANGE_VERSION <= ? "
+            f"ORDER BY ct.SYS_CHANGE_VERSION, {order}")
 
 
 def enable_change_tracking(table: str) -> str:
