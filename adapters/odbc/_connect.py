@@ -235,6 +235,9 @@ def engine(place: Reach) -> sa.Engine:
     @sa.event.listens_for(made, "connect")
     def _connect(dbapi_connection, record):
         sql.session(place.dialect, dbapi_connection)
+        if place.dialect == "mysql":  # MySQL's target keeps statements under it (see its statement_limit)
+            from ..mysql.sql import MAX_PACKET
+            record.info[MAX_PACKET] = int(dbapi_connection.execute("SELECT @@max_allowed_packet").fetchone()[0])
 
     @sa.event.listens_for(made, "handle_error")
     def _passing(context):

@@ -29,6 +29,11 @@ def sqlstate(exc: sa.exc.DBAPIError) -> str:
     return args[0] if args and isinstance(args[0], str) and len(args[0]) == 5 else ""
 
 
+#: Rows one upsert or insert statement carries at most, and its parameters (MariaDB: 65,535; SQLite: 32,766).
+ROWS_PER_STATEMENT = 100
+MAX_PARAMETERS = 30000
+
+
 class OdbcWrites:
     """Values bound and errors classified as pyodbc gives them; put before a dialect's target class."""
 
@@ -43,8 +48,30 @@ class OdbcWrites:
     def reader(self, column: sa.Column) -> Callable[[Any], Any]:
         return types.reader(self.dialect, column)
 
-    def statement_limit(self, conn: sa.Connection) -> int | None:
-        return None
+    def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
+        """Upserts and inserts as statements of up to ROWS_PER_STATEMENT rows each (pyodbc's executemany
+        sends one statement per row: a round trip each); deletes, and SQL Server's MERGE, as they are."""
+        if op == "delete" or len(params) < 2 or self.dialect == "mssql":
+            return super().write_run(conn, op, name, key, params)
+        if op == "upsert":  # the last image of a key wins (PostgreSQL refuses to touch a row twice in one statement)
+            params = list({tuple(p[k] for k in key): p for p in params}.values())
+        columns = tuple(params[0])
+        per = max(1, min(ROWS_PER_STATEMENT, MAX_PARAMETERS // len(columns)))
+        for start in range(0, len(params), per):
+            rows = params[start:start + per]
+            conn.execute(self._rows_statement(op, name, key, columns, len(rows)),
+                         {f"p{i}_{j}": row[c] for i, row in enumerate(rows) for j, c in enumerate(columns)})
+
+    def _rows_statement(self, op: str, name: str, key: tuple[str, ...], columns: tuple[str, ...], rows: int):
+        """The statement of ``rows`` rows of ``columns`` (bound as p<row>_<column>), built once per shape."""
+        cache = self.__dict__.setdefault("_rows_statements", {})
+        shape = (op, name, key, columns, rows)
+        if shape not in cache:
+            table = self.statement_table(name)
+            values = [{c: sa.bindparam(f"p{i}_{j}") for j, c in enumerate(columns)} for i in range(rows)]
+            base = self.upsert(table, key, list(columns)) if op == "upsert" else table.insert()
+            cache[shape] = base.values(values)
+        return cache[shape]
 
     def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple],
                   latest: str | None = None) -> list[dict]:
