@@ -59,18 +59,23 @@ class OdbcWrites:
         per = max(1, min(ROWS_PER_STATEMENT, MAX_PARAMETERS // len(columns)))
         for start in range(0, len(params), per):
             rows = params[start:start + per]
-            conn.execute(self._rows_statement(op, name, key, columns, len(rows)),
-                         {f"p{i}_{j}": row[c] for i, row in enumerate(rows) for j, c in enumerate(columns)})
+            text, order = self._rows_statement(conn, op, name, key, columns, len(rows))
+            conn.exec_driver_sql(text, tuple([rows[i][columns[j]] for i, j in order]))
 
-    def _rows_statement(self, op: str, name: str, key: tuple[str, ...], columns: tuple[str, ...], rows: int):
-        """The statement of ``rows`` rows of ``columns`` (bound as p<row>_<column>), built once per shape."""
+    def _rows_statement(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...],
+                        columns: tuple[str, ...], rows: int) -> tuple[str, list[tuple[int, int]]]:
+        """The SQL of ``rows`` rows of ``columns`` and the (row, column) of each of its parameters in
+        order, compiled once per shape (SQLAlchemy compiles a statement of many VALUES rows anew at
+        each execution: most of the write's time)."""
         cache = self.__dict__.setdefault("_rows_statements", {})
         shape = (op, name, key, columns, rows)
         if shape not in cache:
             table = self.statement_table(name)
             values = [{c: sa.bindparam(f"p{i}_{j}") for j, c in enumerate(columns)} for i in range(rows)]
             base = self.upsert(table, key, list(columns)) if op == "upsert" else table.insert()
-            cache[shape] = base.values(values)
+            compiled = base.values(values).compile(dialect=conn.dialect)
+            order = [tuple(int(n) for n in bind[1:].split("_")) for bind in compiled.positiontup]
+            cache[shape] = (compiled.string, order)
         return cache[shape]
 
     def read_rows(self, conn: sa.Connection, name: str, key: tuple[str, ...], keys: list[tuple],
