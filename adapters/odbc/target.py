@@ -13,6 +13,8 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from cdc import state
+
 from .._sql import SqlTarget, same
 from .._sql.rows import key_in, plain_rows
 from .._sql.target import READ_KEYS
@@ -32,6 +34,8 @@ def sqlstate(exc: sa.exc.DBAPIError) -> str:
 #: Rows one upsert or insert statement carries at most, and its parameters (MariaDB: 65,535; SQLite: 32,766).
 ROWS_PER_STATEMENT = 100
 MAX_PARAMETERS = 30000
+#: Bytes of values one such statement carries at most (about; under MariaDB's smallest max_allowed_packet).
+STATEMENT_BYTES = 1 << 20
 
 
 class OdbcWrites:
@@ -57,10 +61,23 @@ class OdbcWrites:
             params = list({tuple(p[k] for k in key): p for p in params}.values())
         columns = tuple(params[0])
         per = max(1, min(ROWS_PER_STATEMENT, MAX_PARAMETERS // len(columns)))
-        for start in range(0, len(params), per):
-            rows = params[start:start + per]
+        for rows in _statements(params, per):
             text, order = self._rows_statement(conn, op, name, key, columns, len(rows))
             conn.exec_driver_sql(text, tuple([rows[i][columns[j]] for i, j in order]))
+
+    def write_audit(self, conn: sa.Connection, rows: list[dict]) -> None:
+        self._append(conn, state.audit_log, rows, super().write_audit)
+
+    def write_dead_letters(self, conn: sa.Connection, rows: list[dict]) -> None:
+        self._append(conn, state.dead_letters, rows, super().write_dead_letters)
+
+    def _append(self, conn: sa.Connection, table: sa.Table, rows: list[dict], one_by_one: Any) -> None:
+        """Rows of one of our state tables in statements of many rows, bound as this dialect binds
+        (PostgreSQL, MySQL/MariaDB: an apply's audit rows one by one took as long as its data)."""
+        if len(rows) < 2 or self.dialect not in ("postgresql", "mysql"):
+            return one_by_one(conn, rows)
+        writers = [(c, self.writer(table.c[c])) for c in rows[0]]
+        self.write_run(conn, "insert", table.name, (), [{c: bind(row[c]) for c, bind in writers} for row in rows])
 
     def _rows_statement(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...],
                         columns: tuple[str, ...], rows: int) -> tuple[str, list[tuple[int, int]]]:
@@ -98,6 +115,25 @@ class OdbcWrites:
         if sqlstate(exc).startswith(ROW_STATES):
             return "row"
         return SqlTarget.classify(self, exc)
+
+
+_SIZED = (str, bytes, bytearray)
+
+
+def _statements(rows: list[dict], per: int):
+    """``rows`` in parts of at most ``per`` rows and about STATEMENT_BYTES of values (a row alone may be
+    larger: a target with a statement limit measured it against that before)."""
+    part: list[dict] = []
+    size = 0
+    for row in rows:
+        bytes_ = 24 * len(row) + sum(map(len, [v for v in row.values() if v.__class__ in _SIZED]))
+        if part and (len(part) >= per or size + bytes_ > STATEMENT_BYTES):
+            yield part
+            part, size = [], 0
+        part.append(row)
+        size += bytes_
+    if part:
+        yield part
 
 
 class PostgresOdbcTarget(OdbcWrites, SqlTarget):
