@@ -43,7 +43,8 @@ class OdbcWrites:
 
     dialect = ""
     binds_own_values = True
-    #: pyodbc's executemany sends each row on its own: no statements joined.
+    #: None: where the target limits a statement (MariaDB), the core splits a run to fit; write_run then
+    #: joins its rows into statements of at most STATEMENT_BYTES.
     driver_statement_bytes = None
 
     def writer(self, column: sa.Column) -> Callable[[Any], Any]:
