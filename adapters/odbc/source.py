@@ -3,13 +3,12 @@
 PostgreSQL, MySQL/MariaDB and SQLite keep their own adapter's SQL (one dialect layer per database): a
 source here is that adapter's class for the capture mode with ``OdbcReads`` in front, which reads and
 binds values as pyodbc gives and takes them. SQL Server, which only ODBC reaches, has its classes here:
-capture `timestamp`, `rowversion` and `change_tracking` (and `trigger`, trigger.py).
+capture `timestamp`, `rowversion` and `change_tracking` (`trigger` is not built for SQL Server yet).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from typing import Any, Callable
 
 import sqlalchemy as sa
@@ -21,7 +20,6 @@ from .._sql import SqlSource
 from .._timestamp import TimestampCapture
 from . import sql, types
 
-logger = logging.getLogger(__name__)
 UTC = dt.timezone.utc
 
 
