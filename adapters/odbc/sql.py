@@ -44,6 +44,9 @@ def session(dialect: str, connection: Any) -> None:
     if dialect == "mssql":
         from .types import SQL_SS_TIMESTAMPOFFSET, read_datetimeoffset
         connection.add_output_converter(SQL_SS_TIMESTAMPOFFSET, read_datetimeoffset)
+    if dialect == "mysql":  # the driver drops a TIME's fraction of a second; PyMySQL gives a timedelta
+        from .types import read_mysql_time
+        connection.add_output_converter(SQLITE_TEXT_TYPES[1], read_mysql_time)
     if dialect == "sqlite":
         for kind in SQLITE_TEXT_TYPES:
             connection.add_output_converter(kind, _text)

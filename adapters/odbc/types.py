@@ -58,7 +58,7 @@ def writer(dialect: str, column: sa.Column) -> Callable[[Any], Any]:
         return sqlite_types.writer(column)
     if dialect == "mssql" and isinstance(kind, mssql.DATETIMEOFFSET):
         return _offset_text
-    if isinstance(kind, (sa.DateTime, sa.Time)) and dialect == "mysql":
+    if isinstance(kind, (sa.DateTime, sa.Time, sa.Interval)) and dialect == "mysql":
         return _mysql_text
     if isinstance(kind, sa.JSON):
         return lambda v: None if v is None or isinstance(v, str) else orjson.dumps(v).decode()
@@ -68,9 +68,12 @@ def writer(dialect: str, column: sa.Column) -> Callable[[Any], Any]:
 
 
 def _plain(value: Any) -> Any:
-    """Aware datetimes as UTC wall-clock time; UUIDs as text; the rest as it is."""
+    """Aware datetimes as UTC wall-clock time; times and UUIDs as text (pyodbc binds a time without its
+    fraction of a second); the rest as it is."""
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
         return value.astimezone(UTC).replace(tzinfo=None)
+    if isinstance(value, dt.time):
+        return value.isoformat()
     if isinstance(value, uuid.UUID):
         return str(value)
     return value
@@ -78,9 +81,25 @@ def _plain(value: Any) -> Any:
 
 def _mysql_text(value: Any) -> Any:
     value = _plain(value)
-    if isinstance(value, (dt.datetime, dt.time)):
-        return value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value.isoformat()
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, dt.timedelta):  # a MySQL TIME, as PyMySQL and our reader give it
+        sign, rest = ("-", -value) if value < dt.timedelta(0) else ("", value)
+        hours, seconds = divmod(rest.days * 86400 + rest.seconds, 3600)
+        return f"{sign}{hours:02d}:{seconds // 60:02d}:{seconds % 60:02d}.{rest.microseconds:06d}"
     return value
+
+
+def read_mysql_time(raw: bytes | None) -> dt.timedelta | None:
+    """A MySQL TIME as its text ('-838:59:59', '23:59:59.999999') -> timedelta, as PyMySQL reads it."""
+    if raw is None:
+        return None
+    text = raw.decode()
+    sign = -1 if text.startswith("-") else 1
+    hours, minutes, seconds = text.lstrip("-").split(":")
+    whole, _, fraction = seconds.partition(".")
+    return sign * dt.timedelta(hours=int(hours), minutes=int(minutes), seconds=int(whole),
+                               microseconds=int(fraction.ljust(6, "0")[:6]) if fraction else 0)
 
 
 def _offset_text(value: Any) -> Any:

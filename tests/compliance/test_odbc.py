@@ -316,3 +316,31 @@ def test_a_driver_written_in_braces_is_the_driver():
     from cdc.adapters.odbc._connect import reach
     assert reach("odbc://u@h/db?driver={PostgreSQL Unicode}").connection_string.startswith(
         "DRIVER={PostgreSQL Unicode};")
+
+
+@pytest.mark.parametrize("road", ["odbc-postgresql to postgresql", "postgresql to odbc-postgresql",
+                                  "postgresql to odbc-mysql"])
+def test_a_time_keeps_its_fraction_of_a_second_through_odbc(ws, pg_databases, mysql_databases, road):
+    """pyodbc binds a time without its fraction, and MariaDB's driver reads one without it: 23:59:59.999999
+    arrived as 23:59:59, and reconcile then saw a difference it could not repair."""
+    from compliance.conftest import odbc_url
+    source_kind, target_kind = road.split(" to ")
+    source = pg_databases()
+    target = mysql_databases() if target_kind == "odbc-mysql" else pg_databases()
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, c time(6), updated_at timestamptz NOT NULL)")
+        conn.execute("INSERT INTO t VALUES (1, '10:00:00.5', now()), (2, '23:59:59.999999', now())")
+    _pair_config(ws, odbc_url(source) if source_kind.startswith("odbc") else source,
+                 odbc_url(target) if target_kind.startswith("odbc") else target, "t")
+    _ok(ws, "init")
+    _ok(ws, "run", "--once")
+    assert "equal" in _ok(ws, "reconcile").lower()
+    if target_kind == "odbc-mysql":
+        parts = sa.engine.make_url(target)
+        with pymysql.connect(host=parts.host, port=parts.port, user=parts.username, database=parts.database) as conn:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT CAST(c AS CHAR) FROM t ORDER BY id")
+                assert [r[0] for r in cursor.fetchall()] == ["10:00:00.500000", "23:59:59.999999"]
+    else:
+        with psycopg.connect(target) as conn:
+            assert [r[0] for r in conn.execute("SELECT c::text FROM t ORDER BY id")] == ["10:00:00.5", "23:59:59.999999"]
