@@ -126,10 +126,15 @@ class TableMapping:
         ``deleted_too``: a soft delete's before image is the row the target holds)."""
         if self.soft_delete is not None and not deleted_too and row.get(self.soft_delete):
             return False
-        if not self._filters:
+        filters = self._filters
+        if deleted_too and self.soft_delete is not None:
+            # A filter on the soft-delete column said "not deleted" of the row the target holds; the image
+            # carries the flag the delete set, which would hide the delete from the target for good.
+            filters = [f for f in filters if f[0] != self.soft_delete]
+        if not filters:
             return True
         try:
-            return all(fn(row.get(column), value) for column, fn, value in self._filters)
+            return all(fn(row.get(column), value) for column, fn, value in filters)
         except TypeError as exc:
             raise RowError(f"filter cannot compare: {exc}", table=self.source) from None
 

@@ -520,3 +520,27 @@ def test_a_repair_weighs_a_soft_deleted_rows_own_stamp_under_newest_wins(ws):
     ws.sql(ws.target, "INSERT INTO acct VALUES (1, 11, '2026-01-01 08:00:00', 0), (2, 22, '2026-01-01 06:00:00', 0)")
     ws.cdc("reconcile", str(ws.config), "--settle", "0", "--repair")
     assert ws.query(ws.target, "SELECT id FROM acct ORDER BY id") == [(1,)]  # the newer one kept, the older deleted
+
+
+def test_a_soft_delete_leaves_the_target_though_the_mapping_filters_on_the_soft_delete_column(ws):
+    """A filter `deleted = 0` beside soft_delete: deleted. The soft delete's image carries deleted = 1,
+    which the filter refused: the row stayed in the target, with no audit row, and the run said
+    "1 changes applied"; only reconcile found it."""
+    ws.sql(ws.source, SCHEMA)
+    (ws.config.parent / "map.yaml").write_text('tables:\n  products:\n    filter: [{column: deleted, op: "=", value: 0}]\n',
+                                               encoding="utf-8")
+    ws.write_config("""
+        source: src
+        target: dst
+        capture: timestamp
+        mapping: map.yaml
+        timestamp: {column: updated_at, soft_delete: deleted, overlap_seconds: 30}
+    """)
+    for command in ("init", "install"):
+        assert ws.cdc(command, str(ws.config)).returncode == 0, ws.cdc(command, str(ws.config)).stderr
+    run(ws)
+    ws.sql(ws.source, "UPDATE products SET deleted = 1, updated_at = '2024-05-01 11:00:00' WHERE sku = 'A-1'")
+    run(ws)
+    assert [r[0] for r in ws.query(ws.target, "SELECT sku FROM products ORDER BY sku")] == ["A-2"]
+    assert ws.query(ws.target, "SELECT op FROM cdc_audit_log WHERE op <> 'snapshot'") == [("delete",)]
+    assert ws.cdc("reconcile", str(ws.config), "--settle", "0").returncode == 0
