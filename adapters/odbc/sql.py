@@ -69,11 +69,6 @@ def quote(name: str) -> str:
     return "[" + name.replace("]", "]]") + "]"
 
 
-def literal(text: str) -> str:
-    """A SQL Server Unicode string literal."""
-    return "N'" + text.replace("'", "''") + "'"
-
-
 # -- SQL Server: the server's clock and doctor ---------------------------------------------------------
 #: The server's current UTC time (SYSDATETIME is the server's local time, which may be anything).
 MSSQL_CLOCK = "SYSUTCDATETIME()"

@@ -16,7 +16,6 @@ import datetime as dt
 import struct
 import uuid
 from typing import Any, Callable
-from zoneinfo import ZoneInfo
 
 import orjson
 import sqlalchemy as sa
@@ -129,7 +128,3 @@ def read_datetimeoffset(raw: bytes | None) -> dt.datetime | None:
     year, month, day, hour, minute, second, nanos, off_h, off_m = struct.unpack("<6hI2h", raw)
     zone = dt.timezone(dt.timedelta(hours=off_h, minutes=off_m))
     return dt.datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=zone)
-
-
-def zone(name: str) -> dt.tzinfo:
-    return UTC if name == "UTC" else ZoneInfo(name)
