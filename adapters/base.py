@@ -392,6 +392,11 @@ class Adapter(Protocol):
         """What identifies the database ``connection_url`` reaches however the URL is spelt (user, password,
         driver aside): equal for URLs that may reach one database. Never connects; ConfigError if unreadable."""
 
+    def capabilities_for(self, connection_url: str) -> Capabilities:
+        """The record the sources and targets made for ``connection_url`` carry (``capabilities``,
+        unless the URL narrows it: ODBC reaches several databases); the config checks a pair's capture
+        mode against it. Never connects; ConfigError if the URL is unreadable."""
+
     def source(self, connection_url: str, pair: Any) -> Source:
         """A Source for ``pair``'s capture mode reading ``connection_url``; SourceError (stop) when the
         database cannot be a source as it stands."""

@@ -191,7 +191,10 @@ def _connection_ref(doc, keys, ref: str, connections: dict[str, Connection]) -> 
 
 
 def _capture(doc, keys, capture: str | None, source: Connection) -> str:
-    can = registry.adapter_for(source.url).capabilities
+    try:
+        can = registry.adapter_for(source.url).capabilities_for(source.url)
+    except ConfigError as exc:
+        raise doc.error(keys + ("source",), str(exc)) from None
     if not can.capture_modes:
         raise doc.error(keys + ("source",), f"the {can.name} adapter cannot be a source yet (it can be a target)")
     capture = capture or can.capture_modes[0]

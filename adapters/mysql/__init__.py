@@ -27,6 +27,9 @@ class MySQLAdapter:
         """(host, port, database) as PyMySQL connects (see identity.py)."""
         return database_identity(connection_url)
 
+    def capabilities_for(self, connection_url: str):
+        return CAPABILITIES
+
     def source(self, connection_url: str, pair: Any) -> BinlogSource | TriggerSource | TimestampSource:
         made = engine(connection_url, pair.source_timezone)
         if pair.capture == "timestamp":

@@ -34,6 +34,16 @@ def _timestamp_class(dialect: str) -> type:
                 {"dialect": dialect, "__module__": __name__})
 
 
+def _trigger_class(dialect: str) -> type:
+    """Capture `trigger` of a dialect: its own adapter's triggers and changelog, read through pyodbc."""
+    if dialect == "mysql":
+        from ..mysql.trigger import TriggerSource
+    else:
+        from ..sqlite.trigger import TriggerSource
+    return type(f"{dialect.title()}OdbcTriggerSource", (OdbcReads, TriggerSource),
+                {"dialect": dialect, "__module__": __name__})
+
+
 class OdbcAdapter:
     """Capabilities and factories of the ODBC adapter (driver: pyodbc, over unixODBC)."""
 
@@ -46,6 +56,9 @@ class OdbcAdapter:
     def identity(self, connection_url: str) -> tuple:
         return database_identity(connection_url)
 
+    def capabilities_for(self, connection_url: str):
+        return _capabilities.for_dialect(reach(connection_url).dialect)
+
     def source(self, connection_url: str, pair: Any):
         place = reach(connection_url)
         modes = _capabilities.CAPTURE_MODES[place.dialect]
@@ -57,6 +70,8 @@ class OdbcAdapter:
             source = RowversionSource(made, pair.name, pair.timestamp, pair.source_timezone)
         elif pair.capture == "change_tracking":
             source = ChangeTrackingSource(made, pair.name, pair.source_timezone)
+        elif pair.capture == "trigger":
+            source = _trigger_class(place.dialect)(made, pair.name)
         else:
             source = _timestamp_class(place.dialect)(made, pair.name, pair.timestamp, pair.source_timezone)
         source.capabilities = _capabilities.for_dialect(place.dialect)

@@ -220,6 +220,32 @@ def fault(exc: BaseException | None) -> str | None:
     return None
 
 
+#: A pyformat placeholder (``%(name)s``, ``%s``) or an escaped percent sign, in MySQL's own SQL.
+_PYFORMAT = re.compile(r"%\((\w+)\)s|%s|%%")
+
+
+def _qmark(statement: str, parameters: Any) -> tuple[str, Any]:
+    """MySQL's adapter writes its own SQL for PyMySQL (``%(name)s`` with a dict, ``%s`` with a
+    tuple, ``%%`` for a percent sign, all only when there are parameters); pyodbc takes ``?`` and a
+    sequence. The statement and parameters pyodbc is to be given; SQLAlchemy's own statements, with
+    ``?`` already, pass unchanged."""
+    rows = parameters if isinstance(parameters, list) else [parameters]
+    if not parameters or not (isinstance(rows[0], dict) or "%s" in statement):
+        return statement, parameters
+    names: list[str | None] = []
+
+    def placeholder(match: re.Match) -> str:
+        if match.group(0) == "%%":
+            return "%"
+        names.append(match.group(1))
+        return "?"
+
+    converted = _PYFORMAT.sub(placeholder, statement)
+    if isinstance(rows[0], dict):
+        rows = [tuple(row[name] for name in names) for row in rows]
+    return converted, rows if isinstance(parameters, list) else rows[0]
+
+
 def engine(place: Reach) -> sa.Engine:
     """An engine over pyodbc speaking the dialect's SQL; every connection runs with the dialect's
     session settings (UTC, strict, UTF-8), see sql.session."""
@@ -238,6 +264,11 @@ def engine(place: Reach) -> sa.Engine:
         if place.dialect == "mysql":  # MySQL's target keeps statements under it (see its statement_limit)
             from ..mysql.sql import MAX_PACKET
             record.info[MAX_PACKET] = int(dbapi_connection.execute("SELECT @@max_allowed_packet").fetchone()[0])
+
+    if place.dialect == "mysql":
+        @sa.event.listens_for(made, "before_cursor_execute", retval=True)
+        def _placeholders(conn, cursor, statement, parameters, context, executemany):
+            return _qmark(statement, parameters)
 
     @sa.event.listens_for(made, "handle_error")
     def _passing(context):

@@ -21,7 +21,7 @@ CAPABILITIES = Capabilities(
 
 #: Capture modes per dialect reached through ODBC.
 CAPTURE_MODES = {"mssql": ("timestamp", "rowversion", "change_tracking"), "postgresql": ("timestamp",),
-                 "mysql": ("timestamp",), "sqlite": ("timestamp",)}
+                 "mysql": ("timestamp", "trigger"), "sqlite": ("timestamp", "trigger")}
 
 
 def for_dialect(dialect: str) -> Capabilities:

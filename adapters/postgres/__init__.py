@@ -29,6 +29,9 @@ class PostgresAdapter:
         """(host, port, database) as libpq connects (see identity.py)."""
         return database_identity(connection_url)
 
+    def capabilities_for(self, connection_url: str):
+        return CAPABILITIES
+
     def source(self, connection_url: str, pair: Any) -> LogicalSource | TriggerSource | TimestampSource:
         engine = sa.create_engine(connection_url, pool_pre_ping=True, connect_args=network_settings(connection_url))
         if pair.capture == "timestamp":

@@ -83,6 +83,9 @@ class SqliteAdapter:
         """The database file, however its path is spelt (see identity.py)."""
         return database_identity(connection_url)
 
+    def capabilities_for(self, connection_url: str):
+        return CAPABILITIES
+
     def source(self, connection_url: str, pair: Any):
         """A Source for the pair's capture mode; SourceError if the database file is missing."""
         if not self.database_exists(connection_url):
