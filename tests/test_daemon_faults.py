@@ -89,7 +89,7 @@ class Writer:
 
 
 class Watcher:
-    """Scrapes /healthz and /metrics of whichever daemon runs now, twice a second."""
+    """Scrapes /healthz and /metrics of whichever daemon runs now, twice a second (and when asked)."""
 
     def __init__(self):
         self.service: Service | None = None
@@ -97,26 +97,42 @@ class Watcher:
         self.lags: dict[str, list[float]] = {}
         self.states: list[str] = []  # the pairs' states at each sample, when they changed (for a failure's message)
         self.stop = threading.Event()
+        self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
     def _watch(self) -> None:
         while not self.stop.wait(0.5):
-            service = self.service
-            if service is None or not service.up():
-                continue
-            try:
-                code, body = service.health()
-                self.codes.append(code)
-                states = " ".join(f"{p['pair']}:{p['state']}" for p in body["pairs"])
-                if not self.states or self.states[-1] != states:
-                    self.states.append(states)
-                for pair in ("lite", "pg", "maria"):
-                    lag = service.metric("cdc_replication_lag_seconds", pair=pair)
-                    if lag is not None:
-                        self.lags.setdefault(pair, []).append(lag)
-            except OSError:
-                continue
+            self.scrape()
+
+    def scrape(self) -> None:
+        """One sample of the daemon's health and of every pair's lag (one /metrics read for all)."""
+        service = self.service
+        if service is None or not service.up():
+            return
+        try:
+            code, body = service.health()
+            _, metrics = service.get("/metrics")
+        except OSError:
+            return
+        with self._lock:
+            self.codes.append(code)
+            states = " ".join(f"{p['pair']}:{p['state']}" for p in body["pairs"])
+            if not self.states or self.states[-1] != states:
+                self.states.append(states)
+            for line in metrics.splitlines():
+                if line.startswith("cdc_replication_lag_seconds{"):
+                    pair = line.split('pair="', 1)[1].split('"', 1)[0]
+                    self.lags.setdefault(pair, []).append(float(line.rsplit(" ", 1)[1]))
+
+    def mark(self) -> dict[str, int]:
+        with self._lock:
+            return {pair: len(samples) for pair, samples in self.lags.items()}
+
+    def rose(self, since: dict[str, int], pairs: tuple[str, ...], seconds: float = 3) -> bool:
+        """Whether each of ``pairs`` showed a lag of ``seconds`` or more in a sample after ``since``."""
+        with self._lock:
+            return all(max(self.lags.get(p, [])[since.get(p, 0):], default=0) >= seconds for p in pairs)
 
 
 def rose_and_fell(samples: list[float]) -> bool:
@@ -163,6 +179,15 @@ def test_three_pairs_survive_server_restarts_and_daemon_kills(ws, own_pg_server,
         wait_for(lambda: service.up() and service.health()[0] == 200, 120, "the daemon to be healthy")
         return service
 
+    def risen(since: dict[str, int], pairs: tuple[str, ...]) -> None:
+        """Wait until /metrics showed each of ``pairs`` 3 s or more behind (the server stays down till then)."""
+        deadline = time.monotonic() + 60
+        while not watcher.rose(since, pairs):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the lag of {' and '.join(pairs)} did not rise to 3 s while a database was away: "
+                            f"samples {watcher.lags}, states {watcher.states}")
+            time.sleep(0.2)
+
     service = start()
     wait_for(lambda: {p["state"] for p in service.health()[1]["pairs"]} == {"idle"}, 120, "the snapshots to finish")
     writers = {"lite": Writer(lite_source, 11, False), "pg": Writer(pg_source, 12, True),
@@ -171,17 +196,20 @@ def test_three_pairs_survive_server_restarts_and_daemon_kills(ws, own_pg_server,
         time.sleep(3)
         # PostgreSQL goes away: pair lite's target and pair pg's source.
         writers["pg"].pause()
+        since = watcher.mark()
         pg.stop()
         wait_for(lambda: service.health()[0] == 503, 60, "/healthz to say a pair cannot work")
-        time.sleep(4)  # pair lite's source goes on: its lag rises
+        # Pair lite's source goes on while its target is away, pair pg's source is away: their lags rise.
+        risen(since, ("lite", "pg"))
         pg.start()
         writers["pg"].resume()
         wait_for(lambda: service.health()[0] == 200, 120, "healthy after PostgreSQL came back")
         # MariaDB goes away: pair pg's target and pair maria's source.
         writers["maria"].pause()
+        since = watcher.mark()
         my.stop()
         wait_for(lambda: service.health()[0] == 503, 60, "/healthz to say a pair cannot work")
-        time.sleep(4)
+        risen(since, ("pg", "maria"))
         my.start()
         writers["maria"].resume()
         wait_for(lambda: service.health()[0] == 200, 120, "healthy after MariaDB came back")
@@ -207,11 +235,13 @@ def test_three_pairs_survive_server_restarts_and_daemon_kills(ws, own_pg_server,
                 time.sleep(0.5)
     wait_for(lambda: all((service.metric("cdc_replication_lag_seconds", pair=p) or 0) < 1 for p in sources), 60,
              "the lag to fall")
-    time.sleep(1.5)
+    wait_for(lambda: service.health()[0] == 200, 60, "/healthz to say all is well")
     watcher.stop.set()
+    watcher.thread.join()
+    watcher.scrape()  # the last sample, taken now that the lags are down
     assert service.stop() == 0
     assert 503 in watcher.codes and watcher.codes[-1] == 200, "/healthz went unhealthy and healthy again"
-    for name in ("lite", "pg"):  # the whole series on failure (an assertion's repr would be cut short)
+    for name in ("lite", "pg", "maria"):  # the whole series on failure (an assertion's repr would be cut short)
         if not rose_and_fell(watcher.lags.get(name, [])):
             pytest.fail(f"pair {name}: the lag did not rise to 3 s and fall again; samples {watcher.lags}\n"
                         f"states seen {watcher.states}\n{services[0].logged()[:8000]}")
