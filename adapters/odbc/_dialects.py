@@ -7,13 +7,13 @@ from __future__ import annotations
 import datetime
 import re
 
-from sqlalchemy import types as sqltypes, util
+from sqlalchemy import cast, types as sqltypes, util
 from sqlalchemy.connectors.pyodbc import PyODBCConnector
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.mssql.base import MSTypeCompiler
 from sqlalchemy.dialects.mssql.pyodbc import MSDialect_pyodbc
 from sqlalchemy.dialects.mysql.pyodbc import MySQLDialect_pyodbc
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, MONEY
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 
@@ -46,11 +46,21 @@ class _TextARRAY(ARRAY):
         return process
 
 
+class _NumericMONEY(MONEY):
+    """psqlODBC hands a money value over as a double (1234567.89 as a float; large amounts rounded) and
+    cannot bind one into a money column: read as numeric, which is exact (a Decimal, whatever the
+    server's lc_monetary), and bound as a Decimal, which PostgreSQL assigns to money."""
+
+    def column_expression(self, colexpr):
+        return cast(colexpr, sqltypes.Numeric())
+
+
 class PGDialect_pyodbc(PyODBCConnector, PGDialect):
     """PostgreSQL through psqlODBC: numerics arrive as Decimal, timestamps as datetimes, arrays as text."""
 
     supports_statement_cache = True
-    colspecs = util.update_copy(PGDialect.colspecs, {ARRAY: _TextARRAY, sqltypes.ARRAY: _TextARRAY})
+    colspecs = util.update_copy(PGDialect.colspecs, {ARRAY: _TextARRAY, sqltypes.ARRAY: _TextARRAY,
+                                                     MONEY: _NumericMONEY})
     supports_native_decimal = True
     # The server's own version string, not the driver's (which PyODBCConnector would read).
     _get_server_version_info = PGDialect._get_server_version_info

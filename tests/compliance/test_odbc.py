@@ -277,6 +277,27 @@ def test_a_uuid_column_in_an_odbc_target_is_no_false_conflict(ws, pg_databases):
     assert decisions == [("change",)], decisions
 
 
+def test_a_money_column_through_psqlodbc_is_read_as_an_exact_decimal_and_written_back(pg_databases):
+    """psqlODBC hands money over as a double (a large amount rounded) and refuses one bound into money."""
+    from compliance.conftest import odbc_url
+    from cdc.adapters.odbc._connect import engine, reach
+    native = pg_databases()
+    with psycopg.connect(native, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, m money)")
+        conn.execute("INSERT INTO t VALUES (1, 92233720368547.77)")
+    made = engine(reach(odbc_url(native)))
+    try:
+        with made.begin() as conn:
+            table = sa.Table("t", sa.MetaData(), autoload_with=conn)
+            value = conn.execute(sa.select(table.c.m)).scalar()
+            assert value == Decimal("92233720368547.77") and isinstance(value, Decimal), repr(value)
+            conn.execute(table.update().values(m=Decimal("-0.01")))
+    finally:
+        made.dispose()
+    with psycopg.connect(native) as conn:
+        assert conn.execute("SELECT m::numeric FROM t").fetchone()[0] == Decimal("-0.01")
+
+
 def test_a_password_in_an_odbc_connection_string_is_masked_and_the_drivers_settings_are_added(ws, pg_databases):
     """?odbc_connect= carries a whole connection string, its PWD= too: status, check and doctor print it
     masked; and the psqlODBC settings the adapter needs are added where the string does not set them."""
