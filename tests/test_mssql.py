@@ -98,6 +98,71 @@ def test_rowversion_reads_a_range_in_rowversion_order():
         tsql(text)
 
 
+COLUMNS = [("firma", "int", "int"), ("nr", "bigint", "bigint"), ("beløp", "decimal", "decimal"),
+           ("sted", "geography", "geography"), ("odd]name", "nvarchar", "nvarchar")]
+
+
+def test_the_capture_trigger_logs_every_row_of_a_statement_with_the_epoch_under_a_held_lock():
+    statement = sql.create_trigger("Bilag", ("firma", "nr"), COLUMNS)
+    assert statement.startswith("CREATE OR ALTER TRIGGER [_cdc_Bilag] ON [Bilag] AFTER INSERT, UPDATE, DELETE AS "
+                                "BEGIN SET NOCOUNT ON; ")
+    assert statement.endswith("; END")
+    # sqlglot parses no CREATE TRIGGER: its body's statements, each.
+    body = statement.split(" AS BEGIN ", 1)[1].rsplit(" END", 1)[0]
+    steps = body.rstrip(";").split("; ")
+    assert steps[0] == "SET NOCOUNT ON" and steps[1].endswith(" */ IF NOT EXISTS (SELECT 1 FROM inserted) AND NOT "
+                                                              "EXISTS (SELECT 1 FROM deleted) RETURN")
+    assert isinstance(tsql(steps[-2]), exp.Select) and isinstance(tsql(steps[-1]), exp.Insert)
+    # The epoch is read under a shared lock the writer's transaction holds to its end (HOLDLOCK): a seal's
+    # exclusive lock waits for it, so every change of one transaction carries one epoch.
+    assert "SELECT @cdc_epoch = n FROM _cdc_epoch WITH (HOLDLOCK, ROWLOCK) WHERE k = 1; " in statement
+    # inserted and deleted are paired by the whole key; a row in one only is an insert or a delete.
+    assert "FROM inserted AS i FULL OUTER JOIN deleted AS d ON i.[firma] = d.[firma] AND i.[nr] = d.[nr]; END" in statement
+    assert "CASE WHEN d.[firma] IS NULL THEN 'insert' WHEN i.[firma] IS NULL THEN 'delete' ELSE 'update' END" in statement
+    # Images as JSON objects with NULLs kept; a CLR type as its text; names quoted, brackets doubled.
+    assert "(SELECT i.[firma] AS [firma], i.[nr] AS [nr], i.[beløp] AS [beløp], i.[sted].ToString() AS [sted], " \
+           "i.[odd]]name] AS [odd]]name] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER, INCLUDE_NULL_VALUES)" in statement
+    assert "N'Bilag'" in sql.create_trigger("Bilag", ("nr",), COLUMNS) and "N'O''Neil'" in \
+        sql.create_trigger("O'Neil", ("nr",), COLUMNS)
+    # The trigger's text carries a digest of the columns it was made for: another set is a stale trigger.
+    assert sql.logged_digest(statement) == sql.columns_digest(COLUMNS)
+    assert sql.columns_digest(COLUMNS[:-1]) != sql.columns_digest(COLUMNS)
+    assert sql.columns_digest([("nr", "int", "int")]) != sql.columns_digest([("nr", "bigint", "bigint")])
+    assert sql.logged_digest("CREATE TRIGGER x ON t AFTER INSERT AS SELECT 1") is None
+
+
+def test_the_changelog_state_and_reads_are_sql_server_statements():
+    for statement in [*sql.CREATE_STATE, *sql.DROP_STATE, sql.CHANGELOG_MARK, sql.CURRENT_EPOCH, sql.SEAL,
+                      sql.LOGGED_SINCE, sql.PENDING, sql.PURGEABLE, sql.PURGE, sql.TRIGGERS, sql.COLUMNS,
+                      sql.OLDEST_TRANSACTION, sql.drop_trigger("Bilag"), sql.read_changelog(3)]:
+        tsql(statement)
+    for text in (sql.REGISTER, sql.ACKNOWLEDGE):  # SQLAlchemy text: its binds become ? as the engine sends them
+        tsql(str(sa.text(text).compile(dialect=dialect())))
+    assert sql.SEAL == "UPDATE _cdc_epoch SET n = n + 1 OUTPUT deleted.n WHERE k = 1"
+    assert sql.read_changelog(2).endswith("WHERE epoch > ? AND epoch <= ? AND tbl IN (?, ?) ORDER BY epoch, id")
+    assert sql.PURGE.startswith("DELETE TOP (5000) FROM _cdc_changelog WHERE epoch <= ?")
+
+
+def test_values_logged_by_for_json_are_read_as_pyodbc_reads_the_column():
+    import json
+    image = json.loads('{"n": 12345678901234567890.0123456789, "i": 5, "m": 12.3456, "f": 1.5, "b": true, '
+                       '"raw": "AP8=", "d2": "2024-03-31T22:30:15.1234567", "off": "2024-03-31T22:30:15.1234567+02:00", '
+                       '"t": "23:59:59.9999999", "day": "2024-02-29", "g": "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", '
+                       '"z": null}', parse_float=Decimal)
+    read = {name: types.logged_value(kind)(image[name]) for name, kind in (
+        ("n", "decimal"), ("i", "decimal"), ("m", "money"), ("f", "float"), ("b", "bit"), ("raw", "varbinary"),
+        ("d2", "datetime2"), ("off", "datetimeoffset"), ("t", "time"), ("day", "date"), ("g", "uniqueidentifier"),
+        ("z", "int"))}
+    assert read["n"] == Decimal("12345678901234567890.0123456789") and read["i"] == Decimal(5)
+    assert read["m"] == Decimal("12.3456") and read["f"] == 1.5 and isinstance(read["f"], float)
+    assert read["b"] is True and read["raw"] == b"\x00\xff" and read["z"] is None
+    assert read["d2"] == dt.datetime(2024, 3, 31, 22, 30, 15, 123456)
+    assert read["off"] == dt.datetime(2024, 3, 31, 20, 30, 15, 123456, tzinfo=dt.timezone.utc)
+    assert read["off"].utcoffset() == dt.timedelta(hours=2)
+    assert read["t"] == dt.time(23, 59, 59, 999999) and read["day"] == dt.date(2024, 2, 29)
+    assert read["g"] == "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"
+
+
 def test_state_tables_keep_unicode_and_exact_times_on_sql_server():
     compiled = {t.name: str(sa.schema.CreateTable(t).compile(dialect=dialect())) for t in state.metadata.sorted_tables}
     text = "\n".join(compiled.values())
@@ -162,6 +227,15 @@ def test_an_odbc_url_that_does_not_say_which_database_is_a_config_error_naming_t
     with pytest.raises(ConfigError, match=r"name the ODBC driver \(\?driver=") as raised:
         _connect.reach("odbc://u:secret@h/db?dialect=postgresql")
     assert "secret" not in str(raised.value)
+
+
+def test_a_sql_server_trigger_source_is_made_without_connecting():
+    from cdc.adapters.odbc.source import MssqlTriggerSource
+    pair = SimpleNamespace(name="p", capture="trigger", source_timezone="UTC", timestamp=None)
+    source = adapter.source("mssql+pyodbc://cdc:pw@127.0.0.1:9/erp", pair)
+    assert isinstance(source, MssqlTriggerSource) and source.format_position(7) == "epoch 7"
+    assert "trigger" in source.capabilities.capture_modes
+    source.close()
 
 
 def test_a_source_of_a_capture_mode_the_dialect_lacks_is_refused_by_name():
@@ -229,7 +303,7 @@ BILAG = ("CREATE TABLE bilag (id BIGINT PRIMARY KEY, belop DECIMAL(30,10), gebyr
 
 
 @needs_server
-@pytest.mark.parametrize("capture", ["rowversion", "change_tracking", "timestamp"])
+@pytest.mark.parametrize("capture", ["rowversion", "change_tracking", "timestamp", "trigger"])
 def test_a_sql_server_source_feeds_a_sqlite_ledger_exactly(ws, mssql_database, capture):
     _execute(mssql_database, BILAG, ("INSERT INTO bilag (id, belop, gebyr, tekst, bokfort, endret) VALUES "
                                      "(?, ?, ?, ?, ?, ?)", 1, Decimal("12345678901234567890.0123456789"),
@@ -247,6 +321,41 @@ def test_a_sql_server_source_feeds_a_sqlite_ledger_exactly(ws, mssql_database, c
     check = ws.cdc("reconcile", str(ws.config))
     assert check.returncode == 0, check.stdout + check.stderr
     assert "bilag" in check.stdout and "equal" in check.stdout.lower(), check.stdout
+
+
+@needs_server
+def test_sql_server_trigger_capture_applies_whole_transactions_key_changes_and_nothing_rolled_back(ws, mssql_database):
+    import pyodbc
+    import sqlite3
+    _execute(mssql_database, "CREATE TABLE bilag (id BIGINT PRIMARY KEY, belop DECIMAL(30,10), tekst NVARCHAR(200))",
+             "INSERT INTO bilag VALUES (1, 1, N'en'), (2, 2, N'to')")
+    target = ws.root / "ledger.db"
+    _config(ws, mssql_database, f"sqlite:///{target}", "trigger")
+    for command in ("init", "install", "run --once"):
+        result = ws.cdc(*command.split(), str(ws.config))
+        assert result.returncode == 0, result.stdout + result.stderr
+    with pyodbc.connect(_connect.reach(mssql_database).connection_string) as conn:
+        conn.execute("INSERT INTO bilag VALUES (3, 3.5, N'tre ☕'), (4, -0.0000000001, NULL)")
+        conn.execute("UPDATE bilag SET id = 10, tekst = N'ti' WHERE id = 1")  # a key change: delete 1, insert 10
+        conn.execute("UPDATE bilag SET belop = belop * 2")
+        conn.commit()
+        conn.execute("DELETE FROM bilag WHERE id = 2")
+        conn.rollback()  # never applied
+        conn.execute("DELETE FROM bilag WHERE id = 4")
+        conn.commit()
+        want = [tuple(r) for r in conn.execute("SELECT id, belop, tekst FROM bilag ORDER BY id")]
+    result = ws.cdc("run", "--once", str(ws.config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    with sqlite3.connect(target) as conn:
+        have = [(i, Decimal(str(b)), t) for i, b, t in conn.execute("SELECT id, belop, tekst FROM bilag ORDER BY id")]
+        audited = conn.execute("SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'").fetchone()[0]
+    assert have == want
+    assert audited == 2 + 2 + 4 + 1  # inserts, the key change as delete + insert, 4 updates, a delete
+    doctor = ws.cdc("doctor", str(ws.config))
+    assert doctor.returncode == 0 and "bilag: capture triggers installed" in doctor.stdout, doctor.stdout
+    _execute(mssql_database, "ALTER TABLE bilag ADD note NVARCHAR(20)")
+    stale = ws.cdc("doctor", str(ws.config))
+    assert stale.returncode != 0 and "logs other columns than the table has now" in stale.stdout, stale.stdout
 
 
 @needs_server

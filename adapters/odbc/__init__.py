@@ -16,7 +16,8 @@ from ._connect import engine, reach
 from .capabilities import CAPABILITIES
 from .fingerprint import fingerprints
 from .identity import identity as database_identity
-from .source import ChangeTrackingSource, MssqlTimestampSource, OdbcReads, RowversionSource, sqlite_timestamp_source
+from .source import (ChangeTrackingSource, MssqlTimestampSource, MssqlTriggerSource, OdbcReads, RowversionSource,
+                     sqlite_timestamp_source)
 from .target import dialect_target
 
 
@@ -36,6 +37,8 @@ def _timestamp_class(dialect: str) -> type:
 
 def _trigger_class(dialect: str) -> type:
     """Capture `trigger` of a dialect: its own adapter's triggers and changelog, read through pyodbc."""
+    if dialect == "mssql":
+        return MssqlTriggerSource
     if dialect == "mysql":
         from ..mysql.trigger import TriggerSource
     else:
@@ -71,7 +74,8 @@ class OdbcAdapter:
         elif pair.capture == "change_tracking":
             source = ChangeTrackingSource(made, pair.name, pair.source_timezone)
         elif pair.capture == "trigger":
-            source = _trigger_class(place.dialect)(made, pair.name)
+            zone = () if place.dialect == "sqlite" else (pair.source_timezone,)  # SQLite's takes no source_timezone
+            source = _trigger_class(place.dialect)(made, pair.name, *zone)
         else:
             source = _timestamp_class(place.dialect)(made, pair.name, pair.timestamp, pair.source_timezone)
         source.capabilities = _capabilities.for_dialect(place.dialect)

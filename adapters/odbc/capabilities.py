@@ -9,8 +9,8 @@ from ..base import Capabilities
 CAPABILITIES = Capabilities(
     name="odbc",
     backends=("odbc", "mssql"),
-    # timestamp for every dialect; rowversion and change_tracking are SQL Server's (checked per source).
-    capture_modes=("timestamp", "rowversion", "change_tracking"),
+    # SQL Server's modes (another database reached through ODBC: for_dialect).
+    capture_modes=("timestamp", "rowversion", "change_tracking", "trigger"),
     default_driver="mssql+pyodbc",
     complete_schemes=("odbc",),
     in_database_fingerprints=False,  # rows are fingerprinted in Python
@@ -20,7 +20,7 @@ CAPABILITIES = Capabilities(
 )
 
 #: Capture modes per dialect reached through ODBC.
-CAPTURE_MODES = {"mssql": ("timestamp", "rowversion", "change_tracking"), "postgresql": ("timestamp",),
+CAPTURE_MODES = {"mssql": CAPABILITIES.capture_modes, "postgresql": ("timestamp",),
                  "mysql": ("timestamp", "trigger"), "sqlite": ("timestamp", "trigger")}
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from cdc.errors import ConfigError
@@ -132,3 +133,118 @@ def merge(table: str, key: tuple[str, ...], columns: list[str]) -> str:
     matched = f"WHEN MATCHED THEN UPDATE SET {updates} " if updates else ""
     return (f"MERGE {quote(table)} WITH (HOLDLOCK) AS t USING (SELECT {source}) AS s ON {on} "
             f"{matched}WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values});")
+
+
+# -- SQL Server: capture `trigger` ---------------------------------------------------------------------
+CHANGELOG = "_cdc_changelog"
+EPOCH = "_cdc_epoch"
+CONSUMERS = "_cdc_consumers"
+#: The changelog, the epoch writers stamp their changes with, and the pairs it serves (idempotent).
+CREATE_STATE = [
+    f"IF OBJECT_ID(N'{CHANGELOG}', N'U') IS NULL CREATE TABLE {CHANGELOG} (id BIGINT IDENTITY(1, 1) NOT NULL "
+    "PRIMARY KEY, epoch BIGINT NOT NULL, tbl NVARCHAR(128) NOT NULL, op VARCHAR(6) NOT NULL, [before] NVARCHAR(MAX) "
+    "NULL, [after] NVARCHAR(MAX) NULL, changed_at DATETIME2(6) NOT NULL DEFAULT SYSUTCDATETIME())",
+    f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE object_id = OBJECT_ID(N'{CHANGELOG}') AND name = N'{CHANGELOG}_epoch') "
+    f"CREATE INDEX {CHANGELOG}_epoch ON {CHANGELOG} (epoch, id)",
+    f"IF OBJECT_ID(N'{EPOCH}', N'U') IS NULL CREATE TABLE {EPOCH} (k INT NOT NULL PRIMARY KEY, n BIGINT NOT NULL)",
+    f"IF NOT EXISTS (SELECT 1 FROM {EPOCH}) INSERT INTO {EPOCH} (k, n) VALUES (1, 1)",
+    f"IF OBJECT_ID(N'{CONSUMERS}', N'U') IS NULL CREATE TABLE {CONSUMERS} (pair NVARCHAR(200) NOT NULL PRIMARY KEY, "
+    "tables NVARCHAR(MAX) NOT NULL, acked BIGINT NOT NULL DEFAULT 0, generation NVARCHAR(100) NULL)",
+]
+DROP_STATE = [f"DROP TABLE IF EXISTS {name}" for name in (CHANGELOG, EPOCH, CONSUMERS)]
+#: Register a pair with its tables (SQLAlchemy text: binds :pair, :tables).
+REGISTER = (f"MERGE {CONSUMERS} WITH (HOLDLOCK) AS c USING (SELECT :pair AS pair, :tables AS tables) AS s "
+            "ON c.pair = s.pair WHEN MATCHED THEN UPDATE SET tables = s.tables "
+            "WHEN NOT MATCHED THEN INSERT (pair, tables) VALUES (s.pair, s.tables);")
+#: Raise a pair's acknowledged epoch (SQLAlchemy text: binds :position, :pair).
+ACKNOWLEDGE = (f"UPDATE {CONSUMERS} SET acked = CASE WHEN acked > :position THEN acked ELSE :position END "
+               "WHERE pair = :pair")
+#: The newest changelog id (ChangelogCapture.idle watches it).
+CHANGELOG_MARK = f"SELECT ISNULL(MAX(id), 0) FROM {CHANGELOG}"
+#: The epoch writers stamp now; sealing it takes its row's exclusive lock, which waits for every
+#: transaction holding the row's shared lock (each writer's trigger takes it, held to its end).
+CURRENT_EPOCH = f"SELECT n FROM {EPOCH} WHERE k = 1"
+SEAL = f"UPDATE {EPOCH} SET n = n + 1 OUTPUT deleted.n WHERE k = 1"
+LOGGED_SINCE = f"SELECT TOP (1) 1 FROM {CHANGELOG} WHERE epoch >= ?"
+PENDING = f"SELECT COUNT_BIG(*) FROM {CHANGELOG} WHERE epoch > ?"
+PURGEABLE = f"SELECT MIN(acked) FROM {CONSUMERS}"
+PURGE = f"DELETE TOP (5000) FROM {CHANGELOG} WHERE epoch <= ?"
+#: The capture triggers: name, table, disabled, the text they were made with.
+TRIGGERS = ("SELECT tr.name, OBJECT_NAME(tr.parent_id), tr.is_disabled, OBJECT_DEFINITION(tr.object_id) "
+            "FROM sys.triggers AS tr WHERE tr.parent_class = 1 AND tr.name LIKE N'\\_cdc\\_%' ESCAPE N'\\'")
+#: A table's columns and their types (the type's own name, or the system type under an alias type).
+COLUMNS = ("SELECT c.name, TYPE_NAME(c.system_type_id), TYPE_NAME(c.user_type_id) FROM sys.columns AS c "
+           "WHERE c.object_id = OBJECT_ID(?) ORDER BY c.column_id")
+#: The oldest open transaction of the database: id, session, seconds open.
+OLDEST_TRANSACTION = ("SELECT TOP (1) t.transaction_id, s.session_id, DATEDIFF(SECOND, t.transaction_begin_time, "
+                      "SYSDATETIME()) FROM sys.dm_tran_active_transactions AS t JOIN sys.dm_tran_session_transactions "
+                      "AS s ON s.transaction_id = t.transaction_id WHERE s.session_id <> @@SPID "
+                      "ORDER BY t.transaction_begin_time")
+#: The mark in a capture trigger's text, then a digest of the columns (and types) it logs: a trigger
+#: made for other columns than the table has now is stale.
+COLUMNS_MARK = "/* cdc-sync columns "
+#: Types an AFTER trigger cannot read from ``inserted``/``deleted``.
+UNREADABLE_TYPES = {"text", "ntext", "image"}
+#: Types FOR JSON cannot write (CLR types): logged as their text.
+CLR_TYPES = {"geography", "geometry", "hierarchyid"}
+
+
+def trigger_name(table: str) -> str:
+    return f"_cdc_{table}"[:128]
+
+
+def _image(alias: str, columns: list[tuple[str, str, str]]) -> str:
+    """One row of ``inserted``/``deleted`` as a JSON object of its columns (NULLs too)."""
+    parts = []
+    for name, base, own in columns:
+        value = f"{alias}.{quote(name)}"
+        if own in CLR_TYPES:
+            value = f"{value}.ToString()"
+        elif base == "sql_variant":
+            value = f"CAST({value} AS NVARCHAR(4000))"
+        parts.append(f"{value} AS {quote(name)}")
+    return f"(SELECT {', '.join(parts)} FOR JSON PATH, WITHOUT_ARRAY_WRAPPER, INCLUDE_NULL_VALUES)"
+
+
+def create_trigger(table: str, key: tuple[str, ...], columns: list[tuple[str, str, str]]) -> str:
+    """The one statement trigger logging every row an INSERT, UPDATE, DELETE (or MERGE) changed, with
+    the epoch read under a shared lock held to the writer's commit. SQL Server pairs no row of
+    ``inserted`` with its row of ``deleted``: they are joined by the key, so an update that changed
+    a row's key is logged as the old key's delete and the new key's insert."""
+    on = " AND ".join(f"i.{quote(k)} = d.{quote(k)}" for k in key)
+    first = quote(key[0])
+    mark = f"{COLUMNS_MARK}{columns_digest(columns)} */"
+    return (f"CREATE OR ALTER TRIGGER {quote(trigger_name(table))} ON {quote(table)} AFTER INSERT, UPDATE, DELETE AS "
+            f"BEGIN SET NOCOUNT ON; {mark} "
+            "IF NOT EXISTS (SELECT 1 FROM inserted) AND NOT EXISTS (SELECT 1 FROM deleted) RETURN; "
+            "DECLARE @cdc_epoch BIGINT; "
+            f"SELECT @cdc_epoch = n FROM {EPOCH} WITH (HOLDLOCK, ROWLOCK) WHERE k = 1; "
+            f"INSERT INTO {CHANGELOG} (epoch, tbl, op, [before], [after]) "
+            f"SELECT @cdc_epoch, N'{table.replace(chr(39), chr(39) * 2)}', "
+            f"CASE WHEN d.{first} IS NULL THEN 'insert' WHEN i.{first} IS NULL THEN 'delete' ELSE 'update' END, "
+            f"CASE WHEN d.{first} IS NULL THEN NULL ELSE {_image('d', columns)} END, "
+            f"CASE WHEN i.{first} IS NULL THEN NULL ELSE {_image('i', columns)} END "
+            f"FROM inserted AS i FULL OUTER JOIN deleted AS d ON {on}; END")
+
+
+def columns_digest(columns: list[tuple[str, str, str]]) -> str:
+    """A digest of a table's columns and their types, as a capture trigger made for them carries it."""
+    return hashlib.sha256("\0".join(f"{n}\1{b}\1{o}" for n, b, o in columns).encode()).hexdigest()[:16]
+
+
+def logged_digest(definition: str | None) -> str | None:
+    """The digest of the columns a capture trigger's text says it logs (None: no mark)."""
+    if not definition or COLUMNS_MARK not in definition:
+        return None
+    return definition.split(COLUMNS_MARK, 1)[1].split(" ", 1)[0]
+
+
+def drop_trigger(table: str) -> str:
+    return f"DROP TRIGGER IF EXISTS {quote(trigger_name(table))}"
+
+
+def read_changelog(tables: int) -> str:
+    """The changelog rows of epochs in (?, ?] of ``tables`` tables (bound after), in epoch and id order."""
+    marks = ", ".join("?" * tables)
+    return (f"SELECT id, epoch AS txid, tbl, op, [before], [after], changed_at FROM {CHANGELOG} "
+            f"WHERE epoch > ? AND epoch <= ? AND tbl IN ({marks}) ORDER BY epoch, id")

@@ -12,9 +12,12 @@ Numerics are Decimal both ways (never float); text is Unicode.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import re
 import struct
 import uuid
+from decimal import Decimal
 from typing import Any, Callable
 
 import orjson
@@ -128,3 +131,41 @@ def read_datetimeoffset(raw: bytes | None) -> dt.datetime | None:
     year, month, day, hour, minute, second, nanos, off_h, off_m = struct.unpack("<6hI2h", raw)
     zone = dt.timezone(dt.timedelta(hours=off_h, minutes=off_m))
     return dt.datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=zone)
+
+
+# -- SQL Server capture `trigger`: values as FOR JSON wrote them ----------------------------------------
+_BEYOND_MICROSECONDS = re.compile(r"(\.\d{6})\d+")
+
+
+def _iso(text: str) -> str:
+    """FOR JSON's date/time text with at most six digits of a second (datetime2 has seven; pyodbc
+    reads the column to the microsecond too)."""
+    return _BEYOND_MICROSECONDS.sub(r"\1", text)
+
+
+def _logged_time(text: str) -> dt.time:
+    return dt.time.fromisoformat(_iso(text))
+
+
+def _logged_datetime(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(_iso(text))
+
+
+_LOGGED = {
+    **dict.fromkeys(("bigint", "int", "smallint", "tinyint"), int),
+    "bit": bool,
+    **dict.fromkeys(("decimal", "numeric", "money", "smallmoney"), lambda v: Decimal(str(v))),
+    **dict.fromkeys(("float", "real"), float),
+    "date": dt.date.fromisoformat,
+    "time": _logged_time,
+    **dict.fromkeys(("datetime2", "datetime", "smalldatetime", "datetimeoffset"), _logged_datetime),
+    **dict.fromkeys(("binary", "varbinary", "timestamp"), base64.b64decode),
+}
+
+
+def logged_value(base_type: str) -> Callable[[Any], Any]:
+    """How a value of a column of SQL Server type ``base_type``, as FOR JSON logged it (numbers as JSON
+    numbers, read here as Decimal; binaries as base64; date/times as ISO 8601 text), becomes the value
+    pyodbc gives for that column (a datetimeoffset with its offset, see read_datetimeoffset)."""
+    convert = _LOGGED.get(base_type, str)
+    return lambda value: None if value is None else convert(value)
