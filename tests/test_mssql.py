@@ -230,7 +230,7 @@ def test_an_odbc_url_that_does_not_say_which_database_is_a_config_error_naming_t
 
 
 def test_a_sql_server_trigger_source_is_made_without_connecting():
-    from cdc.adapters.odbc.source import MssqlTriggerSource
+    from cdc.adapters.odbc.trigger import MssqlTriggerSource
     pair = SimpleNamespace(name="p", capture="trigger", source_timezone="UTC", timestamp=None)
     source = adapter.source("mssql+pyodbc://cdc:pw@127.0.0.1:9/erp", pair)
     assert isinstance(source, MssqlTriggerSource) and source.format_position(7) == "epoch 7"

@@ -16,9 +16,9 @@ from ._connect import engine, reach
 from .capabilities import CAPABILITIES
 from .fingerprint import fingerprints
 from .identity import identity as database_identity
-from .source import (ChangeTrackingSource, MssqlTimestampSource, MssqlTriggerSource, OdbcReads, RowversionSource,
-                     sqlite_timestamp_source)
+from .source import ChangeTrackingSource, MssqlTimestampSource, OdbcReads, RowversionSource, sqlite_timestamp_source
 from .target import dialect_target
+from .trigger import MssqlTriggerSource
 
 
 def _timestamp_class(dialect: str) -> type:
