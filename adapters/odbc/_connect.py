@@ -230,7 +230,7 @@ def _qmark(statement: str, parameters: Any) -> tuple[str, Any]:
     sequence. The statement and parameters pyodbc is to be given; SQLAlchemy's own statements, with
     ``?`` already, pass unchanged."""
     rows = parameters if isinstance(parameters, list) else [parameters]
-    if not parameters or not (isinstance(rows[0], dict) or "%s" in statement):
+    if not parameters or not (isinstance(rows[0], dict) or ("%s" in statement and "?" not in statement)):
         return statement, parameters
     names: list[str | None] = []
 

@@ -346,6 +346,17 @@ def test_a_capture_mode_the_database_behind_odbc_lacks_is_refused_by_check_with_
         and "line 8" in out and "Traceback" not in out, out
 
 
+def test_mysqls_own_pyformat_sql_is_given_to_pyodbc_with_question_marks():
+    """The MySQL adapter's trigger capture writes SQL for PyMySQL; through ODBC it is sent with ``?``."""
+    from cdc.adapters.odbc._connect import _qmark
+    assert _qmark("SELECT %(a)s, %(b)s, %(a)s LIKE 'x%%'", {"a": 1, "b": 2}) == ("SELECT ?, ?, ? LIKE 'x%'", (1, 2, 1))
+    assert _qmark("SELECT %s WHERE y > %s", (1, 2)) == ("SELECT ? WHERE y > ?", (1, 2))
+    assert _qmark("INSERT INTO t VALUES (%(a)s)", [{"a": 1}, {"a": 2}]) == ("INSERT INTO t VALUES (?)", [(1,), (2,)])
+    # SQLAlchemy's statements (already ?) and statements without parameters pass as they are.
+    assert _qmark("SELECT DATE_FORMAT(x, '%H:%i:%s') = ?", (1,)) == ("SELECT DATE_FORMAT(x, '%H:%i:%s') = ?", (1,))
+    assert _qmark("SHOW STATUS LIKE 'binlog_%%'", ()) == ("SHOW STATUS LIKE 'binlog_%%'", ())
+
+
 def test_a_driver_written_in_braces_is_the_driver():
     from cdc.adapters.odbc._connect import reach
     assert reach("odbc://u@h/db?driver={PostgreSQL Unicode}").connection_string.startswith(
