@@ -227,13 +227,15 @@ def status(config: str, pair: str | None, as_json: bool) -> None:
 def _print_status(row: dict) -> None:
     pending = "unknown" if row["pending"] is None else row["pending"]
     lag = "unknown" if row["lag_seconds"] is None else f"{row['lag_seconds']:.1f} s"
-    run_state = f"failed: {row['error']}" if row["state"] == "failed" else row["state"]
+    run_state = {"failed": f"failed: {row['error']}",
+                 "unknown": f"state unknown: {row['error']} (a running pair retries while its target is away: see "
+                            "its log, or the daemon's /healthz)"}.get(row["state"], row["state"])
     click.echo(f"pair {row['pair']} ({row['capture']}): {row['phase']}, {run_state}")
     if row["holder"]:
         click.echo(f"  process     {row['holder']}")
     if "daemon" in row:
         click.echo(f"  daemon      {row['daemon'] or 'none of the daemons sharing the state database runs it'}")
-    if row["error"] and row["state"] != "failed":
+    if row["error"] and row["state"] not in ("failed", "unknown"):
         click.echo(f"  problem     {row['error']}")
     click.echo(f"  source      {row['source']}")
     click.echo(f"  target      {row['target']}")

@@ -38,9 +38,10 @@ def test_a_command_that_reads_does_not_create_a_missing_target_file(pair, comman
 def test_status_names_the_missing_target_for_its_pair(pair):
     result = pair.cdc("status", str(pair.config))
     assert result.returncode == 1
-    assert result.stdout.splitlines()[0] == ("pair p (trigger): not started, failed: target cannot be read: "
+    assert result.stdout.splitlines()[0] == ("pair p (trigger): unknown, state unknown: target cannot be read: "
                                              + MISSING_TARGET.format(path=pair.target)
-                                             + "; or correct the path in the config")
+                                             + "; or correct the path in the config (a running pair retries while "
+                                             "its target is away: see its log, or the daemon's /healthz)")
 
 
 def test_doctor_reports_the_missing_target_and_goes_on_with_the_source(pair):

@@ -89,7 +89,7 @@ def _target_status(p: Pair, row: dict) -> Any:
     try:
         target = open_target(p.target)
     except TargetError as exc:
-        row.update(state="failed", error=f"target cannot be read: {exc}")
+        row.update(phase="unknown", state="unknown", error=f"target cannot be read: {exc}")
         return None
     try:
         with target.reading() as conn:
@@ -98,8 +98,8 @@ def _target_status(p: Pair, row: dict) -> Any:
             holder = state.read_holder(conn, p.name)
             clock = state._store.db_now(conn)
             row["dead_letters"], row["conflicts"] = state.open_counts(conn, p.name)
-    except (CdcError, sa.exc.SQLAlchemyError) as exc:
-        row.update(state="failed", error=f"target cannot be read: {first_line(exc)}")
+    except (CdcError, sa.exc.SQLAlchemyError) as exc:  # the pair's state is in there: not known (a run retries)
+        row.update(phase="unknown", state="unknown", error=f"target cannot be read: {first_line(exc)}")
         return None
     finally:
         target.close()

@@ -210,7 +210,10 @@ def test_a_server_stopped_under_an_odbc_pair_is_waited_for_and_nothing_is_lost(w
         assert caught_up(), "not caught up after the source's restart"
         own_mysql_server.stop()
         write(20)
-        time.sleep(4)
+        status = ws.cdc("status", str(ws.config))  # the pair's state lives in the target: not known now
+        assert status.returncode == 1 and "p (timestamp): unknown, state unknown: target cannot be read" in \
+            status.stdout and ", failed:" not in status.stdout, status.stdout
+        time.sleep(2)
         own_mysql_server.start()
         assert caught_up(), "not caught up after the target's restart"
         assert run.poll() is None, f"cdc run gave up: {run.stdout.read() if run.poll() is not None else ''}"
