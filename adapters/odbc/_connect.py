@@ -27,6 +27,7 @@ from . import sql
 #: The SQL dialects the adapter speaks, with the words by which a driver's name tells each.
 DIALECTS = {"postgresql": ("postgres", "psql"), "mysql": ("mariadb", "mysql"), "sqlite": ("sqlite",),
             "mssql": ("sql server", "freetds", "tds", "mssql")}
+NAMES = {"postgresql": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "SQLite", "mssql": "SQL Server"}
 #: Settings each dialect's connection string gets unless the URL sets them: psqlODBC gives booleans
 #: as text and bytea as escaped text by default; MariaDB's driver must be told to speak utf8mb4 and
 #: to count matched rows (the claim's fence checks that its UPDATE matched one).
@@ -62,7 +63,11 @@ def reach(connection_url: str) -> Reach:
     if url.get_backend_name() == "mssql":
         dialect = "mssql"
     else:
-        dialect = query.get("dialect") or _guess(query)
+        dialect, driver = query.get("dialect") or _guess(query), _guess(query)
+        if driver and dialect in DIALECTS and driver != dialect:  # its connection string would be the wrong one's
+            raise ConfigError(f"ODBC URL {url.render_as_string(hide_password=True)}: the driver reaches {NAMES[driver]}, "
+                              f"not {dialect} as the URL says: drop dialect= (the driver's name tells it) or name "
+                              f"{NAMES[dialect]}'s driver")
         if dialect not in DIALECTS:
             missing = _not_installed(query.get("driver"))
             if missing:

@@ -323,7 +323,11 @@ def test_a_password_in_an_odbc_connection_string_is_masked_and_the_drivers_setti
 
 @pytest.mark.parametrize("url, says", [
     ("odbc://postgres@127.0.0.1:{port}/postgres?driver=PostgreSQL Unicode&dialect=mysql",
-     "the ODBC connection reaches PostgreSQL, not mysql as the URL says"),
+     "the driver reaches PostgreSQL, not mysql as the URL says: drop dialect="),
+    ("odbc://postgres@127.0.0.1:{port}/postgres?driver=PostgreSQL Unicode&dialect=mssql",
+     "the driver reaches PostgreSQL, not mssql as the URL says"),
+    ("odbc://postgres@127.0.0.1:{port}/postgres?driver=PostgreSQL Unicode&dialect=sqlite",
+     "the driver reaches PostgreSQL, not sqlite as the URL says"),
     ("odbc://postgres@127.0.0.1:{port}/postgres?driver=PostgreSQL ANSI", "use its Unicode driver"),
     ("odbc:///erp.db?driver=SQLite3", "write its absolute path"),
     ("odbc:////nowhere/erp.db?driver=SQLite3", "SQLite database file /nowhere/erp.db does not exist"),
@@ -358,6 +362,24 @@ def test_mysqls_own_pyformat_sql_is_given_to_pyodbc_with_question_marks():
     # SQLAlchemy's statements (already ?) and statements without parameters pass as they are.
     assert _qmark("SELECT DATE_FORMAT(x, '%H:%i:%s') = ?", (1,)) == ("SELECT DATE_FORMAT(x, '%H:%i:%s') = ?", (1,))
     assert _qmark("SHOW STATUS LIKE 'binlog_%%'", ()) == ("SHOW STATUS LIKE 'binlog_%%'", ())
+
+
+def test_a_driver_whose_name_says_nothing_is_checked_against_the_database_it_reaches(ws, pg_server):
+    """A vendor's driver name tells no database: the URL's dialect= is taken, and the first connection
+    checks it against the product the server names."""
+    import os
+    import subprocess
+    import sys
+    (ws.root / "odbcinst.ini").write_text("[Vendor Gateway]\nDriver=psqlodbcw.so\n", encoding="utf-8")
+    port = sa.engine.make_url(pg_server).port
+    _pair_config(ws, f"odbc://postgres@127.0.0.1:{port}/postgres?driver=Vendor Gateway&dialect=mysql",
+                 f"sqlite:///{ws.root / 'ledger.db'}", "t")
+    env = {**os.environ, "ODBCSYSINI": str(ws.root)}  # unixODBC reads this folder's odbcinst.ini
+    result = subprocess.run([sys.executable, "-m", "cdc", "check", str(ws.config)], cwd=ws.root, env=env,
+                            capture_output=True, text=True)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2 and "the ODBC connection reaches PostgreSQL, not mysql as the URL says" in out \
+        and "Traceback" not in out, out
 
 
 def test_a_driver_written_in_braces_is_the_driver():
