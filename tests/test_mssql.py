@@ -139,6 +139,7 @@ def test_the_changelog_state_and_reads_are_sql_server_statements():
     for text in (sql.REGISTER, sql.ACKNOWLEDGE):  # SQLAlchemy text: its binds become ? as the engine sends them
         tsql(str(sa.text(text).compile(dialect=dialect())))
     assert sql.SEAL == "UPDATE _cdc_epoch SET n = n + 1 OUTPUT deleted.n WHERE k = 1"
+    assert sql.enable_trigger("O]k") == "ENABLE TRIGGER [_cdc_O]]k] ON [O]]k]"  # sqlglot parses no ENABLE TRIGGER
     assert sql.read_changelog(2).endswith("WHERE epoch > ? AND epoch <= ? AND tbl IN (?, ?) ORDER BY epoch, id")
     assert sql.PURGE.startswith("DELETE TOP (5000) FROM _cdc_changelog WHERE epoch <= ?")
 

@@ -239,6 +239,11 @@ def logged_digest(definition: str | None) -> str | None:
     return definition.split(COLUMNS_MARK, 1)[1].split(" ", 1)[0]
 
 
+def enable_trigger(table: str) -> str:
+    """A disabled trigger stays disabled through CREATE OR ALTER: `cdc install` enables it."""
+    return f"ENABLE TRIGGER {quote(trigger_name(table))} ON {quote(table)}"
+
+
 def drop_trigger(table: str) -> str:
     return f"DROP TRIGGER IF EXISTS {quote(trigger_name(table))}"
 

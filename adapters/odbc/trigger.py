@@ -91,6 +91,7 @@ class MssqlTriggerSource(ChangelogCapture, MssqlSource):
             if attached.get(name, table).casefold() != table.casefold():  # on a table renamed away
                 conn.exec_driver_sql(f"DROP TRIGGER {sql.quote(name)}")
             conn.exec_driver_sql(sql.create_trigger(table, self.keys[table], self._columns(conn, table)))
+            conn.exec_driver_sql(sql.enable_trigger(table))
 
     def trigger_faults(self, conn: sa.Connection, tables: list[str]) -> dict[str, str]:
         """A table's trigger must exist, be attached to it, be enabled, and log the columns it has now."""
