@@ -265,7 +265,7 @@ class TimestampCapture(StampedSource):
         with self.engine.connect() as conn:
             clock = self.source_clock(conn)
             self._log_nulls(conn, table)
-            query = sa.select(*plain.c, instant.label(INSTANT)) \
+            query = sa.select(*self.selected(info, plain), instant.label(INSTANT)) \
                 .where(self._window(table, unit, plain, instant, start)) \
                 .order_by(instant, *[plain.c[k] for k in key])
             for raw in conn.execute(query):

@@ -92,6 +92,10 @@ class Reads(Protocol):
     def reader(self, column: sa.Column) -> Callable[[Any], Any]:
         """How a driver value of ``column`` becomes the change model's value (pure)."""
 
+    def selected(self, info: TableInfo, plain: sa.TableClause) -> list[sa.ColumnElement]:
+        """What a read selects for each column of ``plain`` (``info``'s), in order: the columns themselves,
+        or an expression where the driver would hand a column's value over wrong (psqlODBC's money)."""
+
     def snapshot(self, table: str, key: tuple[str, ...], after_key: tuple | None, limit: int,
                  where: str | None = None) -> list[Row]:
         """Up to ``limit`` rows after ``after_key`` in key order (meeting ``where``); no long lock."""

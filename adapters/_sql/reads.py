@@ -33,6 +33,11 @@ class KeyedReads:
         """How a driver value of ``column`` becomes the change model's value (Decimal, never float)."""
         return _identity
 
+    def selected(self, info: TableInfo, plain: sa.TableClause) -> list[sa.ColumnElement]:
+        """What a read selects for each column of ``plain`` (``info``'s columns); a dialect may read one
+        column as another type where its driver would hand it over wrong."""
+        return list(plain.c)
+
     def reflected(self, table: sa.Table) -> None:
         """Correct what reflection cannot see in this dialect (in place); called once per table."""
 
@@ -65,7 +70,7 @@ class KeyedReads:
         ``where``: an SQL condition the rows must meet too (reconciliation's --where)."""
         info = self.describe(table)
         plain = sa.table(table, *[sa.column(c) for c in info.column_names])
-        query = sa.select(*plain.c).order_by(*[plain.c[k] for k in key]).limit(limit)
+        query = sa.select(*self.selected(info, plain)).order_by(*[plain.c[k] for k in key]).limit(limit)
         if after_key is not None:
             query = query.where(sa.tuple_(*[plain.c[k] for k in key]) > sa.tuple_(*[sa.literal(v) for v in after_key]))
         if where:  # in parentheses: an OR in it must not escape the key range
@@ -86,7 +91,7 @@ class KeyedReads:
                     condition = plain.c[key[0]].in_([k[0] for k in part])
                 else:
                     condition = sa.tuple_(*[plain.c[k] for k in key]).in_([tuple(k) for k in part])
-                found += self._converted(info, conn.execute(sa.select(*plain.c).where(condition)).all())
+                found += self._converted(info, conn.execute(sa.select(*self.selected(info, plain)).where(condition)).all())
         return found
 
     def _converted(self, info: TableInfo, rows: list) -> list[Row]:

@@ -35,6 +35,9 @@ class OdbcReads:
     def log_reader(self, column: sa.Column) -> Callable[[Any], Any]:
         return types.reader(self.dialect, column, self.source_zone)
 
+    def selected(self, info: Any, plain: sa.TableClause) -> list[sa.ColumnElement]:
+        return types.selected(self.dialect, info, plain)
+
     def bind_stamp(self, measure: float, column: sa.Column) -> Any:
         """The dialect's bound stamp, as pyodbc must be given it (UTC wall clock; MySQL as text)."""
         return types.writer(self.dialect, column)(super().bind_stamp(measure, column))

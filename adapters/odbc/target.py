@@ -53,6 +53,9 @@ class OdbcWrites:
     def reader(self, column: sa.Column) -> Callable[[Any], Any]:
         return types.reader(self.dialect, column)
 
+    def selected(self, info: Any, plain: sa.TableClause) -> list[sa.ColumnElement]:
+        return types.selected(self.dialect, info, plain)
+
     def write_run(self, conn: sa.Connection, op: str, name: str, key: tuple[str, ...], params: list[dict]) -> None:
         """Upserts and inserts as statements of up to ROWS_PER_STATEMENT rows each (pyodbc's executemany
         sends one statement per row: a round trip each); deletes, and SQL Server's MERGE, as they are."""

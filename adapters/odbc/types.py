@@ -52,6 +52,15 @@ def reader(dialect: str, column: sa.Column, source_zone: str = "UTC") -> Callabl
     return same
 
 
+def selected(dialect: str, info: Any, plain: sa.TableClause) -> list[sa.ColumnElement]:
+    """What a read selects per column: PostgreSQL's money as numeric (psqlODBC hands money over as a
+    double, which rounds an amount past 15 digits: 92233720368547758.07 became ...760.00)."""
+    if dialect != "postgresql":
+        return list(plain.c)
+    return [sa.cast(plain.c[c.name], sa.Numeric).label(c.name) if isinstance(c.type, postgresql.MONEY)
+            else plain.c[c.name] for c in info.columns]
+
+
 def writer(dialect: str, column: sa.Column) -> Callable[[Any], Any]:
     """How a checked change-model value of ``column`` is bound through pyodbc."""
     kind = column.type

@@ -320,7 +320,7 @@ class Side:
         read again value by value; None if every row can. Called after a failure, to name the row."""
         info = self.reads.describe(self.table)
         plain = sa.table(self.table, *[sa.column(c) for c in info.column_names])
-        query = sa.select(*plain.c).order_by(*[plain.c[k] for k in self.key])
+        query = sa.select(*self.reads.selected(info, plain)).order_by(*[plain.c[k] for k in self.key])
         if self.where:
             query = query.where(sa.text(f"({self.where})"))
         readers = [(name, self.reads.reader(column)) for name, column in zip(info.column_names, info.columns)]
