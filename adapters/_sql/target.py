@@ -6,7 +6,7 @@ import contextlib
 from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, postgresql
 
 from cdc import state
 from cdc.errors import SchemaError, TargetError
@@ -190,6 +190,8 @@ class SqlTarget(KeyedReads):
             return sa.Text()
         if isinstance(kind, mysql.YEAR):
             return sa.SmallInteger()
+        if isinstance(kind, postgresql.MONEY):  # 8 bytes of cents: up to 92,233,720,368,547,758.07
+            return sa.Numeric(19, 2)
         if isinstance(kind, mysql.BIT):  # read as an unsigned integer of up to 64 bits
             return sa.BigInteger() if (kind.length or 1) < 64 else sa.Numeric(20, 0)
         if isinstance(kind, sa.Integer) and getattr(kind, "unsigned", False):

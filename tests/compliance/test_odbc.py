@@ -332,6 +332,17 @@ def test_money_through_psqlodbc_is_copied_streamed_and_reconciled_exactly(ws, pg
     assert "equal" in out.lower(), out
 
 
+def test_cdc_init_declares_a_money_column_of_another_database_as_an_exact_numeric(tmp_path):
+    from sqlalchemy.dialects import postgresql
+
+    from cdc.registry import adapter_for
+    target = adapter_for("sqlite:///x.db").target(f"sqlite:///{tmp_path / 'x.db'}")
+    table = target.table_definition("t", [sa.Column("id", sa.Integer), sa.Column("amt", postgresql.MONEY())], ("id",),
+                                    "postgresql")
+    assert str(table.c.amt.type) == "NUMERIC(19, 2)"
+    target.close()
+
+
 def test_a_password_in_an_odbc_connection_string_is_masked_and_the_drivers_settings_are_added(ws, pg_databases):
     """?odbc_connect= carries a whole connection string, its PWD= too: status, check and doctor print it
     masked; and the psqlODBC settings the adapter needs are added where the string does not set them."""
