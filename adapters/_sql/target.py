@@ -204,6 +204,8 @@ class SqlTarget(KeyedReads):
             return kind
         if isinstance(generic, sa.DateTime) and type(kind).__module__.startswith("sqlalchemy.dialects.mysql"):
             return sa.DateTime(timezone=True)
+        if isinstance(generic, sa.String) and generic.collation:  # another database's collation (utf8mb4_bin)
+            generic.collation = None
         return generic
 
     # -- state ---------------------------------------------------------------------

@@ -332,7 +332,7 @@ def test_money_through_psqlodbc_is_copied_streamed_and_reconciled_exactly(ws, pg
     assert "equal" in out.lower(), out
 
 
-def test_cdc_init_declares_a_money_column_of_another_database_as_an_exact_numeric(tmp_path):
+def test_cdc_init_declares_another_databases_money_as_exact_numeric_without_its_collations(tmp_path):
     from sqlalchemy.dialects import postgresql
 
     from cdc.registry import adapter_for
@@ -340,6 +340,10 @@ def test_cdc_init_declares_a_money_column_of_another_database_as_an_exact_numeri
     table = target.table_definition("t", [sa.Column("id", sa.Integer), sa.Column("amt", postgresql.MONEY())], ("id",),
                                     "postgresql")
     assert str(table.c.amt.type) == "NUMERIC(19, 2)"
+    from sqlalchemy.dialects import mysql  # a MariaDB collation means nothing to another database
+    code = sa.Column("code", mysql.VARCHAR(20, collation="utf8mb4_bin"))
+    table = target.table_definition("u", [sa.Column("id", sa.Integer), code], ("id",), "mysql")
+    assert table.c.code.type.collation is None and table.c.code.type.length == 20
     target.close()
 
 
