@@ -179,6 +179,17 @@ def _pairs(text: str) -> list[tuple[str, str]]:
     return found
 
 
+def _said(pyodbc: Any, exc: Exception) -> Exception:
+    """A failed connect as pyodbc's OperationalError (a passing fault SQLAlchemy and the core know) that
+    prints as the driver's message ("[28000] ... password authentication failed"), not as the tuple of
+    SQLSTATE and message pyodbc prints."""
+    class DriverSaid(pyodbc.OperationalError):
+        def __str__(self) -> str:
+            return str(self.args[1]).strip() if len(self.args) > 1 else super().__str__()
+
+    return DriverSaid(*exc.args)
+
+
 def _open(pyodbc: Any, place: Reach) -> Any:
     """A pyodbc connection; ConfigError naming the fix when the driver or DSN is not installed (SQLSTATE
     IM002, or unixODBC's "Can't open lib"), where a connection that fails otherwise is a passing fault."""
@@ -197,7 +208,7 @@ def _open(pyodbc: Any, place: Reach) -> Any:
                                   f"loaded: {text}") from None
             raise ConfigError(f"ODBC data source {named.get('DSN')!r} is not installed on this machine "
                               "(`odbcinst -q -s` lists the data sources)") from None
-        raise
+        raise _said(pyodbc, exc) from None
     sql.check_product(place.dialect, connection)
     return connection
 

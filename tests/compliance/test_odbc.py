@@ -428,6 +428,17 @@ def test_a_driver_whose_name_says_nothing_is_checked_against_the_database_it_rea
         and "Traceback" not in out, out
 
 
+def test_a_refused_odbc_login_is_the_drivers_words_with_the_connections_name(ws, pg_server):
+    port = sa.engine.make_url(pg_server).port
+    _pair_config(ws, f"odbc://nobody:hemmelig@127.0.0.1:{port}/postgres?driver=PostgreSQL Unicode",
+                 f"sqlite:///{ws.root / 'ledger.db'}", "t")
+    result = ws.cdc("install", str(ws.config))
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "error: source src: connection failed: [08001] " in out \
+        and 'role "nobody" does not' in out, out
+    assert "('28000'" not in out and "hemmelig" not in out and "Traceback" not in out, out
+
+
 def test_a_driver_written_in_braces_is_the_driver():
     from cdc.adapters.odbc._connect import reach
     assert reach("odbc://u@h/db?driver={PostgreSQL Unicode}").connection_string.startswith(
