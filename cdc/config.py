@@ -199,7 +199,9 @@ def _capture(doc, keys, capture: str | None, source: Connection) -> str:
         raise doc.error(keys + ("source",), f"the {can.name} adapter cannot be a source yet (it can be a target)")
     capture = capture or can.capture_modes[0]
     if capture not in can.capture_modes:
-        raise doc.error(keys + ("capture",), f"capture {capture!r} is not supported by the {can.name} adapter "
+        what = f"the {can.name} adapter" if can.name in can.backends else \
+            f"a {can.backends[0]} database through the {can.name} adapter"  # ODBC: the database it reaches
+        raise doc.error(keys + ("capture",), f"capture {capture!r} is not supported by {what} "
                         f"(supported: {', '.join(can.capture_modes)})")
     return capture
 
