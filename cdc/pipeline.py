@@ -218,8 +218,8 @@ class PairRunner(_Planning, _Copying):
                 if once and not copying and (not moved or (moved_before and self.source.caught_up())):
                     return
                 moved_before = moved
-                if not copying:
-                    self.source.idle(self.pair.poll_interval, self.stop)
+                if not copying:  # --once: only a moment for what may be on its way, not a whole poll interval
+                    self.source.idle(min(self.pair.poll_interval, 1.0) if once else self.pair.poll_interval, self.stop)
                 continue
             position, moved_before = read.position, False
             self._retrying(lambda: self.source.acknowledge(position))
