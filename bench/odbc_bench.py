@@ -1,6 +1,6 @@
 """The ODBC adapter beside the native drivers, on the same servers in the same process.
 
-Run: python bench/odbc_bench.py [--rows 100000] [--seconds 15] [--clients 4]
+Run: python bench/odbc_bench.py [--rows 100000] [--seconds 15] [--clients 4] [--parts 1234]
 Starts a throw-away PostgreSQL cluster and MariaDB server (tests/pgserver.py, tests/mysqlserver.py);
 needs unixODBC and the Debian ODBC drivers (odbc-postgresql, odbc-mariadb).
 
@@ -15,6 +15,9 @@ needs unixODBC and the Debian ODBC drivers (odbc-postgresql, odbc-mariadb).
    Reported: the load's tx/s, row versions applied per second of load + catch-up, and the seconds from
    the load's end until the target equals the source. Polling applies row versions: a row changed twice
    between two polls is applied once, so "versions" is below the load's transactions.
+4. MariaDB as a source with capture trigger (new through ODBC): PyMySQL, then the MariaDB
+   ODBC driver, into PostgreSQL: snapshot and one bulk UPDATE; then --clients sessions of one-UPDATE
+   transactions for --seconds while `cdc run` follows (every change audited once, checked).
 Every run ends with the target compared with the source (count and sum of amounts).
 """
 
@@ -195,11 +198,86 @@ def oltp(cluster, seconds: float, clients: int, rows: int, work: Path) -> list[s
     return lines
 
 
+MY_SOURCE = MY_TARGET
+
+
+def trigger_source(cluster, mariadb, rows: int, seconds: float, clients: int) -> tuple[list, list[str]]:
+    """Part 4: a MariaDB source with capture trigger (new through ODBC) read by PyMySQL, then by the
+    MariaDB ODBC driver, into PostgreSQL: snapshot and one bulk UPDATE; then CLIENTS sessions of small
+    transactions (one UPDATE each, autocommit) for SECONDS while `cdc run` follows."""
+    measures, lines, base = [], [f"{'source':<14}{'load tx/s':>11}{'changes':>10}{'applied/s':>11}{'catch-up s':>12}  check"], None
+    fill = (f"INSERT INTO ledger SELECT seq, 1000 + seq % 9000, ((seq * 7919) % 20000000 - 10000000) / 100.0, 'NOK', "
+            f"'2024-01-01' + INTERVAL seq SECOND, CONCAT('Bilag ', seq, ' æøå') FROM seq_1_to_{rows}")
+    for label, through_odbc in (("PyMySQL", False), ("MariaDB ODBC", True)):
+        my_sql(mariadb.port, None, "DROP DATABASE IF EXISTS src")
+        my_sql(mariadb.port, None, "CREATE DATABASE src")
+        my_sql(mariadb.port, "src", MY_SOURCE)
+        my_sql(mariadb.port, "src", fill)
+        target = fresh_pg(cluster, "dst", PG_TARGET.replace(", updated_at TIMESTAMPTZ NOT NULL", ""))
+        native = mariadb.url("src")
+        url = odbc(native, "MariaDB Unicode") if through_odbc else native
+        same = (lambda t=target: _decimal_check(my_sql(mariadb.port, "src", CHECK)) == _decimal_check(pg_sql(t, CHECK)))
+        snapshot, stream = timed_pair(url, target, "trigger", same,
+                                      lambda: my_sql(mariadb.port, "src", "UPDATE ledger SET amount = amount + 1"))
+        base = base or (snapshot, stream)
+        measures += [(f"trigger source {label}: snapshot", snapshot, base[0] if through_odbc else None),
+                     (f"trigger source {label}: bulk UPDATE", stream, base[1] if through_odbc else None)]
+        lines.append(_small_transactions(label, url, target, mariadb, rows, seconds, clients, same))
+    return measures, lines
+
+
+def _small_transactions(label, url, target, mariadb, rows, seconds, clients, same) -> str:
+    import random
+    import threading
+    work = Path(tempfile.mkdtemp())
+    config = work / "oltp.yaml"
+    config.write_text(f"connections:\n  src: {url}\n  dst: {target}\npairs:\n  bench:\n    source: src\n    target: dst\n"
+                      "    capture: trigger\n    tables: [ledger]\n    poll_interval: 0.2\n")
+    for command in (["init"], ["install"], ["run", "--once"]):
+        subprocess.run([sys.executable, "-m", "cdc", *command, str(config)], check=True, capture_output=True)
+    before = pg_sql(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0]
+    run = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(config)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    done = [0] * clients
+    try:
+        time.sleep(2)
+        end = time.perf_counter() + seconds
+
+        def session(n: int) -> None:
+            rng = random.Random(n)
+            with pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database="src",
+                                 autocommit=True) as conn, conn.cursor() as cursor:
+                while time.perf_counter() < end:
+                    cursor.execute("UPDATE ledger SET amount = amount + 1 WHERE id = %s", (rng.randint(1, rows),))
+                    done[n] += 1
+
+        threads = [threading.Thread(target=session, args=(n,)) for n in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ended = time.perf_counter()
+        while not same():
+            if time.perf_counter() - ended > 600:
+                raise SystemExit(f"{label}: not caught up within 10 minutes")
+            time.sleep(0.1)
+        catch_up = time.perf_counter() - ended
+    finally:
+        run.terminate()
+        run.wait(60)
+    changes = pg_sql(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0] - before
+    if changes != sum(done):
+        raise SystemExit(f"{label}: {sum(done)} transactions of one change each, {changes} audit rows")
+    return (f"{label:<14}{sum(done) / seconds:>11,.0f}{changes:>10,}{changes / (seconds + catch_up):>11,.0f}"
+            f"{catch_up:>12.1f}  equal, one audit row per change")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--parts", default="1234", help="which parts to run (default all: 1234)")
     args = parser.parse_args()
     from mysqlserver import LocalMariaDB
     from pgserver import LocalCluster
@@ -207,13 +285,23 @@ def main() -> None:
     cluster, mariadb = LocalCluster(), LocalMariaDB()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            measures = source_side(cluster, args.rows) + target_side(cluster, mariadb, args.rows, Path(tmp))
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print_table(f"ODBC vs native drivers, {args.rows:,} rows (baseline: the native driver, same run)",
-                        args.rows, measures, peak)
-            print(f"\nMany small transactions: pgbench -c {args.clients} -T {args.seconds:g}, one UPDATE each, "
-                  f"{args.rows:,} rows; cdc run (capture timestamp) into PostgreSQL")
-            print("\n".join(oltp(cluster, args.seconds, args.clients, args.rows, Path(tmp))))
+            measures = (source_side(cluster, args.rows) if "1" in args.parts else []) + \
+                (target_side(cluster, mariadb, args.rows, Path(tmp)) if "2" in args.parts else [])
+            if measures:
+                print_table(f"ODBC vs native drivers, {args.rows:,} rows (baseline: the native driver, same run)",
+                            args.rows, measures, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            if "3" in args.parts:
+                print(f"\nMany small transactions: pgbench -c {args.clients} -T {args.seconds:g}, one UPDATE each, "
+                      f"{args.rows:,} rows; cdc run (capture timestamp) into PostgreSQL")
+                print("\n".join(oltp(cluster, args.seconds, args.clients, args.rows, Path(tmp))))
+            if "4" not in args.parts:
+                return
+            measures, lines = trigger_source(cluster, mariadb, args.rows, args.seconds, args.clients)
+            print_table(f"\nMariaDB source, capture trigger, into PostgreSQL, {args.rows:,} rows (baseline: PyMySQL, "
+                        "same run)", args.rows, measures, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            print(f"\nMany small transactions: {args.clients} sessions, one UPDATE of a random row each, "
+                  f"{args.seconds:g} s; cdc run (capture trigger) into PostgreSQL")
+            print("\n".join(lines))
     finally:
         cluster.remove()
         mariadb.remove()
