@@ -41,6 +41,8 @@ def _trigger_class(dialect: str) -> type:
         return MssqlTriggerSource
     if dialect == "mysql":
         from ..mysql.trigger import TriggerSource
+    elif dialect == "postgresql":
+        from ..postgres.trigger import TriggerSource
     else:
         from ..sqlite.trigger import TriggerSource
     return type(f"{dialect.title()}OdbcTriggerSource", (OdbcReads, TriggerSource),
@@ -74,7 +76,7 @@ class OdbcAdapter:
         elif pair.capture == "change_tracking":
             source = ChangeTrackingSource(made, pair.name, pair.source_timezone)
         elif pair.capture == "trigger":
-            zone = () if place.dialect == "sqlite" else (pair.source_timezone,)  # SQLite's takes no source_timezone
+            zone = (pair.source_timezone,) if place.dialect in ("mysql", "mssql") else ()  # the others log instants
             source = _trigger_class(place.dialect)(made, pair.name, *zone)
         else:
             source = _timestamp_class(place.dialect)(made, pair.name, pair.timestamp, pair.source_timezone)

@@ -236,14 +236,14 @@ def fault(exc: BaseException | None) -> str | None:
     return None
 
 
-#: A pyformat placeholder (``%(name)s``, ``%s``) or an escaped percent sign, in MySQL's own SQL.
+#: A pyformat placeholder (``%(name)s``, ``%s``) or an escaped percent sign, in MySQL's and PostgreSQL's own SQL.
 _PYFORMAT = re.compile(r"%\((\w+)\)s|%s|%%")
 
 
 def _qmark(statement: str, parameters: Any) -> tuple[str, Any]:
-    """MySQL's adapter writes its own SQL for PyMySQL (``%(name)s`` with a dict, ``%s`` with a
-    tuple, ``%%`` for a percent sign, all only when there are parameters); pyodbc takes ``?`` and a
-    sequence. The statement and parameters pyodbc is to be given; SQLAlchemy's own statements, with
+    """The MySQL and PostgreSQL adapters write their own SQL for PyMySQL and psycopg (``%(name)s`` with a
+    dict, ``%s`` with a tuple, ``%%`` for a percent sign, all only when there are parameters; a list
+    for an array); pyodbc takes ``?``, a sequence, and no list. The statement and parameters pyodbc is to be given; SQLAlchemy's own statements, with
     ``?`` already, pass unchanged."""
     rows = parameters if isinstance(parameters, list) else [parameters]
     if not parameters or not (isinstance(rows[0], dict) or ("%s" in statement and "?" not in statement)):
@@ -259,7 +259,15 @@ def _qmark(statement: str, parameters: Any) -> tuple[str, Any]:
     converted = _PYFORMAT.sub(placeholder, statement)
     if isinstance(rows[0], dict):
         rows = [tuple(row[name] for name in names) for row in rows]
+    rows = [tuple(_array_text(v) if isinstance(v, list) else v for v in row) for row in rows]
     return converted, rows if isinstance(parameters, list) else rows[0]
+
+
+def _array_text(values: list) -> str:
+    """A list (psycopg binds it as a PostgreSQL array) as the array's text form, which PostgreSQL reads as
+    the array its use wants ('{"a","b"}'); pyodbc binds no list."""
+    items = ("NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(items) + "}"
 
 
 def engine(place: Reach) -> sa.Engine:
@@ -281,7 +289,7 @@ def engine(place: Reach) -> sa.Engine:
             from ..mysql.sql import MAX_PACKET
             record.info[MAX_PACKET] = int(dbapi_connection.execute("SELECT @@max_allowed_packet").fetchone()[0])
 
-    if place.dialect == "mysql":
+    if place.dialect in ("mysql", "postgresql"):
         @sa.event.listens_for(made, "before_cursor_execute", retval=True)
         def _placeholders(conn, cursor, statement, parameters, context, executemany):
             return _qmark(statement, parameters)

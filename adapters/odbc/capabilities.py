@@ -20,7 +20,7 @@ CAPABILITIES = Capabilities(
 )
 
 #: Capture modes per dialect reached through ODBC.
-CAPTURE_MODES = {"mssql": CAPABILITIES.capture_modes, "postgresql": ("timestamp",),
+CAPTURE_MODES = {"mssql": CAPABILITIES.capture_modes, "postgresql": ("timestamp", "trigger"),
                  "mysql": ("timestamp", "trigger"), "sqlite": ("timestamp", "trigger")}
 
 

@@ -50,7 +50,7 @@ SOURCES = [
 #: source (capture timestamp, the mode every dialect has) and as a target.
 ODBC = ["odbc-postgresql", "odbc-mysql", "odbc-sqlite"]
 SOURCES += [Source(kind, "timestamp", **POLLING) for kind in ODBC]
-SOURCES += [Source(kind, "trigger") for kind in ("odbc-mysql", "odbc-sqlite")]
+SOURCES += [Source(kind, "trigger") for kind in ("odbc-postgresql", "odbc-mysql", "odbc-sqlite")]
 TARGETS = ["sqlite", "postgresql", "mysql", *ODBC]
 
 SOURCE_IDS = [s.id for s in SOURCES]
@@ -62,7 +62,7 @@ SOURCE_IDS = [s.id for s in SOURCES]
 #: bytea, numeric).
 NATIVE_TARGETS = [t for t in TARGETS if t not in ODBC]
 _ODBC_INTO = {"odbc-postgresql-timestamp": "mysql", "odbc-mysql-timestamp": "sqlite", "odbc-sqlite-timestamp": "postgresql",
-              "odbc-mysql-trigger": "postgresql", "odbc-sqlite-trigger": "mysql"}
+              "odbc-postgresql-trigger": "sqlite", "odbc-mysql-trigger": "postgresql", "odbc-sqlite-trigger": "mysql"}
 PAIRINGS = ([(s, t) for s in SOURCES if s.kind not in ODBC for t in NATIVE_TARGETS] +
             [(s, _ODBC_INTO[s.id]) for s in SOURCES if s.kind in ODBC] +
             [(s, t) for s in SOURCES if s.id in ("sqlite-trigger", "postgresql-logical")

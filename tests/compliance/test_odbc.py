@@ -388,15 +388,15 @@ def test_odbc_mistakes_are_named_with_the_fix(ws, pg_server, url, says):
 
 def test_a_capture_mode_the_database_behind_odbc_lacks_is_refused_by_check_with_its_line(ws, pg_server):
     """The ODBC adapter reaches several databases: `cdc check` judges the capture mode by the one the URL
-    reaches (PostgreSQL through ODBC: timestamp only), not by every mode some ODBC database has."""
+    reaches (PostgreSQL through ODBC: no logical replication), not by every mode some ODBC database has."""
     port = sa.engine.make_url(pg_server).port
     ws.config.write_text(f'connections:\n  src: "odbc://postgres@127.0.0.1:{port}/postgres?driver=PostgreSQL Unicode"\n'
                          f"  dst: sqlite:///ledger.db\npairs:\n  p:\n    source: src\n    target: dst\n"
-                         "    capture: trigger\n    tables: [t]\n", encoding="utf-8")
+                         "    capture: logical\n    tables: [t]\n", encoding="utf-8")
     result = ws.cdc("check", str(ws.config))
     out = result.stdout + result.stderr
-    assert result.returncode == 2 and "capture 'trigger' is not supported by a postgresql database through the odbc " \
-        "adapter (supported: timestamp)" in out \
+    assert result.returncode == 2 and "capture 'logical' is not supported by a postgresql database through the odbc " \
+        "adapter (supported: timestamp, trigger)" in out \
         and "line 8" in out and "Traceback" not in out, out
 
 
