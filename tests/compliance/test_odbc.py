@@ -401,7 +401,8 @@ def test_a_capture_mode_the_database_behind_odbc_lacks_is_refused_by_check_with_
 
 
 def test_mysqls_own_pyformat_sql_is_given_to_pyodbc_with_question_marks():
-    """The MySQL adapter's trigger capture writes SQL for PyMySQL; through ODBC it is sent with ``?``."""
+    """The MySQL and PostgreSQL adapters' trigger capture writes SQL for PyMySQL and psycopg; through ODBC
+    it is sent with ``?``."""
     from cdc.adapters.odbc._connect import _qmark
     assert _qmark("SELECT %(a)s, %(b)s, %(a)s LIKE 'x%%'", {"a": 1, "b": 2}) == ("SELECT ?, ?, ? LIKE 'x%'", (1, 2, 1))
     assert _qmark("SELECT %s WHERE y > %s", (1, 2)) == ("SELECT ? WHERE y > ?", (1, 2))
@@ -409,6 +410,9 @@ def test_mysqls_own_pyformat_sql_is_given_to_pyodbc_with_question_marks():
     # SQLAlchemy's statements (already ?) and statements without parameters pass as they are.
     assert _qmark("SELECT DATE_FORMAT(x, '%H:%i:%s') = ?", (1,)) == ("SELECT DATE_FORMAT(x, '%H:%i:%s') = ?", (1,))
     assert _qmark("SHOW STATUS LIKE 'binlog_%%'", ()) == ("SHOW STATUS LIKE 'binlog_%%'", ())
+    # psycopg binds a list as an array; pyodbc binds no list: the array's text form, which PostgreSQL reads.
+    assert _qmark("SELECT 1 WHERE tbl = ANY(%(t)s)", {"t": ["a", 'b"c', None]}) == \
+        ("SELECT 1 WHERE tbl = ANY(?)", ('{"a","b\\"c",NULL}',))
 
 
 def test_a_driver_whose_name_says_nothing_is_checked_against_the_database_it_reaches(ws, pg_server):
