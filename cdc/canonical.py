@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import uuid
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any, Callable
@@ -19,6 +20,8 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 #: digits than Python's default 28), rounding a tie away from zero as PostgreSQL's round() and
 #: MySQL's CAST do.
 EXACT_HALF_UP = Context(prec=EXACT.prec, rounding=ROUND_HALF_UP)
+#: PostgreSQL's money as psycopg reads it, in the C and English locales' form: -$1,234.56.
+_MONEY_TEXT = re.compile(r"(-?)\$?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
 
 
 def canonical(value: Any, column: sa.Column) -> str | None:
@@ -34,6 +37,12 @@ def canonical(value: Any, column: sa.Column) -> str | None:
         return str((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
     if isinstance(value, dt.date):
         return value.isoformat()
+    if isinstance(value, str) and getattr(kind, "__visit_name__", "") == "MONEY":
+        # A money column read as text ($1,234.56, psycopg) and as a number (psqlODBC, written values):
+        # one amount, one text, or every row written would look changed by someone else.
+        found = _MONEY_TEXT.fullmatch(value.strip())
+        if found:
+            value = Decimal(found.group(1) + found.group(2).replace(",", ""))
     if isinstance(value, Decimal) or (isinstance(kind, sa.Numeric) and not isinstance(kind, sa.Float)
                                       and isinstance(value, int)):
         return _number_text(Decimal(value), kind)
