@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Callable
 from pathlib import Path
 
 import pytest
@@ -70,13 +71,21 @@ class Workspace:
         )
         return self.config
 
-    def run_and_kill(self, seconds: float, *, once: bool = False) -> bool:
+    def run_and_kill(self, seconds: float, *, once: bool = False, until: Callable[[], bool] | None = None) -> bool:
         """Start `cdc run` (with --once if asked), SIGKILL it ``seconds`` after its start-up (the time
-        the interpreter takes to load cdc on this machine, now); False if it ended first."""
+        the interpreter takes to load cdc on this machine, now), or ``seconds`` after ``until()`` came
+        true (at most a minute: on a loaded machine start-up takes longer than it measured); False if it
+        ended first."""
         args = [sys.executable, "-m", "cdc", "run", *(["--once"] if once else []), str(self.config)]
         with open(self.root / "run.log", "ab") as log:
             process = subprocess.Popen(args, cwd=self.root, stdout=subprocess.DEVNULL, stderr=log)
-        time.sleep(startup_seconds() + seconds)
+        if until is None:
+            time.sleep(startup_seconds() + seconds)
+        else:
+            deadline = time.monotonic() + 60
+            while process.poll() is None and time.monotonic() < deadline and not until():
+                time.sleep(0.05)
+            time.sleep(seconds)
         if process.poll() is not None:
             return False
         os.kill(process.pid, signal.SIGKILL)

@@ -341,9 +341,15 @@ def test_sigkill_midway_leaves_exactly_one_entry_per_change(ws, kind, request):
 
     thread = threading.Thread(target=writer)
     thread.start()
-    applied = []
+    applied: list[int] = []
+
+    def moved(since: int):  # each run is killed a moment after it has committed something
+        return lambda: scalar(ws, target_url, "SELECT changes_applied FROM cdc_checkpoints") > since
+
     while not done.is_set() or len(applied) < 3:
-        assert ws.run_and_kill(random.Random(len(applied)).uniform(0.3, 1.2)), "cdc run ended on its own"
+        since = applied[-1] if applied else scalar(ws, target_url, "SELECT changes_applied FROM cdc_checkpoints")
+        assert ws.run_and_kill(random.Random(len(applied)).uniform(0.05, 0.5), until=moved(since)), \
+            "cdc run ended on its own"
         applied.append(scalar(ws, target_url, "SELECT changes_applied FROM cdc_checkpoints"))
     thread.join()
     result = ws.cdc("run", "--once", str(ws.config))
