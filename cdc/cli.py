@@ -242,11 +242,13 @@ def _print_status(row: dict) -> None:
     click.echo(f"  checkpoint  {row['checkpoint_text'] or '-'}")
     click.echo(f"  pending     {pending}")
     click.echo(f"  lag         {lag}")
-    click.echo(f"  applied     {row['changes_applied']} changes since the copy; "
+    known = (lambda n: "unknown" if n is None else n)  # None: the target could not be read
+    click.echo(f"  applied     {known(row['changes_applied'])} changes since the copy; "
                f"last checkpoint {row['last_applied_at'] or '-'}")
-    letters, conflicts = row["dead_letters"], row["conflicts"]
-    click.echo(f"  dead letters {letters}{' parked or held (`cdc dead-letters list CONFIG`)' if letters else ''}")
-    click.echo(f"  conflicts   {conflicts}{' open (`cdc conflicts list CONFIG`)' if conflicts else ''}")
+    letters, conflicts = known(row["dead_letters"]), known(row["conflicts"])
+    hint = (lambda n, text: text if n not in (0, "unknown") else "")
+    click.echo(f"  dead letters {letters}{hint(letters, ' parked or held (`cdc dead-letters list CONFIG`)')}")
+    click.echo(f"  conflicts   {conflicts}{hint(conflicts, ' open (`cdc conflicts list CONFIG`)')}")
     for table, phase in row["tables"].items():
         click.echo(f"  table {table}: {_table_phase_text(phase)}")
     for warning in row["warnings"]:

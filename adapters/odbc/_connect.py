@@ -63,7 +63,7 @@ def reach(connection_url: str) -> Reach:
     if url.get_backend_name() == "mssql":
         dialect = "mssql"
     else:
-        dialect, driver = query.get("dialect") or _guess(query), _guess(query)
+        dialect, driver = (query.get("dialect") or "").lower() or _guess(query), _guess(query)
         if driver and dialect in DIALECTS and driver != dialect:  # its connection string would be the wrong one's
             raise ConfigError(f"ODBC URL {url.render_as_string(hide_password=True)}: the driver reaches {NAMES[driver]}, "
                               f"not {dialect} as the URL says: drop dialect= (the driver's name tells it) or name "

@@ -89,7 +89,8 @@ def _target_status(p: Pair, row: dict) -> Any:
     try:
         target = open_target(p.target)
     except TargetError as exc:
-        row.update(phase="unknown", state="unknown", error=f"target cannot be read: {exc}")
+        row.update(phase="unknown", state="unknown", error=f"target cannot be read: {exc}", changes_applied=None,
+                   dead_letters=None, conflicts=None)
         return None
     try:
         with target.reading() as conn:
@@ -99,7 +100,8 @@ def _target_status(p: Pair, row: dict) -> Any:
             clock = state._store.db_now(conn)
             row["dead_letters"], row["conflicts"] = state.open_counts(conn, p.name)
     except (CdcError, sa.exc.SQLAlchemyError) as exc:  # the pair's state is in there: not known (a run retries)
-        row.update(phase="unknown", state="unknown", error=f"target cannot be read: {first_line(exc)}")
+        row.update(phase="unknown", state="unknown", error=f"target cannot be read: {first_line(exc)}",
+                   changes_applied=None, dead_letters=None, conflicts=None)
         return None
     finally:
         target.close()

@@ -212,7 +212,7 @@ def test_a_server_stopped_under_an_odbc_pair_is_waited_for_and_nothing_is_lost(w
         write(20)
         status = ws.cdc("status", str(ws.config))  # the pair's state lives in the target: not known now
         assert status.returncode == 1 and "p (timestamp): unknown, state unknown: target cannot be read" in \
-            status.stdout and ", failed:" not in status.stdout, status.stdout
+            status.stdout and ", failed:" not in status.stdout and "dead letters unknown" in status.stdout, status.stdout
         time.sleep(2)
         own_mysql_server.start()
         assert caught_up(), "not caught up after the target's restart"
@@ -454,6 +454,7 @@ def test_a_driver_written_in_braces_is_the_driver():
     from cdc.adapters.odbc._connect import reach
     assert reach("odbc://u@h/db?driver={PostgreSQL Unicode}").connection_string.startswith(
         "DRIVER={PostgreSQL Unicode};")
+    assert reach("odbc://u@h/db?driver=Vendor&dialect=PostgreSQL").dialect == "postgresql"  # as written in docs
 
 
 @pytest.mark.parametrize("road", ["odbc-postgresql to postgresql", "postgresql to odbc-postgresql",
