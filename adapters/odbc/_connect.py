@@ -241,10 +241,10 @@ _PYFORMAT = re.compile(r"%\((\w+)\)s|%s|%%")
 
 
 def _qmark(statement: str, parameters: Any) -> tuple[str, Any]:
-    """The MySQL and PostgreSQL adapters write their own SQL for PyMySQL and psycopg (``%(name)s`` with a
-    dict, ``%s`` with a tuple, ``%%`` for a percent sign, all only when there are parameters; a list
-    for an array); pyodbc takes ``?``, a sequence, and no list. The statement and parameters pyodbc is to be given; SQLAlchemy's own statements, with
-    ``?`` already, pass unchanged."""
+    """The statement and parameters pyodbc is to be given. The MySQL and PostgreSQL adapters write their
+    own SQL for PyMySQL and psycopg (``%(name)s`` with a dict, ``%s`` with a tuple, ``%%`` for a percent
+    sign, all only when there are parameters; a list for an array); pyodbc takes ``?``, a sequence, and
+    no list. SQLAlchemy's own statements, with ``?`` already, pass unchanged."""
     rows = parameters if isinstance(parameters, list) else [parameters]
     if not parameters or not (isinstance(rows[0], dict) or ("%s" in statement and "?" not in statement)):
         return statement, parameters
