@@ -149,6 +149,20 @@ def _decimal_check(found) -> tuple:
     return count, Decimal(total)
 
 
+def _caught_up(same, label: str) -> float:
+    """Seconds from now until ``same()`` holds (the target equals the source after a load)."""
+    ended = time.perf_counter()
+    while not same():
+        if time.perf_counter() - ended > 600:
+            raise SystemExit(f"{label}: not caught up within 10 minutes")
+        time.sleep(0.1)
+    return time.perf_counter() - ended
+
+
+def _audited(target: str, pair: str) -> int:
+    return pg_sql(target, f"SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot' AND pair = '{pair}'")[0][0]
+
+
 def oltp(cluster, seconds: float, clients: int, rows: int, work: Path) -> list[str]:
     """Part 3: pgbench's small transactions followed by `cdc run` through psycopg and through psqlODBC."""
     pgbench = Path(cluster.bindir) / "pgbench"
@@ -167,7 +181,7 @@ def oltp(cluster, seconds: float, clients: int, rows: int, work: Path) -> list[s
         for command in ("init", "install"):
             subprocess.run([sys.executable, "-m", "cdc", command, str(config)], check=True, capture_output=True)
         subprocess.run([sys.executable, "-m", "cdc", "run", "--once", str(config)], check=True, capture_output=True)
-        before = pg_sql(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0]
+        before = _audited(target, "bench")
         run = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
         try:
@@ -177,18 +191,13 @@ def oltp(cluster, seconds: float, clients: int, rows: int, work: Path) -> list[s
                                    "src"], capture_output=True, text=True)
             if load.returncode != 0:
                 raise SystemExit(f"pgbench failed: {load.stderr}")
-            ended = time.perf_counter()
             tps = float(re.search(r"tps = ([0-9.]+)", load.stdout).group(1))
             want = pg_sql(source, CHECK)
-            while pg_sql(target, CHECK) != want:
-                if time.perf_counter() - ended > 600:
-                    raise SystemExit(f"{label}: not caught up within 10 minutes")
-                time.sleep(0.1)
-            catch_up = time.perf_counter() - ended
+            catch_up = _caught_up(lambda: pg_sql(target, CHECK) == want, label)
         finally:
             run.terminate()
             run.wait(60)
-        versions = pg_sql(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot'")[0][0] - before
+        versions = _audited(target, "bench") - before
         equal = pg_sql(source, "SELECT id, amount FROM ledger ORDER BY id") == \
             pg_sql(target, "SELECT id, amount FROM ledger ORDER BY id")
         lines.append(f"{label:<10}{tps:>11,.0f}{versions:>10,}{versions / (seconds + catch_up):>11,.0f}"
@@ -239,7 +248,7 @@ def _small_transactions(label, url, target, mariadb, rows, seconds, clients, sam
         done = subprocess.run([sys.executable, "-m", "cdc", *command, str(config)], capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{label}: cdc {' '.join(command)}: {done.stdout}{done.stderr}")
-    before = pg_sql(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot' AND pair = 'oltp'")[0][0]
+    before = _audited(target, "oltp")
     run = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(config)], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     done = [0] * clients
@@ -260,16 +269,11 @@ def _small_transactions(label, url, target, mariadb, rows, seconds, clients, sam
             thread.start()
         for thread in threads:
             thread.join()
-        ended = time.perf_counter()
-        while not same():
-            if time.perf_counter() - ended > 600:
-                raise SystemExit(f"{label}: not caught up within 10 minutes")
-            time.sleep(0.1)
-        catch_up = time.perf_counter() - ended
+        catch_up = _caught_up(same, label)
     finally:
         run.terminate()
         run.wait(60)
-    changes = pg_sql(target, "SELECT count(*) FROM cdc_audit_log WHERE op <> 'snapshot' AND pair = 'oltp'")[0][0] - before
+    changes = _audited(target, "oltp") - before
     if changes != sum(done):
         raise SystemExit(f"{label}: {sum(done)} transactions of one change each, {changes} audit rows")
     return (f"{label:<14}{sum(done) / seconds:>11,.0f}{changes:>10,}{changes / (seconds + catch_up):>11,.0f}"

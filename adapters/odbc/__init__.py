@@ -21,6 +21,12 @@ from .target import dialect_target
 from .trigger import MssqlTriggerSource
 
 
+def _through_odbc(native: type, dialect: str) -> type:
+    """A dialect's own source class with pyodbc's values (OdbcReads) in front."""
+    return type(f"{dialect.title()}Odbc{native.__name__}", (OdbcReads, native),
+                {"dialect": dialect, "__module__": __name__})
+
+
 def _timestamp_class(dialect: str) -> type:
     """Capture `timestamp` of a dialect, with pyodbc's values."""
     if dialect == "mssql":
@@ -31,8 +37,7 @@ def _timestamp_class(dialect: str) -> type:
         from ..mysql.source import TimestampSource
     else:
         return sqlite_timestamp_source()
-    return type(f"{dialect.title()}OdbcTimestampSource", (OdbcReads, TimestampSource),
-                {"dialect": dialect, "__module__": __name__})
+    return _through_odbc(TimestampSource, dialect)
 
 
 def _trigger_class(dialect: str) -> type:
@@ -45,8 +50,7 @@ def _trigger_class(dialect: str) -> type:
         from ..postgres.trigger import TriggerSource
     else:
         from ..sqlite.trigger import TriggerSource
-    return type(f"{dialect.title()}OdbcTriggerSource", (OdbcReads, TriggerSource),
-                {"dialect": dialect, "__module__": __name__})
+    return _through_odbc(TriggerSource, dialect)
 
 
 class OdbcAdapter:
